@@ -1,0 +1,123 @@
+"""`relulab train` (one model, one or more seeds) and `relulab datasets`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import data as data_mod
+from ..data import DataSpec
+from ..models import ModelSpec, parse_off, parse_slots, parse_widths
+from ..optim import OptimizerSpec
+from ..train import ProgressBar, RunSpec, TrainSpec, run
+from ..util import write_json_atomic
+from .app import app, option_names
+
+console = Console(stderr=True)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, "
+                                "image-folder, synthetic"),
+    data_path: Optional[str] = typer.Option(None, help="File or folder to load the dataset from (searched first)."),
+    split: str = typer.Option("stratified:0.1", help="Validation split: first:N, stratified:N|FRACTION, or test "
+                              "(the test set as validation, flagged)."),
+    scaling: str = typer.Option("255", help="255 (pixels / 255) or standardize."),
+    image_size: Optional[int] = typer.Option(None, help="Resize or pad images to this square size."),
+    fit: str = typer.Option("resize", help="How --image-size is reached: resize or pad."),
+    train_size: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
+    download: bool = typer.Option(True, help="Download missing datasets from their canonical source."),
+    model: str = typer.Option("deep-mlp", "--model", "-m", help="deep-mlp, bn-mlp or seed-cnn."),
+    activation: str = typer.Option("relu", "--activation", "-a", help="Activation of every slot."),
+    slot: list[str] = typer.Option([], help="Per-slot activation, e.g. --slot 7=identity (repeatable)."),
+    off: Optional[str] = typer.Option(None, help="Slots switched off, e.g. 7,10."),
+    init: str = typer.Option("glorot_uniform", help="Kernel initializer (Keras names), or auto: the "
+                             "activation's recommended one."),
+    bias_init: str = typer.Option("zeros", help="Bias initializer, e.g. constant:0.1."),
+    output_init: str = typer.Option("glorot_uniform", help="Initializer of the classifier layer."),
+    widths: Optional[str] = typer.Option(None, help="Layer widths, e.g. 300,100x49 (default: the source's)."),
+    batchnorm: Optional[bool] = typer.Option(None, help="Force batch norm on or off (default: the model's)."),
+    bn_flavour: str = typer.Option("keras", help="keras (momentum 0.99, eps 1e-3) or torch."),
+    epochs: int = typer.Option(10, "--epochs", "-e"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    optimizer: str = typer.Option("adam", help="sgd, momentum, nesterov, adam, adamw or rmsprop."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the optimizer's usual one)."),
+    flavour: str = typer.Option("torch", help="Optimizer defaults: torch or keras (Keras 3's exact update rules)."),
+    l1: float = typer.Option(0.0, help="L1 kernel penalty (Keras-style, added to the loss)."),
+    l2: float = typer.Option(0.0, help="L2 kernel penalty (Keras-style, added to the loss)."),
+    seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed; repeat for several runs."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    out: Optional[Path] = typer.Option(None, help="Write the results (with per-epoch history) to this JSON file."),
+):
+    """Train one model configuration (per seed) and print its history."""
+    slots = {**parse_off(off, "--off"), **parse_slots(",".join(slot), "--slot")}
+    spec = RunSpec(
+        data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
+        model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
+                        batchnorm, bn_flavour),
+        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2),
+    )
+    with option_names(OPTION_NAMES):
+        spec.validate()
+        splits = data_mod.load_data(spec.data)
+        _train_seeds(spec, splits, seed, device, as_json, out)
+
+
+def _train_seeds(spec: RunSpec, splits, seeds: list[int], device: str, as_json: bool, out: Optional[Path]) -> None:
+    results = []
+    for s in seeds:
+        result = run(spec, s, device, splits=splits, callbacks=[ProgressBar(f"seed {s}")])
+        results.append(result.to_dict())
+        if not as_json:
+            _print_result(result)
+        if out:  # rewritten after every seed: a killed multi-seed run keeps what finished
+            write_json_atomic(out, results)
+    if as_json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+
+
+# Library field names -> this command's option names, so errors name what the user typed.
+OPTION_NAMES = {
+    "data.name": "--dataset", "data.path": "--data-path", "data.split": "--split", "data.scaling": "--scaling",
+    "data.image_size": "--image-size", "data.fit": "--fit", "data.train_size": "--train-size",
+    "model.name": "--model", "model.activation": "--activation", "model.init": "--init",
+    "model.bias_init": "--bias-init", "model.output_init": "--output-init", "model.widths": "--widths",
+    "model.bn_flavour": "--bn-flavour", "model.slots": "--slot", "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2",
+    "train.optimizer.name": "--optimizer", "train.optimizer.lr": "--lr", "train.optimizer.flavour": "--flavour",
+}
+
+
+def _print_result(result) -> None:
+    out = Console()
+    table = Table(title=f"{result.spec.model.name} / {result.spec.data.name} / seed {result.seed}")
+    for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
+        table.add_column(column, justify="right")
+    for e in result.history.epochs:
+        table.add_row(str(e.epoch), f"{e.train_loss:.4f}", f"{e.train_acc:.4f}", f"{e.val_loss:.4f}",
+                      f"{e.val_acc:.4f}", f"{e.seconds:.2f}")
+    out.print(table)
+    h = result.history
+    flag = " (validation = test set)" if result.data["val_is_test"] else ""
+    line = f"best val acc {h.best_val_acc:.4f} at epoch {h.best_epoch}{flag}; final {h.final_val_acc:.4f}"
+    if h.test_acc is not None:
+        line += f"; test acc {h.test_acc:.4f}"
+    if h.diverged_at:
+        line += f"; DIVERGED at epoch {h.diverged_at}"
+    out.print(line + f"; {h.seconds:.1f} s; {result.params:,} parameters; {result.provenance['device']}")
+
+
+@app.command()
+def datasets(data_path: Optional[str] = typer.Option(None, help="Also look here.")):
+    """Which datasets are found, and where."""
+    table = Table("dataset", "found", "where")
+    for row in data_mod.describe_datasets(data_path):
+        found = {True: "yes", False: "no", None: "-"}[row["found"]]
+        table.add_row(row["dataset"], found, row["where"])
+    Console().print(table)

@@ -1,0 +1,451 @@
+"""Datasets by name, splits, input scaling, and batching on the device.
+
+    splits = load_data(DataSpec("digits"))              # the offline default
+    splits = load_data(DataSpec("fashion-mnist", split="first:5000"))   # seed 001
+    splits = load_data(DataSpec("cifar10", path="cifar10-jpeg.tar.gz", split="test"))  # seed 000
+
+A loader returns a `RawDataset` of uint8 N x C x H x W images; `load_data` then
+carves out the validation split, resizes or pads, scales, and hands back float32
+tensors in a `Splits`. Validation and test are separate by default; `split="test"`
+uses the test set as validation (the sources' practice) and sets `val_is_test`,
+which every report flags.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError, unknown_choice
+from . import formats, sources
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+
+@dataclass
+class RawDataset:
+    """What a loader returns: uint8 images (N, C, H, W) and int64 labels, train and test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    source: str
+
+
+@dataclass
+class DataSpec:
+    """Which data, how it is split and scaled. A plain record for configs and the CLI."""
+
+    name: str = "digits"
+    path: Optional[str] = None  # explicit file or folder; searched first
+    split: str = "stratified:0.1"  # first:N | stratified:N | stratified:0.1 | test
+    scaling: str = "255"  # 255 (pixels / 255) | standardize (per-channel, from the training split)
+    image_size: Optional[int] = None  # resize or pad images to this square size
+    fit: str = "resize"  # resize | pad: how image_size is reached
+    train_size: Optional[int] = None  # keep a stratified subset of the training split (quick runs)
+    split_seed: int = 0  # the split is the same for every run seed
+    download: bool = True
+    options: dict = field(default_factory=dict)  # loader-specific (synthetic: n, classes, size, channels)
+
+    def validate(self, prefix: str = "data") -> "DataSpec":
+        if self.name not in LOADERS:
+            raise unknown_choice(f"{prefix}.name", self.name, LOADERS)
+        parse_split(self.split, f"{prefix}.split")
+        if self.scaling not in SCALINGS:
+            raise unknown_choice(f"{prefix}.scaling", self.scaling, SCALINGS)
+        if self.fit not in ("resize", "pad"):
+            raise unknown_choice(f"{prefix}.fit", self.fit, ["resize", "pad"])
+        for key in ("image_size", "train_size"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
+        if not isinstance(self.options, dict):
+            raise UserError(f"{prefix}.options: expected a mapping, got {self.options!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Splits:
+    """Float32 tensors ready to train on, plus what they are."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    val_is_test: bool
+    source: str
+    spec: DataSpec
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> "Splits":
+        """Move every tensor to `device` once (the training loop then never copies data)."""
+        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        if self.val_is_test:
+            moved["x_val"], moved["y_val"] = moved["x_test"], moved["y_test"]
+        else:
+            moved["x_val"], moved["y_val"] = self.x_val.to(device), self.y_val.to(device)
+        return Splits(**moved, classes=self.classes, val_is_test=self.val_is_test, source=self.source, spec=self.spec)
+
+    def summary(self) -> dict:
+        return {"dataset": self.spec.name, "source": self.source, "input_shape": list(self.input_shape),
+                "classes": len(self.classes), "train": len(self.y_train), "val": len(self.y_val),
+                "test": len(self.y_test), "val_is_test": self.val_is_test}
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _load_digits(spec: DataSpec) -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 gray levels -> 0..255, so that "pixels / 255" means the same as for MNIST.
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = digits.target.astype(np.int64)
+    # Digits has no test set: hold out a fixed, stratified 20% (seed 0) as one.
+    train_idx, test_idx = _stratified_indices(labels, 0.2, seed=0)
+    return RawDataset(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES,
+                      "sklearn.datasets.load_digits")
+
+
+def _find_idx_dir(name: str, spec: DataSpec) -> Path:
+    searched = sources.search_dirs(name, spec.path)
+    for folder in searched:
+        if _idx_paths(folder) is not None:
+            return folder
+    if spec.download and spec.path is None:
+        fetched = sources.download(name)
+        if fetched is not None:
+            return fetched
+    raise sources.not_found(name, searched)
+
+
+def _idx_paths(folder: Path) -> Optional[list[Path]]:
+    """The four IDX files in `folder`, gzipped or not, or None."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        candidates = [folder / f"{stem}.gz", folder / stem, folder / stem.replace("-idx", ".idx")]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return found
+
+
+def _idx_loader(name: str, classes: list[str]) -> Callable[[DataSpec], RawDataset]:
+    def load(spec: DataSpec) -> RawDataset:
+        folder = _find_idx_dir(name, spec)
+        train_images, train_labels, test_images, test_labels = _idx_paths(folder)
+        x_train, y_train = formats.read_idx_pair(train_images, train_labels)
+        x_test, y_test = formats.read_idx_pair(test_images, test_labels)
+        return RawDataset(x_train, y_train, x_test, y_test, classes, str(folder))
+
+    return load
+
+
+def _cifar_candidates(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
+    return [folder / "cifar-10-python.tar.gz", folder / "cifar-10-batches-py", folder / "cifar10-jpeg.tar.gz",
+            folder / "cifar10-jpeg", folder] if folder.is_dir() else []
+
+
+def _load_cifar10(spec: DataSpec) -> RawDataset:
+    searched = sources.search_dirs("cifar10", spec.path)
+    for folder in searched:
+        for candidate in _cifar_candidates(folder):
+            raw = _try_cifar(candidate)
+            if raw is not None:
+                return raw
+    if spec.download and spec.path is None:
+        fetched = sources.download("cifar10")
+        if fetched is not None:
+            return _try_cifar(fetched / "cifar-10-python.tar.gz")
+    raise sources.not_found("cifar10", searched)
+
+
+def _try_cifar(path: Path) -> Optional[RawDataset]:
+    """CIFAR-10 from a python-pickle tarball or folder, or from an image-folder layout; None if neither."""
+    if path.is_dir() and (path / "data_batch_1").is_file():
+        blobs = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+        return _cifar_from_batches(blobs, path)
+    if formats.is_archive(path) and path.name.startswith("cifar-10-python"):
+        blobs = {name.rsplit("/", 1)[-1]: blob for name, blob in formats.iter_archive(path)}
+        return _cifar_from_batches(blobs, path)
+    if formats.is_archive(path) or (path.is_dir() and (path / "train").is_dir()):
+        raw = load_image_folder(path)
+        if raw.classes != CIFAR10_CLASSES:
+            raise UserError(f"{path}: class folders {raw.classes} are not CIFAR-10's {CIFAR10_CLASSES}")
+        return raw
+    return None
+
+
+def _cifar_from_batches(blobs: dict[str, bytes], source: Path) -> RawDataset:
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if n not in blobs]
+    if missing:
+        raise UserError(f"{source}: missing CIFAR-10 batches {missing}")
+    parts = [formats.read_cifar_batch(blobs[n], f"{source}:{n}") for n in names]
+    x_train = np.concatenate([p[0] for p in parts[:5]])
+    y_train = np.concatenate([p[1] for p in parts[:5]])
+    return RawDataset(x_train, y_train, parts[5][0], parts[5][1], CIFAR10_CLASSES, str(source))
+
+
+def _load_image_folder_spec(spec: DataSpec) -> RawDataset:
+    if not spec.path:
+        raise UserError("data.path: the image-folder dataset needs a folder or a .zip / .tar.gz archive")
+    path = Path(spec.path).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"data.path: {path} does not exist")
+    return load_image_folder(path)
+
+
+def load_image_folder(path: Path) -> RawDataset:
+    """Images laid out as split/class/*.ext in a folder or archive (decoded arrays are cached)."""
+    cached = _cache_file(path)
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            return RawDataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"], list(z["classes"]), str(path))
+    files = formats.iter_archive(path) if path.is_file() else _iter_folder(path)
+    raw = _assemble_image_folder(files, path)
+    _write_cache(cached, raw)
+    return raw
+
+
+def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
+    for file in sorted(root.rglob("*")):
+        if file.is_file():
+            yield file.relative_to(root).as_posix(), file.read_bytes()
+
+
+def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> RawDataset:
+    by_split: dict[str, list[tuple[str, str, bytes]]] = {}
+    for name, blob in files:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[-1].lower().endswith(formats.IMAGE_EXTENSIONS):
+            split, label = parts[-3].lower(), parts[-2]
+            by_split.setdefault(split, []).append((label, parts[-1], blob))
+    if "train" not in by_split:
+        raise UserError(f"{source}: expected images laid out as train/<class>/<file> (and test/<class>/<file>)")
+    classes = sorted({label for label, _, _ in by_split["train"]})
+    test_split = next((s for s in ("test", "val", "valid", "validation") if s in by_split), None)
+    x_train, y_train = _decode_split(by_split["train"], classes, source)
+    if test_split is None:  # no test folder: hold out a fixed stratified sixth
+        train_idx, test_idx = _stratified_indices(y_train, 1 / 6, seed=0)
+        return RawDataset(x_train[train_idx], y_train[train_idx], x_train[test_idx], y_train[test_idx], classes,
+                          str(source))
+    x_test, y_test = _decode_split(by_split[test_split], classes, source)
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise UserError(f"{source}: {test_split} images are {x_test.shape[1:]}, train images {x_train.shape[1:]}")
+    return RawDataset(x_train, y_train, x_test, y_test, classes, str(source))
+
+
+def _decode_split(items: list[tuple[str, str, bytes]], classes: list[str], source: Path):
+    items = sorted(items, key=lambda item: (item[0], item[1]))  # by class, then file name
+    unknown = sorted({label for label, _, _ in items} - set(classes))
+    if unknown:
+        raise UserError(f"{source}: classes {unknown} appear in a test split but not in train")
+    images, labels, first_shape = [], [], None
+    for label, filename, blob in items:
+        image = formats.decode_image(blob, f"{source}:{label}/{filename}")
+        first_shape = first_shape or image.shape
+        if image.shape != first_shape:
+            raise UserError(f"{source}:{label}/{filename}: image is {image.shape[1]}x{image.shape[0]}x"
+                            f"{image.shape[2]}, expected {first_shape[1]}x{first_shape[0]}x{first_shape[2]} like"
+                            " the others")
+        images.append(image)
+        labels.append(classes.index(label))
+    x = np.stack(images).transpose(0, 3, 1, 2).copy()
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def _cache_file(path: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()[:20]
+    return sources.cache_dir() / "decoded" / f"{key}.npz"
+
+
+def _write_cache(target: Path, raw: RawDataset) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test,
+                 classes=np.asarray(raw.classes))
+        tmp.replace(target)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+
+
+def _load_synthetic(spec: DataSpec) -> RawDataset:
+    """Class prototypes plus noise: a learnable, deterministic toy problem of any shape."""
+    opts = {"n": 1200, "classes": 4, "size": 8, "channels": 1, "noise": 60.0, **spec.options}
+    try:
+        n, k, size, channels = (int(opts[key]) for key in ("n", "classes", "size", "channels"))
+        noise = float(opts["noise"])
+    except (TypeError, ValueError):
+        raise UserError(f"data.options: synthetic takes integers n, classes, size, channels; got {spec.options}")
+    if min(n, k, size, channels) < 1 or n < 2 * k:
+        raise UserError(f"data.options: synthetic needs n >= 2 * classes and positive sizes; got {spec.options}")
+    rng = np.random.default_rng(1234)
+    prototypes = rng.uniform(0, 255, size=(k, channels, size, size))
+    labels = np.arange(n) % k
+    rng.shuffle(labels)
+    images = prototypes[labels] * 0.6 + 50 + rng.normal(0, noise, size=(n, channels, size, size))
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    cut = n * 4 // 5
+    return RawDataset(images[:cut], labels[:cut].astype(np.int64), images[cut:], labels[cut:].astype(np.int64),
+                      [f"class{i}" for i in range(k)], "synthetic")
+
+
+LOADERS: dict[str, Callable[[DataSpec], RawDataset]] = {
+    "digits": _load_digits,
+    "mnist": _idx_loader("mnist", DIGIT_CLASSES),
+    "fashion-mnist": _idx_loader("fashion-mnist", FASHION_CLASSES),
+    "cifar10": _load_cifar10,
+    "image-folder": _load_image_folder_spec,
+    "synthetic": _load_synthetic,
+}
+SCALINGS = ("255", "standardize")
+
+
+# ---------------------------------------------------------------- splits and transforms
+
+
+def parse_split(text: str, field: str = "split") -> tuple[str, float]:
+    """'first:5000' -> ('first', 5000); 'stratified:0.1' -> ('stratified', 0.1); 'test' -> ('test', 0)."""
+    if not isinstance(text, str):
+        raise UserError(f"{field}: expected first:N, stratified:N, stratified:FRACTION or test; got {text!r}")
+    kind, _, amount = text.partition(":")
+    if kind == "test" and not amount:
+        return "test", 0
+    if kind in ("first", "stratified"):
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1
+        if value > 0 and (value < 1 or value == int(value)):
+            return kind, value
+    raise UserError(f"{field}: expected first:N, stratified:N, stratified:FRACTION or test; got {text!r}")
+
+
+def _stratified_indices(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with `holdout` (a fraction, or a count if >= 1) per class, deterministic."""
+    rng = np.random.default_rng(seed)
+    n_holdout = int(round(holdout * len(labels))) if holdout < 1 else int(holdout)
+    if not 0 < n_holdout < len(labels):
+        raise UserError(f"split: cannot hold out {n_holdout} of {len(labels)} examples")
+    held = []
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder allocation keeps the per-class shares and the exact total.
+    quotas = counts * n_holdout / len(labels)
+    take = np.floor(quotas).astype(int)
+    for i in np.argsort(-(quotas - take))[: n_holdout - take.sum()]:
+        take[i] += 1
+    for cls, k in zip(classes, take):
+        members = np.flatnonzero(labels == cls)
+        held.append(rng.choice(members, size=k, replace=False))
+    held_out = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(len(labels)), held_out)
+    return keep, held_out
+
+
+def _carve_validation(raw: RawDataset, spec: DataSpec):
+    kind, amount = parse_split(spec.split, "data.split")
+    if kind == "test":
+        return (raw.x_train, raw.y_train), (raw.x_test, raw.y_test), True
+    if kind == "first":
+        n = int(amount)
+        if n >= len(raw.y_train):
+            raise UserError(f"data.split: first:{n} leaves no training data ({len(raw.y_train)} examples)")
+        return (raw.x_train[n:], raw.y_train[n:]), (raw.x_train[:n], raw.y_train[:n]), False
+    keep, val = _stratified_indices(raw.y_train, amount, spec.split_seed)
+    return (raw.x_train[keep], raw.y_train[keep]), (raw.x_train[val], raw.y_train[val]), False
+
+
+def _fit_size(x: torch.Tensor, size: Optional[int], fit: str) -> torch.Tensor:
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if fit == "pad":
+        pad_h, pad_w = size - x.shape[-2], size - x.shape[-1]
+        if pad_h < 0 or pad_w < 0:
+            raise UserError(f"data.image_size: cannot pad {x.shape[-2]}x{x.shape[-1]} images down to {size}")
+        return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _to_float(x: np.ndarray, spec: DataSpec) -> torch.Tensor:
+    return _fit_size(torch.from_numpy(np.ascontiguousarray(x)).float(), spec.image_size, spec.fit)
+
+
+def load_raw(spec: DataSpec) -> RawDataset:
+    spec.validate()
+    raw = LOADERS[spec.name](spec)
+    if len(raw.y_train) == 0 or len(raw.y_test) == 0:
+        raise UserError(f"{raw.source}: no images found")
+    return raw
+
+
+def load_data(spec: DataSpec) -> Splits:
+    """Load, split, resize/pad and scale a dataset; tensors stay on the CPU until `.to(device)`."""
+    raw = load_raw(spec)
+    (x_tr, y_tr), (x_va, y_va), val_is_test = _carve_validation(raw, spec)
+    if spec.train_size is not None and spec.train_size < len(y_tr):
+        _, subset = _stratified_indices(y_tr, spec.train_size, spec.split_seed + 1)
+        x_tr, y_tr = x_tr[subset], y_tr[subset]
+    x_train, x_test = _to_float(x_tr, spec), _to_float(raw.x_test, spec)
+    x_val = x_test if val_is_test else _to_float(x_va, spec)
+    if spec.scaling == "standardize":
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    else:
+        mean, std = torch.zeros(1), torch.full((1,), 255.0)
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    x_val = x_test if val_is_test else (x_val - mean) / std
+    to_labels = lambda y: torch.from_numpy(np.ascontiguousarray(y)).long()  # noqa: E731
+    y_test = to_labels(raw.y_test)
+    return Splits(x_train, to_labels(y_tr), x_val, y_test if val_is_test else to_labels(y_va), x_test, y_test,
+                  raw.classes, val_is_test, raw.source, spec)
+
+
+def describe_datasets(path: Optional[str] = None) -> list[dict]:
+    """For `relulab datasets`: each dataset, whether its files are found, and where."""
+    rows = []
+    for name in LOADERS:
+        if name in ("digits", "synthetic"):
+            rows.append({"dataset": name, "found": True, "where": "built in"})
+            continue
+        if name == "image-folder":
+            rows.append({"dataset": name, "found": None, "where": "needs --data-path (folder, .zip or .tar.gz)"})
+            continue
+        searched = sources.search_dirs(name, path)
+        hits = [str(d) for d in searched if _idx_paths(d) or any(c.exists() for c in _cifar_candidates(d)[:4])]
+        rows.append({"dataset": name, "found": bool(hits),
+                     "where": hits[0] if hits else "searched " + ", ".join(str(d) for d in searched)})
+    return rows

@@ -1,0 +1,273 @@
+"""The training engine for one model: data on the device, per-epoch history, timing.
+
+    result = run(RunSpec(data=DataSpec("digits"), model=ModelSpec("deep-mlp", widths=[64, 64])), seed=0)
+    result.history.best_val_acc
+
+The loop follows Keras' `fit`, because the sources' numbers come from it: reshuffle
+every epoch, the last batch may be short, train loss and accuracy are the running
+means over the epoch's batches (model in training mode), validation is evaluated
+once per epoch in eval mode. Data is held on the device as tensors and batches are
+cut by indexing, so no DataLoader or host copy sits inside an epoch; the loop reads
+a number back from the device only once per epoch.
+
+Callbacks (fastai-style, one job each) see the model and each epoch's record: a
+progress bar, probes, the results store.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataSpec, Splits, load_data
+from .env import provenance, resolve_device, seed_everything
+from .errors import UserError
+from .models import ModelSpec, SlotNet, build_model, keras_param_count
+from .optim import OptimizerSpec, build_optimizer, kernel_weights, weight_penalty
+
+
+@dataclass
+class TrainSpec:
+    """How to train. A plain record for configs and the CLI."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    l1: float = 0.0  # Keras-style kernel penalties, added to the loss
+    l2: float = 0.0
+    eval_batch_size: int = 2048
+
+    def validate(self, prefix: str = "train") -> "TrainSpec":
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
+        for key in ("l1", "l2"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise UserError(f"{prefix}.{key}: expected a number >= 0, got {value!r}")
+        self.optimizer.validate(f"{prefix}.optimizer")
+        return self
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one training run except the seed."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def validate(self) -> "RunSpec":
+        self.data.validate("data")
+        self.model.validate("model")
+        self.train.validate("train")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+@dataclass
+class History:
+    epochs: list[EpochRecord] = field(default_factory=list)
+    diverged_at: Optional[int] = None  # first epoch whose training loss was NaN or inf
+    test_loss: Optional[float] = None  # after the last epoch
+    test_acc: Optional[float] = None
+
+    @property
+    def best(self) -> Optional[EpochRecord]:
+        finite = [e for e in self.epochs if math.isfinite(e.val_acc)]
+        return max(finite, key=lambda e: e.val_acc) if finite else None
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.best.val_acc if self.best else float("nan")
+
+    @property
+    def best_epoch(self) -> Optional[int]:
+        return self.best.epoch if self.best else None
+
+    @property
+    def final_val_acc(self) -> float:
+        return self.epochs[-1].val_acc if self.epochs else float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return sum(e.seconds for e in self.epochs)
+
+    def summary(self) -> dict:
+        return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "final_val_acc": self.final_val_acc,
+                "test_acc": self.test_acc, "seconds": round(self.seconds, 3), "diverged_at": self.diverged_at}
+
+
+class Callback:
+    """Hooks into training; override what you need. Each callback should have one job."""
+
+    def on_train_begin(self, model: nn.Module, spec: TrainSpec) -> None: ...
+
+    def on_epoch_end(self, model: nn.Module, record: EpochRecord) -> None: ...
+
+    def on_train_end(self, model: nn.Module, history: History) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A rich progress bar on a terminal; silent when output is piped."""
+
+    def __init__(self, label: str = "training"):
+        self.label, self.progress, self.task = label, None, None
+
+    def on_train_begin(self, model, spec):
+        if not sys.stderr.isatty():
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=spec.epochs)
+
+    def on_epoch_end(self, model, record):
+        if self.progress:
+            self.progress.update(self.task, advance=1,
+                                 description=f"{self.label} val_acc {record.val_acc:.4f}")
+
+    def on_train_end(self, model, history):
+        if self.progress:
+            self.progress.stop()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode; one read-back at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size]).float()
+        target = y[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    model.train(was_training)
+    n = max(1, len(x))
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch. Like Keras the last batch may be short, but a last batch of
+    one example is dropped: PyTorch's batch norm cannot train on a single example."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    return bounds[:-1] if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1 else bounds
+
+
+def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over (x, y) in a fresh random order; returns device tensors (loss sum, correct count)."""
+    model.train()
+    order = torch.randperm(len(x), device=x.device, generator=generator)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start, stop in epoch_batches(len(x), batch_size):
+        idx = order[start:stop]
+        xb, yb = x[idx], y[idx]
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        total = loss + weight_penalty(kernels, l1, l2) if (l1 or l2) else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == yb).sum()
+    return loss_sum, correct
+
+
+def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0,
+                callbacks: Sequence[Callback] = ()) -> History:
+    """Train `model` on `splits` (already on the model's device); stops early only if the loss diverges."""
+    spec.validate()
+    device = splits.x_train.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    kernels = kernel_weights(model)
+    history = History()
+    for cb in callbacks:
+        cb.on_train_begin(model, spec)
+    n = epoch_batches(len(splits.x_train), spec.batch_size)[-1][1]  # examples seen per epoch
+    for epoch in range(1, spec.epochs + 1):
+        _sync(device)
+        started = time.perf_counter()
+        loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
+                                        generator, kernels, spec.l1, spec.l2)
+        train_loss, train_acc = loss_sum.item() / n, correct.item() / n
+        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, spec.eval_batch_size)
+        _sync(device)
+        record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - started)
+        history.epochs.append(record)
+        for cb in callbacks:
+            cb.on_epoch_end(model, record)
+        if not math.isfinite(train_loss):
+            history.diverged_at = epoch
+            break
+    if history.diverged_at is None:
+        history.test_loss, history.test_acc = evaluate(model, splits.x_test, splits.y_test, spec.eval_batch_size)
+    for cb in callbacks:
+        cb.on_train_end(model, history)
+    return history
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    seed: int
+    history: History
+    params: int
+    data: dict
+    provenance: dict
+    model: Optional[SlotNet] = None
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "seed": self.seed, "params": self.params, "data": self.data,
+                "provenance": self.provenance, **self.history.summary(),
+                "history": [asdict(e) for e in self.history.epochs]}
+
+
+def build_for(spec: RunSpec, splits: Splits, seed: int, device: torch.device) -> SlotNet:
+    """The run's model, initialized from `seed`, on `device`."""
+    seed_everything(seed)
+    return build_model(spec.model, splits.input_shape, splits.num_classes).to(device)
+
+
+def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", splits: Optional[Splits] = None,
+        callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Load the data (unless given), build the model from `seed`, train it, and return the result."""
+    spec.validate()
+    device = resolve_device(device) if isinstance(device, str) else device
+    if splits is None:
+        splits = load_data(spec.data)
+    if splits.x_train.device != device:
+        splits = splits.to(device)
+    model = build_for(spec, splits, seed, device)
+    history = train_model(model, splits, spec.train, seed, callbacks)
+    return RunResult(spec, seed, history, keras_param_count(model), splits.summary(), provenance(device), model)

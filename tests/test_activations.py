@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from relulab import activations
+from relulab.errors import UserError
+
+NAMES = activations.activation_names() + ["leaky_relu:0.2", "elu:0.5", "prelu:0.1"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_closed_form_derivative_matches_autograd(name):
+    x = torch.cat([torch.linspace(-6, 6, 241, dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)])
+    x.requires_grad_(True)
+    layer = activations.get_activation(name).double()
+    layer(x).sum().backward()
+    expected = activations.activation_grad(name)(x.detach())
+    torch.testing.assert_close(x.grad, expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_function_matches_the_layer(name):
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    layer = activations.get_activation(name).double()
+    torch.testing.assert_close(layer(x), activations.activation_fn(name)(x))
+
+
+def test_relu_demonstration_of_seed_004():
+    relu = activations.activation_fn("relu")
+    inputs = torch.tensor([1.0, 1000.0, 0.0, -1.0, -1000.0])
+    assert relu(inputs).tolist() == [1.0, 1000.0, 0.0, 0.0, 0.0]
+    # Derivative at 0 is 0 by convention.
+    assert activations.activation_grad("relu")(torch.tensor([0.0])).item() == 0.0
+
+
+def test_recommended_initializers():
+    rec = {name: a.recommended_init for name, a in activations.ACTIVATIONS.items()}
+    assert rec["relu"] == rec["leaky_relu"] == rec["prelu"] == rec["elu"] == "he_normal"
+    assert rec["selu"] == "lecun_normal"
+    assert rec["sigmoid"] == rec["tanh"] == "glorot_uniform"
+
+
+def test_aliases_and_canonical_names():
+    assert activations.canonical_name("none") == "identity"
+    assert activations.canonical_name("LReLU:0.2") == "leaky_relu:0.2"
+    assert activations.canonical_name("leaky_relu:0.01") == "leaky_relu"
+    assert activations.is_off("off")
+
+
+@pytest.mark.parametrize("bad", ["nope", "", "relu:2", "elu:abc"])
+def test_bad_names_are_one_line_errors(bad):
+    with pytest.raises(UserError) as err:
+        activations.get_activation(bad, "model.activation")
+    assert str(err.value).startswith("model.activation:")
+    assert "\n" not in str(err.value)

@@ -1,0 +1,64 @@
+"""The `relulab` command, run in-process through its entry point."""
+import json
+
+import pytest
+
+from relulab.cli import main
+
+
+def relulab(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_train_prints_json(capsys, tmp_path):
+    code, out, err = relulab(capsys, "train", "--widths", "32,32", "--init", "he_normal", "-e", "2", "-b", "64",
+                             "--json", "--device", "cpu", "--out", str(tmp_path / "r.json"))
+    assert code == 0
+    result = json.loads(out)
+    assert len(result["history"]) == 2 and result["best_val_acc"] > 0.3
+    assert result["spec"]["model"]["widths"] == [32, 32]
+    assert json.loads((tmp_path / "r.json").read_text())[0]["seed"] == 0
+
+
+def test_train_several_seeds_and_per_slot_options(capsys):
+    code, out, _ = relulab(capsys, "train", "--widths", "16x3", "--off", "2", "--slot", "3=tanh", "-e", "1",
+                           "--seed", "1", "--seed", "2", "--json")
+    assert code == 0
+    results = json.loads(out)
+    assert [r["seed"] for r in results] == [1, 2]
+    assert results[0]["spec"]["model"]["slots"] == {"2": "identity", "3": "tanh"}
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--activation", "nope"], "--activation: unknown value 'nope'"),
+    (["--init", "he_nrmal"], "--init: unknown value 'he_nrmal'"),
+    (["--optimizer", "adagrad"], "--optimizer: unknown value"),
+    (["--epochs", "0"], "--epochs: expected a positive integer"),
+    (["--epochs", "x"], "'--epochs'"),
+    (["--dataset", "imagenet"], "--dataset: unknown value"),
+    (["--split", "half"], "--split: expected"),
+    (["--slot", "99=relu"], "--slot: deep-mlp has slots 1..50"),
+    (["--widths", "1,a"], "--widths: expected widths"),
+    (["--model", "seed-cnn"], "seed-cnn needs images of at least 32x32"),
+    (["--dataset", "mnist", "--no-download"], "dataset mnist: files not found"),
+    (["--bogus"], "No such option: --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
+    code, out, err = relulab(capsys, "train", "-e", "1", *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and names in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_valid_activations_are_listed(capsys):
+    _, _, err = relulab(capsys, "train", "--activation", "nope")
+    for name in ("relu", "selu", "gelu", "tanh", "identity"):
+        assert name in err
+
+
+def test_datasets_command(capsys):
+    code, out, _ = relulab(capsys, "datasets")
+    assert code == 0 and "digits" in out and "fashion-mnist" in out

@@ -1,0 +1,74 @@
+import json
+import math
+
+import pytest
+import torch
+
+from relulab.data import DataSpec, load_data
+from relulab.models import ModelSpec
+from relulab.optim import OptimizerSpec
+from relulab.train import Callback, RunSpec, TrainSpec, epoch_batches, run
+
+SMALL = ModelSpec("deep-mlp", widths=[32, 32], init="he_normal")
+
+
+def _spec(**train):
+    return RunSpec(DataSpec(), SMALL, TrainSpec(**{"epochs": 3, "batch_size": 64, **train}))
+
+
+def test_a_small_mlp_learns_digits():
+    result = run(_spec(epochs=5, optimizer=OptimizerSpec("adam", lr=0.005)), seed=0, device="cpu")
+    h = result.history
+    assert len(h.epochs) == 5 and h.best_val_acc > 0.85 and h.test_acc > 0.8
+    assert h.epochs[-1].train_loss < h.epochs[0].train_loss
+    assert result.provenance["torch"] == torch.__version__ and "relulab" in result.provenance
+
+
+def test_same_seed_same_history_other_seed_other_history():
+    splits = load_data(DataSpec())
+    a = run(_spec(), seed=3, device="cpu", splits=splits).history
+    b = run(_spec(), seed=3, device="cpu", splits=splits).history
+    c = run(_spec(), seed=4, device="cpu", splits=splits).history
+    assert [e.val_loss for e in a.epochs] == [e.val_loss for e in b.epochs]
+    assert [e.train_loss for e in a.epochs] != [e.train_loss for e in c.epochs]
+
+
+def test_divergence_is_recorded_with_its_epoch():
+    spec = _spec(epochs=4, optimizer=OptimizerSpec("sgd", lr=1e6))
+    h = run(spec, seed=0, device="cpu").history
+    assert h.diverged_at is not None and h.diverged_at <= 4
+    assert len(h.epochs) == h.diverged_at and not math.isfinite(h.epochs[-1].train_loss)
+    assert h.test_acc is None
+
+
+def test_seed_002_protocol_runs_keras_rmsprop_with_batchnorm():
+    spec = RunSpec(DataSpec(train_size=256), ModelSpec("bn-mlp", activation="selu", init="lecun_uniform",
+                                                       widths=[64] + [32] * 5),
+                   TrainSpec(1, 128, OptimizerSpec("rmsprop", flavour="keras")))
+    assert math.isfinite(run(spec, seed=0, device="cpu").history.final_val_acc)
+
+
+def test_weight_penalty_shrinks_weights():
+    plain = run(_spec(epochs=2), seed=0, device="cpu").model
+    penalized = run(_spec(epochs=2, l2=0.05), seed=0, device="cpu").model
+    norm = lambda m: sum(p.pow(2).sum().item() for n, p in m.named_parameters() if n.endswith("weight"))
+    assert norm(penalized) < norm(plain)
+
+
+def test_callbacks_see_every_epoch():
+    class Count(Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_end(self, model, record):
+            self.epochs.append(record.epoch)
+
+    counter = Count()
+    run(_spec(), seed=0, device="cpu", callbacks=[counter])
+    assert counter.epochs == [1, 2, 3]
+
+
+def test_a_last_batch_of_one_is_dropped():
+    assert epoch_batches(10, 3) == [(0, 3), (3, 6), (6, 9)]
+    assert epoch_batches(11, 3) == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    assert epoch_batches(1, 3) == [(0, 1)]
