@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -271,3 +271,28 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     model = build_for(spec, splits, seed, device)
     history = train_model(model, splits, spec.train, seed, callbacks)
     return RunResult(spec, seed, history, keras_param_count(model), splits.summary(), provenance(device), model)
+
+
+@dataclass
+class Job:
+    """One run to do: a spec and a seed, plus the caller's key for it (the store's run key)."""
+
+    spec: RunSpec
+    seed: int
+    key: str = ""
+
+
+def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device = "auto",
+               callbacks=None) -> "Iterator[tuple[Job, RunResult]]":
+    """Train every job on the same data; yield (job, result) as each one finishes.
+
+    This is the entry point experiments and searches use, so that how the jobs are
+    scheduled (one after another here; packed several to a batched computation where
+    relulab.pack supports the model) is decided in one place. `callbacks(job)` may
+    return callbacks for that job."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if splits.x_train.device != device:
+        splits = splits.to(device)
+    for job in jobs:
+        extra = callbacks(job) if callbacks else ()
+        yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra)
