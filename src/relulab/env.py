@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import random
 from functools import lru_cache
@@ -39,7 +40,18 @@ def seed_everything(seed: int) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_model() or platform.processor() or platform.machine() or "cpu"
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), with its core count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return ""
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from .app import app
 
 # Importing the command modules registers their commands on `app`.
 from . import train as _train  # noqa: E402,F401
+from . import run as _run  # noqa: E402,F401
 
 try:  # typer >= 0.20 vendors its own copy of click; older versions use click itself
     from typer._click.exceptions import ClickException as _VendoredClickException

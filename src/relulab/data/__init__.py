@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -272,9 +273,13 @@ def _decode_split(items: list[tuple[str, str, bytes]], classes: list[str], sourc
     unknown = sorted({label for label, _, _ in items} - set(classes))
     if unknown:
         raise UserError(f"{source}: classes {unknown} appear in a test split but not in train")
+    # Pillow releases the GIL while decoding, so threads decode tens of thousands of small images in parallel.
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        decoded = pool.map(lambda item: formats.decode_image(item[2], f"{source}:{item[0]}/{item[1]}"), items,
+                           chunksize=256)
+        decoded = list(decoded)
     images, labels, first_shape = [], [], None
-    for label, filename, blob in items:
-        image = formats.decode_image(blob, f"{source}:{label}/{filename}")
+    for (label, filename, _), image in zip(items, decoded):
         first_shape = first_shape or image.shape
         if image.shape != first_shape:
             raise UserError(f"{source}:{label}/{filename}: image is {image.shape[1]}x{image.shape[0]}x"

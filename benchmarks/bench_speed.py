@@ -1,0 +1,209 @@
+"""Speed benchmark: relulab against the sources' Keras models (Keras 3 + JAX), same machine, same data.
+
+Run on the GPU machine, from the repository root:
+
+    python benchmarks/bench_speed.py --fashion DATA/fashion-mnist --cifar DATA/cifar10-jpeg.tar.gz \\
+        --peers DATA/peers --out $OUT --parts mlp,peer-mlp,cnn,peer-cnn
+
+Parts (each prints JSON lines; a summary table comes last):
+- mlp:      seed 001's table, 4 models x SEEDS seeds x 10 epochs, through relulab's train_many
+            (stacked models + CUDA graphs, stacks side by side on streams) for each --max-stack;
+            wall time, validation accuracy per model; then one deep-mlp alone the same way.
+- peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
+- cnn:      seed-cnn on CIFAR-10 JPEG, one model alone, then a pack of CNN_PACK models side by side.
+- peer-cnn: the Keras peer's seed-cnn for the same epochs.
+- matmul:   the chip's measured bf16 rate (8192^3 matrix product), for the TFLOP/s comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from relulab.data import DataSpec, load_data  # noqa: E402
+from relulab.models import ModelSpec, build_model  # noqa: E402
+from relulab.optim import OptimizerSpec  # noqa: E402
+from relulab.train import Job, RunSpec, TrainSpec, train_many  # noqa: E402
+
+SEED001_MODELS = {  # name: (activation, initializer, SGD learning rate), as in the author's notebook
+    "relu-glorot": ("relu", "glorot_uniform", 0.01),
+    "relu-he": ("relu", "he_normal", 1e-3),
+    "sigmoid-glorot": ("sigmoid", "glorot_uniform", 1e-3),
+    "tanh-glorot": ("tanh", "glorot_uniform", 1e-3),
+}
+
+
+def emit(out: Path, record: dict) -> dict:
+    print(json.dumps(record), flush=True)
+    with (out / "bench.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def seed001_jobs(data: DataSpec, seeds: list[int], epochs: int) -> list[Job]:
+    jobs = []
+    for name, (act, init, lr) in SEED001_MODELS.items():
+        for seed in seeds:
+            spec = RunSpec(data, ModelSpec("deep-mlp", activation=act, init=init),
+                           TrainSpec(epochs, 32, OptimizerSpec("sgd", lr=lr, flavour="keras")))
+            jobs.append(Job(spec, seed, key=name))
+    return jobs
+
+
+def run_jobs(jobs, splits, device, **options) -> tuple[float, list]:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    results = list(train_many(jobs, splits, device, **options))
+    torch.cuda.synchronize()
+    return time.perf_counter() - started, results
+
+
+def part_mlp(args, out, device):
+    """The whole table through train_many (what `relulab run` does), then variants of the stack size."""
+    data = DataSpec("fashion-mnist", path=args.fashion, split="first:5000")
+    splits = load_data(data).to(device)
+    jobs = seed001_jobs(data, list(range(args.seeds)), args.mlp_epochs)
+    for max_stack in [int(m) for m in args.max_stack.split(",")]:
+        wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
+        rows = {}
+        for job, result in results:
+            rows.setdefault(job.key, []).append(result.history.final_val_acc)
+        emit(out, {"part": "mlp", "max_stack": max_stack, "models": len(results), "epochs": args.mlp_epochs,
+                   "wall_s": round(wall, 2), "model_epochs_per_s": round(len(results) * args.mlp_epochs / wall, 2),
+                   "final_val_acc": {k: [round(a, 4) for a in v] for k, v in rows.items()}})
+    one = [j for j in jobs if j.key == "relu-he"][:1]
+    wall, results = run_jobs(one, splits, device)
+    emit(out, {"part": "mlp-one", "wall_s": round(wall, 2),
+               "epoch_s": [round(e.seconds, 3) for e in results[0][1].history.epochs],
+               "final_val_acc": round(results[0][1].history.final_val_acc, 4)})
+
+
+def cnn_flops_per_image(input_shape=(3, 32, 32)) -> float:
+    """Training FLOPs per image of seed-cnn: 3x the forward convolutions' multiply-adds x 2."""
+    model = build_model(ModelSpec("seed-cnn"), input_shape, 10).eval()
+    flops = 0
+    x = torch.zeros(1, *input_shape)
+    for layer in model.body:
+        y = layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            flops += 2 * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1] * y.numel()
+        x = y
+    return 3.0 * flops
+
+
+def part_cnn(args, out, device):
+    data = DataSpec("cifar10", path=args.cifar, split="test")
+    started = time.perf_counter()
+    splits = load_data(data).to(device)
+    emit(out, {"part": "cnn-load", "seconds": round(time.perf_counter() - started, 1)})
+    flops_epoch = cnn_flops_per_image() * len(splits.y_train)
+    spec = RunSpec(data, ModelSpec("seed-cnn"), TrainSpec(args.cnn_epochs, 128, OptimizerSpec("adam", flavour="keras")))
+    for pack in [1] + [int(p) for p in args.cnn_pack.split(",")]:
+        jobs = [Job(spec, seed, key="all-relu") for seed in range(pack)]
+        wall, results = run_jobs(jobs, splits, device)
+        # Per-epoch times after the first (which includes graph capture), summed over the pack.
+        steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
+                                   for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
+        emit(out, {"part": "cnn", "pack": pack, "epochs": args.cnn_epochs, "wall_s": round(wall, 2),
+                   "steady_epoch_s_for_pack": steady and round(steady, 3),
+                   "steady_model_epochs_per_s": steady and round(pack / steady, 3),
+                   "tflops": steady and round(pack * flops_epoch / steady / 1e12, 1),
+                   "val_acc": [[round(e.val_acc, 4) for e in r.history.epochs] for _, r in results]})
+
+
+def part_check(args, out, device):
+    """CUDA paths against eager single runs on digits: packs must reproduce them."""
+    from relulab.train import run
+
+    splits = load_data(DataSpec()).to(device)
+    cnn_data = DataSpec(image_size=32, train_size=512)
+    cnn_splits = load_data(cnn_data).to(device)
+    cases = [
+        ("stack", splits, [Job(RunSpec(DataSpec(), ModelSpec("bn-mlp", widths=[64] * 6, init="he_normal"),
+                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01))), s) for s in (0, 1, 2)]),
+        ("streams", cnn_splits, [Job(RunSpec(cnn_data, ModelSpec("seed-cnn"), TrainSpec(
+            3, 128, OptimizerSpec("adam", flavour="keras"), precision="fp32")), s) for s in (0, 1)]),
+    ]
+    for name, data, jobs in cases:
+        packed = [r for _, r in train_many(jobs, data, device)]
+        single = [run(j.spec, j.seed, device, splits=data) for j in jobs]
+        emit(out, {"part": "check", "case": name,
+                   "packed_val_loss": [[round(e.val_loss, 5) for e in r.history.epochs] for r in packed],
+                   "single_val_loss": [[round(e.val_loss, 5) for e in r.history.epochs] for r in single],
+                   "pack_sizes": [r.data.get("pack_size") for r in packed]})
+
+
+def part_matmul(args, out, device):
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    emit(out, {"part": "matmul", "bf16_tflops": round(2 * 8192**3 / statistics.median(times) / 1e12, 1)})
+
+
+def run_peer(args, out, script: str, script_args: list[str], part: str):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": args.peer_site}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(args.peers) / script), *script_args], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    emit(out, {"part": part, "returncode": proc.returncode, "process_wall_s": round(wall, 1), "runs": lines,
+               "stderr_tail": proc.stderr[-600:] if proc.returncode else ""})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fashion", required=True)
+    parser.add_argument("--cifar", required=True)
+    parser.add_argument("--peers", required=True)
+    parser.add_argument("--peer-site", default="/tmp/site")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--parts", default="check,matmul,mlp,cnn,peer-cnn,peer-mlp")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--mlp-epochs", type=int, default=10)
+    parser.add_argument("--max-stack", default="8", help="stack sizes to try for the MLPs, e.g. 10,5,3")
+    parser.add_argument("--cnn-epochs", type=int, default=4)
+    parser.add_argument("--cnn-pack", default="4,8")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    emit(out, {"part": "machine", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    parts = {
+        "check": lambda: part_check(args, out, device),
+        "matmul": lambda: part_matmul(args, out, device),
+        "mlp": lambda: part_mlp(args, out, device),
+        "peer-mlp": lambda: run_peer(args, out, "keras_seed001.py", [args.fashion, str(args.mlp_epochs), "0"],
+                                     "peer-mlp"),
+        "cnn": lambda: part_cnn(args, out, device),
+        "peer-cnn": lambda: run_peer(args, out, "keras_seed000.py", [args.cifar, str(args.cnn_epochs), "0:all"],
+                                     "peer-cnn"),
+    }
+    for name in args.parts.split(","):
+        try:
+            parts[name]()
+        except Exception as e:  # report and go on: one broken part must not cost the whole call
+            emit(out, {"part": name, "error": f"{type(e).__name__}: {e}"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""`relulab run` (an experiment: spec or preset), `relulab report` (from a store) and `relulab presets`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import experiments
+from ..errors import UserError
+from .app import app
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.command("run")
+def run_command(
+    spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds of every part, e.g. 0,1,2 or 0-4."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
+    data_path: Optional[str] = typer.Option(None, help="File or folder to load every run's dataset from."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set data.name=fashion-mnist or "
+                                   "--set model.widths=[64,64] (repeatable; applied to every run)."),
+    part: list[str] = typer.Option([], help="Run only this part of a multi-part spec (repeatable)."),
+    store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
+                                         "runs/<name>.sqlite)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: runs/<name>-report next to the store)."),
+    report: bool = typer.Option(True, help="Write the report when the sweep is done."),
+    svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here (needs the "
+                                               "tensorboard extra)."),
+):
+    """Run an experiment: every configuration x seed not yet in the store, then its report.
+
+    Re-running the same command after an interruption (even kill -9) finishes what is missing."""
+    overrides = experiments.Overrides(
+        seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
+        device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_), parts=list(part))
+    exp = experiments.load_experiment(spec, overrides)
+    if tensorboard is not None:
+        from ..report import _summary_writer
+
+        _summary_writer()  # a missing package is a usage error: say so before hours of training
+    summary = experiments.run_experiment(exp)
+    _print_summary(summary)
+    if report:
+        from ..report import build_report
+
+        files = build_report(exp.store, exp.name, out, svg=svg, tensorboard=tensorboard)
+        console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV)")
+        print(files.html)  # the last line on stdout: the HTML report
+
+
+def _print_summary(s: experiments.SweepSummary) -> None:
+    parts = [f"{s.trained} runs trained", f"{s.already_done} already done"]
+    if s.diverged:
+        parts.append(f"{s.diverged} diverged")
+    if s.finished_elsewhere:
+        parts.append(f"{s.finished_elsewhere} finished first by another process")
+    console.print(f"done: {', '.join(parts)}; store {s.store}")
+
+
+@app.command("report")
+def report_command(
+    target: str = typer.Argument(..., help="A store (.sqlite), or the spec / preset that was run."),
+    experiment: Optional[str] = typer.Option(None, help="Which experiment of the store (when it holds several)."),
+    store: Optional[Path] = typer.Option(None, help="The store, when TARGET is a spec or preset."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
+    svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here."),
+):
+    """Write an experiment's report (HTML, Markdown, CSV, plots) from its store."""
+    from ..report import build_report
+
+    store_path, name = _resolve_target(target, store, experiment)
+    files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard)
+    console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV), {len(files.figures)} figures")
+    if files.tensorboard:
+        console.print(f"tensorboard: tensorboard --logdir {files.tensorboard}")
+    print(files.html)
+
+
+def _resolve_target(target: str, store: Optional[Path], experiment: Optional[str]) -> tuple[Path, Optional[str]]:
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix not in (".yaml", ".yml"):
+        return path, experiment
+    if path.suffix in (".sqlite", ".db", ".sqlite3"):
+        raise UserError(f"store: {path.resolve()} does not exist (run the experiment first: relulab run ...)")
+    exp = experiments.load_experiment(target, experiments.Overrides(store=str(store) if store else None))
+    return exp.store, experiment or exp.name
+
+
+@app.command("presets")
+def presets_command():
+    """The built-in experiments (relulab run NAME)."""
+    table = Table("preset", "description")
+    for name in experiments.preset_names():
+        raw, _, _ = experiments.read_spec(name)
+        table.add_row(name, " ".join(str(raw.get("description", "")).split()))
+    Console().print(table)

@@ -1,0 +1,763 @@
+"""Experiments: a YAML spec (or a built-in preset) -> configurations x seeds -> runs in the store.
+
+    exp = load_experiment("quickstart", Overrides(seeds=[0, 1]))   # a preset, or a path to a .yaml
+    summary = run_experiment(exp)          # re-run after any interruption: finished runs are skipped
+
+A spec has a base `data` / `model` / `train` (the fields of DataSpec, ModelSpec,
+TrainSpec and OptimizerSpec), `configs` (named patches over the base), an optional
+`grid` (dotted keys -> lists of values; cartesian product, applied to every config),
+`seeds`, and a `baseline` configuration the others are compared with. A spec with
+`parts` holds several such experiments that share one store and one report (the
+quickstart); top-level part fields are then defaults for every part. README.md
+documents the format with a complete example.
+
+Validation happens before anything is written: unknown keys and bad values are
+`UserError`s naming the field (`configs.relu-he.model.activaton: unknown field`),
+every dataset is loaded and every model built once. Each run is keyed by a hash of
+its resolved config plus its seed (`run_key`); the sweep trains, through
+`train.train_many`, only keys the store does not have, and claims each key first, so
+two processes on one store share the work (store.py explains the guarantees).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+import sys
+import time
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import yaml
+
+from . import analyses as analyses_mod
+from . import probes as probes_mod
+from .activations import canonical_name as canonical_activation
+from .data import DataSpec, Splits, load_data
+from .env import provenance, resolve_device
+from .errors import UserError, unknown_choice
+from .models import ModelSpec, build_model, parse_off, parse_slots, parse_widths
+from .optim import OptimizerSpec
+from .store import Finished, Store
+from .train import Callback, Job, RunSpec, TrainSpec, train_many
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
+               "probe_size", "analyses")
+TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "parts") + PART_FIELDS[1:]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
+MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
+
+
+# ---------------------------------------------------------------- reading specs
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: YAML would silently keep the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 reads `off`, `on`, `yes`, `no` as booleans (so `off: [7, 10]` or `slots: {7: off}` would break) and
+# `1e-3` as text. Use YAML 1.2's rules instead: only true/false are booleans, and 1e-3 is a number.
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                       r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def parse_yaml(text: str, origin: str):
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{origin}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("relulab") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    return (resources.files("relulab") / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def read_spec(source: str) -> tuple[dict, Path, str]:
+    """(raw mapping, folder that relative paths are relative to, origin) of a YAML file or a preset name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _as_mapping(parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path)), \
+            path.resolve().parent, str(path.resolve())
+    if source in preset_names():
+        return _as_mapping(parse_yaml(preset_text(source), f"preset {source}"), source), Path.cwd(), \
+            f"preset:{source}"
+    if path.suffix in (".yaml", ".yml") or "/" in source:
+        raise UserError(f"spec: {path} does not exist")
+    raise unknown_choice("spec", source, preset_names())
+
+
+def _as_mapping(raw, origin: str) -> dict:
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: expected a YAML mapping (name:, data:, model:, ...), got {type(raw).__name__}")
+    return raw
+
+
+# ---------------------------------------------------------------- overrides
+
+
+@dataclass
+class Overrides:
+    """What the command line changes in a spec. `sets` are 'dotted.key=value' (value parsed as YAML)."""
+
+    seeds: Optional[list[int]] = None  # every part's seeds
+    epochs: Optional[int] = None
+    device: Optional[str] = None
+    data_path: Optional[str] = None  # relative to the current directory
+    store: Optional[str] = None
+    sets: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # run only these parts
+
+
+def _split_set(item: str) -> tuple[str, object]:
+    key, eq, text = item.partition("=")
+    if not eq or not key.strip():
+        raise UserError(f"--set: expected KEY=VALUE such as model.widths=[64,64], got {item!r}")
+    return key.strip(), parse_yaml(text, f"--set {key.strip()}") if text.strip() else None
+
+
+def apply_overrides(raw: dict, o: Overrides) -> tuple[dict, dict]:
+    """(raw spec with spec-level overrides, run-level overrides {dotted key: value} applied to every run)."""
+    raw = copy.deepcopy(raw)
+    run_sets: dict[str, object] = {}
+    for item in o.sets:
+        key, value = _split_set(item)
+        if key == "data.path" and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())  # typed at the prompt: relative to the current dir
+        if key.split(".", 1)[0] in SECTIONS:
+            run_sets[key] = value  # applied after configs and grid: the command line wins
+        else:
+            _set_dotted(raw, key, value)
+    if o.epochs is not None:
+        run_sets["train.epochs"] = o.epochs
+    if o.data_path is not None:
+        run_sets["data.path"] = str(Path(o.data_path).expanduser().resolve())
+    if o.device is not None:
+        raw["device"] = o.device
+    if o.seeds is not None:
+        raw["seeds"] = list(o.seeds)
+        for part in (raw.get("parts") or {}).values():
+            if isinstance(part, dict):
+                part["seeds"] = list(o.seeds)
+    return raw, run_sets
+
+
+# ---------------------------------------------------------------- mappings -> specs
+
+
+def _deep_merge(base: dict, patch: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):  # mappings merge; lists replace
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(mapping: dict, dotted: str, value) -> dict:
+    keys = dotted.split(".")
+    node = mapping
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+    return mapping
+
+
+def _check_mapping(value, path: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a mapping, got {value!r}")
+    return value
+
+
+def _check_keys(mapping: dict, allowed, path: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            from difflib import get_close_matches
+
+            hint = get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+            where = f"{path}.{key}" if path else str(key)
+            raise UserError(f"{where}: unknown field{did_you_mean}; expected one of: {', '.join(allowed)}")
+
+
+def _coerce(value, hint, path: str):
+    """Check a scalar against its dataclass field type; YAML reads 1e-3 as a string, so numbers may be text."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is typing.Union \
+        else hint
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{path}: a value is required")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"{path}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"{path}: expected a number, got {value!r}") from None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"{path}: expected an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise UserError(f"{path}: expected true or false, got {value!r}")
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `scaling: 255`
+        if not isinstance(value, str):
+            raise UserError(f"{path}: expected text, got {value!r}")
+    return value
+
+
+def _make(cls, mapping, path: str, extra: tuple = ()):
+    mapping = dict(_check_mapping(mapping, path))
+    names = [f.name for f in fields(cls)]
+    _check_keys(mapping, names + list(extra), path)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], f"{path}.{k}") for k, v in mapping.items() if k not in extra})
+
+
+def build_run_spec(sections: dict, prefix: str = "", base_dir: Optional[Path] = None) -> RunSpec:
+    """A validated RunSpec from {'data': {...}, 'model': {...}, 'train': {...}}; errors name `prefix` + field."""
+    data = _make(DataSpec, sections.get("data"), f"{prefix}data")
+    if data.path:
+        data.path = str((base_dir or Path.cwd()).joinpath(Path(data.path).expanduser()).resolve())
+    model_map = dict(_check_mapping(sections.get("model"), f"{prefix}model"))
+    slots = parse_slots(model_map.get("slots"), f"{prefix}model.slots")
+    slots.update(parse_off(model_map.get("off"), f"{prefix}model.off"))
+    model_map["slots"] = slots
+    if "widths" in model_map:
+        model_map["widths"] = parse_widths(model_map["widths"], f"{prefix}model.widths")
+    model = _make(ModelSpec, model_map, f"{prefix}model", MODEL_EXTRAS)
+    train_map = dict(_check_mapping(sections.get("train"), f"{prefix}train"))
+    optimizer = train_map.pop("optimizer", None)
+    if isinstance(optimizer, str):
+        optimizer = {"name": optimizer}  # `optimizer: sgd`
+    train = _make(TrainSpec, train_map, f"{prefix}train")
+    train.optimizer = _make(OptimizerSpec, optimizer, f"{prefix}train.optimizer")
+    data.validate(f"{prefix}data")
+    model.validate(f"{prefix}model")
+    train.validate(f"{prefix}train")
+    return RunSpec(data, model, train)
+
+
+# Bump when a field's default changes meaning: keys leave defaults out (see canonical_spec).
+KEY_VERSION = 1
+
+
+def _without_defaults(values: dict, cls) -> dict:
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+
+
+def canonical_spec(spec: RunSpec) -> dict:
+    """The resolved config that identifies a run: spellings resolved, fields at their default left out (so a
+    new option with a neutral default does not orphan the runs already stored), nothing cosmetic."""
+    d = spec.to_dict()
+    d["data"].pop("download", None)  # where files come from does not change the run
+    d["model"]["activation"] = canonical_activation(spec.model.activation)
+    d["model"]["init"] = spec.model.kernel_init()
+    d["model"]["slots"] = {str(k): canonical_activation(v) for k, v in sorted(spec.model.slots.items())}
+    d["train"]["optimizer"] = _without_defaults({**d["train"]["optimizer"],
+                                                 "lr": spec.train.optimizer.resolved_lr()}, OptimizerSpec)
+    return {"data": _without_defaults(d["data"], DataSpec), "model": _without_defaults(d["model"], ModelSpec),
+            "train": _without_defaults(d["train"], TrainSpec)}
+
+
+def run_key(spec: RunSpec, seed: int, probes: tuple = (), probe_size: int = 0) -> str:
+    """Hash of the resolved config plus the seed: the run's identity in the store."""
+    payload = {"spec": canonical_spec(spec), "seed": seed, "version": KEY_VERSION}
+    if probes:  # what is measured during training is part of what the run produced
+        payload["probes"] = {"stats": sorted(probes), "size": probe_size}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- the expanded experiment
+
+
+@dataclass
+class Variant:
+    """One configuration: a config patch at one grid point."""
+
+    name: str
+    config: str
+    grid: dict
+    spec: RunSpec
+
+
+@dataclass
+class PlannedRun:
+    part: "Part"
+    variant: Variant
+    seed: int
+    key: str
+
+
+@dataclass
+class Part:
+    name: str
+    description: str
+    seeds: list[int]
+    variants: list[Variant]
+    baseline: Optional[str]
+    probes: list[str]
+    probe_size: int
+    analyses: dict[str, dict]
+
+    @property
+    def val_is_test(self) -> bool:
+        return any(v.spec.data.split == "test" for v in self.variants)
+
+    def baseline_of(self, variant: Variant) -> Optional[Variant]:
+        """The variant `variant` is compared with: the named one, or the baseline config at the same grid point."""
+        if self.baseline is None:
+            return None
+        for v in self.variants:
+            if v.name == self.baseline or (v.config == self.baseline and v.grid == variant.grid):
+                return None if v is variant else v
+        return None
+
+    def planned(self) -> list[PlannedRun]:
+        key = lambda v, s: run_key(v.spec, s, tuple(self.probes), self.probe_size)  # noqa: E731
+        return [PlannedRun(self, v, s, key(v, s)) for v in self.variants for s in self.seeds]
+
+    def meta(self) -> dict:
+        return {"name": self.name, "description": self.description, "seeds": self.seeds,
+                "baseline": self.baseline, "probes": self.probes, "probe_size": self.probe_size,
+                "analyses": self.analyses, "val_is_test": self.val_is_test,
+                "variants": [{"name": v.name, "config": v.config, "grid": v.grid} for v in self.variants]}
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    device: str
+    threads: Optional[int]
+    pack: bool  # let train_many train same-shape models together (False: one by one, e.g. for timings)
+    store: Path
+    parts: list[Part]
+    raw: dict  # the spec after command-line overrides, kept with the results
+    origin: str
+    run_overrides: dict = field(default_factory=dict)  # --set data/model/train fields, applied to every run
+
+    def planned(self) -> list[PlannedRun]:
+        return [p for part in self.parts for p in part.planned()]
+
+    def plan_rows(self) -> list[dict]:
+        rows = []
+        for position, p in enumerate(self.planned()):
+            base = p.part.baseline_of(p.variant)
+            rows.append({"experiment": self.name, "part": p.part.name, "variant": p.variant.name, "seed": p.seed,
+                         "run_key": p.key, "position": position, "config": p.variant.config,
+                         "baseline": base.name if base else None,
+                         "spec_json": json.dumps(p.variant.spec.to_dict(), sort_keys=True)})
+        return rows
+
+
+def _check_name(value, path: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise UserError(f"{path}: expected a name of letters, digits and . _ + - (starting with a letter or digit),"
+                        f" got {value!r}")
+    return value
+
+
+def parse_seeds(value, path: str = "seeds") -> list[int]:
+    """[0, 1, 2], 3 (= 0, 1, 2), '0,1,2' or '0-4'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise UserError(f"{path}: a number of seeds must be at least 1, got {value}")
+        return list(range(value))
+    if isinstance(value, str):
+        try:
+            if re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", value):
+                low, high = (int(v) for v in value.split("-"))
+                value = list(range(low, high + 1))
+            else:
+                value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"{path}: expected seeds like 0,1,2 or 0-4, got {value!r}") from None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise UserError(f"{path}: expected a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"{path}: seeds repeat in {value}")
+    return list(value)
+
+
+def _parse_grid(value, path: str) -> dict[str, list]:
+    grid = _check_mapping(value, path)
+    for key, values in grid.items():
+        if not isinstance(key, str) or key.split(".", 1)[0] not in SECTIONS or "." not in key:
+            raise UserError(f"{path}.{key}: grid keys are dotted fields such as train.optimizer.lr or "
+                            "model.activation")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}.{key}: expected a non-empty list of values, got {values!r}")
+    return grid
+
+
+def _grid_points(grid: dict[str, list]) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _variant_name(config: str, point: dict, has_configs: bool) -> str:
+    if not point:
+        return config
+    last = [k.rsplit(".", 1)[-1] for k in point]
+    short = {k: (s if last.count(s) == 1 else k) for k, s in zip(point, last)}
+    fmt = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    inner = ",".join(f"{short[k]}={fmt(v)}" for k, v in point.items())
+    return f"{config}[{inner}]" if has_configs else inner
+
+
+def _with_dotted(sections: dict, sets: dict) -> dict:
+    out = copy.deepcopy(sections)
+    for key, value in sets.items():
+        _set_dotted(out, key, value)
+    return out
+
+
+def parse_part(name: str, raw: dict, prefix: str, base_dir: Path, run_sets: dict) -> Part:
+    """One part of a spec: its base, configs x grid (validated layer by layer, so that an error names the
+    layer it comes from: the base, a config, the grid or --set), seeds, baseline, probes and analyses."""
+    base = {s: _check_mapping(raw.get(s), f"{prefix}{s}") for s in SECTIONS}
+    build_run_spec(base, prefix, base_dir)
+    if run_sets:
+        build_run_spec(_with_dotted(base, run_sets), "--set ", base_dir)
+    variants = _expand(base, _check_mapping(raw.get("configs"), f"{prefix}configs"),
+                       _parse_grid(raw.get("grid"), f"{prefix}grid"), run_sets, prefix, base_dir)
+    baseline = raw.get("baseline")
+    if baseline is not None:
+        choices = sorted({v.config for v in variants} | {v.name for v in variants})
+        if baseline not in choices:
+            raise unknown_choice(f"{prefix}baseline", baseline, choices)
+    probe_size = raw.get("probe_size", 512)
+    if not isinstance(probe_size, int) or isinstance(probe_size, bool) or probe_size < 1:
+        raise UserError(f"{prefix}probe_size: expected a positive integer, got {probe_size!r}")
+    probes = raw.get("probes") or []
+    if not isinstance(probes, list):
+        raise UserError(f"{prefix}probes: expected a list of statistic names, got {probes!r}")
+    return Part(name, _text(raw.get("description"), f"{prefix}description"),
+                parse_seeds(raw.get("seeds", [0]), f"{prefix}seeds"), variants, baseline,
+                probes_mod.check_stats(probes, f"{prefix}probes"), probe_size,
+                analyses_mod.parse_analyses(raw.get("analyses"), f"{prefix}analyses"))
+
+
+def _expand(base: dict, configs: dict, grid: dict, run_sets: dict, prefix: str, base_dir: Path) -> list[Variant]:
+    """Every config at every grid point, the command line's fields applied last."""
+    for key, values in grid.items():
+        for value in values:
+            build_run_spec(_with_dotted(base, {key: value}), f"{prefix}grid.", base_dir)
+    variants = []
+    for config, patch in (configs or {"base": {}}).items():
+        cpath = f"{prefix}configs.{_check_name(config, f'{prefix}configs.{config}')}"
+        patch = _check_mapping(patch, cpath)
+        _check_keys(patch, list(SECTIONS), cpath)
+        merged = _deep_merge(base, patch)
+        build_run_spec(merged, f"{cpath}.", base_dir)
+        for point in _grid_points(grid):
+            spec = build_run_spec(_with_dotted(_with_dotted(merged, point), run_sets), f"{cpath}.", base_dir)
+            variants.append(Variant(_variant_name(config, point, bool(configs)), config, point, spec))
+    names = [v.name for v in variants]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{prefix}grid: two configurations would both be called {twice[0]!r}")
+    return variants
+
+
+def _text(value, path: str) -> str:
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{path}: expected text, got {value!r}")
+    return (value or "").strip()
+
+
+def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[dict] = None,
+                     only_parts: tuple = (), store: Optional[str] = None) -> Experiment:
+    """Validate a raw spec and expand it. Nothing is loaded or written."""
+    _check_keys(raw, TOP_FIELDS, "")
+    name = _check_name(raw.get("name"), "name")
+    run_sets = run_sets or {}
+    for key in run_sets:
+        section, _, rest = key.partition(".")
+        if not rest:
+            raise UserError(f"--set {key}: expected a field such as {section}.<field>")
+    parts = _parse_parts(raw, name, base_dir, run_sets)
+    if only_parts:
+        unknown = [p for p in only_parts if p not in [q.name for q in parts]]
+        if unknown:
+            raise unknown_choice("--part", unknown[0], [q.name for q in parts])
+        parts = [p for p in parts if p.name in only_parts]
+    device = raw.get("device", "auto")
+    if not isinstance(device, str):
+        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    threads = raw.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UserError(f"threads: expected a positive integer, got {threads!r}")
+    pack = raw.get("pack", True)
+    if not isinstance(pack, bool):
+        raise UserError(f"pack: expected true or false, got {pack!r}")
+    return Experiment(name, _text(raw.get("description"), "description"), device, threads, pack,
+                      _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets))
+
+
+def _parse_parts(raw: dict, name: str, base_dir: Path, run_sets: dict) -> list[Part]:
+    """One part named after the experiment, or the `parts:` with the top-level part fields as defaults."""
+    if "parts" not in raw:
+        return [parse_part(name, raw, "", base_dir, run_sets)]
+    defaults = {k: raw[k] for k in PART_FIELDS[1:] if k in raw}
+    part_specs = _check_mapping(raw["parts"], "parts")
+    if not part_specs:
+        raise UserError("parts: expected at least one part")
+    parts = []
+    for part_name, part_raw in part_specs.items():
+        prefix = f"parts.{_check_name(part_name, f'parts.{part_name}')}."
+        part_raw = _check_mapping(part_raw, prefix[:-1])
+        _check_keys(part_raw, PART_FIELDS, prefix[:-1])
+        parts.append(parse_part(part_name, _deep_merge(defaults, part_raw), prefix, base_dir, run_sets))
+    return parts
+
+
+def _store_path(raw: dict, name: str, base_dir: Path, store: Optional[str]) -> Path:
+    """--store (relative to the current dir), else the spec's `store:` (relative to its folder), else runs/."""
+    if store is not None:
+        return Path(store).expanduser().resolve()
+    if raw.get("store"):
+        return base_dir.joinpath(Path(str(raw["store"])).expanduser()).resolve()
+    return (Path.cwd() / "runs" / f"{name}.sqlite").resolve()
+
+
+def load_experiment(source: str, overrides: Optional[Overrides] = None) -> Experiment:
+    """Read a spec file or preset, apply command-line overrides, validate and expand it."""
+    overrides = overrides or Overrides()
+    raw, base_dir, origin = read_spec(source)
+    raw, run_sets = apply_overrides(raw, overrides)
+    return parse_experiment(raw, base_dir, origin, run_sets, tuple(overrides.parts), overrides.store)
+
+
+# ---------------------------------------------------------------- running it
+
+
+def _data_key(spec: DataSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True, default=str)
+
+
+def prepare(exp: Experiment) -> dict[str, Splits]:
+    """Load every dataset the experiment uses and build every model once, so that a bad
+    dataset or shape fails here, before the store is touched. Returns the splits by data key."""
+    splits: dict[str, Splits] = {}
+    built: set[str] = set()
+    for part in exp.parts:
+        for v in part.variants:
+            key = _data_key(v.spec.data)
+            if key not in splits:
+                splits[key] = load_data(v.spec.data)
+            signature = key + json.dumps(v.spec.model.to_dict(), sort_keys=True, default=str)
+            if signature in built:
+                continue
+            try:
+                build_model(v.spec.model, splits[key].input_shape, splits[key].num_classes)
+            except UserError as e:
+                where = f"parts.{part.name}." if len(exp.parts) > 1 or part.name != exp.name else ""
+                raise UserError(f"{where}configs.{v.config}: {e}") from None
+            built.add(signature)
+    return splits
+
+
+class _SlotProbe(Callback):
+    """Per-slot statistics on a fixed probe set after every epoch (reduced on the device)."""
+
+    def __init__(self, x: torch.Tensor, stats: list[str]):
+        self.x, self.stats, self.by_epoch = x, stats, {}
+
+    def on_epoch_end(self, model, record) -> None:
+        self.by_epoch[record.epoch] = probes_mod.probe(model, self.x, stats=self.stats)
+
+
+@dataclass
+class SweepSummary:
+    store: Path
+    planned: int = 0  # distinct runs in the plan
+    already_done: int = 0
+    trained: int = 0
+    diverged: int = 0
+    finished_elsewhere: int = 0  # a stale claim's owner came back and finished first
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def analysis_key(experiment: str, part: str, name: str, options: dict) -> str:
+    """The store key of one analysis result of one part."""
+    text = json.dumps([experiment, part, name, options], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def used_activations(part: Part) -> list[str]:
+    """Every activation some slot of the part uses, in order of first appearance."""
+    names: list[str] = []
+    for v in part.variants:
+        for act in [v.spec.model.activation, *v.spec.model.slots.values()]:
+            name = canonical_activation(act)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def run_analyses(exp: Experiment, store: Store, device: torch.device, echo: Callable[[str], None]) -> None:
+    for part in exp.parts:
+        for name, options in part.analyses.items():
+            analysis = analyses_mod.ANALYSES[name]
+            key = analysis_key(exp.name, part.name, name, options)
+            kept = store.artifact(key) if analysis.measured else None
+            value = kept["value"] if kept else analysis.compute(options, used_activations(part), device)
+            if not kept:
+                store.save_artifact(key, exp.name, part.name, name, value, provenance(device))
+            if value.get("lines"):
+                echo(f"{part.name} / {name}:" + ("" if not kept else " (measured before, kept in the store)"))
+                for line in value["lines"]:
+                    echo(f"  {line}")
+
+
+def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Callable[[str], None] = print,
+                   claim_size: int = 64, poll_s: float = 2.0) -> SweepSummary:
+    """Run every (configuration, seed) of `exp` that the store does not hold yet; results are committed as
+    each run finishes. Safe to interrupt at any point and to run from several processes at once."""
+    device = resolve_device(exp.device)
+    splits_by_data = prepare(exp)
+    if exp.threads:
+        torch.set_num_threads(exp.threads)
+    planned = _unique(exp.planned())
+    summary = SweepSummary(exp.store, planned=len(planned))
+    with Store(exp.store) as store:
+        store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
+                        exp.run_overrides)
+        run_analyses(exp, store, device, echo)
+        summary.already_done = len(store.done_keys(p.key for p in planned))
+        log(f"{exp.name}: {len(planned)} runs ({summary.already_done} already in {exp.store}), device {device}")
+        store.start_heartbeat()
+        for data_key, group in _by_data(planned).items():
+            _sweep(store, exp, group, splits_by_data[data_key], device, summary, log, claim_size, poll_s)
+    return summary
+
+
+def _unique(planned: list[PlannedRun]) -> list[PlannedRun]:
+    seen, out = set(), []
+    for p in planned:  # two variants may resolve to the same run: train it once
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append(p)
+    return out
+
+
+def _by_data(planned: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
+    groups: dict[str, list[PlannedRun]] = {}
+    for p in planned:
+        groups.setdefault(_data_key(p.variant.spec.data), []).append(p)
+    return groups
+
+
+def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], splits: Splits, device: torch.device,
+           summary: SweepSummary, log, claim_size: int, poll_s: float) -> None:
+    by_key = {p.key: p for p in group}
+    pending = [p for p in group if p.key not in store.done_keys(by_key)]
+    if pending:
+        splits = splits.to(device)  # once per dataset: the training loop never copies data
+    waiting_said = False
+    while pending:
+        keys = store.claim([p.key for p in pending], claim_size)
+        if not keys:
+            busy = store.claimed_by_others(p.key for p in pending)
+            if busy and not waiting_said:
+                log(f"waiting for {len(busy)} runs that another relulab process is running")
+                waiting_said = True
+            time.sleep(poll_s if busy else 0)
+        else:
+            _train_claimed(store, exp, [by_key[k] for k in keys], splits, device, summary, log)
+        done = store.done_keys(p.key for p in pending)
+        pending = [p for p in pending if p.key not in done]
+
+
+def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], splits: Splits, device: torch.device,
+                   summary: SweepSummary, log) -> None:
+    by_key = {p.key: p for p in batch}
+    probes_by_key: dict[str, _SlotProbe] = {}
+
+    def callbacks(job: Job) -> list[Callback]:
+        # Only probed runs get a callback: a job with callbacks trains alone, the others may be packed.
+        p = by_key[job.key]
+        if not p.part.probes:
+            return []
+        probes_by_key[job.key] = _SlotProbe(splits.x_val[:p.part.probe_size], p.part.probes)
+        return [probes_by_key[job.key]]
+
+    jobs = [Job(copy.deepcopy(p.variant.spec), p.seed, p.key) for p in batch]
+    options = {} if exp.pack else {"pack": False}
+    try:
+        for job, result in train_many(jobs, splits, device, callbacks=callbacks, **options):
+            p = by_key[job.key]
+            probe = probes_by_key.pop(job.key, None)
+            stored = store.record(Finished(job.key, exp.name, p.part.name, p.variant.name, result,
+                                           probe.by_epoch if probe else {}))
+            _count(summary, result, stored)
+            log(_run_line(summary, p, result, stored))
+    finally:
+        store.release(by_key)  # claims of runs not finished (an error, Ctrl-C) go back at once
+
+
+def _count(summary: SweepSummary, result, stored: bool) -> None:
+    if not stored:
+        summary.finished_elsewhere += 1
+        return
+    summary.trained += 1
+    summary.diverged += result.history.diverged_at is not None
+
+
+def _run_line(summary: SweepSummary, p: PlannedRun, result, stored: bool) -> str:
+    h = result.history
+    head = f"[{summary.already_done + summary.trained}/{summary.planned}] {p.part.name}/{p.variant.name} seed {p.seed}"
+    if not stored:
+        return f"{head}: another process stored this run first; result dropped"
+    if h.diverged_at is not None:
+        return f"{head}: DIVERGED at epoch {h.diverged_at} (loss not finite), {h.seconds:.1f} s"
+    return f"{head}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), final {h.final_val_acc:.4f}, " \
+           f"{h.seconds:.1f} s"

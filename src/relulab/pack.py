@@ -1,0 +1,504 @@
+"""Train many small MLPs at once as one batched computation.
+
+A deep-mlp or bn-mlp is too small to keep a GPU busy: at batch 32 each layer is a
+32x100x100 matrix product, and the time goes to launching kernels. A *pack* stacks
+K models of the same shape (different seeds, initializers, learning rates) and runs
+every layer for all of them in one batched kernel:
+
+- weights of all layers and models live in one flat leaf tensor `P` of shape
+  (K, n_params); each layer's weight is a view of it (`P.split`), so autograd
+  delivers the whole gradient as one (K, n_params) tensor and the optimizer update
+  is a handful of elementwise kernels however many layers there are;
+- a Linear layer is `baddbmm` over the K models; batch norm is PyTorch's own kernel
+  on a (B, K*C) view (each model's channels are separate channels to it);
+- each model keeps its own batch order (its seed's generator), so a pack reproduces
+  K separate runs of `relulab.train` up to float rounding (a test checks this);
+- on CUDA the whole training step (gather the batch, forward, backward, update,
+  accumulate metrics) is captured once in a CUDA graph and replayed, so a step costs
+  one launch instead of hundreds.
+
+Models are built exactly as `train.run` builds them (same seed, same initializer
+calls), then their weights are stacked; at the end they are unstacked back into
+ordinary `SlotNet`s, so results look the same as single runs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Splits
+from .env import provenance
+from .models import Slot, SlotNet
+from .models import keras_param_count
+from .optim import kernel_weights, weight_penalty
+from .train import EpochRecord, History, Job, RunResult, autocast_dtype, build_for, epoch_batches, evaluate
+
+PACKABLE_MODELS = ("deep-mlp", "bn-mlp")
+PACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+
+
+def stack_key(job: Job) -> Optional[tuple]:
+    """MLP jobs with equal keys can share a stack: everything that shapes the computation
+    matches (widths, activations, batch norm, optimizer rule, penalties, precision); seeds,
+    initializers and learning rates may differ. None: not stackable."""
+    spec, opt = job.spec, job.spec.train.optimizer
+    if spec.model.name not in PACKABLE_MODELS or opt.name not in PACKABLE_OPTIMIZERS:
+        return None
+    if any(a.startswith("prelu") for a in [spec.model.activation, *spec.model.slots.values()]):
+        return None  # PReLU has its own parameter per model
+    return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
+            tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
+            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision)
+
+
+def schedule_key(job: Job) -> tuple:
+    train = job.spec.train
+    return (train.batch_size, train.epochs, train.eval_batch_size)
+
+
+def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
+    """Jobs with equal keys can train together (`train_together`); None: this job trains alone.
+
+    On CUDA any job whose optimizer the graphed step supports can join (its step becomes a
+    CUDA graph); on the CPU only stackable MLPs gain from it."""
+    if job.spec.train.optimizer.name not in PACKABLE_OPTIMIZERS:
+        return None
+    if device.type != "cuda" and stack_key(job) is None:
+        return None
+    return schedule_key(job)
+
+
+@dataclass
+class _Op:
+    kind: str  # linear | act | bn
+    module: Optional[nn.Module] = None
+    weight: int = -1  # index into the split of P
+    bias: int = -1
+    shape: tuple = ()  # (out, in) of a linear layer
+    running: int = -1  # index into StackedMLP.running, for batch norm
+
+
+class StackedMLP:
+    """K same-shape SlotNets as one set of stacked weights, with a batched forward."""
+
+    def __init__(self, models: Sequence[SlotNet]):
+        self.k = len(models)
+        self.ops: list[_Op] = []
+        self.sizes: list[int] = []
+        columns: list[torch.Tensor] = []
+        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layers in zip(*(m.body for m in models)):
+            first = layers[0]
+            if isinstance(first, nn.Flatten):
+                continue
+            if isinstance(first, (nn.Linear, nn.BatchNorm1d)):
+                weight = self._add(columns, [l.weight for l in layers])
+                bias = self._add(columns, [l.bias for l in layers])
+                if isinstance(first, nn.Linear):
+                    self.ops.append(_Op("linear", weight=weight, bias=bias, shape=tuple(first.weight.shape)))
+                else:
+                    mean = torch.stack([l.running_mean for l in layers]).reshape(-1).clone()
+                    var = torch.stack([l.running_var for l in layers]).reshape(-1).clone()
+                    self.running.append((mean, var))
+                    self.ops.append(_Op("bn", module=first, weight=weight, bias=bias, running=len(self.running) - 1))
+            elif isinstance(first, Slot):
+                self.ops.append(_Op("act", module=first.act))
+            else:
+                raise TypeError(f"cannot pack layer {type(first).__name__}")
+        self.params = torch.cat(columns, dim=1).detach().clone().requires_grad_(True)
+        self.kernels = [op.weight for op in self.ops if op.kind == "linear"]
+
+    def _add(self, columns: list, tensors: list[torch.Tensor]) -> int:
+        columns.append(torch.stack([t.detach().reshape(-1) for t in tensors]))
+        self.sizes.append(columns[-1].shape[1])
+        return len(self.sizes) - 1
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """x: (K, B, features), or (B, features) shared by all models -> logits (K, B, classes)."""
+        views = params.split(self.sizes, dim=1)
+        h = x if x.dim() == 3 else x.unsqueeze(0).expand(self.k, *x.shape)
+        for op in self.ops:
+            if op.kind == "linear":
+                out_features, in_features = op.shape
+                weight = views[op.weight].view(self.k, out_features, in_features)
+                h = torch.baddbmm(views[op.bias].unsqueeze(1), h, weight.transpose(1, 2))
+            elif op.kind == "act":
+                h = op.module(h)
+            else:
+                h = self._batchnorm(h, views[op.weight], views[op.bias], op, training)
+        return h
+
+    def _batchnorm(self, h, weight, bias, op: _Op, training: bool) -> torch.Tensor:
+        # To PyTorch's batch norm, model k's channel c is channel k*C + c of a (B, K*C) batch.
+        k, batch, channels = h.shape
+        mean, var = self.running[op.running]
+        flat = h.transpose(0, 1).reshape(batch, k * channels)
+        out = F.batch_norm(flat, mean, var, weight.reshape(-1), bias.reshape(-1), training,
+                           op.module.momentum, op.module.eps)
+        return out.view(batch, k, channels).transpose(0, 1)
+
+    def kernel_views(self, params: torch.Tensor) -> list[torch.Tensor]:
+        views = params.split(self.sizes, dim=1)
+        return [views[i] for i in self.kernels]
+
+    @torch.no_grad()
+    def unstack_into(self, models: Sequence[SlotNet]) -> None:
+        """Copy the trained weights and running statistics back into ordinary models."""
+        views = self.params.detach().split(self.sizes, dim=1)
+        layer_groups = [ls for ls in zip(*(m.body for m in models)) if isinstance(ls[0], (nn.Linear, nn.BatchNorm1d))]
+        param_ops = [op for op in self.ops if op.kind in ("linear", "bn")]
+        for layers, op in zip(layer_groups, param_ops):
+            for k, layer in enumerate(layers):
+                layer.weight.copy_(views[op.weight][k].view_as(layer.weight))
+                layer.bias.copy_(views[op.bias][k].view_as(layer.bias))
+                if op.kind == "bn":
+                    mean, var = self.running[op.running]
+                    layer.running_mean.copy_(mean.view(self.k, -1)[k])
+                    layer.running_var.copy_(var.view(self.k, -1)[k])
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Everything a training step changes in place (for undoing CUDA-graph warm-up steps)."""
+        return [self.params] + [t for pair in self.running for t in pair]
+
+
+class StackedOptimizer:
+    """The optimizers of relulab.optim, written once for stacked (K, n) weights with a per-model
+    learning rate. The rules match torch.optim (flavour torch) and Keras 3 (flavour keras)."""
+
+    def __init__(self, params: torch.Tensor, jobs: Sequence[Job]):
+        opt = jobs[0].spec.train.optimizer
+        self.name, self.flavour, self.momentum = opt.name, opt.flavour, opt.momentum
+        self.lr = torch.tensor([[j.spec.train.optimizer.resolved_lr()] for j in jobs], device=params.device)
+        self.step_count = torch.zeros((), device=params.device)  # on the device, so graphs can replay it
+        self.state = {name: torch.zeros_like(params) for name in self._state_names()}
+
+    def _state_names(self) -> list[str]:
+        return {"sgd": [], "momentum": ["buf"], "nesterov": ["buf"], "adam": ["m", "v"], "rmsprop": ["v"]}[self.name]
+
+    @torch.no_grad()
+    def step(self, params: torch.Tensor, grad: torch.Tensor) -> None:
+        self.step_count += 1
+        getattr(self, f"_{self.name}")(params, grad)
+
+    def _sgd(self, p, g):
+        p.sub_(self.lr * g)
+
+    def _momentum(self, p, g):
+        # torch.optim.SGD's rule (Keras' is the same for a constant learning rate); the buffer
+        # starts at zero, so the first step sets it to the gradient as torch does.
+        buf = self.state["buf"]
+        buf.mul_(self.momentum).add_(g)
+        p.sub_(self.lr * buf)
+
+    def _nesterov(self, p, g):
+        buf = self.state["buf"]
+        buf.mul_(self.momentum).add_(g)
+        p.sub_(self.lr * (g + self.momentum * buf))
+
+    def _adam(self, p, g):
+        beta1, beta2 = 0.9, 0.999
+        m, v, t = self.state["m"], self.state["v"], self.step_count
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if self.flavour == "keras":  # eps 1e-7 outside the bias correction ("epsilon hat")
+            alpha = self.lr * torch.sqrt(1 - beta2**t) / (1 - beta1**t)
+            p.sub_(alpha * m / (v.sqrt() + 1e-7))
+        else:
+            denom = v.sqrt() / torch.sqrt(1 - beta2**t) + 1e-8
+            p.sub_(self.lr / (1 - beta1**t) * m / denom)
+
+    def _rmsprop(self, p, g):
+        rho, eps = (0.9, 1e-7) if self.flavour == "keras" else (0.99, 1e-8)
+        v = self.state["v"]
+        v.mul_(rho).addcmul_(g, g, value=1 - rho)
+        if self.flavour == "keras":
+            p.sub_(self.lr * g / (v + eps).sqrt())
+        else:
+            p.sub_(self.lr * g / (v.sqrt() + eps))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.step_count, *self.state.values()]
+
+
+class _GraphedStep:
+    """A training step for a fixed batch size: eager, or captured once in a CUDA graph and replayed.
+
+    Subclasses implement `_step()` (reading the batch indices from `self.index`) and
+    `state()` (every tensor the step changes in place)."""
+
+    graph: Optional[torch.cuda.CUDAGraph] = None
+    index: torch.Tensor
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def state(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def capture(self, pool=None, stream: Optional[torch.cuda.Stream] = None) -> None:
+        """Record the step in a CUDA graph. Capture needs warm-up steps first; they are undone."""
+        saved = [t.detach().clone() for t in self.state()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream):
+            self._step()
+        with torch.no_grad():
+            for t, value in zip(self.state(), saved):
+                t.copy_(value)
+
+    def __call__(self, index: torch.Tensor) -> None:
+        self.index.copy_(index)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+
+class _PackStep(_GraphedStep):
+    """One step of a whole MLP pack: each model its own batch, all models in one set of kernels."""
+
+    def __init__(self, stack: StackedMLP, optimizer: StackedOptimizer, x, y, batch: int, jobs: Sequence[Job],
+                 totals: tuple[torch.Tensor, torch.Tensor]):
+        self.stack, self.optimizer, self.x, self.y = stack, optimizer, x, y
+        self.index = torch.zeros(stack.k, batch, dtype=torch.long, device=x.device)
+        self.l1, self.l2 = jobs[0].spec.train.l1, jobs[0].spec.train.l2
+        self.loss_total, self.correct_total = totals
+
+    def state(self) -> list[torch.Tensor]:
+        return self.stack.state_tensors() + self.optimizer.state_tensors() + [self.loss_total, self.correct_total]
+
+    def _step(self) -> None:
+        k, batch = self.index.shape
+        xb, yb = self.x[self.index], self.y[self.index]  # (K, B, features), (K, B)
+        logits = self.stack.forward(self.stack.params, xb, training=True)
+        losses = F.cross_entropy(logits.reshape(k * batch, -1), yb.reshape(-1), reduction="none").view(k, batch)
+        per_model = losses.mean(1)
+        # Summing the models' losses gives each model exactly its own gradient.
+        total = per_model.sum()
+        for w in self.stack.kernel_views(self.stack.params) if (self.l1 or self.l2) else ():
+            total = total + self.l1 * w.abs().sum() + self.l2 * w.pow(2).sum()
+        (grad,) = torch.autograd.grad(total, self.stack.params)
+        self.optimizer.step(self.stack.params, grad)
+        with torch.no_grad():
+            self.loss_total.add_(per_model * batch)
+            self.correct_total.add_((logits.argmax(2) == yb).sum(1))
+
+
+@torch.no_grad()
+def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: int
+                    ) -> tuple[list[float], list[float]]:
+    """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
+    loss = torch.zeros(stack.k, device=x.device)
+    correct = torch.zeros(stack.k, device=x.device)
+    x = x.flatten(1)
+    for start in range(0, len(x), batch):
+        logits = stack.forward(stack.params, x[start:start + batch], training=False)
+        target = y[start:start + batch].unsqueeze(0).expand(stack.k, -1)
+        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+        correct += (logits.argmax(2) == target).sum(1)
+    n = max(1, len(x))
+    return (loss / n).tolist(), (correct / n).tolist()
+
+
+def flatten_parameters(model: nn.Module) -> torch.Tensor:
+    """Move all of `model`'s parameters into one (1, n) buffer and make each parameter a view of it,
+    so the optimizer updates every weight with a few elementwise kernels."""
+    params = list(model.parameters())
+    buffer = torch.cat([p.detach().reshape(-1) for p in params]).unsqueeze(0)
+    offset = 0
+    for p in params:
+        p.data = buffer[0, offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return buffer
+
+
+class _ModelStep(_GraphedStep):
+    """One training step of one ordinary model (any architecture), with bf16 autocast if asked."""
+
+    def __init__(self, model: nn.Module, flat: torch.Tensor, optimizer: StackedOptimizer, x, y, batch: int,
+                 job: Job, totals: tuple[torch.Tensor, torch.Tensor], slot: int, amp: Optional[torch.dtype]):
+        self.model, self.flat, self.optimizer, self.x, self.y, self.amp = model, flat, optimizer, x, y, amp
+        self.params = list(model.parameters())
+        self.kernels = kernel_weights(model)
+        self.l1, self.l2 = job.spec.train.l1, job.spec.train.l2
+        self.index = torch.zeros(batch, dtype=torch.long, device=x.device)
+        self.totals = totals
+        self.loss_total, self.correct_total = totals[0][slot], totals[1][slot]  # this model's entries
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.flat, *self.model.buffers(), *self.optimizer.state_tensors(), *self.totals]
+
+    def _step(self) -> None:
+        xb, yb = self.x[self.index], self.y[self.index]
+        if xb.dim() == 4 and xb.is_cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last)  # what cuDNN's fastest bf16 kernels want
+        with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            logits = self.model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        total = loss + weight_penalty(self.kernels, self.l1, self.l2) if (self.l1 or self.l2) else loss
+        grads = torch.autograd.grad(total, self.params)
+        self.optimizer.step(self.flat, torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0))
+        with torch.no_grad():
+            self.loss_total.add_(loss.detach() * len(yb))
+            self.correct_total.add_((logits.argmax(1) == yb).sum())
+
+
+# ---------------------------------------------------------------- training many models together
+
+
+class _Unit:
+    """Models driven by one chain of kernels (one CUDA stream): a stack of MLPs, or one model of any kind."""
+
+    def __init__(self, jobs: Sequence[Job], models: list[SlotNet], device: torch.device):
+        self.jobs, self.models = list(jobs), models
+        self.amp = [autocast_dtype(job.spec, device) for job in jobs]
+        self.totals = (torch.zeros(len(jobs), device=device), torch.zeros(len(jobs), device=device))
+        self.steps: dict[int, _GraphedStep] = {}
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stack: Optional[StackedMLP] = None
+
+    def capture(self) -> None:
+        pool = None  # one memory pool per unit: graphs on different streams may run at once
+        for step in self.steps.values():
+            step.capture(pool, self.stream)
+            pool = step.graph.pool()
+
+    def step(self, order: torch.Tensor, start: int, stop: int) -> None:
+        index = order[:, start:stop] if self.stack is not None else order[0, start:stop]
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            self.steps[stop - start](index)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[float, float]]:
+        if self.stack is not None:
+            return list(zip(*_evaluate_stack(self.stack, x, y, batch)))
+        return [evaluate(self.models[0], x, y, batch, self.amp[0])]
+
+    def finish(self) -> None:
+        if self.stack is not None:
+            self.stack.unstack_into(self.models)
+
+
+def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
+    unit = _Unit(jobs, [build_for(job.spec, splits, job.seed, device) for job in jobs], device)
+    unit.stack = StackedMLP(unit.models)
+    optimizer = StackedOptimizer(unit.stack.params, jobs)
+    x = splits.x_train.flatten(1)
+    unit.steps = {size: _PackStep(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals)
+                  for size in sizes}
+    return unit
+
+
+def _model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
+    unit = _Unit([job], [build_for(job.spec, splits, job.seed, device)], device)
+    flat = flatten_parameters(unit.models[0])
+    optimizer = StackedOptimizer(flat, [job])
+    unit.steps = {size: _ModelStep(unit.models[0], flat, optimizer, splits.x_train, splits.y_train, size, job,
+                                   unit.totals, 0, unit.amp[0]) for size in sizes}
+    return unit
+
+
+def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
+                max_stack: int) -> list[_Unit]:
+    """Stack MLPs that can share a stack (up to `max_stack` each); every other job is a unit of its own."""
+    stacks: dict[tuple, list[Job]] = {}
+    units = []
+    for job in jobs:
+        key = stack_key(job)
+        if key is None:
+            units.append(_model_unit(job, splits, device, sizes))
+        else:
+            stacks.setdefault(key, []).append(job)
+    for members in stacks.values():
+        for start in range(0, len(members), max_stack):
+            units.append(_stack_unit(members[start:start + max_stack], splits, device, sizes))
+    return units
+
+
+def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, graphs: Optional[bool] = None,
+                   max_stack: int = 8) -> list[RunResult]:
+    """Train jobs that share a schedule (batch size, epochs) at the same time; one RunResult per job, in order.
+
+    MLPs are stacked (`max_stack` to a stack), other models run one per unit; on CUDA each
+    unit's step is a CUDA graph and the units' graphs are replayed side by side on their
+    own streams, so the GPU works on several small models at once."""
+    assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
+    spec = jobs[0].spec.train
+    bounds = epoch_batches(len(splits.x_train), spec.batch_size)
+    units = _form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack)
+    if graphs if graphs is not None else device.type == "cuda":
+        for unit in units:
+            unit.capture()
+    histories = _run_epochs(units, splits, device, bounds)
+    by_job: dict[int, RunResult] = {}
+    info = provenance(device)
+    for unit in units:
+        unit.finish()
+        tests = unit.evaluate(splits.x_test, splits.y_test, spec.eval_batch_size)
+        for job, model, history, test in zip(unit.jobs, unit.models, histories[id(unit)], tests):
+            if history.diverged_at is None:
+                history.test_loss, history.test_acc = test
+            data = {**splits.summary(), "trained_with": len(jobs)}
+            by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model)
+    return [by_job[id(job)] for job in jobs]
+
+
+def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds) -> dict[int, list[History]]:
+    spec = units[0].jobs[0].spec.train
+    generators = {}
+    for unit in units:
+        for job in unit.jobs:
+            generators[id(job)] = torch.Generator(device=device).manual_seed(job.seed)  # same order as alone
+    histories = {id(unit): [History() for _ in unit.jobs] for unit in units}
+    seen, n = bounds[-1][1], len(splits.x_train)
+    for epoch in range(1, spec.epochs + 1):
+        started = _now(device)
+        live = [u for u in units if any(h.diverged_at is None for h in histories[id(u)])]
+        orders = {id(u): torch.stack([torch.randperm(n, device=device, generator=generators[id(j)])
+                                      for j in u.jobs]) for u in live}
+        for unit in live:
+            for t in unit.totals:
+                t.zero_()
+            if unit.stream is not None:
+                unit.stream.wait_stream(torch.cuda.current_stream(device))
+        for a, b in bounds:
+            for unit in live:  # one step of every unit; on CUDA they run concurrently
+                unit.step(orders[id(unit)], a, b)
+        for unit in live:
+            if unit.stream is not None:
+                torch.cuda.current_stream(device).wait_stream(unit.stream)
+        _record_epoch(live, histories, splits, epoch, started, seen, device, spec.eval_batch_size)
+        if not any(h.diverged_at is None for hs in histories.values() for h in hs):
+            break
+    return histories
+
+
+def _record_epoch(units, histories, splits, epoch, started, seen, device, eval_batch) -> None:
+    evaluations = {id(u): u.evaluate(splits.x_val, splits.y_val, eval_batch) for u in units}
+    train = {id(u): ((u.totals[0] / seen).tolist(), (u.totals[1] / seen).tolist()) for u in units}
+    # The epoch's wall time is shared by every model trained in it.
+    seconds = (_now(device) - started) / sum(len(u.jobs) for u in units)
+    for unit in units:
+        losses, accs = train[id(unit)]
+        for k, history in enumerate(histories[id(unit)]):
+            if history.diverged_at is None:
+                history.epochs.append(EpochRecord(epoch, losses[k], accs[k], *evaluations[id(unit)][k], seconds))
+                if not math.isfinite(losses[k]):
+                    history.diverged_at = epoch
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -1,0 +1,746 @@
+"""Reports from the store: tables (Markdown, CSV), plots (PNG, optional SVG), one self-contained HTML file.
+
+    paths = build_report("runs/quickstart.sqlite")        # -> runs/quickstart-report/report.html, ...
+
+Everything comes from the store (the plan saved by `relulab run`, the runs, their
+epochs and probe statistics, the analyses), so a report can be rebuilt at any time,
+including while a sweep is still running (missing runs are counted and said).
+
+Per part: the seeds' table (configuration | best val acc | time), extended with the
+95% interval over seeds, final accuracy, best epoch, seeds and the comparison with the
+baseline; accuracy and loss curves (mean over seeds, band = range over seeds), all
+configurations on one chart (seed 001's figure), time per epoch, per-slot sparsity
+when probed, and the part's analyses (activation plots with derivatives, activation
+cost, ReLU's demonstration). A part whose validation data is the test set is flagged
+at the top of every format. The HTML embeds its images (base64) and links nothing
+outside itself; jinja2's autoescape escapes every user-provided string.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+import jinja2
+import numpy as np
+import torch
+import yaml
+from matplotlib.ticker import MaxNLocator
+
+from . import activations
+from .errors import UserError
+from .stats import ConfigStats, RunNumbers, describe_runs, with_baseline
+from .store import Store
+from .util import write_atomic
+
+PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
+VAL_IS_TEST_WARNING = ("validation data is the test set ({parts}): best-epoch accuracies are chosen on the test "
+                       "set and are optimistic; use a held-out split (e.g. stratified:0.1) for model selection")
+
+
+# ---------------------------------------------------------------- collecting
+
+
+@dataclass
+class VariantData:
+    name: str
+    config: str
+    grid: dict
+    baseline: Optional[str]
+    seeds: list[int]
+    runs: list[dict]  # store rows, in seed order
+    epochs: dict[str, list[dict]]  # run key -> epoch rows
+    slot_stats: dict[str, dict]  # run key -> {stat: {epoch: {slot: value}}}
+    stats: Optional[ConfigStats] = None
+
+    def numbers(self) -> list[RunNumbers]:
+        return [RunNumbers(r["seed"], r["status"], _nan(r["best_val_acc"]), _nan(r["final_val_acc"]),
+                           r["best_epoch"], r["seconds"], r["epochs"], r["test_acc"], r["diverged_at"])
+                for r in self.runs]
+
+
+@dataclass
+class PartData:
+    name: str
+    description: str
+    val_is_test: bool
+    baseline: Optional[str]
+    variants: list[VariantData]
+    analyses: dict[str, dict]  # name -> stored artifact {"value", "provenance"}
+
+
+@dataclass
+class ExperimentData:
+    name: str
+    origin: str
+    spec: dict
+    overrides: dict  # command-line fields applied to every run
+    store: Path
+    parts: list[PartData]
+    planned: int
+    done: int
+
+    @property
+    def val_is_test_parts(self) -> list[str]:
+        return [p.name for p in self.parts if p.val_is_test]
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else value
+
+
+def collect(store: Store, name: str) -> ExperimentData:
+    from .experiments import analysis_key
+
+    exp = store.load_experiment(name)
+    keys = [row["run_key"] for row in exp["plan"]]
+    runs, epochs, slots = store.runs(keys), store.epochs(keys), store.slot_stats(keys)
+    parts = []
+    for meta in exp["parts"]:
+        rows = [r for r in exp["plan"] if r["part"] == meta["name"]]
+        variants = []
+        for v in meta["variants"]:
+            mine = [r for r in rows if r["variant"] == v["name"]]
+            done = [runs[r["run_key"]] for r in mine if r["run_key"] in runs]
+            variants.append(VariantData(v["name"], v["config"], v["grid"], mine[0]["baseline"] if mine else None,
+                                        [r["seed"] for r in mine], done,
+                                        {r["key"]: epochs.get(r["key"], []) for r in done},
+                                        {r["key"]: slots.get(r["key"], {}) for r in done}))
+        found = {n: store.artifact(analysis_key(name, meta["name"], n, o)) for n, o in meta["analyses"].items()}
+        # A single-part spec's description is the experiment's: say it once.
+        description = "" if meta["description"] == str(exp["spec"].get("description") or "").strip() \
+            else meta["description"]
+        parts.append(PartData(meta["name"], description, meta["val_is_test"], meta["baseline"], variants,
+                              {n: a for n, a in found.items() if a is not None}))
+    _fill_stats(parts)
+    return ExperimentData(name, exp["origin"], exp["spec"], exp["overrides"], store.path, parts, len(set(keys)),
+                          len(set(keys) & set(runs)))
+
+
+def _fill_stats(parts: list[PartData]) -> None:
+    for part in parts:
+        by_name = {v.name: v for v in part.variants}
+        for v in part.variants:
+            v.stats = describe_runs(v.numbers(), len(v.seeds))
+            if v.baseline and v.baseline in by_name:
+                with_baseline(v.stats, v.numbers(), by_name[v.baseline].numbers())
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _fmt(value, digits: int = 2, scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def _best_epoch_text(v: VariantData) -> str:
+    epochs = [r["best_epoch"] for r in v.runs if r["status"] == "done" and r["best_epoch"] is not None]
+    if not epochs:
+        return "-"
+    mean = sum(epochs) / len(epochs)
+    return f"{mean:.1f} ({min(epochs)}-{max(epochs)})" if len(epochs) > 1 else str(epochs[0])
+
+
+def _seeds_text(v: VariantData) -> str:
+    s = v.stats
+    text = str(s.done) if s.done == s.planned else f"{s.done} of {s.planned}"
+    return text + (f", {s.diverged} diverged" if s.diverged else "")
+
+
+def _vs_text(v: VariantData, part: PartData) -> str:
+    if part.baseline is None:
+        return ""
+    if v.baseline is None:
+        return "baseline"
+    c = v.stats.vs_baseline
+    if c is None:
+        return "no finished runs to compare"
+    return f"{c.format(PCT)}: {c.verdict}"
+
+
+TABLE_HEADER = ["configuration", "best val acc (%)", "final val acc (%)", "best epoch", "seconds", "s / epoch",
+                "seeds", "vs baseline (best val acc, points)"]
+
+
+def summary_rows(part: PartData) -> list[list[str]]:
+    """The seeds' table, extended: mean ± 95% interval half-width over seeds."""
+    rows = []
+    for v in part.variants:
+        s = v.stats
+        rows.append([v.name, s.best_val_acc.format(PCT), s.final_val_acc.format(PCT), _best_epoch_text(v),
+                     s.seconds.format(1.0, 1), _fmt(s.seconds_per_epoch.mean, 2), _seeds_text(v), _vs_text(v, part)])
+    if part.baseline is None:
+        return [r[:-1] for r in rows]
+    return rows
+
+
+def table_header(part: PartData) -> list[str]:
+    return TABLE_HEADER if part.baseline is not None else TABLE_HEADER[:-1]
+
+
+COMPARISON_HEADER = ["configuration", "baseline", "metric", "difference (points)", "95% interval", "p (Welch)",
+                     "verdict"]
+
+
+def comparison_rows(part: PartData) -> list[list[str]]:
+    rows = []
+    for v in part.variants:
+        if v.baseline is None:
+            continue
+        for metric, c in (("best val acc", v.stats.vs_baseline), ("final val acc", v.stats.vs_baseline_final)):
+            if c is None:
+                rows.append([v.name, v.baseline, metric, "-", "-", "-", "no finished runs to compare"])
+                continue
+            interval = "-" if c.low is None else f"[{c.low * PCT:+.2f}, {c.high * PCT:+.2f}]"
+            rows.append([v.name, v.baseline, metric, f"{c.diff * PCT:+.2f}", interval,
+                         "-" if c.p is None else f"{c.p:.2g}", c.verdict])
+    return rows
+
+
+def sparsity_by_slot(v: VariantData, stat: str = "sparsity") -> dict[int, float]:
+    """Mean over the variant's runs of `stat` at each run's last probed epoch, per slot."""
+    per_slot: dict[int, list[float]] = {}
+    for stats in v.slot_stats.values():
+        by_epoch = stats.get(stat)
+        if not by_epoch:
+            continue
+        for slot, value in by_epoch[max(by_epoch)].items():
+            per_slot.setdefault(slot, []).append(value)
+    return {slot: float(np.nanmean(vals)) for slot, vals in sorted(per_slot.items())}
+
+
+def sparsity_rows(part: PartData) -> tuple[list[str], list[list[str]]]:
+    table = {v.name: sparsity_by_slot(v) for v in part.variants}
+    slots = sorted({s for by_slot in table.values() for s in by_slot})
+    if not slots:
+        return [], []
+    header = ["configuration"] + [f"slot {s}" for s in slots]
+    return header, [[name] + [_fmt(by_slot.get(s), 3) for s in slots] for name, by_slot in table.items() if by_slot]
+
+
+def cost_rows(value: dict) -> list[list[str]]:
+    rows = value["rows"]
+    relu = next((r["forward_backward_ms"] for r in rows if r["activation"] == "relu"), None)
+    return [[r["activation"], f"{r['forward_ms']:.2f}", f"{r['forward_backward_ms']:.2f}",
+             f"{r['forward_backward_ms'] / relu:.2f}x" if relu else "-"] for r in rows]
+
+
+COST_HEADER = ["activation", "forward (ms)", "forward + backward (ms)", "vs relu"]
+
+
+# ---------------------------------------------------------------- figures
+
+
+@dataclass
+class FigureOut:
+    slug: str
+    title: str
+    caption: str
+    png: bytes
+    svg: Optional[bytes] = None
+
+    @property
+    def png_base64(self) -> str:
+        return base64.b64encode(self.png).decode("ascii")
+
+
+def _new_figure(width: float = 7.0, height: float = 4.2):
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switch
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, slug: str, title: str, caption: str, svg: bool) -> FigureOut:
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, metadata={"Software": None})
+    svg_bytes = None
+    if svg:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        svg_bytes = buf.getvalue()
+    return FigureOut(slug, title, caption, png.getvalue(), svg_bytes)
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def curve(v: VariantData, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, low, high) of `metric` over the variant's runs; band = range over seeds."""
+    length = max((len(e) for e in v.epochs.values()), default=0)
+    table = np.full((len(v.epochs), length), np.nan)
+    for i, rows in enumerate(v.epochs.values()):
+        for row in rows:
+            value = row[metric]
+            table[i, row["epoch"] - 1] = value if value is not None and math.isfinite(value) else np.nan
+    keep = ~np.all(np.isnan(table), axis=0) if length else np.zeros(0, dtype=bool)
+    epochs = np.arange(1, length + 1)[keep]
+    table = table[:, keep]
+    if table.size == 0:
+        return epochs, np.zeros(0), np.zeros(0), np.zeros(0)
+    return epochs, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+
+
+def _plot_metric(ax, part: PartData, metric: str, label: str, scale: float = 1.0, legend: bool = True) -> None:
+    for color, v in zip(_colors(len(part.variants)), part.variants):
+        epochs, mean, low, high = curve(v, metric)
+        if not len(epochs):
+            continue
+        ax.plot(epochs, mean * scale, color=color, marker="o", markersize=3, label=v.name)
+        if len(v.epochs) > 1:
+            ax.fill_between(epochs, low * scale, high * scale, color=color, alpha=0.18, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if "loss" in metric and _all_positive(ax):
+        ax.set_yscale("log")
+    if legend and part.variants:
+        ax.legend(fontsize=8)
+
+
+def _all_positive(ax) -> bool:
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if np.isfinite(y)]
+    return bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 20
+
+
+def accuracy_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    _plot_metric(ax, part, "val_acc", "validation accuracy (%)", PCT)
+    return _save(fig, "val-accuracy", "Validation accuracy, all configurations",
+                 "Mean over seeds; the band is the range over seeds.", svg)
+
+
+def curves_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = _new_figure(10, 7)
+    axes = fig.subplots(2, 2)
+    panels = [("train_acc", "train accuracy (%)", PCT), ("val_acc", "validation accuracy (%)", PCT),
+              ("train_loss", "train loss", 1.0), ("val_loss", "validation loss", 1.0)]
+    for ax, (metric, label, scale) in zip(axes.flat, panels):
+        _plot_metric(ax, part, metric, label, scale, legend=metric == "val_acc")
+    return _save(fig, "curves", "Accuracy and loss", "Mean over seeds; the band is the range over seeds. Train "
+                 "numbers are running means over each epoch (as Keras reports them).", svg)
+
+
+def epoch_time_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = _new_figure(7, 0.6 + 0.38 * max(3, len(part.variants)))
+    ax = fig.add_subplot()
+    names, means, lows, highs = [], [], [], []
+    for v in part.variants:
+        per_run = [r["seconds"] / r["epochs"] for r in v.runs if r["epochs"]]
+        names.append(v.name)
+        means.append(np.mean(per_run) if per_run else 0.0)
+        lows.append(min(per_run) if per_run else 0.0)
+        highs.append(max(per_run) if per_run else 0.0)
+    y = np.arange(len(names))
+    # Clipped: packed runs share one timing, and the mean of equal numbers can round below their minimum.
+    err = np.clip(np.array([np.subtract(means, lows), np.subtract(highs, means)]), 0, None)
+    ax.barh(y, means, xerr=err, color=_colors(len(names)), capsize=3)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per epoch (training + validation)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, "epoch-time", "Time per epoch", "Measured wall time per epoch, mean over runs; whiskers: "
+                 "range over runs.", svg)
+
+
+def sparsity_figure(part: PartData, svg: bool) -> Optional[FigureOut]:
+    table = {v.name: sparsity_by_slot(v) for v in part.variants}
+    if not any(table.values()):
+        return None
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for color, (name, by_slot) in zip(_colors(len(table)), table.items()):
+        if by_slot:
+            ax.plot(list(by_slot), list(by_slot.values()), color=color, marker="o", label=name)
+    ax.set_xlabel("slot (layer)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("fraction of exact zeros")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, "sparsity", "Sparsity per layer", "Fraction of exact zeros in each slot's output on the probe "
+                 "set after the last epoch, mean over seeds.", svg)
+
+
+def activations_figure(value: dict, svg: bool) -> FigureOut:
+    names, (low, high) = value["activations"], value["range"]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = _new_figure(3.4 * cols, 2.6 * rows)
+    x = torch.linspace(low, high, 801, dtype=torch.float64)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot(x, activations.activation_fn(name)(x), label=name)
+        ax.plot(x, activations.activation_grad(name)(x), linestyle="--", label="derivative")
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.axvline(0, color="grey", linewidth=0.6)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, "activations", "Activation functions and their derivatives",
+                 "Solid: the function; dashed: its closed-form derivative (relulab.activations; 0 at x = 0 for "
+                 "ReLU by convention).", svg)
+
+
+def cost_figure(value: dict, svg: bool) -> FigureOut:
+    rows = value["rows"]
+    fig = _new_figure(7, 0.6 + 0.35 * max(3, len(rows)))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["forward_ms"] for r in rows], height=0.4, label="forward")
+    ax.barh(y + 0.2, [r["forward_backward_ms"] for r in rows], height=0.4, label="forward + backward")
+    ax.set_yticks(y, [r["activation"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"milliseconds for {value['elements']:,} elements ({value['device']})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, "activation-cost", "Cost of each activation function",
+                 f"Median of {value['repeats']} timings after two warm-ups.", svg)
+
+
+# ---------------------------------------------------------------- sections
+
+
+@dataclass
+class Section:
+    """One rendered block of a part: an optional table, text lines, a figure."""
+
+    title: str
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    figure: Optional[FigureOut] = None
+    note: str = ""
+
+
+def _relu_demo_section(value: dict, svg: bool) -> Section:
+    return Section("ReLU's demonstration", lines=value["lines"],
+                   note="relulab's relu applied to seed 004's inputs.")
+
+
+def _activation_plots_section(value: dict, svg: bool) -> Section:
+    return Section("Activation functions", figure=activations_figure(value, svg))
+
+
+def _activation_cost_section(value: dict, svg: bool) -> Section:
+    return Section("Cost of each activation", COST_HEADER, cost_rows(value), figure=cost_figure(value, svg),
+                   note=f"{value['elements']:,} float32 elements on {value['device']}; median of "
+                        f"{value['repeats']} timings.")
+
+
+# analysis name -> renderer; relulab.analyses.ANALYSES has the same names
+RENDERERS: dict[str, Callable[[dict, bool], Section]] = {
+    "relu_demo": _relu_demo_section,
+    "activation_plots": _activation_plots_section,
+    "activation_cost": _activation_cost_section,
+}
+
+
+@dataclass
+class PartReport:
+    data: PartData
+    slug: str
+    header: list[str]
+    rows: list[list[str]]
+    comparisons: list[list[str]]
+    sections: list[Section]
+
+    @property
+    def figures(self) -> list[FigureOut]:
+        return [s.figure for s in self.sections if s.figure is not None]
+
+
+def _slug(index: int, name: str) -> str:
+    return f"{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
+
+
+def _packed(part: PartData) -> int:
+    """How many of the part's runs were trained together with others (relulab.pack)."""
+    return sum(json.loads(r["data_json"]).get("trained_with", 1) > 1 for v in part.variants for r in v.runs)
+
+
+def part_report(index: int, part: PartData, svg: bool) -> PartReport:
+    sections = []
+    if any(v.runs for v in part.variants):
+        packed = _packed(part)
+        note = (f"{packed} runs were trained together with others as one batched computation; their seconds are "
+                "each run's share of the joint wall time, not the time a run takes alone (pack: false in the "
+                "spec trains them one by one).") if packed else ""
+        sections += [Section("Validation accuracy", figure=accuracy_figure(part, svg)),
+                     Section("Curves", figure=curves_figure(part, svg)),
+                     Section("Time per epoch", figure=epoch_time_figure(part, svg), note=note)]
+    header, rows = sparsity_rows(part)
+    if rows:
+        sections.append(Section("Sparsity per layer", header if len(header) <= 13 else [],
+                                rows if len(header) <= 13 else [], figure=sparsity_figure(part, svg),
+                                note="Fraction of exact zeros in each slot's output (last epoch, mean over seeds)."))
+    for name, artifact in part.analyses.items():
+        sections.append(RENDERERS[name](artifact["value"], svg))
+    return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
+                      comparison_rows(part), sections)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _md_escape(text) -> str:
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+
+
+def _warning(data: ExperimentData) -> Optional[str]:
+    parts = data.val_is_test_parts
+    if not parts:
+        return None
+    return VAL_IS_TEST_WARNING.format(parts=", ".join(parts))
+
+
+def markdown(data: ExperimentData, reports: list[PartReport]) -> str:
+    lines = []
+    warning = _warning(data)
+    if warning:
+        lines += [f"> **Warning:** {_md_escape(warning)}", ""]
+    lines += [f"# {_md_escape(data.name)}", ""]
+    description = data.spec.get("description")
+    if description:
+        lines += [_md_escape(description), ""]
+    lines += [f"Runs in the store: {data.done} of {data.planned} planned. Accuracies in percent: mean ± half-width "
+              "of the 95% interval over seeds (Student t); comparisons: Welch's t-test against the baseline.", ""]
+    if data.overrides:
+        lines += ["Command-line overrides, applied to every run: "
+                  + _md_escape(", ".join(f"{k}={json.dumps(v)}" for k, v in data.overrides.items())), ""]
+    for r in reports:
+        lines += [f"## {_md_escape(r.data.name)}", ""] if len(reports) > 1 else []
+        if r.data.description:
+            lines += [_md_escape(r.data.description), ""]
+        if r.data.val_is_test:
+            lines += ["Validation data: **the test set**.", ""]
+        lines += _md_table(r.header, r.rows) + [""]
+        if r.comparisons:
+            lines += _md_table(COMPARISON_HEADER, r.comparisons) + [""]
+        for s in r.sections:
+            lines += [f"### {_md_escape(s.title)}", ""]
+            if s.note:
+                lines += [_md_escape(s.note), ""]
+            if s.lines:
+                lines += ["```"] + s.lines + ["```", ""]
+            if s.rows:
+                lines += _md_table(s.header, s.rows) + [""]
+            if s.figure:
+                lines += [f"![{_md_escape(s.figure.title)}](figures/{r.slug}-{s.figure.slug}.png)", ""]
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = ["experiment", "part", "configuration", "config", "grid", "baseline", "seeds_planned", "runs_done",
+                   "runs_diverged", "best_val_acc_mean", "best_val_acc_std", "best_val_acc_ci_low",
+                   "best_val_acc_ci_high", "final_val_acc_mean", "final_val_acc_std", "final_val_acc_ci_low",
+                   "final_val_acc_ci_high", "best_epoch_mean", "seconds_mean", "seconds_std", "seconds_ci_low",
+                   "seconds_ci_high", "seconds_per_epoch_mean", "test_acc_mean", "diff_vs_baseline",
+                   "diff_ci_low", "diff_ci_high", "p_value", "distinguishable", "val_is_test"]
+
+
+def _csv_number(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+def summary_csv(data: ExperimentData) -> str:
+    buf = io.StringIO()
+    warning = _warning(data)
+    if warning:
+        buf.write(f"# warning: {warning}\n")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for part in data.parts:
+        for v in part.variants:
+            s, c = v.stats, v.stats.vs_baseline
+            row = [data.name, part.name, v.name, v.config, json.dumps(v.grid, sort_keys=True) if v.grid else "",
+                   v.baseline or "", s.planned, s.done, s.diverged,
+                   s.best_val_acc.mean, s.best_val_acc.std, s.best_val_acc.low, s.best_val_acc.high,
+                   s.final_val_acc.mean, s.final_val_acc.std, s.final_val_acc.low, s.final_val_acc.high,
+                   s.best_epoch.mean, s.seconds.mean, s.seconds.std, s.seconds.low, s.seconds.high,
+                   s.seconds_per_epoch.mean, s.test_acc.mean,
+                   c.diff if c else None, c.low if c else None, c.high if c else None, c.p if c else None,
+                   "" if c is None or c.distinguishable is None else str(c.distinguishable).lower(),
+                   str(part.val_is_test).lower()]
+            writer.writerow([_csv_number(x) for x in row])
+    return buf.getvalue()
+
+
+RUN_COLUMNS = ["experiment", "part", "configuration", "seed", "status", "best_val_acc", "best_epoch", "final_val_acc",
+               "test_acc", "diverged_at", "epochs", "seconds", "params", "val_is_test", "device", "code_version",
+               "torch_version", "key"]
+
+
+def runs_csv(data: ExperimentData) -> str:
+    buf = io.StringIO()
+    warning = _warning(data)
+    if warning:
+        buf.write(f"# warning: {warning}\n")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RUN_COLUMNS)
+    for part in data.parts:
+        for v in part.variants:
+            for r in v.runs:
+                writer.writerow([_csv_number(x) for x in [
+                    data.name, part.name, v.name, r["seed"], r["status"], r["best_val_acc"], r["best_epoch"],
+                    r["final_val_acc"], r["test_acc"], r["diverged_at"], r["epochs"], r["seconds"], r["params"],
+                    str(bool(r["val_is_test"])).lower(), r["device"], r["code_version"], r["torch_version"],
+                    r["key"]]])
+    return buf.getvalue()
+
+
+def provenance_rows(data: ExperimentData) -> list[list[str]]:
+    counts: dict[tuple, int] = {}
+    for part in data.parts:
+        for v in part.variants:
+            for r in v.runs:
+                key = (r["code_version"], r["torch_version"], r["python_version"], r["device"], r["host"])
+                counts[key] = counts.get(key, 0) + 1
+    return [[*map(str, k), str(n)] for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+PROVENANCE_HEADER = ["relulab", "torch", "python", "device", "host", "runs"]
+
+
+def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
+    source = (resources.files("relulab") / "templates" / "report.html").read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(source).render(
+        data=data, reports=reports, warning=_warning(data), provenance=provenance_rows(data),
+        provenance_header=PROVENANCE_HEADER, comparison_header=COMPARISON_HEADER,
+        spec_yaml=yaml.safe_dump(data.spec, sort_keys=False, allow_unicode=True),
+        overrides=[f"{k}={json.dumps(v)}" for k, v in data.overrides.items()],
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), multiple_parts=len(reports) > 1)
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    markdown: Path
+    summary_csv: Path
+    runs_csv: Path
+    figures: list[Path]
+    tensorboard: Optional[Path] = None
+
+
+def default_out_dir(store_path: Path, experiment: str) -> Path:
+    return store_path.parent / f"{experiment}-report"
+
+
+def pick_experiment(store: Store, name: Optional[str]) -> str:
+    if name is not None:
+        return name
+    names = store.experiment_names()
+    if not names:
+        raise UserError(f"store: {store.path} holds no experiment yet")
+    if len(names) > 1:
+        raise UserError(f"--experiment: {store.path} holds several experiments ({', '.join(names)}); name one")
+    return names[0]
+
+
+def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,
+                 svg: bool = False, tensorboard: Optional[str | Path] = None) -> ReportFiles:
+    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store."""
+    if tensorboard is not None:
+        _summary_writer()  # fail before writing anything when tensorboard is missing
+    store = Store(store_path, create=False)
+    try:
+        name = pick_experiment(store, experiment)
+        data = collect(store, name)
+    finally:
+        store.close()
+    out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name)
+    reports = [part_report(i, p, svg) for i, p in enumerate(data.parts)]
+    figures = []
+    for r in reports:
+        for f in r.figures:
+            figures.append(_write_bytes(out / "figures" / f"{r.slug}-{f.slug}.png", f.png))
+            if f.svg:
+                figures.append(_write_bytes(out / "figures" / f"{r.slug}-{f.slug}.svg", f.svg))
+    files = ReportFiles(_write_text(out / "report.html", render_html(data, reports)),
+                        _write_text(out / "report.md", markdown(data, reports)),
+                        _write_text(out / "summary.csv", summary_csv(data)),
+                        _write_text(out / "runs.csv", runs_csv(data)), figures)
+    if tensorboard is not None:
+        files.tensorboard = write_tensorboard(data, Path(tensorboard))
+    return files
+
+
+def _write_text(path: Path, text: str) -> Path:
+    write_atomic(path, text)
+    os.chmod(path, 0o666 & ~_umask())  # a report is for sharing: the usual file mode, not the temp file's 0600
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_bytes(path: Path, blob: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard: the tensorboard package is not installed; "
+                        "pip install relulab[tensorboard]") from None
+    return SummaryWriter
+
+
+def write_tensorboard(data: ExperimentData, logdir: Path) -> Path:
+    """One TensorBoard run per (part, configuration, seed), from the store; rewritten on every report."""
+    SummaryWriter = _summary_writer()
+    logdir = logdir.expanduser().resolve()
+    for part in data.parts:
+        for v in part.variants:
+            for r in v.runs:
+                folder = logdir / part.name / v.name / f"seed{r['seed']}"
+                for old in folder.glob("events.out.tfevents.*"):  # ours, from an earlier report: no duplicates
+                    old.unlink()
+                writer = SummaryWriter(str(folder))
+                for e in v.epochs[r["key"]]:
+                    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "seconds"):
+                        if e[metric] is not None and math.isfinite(e[metric]):
+                            writer.add_scalar(metric, e[metric], e["epoch"])
+                for stat, by_epoch in v.slot_stats[r["key"]].items():
+                    for epoch, by_slot in by_epoch.items():
+                        for slot, value in by_slot.items():
+                            writer.add_scalar(f"{stat}/slot{slot:02d}", value, epoch)
+                writer.close()
+    return logdir

@@ -1,0 +1,161 @@
+"""Statistics over seeds: mean, std, 95% interval, and Welch's test against a baseline.
+
+    s = summarize([0.851, 0.848, 0.860])      # Summary(n=3, mean=0.853, std=0.0062, low=0.837, high=0.868)
+    c = compare([0.80, 0.81, 0.79], [0.85, 0.86, 0.84])
+    c.verdict                                 # 'distinguishable from seed noise (p = 0.0016)'
+
+The interval is Student's t interval of the mean (the seeds are the sample). A
+comparison is Welch's two-sample t-test (no equal-variance assumption), two-sided,
+alpha 0.05, with the interval of the difference from the Welch-Satterthwaite degrees
+of freedom; no correction is made for comparing several configurations with one
+baseline. With a single seed there is no interval, and the verdict says so instead of
+guessing.
+
+`describe_runs` turns the runs of one configuration into the numbers every report
+shows: diverged runs are counted, and left out of the accuracy statistics.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from scipy import stats as _scipy
+
+ALPHA = 0.05  # two-sided: 95% intervals
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float  # sample standard deviation (n - 1); nan when n < 2
+    low: Optional[float]  # 95% interval of the mean; None when n < 2
+    high: Optional[float]
+
+    @property
+    def half_width(self) -> Optional[float]:
+        return None if self.low is None else (self.high - self.low) / 2
+
+    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        """'85.12 ± 0.31' (the ± is the 95% interval's half-width); 'n=1' or '-' when there is none."""
+        if self.n == 0:
+            return "-"
+        text = f"{self.mean * scale:.{digits}f}"
+        if self.half_width is None:
+            return f"{text} (n=1)"
+        return f"{text} ± {self.half_width * scale:.{digits}f}"
+
+
+def summarize(values: Sequence[float], alpha: float = ALPHA) -> Summary:
+    """Mean, sample std and Student-t interval of the mean of the finite `values`."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(xs)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, None, None)
+    mean = sum(xs) / n
+    if n < 2:
+        return Summary(1, mean, math.nan, None, None)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = float(_scipy.t.ppf(1 - alpha / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A configuration against the baseline: difference of means (config - baseline)."""
+
+    diff: float
+    low: Optional[float]  # 95% interval of the difference (Welch)
+    high: Optional[float]
+    p: Optional[float]  # Welch's two-sided p-value
+    n: int
+    n_baseline: int
+    distinguishable: Optional[bool]  # None: too few seeds to tell
+
+    @property
+    def verdict(self) -> str:
+        if self.distinguishable is None:
+            return f"too few seeds to tell (n = {self.n} vs {self.n_baseline}; need 2 each)"
+        judged = "distinguishable" if self.distinguishable else "not distinguishable"
+        return f"{judged} from seed noise (p = {self.p:.2g})"
+
+    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        """'+1.23 [0.40, 2.06]' (difference and its 95% interval) or '+1.23' without one."""
+        text = f"{self.diff * scale:+.{digits}f}"
+        if self.low is None:
+            return text
+        return f"{text} [{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"
+
+
+def compare(values: Sequence[float], baseline: Sequence[float], alpha: float = ALPHA) -> Optional[Comparison]:
+    """Welch's t-test of mean(values) - mean(baseline); None when either side has no finite value."""
+    a, b = summarize(values, alpha), summarize(baseline, alpha)
+    if a.n == 0 or b.n == 0:
+        return None
+    diff = a.mean - b.mean
+    if a.n < 2 or b.n < 2:
+        return Comparison(diff, None, None, None, a.n, b.n, None)
+    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
+    se = math.sqrt(va + vb)
+    if se == 0:  # every seed gave the same number on both sides: any difference is exact
+        p = 1.0 if diff == 0 else 0.0
+        return Comparison(diff, diff, diff, p, a.n, b.n, diff != 0)
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    p = float(2 * _scipy.t.sf(abs(diff) / se, df))
+    half = float(_scipy.t.ppf(1 - alpha / 2, df)) * se
+    return Comparison(diff, diff - half, diff + half, p, a.n, b.n, p < alpha)
+
+
+@dataclass
+class RunNumbers:
+    """What the statistics need from one stored run."""
+
+    seed: int
+    status: str  # done | diverged
+    best_val_acc: float
+    final_val_acc: float
+    best_epoch: Optional[int]
+    seconds: float
+    epochs: int
+    test_acc: Optional[float] = None
+    diverged_at: Optional[int] = None
+
+
+@dataclass
+class ConfigStats:
+    """One configuration over its seeds."""
+
+    planned: int  # seeds in the plan
+    done: int  # runs in the store (finished or diverged)
+    diverged: int
+    best_val_acc: Summary
+    final_val_acc: Summary
+    best_epoch: Summary
+    seconds: Summary  # whole run, finished runs only
+    seconds_per_epoch: Summary  # every run, diverged included
+    test_acc: Summary
+    vs_baseline: Optional[Comparison] = None  # on best validation accuracy
+    vs_baseline_final: Optional[Comparison] = None  # on final validation accuracy
+
+
+def describe_runs(runs: Sequence[RunNumbers], planned: int) -> ConfigStats:
+    ok = [r for r in runs if r.status == "done"]
+    return ConfigStats(
+        planned=planned, done=len(runs), diverged=len(runs) - len(ok),
+        best_val_acc=summarize([r.best_val_acc for r in ok]),
+        final_val_acc=summarize([r.final_val_acc for r in ok]),
+        best_epoch=summarize([r.best_epoch for r in ok if r.best_epoch is not None]),
+        seconds=summarize([r.seconds for r in ok]),
+        seconds_per_epoch=summarize([r.seconds / r.epochs for r in runs if r.epochs]),
+        test_acc=summarize([r.test_acc for r in ok if r.test_acc is not None]),
+    )
+
+
+def with_baseline(config: ConfigStats, runs: Sequence[RunNumbers], baseline: Sequence[RunNumbers]) -> ConfigStats:
+    """Fill in the comparisons of `runs` against the baseline's runs (finished runs only)."""
+    ok = [r for r in runs if r.status == "done"]
+    base = [r for r in baseline if r.status == "done"]
+    config.vs_baseline = compare([r.best_val_acc for r in ok], [r.best_val_acc for r in base])
+    config.vs_baseline_final = compare([r.final_val_acc for r in ok], [r.final_val_acc for r in base])
+    return config

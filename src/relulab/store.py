@@ -1,0 +1,411 @@
+"""The results store: one SQLite file per experiment, crash-safe, safe to share.
+
+Tables (the SQL is `SCHEMA` below):
+
+- `runs`: one row per finished run, keyed by a hash of its resolved config and seed
+  (`experiments.run_key`), with its summary numbers, status (`done` or `diverged`),
+  resolved spec, data summary and provenance (relulab code version, torch, python,
+  device, host).
+- `epochs`: per-epoch metrics and seconds of each run; `slot_stats`: per-epoch,
+  per-slot probe statistics (`relulab.probes`).
+- `experiments` and `plan`: the last spec run against the store under each
+  experiment name, and its expansion (part, variant, seed -> run key). Reports read
+  these, so a report never re-parses a spec with newer code.
+- `claims`: which process is running which run key, with a heartbeat.
+- `artifacts`: one-off measurements of an experiment (relulab.analyses).
+
+Why it survives `kill -9`: a run counts as done only when its `runs` row is
+committed, and that row, its epochs and its slot statistics are written in one
+transaction together with dropping its claim. A kill at any moment loses at most the
+runs in progress; they have no row, so the next `relulab run` runs them again. WAL
+journaling keeps the file readable by others throughout (and `PRAGMA
+integrity_check` passes after kills); `synchronous=FULL` makes each commit durable.
+
+Why two `relulab run` processes on one store neither corrupt it nor run a config
+twice: every change happens in a `BEGIN IMMEDIATE` transaction (one writer at a
+time, others wait on `busy_timeout`), and a process trains a run only after claiming
+its key. A claim is honoured while its owner is alive: a heartbeat thread refreshes
+it every `HEARTBEAT_S`; a claim whose heartbeat is older than `STALE_S`, or whose
+process is gone from this host, is stale and can be taken over. If a stalled owner
+wakes up and finishes a run someone else also finished, its result is dropped: the
+primary key on `runs.key` makes "twice" impossible.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+HEARTBEAT_S = 10.0
+STALE_S = 60.0
+BUSY_TIMEOUT_MS = 120_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL, part TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'diverged')),
+    best_val_acc REAL, best_epoch INTEGER, final_val_acc REAL, test_acc REAL, test_loss REAL,
+    diverged_at INTEGER, epochs INTEGER NOT NULL, seconds REAL NOT NULL, params INTEGER,
+    val_is_test INTEGER NOT NULL,
+    spec_json TEXT NOT NULL, data_json TEXT NOT NULL,
+    code_version TEXT, torch_version TEXT, python_version TEXT, device TEXT, host TEXT,
+    finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_key TEXT NOT NULL REFERENCES runs(key), epoch INTEGER NOT NULL,
+    train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL, seconds REAL,
+    PRIMARY KEY (run_key, epoch)
+);
+CREATE TABLE IF NOT EXISTS slot_stats (
+    run_key TEXT NOT NULL REFERENCES runs(key), epoch INTEGER NOT NULL, stat TEXT NOT NULL,
+    slot INTEGER NOT NULL, value REAL,
+    PRIMARY KEY (run_key, epoch, stat, slot)
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY, origin TEXT, spec_json TEXT NOT NULL, overrides_json TEXT NOT NULL,
+    parts_json TEXT NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plan (
+    experiment TEXT NOT NULL, part TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,
+    run_key TEXT NOT NULL, position INTEGER NOT NULL, config TEXT NOT NULL, baseline TEXT,
+    spec_json TEXT NOT NULL,
+    PRIMARY KEY (experiment, part, variant, seed)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+    claimed REAL NOT NULL, heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY, experiment TEXT NOT NULL, part TEXT NOT NULL, name TEXT NOT NULL,
+    value_json TEXT NOT NULL, provenance_json TEXT, created REAL NOT NULL
+);
+"""
+
+RUN_COLUMNS = ("key", "experiment", "part", "variant", "seed", "status", "best_val_acc", "best_epoch",
+               "final_val_acc", "test_acc", "test_loss", "diverged_at", "epochs", "seconds", "params", "val_is_test",
+               "spec_json", "data_json", "code_version", "torch_version", "python_version", "device", "host",
+               "finished")
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+
+
+def _real(value) -> Optional[float]:
+    # SQLite has no NaN (it would store NULL anyway); say so explicitly. inf is kept.
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _num(value) -> float:
+    return math.nan if value is None else value
+
+
+def _set_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch a store to WAL (it stays so). Changing the journal mode does not wait on the busy timeout,
+    so when two processes open a new store at once, the loser retries here."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal" or \
+                    db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+        time.sleep(0.05)
+    raise UserError("store: could not switch the store to WAL journaling (a network file system? "
+                    "keep stores on a local disk)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@dataclass
+class Finished:
+    """A finished run as the driver hands it to `Store.record`."""
+
+    key: str
+    experiment: str
+    part: str
+    variant: str
+    result: "object"  # train.RunResult
+    slot_stats: dict  # {epoch: {stat: {slot: value}}}
+
+
+class Store:
+    """One connection to a store file. The driver process is the only writer of results."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path).expanduser().resolve()
+        if not create and not self.path.is_file():
+            raise UserError(f"store: {self.path} does not exist (run the experiment first: relulab run ...)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat: Optional[_Heartbeat] = None
+        try:
+            self.db = self._connect(self.path)
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"store: {self.path} is not a relulab store ({e})") from None
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _set_wal(db)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _init_schema(self) -> None:
+        with self.transaction():
+            for statement in SCHEMA.strip().split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row["value"] != str(SCHEMA_VERSION):
+                raise UserError(f"store: {self.path} has schema version {row['value']}, this relulab reads "
+                                f"{SCHEMA_VERSION}")
+
+    # ---------------------------------------------------------------- transactions
+
+    class _Txn:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self):
+            # IMMEDIATE takes the write lock now, so check-then-write sequences cannot interleave.
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind, value, tb):
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            return False
+
+    def transaction(self) -> "_Txn":
+        return Store._Txn(self.db)
+
+    def close(self) -> None:
+        self.stop_heartbeat()
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.release()
+        finally:
+            self.close()
+
+    # ---------------------------------------------------------------- the plan
+
+    def save_plan(self, name: str, origin: str, spec: dict, parts: list[dict], rows: Sequence[dict],
+                  overrides: Optional[dict] = None) -> None:
+        """Replace the experiment's spec and expansion (runs already in the store are kept)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?, ?, ?)",
+                       (name, origin, json.dumps(spec, default=str), json.dumps(overrides or {}, default=str),
+                        json.dumps(parts), time.time()))
+            db.execute("DELETE FROM plan WHERE experiment = ?", (name,))
+            db.executemany(
+                "INSERT INTO plan VALUES (:experiment, :part, :variant, :seed, :run_key, :position, :config,"
+                " :baseline, :spec_json)", rows)
+
+    def experiment_names(self) -> list[str]:
+        return [r["name"] for r in self.db.execute("SELECT name FROM experiments ORDER BY updated DESC")]
+
+    def load_experiment(self, name: str) -> dict:
+        row = self.db.execute("SELECT * FROM experiments WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = ", ".join(self.experiment_names()) or "none"
+            raise UserError(f"experiment: no experiment named '{name}' in {self.path} (it has: {known})")
+        plan = [dict(r) for r in self.db.execute(
+            "SELECT * FROM plan WHERE experiment = ? ORDER BY position, seed", (name,))]
+        return {"name": name, "origin": row["origin"], "spec": json.loads(row["spec_json"]),
+                "overrides": json.loads(row["overrides_json"]), "parts": json.loads(row["parts_json"]), "plan": plan}
+
+    # ---------------------------------------------------------------- runs
+
+    def done_keys(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found |= {r[0] for r in self.db.execute(f"SELECT key FROM runs WHERE key IN ({marks})", chunk)}
+        return found
+
+    def record(self, run: Finished) -> bool:
+        """Write a finished run with all its epochs in one transaction; False if it was already there."""
+        r, h = run.result, run.result.history
+        status = "diverged" if h.diverged_at is not None else "done"
+        prov = r.provenance
+        row = (run.key, run.experiment, run.part, run.variant, r.seed, status, _real(h.best_val_acc), h.best_epoch,
+               _real(h.final_val_acc), h.test_acc, h.test_loss, h.diverged_at, len(h.epochs), h.seconds, r.params,
+               int(bool(r.data.get("val_is_test"))), json.dumps(r.spec.to_dict(), sort_keys=True),
+               json.dumps(r.data, sort_keys=True), prov.get("relulab"), prov.get("torch"), prov.get("python"),
+               prov.get("device"), prov.get("host"), time.time())
+        epochs = [(run.key, e.epoch, _real(e.train_loss), _real(e.train_acc), _real(e.val_loss), _real(e.val_acc),
+                   e.seconds) for e in h.epochs]
+        slot_rows = [(run.key, epoch, stat, slot, _real(value))
+                     for epoch, by_stat in run.slot_stats.items()
+                     for stat, by_slot in by_stat.items() for slot, value in by_slot.items()]
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE key = ?", (run.key,)).fetchone():
+                db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (run.key, self.owner))
+                return False
+            db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})", row)
+            db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)", epochs)
+            db.executemany("INSERT INTO slot_stats VALUES (?, ?, ?, ?, ?)", slot_rows)
+            db.execute("DELETE FROM claims WHERE key = ?", (run.key,))
+        return True
+
+    def runs(self, keys: Iterable[str]) -> dict[str, dict]:
+        return {row["key"]: row for row in self._select_in("SELECT * FROM runs WHERE key IN ({})", keys)}
+
+    def epochs(self, keys: Iterable[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for row in self._select_in("SELECT * FROM epochs WHERE run_key IN ({}) ORDER BY run_key, epoch", keys):
+            out.setdefault(row["run_key"], []).append(
+                {c: (_num(row[c]) if c != "epoch" else row[c]) for c in EPOCH_COLUMNS})
+        return out
+
+    def slot_stats(self, keys: Iterable[str]) -> dict[str, dict[str, dict[int, dict[int, float]]]]:
+        """{run key: {stat: {epoch: {slot: value}}}}"""
+        out: dict = {}
+        for row in self._select_in("SELECT * FROM slot_stats WHERE run_key IN ({})", keys):
+            out.setdefault(row["run_key"], {}).setdefault(row["stat"], {}).setdefault(row["epoch"], {})[
+                row["slot"]] = _num(row["value"])
+        return out
+
+    def _select_in(self, sql: str, keys: Iterable[str]) -> list[dict]:
+        keys, rows = list(keys), []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows += [dict(r) for r in self.db.execute(sql.format(",".join("?" * len(chunk))), chunk)]
+        return rows
+
+    # ---------------------------------------------------------------- artifacts
+
+    def save_artifact(self, key: str, experiment: str, part: str, name: str, value, provenance: dict) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (key, experiment, part, name, json.dumps(value), json.dumps(provenance), time.time()))
+
+    def artifact(self, key: str) -> Optional[dict]:
+        row = self.db.execute("SELECT * FROM artifacts WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return {"name": row["name"], "part": row["part"], "value": json.loads(row["value_json"]),
+                "provenance": json.loads(row["provenance_json"] or "{}")}
+
+    # ---------------------------------------------------------------- claims
+
+    def claim(self, keys: Sequence[str], limit: Optional[int] = None) -> list[str]:
+        """Claim up to `limit` of `keys` that are neither done nor claimed by a live process; in order."""
+        now = time.time()
+        taken: list[str] = []
+        with self.transaction() as db:
+            for key in keys:
+                if limit is not None and len(taken) >= limit:
+                    break
+                if db.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone():
+                    continue
+                held = db.execute("SELECT * FROM claims WHERE key = ?", (key,)).fetchone()
+                if held is not None and held["owner"] != self.owner and not self._stale(held, now):
+                    continue
+                db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                           (key, self.owner, self.pid, self.host, now, now))
+                taken.append(key)
+        return taken
+
+    def _stale(self, claim: sqlite3.Row, now: float) -> bool:
+        if now - claim["heartbeat"] > STALE_S:
+            return True
+        return claim["host"] == self.host and not _pid_alive(claim["pid"])
+
+    def claimed_by_others(self, keys: Iterable[str]) -> set[str]:
+        """Keys that a live process other than this one is running now."""
+        now, busy = time.time(), set()
+        for row in self._select_in("SELECT * FROM claims WHERE key IN ({})", keys):
+            if row["owner"] != self.owner and not self._stale(row, now):
+                busy.add(row["key"])
+        return busy
+
+    def release(self, keys: Optional[Iterable[str]] = None) -> None:
+        """Drop this process's claims (all of them by default): on a clean exit or an error."""
+        try:
+            with self.transaction() as db:
+                if keys is None:
+                    db.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+                else:
+                    db.executemany("DELETE FROM claims WHERE key = ? AND owner = ?",
+                                   [(k, self.owner) for k in keys])
+        except sqlite3.Error:
+            pass  # the claims go stale on their own
+
+    def touch(self) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
+
+    def start_heartbeat(self, interval: float = HEARTBEAT_S) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.path, self.owner, interval)
+            self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
+    # ---------------------------------------------------------------- checks
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes this process's claims while it trains (training holds the main thread)."""
+
+    def __init__(self, path: Path, owner: str, interval: float):
+        super().__init__(name="relulab-store-heartbeat", daemon=True)
+        self.path, self.owner, self.interval = path, owner, interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        db = Store._connect(self.path)  # a connection of its own: sqlite3 connections are per thread
+        try:
+            while not self._stop_event.wait(self.interval):
+                try:
+                    db.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
+                except sqlite3.Error:
+                    pass  # a busy store: try again next beat; STALE_S leaves room for several misses
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)

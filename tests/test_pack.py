@@ -1,0 +1,105 @@
+"""Many models at once give the same histories as the same models trained one by one."""
+import math
+
+import pytest
+import torch
+
+from relulab import pack, train
+from relulab.data import DataSpec, load_data
+from relulab.models import ModelSpec
+from relulab.optim import OptimizerSpec
+from relulab.train import Job, RunSpec, TrainSpec, run, train_many
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataSpec())
+
+
+def _job(seed, model="deep-mlp", lr=None, init="he_normal", opt="sgd", flavour="torch", epochs=2, **model_kw):
+    model_spec = ModelSpec(model, init=init, widths=[24, 24, 24], **model_kw)
+    return Job(RunSpec(DataSpec(), model_spec, TrainSpec(epochs, 32, OptimizerSpec(opt, lr, flavour))), seed,
+               key=f"{seed}-{init}-{lr}")
+
+
+def _assert_same_history(packed, single, tol):
+    assert len(packed.history.epochs) == len(single.history.epochs)
+    for p, s in zip(packed.history.epochs, single.history.epochs):
+        assert p.train_loss == pytest.approx(s.train_loss, abs=tol)
+        assert p.val_loss == pytest.approx(s.val_loss, abs=tol)
+        assert abs(p.val_acc - s.val_acc) <= 1 / 144 + 1e-9  # at most one validation example flips
+
+
+# Adam and RMSprop divide by the gradient's own scale, so the rounding noise in the (truly zero)
+# gradient of a bias that feeds a batch norm becomes a full-size step; those cases get a looser bound.
+@pytest.mark.parametrize("opt,flavour,model_kw,tol", [
+    ("sgd", "torch", {}, 1e-4),
+    ("momentum", "torch", {"activation": "tanh"}, 1e-4),
+    ("adam", "keras", {"model": "bn-mlp"}, 3e-3),
+    ("rmsprop", "keras", {"model": "bn-mlp", "activation": "selu"}, 3e-3),
+    ("adam", "torch", {"batchnorm": True}, 3e-3),
+    ("adam", "keras", {}, 1e-4),
+])
+def test_a_stack_of_k_equals_k_separate_runs(digits, opt, flavour, model_kw, tol):
+    lrs = [0.01, 0.02, 0.005] if opt in ("sgd", "momentum") else [1e-3, 2e-3, 5e-4]
+    jobs = [_job(s, lr=lr, init=init, opt=opt, flavour=flavour, **model_kw)
+            for s, lr, init in zip((0, 1, 2), lrs, ("he_normal", "glorot_uniform", "lecun_normal"))]
+    assert len({pack.stack_key(j) for j in jobs}) == 1
+    packed = pack.train_together(jobs, digits, CPU)
+    for job, result in zip(jobs, packed):
+        _assert_same_history(result, run(job.spec, job.seed, CPU, splits=digits), tol)
+        assert result.data["trained_with"] == 3
+
+
+def test_models_come_back_as_ordinary_models(digits):
+    jobs = [_job(s, model="bn-mlp") for s in (0, 1)]
+    for job, result in zip(jobs, pack.train_together(jobs, digits, CPU)):
+        loss, acc = train.evaluate(result.model, digits.x_test, digits.y_test)
+        assert acc == pytest.approx(result.history.test_acc, abs=1e-6)
+
+
+def test_any_model_trained_together_equals_separate_runs():
+    splits = load_data(DataSpec(image_size=32, train_size=160))
+    jobs = [Job(RunSpec(DataSpec(image_size=32, train_size=160), ModelSpec("seed-cnn", widths=[8] * 9),
+                        TrainSpec(2, 64, OptimizerSpec("adam", flavour="keras"))), s) for s in (0, 1)]
+    for job, result in zip(jobs, pack.train_together(jobs, splits, CPU)):
+        single = run(job.spec, job.seed, CPU, splits=splits)
+        for p, s in zip(result.history.epochs, single.history.epochs):
+            assert p.train_loss == pytest.approx(s.train_loss, abs=1e-3)
+
+
+def test_one_diverging_model_does_not_spoil_its_pack(digits):
+    jobs = [_job(0, lr=0.01), _job(1, lr=1e6, epochs=3), _job(2, lr=0.01)]
+    jobs[0].spec.train.epochs = jobs[2].spec.train.epochs = 3
+    results = pack.train_together(jobs, digits, CPU)
+    assert results[1].history.diverged_at is not None and results[1].history.test_acc is None
+    for healthy in (results[0], results[2]):
+        assert healthy.history.diverged_at is None and math.isfinite(healthy.history.final_val_acc)
+        assert len(healthy.history.epochs) == 3
+
+
+def test_train_many_packs_what_it_can_and_yields_everything(digits):
+    jobs = [_job(0), _job(1), _job(2, opt="adamw"), _job(3, model="bn-mlp")]
+    results = dict((job.key, result) for job, result in train_many(jobs, digits, CPU))
+    assert set(results) == {j.key for j in jobs}
+    assert results[jobs[0].key].data.get("trained_with") == 3  # two deep-mlps stacked, one bn-mlp beside them
+    assert "trained_with" not in results[jobs[2].key].data  # adamw is not packable: trained alone
+
+
+def test_out_of_memory_halves_the_pack(digits, monkeypatch):
+    calls = []
+    real = pack.train_together
+
+    def small_memory(jobs, splits, device, **options):
+        calls.append(len(jobs))
+        if len(jobs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(jobs, splits, device, **options)
+
+    monkeypatch.setattr(pack, "train_together", small_memory)
+    jobs = [_job(s, epochs=1) for s in range(4)]
+    results = list(train_many(jobs, digits, CPU))
+    assert sorted(j.seed for j, _ in results) == [0, 1, 2, 3]
+    assert calls == [4, 2, 1, 1, 2, 1, 1]

@@ -1,0 +1,161 @@
+"""Reports: tables, CSV, plots and the self-contained HTML, from a real store."""
+import csv
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relulab.cli import main
+from relulab.errors import UserError
+from relulab.experiments import Overrides, load_experiment, run_experiment
+from relulab.report import build_report
+from specs import TINY, write_spec
+
+EVIL = "<script>alert('relulab')</script> & <b>bold</b>"
+
+
+def quiet(_message):
+    pass
+
+
+def _make_store(folder: Path, text: str, **overrides) -> Path:
+    exp = load_experiment(str(write_spec(folder, text)), Overrides(store=str(folder / "s.sqlite"), **overrides))
+    run_experiment(exp, log=quiet, echo=quiet)
+    return exp.store
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A store whose validation data is the test set, with probes, analyses and a hostile description."""
+    folder = tmp_path_factory.mktemp("report")
+    text = TINY.replace("description: A tiny experiment for the tests.", f'description: "{EVIL}"').replace(
+        "options: {n: 240", "split: test, options: {n: 240") + (
+        "probes: [sparsity]\nanalyses: {relu_demo: {}, activation_plots: {}, activation_cost: {elements: 4096}}\n")
+    store = _make_store(folder, text, seeds=[0, 1, 2])
+    return build_report(store, svg=True)
+
+
+def test_report_files(report):
+    assert report.html.name == "report.html" and report.html.parent.name == "tiny-report"
+    names = {p.name for p in report.figures}
+    assert {"1-tiny-val-accuracy.png", "1-tiny-curves.png", "1-tiny-epoch-time.png", "1-tiny-sparsity.png",
+            "1-tiny-activations.png", "1-tiny-activation-cost.png", "1-tiny-curves.svg"} <= names
+    assert all(p.stat().st_size > 5000 for p in report.figures)
+
+
+def test_markdown_has_the_seeds_table_extended(report):
+    md = report.markdown.read_text()
+    assert md.startswith("> **Warning:** validation data is the test set (tiny)")
+    header = "| configuration | best val acc (%) | final val acc (%) | best epoch | seconds | s / epoch | seeds |"
+    assert header in md
+    relu = next(line for line in md.splitlines() if line.startswith("| relu |"))
+    assert re.search(r"\| relu \| \d+\.\d\d ± \d+\.\d\d \| \d+\.\d\d ± \d+\.\d\d \| [\d.]+ \(\d-\d\) \|", relu)
+    assert relu.rstrip().endswith("| 3 | baseline |")
+    assert "| tanh | relu | best val acc |" in md and "seed noise" in md
+    assert "rectified(-1000.0) is 0.0" in md and "![Sparsity per layer](figures/1-tiny-sparsity.png)" in md
+    assert "<script>" not in md and "&lt;script&gt;" in md
+
+
+def test_csv_is_machine_readable_and_flags_the_test_set(report):
+    text = report.summary_csv.read_text()
+    assert text.startswith("# warning: validation data is the test set")
+    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+    assert [r["configuration"] for r in rows] == ["relu", "tanh"]
+    tanh = rows[1]
+    assert tanh["baseline"] == "relu" and tanh["val_is_test"] == "true" and tanh["runs_done"] == "3"
+    low, mean, high = (float(tanh[k]) for k in ("best_val_acc_ci_low", "best_val_acc_mean", "best_val_acc_ci_high"))
+    assert low <= mean <= high and tanh["distinguishable"] in ("true", "false")
+    runs = list(csv.DictReader(line for line in io.StringIO(report.runs_csv.read_text()) if not line.startswith("#")))
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
+
+
+def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
+    page = report.html.read_text()
+    assert page.index("validation data is the test set") < page.index("<h1>")
+    assert "<script" not in page.lower()  # the description's script tag came out escaped
+    assert "&lt;script&gt;alert(&#39;relulab&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loaded from outside
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == 6 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "rectified(1000.0) is 1000.0" in page and "Provenance" in page
+
+
+def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
+    files = build_report(_make_store(tmp_path, TINY, seeds=[0]), out_dir=tmp_path / "out")
+    assert "validation data is the test set" not in files.html.read_text()
+    assert not files.summary_csv.read_text().startswith("#")
+    md = files.markdown.read_text()
+    assert "(n=1)" in md and "too few seeds to tell" in md
+
+
+def test_a_partial_store_reports_what_is_missing(tmp_path):
+    store = _make_store(tmp_path, TINY, seeds=[0])
+    load = load_experiment(str(tmp_path / "spec.yaml"), Overrides(store=str(store), seeds=[0, 1]))
+    from relulab.store import Store
+
+    with Store(store) as s:  # a plan with more seeds than have run, as while a sweep is going
+        s.save_plan(load.name, load.origin, load.raw, [p.meta() for p in load.parts], load.plan_rows())
+    files = build_report(store, out_dir=tmp_path / "out")
+    assert "2 runs are missing" in files.html.read_text()
+    assert "| relu | " in files.markdown.read_text() and "1 of 2" in files.markdown.read_text()
+
+
+def test_tensorboard_is_optional(tmp_path, monkeypatch):
+    store = _make_store(tmp_path, TINY, seeds=[0])
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(UserError, match=r"--tensorboard: .*pip install relulab\[tensorboard\]"):
+        build_report(store, tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "tb").exists()
+
+
+def test_tensorboard_logs_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    store = _make_store(tmp_path, TINY, seeds=[0])
+    files = build_report(store, tensorboard=tmp_path / "tb")
+    assert len(list(files.tensorboard.glob("tiny/*/seed0/events.out.tfevents.*"))) == 2
+
+
+def test_report_command(capsys, tmp_path):
+    store = _make_store(tmp_path, TINY, seeds=[0])
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(store), "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert info.value.code == 0 and out.strip() == str(tmp_path / "r" / "report.html")
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(tmp_path / "spec.yaml"), "--store", str(store), "--out", str(tmp_path / "r2")])
+    assert info.value.code == 0 and capsys.readouterr().out.strip().endswith("r2/report.html")
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(tmp_path / "nothing.sqlite")])
+    assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium) for a screenshot")
+def test_quickstart_report_renders_in_headless_chromium(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    # The README's main job, cut down to one seed and one epoch so the suite stays fast.
+    with pytest.raises(SystemExit) as info:
+        main(["run", "quickstart", "--seeds", "0", "--epochs", "1", "--set", "data.train_size=300"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 0, err
+    html = Path(out.strip().splitlines()[-1])
+    assert html == tmp_path / "runs" / "quickstart-report" / "report.html" and html.is_file()
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chromium'}", f"--screenshot={shot}", "--window-size=1280,2000",
+                    html.as_uri()], check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 300, "the page looks blank"
+    assert max(count for count, _ in colours) < 0.9 * 1280 * 2000  # no single colour fills the page
+    assert shot.stat().st_size > 50_000
