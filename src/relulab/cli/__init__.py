@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ..errors import UserError
@@ -18,13 +17,19 @@ from .app import app
 # Importing the command modules registers their commands on `app`.
 from . import train as _train  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
+from . import probe as _probe  # noqa: E402,F401  (issue 4)
+from . import search as _search  # noqa: E402,F401  (issue 4)
 
-try:  # typer >= 0.20 vendors its own copy of click; older versions use click itself
-    from typer._click.exceptions import ClickException as _VendoredClickException
-except ImportError:  # pragma: no cover
-    _VendoredClickException = click.ClickException
-USAGE_ERRORS = (click.ClickException, _VendoredClickException)
-ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+# Recent typer vendors its own copy of click (and click may not be installed at all); older typer uses click.
+USAGE_ERRORS: tuple = ()
+ABORTS: tuple = (typer.Abort, KeyboardInterrupt)
+for _module in ("typer._click.exceptions", "click.exceptions"):
+    try:
+        _exceptions = __import__(_module, fromlist=["ClickException", "Abort"])
+    except ImportError:
+        continue
+    USAGE_ERRORS += (_exceptions.ClickException,)
+    ABORTS += tuple(getattr(_exceptions, name) for name in ("Abort",) if hasattr(_exceptions, name))
 
 
 def main(argv: list[str] | None = None) -> None:

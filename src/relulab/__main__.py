@@ -1,0 +1,4 @@
+"""`python -m relulab ...` is the `relulab` command."""
+from .cli import main
+
+main()
