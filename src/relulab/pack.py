@@ -1,9 +1,18 @@
-"""Train many small MLPs at once as one batched computation.
+"""Train many small models at once.
 
-A deep-mlp or bn-mlp is too small to keep a GPU busy: at batch 32 each layer is a
-32x100x100 matrix product, and the time goes to launching kernels. A *pack* stacks
-K models of the same shape (different seeds, initializers, learning rates) and runs
-every layer for all of them in one batched kernel:
+The models here are too small to keep a GPU busy: at batch 32 a deep-mlp layer is a
+32x100x100 matrix product, and the time goes to launching kernels. `train_together`
+trains a group of jobs that share a schedule (batch size, epochs) at the same time, in
+*units*, each driven by its own CUDA stream:
+
+- a *stack* unit holds K MLPs of the same shape (different seeds, initializers,
+  learning rates) and runs every layer for all of them in one batched kernel;
+- any other model is a unit of its own;
+- on CUDA each unit's whole training step (gather the batch, forward, backward,
+  update, accumulate metrics) is captured once in a CUDA graph and replayed, so a step
+  costs one launch instead of hundreds, and the units' graphs run side by side.
+
+Inside a stack:
 
 - weights of all layers and models live in one flat leaf tensor `P` of shape
   (K, n_params); each layer's weight is a view of it (`P.split`), so autograd
@@ -11,11 +20,8 @@ every layer for all of them in one batched kernel:
   is a handful of elementwise kernels however many layers there are;
 - a Linear layer is `baddbmm` over the K models; batch norm is PyTorch's own kernel
   on a (B, K*C) view (each model's channels are separate channels to it);
-- each model keeps its own batch order (its seed's generator), so a pack reproduces
-  K separate runs of `relulab.train` up to float rounding (a test checks this);
-- on CUDA the whole training step (gather the batch, forward, backward, update,
-  accumulate metrics) is captured once in a CUDA graph and replayed, so a step costs
-  one launch instead of hundreds.
+- each model keeps its own batch order (its seed's generator), so a stack reproduces
+  K separate runs of `relulab.train` up to float rounding (a test checks this).
 
 Models are built exactly as `train.run` builds them (same seed, same initializer
 calls), then their weights are stacked; at the end they are unstacked back into
@@ -35,8 +41,7 @@ from torch import nn
 
 from .data import Splits
 from .env import provenance
-from .models import Slot, SlotNet
-from .models import keras_param_count
+from .models import Slot, SlotNet, keras_param_count
 from .optim import kernel_weights, weight_penalty
 from .train import EpochRecord, History, Job, RunResult, autocast_dtype, build_for, epoch_batches, evaluate
 
@@ -274,6 +279,7 @@ class _PackStep(_GraphedStep):
         self.stack, self.optimizer, self.x, self.y = stack, optimizer, x, y
         self.index = torch.zeros(stack.k, batch, dtype=torch.long, device=x.device)
         self.l1, self.l2 = jobs[0].spec.train.l1, jobs[0].spec.train.l2
+        self.amp = autocast_dtype(jobs[0].spec, x.device)  # equal for the whole stack (part of stack_key)
         self.loss_total, self.correct_total = totals
 
     def state(self) -> list[torch.Tensor]:
@@ -282,7 +288,8 @@ class _PackStep(_GraphedStep):
     def _step(self) -> None:
         k, batch = self.index.shape
         xb, yb = self.x[self.index], self.y[self.index]  # (K, B, features), (K, B)
-        logits = self.stack.forward(self.stack.params, xb, training=True)
+        with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            logits = self.stack.forward(self.stack.params, xb, training=True).float()
         losses = F.cross_entropy(logits.reshape(k * batch, -1), yb.reshape(-1), reduction="none").view(k, batch)
         per_model = losses.mean(1)
         # Summing the models' losses gives each model exactly its own gradient.
@@ -297,14 +304,15 @@ class _PackStep(_GraphedStep):
 
 
 @torch.no_grad()
-def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: int
-                    ) -> tuple[list[float], list[float]]:
+def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: int,
+                    amp: Optional[torch.dtype] = None) -> tuple[list[float], list[float]]:
     """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
     loss = torch.zeros(stack.k, device=x.device)
     correct = torch.zeros(stack.k, device=x.device)
     x = x.flatten(1)
     for start in range(0, len(x), batch):
-        logits = stack.forward(stack.params, x[start:start + batch], training=False)
+        with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = stack.forward(stack.params, x[start:start + batch], training=False).float()
         target = y[start:start + batch].unsqueeze(0).expand(stack.k, -1)
         loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
         correct += (logits.argmax(2) == target).sum(1)
@@ -382,7 +390,7 @@ class _Unit:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[float, float]]:
         if self.stack is not None:
-            return list(zip(*_evaluate_stack(self.stack, x, y, batch)))
+            return list(zip(*_evaluate_stack(self.stack, x, y, batch, self.amp[0])))
         return [evaluate(self.models[0], x, y, batch, self.amp[0])]
 
     def finish(self) -> None:
