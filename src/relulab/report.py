@@ -77,6 +77,8 @@ class PartData:
     baseline: Optional[str]
     variants: list[VariantData]
     analyses: dict[str, dict]  # name -> stored artifact {"value", "provenance"}
+    searches: list[dict] = field(default_factory=list)  # issue 4: relulab search results (store.load_searches)
+    run_probes: dict[str, list[dict]] = field(default_factory=dict)  # issue 4: variant -> final-model probe rows
 
 
 @dataclass
@@ -122,6 +124,7 @@ def collect(store: Store, name: str) -> ExperimentData:
             else meta["description"]
         parts.append(PartData(meta["name"], description, meta["val_is_test"], meta["baseline"], variants,
                               {n: a for n, a in found.items() if a is not None}))
+    attach_probes_and_searches(store, name, parts)  # issue 4 (defined at the end of this module)
     _fill_stats(parts)
     return ExperimentData(name, exp["origin"], exp["spec"], exp["overrides"], store.path, parts, len(set(keys)),
                           len(set(keys) & set(runs)))
@@ -493,6 +496,7 @@ def part_report(index: int, part: PartData, svg: bool) -> PartReport:
                                 note="Fraction of exact zeros in each slot's output (last epoch, mean over seeds)."))
     for name, artifact in part.analyses.items():
         sections.append(RENDERERS[name](artifact["value"], svg))
+    sections += probe_search_sections(part, svg)  # issue 4 (defined at the end of this module)
     return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
                       comparison_rows(part), sections)
 
@@ -646,6 +650,7 @@ class ReportFiles:
     runs_csv: Path
     figures: list[Path]
     tensorboard: Optional[Path] = None
+    extra: list[Path] = field(default_factory=list)  # issue 4: search CSVs
 
 
 def default_out_dir(store_path: Path, experiment: str) -> Path:
@@ -688,6 +693,7 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
                         _write_text(out / "runs.csv", runs_csv(data)), figures)
     if tensorboard is not None:
         files.tensorboard = write_tensorboard(data, Path(tensorboard))
+    files.extra = write_search_csvs(out, data)  # issue 4 (defined at the end of this module)
     return files
 
 
@@ -744,3 +750,541 @@ def write_tensorboard(data: ExperimentData, logdir: Path) -> Path:
                             writer.add_scalar(f"{stat}/slot{slot:02d}", value, epoch)
                 writer.close()
     return logdir
+
+
+# ---------------------------------------------------------------- probes and searches (issue 4)
+#
+# Three kinds of sections, drawn from the store like everything else:
+# - per-epoch probe statistics (`slot_stats`, the spec's `probes:`), plotted over epochs, one line per slot;
+# - final-model probe statistics (`run_probes`, written by `relulab search` and `relulab probe`): a slot x
+#   statistic table per probed configuration (mean over seeds) and, for the baseline, seed 000's layer x class
+#   tables of ratio_num and ratio_sum with their heatmaps;
+# - each `relulab search` of the part: its path or placements with accuracies (mean ± 95% interval over seeds,
+#   Welch comparisons), the heuristic judgement (rank correlations), ReLU count against accuracy for `budget`.
+
+SEED_TABLE_STATS = ("ratio_num", "ratio_sum")  # seed 000's heuristics: shown per class
+MAX_EPOCH_PANELS = 8
+MAX_EXHAUSTIVE_ROWS = 25
+
+
+def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:
+    from .store import load_run_probes, load_searches
+
+    searches = load_searches(store, name)
+    for part in parts:
+        part.searches = [s for s in searches if s["part"] == part.name]
+        for v in part.variants:
+            final = {r["key"]: r["epochs"] for r in v.runs}  # the final model only (relulab probe --epoch may
+            rows = [r for r in load_run_probes(store, list(final)) if r["epoch"] == final[r["run_key"]]]  # add more)
+            if rows:
+                part.run_probes[v.name] = rows
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
+
+
+def _pct(value, digits: int = 2) -> str:
+    return _fmt(value, digits, PCT)
+
+
+def _interval(mean, low, high, scale: float = PCT, digits: int = 2) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean * scale:.{digits}f} (n=1)"
+    return f"{mean * scale:.{digits}f} ± {(high - low) / 2 * scale:.{digits}f}"
+
+
+def _diff_text(c: dict) -> str:
+    d, low, high = c.get("diff"), c.get("diff_low"), c.get("diff_high")
+    if d is None or not math.isfinite(d):
+        return "-"
+    text = f"{d * PCT:+.2f}"
+    if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low * PCT:+.2f}, {high * PCT:+.2f}]"
+    return text
+
+
+def _p_text(p) -> str:
+    return "-" if p is None or not math.isfinite(p) else f"{p:.2g}"
+
+
+def _num_text(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+# ---------------------------------------------------------------- probe statistics over epochs
+
+
+def epoch_stat_curves(v: VariantData, stat: str) -> dict[int, tuple[list[int], list[float]]]:
+    """slot -> (epochs, mean over the variant's runs) of one per-epoch statistic."""
+    table: dict[int, dict[int, list[float]]] = {}
+    for stats in v.slot_stats.values():
+        for epoch, by_slot in (stats.get(stat) or {}).items():
+            for slot, value in by_slot.items():
+                table.setdefault(slot, {}).setdefault(epoch, []).append(value)
+    out = {}
+    for slot, by_epoch in sorted(table.items()):
+        epochs = sorted(by_epoch)
+        out[slot] = (epochs, [float(np.nanmean(by_epoch[e])) if any(np.isfinite(by_epoch[e])) else math.nan
+                              for e in epochs])
+    return out
+
+
+def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[list, list]]]], ylabel: str,
+                            slug: str, caption: str, svg: bool) -> FigureOut:
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _new_figure(3.8 * cols + 1.2, 2.9 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (name, curves) in zip(axes.flat, panels):
+        colors = _colors(max(1, len(curves)))
+        for color, (slot, (epochs, values)) in zip(colors, curves.items()):
+            ax.plot(epochs, values, color=color, marker="o", markersize=2.5, label=f"slot {slot}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    return _save(fig, slug, title, caption, svg)
+
+
+def _epoch_sections(part: PartData, svg: bool) -> list[Section]:
+    from .probes import STATS
+
+    # sparsity keeps its own section (per layer, last epoch); every other per-epoch statistic is drawn over epochs
+    names = sorted({stat for v in part.variants for stats in v.slot_stats.values() for stat in stats} - {"sparsity"},
+                   key=lambda n: (list(STATS).index(n) if n in STATS else len(STATS), n))
+    sections = []
+    for stat in names:
+        panels = [(v.name, epoch_stat_curves(v, stat)) for v in part.variants]
+        panels = [(n, c) for n, c in panels if c]
+        if not panels:
+            continue
+        if len(panels) == 1 and len(next(iter(panels[0][1].values()))[0]) < 2:
+            continue  # a single epoch: nothing to plot over epochs
+        note = f"Only the first {MAX_EPOCH_PANELS} configurations are drawn." if len(panels) > MAX_EPOCH_PANELS else ""
+        description = STATS[stat].description if stat in STATS else stat
+        sections.append(Section(f"{stat} over epochs", note=note, figure=stat_over_epochs_figure(
+            f"{stat} per slot over epochs", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{_safe(stat)}",
+            f"{description}; measured after every epoch on the probe set, mean over seeds.", svg)))
+    return sections
+
+
+# ---------------------------------------------------------------- final-model probe statistics
+
+
+def probe_means(rows: list[dict], probe_set: str) -> tuple[dict, dict, list[str], int]:
+    """From run_probes rows of several runs (seeds), each at its last probed epoch on `probe_set`:
+    ({stat: {slot: mean over runs}}, {stat: {slot: {class: mean}}}, class names, runs)."""
+    rows = [r for r in rows if r["probe_set"] == probe_set]
+    last: dict[str, int] = {}
+    for r in rows:
+        last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
+    overall: dict = {}
+    per_class: dict = {}
+    classes: dict[int, str] = {}
+    for r in rows:
+        if r["epoch"] != last[r["run_key"]]:
+            continue
+        if r["class"] < 0:
+            overall.setdefault(r["stat"], {}).setdefault(r["slot"], []).append(r["value"])
+        else:
+            classes[r["class"]] = r["class_name"]
+            per_class.setdefault(r["stat"], {}).setdefault(r["slot"], {}).setdefault(r["class"], []).append(
+                r["value"])
+
+    def mean(values):
+        finite = [x for x in values if math.isfinite(x)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    return ({s: {k: mean(v) for k, v in by.items()} for s, by in overall.items()},
+            {s: {k: {c: mean(v) for c, v in byc.items()} for k, byc in by.items()} for s, by in per_class.items()},
+            [classes[c] for c in sorted(classes)], len(last))
+
+
+def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, caption: str,
+                   svg: bool) -> FigureOut:
+    """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated."""
+    values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=float)
+    fig = _new_figure(1.0 + 0.72 * len(header), 0.9 + 0.42 * len(rows))
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values)]
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis",
+                      vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
+    ax.set_xticks(range(len(header) - 1), header[1:], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"slot {row[0]}" for row in rows], fontsize=8)
+    ax.axvline(len(header) - 2.5, color="white", linewidth=2)  # the average column stands apart
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="black" if values[i, j] > middle else "white")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return _save(fig, slug, title, caption, svg)
+
+
+def _class_table_rows(per_class: dict, overall: dict, classes: list[str]) -> tuple[list[str], list[list]]:
+    header = ["slot"] + classes + ["average"]
+    rows = [[slot] + [per_class.get(slot, {}).get(c, math.nan) for c in range(len(classes))]
+            + [overall.get(slot, math.nan)] for slot in sorted(overall)]
+    return header, rows
+
+
+def _probe_sections(part: PartData, svg: bool) -> list[Section]:
+    from .probes import STATS
+
+    sections = []
+    baseline = part.baseline if part.baseline in part.run_probes else next(iter(part.run_probes), None)
+    for name, rows in part.run_probes.items():
+        for probe_set in sorted({r["probe_set"] for r in rows}):
+            overall, per_class, classes, runs = probe_means(rows, probe_set)
+            stats = [s for s in STATS if s in overall] + sorted(s for s in overall if s not in STATS)
+            slots = sorted({slot for by in overall.values() for slot in by})
+            table = [[s] + [_num_text(overall[s].get(slot)) for slot in slots] for s in stats]
+            sections.append(Section(
+                f"Probe statistics of {name} (probe set {probe_set})", ["statistic"] + [f"slot {k}" for k in slots],
+                table, note=f"The final model of each of {runs} runs, on the probe set {probe_set}; value over all "
+                            "probe images (the average column of the per-class tables), mean over the runs. "
+                            "Statistics of the slot's input (pre-activation) unless named _out; relulab.probes "
+                            "defines each."))
+            if name != baseline:
+                continue
+            for stat in SEED_TABLE_STATS:
+                if stat not in per_class:
+                    continue
+                header, body = _class_table_rows(per_class[stat], overall[stat], classes)
+                slug = f"probes-{_safe(name)}-{_safe(probe_set)}-{stat}"
+                sections.append(Section(
+                    f"{stat} per layer and class: {name} (probe set {probe_set})", header,
+                    [[str(r[0])] + [_num_text(x, 3) for x in r[1:]] for r in body],
+                    note="Seed 000's layout: a row per slot, a column per class, and the average over the probe "
+                         f"images; mean over {runs} runs.",
+                    figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
+                                          f"{STATS[stat].description}; probe set {probe_set}.", svg)))
+    return sections
+
+
+# ---------------------------------------------------------------- searches
+
+
+def _clamp_percent(ax) -> None:
+    """Intervals over few seeds can reach past 0% or 100%: keep the axis on accuracies that exist."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, -2.0), min(high, 102.0))
+
+
+def _stat_order(rows: list[dict]) -> list[dict]:
+    from .probes import STATS
+
+    order = list(STATS)
+    return sorted(rows, key=lambda r: (order.index(r["stat"]) if r["stat"] in order else len(order), r["stat"]))
+
+
+def _search_title(s: dict) -> str:
+    o = s["options"]
+    what = {"greedy": f"greedy by {o['stat']} ({o['order']} first)",
+            "oracle": "oracle (every single-slot change)",
+            "exhaustive": f"exhaustive, up to {o['k']} slots off",
+            "budget": f"budget (slots kept on: {', '.join(map(str, o['keep']))})"}[s["strategy"]]
+    return f"Search: {what}, from {s['base']}"
+
+
+def _search_note(s: dict) -> str:
+    o = s["options"]
+    rule = "the seed's plain rule (accept if the mean improves)" if o.get("plain_rule") else \
+        f"Welch's t-test, p < {o['alpha']} with a higher mean"
+    parts = [f"{len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), {s['epochs']} epochs, "
+             f"metric {s['metric']}, probe set {s['probe_set']}"]
+    if s["strategy"] in ("greedy", "oracle"):
+        parts.append(f"budget {o['budget']} slots off, acceptance by {rule}")
+    if s["strategy"] == "greedy":
+        parts.append(f"patience {o['patience']}")
+    if s["val_is_test"]:
+        parts.append("validation data is the test set: accuracies chosen on it are optimistic")
+    result = s.get("result") or {}
+    if s["status"] != "done":
+        parts.append("NOT FINISHED (run the same command again to resume)")
+    elif result:
+        parts.append(f"result: {result['final']} at {_interval(result['mean'], result['ci_low'], result['ci_high'])}"
+                     f"% ({result.get('relu_count', 0):,} activations per image)")
+        if "distinguishably_better" in result:
+            better = result["distinguishably_better"]
+            parts.append("better than the base beyond seed noise: " + (", ".join(better) if better else "none"))
+    return f"Search {s['id']}: " + "; ".join(parts) + "."
+
+
+def _candidates(s: dict, step: int) -> list[dict]:
+    return [c for c in s["candidates"] if c["step"] == step]
+
+
+def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
+    """Accuracy of the current model at each step (line) and every candidate tried (accepted or not)."""
+    if not s["steps"]:
+        return None
+    fig = _new_figure(7, 4)
+    ax = fig.add_subplot()
+    path_x, path_y, labels = [], [], []
+    for step in s["steps"]:
+        cands = _candidates(s, step["step"])
+        ref = next((c for c in cands if c["position"] == 0), None)
+        if ref and not path_x:
+            path_x.append(0)
+            path_y.append(ref["mean"] * PCT)
+            labels.append(ref["placement"])
+            if ref["ci_low"] is not None and math.isfinite(ref["ci_low"]):
+                ax.errorbar([0], [ref["mean"] * PCT], yerr=[[(ref["mean"] - ref["ci_low"]) * PCT],
+                                                            [(ref["ci_high"] - ref["mean"]) * PCT]],
+                            color="tab:blue", capsize=3)
+        for c in cands:
+            if c["position"] == 0:
+                continue
+            accepted = c["placement"] == step["chosen"]
+            err = None
+            if c["ci_low"] is not None and math.isfinite(c["ci_low"]):
+                err = [[(c["mean"] - c["ci_low"]) * PCT], [(c["ci_high"] - c["mean"]) * PCT]]
+            ax.errorbar([step["step"]], [c["mean"] * PCT], yerr=err, fmt="o" if accepted else "x",
+                        color="tab:green" if accepted else "tab:red", alpha=0.9 if accepted else 0.55, capsize=3)
+            if s["strategy"] == "greedy" or accepted:
+                ax.annotate(c["placement"], (step["step"], c["mean"] * PCT), textcoords="offset points",
+                            xytext=(5, 3), fontsize=7)
+        if step["decision"] == "accepted":
+            chosen = next(c for c in cands if c["placement"] == step["chosen"])
+            path_x.append(step["step"])
+            path_y.append(chosen["mean"] * PCT)
+    if path_x:
+        ax.plot(path_x, path_y, color="tab:blue", marker="s", label="current model")
+        ax.annotate(labels[0], (0, path_y[0]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{s['metric']} (%)")
+    _clamp_percent(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, f"search-{s['id'][:8]}-path", "Search path",
+                 "Blue: the current model after each step; green: accepted candidates, red crosses: rejected ones; "
+                 "bars: 95% intervals over seeds.", svg)
+
+
+def _greedy_rows(s: dict) -> list[list[str]]:
+    rows = []
+    for step in s["steps"]:
+        cands = _candidates(s, step["step"])
+        cur = next((c for c in cands if c["position"] == 0), None)
+        prop = next((c for c in cands if c["position"] == 1), None)
+        if prop is None:
+            continue
+        rows.append([str(step["step"]), step["current"], f"{prop['placement']} (slot {prop['slot']})",
+                     _num_text(prop["heuristic"]), _interval(prop["mean"], prop["ci_low"], prop["ci_high"]),
+                     _interval(cur["mean"], cur["ci_low"], cur["ci_high"]) if cur else "-", _diff_text(prop),
+                     _p_text(prop["p"]), step["decision"]])
+    return rows
+
+
+GREEDY_HEADER = ["step", "current", "proposal", "statistic", "proposal acc (%)", "current acc (%)",
+                 "difference (points)", "p (Welch)", "decision"]
+CANDIDATE_HEADER = ["slot off", "placement", "acc (%)", "vs current (points)", "p (Welch)", "statistic"]
+CORRELATION_HEADER = ["statistic", "n", "Spearman rho", "p", "Kendall tau", "p", "highest-first pick",
+                      "lowest-first pick", "best change"]
+
+
+def _points(value) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value * PCT:+.2f}"
+
+
+def correlation_rows(corr: list[dict]) -> list[list[str]]:
+    return [[c["stat"], str(c["n"]), _num_text(c["spearman"], 3), _p_text(c["spearman_p"]),
+             _num_text(c["kendall"], 3), _p_text(c["kendall_p"]), _points(c["highest_pick_diff"]),
+             _points(c["lowest_pick_diff"]), _points(c["best_diff"])] for c in corr]
+
+
+def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Optional[FigureOut]:
+    corr = [c for c in corr if c["spearman"] is not None and math.isfinite(c["spearman"])]
+    if not corr:
+        return None
+    fig = _new_figure(7, 0.8 + 0.36 * len(corr))
+    ax = fig.add_subplot()
+    y = np.arange(len(corr))
+    ax.barh(y - 0.2, [c["spearman"] for c in corr], height=0.4, label="Spearman rho")
+    ax.barh(y + 0.2, [c["kendall"] for c in corr], height=0.4, label="Kendall tau")
+    ax.set_yticks(y, [f"{c['stat']} (n={c['n']})" for c in corr], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel("rank correlation with the measured change in accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, slug, title, "Positive: switching off the slot with the HIGHEST value first was the right "
+                 "order; negative: the lowest. n = single-slot candidates with a finite value.", svg)
+
+
+def oracle_figure(s: dict, step: int, svg: bool) -> Optional[FigureOut]:
+    cands = [c for c in _candidates(s, step) if c["position"] > 0 and c["slot"] is not None]
+    if not cands:
+        return None
+    fig = _new_figure(7, 3.6)
+    ax = fig.add_subplot()
+    xs = [c["slot"] for c in cands]
+    ys = [(c["diff"] if c["diff"] is not None and math.isfinite(c["diff"]) else 0) * PCT for c in cands]
+    lo = [max(0.0, (c["diff"] - c["diff_low"]) * PCT) if c["diff_low"] is not None and math.isfinite(c["diff_low"])
+          else 0 for c in cands]
+    hi = [max(0.0, (c["diff_high"] - c["diff"]) * PCT) if c["diff_high"] is not None
+          and math.isfinite(c["diff_high"]) else 0 for c in cands]
+    ax.bar(xs, ys, yerr=[lo, hi], capsize=3, color=["tab:green" if v > 0 else "tab:red" for v in ys])
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("slot switched off")
+    ax.set_xticks(xs)
+    ax.set_ylabel("change in accuracy (points)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, f"search-{s['id'][:8]}-oracle-{step}", f"Oracle step {step}: every single-slot change",
+                 "Measured change in accuracy (mean over seeds) of switching each slot off, with the 95% interval "
+                 "of the difference (Welch).", svg)
+
+
+def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
+    cands = [c for c in s["candidates"] if c["mean"] is not None and math.isfinite(c["mean"])]
+    if not cands:
+        return None
+    fig = _new_figure(7, 4.2)
+    ax = fig.add_subplot()
+    for c in cands:
+        err = None
+        if c["ci_low"] is not None and math.isfinite(c["ci_low"]):
+            err = [[(c["mean"] - c["ci_low"]) * PCT], [(c["ci_high"] - c["mean"]) * PCT]]
+        ax.errorbar([c["relu_count"]], [c["mean"] * PCT], yerr=err, fmt="o", color="tab:blue", capsize=3, alpha=0.8)
+    frontier, best = [], -math.inf
+    for c in sorted(cands, key=lambda c: (c["relu_count"], -c["mean"])):
+        if c["mean"] > best:
+            best = c["mean"]
+            frontier.append(c)
+    ax.plot([c["relu_count"] for c in frontier], [c["mean"] * PCT for c in frontier], drawstyle="steps-post",
+            color="tab:orange", marker="D", markersize=5, zorder=3, label="frontier: best accuracy for its ReLU count")
+    for c in frontier:
+        ax.annotate(c["placement"], (c["relu_count"], c["mean"] * PCT), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xlabel("ReLU count (activations computed per image)")
+    ax.set_ylabel(f"{s['metric']} (%)")
+    _clamp_percent(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, f"search-{s['id'][:8]}-relu-count", "ReLU count against accuracy",
+                 "Each point a placement (mean over seeds, 95% interval); the ReLU count sums the output sizes of "
+                 "the slots that are on.", svg)
+
+
+def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
+    rows = []
+    for c in cands:
+        off = json.loads(c["off_json"]) if isinstance(c.get("off_json"), str) else c["off"]
+        rows.append(([str(c.get("kept", "-"))] if kept else []) + [
+            c["placement"], ", ".join(map(str, off)) or "none", f"{c['relu_count']:,}",
+            _interval(c["mean"], c["ci_low"], c["ci_high"]), _diff_text(c), _p_text(c["p"]), c["verdict"] or "-"])
+    return rows
+
+
+PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "vs base (points)", "p (Welch)", "verdict"]
+
+
+def _search_sections(s: dict, svg: bool) -> list[Section]:
+    title, note = _search_title(s), _search_note(s)
+    sections = []
+    if s["strategy"] == "greedy":
+        sections.append(Section(title, GREEDY_HEADER, _greedy_rows(s), note=note, figure=search_path_figure(s, svg)))
+    elif s["strategy"] == "oracle":
+        path = []
+        for st in s["steps"]:
+            path.append([str(st["step"]), st["current"], st["decision"], st["note"]])
+        sections.append(Section(title, ["step", "current", "decision", "why"], path, note=note,
+                                figure=search_path_figure(s, svg)))
+        for st in s["steps"]:
+            cands = [c for c in _candidates(s, st["step"]) if c["position"] > 0]
+            rows = [[str(c["slot"]), c["placement"], _interval(c["mean"], c["ci_low"], c["ci_high"]), _diff_text(c),
+                     _p_text(c["p"]), _num_text(c["heuristic"])] for c in cands]
+            stat = s["options"]["stat"]
+            sections.append(Section(f"Oracle step {st['step']}: every single-slot change of {st['current']}",
+                                    CANDIDATE_HEADER[:-1] + [stat], rows, figure=oracle_figure(s, st["step"], svg)))
+            sections += _judgement_sections(s, st["step"], st["current"], svg)
+    elif s["strategy"] == "exhaustive":
+        cands = _candidates(s, 1)
+        shown = cands[:MAX_EXHAUSTIVE_ROWS]
+        extra = f" The {len(shown)} best of {len(cands)} placements are shown; the search CSV has all." \
+            if len(cands) > len(shown) else ""
+        sections.append(Section(title, PLACEMENT_HEADER, _placement_rows(shown), note=note + extra,
+                                figure=relu_count_figure(s, svg)))
+        sections += _judgement_sections(s, 1, s["base"], svg)
+    elif s["strategy"] == "budget":
+        cands = _candidates(s, 1)
+        total = len(s["slot_sizes"])
+        for c in cands:
+            c["kept"] = total - len(json.loads(c["off_json"]))
+        sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, kept=True),
+                                note=note, figure=relu_count_figure(s, svg)))
+    return sections
+
+
+def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Section]:
+    corr = _stat_order([c for c in s["correlations"] if c["step"] == step])
+    if not corr:
+        return []
+    return [Section(f"Heuristic judgement, step {step}: statistics of {current} against the measured changes",
+                    CORRELATION_HEADER, correlation_rows(corr),
+                    note="For each statistic (on the current model, mean over seeds), the rank correlation with the "
+                         "measured change in accuracy of switching each slot off; the pick columns give the change "
+                         "the highest-first and lowest-first choices got, and the best there was (points).",
+                    figure=correlation_figure(corr, f"Heuristic judgement, step {step}",
+                                              f"search-{s['id'][:8]}-judgement-{step}", svg))]
+
+
+def probe_search_sections(part: PartData, svg: bool) -> list[Section]:
+    sections = _epoch_sections(part, svg) + _probe_sections(part, svg)
+    for s in part.searches:
+        sections += _search_sections(s, svg)
+    return sections
+
+
+SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "position", "placement", "slots_off", "slot",
+                      "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high", "reference",
+                      "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys"]
+CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "stat", "n", "spearman", "spearman_p", "kendall",
+                           "kendall_p", "highest_pick_diff", "lowest_pick_diff", "best_diff"]
+
+
+def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
+    """search-<id>.csv (every candidate of every step) and search-<id>-correlations.csv, per search."""
+    written = []
+    for part in data.parts:
+        for s in part.searches:
+            steps = {st["step"]: st for st in s["steps"]}
+            buf = io.StringIO()
+            warning = _warning(data)
+            if warning and s["val_is_test"]:
+                buf.write(f"# warning: {warning}\n")
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(SEARCH_CSV_COLUMNS)
+            for c in s["candidates"]:
+                st = steps.get(c["step"], {})
+                writer.writerow([_csv_number(x) for x in [
+                    s["id"], s["strategy"], c["step"], st.get("decision"), st.get("chosen"), c["position"],
+                    c["placement"], " ".join(map(str, c["off"])), c["slot"], c["relu_count"], c["seeds"], c["runs"],
+                    c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
+                    c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
+                    " ".join(c["run_keys"])]])
+            written.append(_write_text(out / f"search-{s['id']}.csv", buf.getvalue()))
+            if s["correlations"]:
+                buf = io.StringIO()
+                writer = csv.writer(buf, lineterminator="\n")
+                writer.writerow(CORRELATION_CSV_COLUMNS)
+                for c in s["correlations"]:
+                    writer.writerow([_csv_number(x) for x in [s["id"], s["strategy"]] +
+                                     [c[k] for k in CORRELATION_CSV_COLUMNS[2:]]])
+                written.append(_write_text(out / f"search-{s['id']}-correlations.csv", buf.getvalue()))
+    return written

@@ -409,3 +409,157 @@ class _Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+# ---------------------------------------------------------------- probes and searches (additive tables)
+#
+# Created on first use by `relulab probe` / `relulab search` (CREATE TABLE IF NOT EXISTS, so stores written
+# before they existed keep working and keep schema version 1); readers check that they exist first.
+#
+# - `run_probes`: probe statistics of a run's model at an epoch (usually its last), on a named probe set
+#   (`first`, `per-class:N`, `val:N`), per slot and per class (class -1: all probe images, the average).
+#   Written before the run's own row: a kill in between leaves probes without a run, which the next attempt
+#   overwrites; a run row without probes is probed again.
+# - `searches`: one row per search (strategy, options, base configuration, seeds, epochs, status).
+# - `search_steps`: each step's current placement and decision; `search_candidates`: the placements a step
+#   measured (accuracy over seeds with its 95% interval, the Welch comparison with the step's reference, the
+#   heuristic value that proposed it); `search_correlations`: for a step's single-slot candidates, the rank
+#   correlation of each statistic with the measured change in accuracy.
+# A search's steps are recomputed from the cached runs when it is run again, and rewritten identically.
+
+PROBE_SEARCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run_probes (
+    run_key TEXT NOT NULL, probe_set TEXT NOT NULL, epoch INTEGER NOT NULL, stat TEXT NOT NULL,
+    slot INTEGER NOT NULL, class INTEGER NOT NULL, class_name TEXT NOT NULL, images INTEGER NOT NULL, value REAL,
+    PRIMARY KEY (run_key, probe_set, epoch, stat, slot, class)
+);
+CREATE TABLE IF NOT EXISTS searches (
+    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, part TEXT NOT NULL, base TEXT NOT NULL, strategy TEXT NOT NULL,
+    options_json TEXT NOT NULL, seeds_json TEXT NOT NULL, epochs INTEGER NOT NULL, metric TEXT NOT NULL,
+    probe_set TEXT NOT NULL, val_is_test INTEGER NOT NULL, spec_json TEXT NOT NULL, slot_sizes_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done')), result_json TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS search_steps (
+    search_id TEXT NOT NULL, step INTEGER NOT NULL, kind TEXT NOT NULL, current TEXT NOT NULL,
+    decision TEXT NOT NULL, chosen TEXT, note TEXT,
+    PRIMARY KEY (search_id, step)
+);
+CREATE TABLE IF NOT EXISTS search_candidates (
+    search_id TEXT NOT NULL, step INTEGER NOT NULL, position INTEGER NOT NULL, placement TEXT NOT NULL,
+    off_json TEXT NOT NULL, slot INTEGER, relu_count INTEGER, seeds INTEGER, runs INTEGER, diverged INTEGER,
+    mean REAL, std REAL, ci_low REAL, ci_high REAL, reference TEXT, diff REAL, diff_low REAL, diff_high REAL,
+    p REAL, verdict TEXT, heuristic REAL, accs_json TEXT NOT NULL, run_keys_json TEXT NOT NULL,
+    PRIMARY KEY (search_id, step, placement)
+);
+CREATE TABLE IF NOT EXISTS search_correlations (
+    search_id TEXT NOT NULL, step INTEGER NOT NULL, stat TEXT NOT NULL, n INTEGER NOT NULL,
+    spearman REAL, spearman_p REAL, kendall REAL, kendall_p REAL,
+    highest_pick_diff REAL, lowest_pick_diff REAL, best_diff REAL,
+    PRIMARY KEY (search_id, step, stat)
+);
+"""
+PROBE_SEARCH_TABLES = ("run_probes", "searches", "search_steps", "search_candidates", "search_correlations")
+CANDIDATE_COLUMNS = ("search_id", "step", "position", "placement", "off_json", "slot", "relu_count", "seeds", "runs",
+                     "diverged", "mean", "std", "ci_low", "ci_high", "reference", "diff", "diff_low", "diff_high",
+                     "p", "verdict", "heuristic", "accs_json", "run_keys_json")
+CORRELATION_COLUMNS = ("search_id", "step", "stat", "n", "spearman", "spearman_p", "kendall", "kendall_p",
+                       "highest_pick_diff", "lowest_pick_diff", "best_diff")
+
+
+def ensure_probe_search_tables(store: Store) -> None:
+    with store.transaction() as db:
+        for statement in PROBE_SEARCH_SCHEMA.strip().split(";"):
+            if statement.strip():
+                db.execute(statement)
+
+
+def has_table(store: Store, name: str) -> bool:
+    return store.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+        is not None
+
+
+def save_run_probes(store: Store, run_key: str, probe_set: str, epoch: int, rows: Iterable[tuple]) -> None:
+    """rows: (stat, slot, class (-1: all images), class name, images, value); replaces what was there."""
+    data = [(run_key, probe_set, epoch, stat, slot, cls, name, images, _real(value))
+            for stat, slot, cls, name, images, value in rows]
+    with store.transaction() as db:
+        db.executemany("INSERT OR REPLACE INTO run_probes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
+
+
+def load_run_probes(store: Store, keys: Iterable[str], probe_set: Optional[str] = None) -> list[dict]:
+    """Every stored probe row of the runs `keys` (of one probe set, if given); [] when none was ever stored."""
+    if not has_table(store, "run_probes"):
+        return []
+    rows = store._select_in("SELECT * FROM run_probes WHERE run_key IN ({}) ORDER BY run_key, epoch, stat, slot, "
+                            "class", keys)
+    for row in rows:
+        row["value"] = _num(row["value"])
+    return [r for r in rows if probe_set is None or r["probe_set"] == probe_set]
+
+
+def begin_search(store: Store, row: dict) -> None:
+    """Insert or restart a search: its row (status running) and no steps yet (they are recomputed)."""
+    with store.transaction() as db:
+        old = db.execute("SELECT created FROM searches WHERE id = ?", (row["id"],)).fetchone()
+        created = old["created"] if old else time.time()
+        db.execute("INSERT OR REPLACE INTO searches VALUES (:id, :experiment, :part, :base, :strategy, :options_json,"
+                   " :seeds_json, :epochs, :metric, :probe_set, :val_is_test, :spec_json, :slot_sizes_json,"
+                   " 'running', NULL, :created, :updated)", {**row, "created": created, "updated": time.time()})
+        for table in ("search_steps", "search_candidates", "search_correlations"):
+            db.execute(f"DELETE FROM {table} WHERE search_id = ?", (row["id"],))
+
+
+def save_search_step(store: Store, search_id: str, step: dict, candidates: Sequence[dict],
+                     correlations: Sequence[dict] = ()) -> None:
+    """One step with its candidates and correlations, in one transaction."""
+    with store.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO search_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (search_id, step["step"], step["kind"], step["current"], step["decision"], step.get("chosen"),
+                    step.get("note", "")))
+        db.executemany(f"INSERT OR REPLACE INTO search_candidates VALUES ({','.join('?' * len(CANDIDATE_COLUMNS))})",
+                       [tuple(_real(c.get(k)) if k != "search_id" else search_id for k in CANDIDATE_COLUMNS)
+                        for c in candidates])
+        db.executemany(
+            f"INSERT OR REPLACE INTO search_correlations VALUES ({','.join('?' * len(CORRELATION_COLUMNS))})",
+            [tuple(_real(c.get(k)) if k != "search_id" else search_id for k in CORRELATION_COLUMNS)
+             for c in correlations])
+        db.execute("UPDATE searches SET updated = ? WHERE id = ?", (time.time(), search_id))
+
+
+def finish_search(store: Store, search_id: str, result: dict) -> None:
+    with store.transaction() as db:
+        db.execute("UPDATE searches SET status = 'done', result_json = ?, updated = ? WHERE id = ?",
+                   (json.dumps(result, default=str), time.time(), search_id))
+
+
+def load_searches(store: Store, experiment: Optional[str] = None) -> list[dict]:
+    """Every search of the store (of one experiment, if given), oldest first, each with its steps, candidates
+    and correlations (numbers as stored; NULL -> NaN)."""
+    if not has_table(store, "searches"):
+        return []
+    sql, args = "SELECT * FROM searches", ()
+    if experiment is not None:
+        sql, args = sql + " WHERE experiment = ?", (experiment,)
+    out = []
+    for row in store.db.execute(sql + " ORDER BY created, id", args).fetchall():
+        s = dict(row)
+        for key in ("options_json", "seeds_json", "spec_json", "slot_sizes_json", "result_json"):
+            s[key[:-5]] = json.loads(s.pop(key)) if s.get(key) else None
+        s["slot_sizes"] = {int(k): v for k, v in (s["slot_sizes"] or {}).items()}
+        s["steps"] = [dict(r) for r in store.db.execute(
+            "SELECT * FROM search_steps WHERE search_id = ? ORDER BY step", (s["id"],))]
+        s["candidates"] = []
+        for r in store.db.execute("SELECT * FROM search_candidates WHERE search_id = ? ORDER BY step, position",
+                                  (s["id"],)):
+            c = {k: (_num(r[k]) if isinstance(r[k], float) or r[k] is None else r[k]) for k in r.keys()}
+            c["off"], c["accs"], c["run_keys"] = (json.loads(r["off_json"]), json.loads(r["accs_json"]),
+                                                 json.loads(r["run_keys_json"]))
+            for k in ("slot", "relu_count", "seeds", "runs", "diverged", "reference", "verdict"):
+                c[k] = r[k]
+            s["candidates"].append(c)
+        s["correlations"] = [{k: (_num(r[k]) if k not in ("search_id", "stat", "step", "n") else r[k])
+                              for k in r.keys()} for r in store.db.execute(
+            "SELECT * FROM search_correlations WHERE search_id = ? ORDER BY step, stat", (s["id"],))]
+        out.append(s)
+    return out

@@ -1,0 +1,136 @@
+"""`relulab probe`: per-slot statistics of one configuration's model, per layer and class (seed 000's tables)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import experiments
+from ..probes import class_table, parse_stats
+from .app import app
+
+console = Console(stderr=True, soft_wrap=True)
+DEFAULT_STATS = "ratio_num,ratio_sum"
+
+
+@app.command("probe")
+def probe_command(
+    spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
+    config: Optional[str] = typer.Option(None, help="The configuration (default: the baseline)."),
+    seed: int = typer.Option(0, "--seed", "-s", min=0, help="Which seed's model."),
+    stats: str = typer.Option(DEFAULT_STATS, help="Statistics to print and draw, comma-separated, or all "
+                              "(every statistic is computed and stored)."),
+    probe_set: str = typer.Option("first", "--set", "--probe-set", help="The images: first (the first training "
+                                  "image of each class, the seed's), per-class:N or val:N."),
+    epoch: Optional[str] = typer.Option(None, help="Probe after these epochs: last (default), all, or a list "
+                                        "like 1,10,50 (the run is then trained with the probe attached)."),
+    part: Optional[str] = typer.Option(None, help="The part of a multi-part spec."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of the run."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
+    data_path: Optional[str] = typer.Option(None, help="File or folder to load the dataset from."),
+    override: list[str] = typer.Option([], "--override", help="Override a spec field, KEY=VALUE as relulab run's "
+                                       "--set (repeatable)."),
+    store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
+                                         "runs/<name>.sqlite, shared with relulab run)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the CSV and heatmaps (default: <name>-probes next "
+                                       "to the store)."),
+    report: bool = typer.Option(True, help="Also rebuild the experiment's HTML report."),
+    svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+):
+    """Probe statistics of a configuration's model, per slot and class: trains the run (or reuses the store).
+
+    Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
+    them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
+    from ..search import probe_configuration
+
+    names = parse_stats(stats, "--stats")
+    overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
+                                      store=str(store) if store else None, sets=list(override))
+    exp = experiments.load_experiment(spec, overrides)
+    pr = probe_configuration(exp, seed, probe_set, epoch, part, config)
+    if not pr.results:
+        console.print(f"{pr.variant} seed {seed}: no model to probe")
+        raise typer.Exit(1)
+    last = max(pr.results)
+    print_tables(pr, names, last)
+    folder = Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes"
+    written = write_files(pr, names, folder, svg)
+    console.print(("probed the freshly trained model" if pr.trained else "probe statistics from the store")
+                  + f"; files: {', '.join(str(p) for p in written)}")
+    if report:
+        from ..report import build_report
+
+        files = build_report(exp.store, exp.name, None, svg=svg)
+        print(files.html)
+
+
+def _cell(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4g}"
+
+
+def print_tables(pr, names: list[str], epoch: int) -> None:
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    result = pr.results[epoch]
+    for name in names:
+        if name not in result.overall:
+            continue
+        header, rows = class_table(result, name)
+        table = Table(title=f"{name}: {pr.variant} seed {pr.seed}, epoch {epoch}, probe set {pr.probe_set} "
+                            f"({result.images} images)", title_justify="left")
+        for column in header:
+            table.add_column(str(column), justify="right")
+        for row in rows:
+            table.add_row(str(row[0]), *[_cell(v) for v in row[1:]])
+        out.print(table)
+    if len(pr.results) > 1:
+        epochs = sorted(pr.results)
+        for name in names:
+            table = Table(title=f"{name} over epochs (average over the probe images)", title_justify="left")
+            table.add_column("slot", justify="right")
+            for e in epochs:
+                table.add_column(str(e), justify="right")
+            for slot in result.slots:
+                table.add_row(str(slot), *[_cell(pr.results[e].overall.get(name, {}).get(slot)) for e in epochs])
+            out.print(table)
+
+
+def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
+    from ..report import _safe, _write_bytes, _write_text, heatmap_figure, stat_over_epochs_figure
+
+    stem = f"{_safe(pr.variant)}-seed{pr.seed}-{_safe(pr.probe_set)}"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "part", "configuration", "seed", "run_key", "probe_set", "epoch", "stat", "slot",
+                     "class", "class_name", "images", "value"])
+    for epoch, result in sorted(pr.results.items()):
+        for stat, slot, cls, class_name, value in result.rows():
+            images = result.counts[cls] if cls >= 0 else result.images
+            writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.key, pr.probe_set, epoch, stat, slot,
+                             cls, class_name, images, "" if not math.isfinite(value) else repr(float(value))])
+    written = [_write_text(folder / f"{stem}.csv", buf.getvalue())]
+    last = max(pr.results)
+    for name in names:
+        result = pr.results[last]
+        if name not in result.overall:
+            continue
+        header, rows = class_table(result, name)
+        fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
+                             f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg)
+        written.append(_write_bytes(folder / f"{stem}-{name}.png", fig.png))
+        if fig.svg:
+            written.append(_write_bytes(folder / f"{stem}-{name}.svg", fig.svg))
+        if len(pr.results) > 1:
+            epochs = sorted(pr.results)
+            curves = {slot: (epochs, [pr.results[e].overall[name].get(slot, math.nan) for e in epochs])
+                      for slot in result.slots}
+            fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
+                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg)
+            written.append(_write_bytes(folder / f"{stem}-{name}-epochs.png", fig.png))
+    return written

@@ -1,0 +1,144 @@
+"""`relulab search`: which activation slots can be switched off (relulab.search)."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import experiments
+from ..errors import UserError
+from .app import app
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def parse_counts(text: Optional[str], field: str = "--keep") -> Optional[list[int]]:
+    """'0,2,4' or '0-10' (or a mix) -> the integers; None -> None."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not match:
+            raise UserError(f"{field}: expected numbers like 0,2,4 or 0-10, got {text!r}")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        out += list(range(low, high + 1))
+    return out
+
+
+@app.command("search")
+def search_command(
+    spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
+    strategy: str = typer.Option("greedy", help="greedy (the seed's), oracle (every single-slot change, best by "
+                                 "accuracy), exhaustive (every placement up to --k slots off) or budget (exactly k "
+                                 "slots on, for each k of --keep)."),
+    config: Optional[str] = typer.Option(None, help="The configuration to start from (default: the baseline)."),
+    part: Optional[str] = typer.Option(None, help="The part of a multi-part spec."),
+    stat: str = typer.Option("ratio_num", help="greedy / budget: the probe statistic that ranks the slots "
+                             "(relulab.probes: ratio_num, ratio_sum, std, dead_fraction, sign_entropy, ...)."),
+    order: str = typer.Option("highest", help="greedy / budget: switch off the slot with the highest or lowest "
+                              "value first (the seed's variants B and A)."),
+    budget: Optional[int] = typer.Option(None, help="greedy / oracle: slots switched off at most (default 20% of "
+                                         "the active slots, the seed's 2 of 10)."),
+    patience: int = typer.Option(1, help="greedy: stop after this many rejected proposals in a row."),
+    k: int = typer.Option(2, "--k", help="exhaustive: every placement with up to k slots off."),
+    keep: Optional[str] = typer.Option(None, help="budget: numbers of slots kept on, e.g. 0,2,4 or 0-10 "
+                                       "(default: every number)."),
+    choose: str = typer.Option("stat", help="budget: which slots stay on: stat (ranked by --stat/--order on the "
+                               "base model) or exhaustive (every placement)."),
+    plain_rule: bool = typer.Option(False, "--plain-rule", help="Accept a change when the mean improves (the "
+                                    "seed's rule) instead of when Welch's test says it is better beyond seed "
+                                    "noise."),
+    alpha: float = typer.Option(0.05, help="Welch's test level for accepting a change."),
+    metric: str = typer.Option("best_val_acc", help="best_val_acc (the seed's), final_val_acc or test_acc."),
+    probe_set: str = typer.Option("first", help="Images the statistics are computed on: first (the first "
+                                  "training image of each class, the seed's), per-class:N or val:N."),
+    max_placements: int = typer.Option(100, help="exhaustive / budget: refuse to plan more placements."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds of every placement, e.g. 0,1,2 (default: the spec's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run (e.g. fewer "
+                                         "for a quick oracle step; runs are keyed by it, so they are not mixed "
+                                         "with runs of other lengths)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
+    data_path: Optional[str] = typer.Option(None, help="File or folder to load the dataset from."),
+    set_: list[str] = typer.Option([], "--set", help="Override a spec field, as relulab run --set (repeatable)."),
+    store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
+                                         "runs/<name>.sqlite, shared with relulab run)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
+    report: bool = typer.Option(True, help="Write the experiment's report (with every search) when done."),
+    svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+):
+    """Search which activation slots to switch off; results go to the store and the experiment's report.
+
+    Runs already in the store (from relulab run, another search or a killed one) are reused, never retrained:
+    run the same command again after an interruption and it goes on where it stopped."""
+    from ..search import SearchOptions, run_search
+    from ..store import Store, load_searches
+
+    options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
+                            plain_rule, alpha, metric, probe_set, max_placements)
+    overrides = experiments.Overrides(
+        seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
+        device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_))
+    exp = experiments.load_experiment(spec, overrides)
+    outcome = run_search(exp, options, part, config)
+    with Store(exp.store, create=False) as s:
+        found = next(x for x in load_searches(s, exp.name) if x["id"] == outcome.id)
+    print_search(found)
+    console.print(f"search {outcome.id}: {outcome.trained} runs trained, {outcome.reused} already in the store"
+                  + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
+                  + f"; store {exp.store}")
+    if report:
+        from ..report import build_report
+
+        files = build_report(exp.store, exp.name, out, svg=svg)
+        console.print(f"report: {files.markdown} (Markdown), {', '.join(str(p) for p in files.extra)} (CSV)")
+        print(files.html)
+
+
+def _acc(c: dict) -> str:
+    if c["mean"] is None or c["mean"] != c["mean"]:
+        return "-"
+    if c["ci_low"] is None or c["ci_low"] != c["ci_low"]:
+        return f"{c['mean'] * 100:.2f}"
+    return f"{c['mean'] * 100:.2f} ± {(c['ci_high'] - c['ci_low']) * 50:.2f}"
+
+
+def print_search(s: dict) -> None:
+    """Each step's candidates and decision, then the result."""
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    for step in s["steps"]:
+        cands = [c for c in s["candidates"] if c["step"] == step["step"]]
+        table = Table(title=f"{s['strategy']} step {step['step']}: from {step['current']}, {step['decision']}"
+                            + (f" {step['chosen']}" if step["chosen"] else ""), title_justify="left")
+        for column in ("placement", "slot", "acc (%)", "vs", "diff (points)", "p", "statistic"):
+            table.add_column(column, justify="right")
+        shown = cands if len(cands) <= 30 else cands[:30]
+        for c in shown:
+            diff = "-" if c["diff"] is None or c["diff"] != c["diff"] else f"{c['diff'] * 100:+.2f}"
+            p = "-" if c["p"] is None or c["p"] != c["p"] else f"{c['p']:.2g}"
+            stat = "-" if c["heuristic"] is None or c["heuristic"] != c["heuristic"] else f"{c['heuristic']:.4g}"
+            table.add_row(c["placement"], "-" if c["slot"] is None else str(c["slot"]), _acc(c),
+                          c["reference"] or "-", diff, p, stat)
+        out.print(table)
+        if step["note"]:
+            out.print(f"  {step['note']}")
+        corr = [c for c in s["correlations"] if c["step"] == step["step"] and c["spearman"] == c["spearman"]]
+        if corr:
+            t = Table(title=f"rank correlation with the measured change (step {step['step']})", title_justify="left")
+            for column in ("statistic", "n", "Spearman", "p", "Kendall", "p"):
+                t.add_column(column, justify="right")
+            for c in corr:
+                t.add_row(c["stat"], str(c["n"]), f"{c['spearman']:+.3f}", f"{c['spearman_p']:.2g}",
+                          f"{c['kendall']:+.3f}", f"{c['kendall_p']:.2g}")
+            out.print(t)
+    r = s.get("result") or {}
+    if r:
+        acc = _acc({"mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+        out.print(f"result: {r['final']} (slots off: {', '.join(map(str, r['off'])) or 'none'}), {s['metric']} "
+                  f"{acc}%, {r['relu_count']:,} activations per image")

@@ -1,0 +1,798 @@
+"""Search over activation slots: which slots can be switched off (made identity) without losing accuracy?
+
+    exp = load_experiment("seed000")
+    outcome = run_search(exp, SearchOptions("greedy", stat="ratio_num", order="highest", budget=2))
+    outcome.result["final"]          # e.g. 'off-7'
+
+A search starts from one configuration of an experiment (its baseline by default, e.g.
+seed000's `all-relu`) and looks at *placements*: sets of that configuration's active
+slots switched off. Every placement is trained over the experiment's seeds and
+measured by its mean validation accuracy (best epoch by default, the seed's number)
+with a 95% interval over seeds.
+
+Strategies (`STRATEGIES`, keyed by name; each a small function of a `Search`):
+
+- `greedy`: seed 000's procedure. Train the current model (at first every slot on),
+  probe it, rank its active slots by a probe statistic (`stat`, `order` = highest or
+  lowest first), switch off the first, retrain, and keep the change only if it beats
+  the current model beyond seed noise (Welch's t-test, p < `alpha`, and a higher mean)
+  or, with `plain_rule`, if the mean improves (the seed's rule). A rejected proposal is
+  discarded and the next-ranked slot is tried, until `patience` proposals in a row are
+  rejected; at most `budget` slots are switched off (default 20% of the slots: the
+  seed's 2 of 10).
+- `oracle`: at each step train every single-slot change of the current model (all of
+  them at once), take the best by measured accuracy, accept it by the same rule; up to
+  `budget` slots off. Each step also judges the heuristics (below).
+- `exhaustive`: every placement with up to `k` slots off (k <= 2 for 10 slots: 56
+  placements), each compared with the base.
+- `budget`: keep exactly k slots on, for each k of `keep` (default every k); which k
+  slots is decided by the statistic ranking on the base model (`choose: stat`, nested
+  placements) or by trying every placement (`choose: exhaustive`). Reports plot the
+  ReLU count (activations computed per image = the summed output sizes of the slots
+  that are on) against accuracy.
+
+Heuristic judgement: for a step whose candidates are the single-slot changes of one
+model (oracle steps, and the first level of exhaustive), every probe statistic of that
+model is set against the measured change in accuracy of switching each slot off:
+Spearman's rho and Kendall's tau (tau-b) with their p-values and n. A positive
+correlation means "switch off the slot with the highest value first" was the right
+order; also recorded: the change the highest-first and lowest-first picks got, and the
+best change there was.
+
+Efficiency and resumption: every run is keyed exactly as `relulab run` keys it
+(`experiments.run_key` of the resolved config and seed), so a placement trained before
+(by a sweep, by another strategy or another search) is never retrained, and all the
+runs a step needs train together in one `train.train_many` call (packed and run
+concurrently where the hardware allows). Runs are claimed in the store before they
+train, as sweeps do, and committed as each finishes; a killed search, run again,
+recomputes its path from the stored runs in seconds and goes on where it stopped.
+The probe statistics of every model a search trains are computed on its final
+weights (all statistics, on the probe set) and stored in `run_probes`; a model that is
+in the store without them (e.g. trained by `relulab run`) must be retrained once to be
+probed, because relulab does not keep weights: only a search's *current* models need
+that (greedy's heuristics, the judgement's base), so run the search before the sweep
+when both are planned.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from . import probes as probes_mod
+from .data import load_data
+from .env import resolve_device
+from .errors import UserError, unknown_choice
+from .experiments import Experiment, Part, Variant, canonical_spec, run_key
+from .models import build_model
+from .stats import compare, summarize
+from .store import (Finished, Store, begin_search, ensure_probe_search_tables, finish_search, load_run_probes,
+                    save_run_probes, save_search_step)
+from .train import Callback, Job, RunSpec, train_many
+
+METRICS = ("best_val_acc", "final_val_acc", "test_acc")
+ORDERS = ("highest", "lowest")
+CHOICES = ("stat", "exhaustive")
+OFF = "identity"
+
+
+@dataclass
+class SearchOptions:
+    """How to search. A plain record for the CLI; `validate` checks it against the model's slots."""
+
+    strategy: str = "greedy"
+    stat: str = "ratio_num"  # greedy's ranking; budget's when choose = stat
+    order: str = "highest"  # switch off the slot with the highest (or lowest) value first
+    budget: Optional[int] = None  # greedy, oracle: slots switched off at most (default 20% of the active ones)
+    patience: int = 1  # greedy: stop after this many rejected proposals in a row
+    k: int = 2  # exhaustive: placements with up to k slots off
+    keep: Optional[list[int]] = None  # budget: numbers of slots kept on (default: every number)
+    choose: str = "stat"  # budget: stat | exhaustive
+    plain_rule: bool = False  # accept when the mean improves (the seed's rule) instead of Welch's test
+    alpha: float = 0.05
+    metric: str = "best_val_acc"
+    probe_set: str = "first"
+    max_placements: int = 100  # exhaustive / budget: refuse to plan more placements than this
+
+    def validate(self, active: list[int]) -> "SearchOptions":
+        """A copy with defaults resolved; UserErrors name the command's options."""
+        o = copy.deepcopy(self)
+        if o.strategy not in STRATEGIES:
+            raise unknown_choice("--strategy", o.strategy, STRATEGIES)
+        probes_mod.check_stats([o.stat], "--stat")
+        if o.order not in ORDERS:
+            raise unknown_choice("--order", o.order, ORDERS)
+        if o.metric not in METRICS:
+            raise unknown_choice("--metric", o.metric, METRICS)
+        if o.choose not in CHOICES:
+            raise unknown_choice("--choose", o.choose, CHOICES)
+        o.probe_set = probes_mod.parse_probe_set(o.probe_set, "--probe-set").name
+        if not (isinstance(o.alpha, (int, float)) and 0 < o.alpha < 1):
+            raise UserError(f"--alpha: expected a number between 0 and 1, got {o.alpha!r}")
+        n = len(active)
+        if o.budget is None:
+            o.budget = max(1, round(0.2 * n))
+        if not 1 <= o.budget <= n:
+            raise UserError(f"--budget: expected 1 to {n} (the slots that are on), got {o.budget}")
+        if o.patience < 1:
+            raise UserError(f"--patience: expected a positive integer, got {o.patience}")
+        if o.max_placements < 1:
+            raise UserError(f"--max-placements: expected a positive integer, got {o.max_placements}")
+        if not 1 <= o.k <= n:
+            raise UserError(f"--k: expected 1 to {n} (the slots that are on), got {o.k}")
+        if o.keep is None:
+            o.keep = list(range(n, -1, -1))
+        bad = [k for k in o.keep if not 0 <= k <= n]
+        if bad or not o.keep:
+            raise UserError(f"--keep: expected numbers of slots kept on from 0 to {n}, got {o.keep}")
+        o.keep = sorted(set(o.keep), reverse=True)
+        count = {"exhaustive": sum(math.comb(n, j) for j in range(o.k + 1)),
+                 "budget": (sum(math.comb(n, k) for k in o.keep) if o.choose == "exhaustive" else len(o.keep) + 1)
+                 }.get(o.strategy, 0)
+        if count > o.max_placements:
+            what = "--k" if o.strategy == "exhaustive" else "--keep"
+            raise UserError(f"{what}: that is {count} placements of {n} slots (each over every seed), more than "
+                            f"--max-placements {o.max_placements}; ask for fewer or raise --max-placements")
+        return o
+
+    def identity(self) -> dict:
+        """The options that shape the search's path (what its id hashes)."""
+        keys = {"greedy": ("stat", "order", "budget", "patience", "plain_rule", "alpha"),
+                "oracle": ("budget", "plain_rule", "alpha"),
+                "exhaustive": ("k", "alpha"),
+                "budget": ("keep", "choose", "stat", "order", "alpha")}[self.strategy]
+        return {"strategy": self.strategy, "metric": self.metric, "probe_set": self.probe_set,
+                **{k: getattr(self, k) for k in keys}}
+
+
+@dataclass
+class Measured:
+    """One placement over the seeds."""
+
+    off: frozenset
+    label: str
+    keys: list[str]
+    accs: list[float]  # the metric of each finished (not diverged) run
+    diverged: int
+    relu_count: int
+    heuristics: dict[str, dict[int, float]] = field(default_factory=dict)  # stat -> slot -> mean over seeds
+
+    @property
+    def summary(self):
+        return summarize(self.accs)
+
+    @property
+    def mean(self) -> float:
+        return self.summary.mean if self.accs else math.nan
+
+
+@dataclass
+class SearchOutcome:
+    id: str
+    strategy: str
+    result: dict
+    trained: int = 0  # runs trained by this call
+    reused: int = 0  # runs found in the store
+    probed_again: int = 0  # runs retrained only to probe their model
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pick_variant(part: Part, config: Optional[str]) -> Variant:
+    """The configuration a search or probe starts from: `config` (a configuration or variant name), else the
+    part's baseline, else its first configuration."""
+    if config is None:
+        config = part.baseline or part.variants[0].name
+    exact = [v for v in part.variants if v.name == config]
+    if exact:
+        return exact[0]
+    by_config = [v for v in part.variants if v.config == config]
+    if len(by_config) == 1:
+        return by_config[0]
+    if len(by_config) > 1:
+        raise UserError(f"--config: {config} has several grid points ({', '.join(v.name for v in by_config)}); "
+                        "name one")
+    raise unknown_choice("--config", config, [v.name for v in part.variants])
+
+
+def pick_part(exp: Experiment, name: Optional[str]) -> Part:
+    if name is None:
+        if len(exp.parts) > 1:
+            raise UserError(f"--part: {exp.name} has several parts ({', '.join(p.name for p in exp.parts)}); "
+                            "name one")
+        return exp.parts[0]
+    for part in exp.parts:
+        if part.name == name:
+            return part
+    raise unknown_choice("--part", name, [p.name for p in exp.parts])
+
+
+def ensure_plan(store: Store, exp: Experiment) -> None:
+    """Save the experiment's plan if the store has none yet, so that `relulab report` can render the results
+    of a search or probe run before any sweep; a sweep's plan, once there, is left alone."""
+    if exp.name not in store.experiment_names():
+        store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
+                        exp.run_overrides)
+
+
+def probe_rows(result: probes_mod.ProbeResult) -> list[tuple]:
+    """A ProbeResult as store rows: (stat, slot, class, class name, images, value)."""
+    return [(stat, slot, cls, name, result.counts[cls] if cls >= 0 else result.images, value)
+            for stat, slot, cls, name, value in result.rows()]
+
+
+class Search:
+    """Measures placements for a strategy: trains what the store lacks (one `train_many` call per batch),
+    probes what it trains, records steps."""
+
+    def __init__(self, exp: Experiment, part: Part, base: Variant, options: SearchOptions, store: Store,
+                 splits, device: torch.device, log: Callable[[str], None] = _log, poll_s: float = 2.0):
+        self.exp, self.part, self.base, self.store, self.device, self.log = exp, part, base, store, device, log
+        self.poll_s = poll_s
+        self.splits = splits
+        self.seeds = list(part.seeds)
+        model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
+        self.slots = [s.index for s in model.slots]
+        self.active = [s.index for s in model.slots if not s.off]
+        self.sizes = probes_mod.slot_output_sizes(model, splits.input_shape)
+        self.options = options.validate(self.active)
+        self.probe_set = probes_mod.parse_probe_set(self.options.probe_set)
+        self.probe_x, self.probe_y = probes_mod.select_probe_set(splits, self.probe_set)
+        self.id = self._id()
+        self.trained = self.reused = self.probed_again = 0
+        self._seen_keys: set[str] = set()
+        self._cache: dict[frozenset, Measured] = {}
+
+    # ---------------------------------------------------------------- placements
+
+    def _id(self) -> str:
+        payload = {"experiment": self.exp.name, "part": self.part.name, "base": self.base.name,
+                   "spec": canonical_spec(self.base.spec), "seeds": self.seeds, "options": self.options.identity()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def spec(self, off: Iterable[int]) -> RunSpec:
+        spec = copy.deepcopy(self.base.spec)
+        spec.model.slots = {**spec.model.slots, **{i: OFF for i in sorted(off)}}
+        return spec
+
+    def label(self, off: Iterable[int]) -> str:
+        off = sorted(off)
+        return self.base.name if not off else "off-" + "-".join(map(str, off))
+
+    def relu_count(self, off: Iterable[int]) -> int:
+        """Activations computed per image: the output sizes of the slots that are on."""
+        off = set(off)
+        return sum(self.sizes[i] for i in self.active if i not in off)
+
+    # ---------------------------------------------------------------- measuring
+
+    def measure(self, placements: Iterable[Iterable[int]], probes_for: Iterable[Iterable[int]] = ()
+                ) -> dict[frozenset, Measured]:
+        """Every placement over every seed: runs in the store are reused, the others trained together. The
+        placements in `probes_for` must also have their models' probe statistics (retrained if missing)."""
+        placements = list(dict.fromkeys(frozenset(p) for p in placements))
+        want_probes = {frozenset(p) for p in probes_for}
+        jobs: dict[str, tuple[frozenset, Job]] = {}
+        for off in placements:
+            spec = self.spec(off)
+            for seed in self.seeds:
+                key = run_key(spec, seed)
+                jobs.setdefault(key, (off, Job(spec, seed, key)))
+        done = self.store.done_keys(jobs)
+        fresh = [k for k in done if k not in self._seen_keys]
+        self.reused += len(fresh)
+        self._seen_keys |= set(jobs)
+        have = self._probed_keys([k for k in done if jobs[k][0] in want_probes])
+        again = [k for k in done if jobs[k][0] in want_probes and k not in have]
+        if again:
+            self.log(f"{len(again)} runs are in the store without their probe statistics (relulab keeps no "
+                     "weights): training them again to probe them")
+            self._train([jobs[k][1] for k in again], jobs, claimed=False)
+            self.probed_again += len(again)
+        pending = [k for k in jobs if k not in done]
+        waiting_said = False
+        while pending:
+            claimed = self.store.claim(pending)
+            if not claimed:
+                busy = self.store.claimed_by_others(pending)
+                if busy and not waiting_said:
+                    self.log(f"waiting for {len(busy)} runs that another relulab process is running")
+                    waiting_said = True
+                time.sleep(self.poll_s if busy else 0)
+            else:
+                self._train([jobs[k][1] for k in claimed], jobs, claimed=True)
+            finished = self.store.done_keys(pending)
+            pending = [k for k in pending if k not in finished]
+        for off in placements:
+            self._cache.pop(off, None)
+        return {off: self.measured(off) for off in placements}
+
+    def _train(self, batch: list[Job], jobs: dict, claimed: bool) -> None:
+        try:
+            for job, result in train_many(batch, self.splits, self.device, pack=self.exp.pack):
+                off = jobs[job.key][0]
+                probed = probes_mod.measure(result.model, self.probe_x, self.probe_y, probes_mod.stat_names(),
+                                            classes=self.splits.classes)
+                save_run_probes(self.store, job.key, self.probe_set.name, len(result.history.epochs),
+                                probe_rows(probed))
+                result.model = None
+                stored = self.store.record(Finished(job.key, self.exp.name, self.part.name, self.label(off),
+                                                    result, {}))
+                if claimed:
+                    self.trained += stored
+                self.log(self._run_line(off, job, result, stored, claimed))
+        finally:
+            if claimed:
+                self.store.release([job.key for job in batch])
+
+    def _run_line(self, off, job: Job, result, stored: bool, claimed: bool) -> str:
+        h = result.history
+        head = f"[{self.options.strategy}] {self.label(off)} seed {job.seed}"
+        if not claimed:
+            return f"{head}: probed (retrained; best val acc {h.best_val_acc:.4f}, the stored run is kept)"
+        if not stored:
+            return f"{head}: another process stored this run first; result dropped"
+        if h.diverged_at is not None:
+            return f"{head}: DIVERGED at epoch {h.diverged_at}"
+        return f"{head}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), final {h.final_val_acc:.4f}, " \
+               f"{h.seconds:.1f} s"
+
+    def _probed_keys(self, keys: list[str]) -> set[str]:
+        return {r["run_key"] for r in load_run_probes(self.store, keys, self.probe_set.name)
+                if r["stat"] == self.options.stat}
+
+    def measured(self, off: Iterable[int]) -> Measured:
+        off = frozenset(off)
+        if off in self._cache:
+            return self._cache[off]
+        keys = [run_key(self.spec(off), seed) for seed in self.seeds]
+        runs = self.store.runs(keys)
+        accs, diverged = [], 0
+        for key in keys:
+            row = runs.get(key)
+            if row is None:
+                continue
+            if row["status"] != "done":
+                diverged += 1
+            elif row[self.options.metric] is not None and math.isfinite(row[self.options.metric]):
+                accs.append(row[self.options.metric])
+        m = Measured(off, self.label(off), keys, accs, diverged, self.relu_count(off), self._heuristics(keys))
+        self._cache[off] = m
+        return m
+
+    def _heuristics(self, keys: list[str]) -> dict[str, dict[int, float]]:
+        """stat -> slot -> the all-images value at each run's last probed epoch, averaged over the seeds."""
+        last: dict[str, int] = {}
+        rows = [r for r in load_run_probes(self.store, keys, self.probe_set.name) if r["class"] == -1]
+        for r in rows:
+            last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
+        values: dict[str, dict[int, list[float]]] = {}
+        for r in rows:
+            if r["epoch"] == last[r["run_key"]]:
+                values.setdefault(r["stat"], {}).setdefault(r["slot"], []).append(r["value"])
+        out: dict[str, dict[int, float]] = {}
+        for stat, by_slot in values.items():
+            out[stat] = {}
+            for slot, vals in by_slot.items():
+                finite = [v for v in vals if math.isfinite(v)]
+                out[stat][slot] = float(np.mean(finite)) if finite else math.nan
+        return out
+
+    # ---------------------------------------------------------------- deciding
+
+    def accepts(self, candidate: Measured, current: Measured) -> tuple[bool, str]:
+        """The acceptance rule: Welch's test at alpha with a higher mean, or (plain rule) a higher mean."""
+        c = compare(candidate.accs, current.accs, self.options.alpha)
+        if c is None:
+            return False, "no finished runs to compare"
+        points = f"{c.diff * 100:+.2f} points"
+        if self.options.plain_rule:
+            ok = c.diff > 0
+            return ok, f"mean {'improves' if ok else 'does not improve'} ({points}; plain rule)"
+        if c.distinguishable is None:
+            return False, f"{points}: {c.verdict}; use more seeds or --plain-rule"
+        ok = bool(c.distinguishable) and c.diff > 0
+        return ok, f"{points}, {c.verdict}" + ("" if ok or not c.distinguishable else " (worse)")
+
+    def welch_better(self, candidate: Measured, reference: Measured) -> bool:
+        c = compare(candidate.accs, reference.accs, self.options.alpha)
+        return bool(c is not None and c.distinguishable and c.diff > 0)
+
+    def ranking(self, current: Measured, exclude: Iterable[int] = (), stat: Optional[str] = None
+                ) -> list[tuple[int, float]]:
+        """Active slots of `current` not excluded, by the statistic on `current`, in the search's order;
+        slots where it is undefined (NaN) are left out."""
+        stat = stat or self.options.stat
+        values = current.heuristics.get(stat, {})
+        skip = set(current.off) | set(exclude)
+        items = [(s, values.get(s, math.nan)) for s in self.active if s not in skip]
+        items = [(s, v) for s, v in items if math.isfinite(v)]
+        sign = -1 if self.options.order == "highest" else 1
+        return sorted(items, key=lambda sv: (sign * sv[1], sv[0]))
+
+    def require_stat(self, current: Measured) -> None:
+        values = current.heuristics.get(self.options.stat, {})
+        if not any(math.isfinite(values.get(s, math.nan)) for s in self.active if s not in current.off):
+            raise UserError(f"--stat: {self.options.stat} is undefined at every active slot of {current.label} "
+                            "(saturation is measured for sigmoid and tanh slots only)")
+
+    def judge(self, current: Measured, singles: dict[int, Measured]) -> list[dict]:
+        """Rank correlation of every statistic of `current` with the measured change of switching each slot off."""
+        from scipy import stats as sps
+
+        diffs = {slot: m.mean - current.mean for slot, m in singles.items()}
+        out = []
+        for stat in probes_mod.stat_names():
+            values = current.heuristics.get(stat)
+            if not values:
+                continue
+            pairs = [(values.get(s, math.nan), d) for s, d in diffs.items()]
+            pairs = [(v, d) for v, d in pairs if math.isfinite(v) and math.isfinite(d)]
+            row = {"stat": stat, "n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None,
+                   "kendall_p": None, "highest_pick_diff": None, "lowest_pick_diff": None,
+                   "best_diff": max((d for _, d in pairs), default=None)}
+            if pairs:
+                row["highest_pick_diff"] = max(pairs, key=lambda p: p[0])[1]
+                row["lowest_pick_diff"] = min(pairs, key=lambda p: p[0])[1]
+            xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+            if len(pairs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
+                rho, rho_p = sps.spearmanr(xs, ys)
+                tau, tau_p = sps.kendalltau(xs, ys)
+                row.update(spearman=float(rho), spearman_p=float(rho_p), kendall=float(tau), kendall_p=float(tau_p))
+            out.append(row)
+        return out
+
+    # ---------------------------------------------------------------- recording
+
+    def row(self, m: Measured, position: int, reference: Optional[Measured] = None, slot: Optional[int] = None,
+            heuristic: Optional[float] = None) -> dict:
+        s = m.summary
+        c = compare(m.accs, reference.accs, self.options.alpha) if reference is not None else None
+        return {"position": position, "placement": m.label, "off_json": json.dumps(sorted(m.off)), "slot": slot,
+                "relu_count": m.relu_count, "seeds": len(self.seeds), "runs": len(m.accs) + m.diverged,
+                "diverged": m.diverged, "mean": s.mean, "std": s.std, "ci_low": s.low, "ci_high": s.high,
+                "reference": reference.label if reference is not None else None,
+                "diff": c.diff if c else None, "diff_low": c.low if c else None, "diff_high": c.high if c else None,
+                "p": c.p if c else None, "verdict": c.verdict if c else None, "heuristic": heuristic,
+                "accs_json": json.dumps(m.accs), "run_keys_json": json.dumps(m.keys)}
+
+    def save_step(self, step: int, kind: str, current: Measured, decision: str, rows: list[dict],
+                  chosen: Optional[Measured] = None, note: str = "", correlations: Iterable[dict] = ()) -> None:
+        for r in rows:
+            r["step"] = step
+        correlations = [{**c, "step": step} for c in correlations]
+        save_search_step(self.store, self.id, {"step": step, "kind": kind, "current": current.label,
+                                               "decision": decision, "chosen": chosen.label if chosen else None,
+                                               "note": note}, rows, correlations)
+        self.log(f"[{self.options.strategy}] step {step}: {decision}" + (f" {chosen.label}" if chosen else "")
+                 + (f" ({note})" if note else ""))
+
+    def summary_of(self, m: Measured) -> dict:
+        s = m.summary
+        return {"final": m.label, "off": sorted(m.off), "mean": s.mean, "ci_low": s.low, "ci_high": s.high,
+                "n": s.n, "relu_count": m.relu_count}
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def greedy(s: Search) -> dict:
+    o = s.options
+    current = s.measure([()], probes_for=[()])[frozenset()]
+    s.require_stat(current)
+    step, rejected_in_a_row, tried = 0, 0, set()
+    while len(current.off) < o.budget:
+        ranking = s.ranking(current, exclude=tried)
+        if not ranking:
+            break
+        slot, value = ranking[0]
+        off = current.off | {slot}
+        candidate = s.measure([off])[off]
+        ok, why = s.accepts(candidate, current)
+        step += 1
+        note = f"{o.stat} {value:.4g} at slot {slot}, the {o.order} of {len(ranking)} untried active slots; {why}"
+        s.save_step(step, "greedy", current, "accepted" if ok else "rejected",
+                    [s.row(current, 0), s.row(candidate, 1, current, slot, value)], candidate if ok else None, note)
+        if ok:
+            current, tried, rejected_in_a_row = candidate, set(), 0
+            if len(current.off) < o.budget:  # its statistics rank the next step (probed again if need be)
+                current = s.measure([off], probes_for=[off])[off]
+        else:
+            tried.add(slot)
+            rejected_in_a_row += 1
+            if rejected_in_a_row >= o.patience:
+                break
+    return s.summary_of(current)
+
+
+def oracle(s: Search) -> dict:
+    o = s.options
+    current: Optional[Measured] = None
+    off: frozenset = frozenset()
+    step = 0
+    while len(off) < o.budget:
+        active = [i for i in s.active if i not in off]
+        if not active:
+            break
+        singles = {i: off | {i} for i in active}
+        measured = s.measure(list(singles.values()) + [off], probes_for=[off])
+        current = measured[off]
+        cands = {i: measured[p] for i, p in singles.items()}
+        best_slot = max(cands, key=lambda i: (cands[i].mean if math.isfinite(cands[i].mean) else -math.inf, -i))
+        best = cands[best_slot]
+        ok, why = s.accepts(best, current)
+        step += 1
+        rows = [s.row(current, 0)] + [s.row(m, n + 1, current, i, current.heuristics.get(o.stat, {}).get(i))
+                                      for n, (i, m) in enumerate(cands.items())]
+        s.save_step(step, "oracle", current, "accepted" if ok else "rejected", rows, best if ok else None,
+                    f"best single change: slot {best_slot} ({best.label}); {why}", s.judge(current, cands))
+        if not ok:
+            break
+        off, current = best.off, best
+    return s.summary_of(current)
+
+
+def exhaustive(s: Search) -> dict:
+    o = s.options
+    placements = [frozenset(c) for j in range(o.k + 1) for c in itertools.combinations(s.active, j)]
+    measured = s.measure(placements, probes_for=[()])
+    base = measured[frozenset()]
+    ranked = sorted(placements, key=lambda p: (-(measured[p].mean if math.isfinite(measured[p].mean) else -math.inf),
+                                               len(p), sorted(p)))
+    rows = [s.row(measured[p], n, base if p else None, next(iter(p)) if len(p) == 1 else None,
+                  base.heuristics.get(o.stat, {}).get(next(iter(p))) if len(p) == 1 else None)
+            for n, p in enumerate(ranked)]
+    singles = {i: measured[frozenset([i])] for i in s.active}
+    best = measured[ranked[0]]
+    better = [p for p in ranked if p and s.welch_better(measured[p], base)]
+    note = f"{len(placements)} placements with up to {o.k} slots off; best by mean: {best.label}"
+    note += f"; better than {base.label} beyond seed noise: {', '.join(measured[p].label for p in better)}" \
+        if better else f"; none beats {base.label} beyond seed noise"
+    s.save_step(1, "exhaustive", base, "measured", rows, best, note, s.judge(base, singles))
+    return {**s.summary_of(best), "distinguishably_better": [measured[p].label for p in better]}
+
+
+def budget(s: Search) -> dict:
+    o = s.options
+    n = len(s.active)
+    base_off = frozenset()
+    plan: list[tuple[int, frozenset]] = []
+    if o.choose == "exhaustive":
+        for k in o.keep:
+            plan += [(k, frozenset(c)) for c in itertools.combinations(s.active, n - k)]
+        measured = s.measure([p for _, p in plan] + [base_off])
+    else:
+        base = s.measure([base_off], probes_for=[base_off])[base_off]
+        s.require_stat(base)
+        order = [slot for slot, _ in s.ranking(base)]
+        order += [i for i in s.active if i not in order]  # undefined values last
+        plan = [(k, frozenset(order[:n - k])) for k in o.keep]
+        measured = s.measure([p for _, p in plan] + [base_off])
+    base = measured[base_off]
+    seen, rows = set(), []
+    for k, p in plan:
+        if p in seen:
+            continue
+        seen.add(p)
+        rows.append(s.row(measured[p], len(rows), base if p else None))
+    best_by_k = {}
+    for k, p in plan:
+        m = measured[p]
+        if k not in best_by_k or (math.isfinite(m.mean) and m.mean > best_by_k[k].mean):
+            best_by_k[k] = m
+    how = "every placement" if o.choose == "exhaustive" else f"{o.stat}, {o.order} switched off first"
+    note = f"slots kept on: {', '.join(map(str, o.keep))}; chosen by {how}; best per count: " + \
+        "; ".join(f"{k} on: {m.label} {m.mean * 100:.2f}%" for k, m in best_by_k.items())
+    top = max(best_by_k.values(), key=lambda m: m.mean if math.isfinite(m.mean) else -math.inf)
+    s.save_step(1, "budget", base, "measured", rows, top, note)
+    return {**s.summary_of(top), "best_by_kept": {str(k): s.summary_of(m) for k, m in best_by_k.items()}}
+
+
+STRATEGIES: dict[str, Callable[[Search], dict]] = {
+    "greedy": greedy,
+    "oracle": oracle,
+    "exhaustive": exhaustive,
+    "budget": budget,
+}
+
+
+# ---------------------------------------------------------------- running one
+
+
+def prepare_search(exp: Experiment, options: SearchOptions, part: Optional[str] = None,
+                   config: Optional[str] = None):
+    """Everything checked before the store is touched: (part, base variant, splits, resolved options)."""
+    p = pick_part(exp, part)
+    base = pick_variant(p, config)
+    splits = load_data(base.spec.data)
+    try:
+        model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
+    except UserError as e:
+        raise UserError(f"configs.{base.config}: {e}") from None
+    active = [s.index for s in model.slots if not s.off]
+    if not active:
+        raise UserError(f"--config: {base.name} has no slot switched on; start from a configuration with "
+                        "activations")
+    return p, base, splits, options.validate(active)
+
+
+def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = None, config: Optional[str] = None,
+               log: Callable[[str], None] = _log, poll_s: float = 2.0) -> SearchOutcome:
+    """Run (or resume) one search on `exp`; every step is stored as it completes."""
+    p, base, splits, options = prepare_search(exp, options, part, config)
+    device = resolve_device(exp.device)
+    if exp.threads:
+        torch.set_num_threads(exp.threads)
+    splits = splits.to(device)
+    with Store(exp.store) as store:
+        ensure_probe_search_tables(store)
+        ensure_plan(store, exp)
+        s = Search(exp, p, base, options, store, splits, device, log, poll_s)
+        begin_search(store, {"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
+                             "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
+                             "seeds_json": json.dumps(s.seeds), "epochs": base.spec.train.epochs,
+                             "metric": options.metric, "probe_set": s.probe_set.name,
+                             "val_is_test": int(base.spec.data.split == "test"),
+                             "spec_json": json.dumps(base.spec.to_dict(), sort_keys=True, default=str),
+                             "slot_sizes_json": json.dumps({str(k): v for k, v in s.sizes.items()
+                                                            if k in s.active})})
+        log(f"search {s.id} ({options.strategy}) on {exp.name}/{p.name}, from {base.name}: {len(s.active)} active "
+            f"slots, seeds {s.seeds}, {base.spec.train.epochs} epochs, device {device}; store {exp.store}")
+        store.start_heartbeat()
+        result = STRATEGIES[options.strategy](s)
+        finish_search(store, s.id, result)
+    return SearchOutcome(s.id, options.strategy, result, s.trained, s.reused, s.probed_again)
+
+
+# ---------------------------------------------------------------- probing one configuration (relulab probe)
+
+
+@dataclass
+class ProbeRun:
+    """The probe statistics of one run's model at some epochs, from the store or freshly trained."""
+
+    experiment: str
+    part: str
+    variant: str
+    seed: int
+    key: str
+    probe_set: str
+    results: dict[int, probes_mod.ProbeResult]  # epoch -> every statistic
+    trained: bool  # False: everything came from the store
+    run: Optional[dict] = None  # the stored run row
+
+
+def parse_epoch_list(text: Optional[str], total: int, field: str = "--epoch") -> Optional[list[int]]:
+    """None or 'last': the final epoch (None); 'all': every epoch; '1,10,50' or '1-5': those epochs."""
+    if text is None or str(text).strip() in ("", "last"):
+        return None
+    text = str(text).strip()
+    if text == "all":
+        return list(range(1, total + 1))
+    epochs: list[int] = []
+    try:
+        for item in text.split(","):
+            low, dash, high = item.strip().partition("-")
+            epochs += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+    except ValueError:
+        raise UserError(f"{field}: expected last, all, or epochs like 1,10,50 or 1-5, got {text!r}") from None
+    bad = [e for e in epochs if not 1 <= e <= total]
+    if bad or not epochs:
+        raise UserError(f"{field}: epochs run from 1 to {total} (train.epochs), got {bad or text}")
+    return sorted(set(epochs))
+
+
+class EpochProbe(Callback):
+    """A training callback: every statistic on the probe set after the chosen epochs (and the last one)."""
+
+    def __init__(self, x, y, classes, epochs: Optional[Iterable[int]]):
+        self.x, self.y, self.classes = x, y, classes
+        self.epochs = set(epochs or ())
+        self.final = epochs is None
+        self.results: dict[int, probes_mod.ProbeResult] = {}
+
+    def _measure(self, model) -> probes_mod.ProbeResult:
+        return probes_mod.measure(model, self.x, self.y, probes_mod.stat_names(), classes=self.classes)
+
+    def on_epoch_end(self, model, record) -> None:
+        if record.epoch in self.epochs:
+            self.results[record.epoch] = self._measure(model)
+
+    def on_train_end(self, model, history) -> None:
+        last = len(history.epochs)
+        if self.final and last not in self.results:
+            self.results[last] = self._measure(model)
+
+
+def result_from_rows(rows: list[dict]) -> probes_mod.ProbeResult:
+    """A ProbeResult back from the store rows of one run, probe set and epoch."""
+    classes: dict[int, tuple[str, int]] = {}
+    overall: dict = {}
+    by_class: dict = {}
+    for r in rows:
+        if r["class"] < 0:
+            overall.setdefault(r["stat"], {})[r["slot"]] = r["value"]
+        else:
+            classes[r["class"]] = (r["class_name"], r["images"])
+            by_class.setdefault(r["stat"], {}).setdefault(r["slot"], {})[r["class"]] = r["value"]
+    order = sorted(classes)
+    stats = [s for s in probes_mod.stat_names() if s in overall] + sorted(s for s in overall
+                                                                          if s not in probes_mod.STATS)
+    slots = sorted({slot for by in overall.values() for slot in by})
+    result = probes_mod.ProbeResult(stats, slots, [classes[c][0] for c in order], [classes[c][1] for c in order])
+    result.overall = overall
+    result.by_class = {s: {slot: [by.get(slot, {}).get(c, math.nan) for c in order] for slot in slots}
+                       for s, by in by_class.items()}
+    return result
+
+
+def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first", epochs: Optional[str] = None,
+                        part: Optional[str] = None, config: Optional[str] = None,
+                        log: Callable[[str], None] = _log) -> ProbeRun:
+    """Probe statistics of one configuration's model (one seed) at the final epoch, or at `epochs`; taken from
+    the store when it has them, else the run is trained (alone, with a callback probing it) and stored like
+    any run (same key as `relulab run` gives it), together with its probe statistics."""
+    p = pick_part(exp, part)
+    v = pick_variant(p, config)
+    wanted = parse_epoch_list(epochs, v.spec.train.epochs)
+    ps = probes_mod.parse_probe_set(probe_set, "--set")
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"--seed: expected an integer >= 0, got {seed!r}")
+    splits = load_data(v.spec.data)
+    try:
+        build_model(v.spec.model, splits.input_shape, splits.num_classes)
+    except UserError as e:
+        raise UserError(f"configs.{v.config}: {e}") from None
+    device = resolve_device(exp.device)
+    if exp.threads:
+        torch.set_num_threads(exp.threads)
+    key = run_key(v.spec, seed)
+    with Store(exp.store) as store:
+        ensure_probe_search_tables(store)
+        ensure_plan(store, exp)
+        row = store.runs([key]).get(key)
+        need = wanted if wanted is not None else ([row["epochs"]] if row else None)
+        stored = load_run_probes(store, [key], ps.name)
+        have = {e for e in {r["epoch"] for r in stored}
+                if {r["stat"] for r in stored if r["epoch"] == e} >= set(probes_mod.stat_names())}
+        trained = False
+        if need is None or not set(need) <= have:
+            why = "not in the store yet" if row is None else "in the store, but relulab keeps no weights: " \
+                                                             "training it again to probe it"
+            log(f"{v.name} seed {seed}: {why}")
+            splits = splits.to(device)
+            x, y = probes_mod.select_probe_set(splits, ps)
+            callback = EpochProbe(x, y, splits.classes, wanted)
+            job = Job(copy.deepcopy(v.spec), seed, key)
+            for _, result in train_many([job], splits, device, callbacks=lambda j: [callback]):
+                for epoch, res in callback.results.items():
+                    save_run_probes(store, key, ps.name, epoch, probe_rows(res))
+                result.model = None
+                store.record(Finished(key, exp.name, p.name, v.name, result, {}))
+                h = result.history
+                log(f"{v.name} seed {seed}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), "
+                    f"{h.seconds:.1f} s")
+                need = wanted if wanted is not None else [len(h.epochs)]
+            trained = True
+            stored = load_run_probes(store, [key], ps.name)
+            row = store.runs([key]).get(key)
+        results = {}
+        for epoch in need:
+            rows = [r for r in stored if r["epoch"] == epoch]
+            if rows:
+                results[epoch] = result_from_rows(rows)
+            else:
+                log(f"{v.name} seed {seed}: no model at epoch {epoch} (the run diverged at epoch "
+                    f"{row['diverged_at'] if row else '?'})")
+    return ProbeRun(exp.name, p.name, v.name, seed, key, ps.name, results, trained, row)

@@ -1,0 +1,350 @@
+"""Searches over activation slots (relulab.search) and the probe command, scaled down to digits on the CPU."""
+import copy
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+from scipy import stats as sps
+
+from relulab.cli import main
+from relulab.errors import UserError
+from relulab.experiments import Overrides, load_experiment, run_experiment, run_key
+from relulab.search import Measured, Search, SearchOptions, probe_configuration, run_search
+from relulab.store import Store, load_run_probes, load_searches
+from specs import write_spec
+
+MLP = """\
+name: mlp
+description: A 4-slot MLP on digits for the search tests.
+device: cpu
+threads: 1
+seeds: [0, 1]
+data: {name: digits}
+model: {name: deep-mlp, widths: [16, 16, 16, 16], init: he_normal}
+train: {epochs: 2, batch_size: 32, optimizer: {name: adam}}
+configs:
+  all-relu: {}
+  off-4: {model: {off: [4]}}
+baseline: all-relu
+"""
+
+# The seed000 preset's scaled-down twin, shrunk further for the suite: 200 images, 1 epoch, 2 seeds, narrower.
+DIGITS_CNN = ["--epochs", "1", "--seeds", "0,1", "--set", "data.train_size=200", "--set",
+              "model.widths=[3,3,4,4,4,4,8,8,8]"]
+
+
+def relulab(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def quiet(_message):
+    pass
+
+
+def mlp(tmp_path, store="s.sqlite", **overrides):
+    return load_experiment(str(write_spec(tmp_path, MLP)), Overrides(store=str(tmp_path / store), **overrides))
+
+
+def run_keys(path):
+    db = sqlite3.connect(path)
+    try:
+        return [r[0] for r in db.execute("SELECT key FROM runs")]
+    finally:
+        db.close()
+
+
+def test_every_strategy_on_an_mlp_stores_steps_candidates_and_correlations(tmp_path):
+    exp = mlp(tmp_path)
+    greedy = run_search(exp, SearchOptions("greedy", stat="ratio_num", order="highest", budget=2, patience=2,
+                                           plain_rule=True), log=quiet)
+    assert greedy.trained >= 4 and greedy.reused == 0  # the base and at least one proposal, two seeds each
+    oracle = run_search(exp, SearchOptions("oracle", budget=1), log=quiet)
+    exhaustive = run_search(exp, SearchOptions("exhaustive", k=2), log=quiet)
+    budget = run_search(exp, SearchOptions("budget", keep=[4, 2, 0]), log=quiet)
+    # 1 + 4 + 6 placements with up to two slots off, two seeds each: every one trained once in all
+    keys = run_keys(tmp_path / "s.sqlite")
+    assert len(keys) == len(set(keys)) == 2 * (1 + 4 + 6) + 2 * 1  # + budget's all-off placement
+    assert exhaustive.reused >= greedy.trained and budget.trained == 2
+    with Store(tmp_path / "s.sqlite") as store:
+        found = {s["strategy"]: s for s in load_searches(store, "mlp")}
+        assert set(found) == {"greedy", "oracle", "exhaustive", "budget"}
+        assert all(s["status"] == "done" for s in found.values())
+        g = found["greedy"]
+        first = [c for c in g["candidates"] if c["step"] == 1]
+        assert first[0]["placement"] == "all-relu" and first[1]["reference"] == "all-relu"
+        # greedy proposed the active slot with the highest ratio_num on the all-ReLU model (mean over seeds)
+        base_keys = [run_key(exp.parts[0].variants[0].spec, s) for s in (0, 1)]
+        rows = [r for r in load_run_probes(store, base_keys, "first") if r["stat"] == "ratio_num" and r["class"] < 0]
+        means = {slot: sum(r["value"] for r in rows if r["slot"] == slot) / 2 for slot in (1, 2, 3, 4)}
+        assert first[1]["slot"] == max(means, key=means.get)
+        assert first[1]["heuristic"] == pytest.approx(means[first[1]["slot"]])
+        o = found["oracle"]
+        assert len([c for c in o["candidates"] if c["step"] == 1]) == 5
+        corr = {c["stat"]: c for c in o["correlations"]}
+        assert {"ratio_num", "ratio_sum", "std", "dead_fraction", "sign_entropy", "grad_norm"} <= set(corr)
+        assert corr["ratio_num"]["n"] == 4 and corr["saturation"]["n"] == 0  # no sigmoid/tanh slot
+        e = found["exhaustive"]
+        assert len(e["candidates"]) == 11 and e["steps"][0]["chosen"] == e["candidates"][0]["placement"]
+        b = found["budget"]
+        assert [len(c["off"]) for c in b["candidates"]] == [0, 2, 4]
+        assert [c["relu_count"] for c in b["candidates"]] == [64, 32, 0]  # 16 activations per slot that is on
+    # the same search again: nothing trained, the same id, the same steps
+    again = run_search(exp, SearchOptions("oracle", budget=1), log=quiet)
+    assert (again.id, again.trained) == (oracle.id, 0) and again.result == oracle.result
+
+
+def test_searches_reuse_runs_of_relulab_run_and_the_other_way_round(tmp_path):
+    exp = mlp(tmp_path)
+    run_experiment(exp, log=quiet)  # all-relu and off-4, two seeds, no probes kept
+    lines = []
+    outcome = run_search(exp, SearchOptions("oracle", budget=1), log=lines.append)
+    # the base must be probed (the judgement uses its statistics): retrained once, never stored twice;
+    # off-4 is reused as it is; off-1, off-2, off-3 are trained
+    assert (outcome.trained, outcome.reused, outcome.probed_again) == (6, 4, 2)
+    assert any("without their probe statistics" in line for line in lines)
+    keys = run_keys(tmp_path / "s.sqlite")
+    assert len(keys) == len(set(keys)) == 10
+    # the other way round: a search first, then a sweep trains only what the search did not
+    exp2 = mlp(tmp_path, "t.sqlite")
+    first = run_search(exp2, SearchOptions("exhaustive", k=1), log=quiet)
+    assert first.probed_again == 0 and first.trained == 10
+    summary = run_experiment(exp2, log=quiet)
+    assert (summary.trained, summary.already_done) == (0, 4)
+
+
+def test_a_killed_search_resumes_with_every_run_once_and_the_same_path(tmp_path):
+    class Killed(BaseException):
+        pass
+
+    seen = []
+
+    def dies_after_five_runs(line):
+        if " seed " in line:
+            seen.append(line)
+            if len(seen) == 5:
+                raise Killed()
+
+    options = SearchOptions("oracle", budget=2, plain_rule=True)
+    with pytest.raises(Killed):
+        run_search(mlp(tmp_path), options, log=dies_after_five_runs)
+    with Store(tmp_path / "s.sqlite") as store:
+        assert load_searches(store)[0]["status"] == "running"
+        assert store.db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0  # released on the way out
+    resumed = run_search(mlp(tmp_path), options, log=quiet)
+    fresh = run_search(mlp(tmp_path, "fresh.sqlite"), options, log=quiet)
+    assert resumed.result == fresh.result and resumed.reused >= 5
+    keys = run_keys(tmp_path / "s.sqlite")
+    assert len(keys) == len(set(keys)) == len(run_keys(tmp_path / "fresh.sqlite"))
+    with Store(tmp_path / "s.sqlite") as a, Store(tmp_path / "fresh.sqlite") as b:
+        sa, sb = load_searches(a)[0], load_searches(b)[0]
+        assert sa["status"] == "done"
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "search_id"} for r in rows]  # noqa: E731
+        assert strip(sa["steps"]) == strip(sb["steps"])
+        assert [c["mean"] for c in sa["candidates"]] == [c["mean"] for c in sb["candidates"]]
+
+
+def _stored_runs(path) -> int:
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_search_then_the_same_command_finishes_it(tmp_path):
+    # pack: false commits runs one by one, so that the kill lands between runs of one step
+    spec = write_spec(tmp_path, MLP.replace("threads: 1", "threads: 1\npack: false").replace("epochs: 2", "epochs: 3"))
+    store = tmp_path / "k.sqlite"
+    argv = [sys.executable, "-c", "from relulab.cli import main; main()", "search", str(spec), "--strategy",
+            "oracle", "--budget", "1", "--store", str(store), "--no-report"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while _stored_runs(store) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - start < 120, "the search made no progress"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _stored_runs(store)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{10 - killed_at} runs trained, {killed_at} already in the store" in done.stderr
+    base = load_experiment(str(spec), Overrides(store=str(store))).parts[0].variants[0].spec
+    expected = set()
+    for off in ((), (1,), (2,), (3,), (4,)):  # the base and its single-slot changes, two seeds
+        variant = copy.deepcopy(base)
+        variant.model.slots = {i: "identity" for i in off}
+        expected |= {run_key(variant, seed) for seed in (0, 1)}
+    keys = run_keys(store)
+    assert sorted(keys) == sorted(expected)  # every run, none twice
+    with Store(store) as a:
+        (s,) = load_searches(a)
+        assert s["status"] == "done" and len([c for c in s["candidates"] if c["step"] == 1]) == 5
+        assert a.db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
+        assert a.integrity_check() == "ok"
+
+
+def _measured(off, accs, heuristics=None):
+    return Measured(frozenset(off), "off-" + "-".join(map(str, sorted(off))) if off else "base", [], accs, 0, 0,
+                    heuristics or {})
+
+
+def test_judgement_is_scipy_rank_correlation_and_picks():
+    diffs = {1: -0.02, 2: 0.01, 3: 0.03, 4: -0.05, 5: 0.0}
+    values = {1: 0.5, 2: 0.9, 3: 1.4, 4: 0.2, 5: 1.0}
+    base = _measured((), [0.80, 0.81, 0.79], {"ratio_num": values, "saturation": {i: math.nan for i in values}})
+    singles = {i: _measured((i,), [a + 0.80 + d for a in (0.0, 0.01, -0.01)]) for i, d in diffs.items()}
+    rows = {r["stat"]: r for r in Search.judge(None, base, singles)}
+    xs, ys = [values[i] for i in diffs], [singles[i].mean - base.mean for i in diffs]
+    assert rows["ratio_num"]["n"] == 5
+    assert rows["ratio_num"]["spearman"] == pytest.approx(sps.spearmanr(xs, ys)[0])
+    assert rows["ratio_num"]["kendall"] == pytest.approx(sps.kendalltau(xs, ys)[0])
+    assert rows["ratio_num"]["highest_pick_diff"] == pytest.approx(0.03)  # slot 3 has the highest value
+    assert rows["ratio_num"]["lowest_pick_diff"] == pytest.approx(-0.05)
+    assert rows["ratio_num"]["best_diff"] == pytest.approx(0.03)
+    assert rows["saturation"]["n"] == 0 and rows["saturation"]["spearman"] is None
+
+
+def test_acceptance_rule_welch_or_plain():
+    welch = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=False))
+    plain = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=True))
+    current = _measured((), [0.780, 0.785, 0.790])
+    slightly = _measured((7,), [0.781, 0.792, 0.786])  # a higher mean, within seed noise
+    clearly = _measured((7,), [0.810, 0.812, 0.815])
+    worse = _measured((7,), [0.700, 0.702, 0.701])
+    assert Search.accepts(welch, slightly, current)[0] is False
+    assert Search.accepts(plain, slightly, current)[0] is True
+    assert Search.accepts(welch, clearly, current)[0] is True
+    ok, why = Search.accepts(welch, worse, current)
+    assert not ok and "(worse)" in why
+    ok, why = Search.accepts(welch, _measured((7,), [0.9]), current)
+    assert not ok and "too few seeds" in why and "--plain-rule" in why
+
+
+def test_the_seed000_search_scaled_down_on_digits_cli(capsys, tmp_path):
+    """The commands the GPU runs use, on the search-digits preset (seed000's twin): oracle, then greedy reusing
+    its runs, then the probe tables from the store, then the sweep training only what is missing."""
+    store = str(tmp_path / "d.sqlite")
+    code, out, err = relulab(capsys, "search", "search-digits", "--strategy", "oracle", "--budget", "1",
+                             *DIGITS_CNN, "--store", store)
+    assert code == 0, err
+    assert "22 runs trained, 0 already in the store" in err  # base + 10 single-slot changes, 2 seeds
+    assert "rank correlation with the measured change" in out and out.strip().endswith("report.html")
+    code, out, err = relulab(capsys, "search", "search-digits", "--strategy", "greedy", "--order", "highest",
+                             "--plain-rule", *DIGITS_CNN, "--store", store)
+    assert code == 0, err
+    assert "0 runs trained, 4 already in the store" in err  # its step reuses the oracle's runs
+    code, out, err = relulab(capsys, "probe", "search-digits", "--config", "all-relu", "--seed", "0", "--epochs", "1",
+                             "--override", "data.train_size=200", "--override", "model.widths=[3,3,4,4,4,4,8,8,8]",
+                             "--store", store)
+    assert code == 0, err
+    assert "probe statistics from the store" in err and "ratio_num: all-relu seed 0, epoch 1" in out
+    assert "average" in out and "ratio_sum" in out
+    assert (tmp_path / "search-digits-probes" / "all-relu-seed0-first-ratio_num.png").is_file()
+    csv_text = (tmp_path / "search-digits-probes" / "all-relu-seed0-first.csv").read_text()
+    assert csv_text.count("\n") == 1 + 15 * 10 * 11  # every statistic, slot and class (+ average)
+    code, out, err = relulab(capsys, "run", "search-digits", *DIGITS_CNN, "--store", store, "--no-report")
+    assert code == 0, err
+    assert "6 runs trained, 6 already done" in err  # all-relu, off-2 and off-7 came from the searches
+    report = (tmp_path / "search-digits-report" / "report.md").read_text()
+    for heading in ("Search: oracle", "Oracle step 1", "Heuristic judgement, step 1", "Search: greedy by ratio_num",
+                    "ratio_num per layer and class: all-relu", "Probe statistics of all-relu"):
+        assert heading in report
+    html = (tmp_path / "search-digits-report" / "report.html").read_text()
+    assert "Search: oracle" in html and "data:image/png;base64" in html
+
+
+def test_budget_and_relu_counts_on_the_cnn(tmp_path):
+    exp = load_experiment("search-digits", Overrides(store=str(tmp_path / "b.sqlite"), epochs=1, seeds=[0],
+                                                     sets=["data.train_size=100"]))
+    outcome = run_search(exp, SearchOptions("budget", keep=[10, 5, 0], stat="std", order="lowest"), log=quiet)
+    sizes = [30 * 30 * 6, 28 * 28 * 6, 26 * 26 * 12, 24 * 24 * 12, 22 * 22 * 12, 20 * 20 * 12, 8 * 8 * 24,
+             6 * 6 * 24, 24, 10]
+    assert outcome.result["best_by_kept"]["10"]["relu_count"] == sum(sizes)
+    with Store(tmp_path / "b.sqlite") as store:
+        (s,) = load_searches(store)
+        counts = {len(c["off"]): c["relu_count"] for c in s["candidates"]}
+        assert counts[0] == sum(sizes) and counts[10] == 0 and 0 < counts[5] < sum(sizes)
+        # one seed: the verdicts say there is nothing to compare with
+        assert all(c["verdict"] is None or "too few seeds" in c["verdict"] for c in s["candidates"])
+
+
+def test_probe_at_chosen_epochs_trains_once_then_reads_the_store(tmp_path):
+    exp = mlp(tmp_path)
+    first = probe_configuration(exp, seed=1, probe_set="per-class:2", epochs="1,2", log=quiet)
+    assert first.trained and sorted(first.results) == [1, 2]
+    assert first.results[2].counts == [2] * 10 and set(first.results[2].overall) >= {"ratio_num", "grad_norm"}
+    again = probe_configuration(exp, seed=1, probe_set="per-class:2", epochs="1,2", log=quiet)
+    assert not again.trained and again.results[1].overall == first.results[1].overall
+    last = probe_configuration(exp, seed=1, probe_set="per-class:2", log=quiet)  # the final epoch: stored
+    assert not last.trained and list(last.results) == [2]
+    assert run_keys(tmp_path / "s.sqlite") == [first.key]
+
+
+def test_per_epoch_probes_of_a_spec_with_the_new_statistics(tmp_path):
+    text = MLP.replace("baseline: all-relu", "baseline: all-relu\nprobes: [ratio_num, std, dead_fraction]\n"
+                                             "probe_size: 64")
+    exp = load_experiment(str(write_spec(tmp_path, text)), Overrides(store=str(tmp_path / "p.sqlite")))
+    run_experiment(exp, log=quiet)
+    db = sqlite3.connect(tmp_path / "p.sqlite")
+    assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'ratio_num' AND value > 0").fetchone() == (
+        4 * 2 * 4,)  # 4 runs x 2 epochs x 4 slots
+    from relulab.report import build_report
+
+    files = build_report(tmp_path / "p.sqlite")
+    md = files.markdown.read_text()
+    assert "### ratio_num over epochs" in md and "### dead_fraction over epochs" in md
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--strategy", "beam"], "--strategy: unknown value 'beam'"),
+    (["--stat", "ratio"], "--stat: unknown value 'ratio'"),
+    (["--order", "middle"], "--order: unknown value 'middle'"),
+    (["--budget", "5"], "--budget: expected 1 to 4"),
+    (["--strategy", "exhaustive", "--k", "3", "--max-placements", "10"], "--k: that is 15 placements"),
+    (["--strategy", "budget", "--keep", "0,9"], "--keep: expected numbers of slots kept on from 0 to 4"),
+    (["--strategy", "budget", "--keep", "a"], "--keep: expected numbers like 0,2,4"),
+    (["--probe-set", "val:0"], "--probe-set: expected first, per-class:N or val:N"),
+    (["--config", "nope"], "--config: unknown value 'nope'"),
+    (["--metric", "loss"], "--metric: unknown value 'loss'"),
+    (["--alpha", "2"], "--alpha: expected a number between 0 and 1"),
+    (["--set", "model.activaton=relu"], "--set model.activaton: unknown field"),
+])
+def test_search_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
+    store = tmp_path / "x.sqlite"
+    code, out, err = relulab(capsys, "search", str(write_spec(tmp_path, MLP)), "--store", str(store), *argv)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not store.exists() and out == ""
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "all"], "--set: expected first, per-class:N or val:N"),
+    (["--epoch", "9"], "--epoch: epochs run from 1 to 2"),
+    (["--epoch", "x"], "--epoch: expected last, all, or epochs"),
+    (["--stats", "ratio_nu"], "--stats: unknown value 'ratio_nu' (did you mean 'ratio_num'?)"),
+    (["--config", "off-3"], "--config: unknown value 'off-3'"),
+    (["--override", "train.epochs=0"], "--set train.epochs: expected a positive integer"),
+])
+def test_probe_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
+    store = tmp_path / "x.sqlite"
+    code, out, err = relulab(capsys, "probe", str(write_spec(tmp_path, MLP)), "--store", str(store), *argv)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not store.exists() and out == ""
+
+
+def test_a_statistic_undefined_everywhere_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="--stat: saturation is undefined at every active slot of all-relu"):
+        run_search(mlp(tmp_path), SearchOptions("greedy", stat="saturation"), log=quiet)
