@@ -14,9 +14,11 @@ documents the format with a complete example.
 Validation happens before anything is written: unknown keys and bad values are
 `UserError`s naming the field (`configs.relu-he.model.activaton: unknown field`),
 every dataset is loaded and every model built once. Each run is keyed by a hash of
-its resolved config plus its seed (`run_key`); the sweep trains, through
-`train.train_many`, only keys the store does not have, and claims each key first, so
-two processes on one store share the work (store.py explains the guarantees).
+its resolved config plus its seed (`run_key`); the sweep trains only keys the store
+does not have, and claims each key first, so two processes on one store share the work
+(store.py explains the guarantees). Where runs train is an executor's business
+(relulab.executors: in this process through `train.train_many`, or on a Ray cluster);
+this process alone writes the store, whichever executor trained the runs.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import re
 import sys
 import time
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,12 +42,13 @@ from . import analyses as analyses_mod
 from . import probes as probes_mod
 from .activations import canonical_name as canonical_activation
 from .data import DataSpec, Splits, load_data
-from .env import provenance, resolve_device
+from .env import provenance
 from .errors import UserError, unknown_choice
+from .executors import Executor, InProcessExecutor, SlotProbe, data_key
 from .models import ModelSpec, build_model, parse_off, parse_slots, parse_widths
 from .optim import OptimizerSpec
 from .store import Finished, Store
-from .train import Callback, Job, RunSpec, TrainSpec, train_many
+from .train import Job, RunSpec, TrainSpec
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
@@ -576,8 +579,7 @@ def load_experiment(source: str, overrides: Optional[Overrides] = None) -> Exper
 # ---------------------------------------------------------------- running it
 
 
-def _data_key(spec: DataSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True, default=str)
+_data_key = data_key  # relulab.executors.data_key
 
 
 def prepare(exp: Experiment) -> dict[str, Splits]:
@@ -602,14 +604,7 @@ def prepare(exp: Experiment) -> dict[str, Splits]:
     return splits
 
 
-class _SlotProbe(Callback):
-    """Per-slot statistics on a fixed probe set after every epoch (reduced on the device)."""
-
-    def __init__(self, x: torch.Tensor, stats: list[str]):
-        self.x, self.stats, self.by_epoch = x, stats, {}
-
-    def on_epoch_end(self, model, record) -> None:
-        self.by_epoch[record.epoch] = probes_mod.probe(model, self.x, stats=self.stats)
+_SlotProbe = SlotProbe  # moved to relulab.executors; the old name still works
 
 
 @dataclass
@@ -659,24 +654,37 @@ def run_analyses(exp: Experiment, store: Store, device: torch.device, echo: Call
 
 
 def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Callable[[str], None] = print,
-                   claim_size: int = 64, poll_s: float = 2.0) -> SweepSummary:
+                   claim_size: Optional[int] = None, poll_s: float = 2.0,
+                   executor: Optional[Executor] = None) -> SweepSummary:
     """Run every (configuration, seed) of `exp` that the store does not hold yet; results are committed as
-    each run finishes. Safe to interrupt at any point and to run from several processes at once."""
-    device = resolve_device(exp.device)
+    each run finishes. Safe to interrupt at any point and to run from several processes at once.
+
+    `executor` says where runs train (relulab.executors): in this process (the default) or on a Ray
+    cluster; either way this process alone writes the store. `claim_size`: run keys claimed at a time
+    (default: the executor's choice, 64 in process, all for Ray)."""
+    executor = executor if executor is not None else InProcessExecutor()
     splits_by_data = prepare(exp)
-    if exp.threads:
-        torch.set_num_threads(exp.threads)
-    planned = _unique(exp.planned())
-    summary = SweepSummary(exp.store, planned=len(planned))
-    with Store(exp.store) as store:
-        store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
-                        exp.run_overrides)
-        run_analyses(exp, store, device, echo)
-        summary.already_done = len(store.done_keys(p.key for p in planned))
-        log(f"{exp.name}: {len(planned)} runs ({summary.already_done} already in {exp.store}), device {device}")
-        store.start_heartbeat()
-        for data_key, group in _by_data(planned).items():
-            _sweep(store, exp, group, splits_by_data[data_key], device, summary, log, claim_size, poll_s)
+    try:
+        where = executor.open(exp.device, splits_by_data)  # may refuse (no GPU, no cluster): nothing written yet
+        del splits_by_data
+        device = executor.driver_device
+        if exp.threads:
+            torch.set_num_threads(exp.threads)
+        planned = _unique(exp.planned())
+        summary = SweepSummary(exp.store, planned=len(planned))
+        claim = claim_size if claim_size is not None else executor.claim_size
+        with Store(exp.store) as store:
+            store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
+                            exp.run_overrides)
+            run_analyses(exp, store, device, echo)
+            summary.already_done = len(store.done_keys(p.key for p in planned))
+            log(f"{exp.name}: {len(planned)} runs ({summary.already_done} already in {exp.store}), {where}")
+            store.start_heartbeat()
+            groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
+            for group in groups:
+                _sweep(store, exp, group, executor, summary, log, claim, poll_s)
+    finally:
+        executor.close()
     return summary
 
 
@@ -696,12 +704,10 @@ def _by_data(planned: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
     return groups
 
 
-def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], splits: Splits, device: torch.device,
-           summary: SweepSummary, log, claim_size: int, poll_s: float) -> None:
+def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], executor: Executor, summary: SweepSummary,
+           log, claim_size: Optional[int], poll_s: float) -> None:
     by_key = {p.key: p for p in group}
     pending = [p for p in group if p.key not in store.done_keys(by_key)]
-    if pending:
-        splits = splits.to(device)  # once per dataset: the training loop never copies data
     waiting_said = False
     while pending:
         keys = store.claim([p.key for p in pending], claim_size)
@@ -712,32 +718,22 @@ def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], splits: Split
                 waiting_said = True
             time.sleep(poll_s if busy else 0)
         else:
-            _train_claimed(store, exp, [by_key[k] for k in keys], splits, device, summary, log)
+            _train_claimed(store, exp, [by_key[k] for k in keys], executor, summary, log)
         done = store.done_keys(p.key for p in pending)
         pending = [p for p in pending if p.key not in done]
 
 
-def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], splits: Splits, device: torch.device,
+def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], executor: Executor,
                    summary: SweepSummary, log) -> None:
+    """Train a claimed batch through the executor; commit each run as its outcome arrives (here, and only here,
+    results are written: whatever executor trained them)."""
     by_key = {p.key: p for p in batch}
-    probes_by_key: dict[str, _SlotProbe] = {}
-
-    def callbacks(job: Job) -> list[Callback]:
-        # Only probed runs get a callback: a job with callbacks trains alone, the others may be packed.
-        p = by_key[job.key]
-        if not p.part.probes:
-            return []
-        probes_by_key[job.key] = _SlotProbe(splits.x_val[:p.part.probe_size], p.part.probes)
-        return [probes_by_key[job.key]]
-
     jobs = [Job(copy.deepcopy(p.variant.spec), p.seed, p.key) for p in batch]
-    options = {} if exp.pack else {"pack": False}
+    probes = {p.key: (tuple(p.part.probes), p.part.probe_size) for p in batch if p.part.probes}
     try:
-        for job, result in train_many(jobs, splits, device, callbacks=callbacks, **options):
-            p = by_key[job.key]
-            probe = probes_by_key.pop(job.key, None)
-            stored = store.record(Finished(job.key, exp.name, p.part.name, p.variant.name, result,
-                                           probe.by_epoch if probe else {}))
+        for outcome in executor.submit(executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads)):
+            p, result = by_key[outcome.job.key], outcome.result
+            stored = store.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, outcome.slot_stats))
             _count(summary, result, stored)
             log(_run_line(summary, p, result, stored))
     finally:

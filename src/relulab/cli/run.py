@@ -1,6 +1,7 @@
 """`relulab run` (an experiment: spec or preset), `relulab report` (from a store) and `relulab presets`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -32,10 +33,24 @@ def run_command(
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here (needs the "
                                                "tensorboard extra)."),
+    executor: str = typer.Option("in-process", help="Where runs train: in-process (this process) or ray (a Ray "
+                                 "cluster; needs the ray extra). The store is written by this process either way."),
+    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster to join, HOST:6379, or auto "
+                                          "for one started with `ray start` on this machine (default: start a local "
+                                          "Ray with this machine's GPUs and CPUs)."),
+    gpus_per_task: Optional[float] = typer.Option(None, help="With --executor ray: GPUs per task, 0 to 1 (0.5: two "
+                                                  "tasks share a GPU; 0: train on CPUs). Default: 1 when the cluster "
+                                                  "has GPUs."),
+    cpus_per_task: Optional[int] = typer.Option(None, help="With --executor ray: CPU cores per task, also its torch "
+                                                "threads unless the spec sets threads (default 1)."),
 ):
     """Run an experiment: every configuration x seed not yet in the store, then its report.
 
-    Re-running the same command after an interruption (even kill -9) finishes what is missing."""
+    Re-running the same command after an interruption (even kill -9) finishes what is missing.
+    With --executor ray the runs train on a Ray cluster, a pack of models per task."""
+    from ..executors import TaskFailed, make_executor
+
+    runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     overrides = experiments.Overrides(
         seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
         device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_), parts=list(part))
@@ -44,7 +59,11 @@ def run_command(
         from ..report import _summary_writer
 
         _summary_writer()  # a missing package is a usage error: say so before hours of training
-    summary = experiments.run_experiment(exp)
+    try:
+        summary = experiments.run_experiment(exp, executor=runner)
+    except TaskFailed as e:  # the finished runs are stored; re-running the command retries the rest
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1)
     _print_summary(summary)
     if report:
         from ..report import build_report
