@@ -123,6 +123,8 @@ def download(name: str) -> Optional[Path]:
             dest = target / remote.filename
             if not dest.exists():
                 _fetch(remote, dest)
+    except UserError:  # a checksum mismatch is an answer, not a missing network
+        raise
     except (OSError, ValueError) as e:  # URLError is an OSError: no network, DNS failure, timeout
         print(f"relulab: could not download {name} ({e})", file=sys.stderr)
         return None
