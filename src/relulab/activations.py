@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import UserError, unknown_choice
+from .registry import canonical, lookup
 
 Tensor = torch.Tensor
 
@@ -126,29 +126,12 @@ def activation_names() -> list[str]:
 
 def parse_activation(spec: str, field: str = "activation") -> tuple[Activation, Optional[float]]:
     """`'leaky_relu:0.2'` -> (the leaky_relu record, 0.2). Raises UserError naming `field`."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"{field}: expected an activation name, got {spec!r}")
-    name, _, param_text = spec.strip().lower().partition(":")
-    name = ALIASES.get(name, name)
-    if name not in ACTIVATIONS:
-        raise unknown_choice(field, spec, list(ACTIVATIONS) + list(ALIASES))
-    act = ACTIVATIONS[name]
-    if not param_text:
-        return act, act.default_param
-    if act.default_param is None:
-        raise UserError(f"{field}: '{name}' takes no parameter, got '{spec}'")
-    try:
-        return act, float(param_text)
-    except ValueError:
-        raise UserError(f"{field}: parameter of '{name}' must be a number, got '{param_text}'") from None
+    return lookup(spec, field, ACTIVATIONS, ALIASES, "an activation")
 
 
 def canonical_name(spec: str, field: str = "activation") -> str:
     """The canonical spelling of an activation spec ('none' -> 'identity', 'LReLU:0.2' -> 'leaky_relu:0.2')."""
-    act, param = parse_activation(spec, field)
-    if param is None or param == act.default_param:
-        return act.name
-    return f"{act.name}:{param:g}"
+    return canonical(*parse_activation(spec, field))
 
 
 def get_activation(spec: str, field: str = "activation") -> nn.Module:

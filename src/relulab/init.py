@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import UserError, unknown_choice
+from .registry import canonical, lookup
 
 # Std of a unit normal truncated to [-2, 2] is 0.8796...; Keras divides by it so the
 # truncated samples have the intended variance.
@@ -100,28 +100,11 @@ def initializer_names() -> list[str]:
 
 def parse_initializer(spec: str, field: str = "init") -> tuple[Initializer, Optional[float]]:
     """`'constant:0.1'` -> (the constant record, 0.1). Raises UserError naming `field`."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"{field}: expected an initializer name, got {spec!r}")
-    name, _, param_text = spec.strip().lower().partition(":")
-    name = ALIASES.get(name, name)
-    if name not in INITIALIZERS:
-        raise unknown_choice(field, spec, list(INITIALIZERS))
-    init = INITIALIZERS[name]
-    if not param_text:
-        return init, init.default_param
-    if init.default_param is None:
-        raise UserError(f"{field}: '{name}' takes no parameter, got '{spec}'")
-    try:
-        return init, float(param_text)
-    except ValueError:
-        raise UserError(f"{field}: parameter of '{name}' must be a number, got '{param_text}'") from None
+    return lookup(spec, field, INITIALIZERS, ALIASES, "an initializer")
 
 
 def canonical_name(spec: str, field: str = "init") -> str:
-    init, param = parse_initializer(spec, field)
-    if param is None or param == init.default_param:
-        return init.name
-    return f"{init.name}:{param:g}"
+    return canonical(*parse_initializer(spec, field))
 
 
 @torch.no_grad()
