@@ -308,7 +308,7 @@ def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: 
                     amp: Optional[torch.dtype] = None) -> tuple[list[float], list[float]]:
     """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
     loss = torch.zeros(stack.k, device=x.device)
-    correct = torch.zeros(stack.k, device=x.device)
+    correct = torch.zeros(stack.k, device=x.device, dtype=torch.long)
     x = x.flatten(1)
     for start in range(0, len(x), batch):
         with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
@@ -317,7 +317,8 @@ def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: 
         loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
         correct += (logits.argmax(2) == target).sum(1)
     n = max(1, len(x))
-    return (loss / n).tolist(), (correct / n).tolist()
+    # Divide on the host, as train.evaluate does: a float32 ratio would differ from a single run's in the 8th digit.
+    return [v / n for v in loss.tolist()], [c / n for c in correct.tolist()]
 
 
 def flatten_parameters(model: nn.Module) -> torch.Tensor:
@@ -494,7 +495,7 @@ def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds
 
 def _record_epoch(units, histories, splits, epoch, started, seen, device, eval_batch) -> None:
     evaluations = {id(u): u.evaluate(splits.x_val, splits.y_val, eval_batch) for u in units}
-    train = {id(u): ((u.totals[0] / seen).tolist(), (u.totals[1] / seen).tolist()) for u in units}
+    train = {id(u): tuple([v / seen for v in t.tolist()] for t in u.totals) for u in units}
     # The epoch's wall time is shared by every model trained in it.
     seconds = (_now(device) - started) / sum(len(u.jobs) for u in units)
     for unit in units:
