@@ -40,7 +40,7 @@ def test_train_several_seeds_and_per_slot_options(capsys):
     (["--epochs", "x"], "'--epochs'"),
     (["--dataset", "imagenet"], "--dataset: unknown value"),
     (["--split", "half"], "--split: expected"),
-    (["--slot", "99=relu"], "--slot: deep-mlp has slots 1..50"),
+    (["--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..50"),
     (["--widths", "1,a"], "--widths: expected widths"),
     (["--model", "seed-cnn"], "seed-cnn needs images of at least 32x32"),
     (["--dataset", "mnist", "--no-download"], "dataset mnist: files not found"),

@@ -1,4 +1,5 @@
 """Experiment specs: reading, validation with field-named errors, expansion, and the sweep driver."""
+import math
 import sqlite3
 
 import pytest
@@ -270,3 +271,12 @@ def test_the_readme_spec_example_runs(capsys, tmp_path, monkeypatch):
     assert out.strip().endswith("runs/my-sweep-report/report.html") and "16 runs trained" in err
     md = (tmp_path / "runs" / "my-sweep-report" / "report.md").read_text()
     assert "Command-line overrides, applied to every run: train.epochs=1" in md
+
+
+def test_per_epoch_gradient_probes_are_measured_with_labels(tmp_path):
+    exp = load_experiment(str(write_spec(tmp_path, TINY + "probes: [grad_norm, sparsity]\n")),
+                          Overrides(store=str(tmp_path / "s.sqlite"), seeds=[0]))
+    run_experiment(exp, log=quiet, echo=quiet)
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    grads = [r[0] for r in db.execute("SELECT value FROM slot_stats WHERE stat = 'grad_norm'")]
+    assert len(grads) == 2 * 2 * 2 and all(g is not None and math.isfinite(g) and g > 0 for g in grads)

@@ -92,11 +92,12 @@ class Outcome:
 class SlotProbe(Callback):
     """Per-slot statistics on a fixed probe set after every epoch (reduced on the device)."""
 
-    def __init__(self, x: torch.Tensor, stats: Sequence[str]):
-        self.x, self.stats, self.by_epoch = x, list(stats), {}
+    def __init__(self, x: torch.Tensor, stats: Sequence[str], y: Optional[torch.Tensor] = None):
+        self.x, self.y, self.stats, self.by_epoch = x, y, list(stats), {}
 
     def on_epoch_end(self, model, record) -> None:
-        self.by_epoch[record.epoch] = probes_mod.probe(model, self.x, stats=self.stats)
+        # With labels, gradient statistics (grad_norm...) are measured too; without, they are NaN.
+        self.by_epoch[record.epoch] = probes_mod.probe(model, self.x, self.y, stats=self.stats)
 
 
 # ---------------------------------------------------------------- running a task (driver or worker)
@@ -132,7 +133,7 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
         if job.key not in task.probes:
             return []
         stats, size = task.probes[job.key]
-        probes[job.key] = SlotProbe(splits.x_val[:size], stats)
+        probes[job.key] = SlotProbe(splits.x_val[:size], stats, splits.y_val[:size])
         return [probes[job.key]]
 
     for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack):

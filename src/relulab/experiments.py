@@ -415,7 +415,7 @@ def parse_seeds(value, path: str = "seeds") -> list[int]:
                 low, high = (int(v) for v in value.split("-"))
                 value = list(range(low, high + 1))
             else:
-                value = [int(v) for v in value.split(",") if v.strip()]
+                value = [int(v) for v in value.split(",")]  # an empty item ("1,,2") is a typo: refused
         except ValueError:
             raise UserError(f"{path}: expected seeds like 0,1,2 or 0-4, got {value!r}") from None
     if not isinstance(value, list) or not value or not all(

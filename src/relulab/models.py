@@ -290,8 +290,8 @@ def parse_widths(value, field: str = "model.widths") -> Optional[list[int]]:
     widths: list[int] = []
     try:
         for item in str(value).split(","):
-            width, _, repeat = item.strip().partition("x")
-            widths += [int(width)] * (int(repeat) if repeat else 1)
+            width, times, repeat = item.strip().partition("x")
+            widths += [int(width)] * (int(repeat) if times else 1)  # "100x" has no count: int("") refuses it
     except ValueError:
         raise UserError(f"{field}: expected widths like 300,100x49, got {value!r}") from None
     return widths

@@ -14,6 +14,7 @@ models trained as one, relulab.pack).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -74,6 +75,10 @@ class KerasRMSprop(torch.optim.Optimizer):
                 p.sub_(group["lr"] * g / (v + group["eps"]).sqrt())
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class OptimizerSpec:
     """Which optimizer, with which learning rate and defaults. A plain record for configs."""
@@ -92,9 +97,9 @@ class OptimizerSpec:
             raise unknown_choice(f"{prefix}.name", self.name, DEFAULT_LR)
         if self.flavour not in FLAVOURS:
             raise unknown_choice(f"{prefix}.flavour", self.flavour, FLAVOURS)
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if self.lr is not None and not (_is_number(self.lr) and 0 < self.lr < math.inf):
             raise UserError(f"{prefix}.lr: expected a positive number, got {self.lr!r}")
-        if not 0 <= self.momentum < 1:
+        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise UserError(f"{prefix}.momentum: expected a number in [0, 1), got {self.momentum!r}")
         return self
 

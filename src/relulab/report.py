@@ -23,7 +23,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from . import activations
 from .errors import UserError
 from .stats import ConfigStats, RunNumbers, describe_runs, with_baseline
 from .store import Store
-from .util import write_atomic
+from .util import write_atomic, write_bytes_atomic
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
 VAL_IS_TEST_WARNING = ("validation data is the test set ({parts}): best-epoch accuracies are chosen on the test "
@@ -684,37 +683,17 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
     figures = []
     for r in reports:
         for f in r.figures:
-            figures.append(_write_bytes(out / "figures" / f"{r.slug}-{f.slug}.png", f.png))
+            figures.append(write_bytes_atomic(out / "figures" / f"{r.slug}-{f.slug}.png", f.png))
             if f.svg:
-                figures.append(_write_bytes(out / "figures" / f"{r.slug}-{f.slug}.svg", f.svg))
-    files = ReportFiles(_write_text(out / "report.html", render_html(data, reports)),
-                        _write_text(out / "report.md", markdown(data, reports)),
-                        _write_text(out / "summary.csv", summary_csv(data)),
-                        _write_text(out / "runs.csv", runs_csv(data)), figures)
+                figures.append(write_bytes_atomic(out / "figures" / f"{r.slug}-{f.slug}.svg", f.svg))
+    files = ReportFiles(write_atomic(out / "report.html", render_html(data, reports)),
+                        write_atomic(out / "report.md", markdown(data, reports)),
+                        write_atomic(out / "summary.csv", summary_csv(data)),
+                        write_atomic(out / "runs.csv", runs_csv(data)), figures)
     if tensorboard is not None:
         files.tensorboard = write_tensorboard(data, Path(tensorboard))
     files.extra = write_search_csvs(out, data)  # issue 4 (defined at the end of this module)
     return files
-
-
-def _write_text(path: Path, text: str) -> Path:
-    write_atomic(path, text)
-    os.chmod(path, 0o666 & ~_umask())  # a report is for sharing: the usual file mode, not the temp file's 0600
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_bytes(path: Path, blob: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-    return path
 
 
 # ---------------------------------------------------------------- TensorBoard
@@ -1278,7 +1257,7 @@ def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
                     c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
                     c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
                     " ".join(c["run_keys"])]])
-            written.append(_write_text(out / f"search-{s['id']}.csv", buf.getvalue()))
+            written.append(write_atomic(out / f"search-{s['id']}.csv", buf.getvalue()))
             if s["correlations"]:
                 buf = io.StringIO()
                 writer = csv.writer(buf, lineterminator="\n")
@@ -1286,5 +1265,5 @@ def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
                 for c in s["correlations"]:
                     writer.writerow([_csv_number(x) for x in [s["id"], s["strategy"]] +
                                      [c[k] for k in CORRELATION_CSV_COLUMNS[2:]]])
-                written.append(_write_text(out / f"search-{s['id']}-correlations.csv", buf.getvalue()))
+                written.append(write_atomic(out / f"search-{s['id']}-correlations.csv", buf.getvalue()))
     return written

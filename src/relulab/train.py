@@ -51,7 +51,7 @@ class TrainSpec:
                 raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
         for key in ("l1", "l2"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 raise UserError(f"{prefix}.{key}: expected a number >= 0, got {value!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"{prefix}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")

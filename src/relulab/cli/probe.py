@@ -102,7 +102,8 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
 
 
 def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
-    from ..report import _safe, _write_bytes, _write_text, heatmap_figure, stat_over_epochs_figure
+    from ..report import _safe, heatmap_figure, stat_over_epochs_figure
+    from ..util import write_atomic, write_bytes_atomic
 
     stem = f"{_safe(pr.variant)}-seed{pr.seed}-{_safe(pr.probe_set)}"
     buf = io.StringIO()
@@ -114,7 +115,7 @@ def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
             images = result.counts[cls] if cls >= 0 else result.images
             writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.key, pr.probe_set, epoch, stat, slot,
                              cls, class_name, images, "" if not math.isfinite(value) else repr(float(value))])
-    written = [_write_text(folder / f"{stem}.csv", buf.getvalue())]
+    written = [write_atomic(folder / f"{stem}.csv", buf.getvalue())]
     last = max(pr.results)
     for name in names:
         result = pr.results[last]
@@ -123,14 +124,14 @@ def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
         header, rows = class_table(result, name)
         fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
                              f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg)
-        written.append(_write_bytes(folder / f"{stem}-{name}.png", fig.png))
+        written.append(write_bytes_atomic(folder / f"{stem}-{name}.png", fig.png))
         if fig.svg:
-            written.append(_write_bytes(folder / f"{stem}-{name}.svg", fig.svg))
+            written.append(write_bytes_atomic(folder / f"{stem}-{name}.svg", fig.svg))
         if len(pr.results) > 1:
             epochs = sorted(pr.results)
             curves = {slot: (epochs, [pr.results[e].overall[name].get(slot, math.nan) for e in epochs])
                       for slot in result.slots}
             fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
                                           f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg)
-            written.append(_write_bytes(folder / f"{stem}-{name}-epochs.png", fig.png))
+            written.append(write_bytes_atomic(folder / f"{stem}-{name}-epochs.png", fig.png))
     return written

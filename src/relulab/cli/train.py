@@ -9,11 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import checkpoints
 from .. import data as data_mod
 from ..data import DataSpec
+from ..errors import UserError
 from ..models import ModelSpec, parse_off, parse_slots, parse_widths
 from ..optim import OptimizerSpec
-from ..train import ProgressBar, RunSpec, TrainSpec, run
+from ..env import resolve_device
+from ..train import ProgressBar, RunSpec, TrainSpec, evaluate, run
 from ..util import write_json_atomic
 from .app import app, option_names
 
@@ -54,6 +57,8 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, help="Write the results (with per-epoch history) to this JSON file."),
+    save: Optional[Path] = typer.Option(None, help="Save the trained model to this checkpoint file (with several "
+                                        "seeds: NAME-seedN.pt); `relulab evaluate` reads it."),
 ):
     """Train one model configuration (per seed) and print its history."""
     slots = {**parse_off(off, "--off"), **parse_slots(",".join(slot), "--slot")}
@@ -66,14 +71,19 @@ def train(
     with option_names(OPTION_NAMES):
         spec.validate()
         splits = data_mod.load_data(spec.data)
-        _train_seeds(spec, splits, seed, device, as_json, out)
+        _train_seeds(spec, splits, seed, device, as_json, out, save)
 
 
-def _train_seeds(spec: RunSpec, splits, seeds: list[int], device: str, as_json: bool, out: Optional[Path]) -> None:
+def _train_seeds(spec: RunSpec, splits, seeds: list[int], device: str, as_json: bool, out: Optional[Path],
+                 save: Optional[Path]) -> None:
     results = []
     for s in seeds:
         result = run(spec, s, device, splits=splits, callbacks=[ProgressBar(f"seed {s}")])
         results.append(result.to_dict())
+        if save:
+            where = save if len(seeds) == 1 else save.with_name(f"{save.stem}-seed{s}{save.suffix}")
+            checkpoints.save(result, where, splits.classes)
+            console.print(f"saved {where}")
         if not as_json:
             _print_result(result)
         if out:  # rewritten after every seed: a killed multi-seed run keeps what finished
@@ -88,7 +98,7 @@ OPTION_NAMES = {
     "data.image_size": "--image-size", "data.fit": "--fit", "data.train_size": "--train-size",
     "model.name": "--model", "model.activation": "--activation", "model.init": "--init",
     "model.bias_init": "--bias-init", "model.output_init": "--output-init", "model.widths": "--widths",
-    "model.bn_flavour": "--bn-flavour", "model.slots": "--slot", "train.epochs": "--epochs",
+    "model.bn_flavour": "--bn-flavour", "model.slots": "--slot/--off", "train.epochs": "--epochs",
     "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2",
     "train.optimizer.name": "--optimizer", "train.optimizer.lr": "--lr", "train.optimizer.flavour": "--flavour",
 }
@@ -121,3 +131,38 @@ def datasets(data_path: Optional[str] = typer.Option(None, help="Also look here.
         found = {True: "yes", False: "no", None: "-"}[row["found"]]
         table.add_row(row["dataset"], found, row["where"])
     Console().print(table)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by relulab train --save."),
+    data_path: Optional[str] = typer.Option(None, help="Load the checkpoint's dataset from this file or folder."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+):
+    """Evaluate a saved model on its dataset's validation and test sets."""
+    ckpt = checkpoints.load(checkpoint)
+    data_spec = ckpt.spec.data
+    if data_path is not None:
+        data_spec.path = data_path
+    with option_names({"data.path": "--data-path"}):
+        splits = data_mod.load_data(data_spec)
+    if tuple(splits.input_shape) != ckpt.input_shape or len(splits.classes) != len(ckpt.classes):
+        raise UserError(f"{checkpoint}: the model takes {list(ckpt.input_shape)} inputs in {len(ckpt.classes)} "
+                        f"classes; the data has {list(splits.input_shape)} in {len(splits.classes)}")
+    target = resolve_device(device)
+    model, splits = ckpt.model.to(target), splits.to(target)
+    rows = []
+    for name, x, y in (("validation", splits.x_val, splits.y_val), ("test", splits.x_test, splits.y_test)):
+        loss, acc = evaluate(model, x, y, ckpt.spec.train.eval_batch_size)
+        rows.append({"split": name, "examples": len(y), "loss": loss, "accuracy": acc})
+    if as_json:
+        print(json.dumps({"checkpoint": str(checkpoint), "seed": ckpt.seed, "results": rows}, indent=2))
+        return
+    table = Table(title=f"{checkpoint} ({ckpt.spec.model.name}, {ckpt.spec.data.name}, seed {ckpt.seed})")
+    for column in ("split", "examples", "loss", "accuracy"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["split"], str(r["examples"]), f"{r['loss']:.4f}", f"{r['accuracy']:.4f}")
+    Console().print(table)
+

@@ -13,6 +13,7 @@ which every report flags.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -316,8 +317,9 @@ def _load_synthetic(spec: DataSpec) -> RawDataset:
         noise = float(opts["noise"])
     except (TypeError, ValueError):
         raise UserError(f"data.options: synthetic takes integers n, classes, size, channels; got {spec.options}")
-    if min(n, k, size, channels) < 1 or n < 2 * k:
-        raise UserError(f"data.options: synthetic needs n >= 2 * classes and positive sizes; got {spec.options}")
+    if min(n, size, channels) < 1 or k < 2 or n < 2 * k or not 0 <= noise < math.inf:
+        raise UserError(f"data.options: synthetic needs classes >= 2, n >= 2 * classes, positive sizes and a "
+                        f"finite noise >= 0; got {spec.options}")
     rng = np.random.default_rng(1234)
     prototypes = rng.uniform(0, 255, size=(k, channels, size, size))
     labels = np.arange(n) % k

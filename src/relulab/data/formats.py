@@ -12,6 +12,7 @@ import io
 import pickle
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -31,8 +32,8 @@ def open_maybe_gzip(path: Path) -> bytes:
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            return gzip.decompress(raw)  # checks the trailer's CRC and length: truncation and flipped bits show
+        except (OSError, EOFError, zlib.error) as e:
             raise UserError(f"{path}: corrupt or truncated gzip file ({e})") from None
     return raw
 
@@ -142,7 +143,9 @@ def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
                 for info, name in zip(infos, names):
                     yield name, zf.read(info)
             return
-        with tarfile.open(path) as tf:
+        # Gunzip the whole stream first: tarfile stops reading at the end-of-archive blocks and would
+        # accept a file whose gzip trailer (CRC, length) was cut off or damaged.
+        with tarfile.open(fileobj=io.BytesIO(open_maybe_gzip(path))) as tf:
             members = tf.getmembers()
             for m in members:
                 check_member_name(m.name, path)
@@ -153,7 +156,7 @@ def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
                     yield check_member_name(m.name, path), tf.extractfile(m).read()
     except UserError:
         raise
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise UserError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); expected a .zip or .tar.gz")
 
 

@@ -1,0 +1,108 @@
+"""Save a trained model with everything needed to rebuild it, and load it back safely.
+
+A checkpoint is one `torch.save` file holding only plain data: the run's spec as a dict
+of strings and numbers, the seed, the input shape and class names, a summary of the
+history, and the model's `state_dict` tensors. It is loaded with
+`torch.load(..., weights_only=True)`, PyTorch's restricted unpickler: a file that tries to
+import anything else (a class, a function such as os.system) is refused before any of it
+runs, with a one-line error naming the file.
+
+    from relulab import checkpoints
+    checkpoints.save(result, "model.pt")          # result: a relulab.train.RunResult
+    ckpt = checkpoints.load("model.pt")           # ckpt.model is ready for evaluation
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import SlotNet, build_model
+from .train import RunResult, RunSpec
+from .util import write_bytes_atomic
+
+FORMAT = "relulab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    spec: RunSpec
+    seed: int
+    model: SlotNet  # in eval mode, on the CPU
+    input_shape: tuple[int, ...]
+    classes: list[str]
+    summary: dict  # best/final validation accuracy, epochs, seconds, diverged_at, as when it was saved
+    provenance: dict
+
+
+def save(result: RunResult, path: str | Path, class_names: list[str] | None = None) -> Path:
+    """Write `result`'s model and spec to `path` (atomically: a killed save leaves no half file).
+    `class_names`: the dataset's (Splits.classes); by default the class indices."""
+    if result.model is None:
+        raise UserError(f"{path}: this result holds no model to save")
+    input_shape = result.data.get("input_shape")
+    classes = class_names or [str(i) for i in range(int(result.data.get("classes") or 0))]
+    if not input_shape or not classes:
+        raise UserError(f"{path}: the result does not say its input shape and classes; cannot save its model")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        # JSON round trip: the spec becomes plain dicts, lists, strings and numbers, which weights_only loads.
+        "spec": json.loads(json.dumps(result.spec.to_dict(), default=str)),
+        "seed": int(result.seed),
+        "input_shape": [int(d) for d in input_shape],
+        "classes": [str(c) for c in classes],
+        "summary": json.loads(json.dumps(result.history.summary(), default=str)),
+        "provenance": json.loads(json.dumps(result.provenance, default=str)),
+        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by `save` and rebuild its model; every failure is a one-line UserError."""
+    path = Path(path)
+    payload = _read(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a relulab checkpoint (no '{FORMAT}' header)")
+    if payload.get("version") != VERSION:
+        raise UserError(f"{path}: checkpoint version {payload.get('version')!r}; this relulab reads version {VERSION}")
+    from .experiments import build_run_spec  # experiments imports much of relulab; keep this module light
+
+    try:
+        spec = build_run_spec(payload["spec"], prefix="checkpoint spec ")
+        input_shape, classes = tuple(payload["input_shape"]), list(payload["classes"])
+        model = build_model(spec.model, input_shape, len(classes))
+        model.load_state_dict(payload["state_dict"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing fields, shapes that do not match
+        raise UserError(f"{path}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return Checkpoint(spec, int(payload["seed"]), model.eval(), input_shape, classes, dict(payload.get("summary", {})),
+                      dict(payload.get("provenance", {})))
+
+
+def _read(path: Path):
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        # weights_only=True: only tensors and plain containers; anything else is refused, not run.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # PyTorch's message is a paragraph; a line naming a GLOBAL means the file asked for code.
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if refused:
+            raise UserError(f"{path}: refused: the checkpoint holds more than tensors and plain data ({refused})"
+                            ) from None
+        raise UserError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated, not a zip, not a torch file
+        first_sentence = str(e).split(". ")[0]
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_sentence})") from None

@@ -1,0 +1,121 @@
+"""Fault injection for sweeps: run the real `relulab run` command, SIGKILL it at a random moment,
+and check the store. Shared by tests/robustness/test_kill_resume.py and
+benchmarks/robustness_campaign.py (which runs many more trials).
+
+A kill can land anywhere: while Python imports torch, while the store is created, mid-epoch,
+in the middle of a commit. After each one the SQLite file must pass `PRAGMA integrity_check`,
+and the next `relulab run` must finish the sweep with every run stored exactly once.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# 3 configurations x 4 seeds of a small MLP on synthetic data, each run committed on its own
+# (pack: false), so that kills land between commits as well as inside them: about 10 s on one core.
+SWEEP = """\
+name: chaos
+device: cpu
+threads: 1
+pack: false
+seeds: [0, 1, 2, 3]
+data: {name: synthetic, options: {n: 3000, classes: 3, size: 8}}
+model: {name: deep-mlp, widths: [128, 128, 128], init: he_normal}
+train: {epochs: 4, batch_size: 16, optimizer: {name: sgd, lr: 0.05}}
+configs:
+  relu: {}
+  tanh: {model: {activation: tanh}}
+  elu: {model: {activation: elu}}
+"""
+EPOCHS = 4
+
+
+def start(spec: Path, store: Path, *extra: str) -> subprocess.Popen:
+    argv = ["run", str(spec), "--store", str(store), "--no-report", *extra]
+    return subprocess.Popen([sys.executable, "-c", "from relulab.cli import main; main()", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def query(store: Path, sql: str):
+    """One value from the store, or None while it does not exist yet (a kill can land before it does)."""
+    if not store.exists():
+        return None
+    db = sqlite3.connect(store, timeout=30)
+    try:
+        return db.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return None
+    finally:
+        db.close()
+
+
+def integrity(store: Path) -> str:
+    return query(store, "PRAGMA integrity_check") if store.exists() else "ok"
+
+
+@dataclass
+class Campaign:
+    """What a series of kills did: counted, so BENCHMARKS.md can report it."""
+
+    kills: int = 0
+    runs_seen_at_kills: list[int] = field(default_factory=list)
+    integrity_failures: int = 0
+    sweeps_checked: int = 0
+    runs_expected: int = 0
+    runs_lost: int = 0
+    runs_twice: int = 0
+
+
+def kill_at_random(spec: Path, store: Path, rng: random.Random, campaign: Campaign, max_delay_s: float) -> None:
+    """Start a sweep, SIGKILL it after a random delay, check the file is still sound."""
+    proc = start(spec, store)
+    deadline = time.monotonic() + rng.uniform(0.0, max_delay_s)
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        campaign.kills += 1
+    proc.communicate()
+    campaign.runs_seen_at_kills.append(query(store, "SELECT count(*) FROM runs") or 0)
+    campaign.integrity_failures += integrity(store) != "ok"
+
+
+def finish_and_check(spec: Path, store: Path, expected_keys: set[str], campaign: Campaign) -> None:
+    """Resume the sweep to the end; count runs lost and runs stored twice."""
+    proc = start(spec, store)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    check_complete(store, expected_keys, campaign)
+
+
+def check_complete(store: Path, expected_keys: set[str], campaign: Campaign) -> None:
+    db = sqlite3.connect(store)
+    try:
+        keys = [row[0] for row in db.execute("SELECT key FROM runs")]
+        epochs = db.execute("SELECT count(*) FROM epochs").fetchone()[0]
+        claims = db.execute("SELECT count(*) FROM claims").fetchone()[0]
+        ok = db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+    campaign.sweeps_checked += 1
+    campaign.runs_expected += len(expected_keys)
+    campaign.runs_lost += len(expected_keys - set(keys))
+    campaign.runs_twice += len(keys) - len(set(keys))
+    campaign.integrity_failures += not ok
+    assert sorted(keys) == sorted(expected_keys), "every run exactly once"
+    assert epochs == EPOCHS * len(expected_keys), "every epoch of every run exactly once"
+    assert claims == 0, "no claim left behind"
+    assert ok
+
+
+def expected_keys(spec: Path, store: Path) -> set[str]:
+    from relulab.experiments import Overrides, load_experiment
+
+    return {p.key for p in load_experiment(str(spec), Overrides(store=str(store))).planned()}

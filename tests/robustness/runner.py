@@ -1,0 +1,51 @@
+"""Run the `relulab` entry point in-process in a throwaway folder, and check how it refused."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from relulab.cli import main
+
+
+def run_cli(argv: list[str], spec_text: str | None = None, files: dict[str, bytes] | None = None
+            ) -> tuple[int, str, list[str]]:
+    """Run `relulab ARGV` in a fresh temp folder holding spec.yaml (when given) and `files`;
+    (exit code, stderr, the paths it left beside them)."""
+    files = dict(files or {})
+    if spec_text is not None:
+        files["spec.yaml"] = spec_text.encode()
+    with tempfile.TemporaryDirectory() as folder, _chdir(folder):
+        for name, blob in files.items():
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            Path(name).write_bytes(blob)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exit_info:
+                code = exit_info.code
+        given = {str(Path(name)) for name in files} | {str(p) for name in files for p in Path(name).parents}
+        left = sorted(str(p) for p in Path(".").rglob("*") if str(p) not in given)
+    return code, err.getvalue(), left
+
+
+@contextlib.contextmanager
+def _chdir(folder: str):
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def assert_refused(code: int, err: str, left: list[str], names: str) -> None:
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert names in err, err
+    assert left == [], left  # no store, no report, no half-written file

@@ -1,0 +1,157 @@
+"""Checkpoints: `relulab train --save` then `relulab evaluate`, and files that must be refused."""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relulab import checkpoints
+from relulab.data import DataSpec, load_data
+from relulab.errors import UserError
+from relulab.models import ModelSpec
+from relulab.train import RunSpec, TrainSpec, evaluate, run
+from runner import assert_refused, run_cli
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "relulab"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small trained model, its result, and its checkpoint's bytes."""
+    spec = RunSpec(DataSpec("digits"), ModelSpec(widths=[16, 16], slots={1: "tanh"}, batchnorm=True),
+                   TrainSpec(epochs=2))
+    result = run(spec, seed=3, device="cpu")
+    path = checkpoints.save(result, tmp_path_factory.mktemp("ckpt") / "model.pt", [str(i) for i in range(10)])
+    return result, path.read_bytes()
+
+
+def test_a_saved_model_loads_back_identical(saved, tmp_path):
+    result, blob = saved
+    (tmp_path / "m.pt").write_bytes(blob)
+    ckpt = checkpoints.load(tmp_path / "m.pt")
+    assert ckpt.seed == 3 and ckpt.spec == result.spec and ckpt.input_shape == (1, 8, 8)
+    for name, tensor in result.model.state_dict().items():
+        torch.testing.assert_close(ckpt.model.state_dict()[name], tensor.cpu(), rtol=0, atol=0)
+    splits = load_data(ckpt.spec.data)
+    _, val_acc = evaluate(ckpt.model, splits.x_val, splits.y_val)
+    assert val_acc == result.history.final_val_acc
+
+
+def test_train_save_then_evaluate_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    old_mask = os.umask(0o022)
+    try:
+        code, err, _ = run_cli(["train", "--widths", "16", "-e", "1", "--seed", "0", "--seed", "1",
+                                "--save", str(tmp_path / "m.pt"), "--out", str(tmp_path / "r.json")])
+    finally:
+        os.umask(old_mask)
+    assert code == 0, err
+    trained = json.loads((tmp_path / "r.json").read_text())
+    for seed in (0, 1):
+        path = tmp_path / f"m-seed{seed}.pt"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the usual mode, not the temp file's 0600
+        code, out, err = _evaluate(path)
+        assert code == 0, err
+        rows = {r["split"]: r for r in json.loads(out)["results"]}
+        assert rows["validation"]["accuracy"] == pytest.approx(trained[seed]["final_val_acc"], abs=1e-12)
+        assert rows["test"]["accuracy"] == pytest.approx(trained[seed]["test_acc"], abs=1e-12)
+
+
+def _evaluate(path: Path) -> tuple[int, str, str]:
+    import contextlib
+
+    from relulab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["evaluate", str(path), "--json"])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+MARKER = Path("/tmp/relulab-checkpoint-pwned")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return os.system, (f"touch {MARKER}",)
+
+
+class _Custom:  # an ordinary class: loading it would import and call code of the file's choosing
+    pass
+
+
+@pytest.mark.parametrize("payload", [{"format": "relulab-checkpoint", "version": 1, "state_dict": _RunsCode()},
+                                     {"format": "relulab-checkpoint", "version": 1, "spec": _Custom()}])
+def test_a_checkpoint_with_foreign_code_is_refused_and_not_run(payload, tmp_path):
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    MARKER.unlink(missing_ok=True)
+    code, err, left = run_cli(["evaluate", "evil.pt"], files={"evil.pt": buffer.getvalue()})
+    assert_refused(code, err, left, "evil.pt: refused: the checkpoint holds more than tensors and plain data")
+    assert "GLOBAL" in err and not MARKER.exists()
+
+
+@settings(max_examples=25, derandomize=True, database=None, deadline=None)
+@given(fraction=st.floats(min_value=0.0, max_value=0.999))
+def test_a_truncated_checkpoint_is_refused_by_name(saved, fraction):
+    _, blob = saved
+    code, err, left = run_cli(["evaluate", "cut.pt"], files={"cut.pt": blob[:int(len(blob) * fraction)]})
+    assert_refused(code, err, left, "cut.pt: not a readable checkpoint")
+
+
+def _resaved(blob: bytes, change) -> bytes:
+    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    change(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("change,names", [
+    (lambda p: p.update(format="other"), "not a relulab checkpoint"),
+    (lambda p: p.update(version=99), "checkpoint version 99"),
+    (lambda p: p["spec"]["model"].update(activation="nope"), "model.activation: unknown value 'nope'"),
+    (lambda p: p["state_dict"].update({next(iter(p["state_dict"])): torch.zeros(3)}), "damaged checkpoint"),
+    (lambda p: p.pop("state_dict"), "damaged checkpoint"),
+])
+def test_a_damaged_checkpoint_is_named(saved, change, names):
+    _, blob = saved
+    code, err, left = run_cli(["evaluate", "m.pt"], files={"m.pt": _resaved(blob, change)})
+    assert_refused(code, err, left, names)
+
+
+def test_a_model_for_other_data_is_refused(saved, tmp_path):
+    _, blob = saved
+    other = _resaved(blob, lambda p: p["spec"]["data"].update(name="synthetic", options={"n": 60, "size": 5}))
+    code, err, left = run_cli(["evaluate", "m.pt"], files={"m.pt": other})
+    assert_refused(code, err, left, "m.pt: the model takes [1, 8, 8] inputs in 10 classes; the data has [1, 5, 5]")
+    with pytest.raises(UserError, match="checkpoint not found"):
+        checkpoints.load(tmp_path / "missing.pt")
+
+
+def test_every_torch_load_in_the_package_is_weights_only_and_no_plain_unpickling():
+    """A source scan: each torch.load call passes weights_only=True, and pickle is only used through
+    a subclass of pickle.Unpickler that overrides find_class."""
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = getattr(node.func.value, "id", None)
+            if owner == "torch" and node.func.attr == "load":
+                flags = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert flags.get("weights_only") is True, f"{path}:{node.lineno} torch.load without weights_only=True"
+            if owner == "pickle":
+                assert node.func.attr not in ("load", "loads"), f"{path}:{node.lineno} plain pickle.{node.func.attr}"
