@@ -73,15 +73,51 @@ class Campaign:
     runs_twice: int = 0
 
 
-def kill_at_random(spec: Path, store: Path, rng: random.Random, campaign: Campaign, max_delay_s: float) -> None:
-    """Start a sweep, SIGKILL it after a random delay, check the file is still sound."""
+@dataclass
+class Timing:
+    """How long an uninterrupted sweep takes to start (import, data, plan) and to train one run."""
+
+    startup_s: float
+    per_run_s: float
+    runs: int
+
+
+def measure(spec: Path, store: Path) -> Timing:
+    """Run the sweep once, uninterrupted, watching when runs land in the store."""
+    started = time.monotonic()
+    proc, first = start(spec, store), None
+    while proc.poll() is None:
+        if first is None and (query(store, "SELECT count(*) FROM runs") or 0) >= 1:
+            first = time.monotonic() - started
+        time.sleep(0.01)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    total, runs = time.monotonic() - started, query(store, "SELECT count(*) FROM runs")
+    first = first if first is not None else total
+    per_run = max(0.05, (total - first) / max(1, runs - 1))
+    return Timing(max(0.1, first - per_run), per_run, runs)
+
+
+def kill_at_random(spec: Path, store: Path, rng: random.Random, campaign: Campaign, timing: Timing) -> None:
+    """Start a sweep, SIGKILL it at a random moment, check the file is still sound.
+
+    One kill in five lands during start-up (imports, data, writing the plan); the others wait
+    for a random number of the remaining runs to be committed, then kill at a random point of
+    the next run (training it, or committing it)."""
     proc = start(spec, store)
-    deadline = time.monotonic() + rng.uniform(0.0, max_delay_s)
-    while time.monotonic() < deadline and proc.poll() is None:
+    done = query(store, "SELECT count(*) FROM runs") or 0
+    if rng.random() < 0.2 or done >= timing.runs:
+        deadline, target = time.monotonic() + rng.uniform(0.0, timing.startup_s), None
+    else:
+        deadline, target = None, rng.randrange(done, timing.runs)
+    while proc.poll() is None:
+        if target is not None and (query(store, "SELECT count(*) FROM runs") or 0) >= target:
+            deadline, target = time.monotonic() + rng.uniform(0.0, timing.per_run_s), None
+        if deadline is not None and time.monotonic() >= deadline:
+            os.kill(proc.pid, signal.SIGKILL)
+            campaign.kills += 1
+            break
         time.sleep(0.005)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-        campaign.kills += 1
     proc.communicate()
     campaign.runs_seen_at_kills.append(query(store, "SELECT count(*) FROM runs") or 0)
     campaign.integrity_failures += integrity(store) != "ok"

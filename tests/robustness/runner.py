@@ -1,4 +1,5 @@
-"""Run the `relulab` entry point in-process in a throwaway folder, and check how it refused."""
+"""Shared by the robustness tests: run the `relulab` entry point in-process in a throwaway folder,
+check how it refused, and the Hypothesis settings every property test uses."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +8,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
+
 from relulab.cli import main
+
+
+def fuzz(max_examples: int) -> settings:
+    """Derandomized (the same examples on every run) and without an example database, so the suite is
+    deterministic and writes nothing. RELULAB_FUZZ_SCALE multiplies the number of examples:
+    benchmarks/robustness_campaign.py runs the same properties many times longer."""
+    scale = float(os.environ.get("RELULAB_FUZZ_SCALE", "1"))
+    return settings(max_examples=max(1, int(max_examples * scale)), derandomize=True, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def run_cli(argv: list[str], spec_text: str | None = None, files: dict[str, bytes] | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -10,15 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from relulab import checkpoints
+from relulab.cli import main
 from relulab.data import DataSpec, load_data
 from relulab.errors import UserError
 from relulab.models import ModelSpec
 from relulab.train import RunSpec, TrainSpec, evaluate, run
-from runner import assert_refused, run_cli
+from runner import assert_refused, fuzz, run_cli
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "relulab"
 
@@ -66,10 +68,6 @@ def test_train_save_then_evaluate_from_the_command_line(tmp_path, monkeypatch):
 
 
 def _evaluate(path: Path) -> tuple[int, str, str]:
-    import contextlib
-
-    from relulab.cli import main
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -103,7 +101,7 @@ def test_a_checkpoint_with_foreign_code_is_refused_and_not_run(payload, tmp_path
     assert "GLOBAL" in err and not MARKER.exists()
 
 
-@settings(max_examples=25, derandomize=True, database=None, deadline=None)
+@fuzz(25)
 @given(fraction=st.floats(min_value=0.0, max_value=0.999))
 def test_a_truncated_checkpoint_is_refused_by_name(saved, fraction):
     _, blob = saved

@@ -16,14 +16,13 @@ import copy
 import math
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from runner import assert_refused, run_cli
+from runner import assert_refused, fuzz, run_cli
 from specs import TINY
 
-FUZZ = settings(max_examples=40, derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz(40)
 
 
 # ------------------------------------------------------------------ values that are wrong for a field

@@ -5,7 +5,7 @@ import sqlite3
 
 import torch
 
-from relulab import experiments, pack
+from relulab import pack
 from relulab.experiments import load_experiment, run_experiment
 from specs import write_spec
 from conftest import image_folder_files

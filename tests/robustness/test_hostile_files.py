@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import cifar_batch_bytes, idx_bytes, image_folder_files
-from runner import assert_refused, run_cli
+from runner import assert_refused, fuzz, run_cli
 
-FUZZ = settings(max_examples=30, derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = fuzz(30)
 TRAIN = ["train", "-e", "1", "--widths", "8", "--device", "cpu", "--no-download"]
 
 

@@ -14,27 +14,17 @@ import time
 import chaos
 
 
-def _timing(tmp_path) -> float:
-    """Seconds one uninterrupted sweep takes here: kills are spread over that span."""
-    spec, store = tmp_path / "timing.yaml", tmp_path / "timing.sqlite"
-    spec.write_text(chaos.SWEEP)
-    started = time.monotonic()
-    proc = chaos.start(spec, store)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
-    return time.monotonic() - started
-
-
 def test_random_kills_then_resume_lose_nothing_and_repeat_nothing(tmp_path):
-    span = _timing(tmp_path)
     spec, store = tmp_path / "spec.yaml", tmp_path / "chaos.sqlite"
     spec.write_text(chaos.SWEEP)
+    timing = chaos.measure(spec, tmp_path / "timing.sqlite")
     expected = chaos.expected_keys(spec, store)
     rng, campaign = random.Random(7), chaos.Campaign()
     for _ in range(5):
-        chaos.kill_at_random(spec, store, rng, campaign, max_delay_s=span)
+        chaos.kill_at_random(spec, store, rng, campaign, timing)
     assert campaign.integrity_failures == 0
-    assert campaign.kills >= 3, "most kills should land before the sweep ends"
+    assert campaign.kills >= 4, "kills should land before the sweep ends"
+    assert len(set(campaign.runs_seen_at_kills)) >= 2, "kills should land at different points of the sweep"
     chaos.finish_and_check(spec, store, expected, campaign)
     assert (campaign.runs_lost, campaign.runs_twice) == (0, 0)
 
