@@ -6,9 +6,13 @@ Run on the GPU machine, from the repository root:
         --peers DATA/peers --out $OUT --parts mlp,peer-mlp,cnn,peer-cnn
 
 Parts (each prints JSON lines; a summary table comes last):
+- check:    CUDA paths against eager single runs on digits, and the fused MLP step's Triton
+            kernels against their PyTorch reference (largest differences).
 - mlp:      seed 001's table, 4 models x SEEDS seeds x 10 epochs, through relulab's train_many
-            (stacked models + CUDA graphs, stacks side by side on streams) for each --max-stack;
-            wall time, validation accuracy per model; then one deep-mlp alone the same way.
+            (stacked models + CUDA graphs, stacks side by side on streams) for each --max-stack
+            and each --mlp-paths (fused: the default, relulab.fused; autograd: the stack under
+            autograd, as before the fused step); wall time, validation accuracy per model; then
+            one deep-mlp alone the same way.
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, one model alone, then a pack of CNN_PACK models side by side.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
@@ -20,14 +24,17 @@ import argparse
 import json
 import os
 import statistics
+import math
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from relulab import fused  # noqa: E402
 from relulab.data import DataSpec, load_data  # noqa: E402
 from relulab.models import ModelSpec, build_model  # noqa: E402
 from relulab.optim import OptimizerSpec  # noqa: E402
@@ -67,23 +74,39 @@ def run_jobs(jobs, splits, device, **options) -> tuple[float, list]:
 
 
 def part_mlp(args, out, device):
-    """The whole table through train_many (what `relulab run` does), then variants of the stack size."""
+    """The whole table through train_many (what `relulab run` does), then variants of the stack size and path."""
     data = DataSpec("fashion-mnist", path=args.fashion, split="first:5000")
     splits = load_data(data).to(device)
     jobs = seed001_jobs(data, list(range(args.seeds)), args.mlp_epochs)
-    for max_stack in [int(m) for m in args.max_stack.split(",")]:
-        wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
-        rows = {}
-        for job, result in results:
-            rows.setdefault(job.key, []).append(result.history.final_val_acc)
-        emit(out, {"part": "mlp", "max_stack": max_stack, "models": len(results), "epochs": args.mlp_epochs,
-                   "wall_s": round(wall, 2), "model_epochs_per_s": round(len(results) * args.mlp_epochs / wall, 2),
-                   "final_val_acc": {k: [round(a, 4) for a in v] for k, v in rows.items()}})
-    one = [j for j in jobs if j.key == "relu-he"][:1]
-    wall, results = run_jobs(one, splits, device)
-    emit(out, {"part": "mlp-one", "wall_s": round(wall, 2),
-               "epoch_s": [round(e.seconds, 3) for e in results[0][1].history.epochs],
-               "final_val_acc": round(results[0][1].history.final_val_acc, 4)})
+    steps = args.mlp_epochs * math.ceil(len(splits.y_train) / 32)
+    for path in args.mlp_paths.split(","):
+        with fused_path(path == "fused"):
+            for max_stack in [int(m) for m in args.max_stack.split(",")]:
+                wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
+                rows = {}
+                for job, result in results:
+                    rows.setdefault(job.key, []).append(result.history.final_val_acc)
+                emit(out, {"part": "mlp", "path": path, "max_stack": max_stack, "models": len(results),
+                           "epochs": args.mlp_epochs, "wall_s": round(wall, 2), "ms_per_step": round(wall / steps * 1e3, 3),
+                           "model_epochs_per_s": round(len(results) * args.mlp_epochs / wall, 2),
+                           "final_val_acc": {k: [round(a, 4) for a in v] for k, v in rows.items()}})
+            one = [j for j in jobs if j.key == "relu-he"][:1]
+            wall, results = run_jobs(one, splits, device)
+            emit(out, {"part": "mlp-one", "path": path, "wall_s": round(wall, 2), "ms_per_step": round(wall / steps * 1e3, 3),
+                       "epoch_s": [round(e.seconds, 3) for e in results[0][1].history.epochs],
+                       "final_val_acc": round(results[0][1].history.final_val_acc, 4)})
+
+
+@contextmanager
+def fused_path(on: bool):
+    """With on=False, stacks train under autograd as they did before relulab.fused (for a same-call comparison)."""
+    saved = fused.fusable
+    if not on:
+        fused.fusable = lambda job: False
+    try:
+        yield
+    finally:
+        fused.fusable = saved
 
 
 def cnn_flops_per_image(input_shape=(3, 32, 32)) -> float:
@@ -129,6 +152,9 @@ def part_check(args, out, device):
     cases = [
         ("stack", splits, [Job(RunSpec(DataSpec(), ModelSpec("bn-mlp", widths=[64] * 6, init="he_normal"),
                                        TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01))), s) for s in (0, 1, 2)]),
+        ("fused", splits, [Job(RunSpec(DataSpec(), ModelSpec("deep-mlp", widths=[64] * 6, activation=act),
+                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01))), s)
+                           for s, act in enumerate(("relu", "tanh", "sigmoid", "relu"))]),
         ("streams", cnn_splits, [Job(RunSpec(cnn_data, ModelSpec("seed-cnn"), TrainSpec(
             3, 128, OptimizerSpec("adam", flavour="keras"), precision="fp32")), s) for s in (0, 1)]),
     ]
@@ -138,7 +164,35 @@ def part_check(args, out, device):
         emit(out, {"part": "check", "case": name,
                    "packed_val_loss": [[round(e.val_loss, 5) for e in r.history.epochs] for r in packed],
                    "single_val_loss": [[round(e.val_loss, 5) for e in r.history.epochs] for r in single],
-                   "pack_sizes": [r.data.get("pack_size") for r in packed]})
+                   "largest_difference": max(abs(p.val_loss - q.val_loss) for a, b in zip(packed, single)
+                                             for p, q in zip(a.history.epochs, b.history.epochs))})
+    check_fused_kernels(out, device)
+
+
+def check_fused_kernels(out, device):
+    """One step's gradient through the Triton kernels against the PyTorch reference, on the GPU,
+    for seed 001's model shape with all four activations in one stack and both batch sizes of an epoch."""
+    from relulab.models import build_model
+    from relulab.pack import StackedMLP
+
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("deep-mlp", activation=act), (1, 28, 28), 10).to(device)
+              for act in ("identity", "relu", "sigmoid", "tanh")]
+    stack = StackedMLP(models)
+    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    params = stack.params.detach()
+    for batch in (32, 24):
+        x, y = torch.rand(len(models), batch, 784, device=device), torch.randint(0, 10, (len(models), batch), device=device)
+        found = {}
+        for name, use_triton in (("triton", True), ("reference", False)):
+            grad = torch.empty_like(params)
+            loss, logits = fused.FusedMLP(models, stack.sizes, linear, device, use_triton).gradient(params, x, y, grad)
+            found[name] = (loss, logits, grad)
+        (l1, z1, g1), (l2, z2, g2) = found["triton"], found["reference"]
+        emit(out, {"part": "check", "case": "fused-kernels", "batch": batch,
+                   "max_abs_diff": {"loss": (l1 - l2).abs().max().item(), "logits": (z1 - z2).abs().max().item(),
+                                    "grad": (g1 - g2).abs().max().item()},
+                   "max_abs_grad": g2.abs().max().item()})
 
 
 def part_matmul(args, out, device):
@@ -180,6 +234,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--mlp-epochs", type=int, default=10)
     parser.add_argument("--max-stack", default="8", help="stack sizes to try for the MLPs, e.g. 10,5,3")
+    parser.add_argument("--mlp-paths", default="fused", help="fused, autograd, or both: fused,autograd")
     parser.add_argument("--cnn-epochs", type=int, default=4)
     parser.add_argument("--cnn-pack", default="4,8")
     args = parser.parse_args()

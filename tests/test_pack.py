@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from relulab import pack, train
+from relulab import fused, pack, train
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec
+from relulab.models import ModelSpec, build_model
 from relulab.optim import OptimizerSpec
 from relulab.train import Job, RunSpec, TrainSpec, run, train_many
 
@@ -103,3 +103,31 @@ def test_out_of_memory_halves_the_pack(digits, monkeypatch):
     results = list(train_many(jobs, digits, CPU))
     assert sorted(j.seed for j, _ in results) == [0, 1, 2, 3]
     assert calls == [4, 2, 1, 1, 2, 1, 1]
+
+
+def test_a_fused_stack_mixes_activations_and_equals_separate_runs(digits):
+    jobs = [_job(0, activation="tanh"), _job(1, lr=0.02), _job(2, activation="sigmoid", lr=0.05),
+            _job(3, slots={2: "identity"}), _job(4, init="glorot_uniform")]
+    for job in jobs:
+        job.spec.train.l2 = 1e-3
+    assert all(fused.fusable(j) for j in jobs) and len({pack.stack_key(j) for j in jobs}) == 1
+    assert len(pack._form_units(jobs, digits, CPU, [32], max_stack=8)) == 1
+    for job, result in zip(jobs, pack.train_together(jobs, digits, CPU)):
+        _assert_same_history(result, run(job.spec, job.seed, CPU, splits=digits), 1e-4)
+
+
+def test_the_fused_gradient_equals_autograd():
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("deep-mlp", activation=a, widths=[20, 12, 12]), (30,), 5)
+              for a in ("relu", "relu", "tanh", "sigmoid", "identity")]
+    stack = pack.StackedMLP(models)
+    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    x, y = torch.randn(len(models), 8, 30), torch.randint(0, 5, (len(models), 8))
+    grad = torch.empty_like(stack.params)
+    losses, _ = fused.FusedMLP(models, stack.sizes, linear, CPU).gradient(stack.params.detach(), x, y, grad)
+    expected = torch.stack([torch.nn.functional.cross_entropy(m(x[k]), y[k]) for k, m in enumerate(models)])
+    assert torch.allclose(losses, expected.detach(), atol=1e-6)
+    expected.sum().backward()
+    for k, model in enumerate(models):
+        flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        assert torch.allclose(grad[k], flat, atol=1e-6)

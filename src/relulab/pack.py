@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .data import Splits
 from .env import provenance
 from .models import Slot, SlotNet, keras_param_count
@@ -52,10 +53,14 @@ PACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 def stack_key(job: Job) -> Optional[tuple]:
     """MLP jobs with equal keys can share a stack: everything that shapes the computation
     matches (widths, activations, batch norm, optimizer rule, penalties, precision); seeds,
-    initializers and learning rates may differ. None: not stackable."""
+    initializers and learning rates may differ, and so may activations in a fused stack
+    (`relulab.fused`). None: not stackable."""
     spec, opt = job.spec, job.spec.train.optimizer
     if spec.model.name not in PACKABLE_MODELS or opt.name not in PACKABLE_OPTIMIZERS:
         return None
+    if fused.fusable(job):
+        return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum, spec.train.l1,
+                spec.train.l2)
     if any(a.startswith("prelu") for a in [spec.model.activation, *spec.model.slots.values()]):
         return None  # PReLU has its own parameter per model
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
@@ -83,7 +88,8 @@ def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
 @dataclass
 class _Op:
     kind: str  # linear | act | bn
-    module: Optional[nn.Module] = None
+    module: Optional[nn.Module] = None  # batch norm
+    acts: tuple = ()  # (start, stop, activation module): the models [start, stop) share an activation
     weight: int = -1  # index into the split of P
     bias: int = -1
     shape: tuple = ()  # (out, in) of a linear layer
@@ -114,11 +120,13 @@ class StackedMLP:
                     self.running.append((mean, var))
                     self.ops.append(_Op("bn", module=first, weight=weight, bias=bias, running=len(self.running) - 1))
             elif isinstance(first, Slot):
-                self.ops.append(_Op("act", module=first.act))
+                specs = fused.runs([layer.spec for layer in layers])
+                self.ops.append(_Op("act", acts=tuple((a, b, layers[a].act) for a, b, _ in specs)))
             else:
                 raise TypeError(f"cannot pack layer {type(first).__name__}")
         self.params = torch.cat(columns, dim=1).detach().clone().requires_grad_(True)
         self.kernels = [op.weight for op in self.ops if op.kind == "linear"]
+        self.fused: Optional[fused.FusedMLP] = None  # the hand-written step, for stacks that allow it
 
     def _add(self, columns: list, tensors: list[torch.Tensor]) -> int:
         columns.append(torch.stack([t.detach().reshape(-1) for t in tensors]))
@@ -135,7 +143,7 @@ class StackedMLP:
                 weight = views[op.weight].view(self.k, out_features, in_features)
                 h = torch.baddbmm(views[op.bias].unsqueeze(1), h, weight.transpose(1, 2))
             elif op.kind == "act":
-                h = op.module(h)
+                h = torch.cat([act(h[a:b]) for a, b, act in op.acts]) if len(op.acts) > 1 else op.acts[0][2](h)
             else:
                 h = self._batchnorm(h, views[op.weight], views[op.bias], op, training)
         return h
@@ -193,7 +201,7 @@ class StackedOptimizer:
         getattr(self, f"_{self.name}")(params, grad)
 
     def _sgd(self, p, g):
-        p.sub_(self.lr * g)
+        p.addcmul_(self.lr, g, value=-1)  # p - lr * g in one pass over p
 
     def _momentum(self, p, g):
         # torch.optim.SGD's rule (Keras' is the same for a constant learning rate); the buffer
@@ -298,9 +306,28 @@ class _PackStep(_GraphedStep):
             total = total + self.l1 * w.abs().sum() + self.l2 * w.pow(2).sum()
         (grad,) = torch.autograd.grad(total, self.stack.params)
         self.optimizer.step(self.stack.params, grad)
-        with torch.no_grad():
-            self.loss_total.add_(per_model * batch)
-            self.correct_total.add_((logits.argmax(2) == yb).sum(1))
+        self._count(per_model.detach(), logits.detach(), yb)
+
+    @torch.no_grad()
+    def _count(self, per_model: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor) -> None:
+        self.loss_total.add_(per_model * yb.shape[1])
+        self.correct_total.add_((logits.argmax(2) == yb).sum(1))
+
+
+class _FusedPackStep(_PackStep):
+    """A _PackStep through the stack's hand-written forward and backward (`relulab.fused`) instead of autograd."""
+
+    def _step(self) -> None:
+        xb, yb = self.x[self.index], self.y[self.index]
+        params = self.stack.params.detach()
+        grad = torch.empty_like(params)
+        per_model, logits = self.stack.fused.gradient(params, xb, yb, grad)
+        if self.l1 or self.l2:
+            with torch.no_grad():
+                for w, g in zip(self.stack.kernel_views(params), self.stack.kernel_views(grad)):
+                    g.add_(self.l1 * w.sign() + 2 * self.l2 * w)
+        self.optimizer.step(self.stack.params, grad)
+        self._count(per_model, logits, yb)
 
 
 @torch.no_grad()
@@ -402,10 +429,14 @@ class _Unit:
 def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
     unit = _Unit(jobs, [build_for(job.spec, splits, job.seed, device) for job in jobs], device)
     unit.stack = StackedMLP(unit.models)
+    step = _PackStep
+    if fused.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
+        linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
+        unit.stack.fused = fused.FusedMLP(unit.models, unit.stack.sizes, linear, device)
+        step = _FusedPackStep
     optimizer = StackedOptimizer(unit.stack.params, jobs)
     x = splits.x_train.flatten(1)
-    unit.steps = {size: _PackStep(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals)
-                  for size in sizes}
+    unit.steps = {size: step(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals) for size in sizes}
     return unit
 
 
@@ -430,6 +461,8 @@ def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
         else:
             stacks.setdefault(key, []).append(job)
     for members in stacks.values():
+        # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
+        members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
         for start in range(0, len(members), max_stack):
             units.append(_stack_unit(members[start:start + max_stack], splits, device, sizes))
     return units
