@@ -221,7 +221,7 @@ def test_probe_sets():
     assert torch.equal(x, splits.x_val[:50]) and torch.equal(y, splits.y_val[:50])
     assert parse_probe_set("per-class:2").name == "per-class:2" and ProbeSet("first").name == "first"
     for bad in ("all", "val:0", "per-class", "val:x", ""):
-        with pytest.raises(UserError, match="--set: expected first, per-class:N or val:N"):
+        with pytest.raises(UserError, match="--probe-set: expected first, per-class:N or val:N"):
             parse_probe_set(bad)
 
 

@@ -331,7 +331,7 @@ def test_search_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_pat
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--set", "all"], "--set: expected first, per-class:N or val:N"),
+    (["--set", "all"], "--probe-set: expected first, per-class:N or val:N"),
     (["--epoch", "9"], "--epoch: epochs run from 1 to 2"),
     (["--epoch", "x"], "--epoch: expected last, all, or epochs"),
     (["--stats", "ratio_nu"], "--stats: unknown value 'ratio_nu' (did you mean 'ratio_num'?)"),

@@ -397,7 +397,7 @@ class ProbeSet:
 PROBE_SET_HELP = "first, per-class:N or val:N"
 
 
-def parse_probe_set(text, field: str = "--set") -> ProbeSet:
+def parse_probe_set(text, field: str = "--probe-set") -> ProbeSet:
     text = str(text).strip() if text is not None else ""
     if text == "first":
         return ProbeSet("first", 1)

@@ -746,7 +746,7 @@ def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first"
     p = pick_part(exp, part)
     v = pick_variant(p, config)
     wanted = parse_epoch_list(epochs, v.spec.train.epochs)
-    ps = probes_mod.parse_probe_set(probe_set, "--set")
+    ps = probes_mod.parse_probe_set(probe_set, "--probe-set")
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"--seed: expected an integer >= 0, got {seed!r}")
     splits = load_data(v.spec.data)

@@ -186,3 +186,34 @@ def test_bad_train_options_name_the_option(data):
                               ["train", "--out", "r.json", option, value])
     names = "device" if option == "--device" else option
     assert_refused(code, err, left, names)
+
+
+SEARCH_OPTIONS = {
+    "--strategy": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
+    "--config": st.text(min_size=1, max_size=8).map(lambda s: f"no-such-{s}"),
+    "--stat": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
+    "--order": st.text(min_size=1, max_size=8).map(lambda s: f"sideways{s}"),
+    "--budget": st.sampled_from(["0", "-1", "x"]),
+    "--patience": st.sampled_from(["-1", "x"]),
+    "--alpha": st.sampled_from(["0", "1", "-0.1", "nan", "x", "2"]),
+    "--metric": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
+    "--probe-set": BAD_SPLITS.filter(lambda v: isinstance(v, str)),
+    "--seeds": st.sampled_from(["", "a", "3-1", "1,,2"]),
+}
+PROBE_OPTIONS = {
+    "--config": st.text(min_size=1, max_size=8).map(lambda s: f"no-such-{s}"),
+    "--seed": st.sampled_from(["-1", "x"]),
+    "--stats": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
+    "--probe-set": BAD_SPLITS.filter(lambda v: isinstance(v, str)),
+    "--epoch": st.sampled_from(["0", "-1", "x", "99", "1,,2"]),
+}
+
+
+@FUZZ
+@given(data=st.data(), command=st.sampled_from(["search", "probe"]))
+def test_bad_search_and_probe_options_name_the_option(data, command):
+    options = SEARCH_OPTIONS if command == "search" else PROBE_OPTIONS
+    option = data.draw(st.sampled_from(sorted(options)))
+    value = data.draw(options[option])
+    code, err, left = run_cli([command, "spec.yaml", "--no-report", option, value], TINY)
+    assert_refused(code, err, left, option)

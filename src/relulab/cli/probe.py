@@ -27,7 +27,7 @@ def probe_command(
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="Which seed's model."),
     stats: str = typer.Option(DEFAULT_STATS, help="Statistics to print and draw, comma-separated, or all "
                               "(every statistic is computed and stored)."),
-    probe_set: str = typer.Option("first", "--set", "--probe-set", help="The images: first (the first training "
+    probe_set: str = typer.Option("first", "--probe-set", "--set", help="The images: first (the first training "
                                   "image of each class, the seed's), per-class:N or val:N."),
     epoch: Optional[str] = typer.Option(None, help="Probe after these epochs: last (default), all, or a list "
                                         "like 1,10,50 (the run is then trained with the probe attached)."),
