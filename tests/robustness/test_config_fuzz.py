@@ -39,8 +39,7 @@ NON_NUMERIC_TEXT = st.text(max_size=8).filter(_not_a_number)
 WRONG_CONTAINERS = st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
                                                                                   min_size=1, max_size=2))
 NOT_POSITIVE_INT = st.one_of(st.integers(max_value=0), st.booleans(), NON_NUMERIC_TEXT, WRONG_CONTAINERS,
-                             st.floats(allow_nan=True).filter(lambda f: not (math.isfinite(f) and f == int(f)))
-                             .filter(lambda f: not (math.isfinite(f) and f >= 1 and f.is_integer())))
+                             st.floats().filter(lambda f: not (math.isfinite(f) and f.is_integer() and f >= 1)))
 NOT_POSITIVE_NUMBER = st.one_of(st.floats(max_value=0), st.just(math.nan), st.just(math.inf), st.booleans(),
                                 NON_NUMERIC_TEXT, WRONG_CONTAINERS)
 NOT_NONNEGATIVE_NUMBER = st.one_of(st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf),
