@@ -449,9 +449,17 @@ def _model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int]
     return unit
 
 
+# Models to a stack when the caller does not say. The fused step costs the same number of kernels
+# however many models it stacks, so its stacks take everything (20 models: 19.1 s against 20.2 s
+# in two stacks, BENCHMARKS.md); autograd stacks stop at 8, past which a bigger stack did not pay.
+DEFAULT_MAX_STACK = 8
+DEFAULT_MAX_FUSED_STACK = 64
+
+
 def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
-                max_stack: int) -> list[_Unit]:
-    """Stack MLPs that can share a stack (up to `max_stack` each); every other job is a unit of its own."""
+                max_stack: Optional[int] = None) -> list[_Unit]:
+    """Stack MLPs that can share a stack (up to `max_stack` each, by default DEFAULT_MAX_STACK, or
+    DEFAULT_MAX_FUSED_STACK for fused stacks); every other job is a unit of its own."""
     stacks: dict[tuple, list[Job]] = {}
     units = []
     for job in jobs:
@@ -463,13 +471,14 @@ def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
     for members in stacks.values():
         # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
         members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
-        for start in range(0, len(members), max_stack):
-            units.append(_stack_unit(members[start:start + max_stack], splits, device, sizes))
+        size = max_stack or (DEFAULT_MAX_FUSED_STACK if fused.fusable(members[0]) else DEFAULT_MAX_STACK)
+        for start in range(0, len(members), size):
+            units.append(_stack_unit(members[start:start + size], splits, device, sizes))
     return units
 
 
 def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, graphs: Optional[bool] = None,
-                   max_stack: int = 8) -> list[RunResult]:
+                   max_stack: Optional[int] = None) -> list[RunResult]:
     """Train jobs that share a schedule (batch size, epochs) at the same time; one RunResult per job, in order.
 
     MLPs are stacked (`max_stack` to a stack), other models run one per unit; on CUDA each

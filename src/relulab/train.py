@@ -305,7 +305,8 @@ class Job:
 
 
 def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device = "auto", callbacks=None,
-               pack: bool = True, max_pack: int = 64, max_stack: int = 8) -> "Iterator[tuple[Job, RunResult]]":
+               pack: bool = True, max_pack: int = 64, max_stack: Optional[int] = None
+               ) -> "Iterator[tuple[Job, RunResult]]":
     """Train every job on the same data; yield (job, result) as each one finishes.
 
     This is the one entry point experiments and searches use, so that scheduling is
@@ -336,7 +337,7 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
                                                max_stack)
 
 
-def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: int = 8):
+def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None):
     from . import pack as packing
 
     try:
