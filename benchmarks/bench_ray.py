@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
-from relulab.data import DataSpec, load_data  # noqa: E402
+from relulab.data import load_data  # noqa: E402
 from relulab.executors import InProcessExecutor, RayExecutor  # noqa: E402
 from relulab.experiments import Overrides, load_experiment, run_experiment  # noqa: E402
 

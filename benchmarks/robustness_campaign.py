@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "robustness"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "robustness")]
 import chaos  # noqa: E402  (tests/robustness/chaos.py: the same kill trials the test suite runs)
 
 FUZZ_FILES = ["tests/robustness/test_config_fuzz.py", "tests/robustness/test_hostile_files.py",
@@ -82,17 +81,8 @@ def concurrent_campaign(folder: Path, trials: int, timing: chaos.Timing) -> chao
     for trial in range(trials):
         spec, store = folder / f"pair{trial}.yaml", folder / f"pair{trial}.sqlite"
         spec.write_text(chaos.SWEEP)
-        survivor, victim = chaos.start(spec, store), chaos.start(spec, store)
-        time.sleep(random.Random(2000 + trial).uniform(0.0, timing.startup_s + timing.runs * timing.per_run_s / 2))
-        if victim.poll() is None:
-            os.kill(victim.pid, signal.SIGKILL)
-            campaign.kills += 1
-        victim.communicate()
-        campaign.runs_seen_at_kills.append(chaos.query(store, "SELECT count(*) FROM runs") or 0)
-        _, err = survivor.communicate(timeout=600)
-        if survivor.returncode != 0:
-            raise SystemExit(f"the surviving sweep failed: {err[-2000:]}")
-        chaos.check_complete(store, chaos.expected_keys(spec, store), campaign)
+        delay = random.Random(2000 + trial).uniform(0.0, timing.startup_s + timing.runs * timing.per_run_s / 2)
+        chaos.kill_one_of_two(spec, store, campaign, lambda: time.sleep(delay))
         print(f"concurrent trial {trial + 1}/{trials}: victim killed with {campaign.runs_seen_at_kills[-1]} runs "
               "stored", file=sys.stderr)
     return campaign

@@ -1,5 +1,10 @@
-"""Small experiment specs the experiment, store and report tests share."""
+"""Small experiment specs, and helpers for running relulab and reading its store, that the tests share."""
+import sqlite3
 from pathlib import Path
+
+import pytest
+
+from relulab.cli import main
 
 TINY = """\
 name: tiny
@@ -20,3 +25,32 @@ def write_spec(folder: Path, text: str = TINY, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def relulab(capsys, *argv):
+    """Run the `relulab` command in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def quiet(_message):
+    pass
+
+
+def store_value(store: Path, sql: str):
+    """One value from a store, or None while it does not exist yet (a killed sweep may not have created it)."""
+    if not store.exists():
+        return None
+    db = sqlite3.connect(store, timeout=30)
+    try:
+        return db.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return None
+    finally:
+        db.close()
+
+
+def stored_runs(store: Path) -> int:
+    return store_value(store, "SELECT count(*) FROM runs") or 0

@@ -3,14 +3,8 @@ import json
 
 import pytest
 
-from relulab.cli import main
+from specs import relulab
 
-
-def relulab(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_train_prints_json(capsys, tmp_path):

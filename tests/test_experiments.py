@@ -4,23 +4,13 @@ import sqlite3
 
 import pytest
 
-from relulab.cli import main
 from relulab.errors import UserError
 from relulab.experiments import (Overrides, load_experiment, parse_yaml, preset_names, run_experiment, run_key)
 from relulab.models import ModelSpec
 from relulab.train import RunSpec
-from specs import TINY, write_spec
+from specs import TINY, quiet, relulab, write_spec
 
 
-def relulab(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def quiet(_message):
-    pass
 
 
 # ---------------------------------------------------------------- presets

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from relulab.errors import UserError
-from relulab.models import (ModelSpec, Slot, build_model, keras_param_count, parse_off, parse_slots,
+from relulab.models import (ModelSpec, build_model, keras_param_count, parse_off, parse_slots,
                             parse_widths)
 
 

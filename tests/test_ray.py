@@ -17,7 +17,6 @@ import time
 import pytest
 import torch
 
-from relulab.cli import main
 from relulab.errors import UserError
 from relulab.executors import (InProcessExecutor, RayExecutor, Task, _probe_address, cut_tasks, execute_task,
                                run_task)
@@ -26,7 +25,7 @@ from relulab.data import DataSpec
 from relulab.models import ModelSpec
 from relulab.optim import OptimizerSpec
 from relulab.train import Job, RunSpec, TrainSpec
-from specs import write_spec
+from specs import quiet, relulab, stored_runs, write_spec
 
 # Two parts in one store: plain runs (packed: stacks of the same shape train together) and probed runs (each
 # trains alone, its per-slot statistics travel back from the worker). `threads: 1` in the driver and in every
@@ -68,15 +67,6 @@ configs:
 """
 
 
-def quiet(_message):
-    pass
-
-
-def relulab(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -386,17 +376,6 @@ def test_an_error_in_a_task_is_not_retried_and_the_other_tasks_are_kept(cluster,
     assert sorted(r["variant"] for r in runs.values()) == ["elu", "elu", "relu", "relu"]
 
 
-def _count(path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        db.close()
-
 
 def test_a_killed_driver_resumes_from_the_store(cluster, tmp_path, one_thread):
     spec, store = write_spec(tmp_path, SLOW), tmp_path / "slow.sqlite"
@@ -406,13 +385,13 @@ def test_a_killed_driver_resumes_from_the_store(cluster, tmp_path, one_thread):
          "--no-report", "--executor", "ray", "--address", cluster],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.time()
-    while _count(store) < 1:
+    while stored_runs(store) < 1:
         assert driver.poll() is None, driver.communicate()
         assert time.time() - start < 120, "the sweep made no progress"
         time.sleep(0.02)
     os.kill(driver.pid, signal.SIGKILL)  # the driver dies; Ray drops its job's tasks
     driver.communicate()
-    first = _count(store)
+    first = stored_runs(store)
     assert 0 < first < len(expected), "kill -9 should land mid-sweep"
     exp = load_experiment(str(spec), Overrides(store=str(store)))
     summary = run_experiment(exp, log=quiet, executor=RayExecutor())  # its claims are stale: taken over

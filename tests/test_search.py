@@ -12,12 +12,11 @@ from types import SimpleNamespace
 import pytest
 from scipy import stats as sps
 
-from relulab.cli import main
 from relulab.errors import UserError
 from relulab.experiments import Overrides, load_experiment, run_experiment, run_key
 from relulab.search import Measured, Search, SearchOptions, probe_configuration, run_search
 from relulab.store import Store, load_run_probes, load_searches
-from specs import write_spec
+from specs import quiet, relulab, stored_runs, write_spec
 
 MLP = """\
 name: mlp
@@ -39,15 +38,6 @@ DIGITS_CNN = ["--epochs", "1", "--seeds", "0,1", "--set", "data.train_size=200",
               "model.widths=[3,3,4,4,4,4,8,8,8]"]
 
 
-def relulab(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def quiet(_message):
-    pass
 
 
 def mlp(tmp_path, store="s.sqlite", **overrides):
@@ -152,17 +142,6 @@ def test_a_killed_search_resumes_with_every_run_once_and_the_same_path(tmp_path)
         assert [c["mean"] for c in sa["candidates"]] == [c["mean"] for c in sb["candidates"]]
 
 
-def _stored_runs(path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        db.close()
-
 
 def test_kill_9_mid_search_then_the_same_command_finishes_it(tmp_path):
     # pack: false commits runs one by one, so that the kill lands between runs of one step
@@ -172,13 +151,13 @@ def test_kill_9_mid_search_then_the_same_command_finishes_it(tmp_path):
             "oracle", "--budget", "1", "--store", str(store), "--no-report"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.time()
-    while _stored_runs(store) < 3:
+    while stored_runs(store) < 3:
         assert proc.poll() is None, proc.communicate()
         assert time.time() - start < 120, "the search made no progress"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _stored_runs(store)
+    killed_at = stored_runs(store)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{10 - killed_at} runs trained, {killed_at} already in the store" in done.stderr

@@ -16,7 +16,7 @@ from relulab.experiments import Overrides, load_experiment
 from relulab.models import ModelSpec
 from relulab.store import Finished, Store
 from relulab.train import RunSpec, TrainSpec, run
-from specs import write_spec
+from specs import stored_runs, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -111,27 +111,16 @@ def _relulab(*argv) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _count(path) -> int:
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        db.close()
-
 
 def _kill_after(path, runs: int, proc: subprocess.Popen, deadline_s: float = 120) -> int:
     start = time.time()
-    while _count(path) < runs:
+    while stored_runs(path) < runs:
         assert proc.poll() is None, proc.communicate()
         assert time.time() - start < deadline_s, "the sweep made no progress"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return _count(path)
+    return stored_runs(path)
 
 
 def _check_complete(path, expected_keys: set[str], epochs: int) -> None:

@@ -1,7 +1,5 @@
-import json
 import math
 
-import pytest
 import torch
 
 from relulab.data import DataSpec, load_data

@@ -53,18 +53,22 @@ def save(result: RunResult, path: str | Path, class_names: list[str] | None = No
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        # JSON round trip: the spec becomes plain dicts, lists, strings and numbers, which weights_only loads.
-        "spec": json.loads(json.dumps(result.spec.to_dict(), default=str)),
+        "spec": _plain(result.spec.to_dict()),
         "seed": int(result.seed),
         "input_shape": [int(d) for d in input_shape],
         "classes": [str(c) for c in classes],
-        "summary": json.loads(json.dumps(result.history.summary(), default=str)),
-        "provenance": json.loads(json.dumps(result.provenance, default=str)),
+        "summary": _plain(result.history.summary()),
+        "provenance": _plain(result.provenance),
         "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _plain(value):
+    """A JSON round trip: plain dicts, lists, strings and numbers, which weights_only loading accepts."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -571,13 +571,19 @@ def _csv_number(value) -> str:
     return str(value)
 
 
-def summary_csv(data: ExperimentData) -> str:
+def _csv_with_header(data: ExperimentData, columns: list[str]):
+    """(buffer, csv writer) with the store's warning line, if any, and the column names written."""
     buf = io.StringIO()
     warning = _warning(data)
     if warning:
         buf.write(f"# warning: {warning}\n")
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
+    writer.writerow(columns)
+    return buf, writer
+
+
+def summary_csv(data: ExperimentData) -> str:
+    buf, writer = _csv_with_header(data, SUMMARY_COLUMNS)
     for part in data.parts:
         for v in part.variants:
             s, c = v.stats, v.stats.vs_baseline
@@ -600,12 +606,7 @@ RUN_COLUMNS = ["experiment", "part", "configuration", "seed", "status", "best_va
 
 
 def runs_csv(data: ExperimentData) -> str:
-    buf = io.StringIO()
-    warning = _warning(data)
-    if warning:
-        buf.write(f"# warning: {warning}\n")
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RUN_COLUMNS)
+    buf, writer = _csv_with_header(data, RUN_COLUMNS)
     for part in data.parts:
         for v in part.variants:
             for r in v.runs:

@@ -15,8 +15,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from specs import store_value, stored_runs
 
 # 3 configurations x 4 seeds of a small MLP on synthetic data, each run committed on its own
 # (pack: false), so that kills land between commits as well as inside them: about 10 s on one core.
@@ -43,21 +46,8 @@ def start(spec: Path, store: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def query(store: Path, sql: str):
-    """One value from the store, or None while it does not exist yet (a kill can land before it does)."""
-    if not store.exists():
-        return None
-    db = sqlite3.connect(store, timeout=30)
-    try:
-        return db.execute(sql).fetchone()[0]
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return None
-    finally:
-        db.close()
-
-
 def integrity(store: Path) -> str:
-    return query(store, "PRAGMA integrity_check") if store.exists() else "ok"
+    return store_value(store, "PRAGMA integrity_check") if store.exists() else "ok"
 
 
 @dataclass
@@ -87,12 +77,12 @@ def measure(spec: Path, store: Path) -> Timing:
     started = time.monotonic()
     proc, first = start(spec, store), None
     while proc.poll() is None:
-        if first is None and (query(store, "SELECT count(*) FROM runs") or 0) >= 1:
+        if first is None and stored_runs(store) >= 1:
             first = time.monotonic() - started
         time.sleep(0.01)
     _, err = proc.communicate()
     assert proc.returncode == 0, err
-    total, runs = time.monotonic() - started, query(store, "SELECT count(*) FROM runs")
+    total, runs = time.monotonic() - started, stored_runs(store)
     first = first if first is not None else total
     per_run = max(0.05, (total - first) / max(1, runs - 1))
     return Timing(max(0.1, first - per_run), per_run, runs)
@@ -105,21 +95,38 @@ def kill_at_random(spec: Path, store: Path, rng: random.Random, campaign: Campai
     for a random number of the remaining runs to be committed, then kill at a random point of
     the next run (training it, or committing it)."""
     proc = start(spec, store)
-    done = query(store, "SELECT count(*) FROM runs") or 0
+    done = stored_runs(store)
     if rng.random() < 0.2 or done >= timing.runs:
         deadline, target = time.monotonic() + rng.uniform(0.0, timing.startup_s), None
     else:
         deadline, target = None, rng.randrange(done, timing.runs)
     while proc.poll() is None:
-        if target is not None and (query(store, "SELECT count(*) FROM runs") or 0) >= target:
+        if target is not None and stored_runs(store) >= target:
             deadline, target = time.monotonic() + rng.uniform(0.0, timing.per_run_s), None
         if deadline is not None and time.monotonic() >= deadline:
-            os.kill(proc.pid, signal.SIGKILL)
-            campaign.kills += 1
             break
         time.sleep(0.005)
+    _kill(proc, store, campaign)
+
+
+def kill_one_of_two(spec: Path, store: Path, campaign: Campaign, wait: Callable[[], None]) -> None:
+    """Two sweeps on one store; SIGKILL one of them once `wait()` returns. The survivor must take
+    the victim's runs over and finish every run, none skipped, none twice."""
+    survivor, victim = start(spec, store), start(spec, store)
+    wait()
+    _kill(victim, store, campaign)
+    _, err = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, err
+    check_complete(store, expected_keys(spec, store), campaign)
+
+
+def _kill(proc: subprocess.Popen, store: Path, campaign: Campaign) -> None:
+    """SIGKILL `proc` unless it has finished; note how far the sweep got and whether the store is sound."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        campaign.kills += 1
     proc.communicate()
-    campaign.runs_seen_at_kills.append(query(store, "SELECT count(*) FROM runs") or 0)
+    campaign.runs_seen_at_kills.append(stored_runs(store))
     campaign.integrity_failures += integrity(store) != "ok"
 
 

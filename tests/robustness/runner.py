@@ -22,10 +22,10 @@ def fuzz(max_examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def run_cli(argv: list[str], spec_text: str | None = None, files: dict[str, bytes] | None = None
-            ) -> tuple[int, str, list[str]]:
+def run_cli(argv: list[str], spec_text: str | None = None, files: dict[str, bytes] | None = None,
+            stdout: io.StringIO | None = None) -> tuple[int, str, list[str]]:
     """Run `relulab ARGV` in a fresh temp folder holding spec.yaml (when given) and `files`;
-    (exit code, stderr, the paths it left beside them)."""
+    (exit code, stderr, the paths it left beside them). What it prints goes to `stdout` if given."""
     files = dict(files or {})
     if spec_text is not None:
         files["spec.yaml"] = spec_text.encode()
@@ -34,7 +34,7 @@ def run_cli(argv: list[str], spec_text: str | None = None, files: dict[str, byte
             Path(name).parent.mkdir(parents=True, exist_ok=True)
             Path(name).write_bytes(blob)
         err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout or io.StringIO()):
             try:
                 main(argv)
                 code = 0

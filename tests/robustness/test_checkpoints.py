@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import os
@@ -15,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relulab import checkpoints
-from relulab.cli import main
 from relulab.data import DataSpec, load_data
 from relulab.errors import UserError
 from relulab.models import ModelSpec
@@ -68,14 +66,9 @@ def test_train_save_then_evaluate_from_the_command_line(tmp_path, monkeypatch):
 
 
 def _evaluate(path: Path) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["evaluate", str(path), "--json"])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    out = io.StringIO()
+    code, err, _ = run_cli(["evaluate", str(path), "--json"], stdout=out)
+    return code, out.getvalue(), err
 
 
 MARKER = Path("/tmp/relulab-checkpoint-pwned")

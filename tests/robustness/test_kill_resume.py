@@ -6,12 +6,11 @@ many more times and records the counts in BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
 import time
 
 import chaos
+from specs import store_value
 
 
 def test_random_kills_then_resume_lose_nothing_and_repeat_nothing(tmp_path):
@@ -32,15 +31,12 @@ def test_random_kills_then_resume_lose_nothing_and_repeat_nothing(tmp_path):
 def test_two_processes_one_killed_the_other_finishes_everything(tmp_path):
     spec, store = tmp_path / "spec.yaml", tmp_path / "chaos.sqlite"
     spec.write_text(chaos.SWEEP)
-    expected = chaos.expected_keys(spec, store)
-    survivor, victim = chaos.start(spec, store), chaos.start(spec, store)
+
+    def until_runs_are_claimed():  # then the survivor must take the victim's runs over, not skip or repeat them
+        deadline = time.monotonic() + 120
+        while not store_value(store, "SELECT count(*) FROM claims") and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     campaign = chaos.Campaign()
-    # Kill the victim once it holds claims: the survivor must take its runs over, not skip or repeat them.
-    deadline = time.monotonic() + 120
-    while not chaos.query(store, "SELECT count(*) FROM claims") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.communicate()
-    _, err = survivor.communicate(timeout=600)
-    assert survivor.returncode == 0, err
-    chaos.check_complete(store, expected, campaign)
+    chaos.kill_one_of_two(spec, store, campaign, until_runs_are_claimed)
+    assert campaign.integrity_failures == 0
