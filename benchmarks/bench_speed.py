@@ -7,12 +7,13 @@ Run on the GPU machine, from the repository root:
 
 Parts (each prints JSON lines; a summary table comes last):
 - check:    CUDA paths against eager single runs on digits, and the fused MLP step's Triton
-            kernels against their PyTorch reference (largest differences).
+            kernels against their PyTorch fp32 reference (largest differences; also with TF32 products).
+- kernels:  only that last comparison.
 - mlp:      seed 001's table, 4 models x SEEDS seeds x 10 epochs, through relulab's train_many
             (stacked models + CUDA graphs, stacks side by side on streams) for each --max-stack
             and each --mlp-paths (fused: the default, relulab.fused; autograd: the stack under
-            autograd, as before the fused step); wall time, validation accuracy per model; then
-            one deep-mlp alone the same way.
+            autograd, as before the fused step) and each --mlp-precisions (fp32, tf32); wall time,
+            validation accuracy per model; then one deep-mlp alone the same way.
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, one model alone, then a pack of CNN_PACK models side by side.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
@@ -55,12 +56,12 @@ def emit(out: Path, record: dict) -> dict:
     return record
 
 
-def seed001_jobs(data: DataSpec, seeds: list[int], epochs: int) -> list[Job]:
+def seed001_jobs(data: DataSpec, seeds: list[int], epochs: int, precision: str = "auto") -> list[Job]:
     jobs = []
     for name, (act, init, lr) in SEED001_MODELS.items():
         for seed in seeds:
             spec = RunSpec(data, ModelSpec("deep-mlp", activation=act, init=init),
-                           TrainSpec(epochs, 32, OptimizerSpec("sgd", lr=lr, flavour="keras")))
+                           TrainSpec(epochs, 32, OptimizerSpec("sgd", lr=lr, flavour="keras"), precision=precision))
             jobs.append(Job(spec, seed, key=name))
     return jobs
 
@@ -74,27 +75,31 @@ def run_jobs(jobs, splits, device, **options) -> tuple[float, list]:
 
 
 def part_mlp(args, out, device):
-    """The whole table through train_many (what `relulab run` does), then variants of the stack size and path."""
+    """The whole table through train_many (what `relulab run` does), then variants of the stack size, path
+    and float32 product precision."""
     data = DataSpec("fashion-mnist", path=args.fashion, split="first:5000")
     splits = load_data(data).to(device)
-    jobs = seed001_jobs(data, list(range(args.seeds)), args.mlp_epochs)
     steps = args.mlp_epochs * math.ceil(len(splits.y_train) / 32)
-    for path in args.mlp_paths.split(","):
-        with fused_path(path == "fused"):
-            for max_stack in [int(m) for m in args.max_stack.split(",")]:
-                wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
-                rows = {}
-                for job, result in results:
-                    rows.setdefault(job.key, []).append(result.history.final_val_acc)
-                emit(out, {"part": "mlp", "path": path, "max_stack": max_stack, "models": len(results),
-                           "epochs": args.mlp_epochs, "wall_s": round(wall, 2), "ms_per_step": round(wall / steps * 1e3, 3),
-                           "model_epochs_per_s": round(len(results) * args.mlp_epochs / wall, 2),
-                           "final_val_acc": {k: [round(a, 4) for a in v] for k, v in rows.items()}})
-            one = [j for j in jobs if j.key == "relu-he"][:1]
-            wall, results = run_jobs(one, splits, device)
-            emit(out, {"part": "mlp-one", "path": path, "wall_s": round(wall, 2), "ms_per_step": round(wall / steps * 1e3, 3),
-                       "epoch_s": [round(e.seconds, 3) for e in results[0][1].history.epochs],
-                       "final_val_acc": round(results[0][1].history.final_val_acc, 4)})
+    for precision in args.mlp_precisions.split(","):
+        jobs = seed001_jobs(data, list(range(args.seeds)), args.mlp_epochs, precision)
+        for path in args.mlp_paths.split(","):
+            with fused_path(path == "fused"):
+                for max_stack in [int(m) for m in args.max_stack.split(",")]:
+                    wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
+                    rows = {}
+                    for job, result in results:
+                        rows.setdefault(job.key, []).append(result.history.final_val_acc)
+                    emit(out, {"part": "mlp", "path": path, "precision": precision, "max_stack": max_stack,
+                               "models": len(results), "epochs": args.mlp_epochs, "wall_s": round(wall, 2),
+                               "ms_per_step": round(wall / steps * 1e3, 3),
+                               "model_epochs_per_s": round(len(results) * args.mlp_epochs / wall, 2),
+                               "final_val_acc": {k: [round(a, 4) for a in v] for k, v in rows.items()}})
+                one = [j for j in jobs if j.key == "relu-he"][:1]
+                wall, results = run_jobs(one, splits, device)
+                emit(out, {"part": "mlp-one", "path": path, "precision": precision, "wall_s": round(wall, 2),
+                           "ms_per_step": round(wall / steps * 1e3, 3),
+                           "epoch_s": [round(e.seconds, 3) for e in results[0][1].history.epochs],
+                           "final_val_acc": round(results[0][1].history.final_val_acc, 4)})
 
 
 @contextmanager
@@ -181,15 +186,17 @@ def check_fused_kernels(out, device):
     stack = StackedMLP(models)
     linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
     params = stack.params.detach()
-    for batch in (32, 24):
+    for batch, precision in ((32, "ieee"), (24, "ieee"), (32, "tf32")):
         x, y = torch.rand(len(models), batch, 784, device=device), torch.randint(0, 10, (len(models), batch), device=device)
         found = {}
         for name, use_triton in (("triton", True), ("reference", False)):
             grad = torch.empty_like(params)
-            loss, logits = fused.FusedMLP(models, stack.sizes, linear, device, use_triton).gradient(params, x, y, grad)
+            loss, logits = fused.FusedMLP(models, stack.sizes, linear, device, use_triton,
+                                          precision if use_triton else "ieee").gradient(params, x, y, grad)
             found[name] = (loss, logits, grad)
         (l1, z1, g1), (l2, z2, g2) = found["triton"], found["reference"]
-        emit(out, {"part": "check", "case": "fused-kernels", "batch": batch,
+        emit(out, {"part": "check", "case": "fused-kernels", "batch": batch, "triton_precision": precision,
+                   "reference_precision": "ieee",
                    "max_abs_diff": {"loss": (l1 - l2).abs().max().item(), "logits": (z1 - z2).abs().max().item(),
                                     "grad": (g1 - g2).abs().max().item()},
                    "max_abs_grad": g2.abs().max().item()})
@@ -235,6 +242,7 @@ def main():
     parser.add_argument("--mlp-epochs", type=int, default=10)
     parser.add_argument("--max-stack", default="8", help="stack sizes to try for the MLPs, e.g. 10,5,3")
     parser.add_argument("--mlp-paths", default="fused", help="fused, autograd, or both: fused,autograd")
+    parser.add_argument("--mlp-precisions", default="fp32", help="train.precision of the MLPs: fp32, tf32 or fp32,tf32")
     parser.add_argument("--cnn-epochs", type=int, default=4)
     parser.add_argument("--cnn-pack", default="4,8")
     args = parser.parse_args()
@@ -245,6 +253,7 @@ def main():
                "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     parts = {
         "check": lambda: part_check(args, out, device),
+        "kernels": lambda: check_fused_kernels(out, device),
         "matmul": lambda: part_matmul(args, out, device),
         "mlp": lambda: part_mlp(args, out, device),
         "peer-mlp": lambda: run_peer(args, out, "keras_seed001.py", [args.fashion, str(args.mlp_epochs), "0"],

@@ -36,6 +36,7 @@ def test_train_several_seeds_and_per_slot_options(capsys):
     (["--split", "half"], "--split: expected"),
     (["--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..50"),
     (["--widths", "1,a"], "--widths: expected widths"),
+    (["--precision", "fp16"], "--precision: expected one of auto, fp32, tf32, bf16"),
     (["--model", "seed-cnn"], "seed-cnn needs images of at least 32x32"),
     (["--dataset", "mnist", "--no-download"], "dataset mnist: files not found"),
     (["--bogus"], "No such option: --bogus"),

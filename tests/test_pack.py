@@ -131,3 +131,9 @@ def test_the_fused_gradient_equals_autograd():
     for k, model in enumerate(models):
         flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         assert torch.allclose(grad[k], flat, atol=1e-6)
+
+
+def test_tf32_and_fp32_jobs_never_share_a_stack():
+    exact, tf32 = _job(0), _job(1)
+    tf32.spec.train.precision = "tf32"
+    assert fused.fusable(tf32) and pack.stack_key(exact) != pack.stack_key(tf32)

@@ -70,3 +70,20 @@ def test_a_last_batch_of_one_is_dropped():
     assert epoch_batches(10, 3) == [(0, 3), (3, 6), (6, 9)]
     assert epoch_batches(11, 3) == [(0, 3), (3, 6), (6, 9), (9, 11)]
     assert epoch_batches(1, 3) == [(0, 1)]
+
+
+def test_precision_tf32_is_accepted_and_changes_nothing_on_the_cpu():
+    # TF32 is a tensor-core format of CUDA GPUs; on the CPU float32 products stay full fp32.
+    spec = lambda precision: RunSpec(DataSpec(), ModelSpec("deep-mlp", widths=[16, 16]),
+                                     TrainSpec(1, 32, OptimizerSpec("sgd", lr=0.05), precision=precision))
+    exact, tf32 = run(spec("fp32"), 0, "cpu"), run(spec("tf32"), 0, "cpu")
+    assert exact.history.epochs[0].val_loss == tf32.history.epochs[0].val_loss
+    assert torch.backends.cuda.matmul.fp32_precision == "none"  # the setting is restored after the run
+
+
+def test_an_unknown_precision_names_the_field_and_the_choices():
+    import pytest
+    from relulab.errors import UserError
+
+    with pytest.raises(UserError, match=r"train\.precision: expected one of auto, fp32, tf32, bf16, got 'fp16'"):
+        TrainSpec(precision="fp16").validate()

@@ -5,6 +5,7 @@ import hashlib
 import os
 import platform
 import random
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
     return device
+
+
+@contextmanager
+def matmul_precision(products: str):
+    """Inside, PyTorch computes float32 matrix products as `products` says: "ieee" (full fp32, PyTorch's
+    default) or "tf32" (TensorFloat-32 tensor cores on A100/H100: inputs rounded to 10 mantissa bits)."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = products
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved
 
 
 def seed_everything(seed: int) -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import activations
+from .env import matmul_precision
 from .models import SlotNet
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -55,23 +56,25 @@ class Layer:
     groups: list[tuple[int, int, int]]  # (start, stop, code): runs of models with one activation
 
 
-def reference_forward(x, w, b, layer: Layer, out) -> None:
+def reference_forward(x, w, b, layer: Layer, out, precision: str = "ieee") -> None:
     """out (K, B, fan_out) = act(x @ w.T + b) for every model of the stack."""
-    z = torch.baddbmm(b.unsqueeze(1), x, w.view(len(x), layer.fan_out, layer.fan_in).transpose(1, 2))
+    with matmul_precision(precision):
+        z = torch.baddbmm(b.unsqueeze(1), x, w.view(len(x), layer.fan_out, layer.fan_in).transpose(1, 2))
     for start, stop, code in layer.groups:
         out[start:stop] = _FORWARD[code](z[start:stop])
 
 
-def reference_backward(g, y, x, w, layer: Layer, dw, db, dx: Optional[torch.Tensor]) -> None:
+def reference_backward(g, y, x, w, layer: Layer, dw, db, dx: Optional[torch.Tensor], precision: str = "ieee") -> None:
     """From g = dL/d(output) and the output y: dw, db (views of the flat gradient) and dx = dL/dx."""
     delta = torch.empty_like(g)
     for start, stop, code in layer.groups:
         delta[start:stop] = g[start:stop] * _DERIVATIVE[code](y[start:stop])
     k = len(x)
-    dw.view(k, layer.fan_out, layer.fan_in).copy_(torch.bmm(delta.transpose(1, 2), x))
+    with matmul_precision(precision):
+        dw.view(k, layer.fan_out, layer.fan_in).copy_(torch.bmm(delta.transpose(1, 2), x))
+        if dx is not None:
+            torch.bmm(delta, w.view(k, layer.fan_out, layer.fan_in), out=dx)
     db.copy_(delta.sum(1))
-    if dx is not None:
-        torch.bmm(delta, w.view(k, layer.fan_out, layer.fan_in), out=dx)
 
 
 def runs(values: list) -> list[tuple[int, int, object]]:
@@ -88,11 +91,12 @@ class FusedMLP:
     """The Linear layers of a stack of K plain MLPs, with a forward and backward written by hand.
 
     `sizes` and `linear` come from `relulab.pack.StackedMLP`: how the flat (K, n) parameters
-    split, and each Linear layer's (weight index, bias index, (out, in))."""
+    split, and each Linear layer's (weight index, bias index, (out, in)). `precision`: "ieee" (fp32
+    products) or "tf32"."""
 
     def __init__(self, models: Sequence[SlotNet], sizes: list[int], linear: list[tuple[int, int, tuple]],
-                 device: torch.device, use_triton: Optional[bool] = None):
-        self.sizes = sizes
+                 device: torch.device, use_triton: Optional[bool] = None, precision: str = "ieee"):
+        self.sizes, self.precision = sizes, precision
         placements = [[ACTIVATION_CODES[a] for a in m.placement()] + [0] for m in models]  # classifier: identity
         self.layers = []
         for index, (weight, bias, (fan_out, fan_in)) in enumerate(linear):
@@ -114,7 +118,7 @@ class FusedMLP:
         outputs = [x]
         for layer in self.layers:
             out = x.new_empty(k, batch, layer.fan_out)
-            self._forward(outputs[-1], views[layer.weight], views[layer.bias], layer, out)
+            self._forward(outputs[-1], views[layer.weight], views[layer.bias], layer, out, self.precision)
             outputs.append(out)
         logits = outputs[-1]
         losses = F.cross_entropy(logits.reshape(k * batch, -1), y.reshape(-1), reduction="none").view(k, batch)
@@ -126,6 +130,6 @@ class FusedMLP:
             layer = self.layers[index]
             dx = torch.empty_like(outputs[index]) if index > 0 else None
             self._backward(g, outputs[index + 1], outputs[index], views[layer.weight], layer,
-                           grads[layer.weight], grads[layer.bias], dx)
+                           grads[layer.weight], grads[layer.bias], dx, self.precision)
             g = dx
         return losses.mean(1), logits

@@ -7,7 +7,8 @@ check` compares the two on the GPU.
 Shapes, for K stacked models and a batch of B: activations are contiguous (K, B, width);
 weights, biases and their gradients are views of the stack's flat (K, n) parameter and gradient
 tensors, so model k's block starts at k * row_stride. The products are fp32 FMA
-(`input_precision="ieee"`), not TF32: the same arithmetic as PyTorch's fp32 reference.
+(`input_precision="ieee"`), the same arithmetic as PyTorch's fp32 reference, unless the stack's
+spec asks for "tf32" (tensor cores, inputs rounded to TensorFloat-32).
 """
 from __future__ import annotations
 
@@ -101,25 +102,30 @@ def _block_b(batch: int) -> int:
     return max(16, triton.next_power_of_2(batch))
 
 
-def linear_forward(x, w, b, layer, out) -> None:
+# Block sizes, warps and stages per product precision, as measured fastest on an H100 for seed 001's
+# layers (BENCHMARKS.md, Speed). Backward: software pipelining of its short loop cost 30-50% in fp32.
+FORWARD_CONFIG = {"ieee": dict(BLOCK_OUT=32, BLOCK_IN=64, num_warps=4, num_stages=3),
+                  "tf32": dict(BLOCK_OUT=16, BLOCK_IN=128, num_warps=4, num_stages=1)}
+BACKWARD_CONFIG = {"ieee": dict(BLOCK_OUT=64, BLOCK_IN=32, num_warps=4, num_stages=1),
+                   "tf32": dict(BLOCK_OUT=128, BLOCK_IN=32, num_warps=4, num_stages=1)}
+
+
+def linear_forward(x, w, b, layer, out, precision: str = "ieee") -> None:
     """x (K, B, in) -> out (K, B, out): the fused Linear + activation of every model (`layer`: a fused.Layer)."""
     k, batch, fan_in = x.shape
     fan_out = out.shape[2]
-    # Block sizes and stages as measured fastest on an H100 for seed 001's layers (BENCHMARKS.md, Speed).
-    block_out = 32
-    _forward_kernel[(k, triton.cdiv(fan_out, block_out))](
-        x, w, b, out, layer.codes, batch, fan_in, fan_out, w.stride(0),
-        BLOCK_B=_block_b(batch), BLOCK_OUT=block_out, BLOCK_IN=64, PRECISION="ieee", num_warps=4, num_stages=3)
+    config = FORWARD_CONFIG[precision]
+    _forward_kernel[(k, triton.cdiv(fan_out, config["BLOCK_OUT"]))](
+        x, w, b, out, layer.codes, batch, fan_in, fan_out, w.stride(0), BLOCK_B=_block_b(batch), PRECISION=precision,
+        **config)
 
 
-def linear_backward(g, y, x, w, layer, dw, db, dx) -> None:
+def linear_backward(g, y, x, w, layer, dw, db, dx, precision: str = "ieee") -> None:
     """Writes dw, db (views of the flat gradient) and, unless dx is None, dx (K, B, in)."""
     k, batch, fan_in = x.shape
     fan_out = y.shape[2]
     assert dw.stride(0) == w.stride(0) == db.stride(0)  # all views of (K, n) tensors of one n
-    block_in = 32
-    _backward_kernel[(k, triton.cdiv(fan_in, block_in))](
+    config = BACKWARD_CONFIG[precision]
+    _backward_kernel[(k, triton.cdiv(fan_in, config["BLOCK_IN"]))](
         g, y, x, w, layer.codes, dw, db, dx if dx is not None else x, batch, fan_in, fan_out, w.stride(0),
-        BLOCK_B=_block_b(batch), BLOCK_OUT=64, BLOCK_IN=block_in, WRITE_DX=dx is not None, PRECISION="ieee",
-        num_warps=4, num_stages=1)  # software pipelining of this short loop cost 30-50%
-
+        BLOCK_B=_block_b(batch), WRITE_DX=dx is not None, PRECISION=precision, **config)

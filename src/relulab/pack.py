@@ -41,10 +41,11 @@ from torch import nn
 
 from . import fused
 from .data import Splits
-from .env import provenance
+from .env import matmul_precision, provenance
 from .models import Slot, SlotNet, keras_param_count
 from .optim import kernel_weights, weight_penalty
-from .train import EpochRecord, History, Job, RunResult, autocast_dtype, build_for, epoch_batches, evaluate
+from .train import (EpochRecord, History, Job, RunResult, autocast_dtype, build_for, epoch_batches, evaluate,
+                    float32_products)
 
 PACKABLE_MODELS = ("deep-mlp", "bn-mlp")
 PACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
@@ -60,7 +61,7 @@ def stack_key(job: Job) -> Optional[tuple]:
         return None
     if fused.fusable(job):
         return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum, spec.train.l1,
-                spec.train.l2)
+                spec.train.l2, float32_products(spec))
     if any(a.startswith("prelu") for a in [spec.model.activation, *spec.model.slots.values()]):
         return None  # PReLU has its own parameter per model
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
@@ -400,6 +401,7 @@ class _Unit:
     def __init__(self, jobs: Sequence[Job], models: list[SlotNet], device: torch.device):
         self.jobs, self.models = list(jobs), models
         self.amp = [autocast_dtype(job.spec, device) for job in jobs]
+        self.products = float32_products(jobs[0].spec)  # one for the unit: precision is part of stack_key
         self.totals = (torch.zeros(len(jobs), device=device), torch.zeros(len(jobs), device=device))
         self.steps: dict[int, _GraphedStep] = {}
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -408,18 +410,21 @@ class _Unit:
     def capture(self) -> None:
         pool = None  # one memory pool per unit: graphs on different streams may run at once
         for step in self.steps.values():
-            step.capture(pool, self.stream)
+            with matmul_precision(self.products):  # the graph keeps the kernels chosen now
+                step.capture(pool, self.stream)
             pool = step.graph.pool()
 
     def step(self, order: torch.Tensor, start: int, stop: int) -> None:
         index = order[:, start:stop] if self.stack is not None else order[0, start:stop]
-        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext(), \
+                matmul_precision(self.products):
             self.steps[stop - start](index)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[float, float]]:
-        if self.stack is not None:
-            return list(zip(*_evaluate_stack(self.stack, x, y, batch, self.amp[0])))
-        return [evaluate(self.models[0], x, y, batch, self.amp[0])]
+        with matmul_precision(self.products):
+            if self.stack is not None:
+                return list(zip(*_evaluate_stack(self.stack, x, y, batch, self.amp[0])))
+            return [evaluate(self.models[0], x, y, batch, self.amp[0])]
 
     def finish(self) -> None:
         if self.stack is not None:
@@ -432,7 +437,7 @@ def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
     step = _PackStep
     if fused.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
         linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
-        unit.stack.fused = fused.FusedMLP(unit.models, unit.stack.sizes, linear, device)
+        unit.stack.fused = fused.FusedMLP(unit.models, unit.stack.sizes, linear, device, precision=unit.products)
         step = _FusedPackStep
     optimizer = StackedOptimizer(unit.stack.params, jobs)
     x = splits.x_train.flatten(1)

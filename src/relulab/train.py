@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataSpec, Splits, load_data
-from .env import provenance, resolve_device, seed_everything
+from .env import matmul_precision, provenance, resolve_device, seed_everything
 from .errors import UserError
 from .models import ModelSpec, SlotNet, build_model, keras_param_count
 from .optim import OptimizerSpec, build_optimizer, kernel_weights, weight_penalty
@@ -42,7 +42,9 @@ class TrainSpec:
     l1: float = 0.0  # Keras-style kernel penalties, added to the loss
     l2: float = 0.0
     eval_batch_size: int = 2048
-    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 for conv models on CUDA, else fp32
+    # fp32 | tf32 (float32 values, TensorFloat-32 matrix products: what JAX and Keras 3 do on A100/H100 by
+    # default) | bf16 (autocast) | auto: bf16 for conv models on CUDA, else fp32
+    precision: str = "auto"
 
     def validate(self, prefix: str = "train") -> "TrainSpec":
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -59,7 +61,7 @@ class TrainSpec:
         return self
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 CONV_MODELS = ("seed-cnn",)
 
 
@@ -70,6 +72,12 @@ def autocast_dtype(spec: "RunSpec", device: torch.device) -> Optional[torch.dtyp
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and spec.model.name in CONV_MODELS else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def float32_products(spec: "RunSpec") -> str:
+    """How float32 matrix products are computed: "tf32" (TensorFloat-32 tensor cores: inputs rounded to 10
+    mantissa bits, fp32 sums) where the spec asks for it, else "ieee" (full fp32, PyTorch's default)."""
+    return "tf32" if spec.train.precision == "tf32" else "ieee"
 
 
 @dataclass
@@ -291,7 +299,8 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     if splits.x_train.device != device:
         splits = splits.to(device)
     model = build_for(spec, splits, seed, device)
-    history = train_model(model, splits, spec.train, seed, callbacks, autocast_dtype(spec, device))
+    with matmul_precision(float32_products(spec)):
+        history = train_model(model, splits, spec.train, seed, callbacks, autocast_dtype(spec, device))
     return RunResult(spec, seed, history, keras_param_count(model), splits.summary(), provenance(device), model)
 
 

@@ -171,6 +171,7 @@ TRAIN_OPTIONS = {
     "--l2": st.sampled_from(["-1", "nan", "inf", "x"]),
     "--epochs": st.sampled_from(["0", "-3", "x"]),
     "--batch-size": st.sampled_from(["0", "-3", "x"]),
+    "--precision": UNKNOWN_NAME.filter(lambda v: isinstance(v, str) and v not in ("auto", "fp32", "tf32", "bf16")),
     "--device": st.text(min_size=1, max_size=6).map(lambda s: f"tpu{s}"),
 }
 

@@ -53,6 +53,8 @@ def train(
     flavour: str = typer.Option("torch", help="Optimizer defaults: torch or keras (Keras 3's exact update rules)."),
     l1: float = typer.Option(0.0, help="L1 kernel penalty (Keras-style, added to the loss)."),
     l2: float = typer.Option(0.0, help="L2 kernel penalty (Keras-style, added to the loss)."),
+    precision: str = typer.Option("auto", help="auto (bf16 for convolutions on CUDA, else fp32), fp32, tf32 "
+                                  "(TensorFloat-32 matrix products on CUDA, as JAX/Keras 3 use) or bf16."),
     seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed; repeat for several runs."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -66,7 +68,7 @@ def train(
         data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
         model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
                         batchnorm, bn_flavour),
-        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2),
+        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2, precision=precision),
     )
     with option_names(OPTION_NAMES):
         spec.validate()
@@ -99,7 +101,7 @@ OPTION_NAMES = {
     "model.name": "--model", "model.activation": "--activation", "model.init": "--init",
     "model.bias_init": "--bias-init", "model.output_init": "--output-init", "model.widths": "--widths",
     "model.bn_flavour": "--bn-flavour", "model.slots": "--slot/--off", "train.epochs": "--epochs",
-    "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2",
+    "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2", "train.precision": "--precision",
     "train.optimizer.name": "--optimizer", "train.optimizer.lr": "--lr", "train.optimizer.flavour": "--flavour",
 }
 
