@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 
 from relulab.data import DataSpec, load_data
+from relulab.errors import UserError
 from relulab.models import ModelSpec
 from relulab.optim import OptimizerSpec
 from relulab.train import Callback, RunSpec, TrainSpec, epoch_batches, run
@@ -72,18 +74,18 @@ def test_a_last_batch_of_one_is_dropped():
     assert epoch_batches(1, 3) == [(0, 1)]
 
 
+def _tiny_spec(precision: str) -> RunSpec:
+    return RunSpec(DataSpec(), ModelSpec("deep-mlp", widths=[16, 16]),
+                   TrainSpec(1, 32, OptimizerSpec("sgd", lr=0.05), precision=precision))
+
+
 def test_precision_tf32_is_accepted_and_changes_nothing_on_the_cpu():
     # TF32 is a tensor-core format of CUDA GPUs; on the CPU float32 products stay full fp32.
-    spec = lambda precision: RunSpec(DataSpec(), ModelSpec("deep-mlp", widths=[16, 16]),
-                                     TrainSpec(1, 32, OptimizerSpec("sgd", lr=0.05), precision=precision))
-    exact, tf32 = run(spec("fp32"), 0, "cpu"), run(spec("tf32"), 0, "cpu")
+    exact, tf32 = run(_tiny_spec("fp32"), 0, "cpu"), run(_tiny_spec("tf32"), 0, "cpu")
     assert exact.history.epochs[0].val_loss == tf32.history.epochs[0].val_loss
     assert torch.backends.cuda.matmul.fp32_precision == "none"  # the setting is restored after the run
 
 
 def test_an_unknown_precision_names_the_field_and_the_choices():
-    import pytest
-    from relulab.errors import UserError
-
     with pytest.raises(UserError, match=r"train\.precision: expected one of auto, fp32, tf32, bf16, got 'fp16'"):
         TrainSpec(precision="fp16").validate()
