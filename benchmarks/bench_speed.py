@@ -15,7 +15,10 @@ Parts (each prints JSON lines; a summary table comes last):
             autograd, as before the fused step) and each --mlp-precisions (fp32, tf32); wall time,
             validation accuracy per model; then one deep-mlp alone the same way.
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
-- cnn:      seed-cnn on CIFAR-10 JPEG, one model alone, then a pack of CNN_PACK models side by side.
+- cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
+            with the step compiled (--cnn-compile on), not (off), or both (off,on).
+- cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
+            what compiling (once per placement) costs in the first epoch.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
 - matmul:   the chip's measured bf16 rate (8192^3 matrix product), for the TFLOP/s comparison.
 """
@@ -31,6 +34,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -127,24 +131,56 @@ def cnn_flops_per_image(input_shape=(3, 32, 32)) -> float:
     return 3.0 * flops
 
 
-def part_cnn(args, out, device):
+def cnn_spec(data: DataSpec, epochs: int, compile: Optional[bool], slots: Optional[dict] = None) -> RunSpec:
+    return RunSpec(data, ModelSpec("seed-cnn", slots=dict(slots or {})),
+                   TrainSpec(epochs, 128, OptimizerSpec("adam", flavour="keras"), compile=compile))
+
+
+def load_cifar(args, out, device):
     data = DataSpec("cifar10", path=args.cifar, split="test")
     started = time.perf_counter()
     splits = load_data(data).to(device)
     emit(out, {"part": "cnn-load", "seconds": round(time.perf_counter() - started, 1)})
+    return data, splits
+
+
+def part_cnn(args, out, device):
+    """seed-cnn packs of each --cnn-pack size, with the step compiled or not (--cnn-compile), on CIFAR-10."""
+    data, splits = load_cifar(args, out, device)
     flops_epoch = cnn_flops_per_image() * len(splits.y_train)
-    spec = RunSpec(data, ModelSpec("seed-cnn"), TrainSpec(args.cnn_epochs, 128, OptimizerSpec("adam", flavour="keras")))
-    for pack in [1] + [int(p) for p in args.cnn_pack.split(",")]:
-        jobs = [Job(spec, seed, key="all-relu") for seed in range(pack)]
+    for compiled in [{"on": True, "off": False, "auto": None}[c] for c in args.cnn_compile.split(",")]:
+        for pack in [int(p) for p in args.cnn_pack.split(",")]:
+            jobs = [Job(cnn_spec(data, args.cnn_epochs, compiled), seed, key="all-relu") for seed in range(pack)]
+            wall, results = run_jobs(jobs, splits, device)
+            # Per-epoch times after the first (which includes compiling and graph capture), summed over the pack.
+            steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
+                                       for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
+            emit(out, {"part": "cnn", "pack": pack, "compiled": results[0][1].data["compiled"], "epochs": args.cnn_epochs,
+                       "wall_s": round(wall, 2),
+                       "first_epoch_s_for_pack": round(sum(r.history.epochs[0].seconds for _, r in results), 2),
+                       "steady_epoch_s_for_pack": steady and round(steady, 3),
+                       "steady_model_epochs_per_s": steady and round(pack / steady, 3),
+                       "tflops": steady and round(pack * flops_epoch / steady / 1e12, 1),
+                       "best_val_acc": [round(r.history.best_val_acc, 4) for _, r in results],
+                       "final_val_acc": [round(r.history.final_val_acc, 4) for _, r in results]})
+
+
+SEED000_PLACEMENTS = {"all-relu": {}, "off-2": {2: "identity"}, "off-2-3": {2: "identity", 3: "identity"},
+                      "off-7": {7: "identity"}, "off-7-10": {7: "identity", 10: "identity"},
+                      "no-activation": {i: "identity" for i in range(1, 11)}}
+
+
+def part_cnn_placements(args, out, device):
+    """What compiling costs: seed 000's six placements, one seed each, trained together with and without
+    compiling; the first epoch holds the compilations (one per placement) and the graph captures."""
+    data, splits = load_cifar(args, out, device)
+    for compiled in (False, True):
+        jobs = [Job(cnn_spec(data, 2, compiled, slots), 0, key=name) for name, slots in SEED000_PLACEMENTS.items()]
         wall, results = run_jobs(jobs, splits, device)
-        # Per-epoch times after the first (which includes graph capture), summed over the pack.
-        steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
-                                   for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
-        emit(out, {"part": "cnn", "pack": pack, "epochs": args.cnn_epochs, "wall_s": round(wall, 2),
-                   "steady_epoch_s_for_pack": steady and round(steady, 3),
-                   "steady_model_epochs_per_s": steady and round(pack / steady, 3),
-                   "tflops": steady and round(pack * flops_epoch / steady / 1e12, 1),
-                   "val_acc": [[round(e.val_acc, 4) for e in r.history.epochs] for _, r in results]})
+        emit(out, {"part": "cnn-placements", "compiled": results[0][1].data["compiled"], "models": len(jobs),
+                   "wall_s": round(wall, 2),
+                   "epoch_s_for_pack": [round(sum(r.history.epochs[e].seconds for _, r in results), 2)
+                                        for e in range(2)]})
 
 
 def part_check(args, out, device):
@@ -244,7 +280,8 @@ def main():
     parser.add_argument("--mlp-paths", default="fused", help="fused, autograd, or both: fused,autograd")
     parser.add_argument("--mlp-precisions", default="fp32", help="train.precision of the MLPs: fp32, tf32 or fp32,tf32")
     parser.add_argument("--cnn-epochs", type=int, default=4)
-    parser.add_argument("--cnn-pack", default="4,8")
+    parser.add_argument("--cnn-pack", default="1,4,8", help="pack sizes to time, e.g. 1,8")
+    parser.add_argument("--cnn-compile", default="auto", help="auto, off, on, or off,on: torch.compile the CNN step (train.compile)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +296,7 @@ def main():
         "peer-mlp": lambda: run_peer(args, out, "keras_seed001.py", [args.fashion, str(args.mlp_epochs), "0"],
                                      "peer-mlp"),
         "cnn": lambda: part_cnn(args, out, device),
+        "cnn-placements": lambda: part_cnn_placements(args, out, device),
         "peer-cnn": lambda: run_peer(args, out, "keras_seed000.py", [args.cifar, str(args.cnn_epochs), "0:all"],
                                      "peer-cnn"),
     }

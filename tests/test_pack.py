@@ -70,6 +70,56 @@ def test_any_model_trained_together_equals_separate_runs():
             assert p.train_loss == pytest.approx(s.train_loss, abs=1e-3)
 
 
+def _cnn_jobs(compile, epochs=2, seeds=(0, 1), slots=None):
+    data = DataSpec(image_size=32, train_size=160)
+    return [Job(RunSpec(data, ModelSpec("seed-cnn", widths=[8] * 9, slots=dict(slots or {})),
+                        TrainSpec(epochs, 64, OptimizerSpec("adam", flavour="keras"), compile=compile)), s)
+            for s in seeds]
+
+
+def test_a_compiled_step_trains_as_the_uncompiled_one(monkeypatch):
+    # A backend that records what it is given and runs the traced graph as is: this checks relulab's use of
+    # torch.compile (which step, which shapes, same training) without needing a C++ or Triton compiler.
+    traced = []
+
+    def recording_backend(graph, example_inputs):
+        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
+    splits = load_data(DataSpec(image_size=32, train_size=160))
+    try:
+        compiled = pack.train_together(_cnn_jobs(True), splits, CPU)
+    finally:
+        torch._dynamo.reset()
+    plain = pack.train_together(_cnn_jobs(False), splits, CPU)
+    assert traced, "torch.compile never traced the step"
+    # Only the full batch (64) is compiled; the epoch's short last batch (32 of 160) runs uncompiled.
+    assert all((64, 1, 32, 32) in shapes and (32, 1, 32, 32) not in shapes for shapes in traced)
+    for c, p in zip(compiled, plain):
+        assert c.data["compiled"] is True and p.data["compiled"] is False
+        for a, b in zip(c.history.epochs, p.history.epochs):
+            assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5)
+            assert a.val_loss == pytest.approx(b.val_loss, abs=1e-5)
+
+
+def test_compiling_is_chosen_where_enough_model_epochs_share_a_graph():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    needed = pack.COMPILE_MIN_MODEL_EPOCHS
+    short = _cnn_jobs(None, epochs=needed // 4, seeds=range(3))
+    assert not any(pack.compiles(job, short, cuda) for job in short)  # 3 x 50 model-epochs: not worth it
+    enough = _cnn_jobs(None, epochs=needed // 4, seeds=range(4))
+    assert all(pack.compiles(job, enough, cuda) for job in enough)
+    mixed = enough[:2] + _cnn_jobs(None, epochs=needed // 4, seeds=range(2), slots={7: "identity"})
+    assert not any(pack.compiles(job, mixed, cuda) for job in mixed)  # two placements: two graphs of 100
+    assert not pack.compiles(enough[0], enough, CPU)  # the CPU gains little and may lack a compiler
+    assert pack.compiles(_cnn_jobs(True, epochs=1)[0], [], CPU)  # train.compile says so
+    assert not pack.compiles(_cnn_jobs(False)[0], enough, cuda)
+    mlps = [_job(s, epochs=needed) for s in range(4)]
+    assert not pack.compiles(mlps[0], mlps, cuda)  # stacks have their own kernels
+
+
 def test_one_diverging_model_does_not_spoil_its_pack(digits):
     jobs = [_job(0, lr=0.01), _job(1, lr=1e6, epochs=3), _job(2, lr=0.01)]
     jobs[0].spec.train.epochs = jobs[2].spec.train.epochs = 3
@@ -134,6 +184,7 @@ def test_the_fused_gradient_equals_autograd():
 
 
 def test_tf32_and_fp32_jobs_never_share_a_stack():
-    exact, tf32 = _job(0), _job(1)
-    tf32.spec.train.precision = "tf32"
+    exact, tf32, auto = _job(0), _job(1), _job(2)
+    exact.spec.train.precision, tf32.spec.train.precision = "fp32", "tf32"
     assert fused.fusable(tf32) and pack.stack_key(exact) != pack.stack_key(tf32)
+    assert pack.stack_key(auto) == pack.stack_key(tf32)  # auto means TF32 products for MLPs on CUDA

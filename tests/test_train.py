@@ -7,7 +7,7 @@ from relulab.data import DataSpec, load_data
 from relulab.errors import UserError
 from relulab.models import ModelSpec
 from relulab.optim import OptimizerSpec
-from relulab.train import Callback, RunSpec, TrainSpec, epoch_batches, run
+from relulab.train import Callback, RunSpec, TrainSpec, arithmetic, epoch_batches, run
 
 SMALL = ModelSpec("deep-mlp", widths=[32, 32], init="he_normal")
 
@@ -89,3 +89,20 @@ def test_precision_tf32_is_accepted_and_changes_nothing_on_the_cpu():
 def test_an_unknown_precision_names_the_field_and_the_choices():
     with pytest.raises(UserError, match=r"train\.precision: expected one of auto, fp32, tf32, bf16, got 'fp16'"):
         TrainSpec(precision="fp16").validate()
+
+
+def test_arithmetic_says_what_a_run_computed_in():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: nothing runs on them
+    cnn = RunSpec(DataSpec(image_size=32), ModelSpec("seed-cnn"), TrainSpec())
+    assert arithmetic(_tiny_spec("auto"), cuda) == "tf32"  # JAX's (and so the Keras peers') default on A100/H100
+    assert arithmetic(_tiny_spec("fp32"), cuda) == "fp32"
+    assert arithmetic(cnn, cuda) == "bf16"
+    assert arithmetic(_tiny_spec("auto"), cpu) == arithmetic(cnn, cpu) == "fp32"
+    assert arithmetic(_tiny_spec("bf16"), cpu) == "bf16"
+
+
+def test_train_compile_takes_true_false_or_null():
+    with pytest.raises(UserError, match=r"train\.compile: expected true, false or null \(auto\), got 'yes'"):
+        TrainSpec(compile="yes").validate()
+    assert TrainSpec(compile=True).validate().compile is True
+

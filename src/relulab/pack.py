@@ -44,8 +44,8 @@ from .data import Splits
 from .env import matmul_precision, provenance
 from .models import Slot, SlotNet, keras_param_count
 from .optim import kernel_weights, weight_penalty
-from .train import (EpochRecord, History, Job, RunResult, autocast_dtype, build_for, epoch_batches, evaluate,
-                    float32_products)
+from .train import (CONV_MODELS, EpochRecord, History, Job, RunResult, arithmetic, autocast_dtype, build_for,
+                    epoch_batches, evaluate, float32_products)
 
 PACKABLE_MODELS = ("deep-mlp", "bn-mlp")
 PACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
@@ -362,11 +362,15 @@ def flatten_parameters(model: nn.Module) -> torch.Tensor:
 
 
 class _ModelStep(_GraphedStep):
-    """One training step of one ordinary model (any architecture), with bf16 autocast if asked."""
+    """One training step of one ordinary model (any architecture), with bf16 autocast if asked, and its
+    forward (and so backward) compiled by torch.compile if `compiled`."""
 
     def __init__(self, model: nn.Module, flat: torch.Tensor, optimizer: StackedOptimizer, x, y, batch: int,
-                 job: Job, totals: tuple[torch.Tensor, torch.Tensor], slot: int, amp: Optional[torch.dtype]):
+                 job: Job, totals: tuple[torch.Tensor, torch.Tensor], slot: int, amp: Optional[torch.dtype],
+                 compiled: bool = False):
         self.model, self.flat, self.optimizer, self.x, self.y, self.amp = model, flat, optimizer, x, y, amp
+        # The compiled module shares the model's parameters; it is traced on the first (warm-up) step.
+        self.forward = torch.compile(model, backend=COMPILE_BACKEND) if compiled else model
         self.params = list(model.parameters())
         self.kernels = kernel_weights(model)
         self.l1, self.l2 = job.spec.train.l1, job.spec.train.l2
@@ -382,7 +386,7 @@ class _ModelStep(_GraphedStep):
         if xb.dim() == 4 and xb.is_cuda:
             xb = xb.contiguous(memory_format=torch.channels_last)  # what cuDNN's fastest bf16 kernels want
         with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            logits = self.model(xb)
+            logits = self.forward(xb)
         loss = F.cross_entropy(logits.float(), yb)
         total = loss + weight_penalty(self.kernels, self.l1, self.l2) if (self.l1 or self.l2) else loss
         grads = torch.autograd.grad(total, self.params)
@@ -406,6 +410,7 @@ class _Unit:
         self.steps: dict[int, _GraphedStep] = {}
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.stack: Optional[StackedMLP] = None
+        self.compiled = False  # whether the unit's full-batch step went through torch.compile
 
     def capture(self) -> None:
         pool = None  # one memory pool per unit: graphs on different streams may run at once
@@ -445,13 +450,35 @@ def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
     return unit
 
 
-def _model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
+def _model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int], compiled: bool = False) -> _Unit:
+    """One model's unit; with `compiled`, its full-batch step is compiled (the epoch's one short last batch
+    runs uncompiled rather than pay a second compilation for another shape)."""
     unit = _Unit([job], [build_for(job.spec, splits, job.seed, device)], device)
     flat = flatten_parameters(unit.models[0])
     optimizer = StackedOptimizer(flat, [job])
     unit.steps = {size: _ModelStep(unit.models[0], flat, optimizer, splits.x_train, splits.y_train, size, job,
-                                   unit.totals, 0, unit.amp[0]) for size in sizes}
+                                   unit.totals, 0, unit.amp[0], compiled and size == max(sizes)) for size in sizes}
+    unit.compiled = compiled
     return unit
+
+
+# torch.compile (Inductor) fuses each conv model's batch norm, activation, pooling and bias-gradient kernels:
+# on an H100, seed-cnn's graphed step went from 2.22 to 1.64 ms alone, and from 11.9 to 9.1 ms for 8 models
+# side by side (BENCHMARKS.md). Compiling costs about 20 s for each distinct model (slot placement) with a
+# cold cache, and saves about 0.13 s a model-epoch in a pack, so by default (train.compile unset) it is used
+# where at least this many model-epochs share one placement.
+COMPILE_MIN_MODEL_EPOCHS = 200
+COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which needs no C++ or Triton compiler
+
+
+def compiles(job: Job, group: Sequence[Job], device: torch.device) -> bool:
+    """Whether `job`'s step (an unstacked model's) is compiled when it trains with `group`."""
+    if job.spec.train.compile is not None:
+        return job.spec.train.compile
+    if device.type != "cuda" or job.spec.model.name not in CONV_MODELS:
+        return False
+    same_graph = sum(1 for other in group if other.spec.model == job.spec.model)
+    return same_graph * job.spec.train.epochs >= COMPILE_MIN_MODEL_EPOCHS
 
 
 # Models to a stack when the caller does not say. The fused step costs the same number of kernels
@@ -470,7 +497,7 @@ def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
     for job in jobs:
         key = stack_key(job)
         if key is None:
-            units.append(_model_unit(job, splits, device, sizes))
+            units.append(_model_unit(job, splits, device, sizes, compiles(job, jobs, device)))
         else:
             stacks.setdefault(key, []).append(job)
     for members in stacks.values():
@@ -505,7 +532,8 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
         for job, model, history, test in zip(unit.jobs, unit.models, histories[id(unit)], tests):
             if history.diverged_at is None:
                 history.test_loss, history.test_acc = test
-            data = {**splits.summary(), "trained_with": len(jobs)}
+            data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
+                    "compiled": unit.compiled}
             by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model)
     return [by_job[id(job)] for job in jobs]
 

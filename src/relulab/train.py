@@ -43,8 +43,11 @@ class TrainSpec:
     l2: float = 0.0
     eval_batch_size: int = 2048
     # fp32 | tf32 (float32 values, TensorFloat-32 matrix products: what JAX and Keras 3 do on A100/H100 by
-    # default) | bf16 (autocast) | auto: bf16 for conv models on CUDA, else fp32
+    # default) | bf16 (autocast) | auto: bf16 for conv models on CUDA, else tf32 (on the CPU both mean fp32)
     precision: str = "auto"
+    # torch.compile the training step of unstacked models (the conv models): true | false | None (auto:
+    # where enough model-epochs share one compiled graph to pay for compiling it; see pack.compiles)
+    compile: Optional[bool] = None
 
     def validate(self, prefix: str = "train") -> "TrainSpec":
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -57,6 +60,8 @@ class TrainSpec:
                 raise UserError(f"{prefix}.{key}: expected a number >= 0, got {value!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"{prefix}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise UserError(f"{prefix}.compile: expected true, false or null (auto), got {self.compile!r}")
         self.optimizer.validate(f"{prefix}.optimizer")
         return self
 
@@ -75,9 +80,18 @@ def autocast_dtype(spec: "RunSpec", device: torch.device) -> Optional[torch.dtyp
 
 
 def float32_products(spec: "RunSpec") -> str:
-    """How float32 matrix products are computed: "tf32" (TensorFloat-32 tensor cores: inputs rounded to 10
-    mantissa bits, fp32 sums) where the spec asks for it, else "ieee" (full fp32, PyTorch's default)."""
-    return "tf32" if spec.train.precision == "tf32" else "ieee"
+    """How float32 matrix products are computed on CUDA: "tf32" (TensorFloat-32 tensor cores: inputs rounded
+    to 10 mantissa bits, fp32 sums) for tf32 and auto, else "ieee" (full fp32). auto follows JAX, whose
+    default this is on A100/H100, so the Keras peers train this way too; on seed 001 it kept accuracy within
+    seed noise of fp32 (BENCHMARKS.md). CPU products are full fp32 whatever this says."""
+    return "tf32" if spec.train.precision in ("tf32", "auto") else "ieee"
+
+
+def arithmetic(spec: "RunSpec", device: torch.device) -> str:
+    """What a run's arithmetic actually was on `device`, for its provenance: bf16, tf32 or fp32."""
+    if autocast_dtype(spec, device) is not None:
+        return "bf16"
+    return "tf32" if device.type == "cuda" and float32_products(spec) == "tf32" else "fp32"
 
 
 @dataclass
@@ -301,7 +315,8 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     model = build_for(spec, splits, seed, device)
     with matmul_precision(float32_products(spec)):
         history = train_model(model, splits, spec.train, seed, callbacks, autocast_dtype(spec, device))
-    return RunResult(spec, seed, history, keras_param_count(model), splits.summary(), provenance(device), model)
+    data = {**splits.summary(), "arithmetic": arithmetic(spec, device), "compiled": False}
+    return RunResult(spec, seed, history, keras_param_count(model), data, provenance(device), model)
 
 
 @dataclass

@@ -53,8 +53,8 @@ def train(
     flavour: str = typer.Option("torch", help="Optimizer defaults: torch or keras (Keras 3's exact update rules)."),
     l1: float = typer.Option(0.0, help="L1 kernel penalty (Keras-style, added to the loss)."),
     l2: float = typer.Option(0.0, help="L2 kernel penalty (Keras-style, added to the loss)."),
-    precision: str = typer.Option("auto", help="auto (bf16 for convolutions on CUDA, else fp32), fp32, tf32 "
-                                  "(TensorFloat-32 matrix products on CUDA, as JAX/Keras 3 use) or bf16."),
+    precision: str = typer.Option("auto", help="auto (on CUDA: bf16 for convolutions, else TensorFloat-32 matrix "
+                                  "products, as JAX/Keras 3 use; on the CPU: fp32), fp32, tf32 or bf16."),
     seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed; repeat for several runs."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),

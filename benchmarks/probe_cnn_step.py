@@ -1,0 +1,134 @@
+"""Probe of one seed-cnn training step on the GPU: where its time goes, and which switches pay.
+
+Random CIFAR-shaped data (timing only), relulab's own graphed step (`pack._model_unit`), packs of
+models side by side on streams as `train_together` runs them. Run from the repository root:
+
+    OUT=out python benchmarks/probe_cnn_step.py profile base bench compile   # eager profile, plain, cudnn.benchmark, compiled
+    OUT=out python benchmarks/probe_cnn_step.py cprof c16 autotune           # compiled profile, packs 16/4, max-autotune
+
+Writes probe_cnn.jsonl and profile_*.txt (PyTorch profiler tables) under $OUT. The numbers it gave are
+in BENCHMARKS.md ("New defaults").
+"""
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, "src")
+from relulab import pack
+from relulab.data import DataSpec
+from relulab.models import ModelSpec
+from relulab.optim import OptimizerSpec
+from relulab.train import Job, RunSpec, TrainSpec, evaluate
+
+T0 = time.perf_counter()
+OUT = os.environ.get("OUT", ".")
+dev = torch.device("cuda")
+N = 50000
+x = torch.rand(N, 3, 32, 32, device=dev)
+y = torch.randint(0, 10, (N,), device=dev)
+splits = SimpleNamespace(x_train=x, y_train=y, input_shape=(3, 32, 32), num_classes=10)
+spec = RunSpec(DataSpec("cifar10"), ModelSpec("seed-cnn"), TrainSpec(3, 128, OptimizerSpec("adam", flavour="keras")))
+FLOP_IMG = 1.14e9
+STEPS_EPOCH = 391
+
+
+def emit(rec):
+    rec["t"] = round(time.perf_counter() - T0, 1)
+    print(json.dumps(rec), flush=True)
+    with open(f"{OUT}/probe_cnn.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def measure(name, k, compile_mode=None, steps=60):
+    units = [pack._model_unit(Job(spec, s), splits, dev, [128]) for s in range(k)]
+    if compile_mode:
+        for u in units:
+            u.steps[128].model = torch.compile(u.models[0], mode=compile_mode)
+    c0 = time.perf_counter()
+    for u in units:
+        u.capture()
+    torch.cuda.synchronize()
+    capture = time.perf_counter() - c0
+    order = torch.stack([torch.randperm(N, device=dev) for _ in range(1)])
+    for i in range(10):
+        for u in units:
+            u.step(order, i * 128, i * 128 + 128)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(steps):
+        for u in units:
+            u.step(order, i * 128, i * 128 + 128)
+    for u in units:
+        torch.cuda.current_stream().wait_stream(u.stream)
+    torch.cuda.synchronize()
+    per_step = (time.perf_counter() - t) / steps
+    mes = k / (per_step * STEPS_EPOCH)
+    emit({"variant": name, "pack": k, "step_ms": round(per_step * 1e3, 3), "model_epochs_s": round(mes, 3),
+          "tflops": round(mes * N * FLOP_IMG / 1e12, 1), "capture_s": round(capture, 1)})
+    return units
+
+
+def profile_one(compile_mode=None, tag="eager"):
+    unit = pack._model_unit(Job(spec, 0), splits, dev, [128])
+    step = unit.steps[128]
+    if compile_mode:
+        step.model = torch.compile(unit.models[0], mode=compile_mode)
+    idx = torch.randperm(N, device=dev)[:128]
+    for _ in range(5):
+        step(idx)
+    torch.cuda.synchronize()
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step(idx)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    print(table, flush=True)
+    with open(f"{OUT}/profile_{tag}.txt", "w") as f:
+        f.write(table)
+
+
+def eval_time(units):
+    m = units[0].models[0]
+    xv = x[:10000]
+    yv = y[:10000]
+    evaluate(m, xv, yv, 2048, torch.bfloat16)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(3):
+        evaluate(m, xv, yv, 2048, torch.bfloat16)
+    emit({"variant": "eval-10k", "seconds": round((time.perf_counter() - t) / 3, 4)})
+
+
+which = sys.argv[1:] or ["profile", "base", "bench", "compile"]
+if "profile" in which:
+    profile_one()
+if "base" in which:
+    us = measure("base", 1)
+    eval_time(us)
+    measure("base", 8)
+if "bench" in which:
+    torch.backends.cudnn.benchmark = True
+    us = measure("cudnn.benchmark", 1)
+    eval_time(us)
+    measure("cudnn.benchmark", 8)
+    measure("cudnn.benchmark", 16)
+if "compile" in which:
+    torch.backends.cudnn.benchmark = True
+    measure("compile-default", 1, "default")
+    measure("compile-default", 8, "default")
+if "cprof" in which:
+    profile_one("default", "compiled")
+if "c16" in which:
+    measure("compile-default", 16, "default")
+    measure("compile-default", 4, "default")
+if "autotune" in which and time.perf_counter() - T0 < 300:
+    import torch._inductor.config as ic
+    ic.max_autotune_conv_backends = "ATEN,TRITON"
+    measure("compile-max-autotune-no-cg", 1, "max-autotune-no-cudagraphs")
+    measure("compile-max-autotune-no-cg", 8, "max-autotune-no-cudagraphs")
+    profile_one("max-autotune-no-cudagraphs", "autotune")
