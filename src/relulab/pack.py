@@ -464,11 +464,11 @@ def _model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int]
 
 # torch.compile (Inductor) fuses each conv model's batch norm, activation, pooling and bias-gradient kernels:
 # on an H100, seed-cnn's graphed step went from 2.22 to 1.64 ms alone, and from 11.9 to 9.1 ms for 8 models
-# side by side (BENCHMARKS.md). Compiling costs about 20 s for each distinct model (slot placement) with a
-# cold cache, and saves about 0.13 s a model-epoch in a pack, so by default (train.compile unset) it is used
+# side by side (BENCHMARKS.md). Compiling costs 12-25 s for each distinct model (slot placement; 25 s with a
+# cold cache) and saves about 0.13 s a model-epoch in a pack, so by default (train.compile unset) it is used
 # where at least this many model-epochs share one placement.
 COMPILE_MIN_MODEL_EPOCHS = 200
-COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which needs no C++ or Triton compiler
+COMPILE_BACKEND = "inductor"  # a test swaps in a recording backend, which needs no C++ or Triton compiler
 
 
 def compiles(job: Job, group: Sequence[Job], device: torch.device) -> bool:

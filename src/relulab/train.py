@@ -88,7 +88,7 @@ def float32_products(spec: "RunSpec") -> str:
 
 
 def arithmetic(spec: "RunSpec", device: torch.device) -> str:
-    """What a run's arithmetic actually was on `device`, for its provenance: bf16, tf32 or fp32."""
+    """What a run's arithmetic actually was on `device` (bf16, tf32 or fp32), recorded in its result's data."""
     if autocast_dtype(spec, device) is not None:
         return "bf16"
     return "tf32" if device.type == "cuda" and float32_products(spec) == "tf32" else "fp32"
