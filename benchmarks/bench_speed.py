@@ -18,7 +18,7 @@ Parts (each prints JSON lines; a summary table comes last):
 - cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
             with the step compiled (--cnn-compile on), not (off), or both (off,on).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
-            what compiling (once per placement) costs in the first epoch.
+            what compiling (once per placement, before the first epoch) adds to the wall time.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
 - matmul:   the chip's measured bf16 rate (8192^3 matrix product), for the TFLOP/s comparison.
 """
@@ -152,7 +152,8 @@ def part_cnn(args, out, device):
         for pack in [int(p) for p in args.cnn_pack.split(",")]:
             jobs = [Job(cnn_spec(data, args.cnn_epochs, compiled), seed, key="all-relu") for seed in range(pack)]
             wall, results = run_jobs(jobs, splits, device)
-            # Per-epoch times after the first (which includes compiling and graph capture), summed over the pack.
+            # Per-epoch times after the first (one-time work such as cuDNN's first evaluation calls lands there;
+            # compiling and graph capture come before it, in wall_s), summed over the pack.
             steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
                                        for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
             emit(out, {"part": "cnn", "pack": pack, "compiled": results[0][1].data["compiled"], "epochs": args.cnn_epochs,
@@ -172,7 +173,7 @@ SEED000_PLACEMENTS = {"all-relu": {}, "off-2": {2: "identity"}, "off-2-3": {2: "
 
 def part_cnn_placements(args, out, device):
     """What compiling costs: seed 000's six placements, one seed each, trained together with and without
-    compiling; the first epoch holds the compilations (one per placement) and the graph captures."""
+    compiling; wall_s holds the compilations (one per placement, before the first epoch)."""
     data, splits = load_cifar(args, out, device)
     for compiled in (False, True):
         jobs = [Job(cnn_spec(data, 2, compiled, slots), 0, key=name) for name, slots in SEED000_PLACEMENTS.items()]

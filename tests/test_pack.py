@@ -1,5 +1,6 @@
 """Many models at once give the same histories as the same models trained one by one."""
 import math
+import time
 
 import pytest
 import torch
@@ -118,6 +119,21 @@ def test_compiling_is_chosen_where_enough_model_epochs_share_a_graph():
     assert not pack.compiles(_cnn_jobs(False)[0], enough, cuda)
     mlps = [_job(s, epochs=needed) for s in range(4)]
     assert not pack.compiles(mlps[0], mlps, cuda)  # stacks have their own kernels
+
+
+def test_setting_up_a_pack_counts_in_its_first_epoch(digits, monkeypatch):
+    # Compiling and graph capture happen before the first epoch; a run's seconds must still include them.
+    real = pack._form_units
+
+    def slow_setup(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pack, "_form_units", slow_setup)
+    results = pack.train_together([_job(0), _job(1)], digits, CPU)
+    for result in results:
+        assert result.history.epochs[0].seconds >= 0.2  # its half of the 0.4 s set-up
+        assert result.history.epochs[1].seconds < result.history.epochs[0].seconds
 
 
 def test_one_diverging_model_does_not_spoil_its_pack(digits):

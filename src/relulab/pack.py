@@ -518,12 +518,13 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     own streams, so the GPU works on several small models at once."""
     assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
     spec = jobs[0].spec.train
+    setup_started = _now(device)
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)
     units = _form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack)
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
-    histories = _run_epochs(units, splits, device, bounds)
+    histories = _run_epochs(units, splits, device, bounds, setup_started)
     by_job: dict[int, RunResult] = {}
     info = provenance(device)
     for unit in units:
@@ -538,7 +539,10 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     return [by_job[id(job)] for job in jobs]
 
 
-def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds) -> dict[int, list[History]]:
+def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds, setup_started: float
+                ) -> dict[int, list[History]]:
+    """Train every unit epoch by epoch. The first epoch's time starts at `setup_started`, so that building the
+    models, compiling and capturing graphs count in the runs' seconds."""
     spec = units[0].jobs[0].spec.train
     generators = {}
     for unit in units:
@@ -547,7 +551,7 @@ def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds
     histories = {id(unit): [History() for _ in unit.jobs] for unit in units}
     seen, n = bounds[-1][1], len(splits.x_train)
     for epoch in range(1, spec.epochs + 1):
-        started = _now(device)
+        started = setup_started if epoch == 1 else _now(device)
         live = [u for u in units if any(h.diverged_at is None for h in histories[id(u)])]
         orders = {id(u): torch.stack([torch.randperm(n, device=device, generator=generators[id(j)])
                                       for j in u.jobs]) for u in live}
