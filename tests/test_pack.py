@@ -61,24 +61,29 @@ def test_models_come_back_as_ordinary_models(digits):
         assert acc == pytest.approx(result.history.test_acc, abs=1e-6)
 
 
-def test_any_model_trained_together_equals_separate_runs():
-    splits = load_data(DataSpec(image_size=32, train_size=160))
-    jobs = [Job(RunSpec(DataSpec(image_size=32, train_size=160), ModelSpec("seed-cnn", widths=[8] * 9),
-                        TrainSpec(2, 64, OptimizerSpec("adam", flavour="keras"))), s) for s in (0, 1)]
-    for job, result in zip(jobs, pack.train_together(jobs, splits, CPU)):
-        single = run(job.spec, job.seed, CPU, splits=splits)
-        for p, s in zip(result.history.epochs, single.history.epochs):
-            assert p.train_loss == pytest.approx(s.train_loss, abs=1e-3)
+CNN_DATA = DataSpec(image_size=32, train_size=160)  # digits upscaled for a narrow seed-cnn
+
+
+@pytest.fixture(scope="module")
+def small_images():
+    return load_data(CNN_DATA)
 
 
 def _cnn_jobs(compile, epochs=2, seeds=(0, 1), slots=None):
-    data = DataSpec(image_size=32, train_size=160)
-    return [Job(RunSpec(data, ModelSpec("seed-cnn", widths=[8] * 9, slots=dict(slots or {})),
+    return [Job(RunSpec(CNN_DATA, ModelSpec("seed-cnn", widths=[8] * 9, slots=dict(slots or {})),
                         TrainSpec(epochs, 64, OptimizerSpec("adam", flavour="keras"), compile=compile)), s)
             for s in seeds]
 
 
-def test_a_compiled_step_trains_as_the_uncompiled_one(monkeypatch):
+def test_any_model_trained_together_equals_separate_runs(small_images):
+    jobs = _cnn_jobs(None)
+    for job, result in zip(jobs, pack.train_together(jobs, small_images, CPU)):
+        single = run(job.spec, job.seed, CPU, splits=small_images)
+        for p, s in zip(result.history.epochs, single.history.epochs):
+            assert p.train_loss == pytest.approx(s.train_loss, abs=1e-3)
+
+
+def test_a_compiled_step_trains_as_the_uncompiled_one(small_images, monkeypatch):
     # A backend that records what it is given and runs the traced graph as is: this checks relulab's use of
     # torch.compile (which step, which shapes, same training) without needing a C++ or Triton compiler.
     traced = []
@@ -89,12 +94,11 @@ def test_a_compiled_step_trains_as_the_uncompiled_one(monkeypatch):
 
     torch._dynamo.reset()
     monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
-    splits = load_data(DataSpec(image_size=32, train_size=160))
     try:
-        compiled = pack.train_together(_cnn_jobs(True), splits, CPU)
+        compiled = pack.train_together(_cnn_jobs(True), small_images, CPU)
     finally:
         torch._dynamo.reset()
-    plain = pack.train_together(_cnn_jobs(False), splits, CPU)
+    plain = pack.train_together(_cnn_jobs(False), small_images, CPU)
     assert traced, "torch.compile never traced the step"
     # Only the full batch (64) is compiled; the epoch's short last batch (32 of 160) runs uncompiled.
     assert all((64, 1, 32, 32) in shapes and (32, 1, 32, 32) not in shapes for shapes in traced)

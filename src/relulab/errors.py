@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes.
+"""The one exception type for user mistakes, and a small helper for checking input.
 
 Anything the user can get wrong (a config field, a CLI value, a data file) raises
 `UserError` with a one-line message that names the field or file and says what was
@@ -25,3 +25,8 @@ def unknown_choice(field: str, value: object, choices: Iterable[str]) -> UserErr
     hint = get_close_matches(str(value), choices, n=1)
     suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
     return UserError(f"{field}: unknown value '{value}'{suggestion}; expected one of: {', '.join(choices)}")
+
+
+def is_number(value) -> bool:
+    """An int or float, but not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

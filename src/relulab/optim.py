@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .errors import UserError, unknown_choice
+from .errors import UserError, is_number, unknown_choice
 
 FLAVOURS = ("torch", "keras")
 DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
@@ -75,10 +75,6 @@ class KerasRMSprop(torch.optim.Optimizer):
                 p.sub_(group["lr"] * g / (v + group["eps"]).sqrt())
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 @dataclass
 class OptimizerSpec:
     """Which optimizer, with which learning rate and defaults. A plain record for configs."""
@@ -97,9 +93,9 @@ class OptimizerSpec:
             raise unknown_choice(f"{prefix}.name", self.name, DEFAULT_LR)
         if self.flavour not in FLAVOURS:
             raise unknown_choice(f"{prefix}.flavour", self.flavour, FLAVOURS)
-        if self.lr is not None and not (_is_number(self.lr) and 0 < self.lr < math.inf):
+        if self.lr is not None and not (is_number(self.lr) and 0 < self.lr < math.inf):
             raise UserError(f"{prefix}.lr: expected a positive number, got {self.lr!r}")
-        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
+        if not (is_number(self.momentum) and 0 <= self.momentum < 1):
             raise UserError(f"{prefix}.momentum: expected a number in [0, 1), got {self.momentum!r}")
         return self
 

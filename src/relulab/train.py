@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import DataSpec, Splits, load_data
 from .env import matmul_precision, provenance, resolve_device, seed_everything
-from .errors import UserError
+from .errors import UserError, is_number
 from .models import ModelSpec, SlotNet, build_model, keras_param_count
 from .optim import OptimizerSpec, build_optimizer, kernel_weights, weight_penalty
 
@@ -56,7 +56,7 @@ class TrainSpec:
                 raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
         for key in ("l1", "l2"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            if not (is_number(value) and 0 <= value < math.inf):
                 raise UserError(f"{prefix}.{key}: expected a number >= 0, got {value!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"{prefix}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -12,10 +12,10 @@ from rich.table import Table
 from .. import checkpoints
 from .. import data as data_mod
 from ..data import DataSpec
+from ..env import resolve_device
 from ..errors import UserError
 from ..models import ModelSpec, parse_off, parse_slots, parse_widths
 from ..optim import OptimizerSpec
-from ..env import resolve_device
 from ..train import ProgressBar, RunSpec, TrainSpec, evaluate, run
 from ..util import write_json_atomic
 from .app import app, option_names
@@ -167,4 +167,3 @@ def evaluate_command(
     for r in rows:
         table.add_row(r["split"], str(r["examples"]), f"{r['loss']:.4f}", f"{r['accuracy']:.4f}")
     Console().print(table)
-
