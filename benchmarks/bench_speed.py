@@ -16,7 +16,8 @@ Parts (each prints JSON lines; a summary table comes last):
             validation accuracy per model; then one deep-mlp alone the same way.
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
-            with the step compiled (--cnn-compile on), not (off), or both (off,on).
+            with the step compiled (--cnn-compile on), not (off), or both (off,on); in stacks
+            (--cnn-stack auto, relulab.stacked_cnn) or one model a unit (off).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
             what compiling (once per placement, before the first epoch) adds to the wall time.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
@@ -144,19 +145,36 @@ def load_cifar(args, out, device):
     return data, splits
 
 
+@contextmanager
+def cnn_stacking(choice: str):
+    """--cnn-stack off: seed-cnns train one model per unit, as before relulab.stacked_cnn (auto: the default)."""
+    from relulab import pack
+    default = pack.stacks_cnns
+    if choice == "off":
+        pack.stacks_cnns = lambda jobs, device: False
+    try:
+        yield
+    finally:
+        pack.stacks_cnns = default
+
+
 def part_cnn(args, out, device):
     """seed-cnn packs of each --cnn-pack size, with the step compiled or not (--cnn-compile), on CIFAR-10."""
     data, splits = load_cifar(args, out, device)
     flops_epoch = cnn_flops_per_image() * len(splits.y_train)
-    for compiled in [{"on": True, "off": False, "auto": None}[c] for c in args.cnn_compile.split(",")]:
+    variants = [(stacked, {"on": True, "off": False, "auto": None}[c])
+                for stacked in args.cnn_stack.split(",") for c in args.cnn_compile.split(",")]
+    for stacked, compiled in variants:
         for pack in [int(p) for p in args.cnn_pack.split(",")]:
             jobs = [Job(cnn_spec(data, args.cnn_epochs, compiled), seed, key="all-relu") for seed in range(pack)]
-            wall, results = run_jobs(jobs, splits, device)
+            with cnn_stacking(stacked):
+                wall, results = run_jobs(jobs, splits, device)
             # Per-epoch times after the first (one-time work such as cuDNN's first evaluation calls lands there;
             # compiling and graph capture come before it, in wall_s), summed over the pack.
             steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
                                        for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
-            emit(out, {"part": "cnn", "pack": pack, "compiled": results[0][1].data["compiled"], "epochs": args.cnn_epochs,
+            emit(out, {"part": "cnn", "pack": pack, "compiled": results[0][1].data["compiled"],
+                       "stacked": results[0][1].data["stacked"], "epochs": args.cnn_epochs,
                        "wall_s": round(wall, 2),
                        "first_epoch_s_for_pack": round(sum(r.history.epochs[0].seconds for _, r in results), 2),
                        "steady_epoch_s_for_pack": steady and round(steady, 3),
@@ -178,7 +196,8 @@ def part_cnn_placements(args, out, device):
     for compiled in (False, True):
         jobs = [Job(cnn_spec(data, 2, compiled, slots), 0, key=name) for name, slots in SEED000_PLACEMENTS.items()]
         wall, results = run_jobs(jobs, splits, device)
-        emit(out, {"part": "cnn-placements", "compiled": results[0][1].data["compiled"], "models": len(jobs),
+        emit(out, {"part": "cnn-placements", "compiled": results[0][1].data["compiled"],
+                   "stacked": results[0][1].data["stacked"], "models": len(jobs),
                    "wall_s": round(wall, 2),
                    "epoch_s_for_pack": [round(sum(r.history.epochs[e].seconds for _, r in results), 2)
                                         for e in range(2)]})
@@ -199,6 +218,9 @@ def part_check(args, out, device):
                            for s, act in enumerate(("relu", "tanh", "sigmoid", "relu"))]),
         ("streams", cnn_splits, [Job(RunSpec(cnn_data, ModelSpec("seed-cnn"), TrainSpec(
             3, 128, OptimizerSpec("adam", flavour="keras"), precision="fp32")), s) for s in (0, 1)]),
+        # bf16 seed-cnns: a stack through relulab.conv_triton against single models through cuDNN.
+        ("cnn-stack", cnn_splits, [Job(RunSpec(cnn_data, ModelSpec("seed-cnn", slots=slots), TrainSpec(
+            3, 128, OptimizerSpec("adam", flavour="keras"))), s) for s, slots in ((0, {}), (1, {3: "identity"}), (2, {}))]),
     ]
     for name, data, jobs in cases:
         packed = [r for _, r in train_many(jobs, data, device)]
@@ -209,6 +231,31 @@ def part_check(args, out, device):
                    "largest_difference": max(abs(p.val_loss - q.val_loss) for a, b in zip(packed, single)
                                              for p, q in zip(a.history.epochs, b.history.epochs))})
     check_fused_kernels(out, device)
+    check_stacked_cnn(out, device)
+
+
+def check_stacked_cnn(out, device):
+    """One bf16 step of a stack of 4 seed-cnns, through the Triton kernels and through cuDNN's grouped
+    convolution: the logits' and the gradient's largest difference, beside the gradient's size."""
+    from relulab.models import build_model
+    from relulab.stacked_cnn import StackedCNN
+
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10).to(device) for _ in range(4)]
+    x, y = torch.rand(4, 128, 3, 32, 32, device=device), torch.randint(0, 10, (4 * 128,), device=device)
+    found = {}
+    for name, use_triton in (("triton", True), ("cudnn", False)):
+        stack = StackedCNN(models, use_triton)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = stack.forward(stack.params, x, training=True).float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(4 * 128, -1), y)
+        (grad,) = torch.autograd.grad(loss, stack.params)
+        found[name] = (logits, grad)
+    (z1, g1), (z2, g2) = found["triton"], found["cudnn"]
+    emit(out, {"part": "check", "case": "stacked-cnn-kernels", "max_abs_diff": {
+        "logits": (z1 - z2).abs().max().item(), "grad": (g1 - g2).abs().max().item()},
+        "max_abs_logit": z2.abs().max().item(), "max_abs_grad": g2.abs().max().item(),
+        "grad_rel_l2": ((g1 - g2).norm() / g2.norm()).item()})
 
 
 def check_fused_kernels(out, device):
@@ -282,6 +329,7 @@ def main():
     parser.add_argument("--mlp-precisions", default="fp32", help="train.precision of the MLPs: fp32, tf32 or fp32,tf32")
     parser.add_argument("--cnn-epochs", type=int, default=4)
     parser.add_argument("--cnn-pack", default="1,4,8", help="pack sizes to time, e.g. 1,8")
+    parser.add_argument("--cnn-stack", default="auto", help="auto, off, or auto,off: seed-cnns in stacks (relulab.stacked_cnn)")
     parser.add_argument("--cnn-compile", default="auto", help="auto, off, on, or off,on: torch.compile the CNN step (train.compile)")
     args = parser.parse_args()
     out = Path(args.out)

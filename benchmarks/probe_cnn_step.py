@@ -5,6 +5,8 @@ models side by side on streams as `train_together` runs them. Run from the repos
 
     OUT=out python benchmarks/probe_cnn_step.py profile base bench compile   # eager profile, plain, cudnn.benchmark, compiled
     OUT=out python benchmarks/probe_cnn_step.py cprof c16 autotune           # compiled profile, packs 16/4, max-autotune
+    OUT=out python benchmarks/probe_cnn_step.py stackcheck stack stackprof cstackprof  # StackedCNN: gradient vs fp32,
+                                                                   # speed, profile uncompiled and compiled
 
 Writes probe_cnn.jsonl and profile_*.txt (PyTorch profiler tables) under $OUT. The numbers it gave are
 in BENCHMARKS.md ("New defaults").
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -104,7 +107,80 @@ def eval_time(units):
     emit({"variant": "eval-10k", "seconds": round((time.perf_counter() - t) / 3, 4)})
 
 
+def stack_unit(k, compiled=False):
+    run_spec = replace(spec, train=replace(spec.train, compile=compiled))
+    return pack._stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
+
+
+def measure_stack(k, steps=60):
+    """A StackedCNN of k models (relulab.conv_triton's kernels), graphed, as train_together runs it."""
+    unit = stack_unit(k)
+    c0 = time.perf_counter()
+    unit.capture()
+    torch.cuda.synchronize()
+    capture = time.perf_counter() - c0
+    order = torch.stack([torch.randperm(N, device=dev) for _ in range(k)])
+    for i in range(5):
+        unit.step(order, i * 128, i * 128 + 128)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(steps):
+        unit.step(order, i * 128, i * 128 + 128)
+    torch.cuda.current_stream().wait_stream(unit.stream)
+    torch.cuda.synchronize()
+    per_step = (time.perf_counter() - t) / steps
+    mes = k / (per_step * STEPS_EPOCH)
+    emit({"variant": "stack", "pack": k, "step_ms": round(per_step * 1e3, 3), "model_epochs_s": round(mes, 3),
+          "tflops": round(mes * N * FLOP_IMG / 1e12, 1), "capture_s": round(capture, 1)})
+
+
+def profile_stack(k, compiled=False):
+    unit = stack_unit(k, compiled)
+    step = unit.steps[128]
+    idx = torch.stack([torch.randperm(N, device=dev)[:128] for _ in range(k)])
+    for _ in range(5):
+        step(idx)
+    torch.cuda.synchronize()
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step(idx)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=70)
+    print(table, flush=True)
+    with open(f"{OUT}/profile_stack{k}{'_compiled' if compiled else ''}.txt", "w") as f:
+        f.write(table)
+
+
+def stack_gradient_check(k=4):
+    """One step's gradient of a stack in bf16 (Triton kernels; cuDNN's grouped convolution) against fp32."""
+    from relulab.models import build_model
+    from relulab.stacked_cnn import StackedCNN
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10).to(dev) for _ in range(k)]
+    xb, yb = x[:k * 128].view(k, 128, 3, 32, 32), y[:k * 128]
+    grads = {}
+    for name, use_triton, amp in (("triton-bf16", True, True), ("cudnn-bf16", False, True), ("fp32", False, False)):
+        stack = StackedCNN(models, use_triton)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = stack.forward(stack.params, xb, training=True).float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(k * 128, -1), yb)
+        grads[name] = torch.autograd.grad(loss, stack.params)[0]
+    ref = grads["fp32"]
+    emit({"variant": "stack-gradient-vs-fp32", **{name: round(((g - ref).norm() / ref.norm()).item(), 4)
+                                                   for name, g in grads.items() if name != "fp32"}})
+
+
 which = sys.argv[1:] or ["profile", "base", "bench", "compile"]
+if "stackcheck" in which:
+    stack_gradient_check()
+if "stack" in which:
+    measure_stack(8)
+    measure_stack(16)
+if "stackprof" in which:
+    profile_stack(8)
+if "cstackprof" in which:
+    profile_stack(8, compiled=True)
 if "profile" in which:
     profile_one()
 if "base" in which:

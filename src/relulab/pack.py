@@ -6,7 +6,8 @@ trains a group of jobs that share a schedule (batch size, epochs) at the same ti
 *units*, each driven by its own CUDA stream:
 
 - a *stack* unit holds K MLPs of the same shape (different seeds, initializers,
-  learning rates) and runs every layer for all of them in one batched kernel;
+  learning rates) and runs every layer for all of them in one batched kernel; on CUDA
+  in bf16, K seed-cnns stack too (`relulab.stacked_cnn`);
 - any other model is a unit of its own;
 - on CUDA each unit's whole training step (gather the batch, forward, backward,
   update, accumulate metrics) is captured once in a CUDA graph and replayed, so a step
@@ -29,6 +30,7 @@ ordinary `SlotNet`s, so results look the same as single runs.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from contextlib import nullcontext
@@ -44,6 +46,7 @@ from .data import Splits
 from .env import matmul_precision, provenance
 from .models import Slot, SlotNet, keras_param_count
 from .optim import kernel_weights, weight_penalty
+from .stacked_cnn import StackedCNN
 from .train import (CONV_MODELS, EpochRecord, History, Job, RunResult, arithmetic, autocast_dtype, build_for,
                     epoch_batches, evaluate, float32_products)
 
@@ -67,6 +70,25 @@ def stack_key(job: Job) -> Optional[tuple]:
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
             tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
             opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision)
+
+
+def cnn_stack_key(job: Job) -> Optional[tuple]:
+    """seed-cnn jobs with equal keys can share a `StackedCNN`: same shape, optimizer rule, penalties and
+    precision; seeds, initializers, learning rates and the activation in each slot may differ."""
+    spec, opt = job.spec, job.spec.train.optimizer
+    if spec.model.name != "seed-cnn" or opt.name not in PACKABLE_OPTIMIZERS:
+        return None
+    if any(a.startswith("prelu") for a in [spec.model.activation, *spec.model.slots.values()]):
+        return None
+    return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
+            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision, spec.train.compile)
+
+
+def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
+    """Whether seed-cnns train in stacks by default: on CUDA, in bf16, where Triton is there for the kernels."""
+    if device.type != "cuda" or any(autocast_dtype(job.spec, device) != torch.bfloat16 for job in jobs):
+        return False
+    return importlib.util.find_spec("triton") is not None  # CUDA builds of torch bring it
 
 
 def schedule_key(job: Job) -> tuple:
@@ -99,6 +121,8 @@ class _Op:
 
 class StackedMLP:
     """K same-shape SlotNets as one set of stacked weights, with a batched forward."""
+
+    flat_input = True  # the pack's steps pass (K, B, features)
 
     def __init__(self, models: Sequence[SlotNet]):
         self.k = len(models)
@@ -283,9 +307,10 @@ class _GraphedStep:
 class _PackStep(_GraphedStep):
     """One step of a whole MLP pack: each model its own batch, all models in one set of kernels."""
 
-    def __init__(self, stack: StackedMLP, optimizer: StackedOptimizer, x, y, batch: int, jobs: Sequence[Job],
-                 totals: tuple[torch.Tensor, torch.Tensor]):
+    def __init__(self, stack: StackedMLP | StackedCNN, optimizer: StackedOptimizer, x, y, batch: int,
+                 jobs: Sequence[Job], totals: tuple[torch.Tensor, torch.Tensor], compiled: bool = False):
         self.stack, self.optimizer, self.x, self.y = stack, optimizer, x, y
+        self.forward = torch.compile(stack.forward, backend=COMPILE_BACKEND) if compiled else stack.forward
         self.index = torch.zeros(stack.k, batch, dtype=torch.long, device=x.device)
         self.l1, self.l2 = jobs[0].spec.train.l1, jobs[0].spec.train.l2
         self.amp = autocast_dtype(jobs[0].spec, x.device)  # equal for the whole stack (part of stack_key)
@@ -298,7 +323,7 @@ class _PackStep(_GraphedStep):
         k, batch = self.index.shape
         xb, yb = self.x[self.index], self.y[self.index]  # (K, B, features), (K, B)
         with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            logits = self.stack.forward(self.stack.params, xb, training=True).float()
+            logits = self.forward(self.stack.params, xb, training=True).float()
         losses = F.cross_entropy(logits.reshape(k * batch, -1), yb.reshape(-1), reduction="none").view(k, batch)
         per_model = losses.mean(1)
         # Summing the models' losses gives each model exactly its own gradient.
@@ -332,12 +357,12 @@ class _FusedPackStep(_PackStep):
 
 
 @torch.no_grad()
-def _evaluate_stack(stack: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch: int,
+def _evaluate_stack(stack: StackedMLP | StackedCNN, x: torch.Tensor, y: torch.Tensor, batch: int,
                     amp: Optional[torch.dtype] = None) -> tuple[list[float], list[float]]:
     """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
     loss = torch.zeros(stack.k, device=x.device)
     correct = torch.zeros(stack.k, device=x.device, dtype=torch.long)
-    x = x.flatten(1)
+    x = x.flatten(1) if stack.flat_input else x
     for start in range(0, len(x), batch):
         with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = stack.forward(stack.params, x[start:start + batch], training=False).float()
@@ -409,7 +434,7 @@ class _Unit:
         self.totals = (torch.zeros(len(jobs), device=device), torch.zeros(len(jobs), device=device))
         self.steps: dict[int, _GraphedStep] = {}
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.stack: Optional[StackedMLP] = None
+        self.stack: Optional[StackedMLP | StackedCNN] = None
         self.compiled = False  # whether the unit's full-batch step went through torch.compile
 
     def capture(self) -> None:
@@ -438,15 +463,21 @@ class _Unit:
 
 def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
     unit = _Unit(jobs, [build_for(job.spec, splits, job.seed, device) for job in jobs], device)
-    unit.stack = StackedMLP(unit.models)
+    if cnn_stack_key(jobs[0]) is not None:
+        unit.stack = StackedCNN(unit.models, triton_kernels=device.type == "cuda" and unit.amp[0] == torch.bfloat16)
+    else:
+        unit.stack = StackedMLP(unit.models)
     step = _PackStep
     if fused.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
         linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
         unit.stack.fused = fused.FusedMLP(unit.models, unit.stack.sizes, linear, device, precision=unit.products)
         step = _FusedPackStep
     optimizer = StackedOptimizer(unit.stack.params, jobs)
-    x = splits.x_train.flatten(1)
-    unit.steps = {size: step(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals) for size in sizes}
+    x = splits.x_train.flatten(1) if unit.stack.flat_input else splits.x_train
+    unit.compiled = step is _PackStep and compiles_stack(jobs, device)
+    # As for single models, only the full batch is compiled; the epoch's short last batch runs as it is.
+    unit.steps = {size: step(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals,
+                             unit.compiled and size == max(sizes)) for size in sizes}
     return unit
 
 
@@ -481,6 +512,16 @@ def compiles(job: Job, group: Sequence[Job], device: torch.device) -> bool:
     return same_graph * job.spec.train.epochs >= COMPILE_MIN_MODEL_EPOCHS
 
 
+def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
+    """Whether a stack's step is compiled: as train.compile says, else for seed-cnn stacks on CUDA with at
+    least COMPILE_MIN_MODEL_EPOCHS model-epochs (one compilation per stack). MLP stacks are not compiled."""
+    if cnn_stack_key(jobs[0]) is None:
+        return False
+    if jobs[0].spec.train.compile is not None:  # equal across the stack (part of cnn_stack_key)
+        return jobs[0].spec.train.compile
+    return device.type == "cuda" and len(jobs) * jobs[0].spec.train.epochs >= COMPILE_MIN_MODEL_EPOCHS
+
+
 # Models to a stack when the caller does not say. The fused step costs the same number of kernels
 # however many models it stacks, so its stacks take everything (20 models: 19.1 s against 20.2 s
 # in two stacks, BENCHMARKS.md); autograd stacks stop at 8, past which a bigger stack did not pay.
@@ -489,13 +530,14 @@ DEFAULT_MAX_FUSED_STACK = 64
 
 
 def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
-                max_stack: Optional[int] = None) -> list[_Unit]:
+                max_stack: Optional[int] = None, stack_cnns: bool = False) -> list[_Unit]:
     """Stack MLPs that can share a stack (up to `max_stack` each, by default DEFAULT_MAX_STACK, or
-    DEFAULT_MAX_FUSED_STACK for fused stacks); every other job is a unit of its own."""
+    DEFAULT_MAX_FUSED_STACK for fused stacks), and seed-cnns too with `stack_cnns`; every other job is a
+    unit of its own."""
     stacks: dict[tuple, list[Job]] = {}
     units = []
     for job in jobs:
-        key = stack_key(job)
+        key = stack_key(job) or (cnn_stack_key(job) if stack_cnns else None)
         if key is None:
             units.append(_model_unit(job, splits, device, sizes, compiles(job, jobs, device)))
         else:
@@ -510,17 +552,20 @@ def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
 
 
 def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, graphs: Optional[bool] = None,
-                   max_stack: Optional[int] = None) -> list[RunResult]:
+                   max_stack: Optional[int] = None, stack_cnns: Optional[bool] = None) -> list[RunResult]:
     """Train jobs that share a schedule (batch size, epochs) at the same time; one RunResult per job, in order.
 
-    MLPs are stacked (`max_stack` to a stack), other models run one per unit; on CUDA each
+    MLPs are stacked (`max_stack` to a stack), and so are seed-cnns with `stack_cnns` (by default where
+    `stacks_cnns` says); other models run one per unit; on CUDA each
     unit's step is a CUDA graph and the units' graphs are replayed side by side on their
     own streams, so the GPU works on several small models at once."""
     assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
     spec = jobs[0].spec.train
     setup_started = _now(device)
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)
-    units = _form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack)
+    if stack_cnns is None:
+        stack_cnns = stacks_cnns(jobs, device)
+    units = _form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack, stack_cnns)
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
@@ -534,7 +579,7 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
             if history.diverged_at is None:
                 history.test_loss, history.test_acc = test
             data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
-                    "compiled": unit.compiled}
+                    "compiled": unit.compiled, "stacked": unit.stack is not None}
             by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model)
     return [by_job[id(job)] for job in jobs]
 

@@ -1,0 +1,181 @@
+"""Probe: relulab's Triton convolutions (`relulab.conv_triton`) against cuDNN, layer by layer, on seed-cnn's shapes.
+
+For each 3x3 layer of seed-cnn at batch 128, and a pack of P models: cuDNN's forward, input gradient
+and weight gradient run model after model (one CUDA graph, bf16 channels-last, as the packed step
+runs them); the Triton kernels run the P models in one launch each, with the tile sizes searched over
+a small grid. Prints the best configuration per layer and kernel, the error against cuDNN, and the
+per-model time of both. Run from the repository root on the GPU machine:
+
+    OUT=out python benchmarks/probe_conv_kernels.py [--packs 8,1] [--budget 500]
+
+Writes conv_kernels.jsonl under $OUT, one line per (layer, kernel, pack) as it is measured.
+"""
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, "src")
+from relulab import conv_triton as ct  # noqa: E402
+
+T0 = time.perf_counter()
+OUT = os.environ.get("OUT", ".")
+NB = 128
+# (name, input size, CIN, COUT) of seed-cnn's 3x3 layers from slot 2 on; slot 1 (3 input channels) stays on cuDNN.
+LAYERS = [("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 96, 96), ("c5", 24, 96, 96),
+          ("c6", 22, 96, 96), ("c7", 10, 96, 192), ("c8", 8, 192, 192)]
+TILES = [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (256, 32, 8),
+         (256, 64, 8), (64, 128, 4), (256, 128, 8)]
+STAGES = [3]
+
+
+def emit(rec):
+    rec["t"] = round(time.perf_counter() - T0, 1)
+    print(json.dumps(rec), flush=True)
+    with open(f"{OUT}/conv_kernels.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def graph_time(fn, reps=20):
+    """Seconds per call of fn, replayed from a CUDA graph so launch overhead does not count."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def largest_block(channels, cap=64):
+    return max(b for b in (16, 32, 64) if channels % b == 0 and b <= cap)
+
+
+def rel_err(got, want):
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
+def cudnn_ops(x, w, b, dy):
+    """Per-model cuDNN calls on NCHW views of the channels-last tensors."""
+    xs = [t.permute(0, 3, 1, 2) for t in x]
+    ws = [t.permute(0, 3, 1, 2) for t in w]
+    dys = [t.permute(0, 3, 1, 2) for t in dy]
+    bwd = torch.ops.aten.convolution_backward
+
+    def fwd():
+        return [F.conv2d(a, k, c) for a, k, c in zip(xs, ws, b)]
+
+    def dgrad():
+        return [bwd(g, a, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+                for g, a, k in zip(dys, xs, ws)]
+
+    def wgrad():
+        return [bwd(g, a, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+                for g, a, k in zip(dys, xs, ws)]
+    return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
+
+
+def configs(kernel, P, H, CIN, COUT):
+    ho = H - 2
+    for (bm, bn, warps), stages in itertools.product(TILES, STAGES):
+        if kernel == "fwd":
+            if bn > 2 * COUT:
+                continue
+            yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=largest_block(CIN), STAGES=stages, num_warps=warps)
+        elif kernel == "dgrad":
+            if bn > 2 * CIN:
+                continue
+            yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=largest_block(COUT), STAGES=stages, num_warps=warps)
+        else:  # wgrad: BLOCK_M runs over COUT, BLOCK_N over CIN, BLOCK_K over positions
+            if bm > 2 * COUT or bn > 2 * CIN or bm < 64:
+                continue
+            tiles = triton.cdiv(COUT, bm) * 9 * triton.cdiv(CIN, bn) * P
+            for split in (1, 2, 4, 8, 16, 32, 64):
+                if 264 <= tiles * split <= 1056 and NB * ho * ho // split >= 256:
+                    yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, SPLIT=split, STAGES=stages, num_warps=warps)
+
+
+def triton_call(kernel, x, w, b, dy, H, cfg):
+    if kernel == "fwd":
+        return lambda: ct.conv_forward(x, w, b, cfg)
+    if kernel == "dgrad":
+        return lambda: ct.conv_dgrad(dy, w, H, H, cfg)
+    return lambda: ct.conv_wgrad(x, dy, 3, cfg)
+
+
+def probe_layer(name, H, CIN, COUT, P, deadline):
+    dev = torch.device("cuda")
+    x = torch.randn(P, NB, H, H, CIN, device=dev).relu().bfloat16()
+    w = (torch.randn(P, COUT, 3, 3, CIN, device=dev) / (9 * CIN) ** 0.5).bfloat16()
+    b = torch.randn(P, COUT, device=dev) * 0.1
+    dy = torch.randn(P, NB, H - 2, H - 2, COUT, device=dev).bfloat16()
+    reference = cudnn_ops(x, w, b.bfloat16(), dy)
+    flop = 2 * NB * (H - 2) ** 2 * COUT * 9 * CIN
+    for kernel in ("fwd", "dgrad", "wgrad"):
+        want = reference[kernel]()
+        cudnn_s = graph_time(reference[kernel]) / P
+        best = None
+        for cfg in configs(kernel, P, H, CIN, COUT):
+            if time.perf_counter() > deadline:
+                break
+            fn = triton_call(kernel, x, w, b, dy, H, cfg)
+            try:
+                got = fn()
+                err = max(rel_err(got[p].permute(0, 3, 1, 2), want[p]) for p in range(P))
+                secs = graph_time(fn) / P
+            except Exception as exc:  # a tile that does not fit shared memory: skip it, say so
+                emit({"layer": name, "kernel": kernel, "pack": P, "cfg": cfg, "error": str(exc)[:120]})
+                continue
+            if err > 2e-2:
+                emit({"layer": name, "kernel": kernel, "pack": P, "cfg": cfg, "wrong": err})
+                continue
+            if best is None or secs < best[0]:
+                best = (secs, cfg, err)
+        if best is None:
+            continue
+        emit({"layer": name, "kernel": kernel, "pack": P, "cudnn_us": round(cudnn_s * 1e6, 1),
+              "triton_us": round(best[0] * 1e6, 1), "speedup": round(cudnn_s / best[0], 2),
+              "triton_tflops": round(flop / best[0] / 1e12, 1), "cudnn_tflops": round(flop / cudnn_s / 1e12, 1),
+              "err": best[2], "cfg": best[1]})
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--packs", default="8,1")
+    parser.add_argument("--budget", type=float, default=500)
+    parser.add_argument("--stages", default="3")
+    parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS))
+    args = parser.parse_args()
+    deadline = T0 + args.budget
+    STAGES[:] = [int(s) for s in args.stages.split(",")]
+    wanted = args.layers.split(",")
+    for P in (int(p) for p in args.packs.split(",")):
+        for name, H, CIN, COUT in LAYERS:
+            if name in wanted:
+                probe_layer(name, H, CIN, COUT, P, deadline)
+    rows = [json.loads(line) for line in open(f"{OUT}/conv_kernels.jsonl") if "speedup" in line]
+    for P in sorted({r["pack"] for r in rows}):
+        mine = [r for r in rows if r["pack"] == P]
+        print(f"pack {P}: cuDNN {sum(r['cudnn_us'] for r in mine):.0f} us/model, "
+              f"Triton {sum(r['triton_us'] for r in mine):.0f} us/model over {len(mine)} layer-kernels")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Triton implicit-GEMM kernels for seed-cnn's square 'valid' convolutions, a stack of K models per launch.
+
+cuDNN picks 128-wide tiles for every layer, so seed-cnn's 48- and 96-channel layers leave a quarter to a
+half of each tile's products unused, and one model's layers are too small to fill an H100. These kernels
+run K models' convolutions in one launch (the grid's third axis is the model), with tile sizes measured
+per layer (`CONFIGS`). Activations hold the models side by side in the channel axis, the layout in which
+batch norm and pooling of all K models are single PyTorch kernels (`relulab.stacked_cnn`):
+
+    x  (N, H, W, K, CIN)     w  (K, COUT, KS, KS, CIN)     y  (N, H-KS+1, W-KS+1, K, COUT)
+
+Each kernel is the convolution written as one matrix product whose rows are positions and whose
+reduction runs over (tap, channel), the operand rows gathered from the image on the fly:
+- forward:  y[pos, co]  = b[co] + sum over (tap, ci) of x[pos + tap, ci] * w[co, tap, ci]
+- dgrad:    dx[pos, ci] = sum over (tap, co) of dy[pos - tap, co] * w[co, tap, ci]   (zero outside dy)
+- wgrad:    dw[co, tap, ci] = sum over pos of dy[pos, co] * x[pos + tap, ci]         (split over pos)
+
+Products are bf16 on tensor cores with fp32 sums, as cuDNN's bf16 kernels; the weight gradient stays fp32.
+benchmarks/probe_conv_kernels.py measures them against cuDNN layer by layer; tests/conv_triton_check.py
+runs them in Triton's CPU interpreter against PyTorch's convolution.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _wrap(index, size):
+    """index % size, keeping loads along a channel axis vectorized.
+
+    A clamp such as tl.where(index < size, index, 0) hides from Triton that the channel indices are
+    consecutive, and every load along them became a scalar load (cuDNN's speed at a quarter). Channel
+    counts here are multiples of 8, so after the wrap the indices still run in aligned groups of 8
+    (16 bytes of bf16), which is what the hints say.
+    """
+    return tl.max_contiguous(tl.multiple_of(index % size, 8), 8)
+
+
+@triton.jit(do_not_specialize=["NB", "K"])
+def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                  NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
+                  COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    HO: tl.constexpr = H - KS + 1
+    WO: tl.constexpr = W - KS + 1
+    M = NB * HO * WO
+    KTOT: tl.constexpr = KS * KS * CIN
+    model = tl.program_id(2)
+    x_ptr += model * CIN
+    w_ptr += model * (COUT * KTOT)
+    b_ptr += model * COUT
+    y_ptr += model * COUT
+
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    img = rm // (HO * WO)
+    h = (rm // WO) % HO
+    w = rm % WO
+    # Rows past the end read row 0 instead of being masked: the loads stay unmasked and vectorized.
+    row = tl.where(rm < M, ((img * H + h) * W + w) * (K * CIN), 0)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_safe = _wrap(rn, COUT)
+    rk = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in tl.range(0, KTOT, BLOCK_K, num_stages=STAGES):
+        tap = k0 // CIN  # BLOCK_K divides CIN, so a block never straddles two taps
+        shift = ((tap // KS) * W + tap % KS) * (K * CIN) + (k0 - tap * CIN)
+        a = tl.load(x_ptr + row[:, None] + (shift + rk)[None, :])
+        b = tl.load(w_ptr + rn_safe[None, :] * KTOT + (k0 + rk)[:, None])
+        acc = tl.dot(a, b, acc)
+    acc += tl.load(b_ptr + rn_safe).to(tl.float32)[None, :]
+    tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(rm < M)[:, None] & (rn < COUT)[None, :])
+
+
+@triton.jit(do_not_specialize=["NB", "K"])
+def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
+                  NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
+                  COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    HO: tl.constexpr = H - KS + 1
+    WO: tl.constexpr = W - KS + 1
+    M = NB * H * W
+    KTOT: tl.constexpr = KS * KS * CIN
+    model = tl.program_id(2)
+    dy_ptr += model * COUT
+    w_ptr += model * (COUT * KTOT)
+    dx_ptr += model * CIN
+
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    img = rm // (H * W)
+    h = (rm // W) % H
+    w = rm % W
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_safe = _wrap(rn, CIN)
+    rk = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in tl.range(0, KS * KS * COUT, BLOCK_K, num_stages=STAGES):
+        tap = k0 // COUT  # BLOCK_K divides COUT
+        ho = h - tap // KS
+        wo = w - tap % KS
+        inside = (rm < M) & (ho >= 0) & (ho < HO) & (wo >= 0) & (wo < WO)
+        row = tl.where(inside, ((img * HO + ho) * WO + wo) * (K * COUT), 0)
+        a = tl.load(dy_ptr + row[:, None] + (k0 - tap * COUT + rk)[None, :], mask=inside[:, None], other=0.0)
+        b = tl.load(w_ptr + (k0 - tap * COUT + rk)[:, None] * KTOT + tap * CIN + rn_safe[None, :])
+        acc = tl.dot(a, b, acc)
+    tl.store(dx_ptr + rm[:, None] * (K * CIN) + rn[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=(rm < M)[:, None] & (rn < CIN)[None, :])
+
+
+@triton.jit(do_not_specialize=["NB", "K", "SPLIT"])
+def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
+                  NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
+                  COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, SPLIT, STAGES: tl.constexpr):
+    """One (COUT block, tap x CIN block) tile of one model's weight gradient over 1/SPLIT of the positions."""
+    HO: tl.constexpr = H - KS + 1
+    WO: tl.constexpr = W - KS + 1
+    M = NB * HO * WO
+    KTOT: tl.constexpr = KS * KS * CIN
+    CI_BLOCKS: tl.constexpr = (CIN + BLOCK_N - 1) // BLOCK_N
+    CHUNK = ((M + SPLIT * BLOCK_K - 1) // (SPLIT * BLOCK_K)) * BLOCK_K
+    model = tl.program_id(2) // SPLIT
+    part = tl.program_id(2) % SPLIT
+    x_ptr += model * CIN
+    dy_ptr += model * COUT
+    part_ptr += tl.program_id(2).to(tl.int64) * (COUT * KTOT)
+
+    rco = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rco_safe = _wrap(rco, COUT)
+    tap = tl.program_id(1) // CI_BLOCKS
+    rci = (tl.program_id(1) % CI_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rci_safe = _wrap(rci, CIN)
+    shift = ((tap // KS) * W + tap % KS) * (K * CIN)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    start = part * CHUNK
+    for k0 in tl.range(start, start + CHUNK, BLOCK_K, num_stages=STAGES):
+        rp = k0 + tl.arange(0, BLOCK_K)
+        inside = rp < M
+        img = rp // (HO * WO)
+        ho = (rp // WO) % HO
+        wo = rp % WO
+        a = tl.load(dy_ptr + rp[None, :] * (K * COUT) + rco_safe[:, None], mask=inside[None, :], other=0.0)
+        xrow = ((img * H + ho) * W + wo) * (K * CIN) + shift
+        b = tl.load(x_ptr + xrow[:, None] + rci_safe[None, :], mask=inside[:, None], other=0.0)
+        acc = tl.dot(a, b, acc)
+    tl.store(part_ptr + rco[:, None] * KTOT + (tap * CIN + rci)[None, :], acc,
+             mask=(rco < COUT)[:, None] & (rci < CIN)[None, :])
+
+
+# Tile sizes per layer, (input size, CIN, COUT) -> kernel -> configuration: the fastest of a small grid
+# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md). SPLIT is for 8 models
+# and scales with 8 / K, so the weight gradient's grid stays near the same size.
+def _cfg(bm, bn, bk, warps, split=None):
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=warps)
+    return cfg if split is None else {**cfg, "SPLIT": split}
+
+
+_C96 = {"fwd": _cfg(256, 128, 32, 8), "dgrad": _cfg(128, 128, 32, 8), "wgrad": _cfg(128, 128, 64, 8, 8)}
+CONFIGS = {
+    (30, 48, 48): {"fwd": _cfg(128, 64, 16, 8), "dgrad": _cfg(256, 64, 16, 8), "wgrad": _cfg(64, 64, 64, 4, 4)},
+    (28, 48, 96): {"fwd": _cfg(256, 64, 16, 8), "dgrad": _cfg(256, 64, 32, 8), "wgrad": _cfg(128, 64, 64, 8, 8)},
+    (26, 96, 96): _C96, (24, 96, 96): _C96, (22, 96, 96): _C96,
+    (10, 96, 192): {"fwd": _cfg(256, 64, 32, 8), "dgrad": _cfg(128, 128, 64, 8), "wgrad": _cfg(256, 128, 64, 8, 4)},
+    (8, 192, 192): {"fwd": _cfg(128, 128, 64, 8), "dgrad": _cfg(128, 64, 64, 4), "wgrad": _cfg(64, 64, 64, 4, 1)},
+}
+
+
+def supports(cin: int, cout: int) -> bool:
+    """Whether these kernels take a layer: the reduction blocks (at least 16 wide) must divide the channels."""
+    return cin % 16 == 0 and cout % 16 == 0
+
+
+def _largest_block(channels: int) -> int:
+    return max(b for b in (16, 32, 64) if channels % b == 0)
+
+
+def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: int) -> dict:
+    """The tile sizes for one kernel of one layer: measured ones, or a middle-of-the-road default."""
+    cfg = CONFIGS.get((size, cin, cout), {}).get(kernel)
+    if cfg is None:
+        reduced = cin if kernel == "fwd" else cout
+        cfg = _cfg(64, 64, 64, 4, 8) if kernel == "wgrad" else _cfg(128, 64, _largest_block(reduced), 4)
+    if kernel == "wgrad":  # keep each split's share of positions at least 4 blocks long
+        split = max(1, min(round(cfg["SPLIT"] * 8 / models), positions // (4 * cfg["BLOCK_K"])))
+        cfg = {**cfg, "SPLIT": split}
+    return cfg
+
+
+def conv_forward(x, w, b, cfg=None):
+    """y = conv(x, w) + b for each model. x (N,H,W,K,CIN) and w (K,COUT,KS,KS,CIN) bf16, b (K,COUT) fp32."""
+    NB, H, W, K, CIN = x.shape
+    COUT, KS = w.shape[1], w.shape[2]
+    HO, WO = H - KS + 1, W - KS + 1
+    cfg = cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO)
+    y = x.new_empty(NB, HO, WO, K, COUT)
+    grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), triton.cdiv(COUT, cfg["BLOCK_N"]), K)
+    _fprop_kernel[grid](x, w, b, y, NB, H, W, K, CIN, COUT, KS, **cfg)
+    return y
+
+
+def conv_dgrad(dy, w, H, W, cfg=None):
+    """The input gradient dx (N,H,W,K,CIN) from dy (N,HO,WO,K,COUT)."""
+    NB, HO, WO, K, COUT = dy.shape
+    KS, CIN = w.shape[2], w.shape[4]
+    cfg = cfg or config("dgrad", H, CIN, COUT, K, NB * HO * WO)
+    dx = dy.new_empty(NB, H, W, K, CIN)
+    grid = (triton.cdiv(NB * H * W, cfg["BLOCK_M"]), triton.cdiv(CIN, cfg["BLOCK_N"]), K)
+    _dgrad_kernel[grid](dy, w, dx, NB, H, W, K, CIN, COUT, KS, **cfg)
+    return dx
+
+
+def conv_wgrad(x, dy, KS, cfg=None):
+    """The weight gradient dw (K,COUT,KS,KS,CIN) in fp32, the sum of SPLIT partial products."""
+    NB, H, W, K, CIN = x.shape
+    HO, WO, COUT = dy.shape[1], dy.shape[2], dy.shape[4]
+    cfg = cfg or config("wgrad", H, CIN, COUT, K, NB * HO * WO)
+    split = cfg["SPLIT"]
+    part = torch.empty(K * split, COUT, KS, KS, CIN, device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(COUT, cfg["BLOCK_M"]), KS * KS * triton.cdiv(CIN, cfg["BLOCK_N"]), K * split)
+    _wgrad_kernel[grid](x, dy, part, NB, H, W, K, CIN, COUT, KS, **cfg)
+    return part.view(K, split, COUT, KS, KS, CIN).sum(1)

@@ -1,0 +1,93 @@
+"""Stacks of seed-cnns (relulab.stacked_cnn) train as the same models trained one by one.
+
+On the CPU a stack's convolutions are PyTorch's grouped convolution; the Triton kernels that replace them on
+CUDA are checked against PyTorch in tests/test_conv_triton.py."""
+import pytest
+import torch
+
+from relulab import pack, train
+from relulab.data import DataSpec, load_data
+from relulab.models import ModelSpec
+from relulab.optim import OptimizerSpec
+from relulab.train import Job, RunSpec, TrainSpec, run
+
+CPU = torch.device("cpu")
+DATA = DataSpec(image_size=32, train_size=160)  # digits upscaled for a narrow seed-cnn
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_data(DATA)
+
+
+def _job(seed, lr=1e-3, init="glorot_uniform", slots=None, widths=(8,) * 9, epochs=2, **train_kw):
+    model = ModelSpec("seed-cnn", init=init, widths=list(widths), slots=dict(slots or {}))
+    return Job(RunSpec(DATA, model, TrainSpec(epochs, 64, OptimizerSpec("adam", lr, flavour="keras"), **train_kw)), seed)
+
+
+def test_a_stack_of_cnns_equals_separate_runs(images):
+    # Different seeds, learning rates, initializers and slot placements in one stack.
+    jobs = [_job(0), _job(1, lr=2e-3, slots={3: "identity", 7: "identity"}), _job(2, init="he_normal", slots={3: "tanh"})]
+    assert len({pack.cnn_stack_key(j) for j in jobs}) == 1
+    packed = pack.train_together(jobs, images, CPU, stack_cnns=True)
+    for job, result in zip(jobs, packed):
+        single = run(job.spec, job.seed, CPU, splits=images)
+        assert result.data["trained_with"] == 3 and result.data["compiled"] is False
+        for p, s in zip(result.history.epochs, single.history.epochs, strict=True):
+            # Adam's step on a bias that feeds a batch norm is rounding noise of full size (see test_pack).
+            assert p.train_loss == pytest.approx(s.train_loss, abs=3e-3)
+            assert p.val_loss == pytest.approx(s.val_loss, abs=3e-3)
+        # The trained weights and running statistics came back into an ordinary model.
+        loss, acc = train.evaluate(result.model, images.x_test, images.y_test)
+        assert loss == pytest.approx(result.history.test_loss, abs=1e-5)
+        assert acc == result.history.test_acc
+
+
+def test_which_cnn_jobs_share_a_stack():
+    key = pack.cnn_stack_key(_job(0))
+    assert key is not None
+    assert pack.cnn_stack_key(_job(1, lr=0.1, slots={5: "identity"}, init="he_normal")) == key
+    assert pack.cnn_stack_key(_job(0, widths=(16,) * 9)) != key
+    assert pack.cnn_stack_key(_job(0, slots={2: "prelu"})) is None  # PReLU's own parameters are not stacked
+    assert pack.cnn_stack_key(_job(0, compile=True)) != key  # a compiled stack is another graph
+    assert pack.stack_key(_job(0)) is None  # not an MLP stack
+
+
+def test_cnns_stack_by_default_only_on_cuda_in_bf16():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert not pack.stacks_cnns([_job(0)], CPU)
+    assert not pack.stacks_cnns([_job(0, precision="fp32")], cuda)
+    assert pack.stacks_cnns([_job(0)], cuda) == (pytest.importorskip("importlib.util").find_spec("triton") is not None)
+
+
+def test_a_compiled_stack_trains_as_the_uncompiled_one(images, monkeypatch):
+    # A backend that records what it is given and runs the traced graph as is (see test_pack).
+    traced = []
+
+    def recording_backend(graph, example_inputs):
+        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
+    try:
+        compiled = pack.train_together([_job(s, compile=True) for s in (0, 1)], images, CPU, stack_cnns=True)
+    finally:
+        torch._dynamo.reset()
+    plain = pack.train_together([_job(s) for s in (0, 1)], images, CPU, stack_cnns=True)
+    assert traced and all((2, 64, 1, 32, 32) in shapes for shapes in traced)  # the full batch, both models
+    for c, p in zip(compiled, plain):
+        assert c.data["compiled"] is True and c.data["stacked"] is True and p.data["compiled"] is False
+        for a, b in zip(c.history.epochs, p.history.epochs, strict=True):
+            assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5)
+            assert a.val_loss == pytest.approx(b.val_loss, abs=1e-5)
+
+
+def test_stacks_compile_where_enough_model_epochs_share_a_stack():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    needed = pack.COMPILE_MIN_MODEL_EPOCHS
+    assert pack.compiles_stack([_job(s, epochs=needed // 4) for s in range(4)], cuda)
+    assert not pack.compiles_stack([_job(s, epochs=needed // 4) for s in range(3)], cuda)
+    assert not pack.compiles_stack([_job(s, epochs=needed) for s in range(4)], CPU)
+    assert pack.compiles_stack([_job(0, epochs=1, compile=True)], CPU)  # train.compile says so
+    assert not pack.compiles_stack([_job(s, epochs=needed, compile=False) for s in range(4)], cuda)
