@@ -50,7 +50,7 @@ def measure(name, k, compile_mode=None, steps=60):
     units = [pack._model_unit(Job(spec, s), splits, dev, [128]) for s in range(k)]
     if compile_mode:
         for u in units:
-            u.steps[128].model = torch.compile(u.models[0], mode=compile_mode)
+            u.steps[128].forward = torch.compile(u.models[0], mode=compile_mode)
     c0 = time.perf_counter()
     for u in units:
         u.capture()
@@ -79,8 +79,12 @@ def profile_one(compile_mode=None, tag="eager"):
     unit = pack._model_unit(Job(spec, 0), splits, dev, [128])
     step = unit.steps[128]
     if compile_mode:
-        step.model = torch.compile(unit.models[0], mode=compile_mode)
-    idx = torch.randperm(N, device=dev)[:128]
+        step.forward = torch.compile(unit.models[0], mode=compile_mode)
+    profile_step(step, torch.randperm(N, device=dev)[:128], f"profile_{tag}.txt", 40, 90)
+
+
+def profile_step(step, idx, name, rows, width):
+    """The PyTorch profiler's kernel table of 10 eager steps (after 5 warm-up steps), printed and saved."""
     for _ in range(5):
         step(idx)
     torch.cuda.synchronize()
@@ -89,9 +93,9 @@ def profile_one(compile_mode=None, tag="eager"):
         for _ in range(10):
             step(idx)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=width)
     print(table, flush=True)
-    with open(f"{OUT}/profile_{tag}.txt", "w") as f:
+    with open(f"{OUT}/{name}", "w") as f:
         f.write(table)
 
 
@@ -135,21 +139,9 @@ def measure_stack(k, steps=60):
 
 
 def profile_stack(k, compiled=False):
-    unit = stack_unit(k, compiled)
-    step = unit.steps[128]
+    step = stack_unit(k, compiled).steps[128]
     idx = torch.stack([torch.randperm(N, device=dev)[:128] for _ in range(k)])
-    for _ in range(5):
-        step(idx)
-    torch.cuda.synchronize()
-    from torch.profiler import profile, ProfilerActivity
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            step(idx)
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=70)
-    print(table, flush=True)
-    with open(f"{OUT}/profile_stack{k}{'_compiled' if compiled else ''}.txt", "w") as f:
-        f.write(table)
+    profile_step(step, idx, f"profile_stack{k}{'_compiled' if compiled else ''}.txt", 45, 70)
 
 
 def stack_gradient_check(k=4):

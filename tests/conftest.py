@@ -20,6 +20,27 @@ def _offline_and_private_cache(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("RELULAB_DATA", raising=False)
 
 
+@pytest.fixture
+def recording_compile(monkeypatch):
+    """relulab's torch.compile calls through a backend that records the input shapes of each graph it is
+    given and runs the graph as traced: tests check which step is compiled, at which shapes, and that it
+    trains the same, without needing a C++ or Triton compiler. Yields the list of traced shape lists."""
+    import torch
+
+    from relulab import pack
+
+    traced = []
+
+    def recording_backend(graph, example_inputs):
+        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
+    yield traced
+    torch._dynamo.reset()  # the graphs traced here must not serve later tests
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file: magic 0 0 0x08 ndim, big-endian uint32 dims, uint8 data."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

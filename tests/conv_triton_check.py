@@ -1,4 +1,4 @@
-"""Run by tests/test_conv_triton.py with TRITON_INTERPRET=1: relulab.conv_triton's kernels, executed by Triton's
+"""Run by tests/test_triton_interpreter.py with TRITON_INTERPRET=1: relulab.conv_triton's kernels, executed by Triton's
 CPU interpreter in fp32, against PyTorch's own convolution and its gradients, for a stack of models in the
 (N, H, W, K, C) layout. Prints one line per comparison and exits 1 if any differs."""
 import sys

@@ -83,21 +83,9 @@ def test_any_model_trained_together_equals_separate_runs(small_images):
             assert p.train_loss == pytest.approx(s.train_loss, abs=1e-3)
 
 
-def test_a_compiled_step_trains_as_the_uncompiled_one(small_images, monkeypatch):
-    # A backend that records what it is given and runs the traced graph as is: this checks relulab's use of
-    # torch.compile (which step, which shapes, same training) without needing a C++ or Triton compiler.
-    traced = []
-
-    def recording_backend(graph, example_inputs):
-        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
-    try:
-        compiled = pack.train_together(_cnn_jobs(True), small_images, CPU)
-    finally:
-        torch._dynamo.reset()
+def test_a_compiled_step_trains_as_the_uncompiled_one(small_images, recording_compile):
+    traced = recording_compile
+    compiled = pack.train_together(_cnn_jobs(True), small_images, CPU)
     plain = pack.train_together(_cnn_jobs(False), small_images, CPU)
     assert traced, "torch.compile never traced the step"
     # Only the full batch (64) is compiled; the epoch's short last batch (32 of 160) runs uncompiled.

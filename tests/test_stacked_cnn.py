@@ -1,7 +1,7 @@
 """Stacks of seed-cnns (relulab.stacked_cnn) train as the same models trained one by one.
 
 On the CPU a stack's convolutions are PyTorch's grouped convolution; the Triton kernels that replace them on
-CUDA are checked against PyTorch in tests/test_conv_triton.py."""
+CUDA are checked against PyTorch in tests/test_triton_interpreter.py."""
 import pytest
 import torch
 
@@ -60,20 +60,9 @@ def test_cnns_stack_by_default_only_on_cuda_in_bf16():
     assert pack.stacks_cnns([_job(0)], cuda) == (pytest.importorskip("importlib.util").find_spec("triton") is not None)
 
 
-def test_a_compiled_stack_trains_as_the_uncompiled_one(images, monkeypatch):
-    # A backend that records what it is given and runs the traced graph as is (see test_pack).
-    traced = []
-
-    def recording_backend(graph, example_inputs):
-        traced.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
-        return graph.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
-    try:
-        compiled = pack.train_together([_job(s, compile=True) for s in (0, 1)], images, CPU, stack_cnns=True)
-    finally:
-        torch._dynamo.reset()
+def test_a_compiled_stack_trains_as_the_uncompiled_one(images, recording_compile):
+    traced = recording_compile
+    compiled = pack.train_together([_job(s, compile=True) for s in (0, 1)], images, CPU, stack_cnns=True)
     plain = pack.train_together([_job(s) for s in (0, 1)], images, CPU, stack_cnns=True)
     assert traced and all((2, 64, 1, 32, 32) in shapes for shapes in traced)  # the full batch, both models
     for c, p in zip(compiled, plain):

@@ -16,7 +16,7 @@ reduction runs over (tap, channel), the operand rows gathered from the image on 
 
 Products are bf16 on tensor cores with fp32 sums, as cuDNN's bf16 kernels; the weight gradient stays fp32.
 benchmarks/probe_conv_kernels.py measures them against cuDNN layer by layer; tests/conv_triton_check.py
-runs them in Triton's CPU interpreter against PyTorch's convolution.
+runs them in Triton's CPU interpreter against PyTorch's convolution (tests/test_triton_interpreter.py).
 """
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def _wrap(index, size):
     return tl.max_contiguous(tl.multiple_of(index % size, 8), 8)
 
 
+@triton.jit
+def _position(index, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
+    """Rows of a product, numbered over (image, row, column) of HEIGHT x WIDTH images, as those three."""
+    return index // (HEIGHT * WIDTH), (index // WIDTH) % HEIGHT, index % WIDTH
+
+
 @triton.jit(do_not_specialize=["NB", "K"])
 def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                   NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
@@ -53,9 +59,7 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     y_ptr += model * COUT
 
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    img = rm // (HO * WO)
-    h = (rm // WO) % HO
-    w = rm % WO
+    img, h, w = _position(rm, HO, WO)
     # Rows past the end read row 0 instead of being masked: the loads stay unmasked and vectorized.
     row = tl.where(rm < M, ((img * H + h) * W + w) * (K * CIN), 0)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -89,9 +93,7 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     dx_ptr += model * CIN
 
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    img = rm // (H * W)
-    h = (rm // W) % H
-    w = rm % W
+    img, h, w = _position(rm, H, W)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rn_safe = _wrap(rn, CIN)
     rk = tl.arange(0, BLOCK_K)
@@ -140,9 +142,7 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
     for k0 in tl.range(start, start + CHUNK, BLOCK_K, num_stages=STAGES):
         rp = k0 + tl.arange(0, BLOCK_K)
         inside = rp < M
-        img = rp // (HO * WO)
-        ho = (rp // WO) % HO
-        wo = rp % WO
+        img, ho, wo = _position(rp, HO, WO)
         a = tl.load(dy_ptr + rp[None, :] * (K * COUT) + rco_safe[:, None], mask=inside[None, :], other=0.0)
         xrow = ((img * H + ho) * W + wo) * (K * CIN) + shift
         b = tl.load(x_ptr + xrow[:, None] + rci_safe[None, :], mask=inside[:, None], other=0.0)
@@ -152,8 +152,9 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
 
 
 # Tile sizes per layer, (input size, CIN, COUT) -> kernel -> configuration: the fastest of a small grid
-# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md). SPLIT is for 8 models
-# and scales with 8 / K, so the weight gradient's grid stays near the same size.
+# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), searched while the kernels
+# still took each model's activations as a block of their own; not searched again on this layout. SPLIT is
+# for 8 models and scales with 8 / K, so the weight gradient's grid stays near the same size.
 def _cfg(bm, bn, bk, warps, split=None):
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=warps)
     return cfg if split is None else {**cfg, "SPLIT": split}

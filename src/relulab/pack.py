@@ -34,7 +34,6 @@ import importlib.util
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -47,6 +46,7 @@ from .env import matmul_precision, provenance
 from .models import Slot, SlotNet, keras_param_count
 from .optim import kernel_weights, weight_penalty
 from .stacked_cnn import StackedCNN
+from .stacking import Op, StackedWeights
 from .train import (CONV_MODELS, EpochRecord, History, Job, RunResult, arithmetic, autocast_dtype, build_for,
                     epoch_batches, evaluate, float32_products)
 
@@ -108,55 +108,25 @@ def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
     return schedule_key(job)
 
 
-@dataclass
-class _Op:
-    kind: str  # linear | act | bn
-    module: Optional[nn.Module] = None  # batch norm
-    acts: tuple = ()  # (start, stop, activation module): the models [start, stop) share an activation
-    weight: int = -1  # index into the split of P
-    bias: int = -1
-    shape: tuple = ()  # (out, in) of a linear layer
-    running: int = -1  # index into StackedMLP.running, for batch norm
-
-
-class StackedMLP:
+class StackedMLP(StackedWeights):
     """K same-shape SlotNets as one set of stacked weights, with a batched forward."""
 
     flat_input = True  # the pack's steps pass (K, B, features)
 
     def __init__(self, models: Sequence[SlotNet]):
-        self.k = len(models)
-        self.ops: list[_Op] = []
-        self.sizes: list[int] = []
-        columns: list[torch.Tensor] = []
-        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for layers in zip(*(m.body for m in models)):
+        super().__init__(models)
+        for index, layers in enumerate(zip(*(m.body for m in models))):
             first = layers[0]
             if isinstance(first, nn.Flatten):
                 continue
             if isinstance(first, (nn.Linear, nn.BatchNorm1d)):
-                weight = self._add(columns, [l.weight for l in layers])
-                bias = self._add(columns, [l.bias for l in layers])
-                if isinstance(first, nn.Linear):
-                    self.ops.append(_Op("linear", weight=weight, bias=bias, shape=tuple(first.weight.shape)))
-                else:
-                    mean = torch.stack([l.running_mean for l in layers]).reshape(-1).clone()
-                    var = torch.stack([l.running_var for l in layers]).reshape(-1).clone()
-                    self.running.append((mean, var))
-                    self.ops.append(_Op("bn", module=first, weight=weight, bias=bias, running=len(self.running) - 1))
+                self._add_layer("linear" if isinstance(first, nn.Linear) else "bn", index, layers)
             elif isinstance(first, Slot):
-                specs = fused.runs([layer.spec for layer in layers])
-                self.ops.append(_Op("act", acts=tuple((a, b, layers[a].act) for a, b, _ in specs)))
+                self._add_activation(layers)
             else:
                 raise TypeError(f"cannot pack layer {type(first).__name__}")
-        self.params = torch.cat(columns, dim=1).detach().clone().requires_grad_(True)
-        self.kernels = [op.weight for op in self.ops if op.kind == "linear"]
+        self._finish()
         self.fused: Optional[fused.FusedMLP] = None  # the hand-written step, for stacks that allow it
-
-    def _add(self, columns: list, tensors: list[torch.Tensor]) -> int:
-        columns.append(torch.stack([t.detach().reshape(-1) for t in tensors]))
-        self.sizes.append(columns[-1].shape[1])
-        return len(self.sizes) - 1
 
     def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
         """x: (K, B, features), or (B, features) shared by all models -> logits (K, B, classes)."""
@@ -168,12 +138,12 @@ class StackedMLP:
                 weight = views[op.weight].view(self.k, out_features, in_features)
                 h = torch.baddbmm(views[op.bias].unsqueeze(1), h, weight.transpose(1, 2))
             elif op.kind == "act":
-                h = torch.cat([act(h[a:b]) for a, b, act in op.acts]) if len(op.acts) > 1 else op.acts[0][2](h)
+                h = self._activate(h, op, model_dim=0)
             else:
                 h = self._batchnorm(h, views[op.weight], views[op.bias], op, training)
         return h
 
-    def _batchnorm(self, h, weight, bias, op: _Op, training: bool) -> torch.Tensor:
+    def _batchnorm(self, h, weight, bias, op: Op, training: bool) -> torch.Tensor:
         # To PyTorch's batch norm, model k's channel c is channel k*C + c of a (B, K*C) batch.
         k, batch, channels = h.shape
         mean, var = self.running[op.running]
@@ -181,29 +151,6 @@ class StackedMLP:
         out = F.batch_norm(flat, mean, var, weight.reshape(-1), bias.reshape(-1), training,
                            op.module.momentum, op.module.eps)
         return out.view(batch, k, channels).transpose(0, 1)
-
-    def kernel_views(self, params: torch.Tensor) -> list[torch.Tensor]:
-        views = params.split(self.sizes, dim=1)
-        return [views[i] for i in self.kernels]
-
-    @torch.no_grad()
-    def unstack_into(self, models: Sequence[SlotNet]) -> None:
-        """Copy the trained weights and running statistics back into ordinary models."""
-        views = self.params.detach().split(self.sizes, dim=1)
-        layer_groups = [ls for ls in zip(*(m.body for m in models)) if isinstance(ls[0], (nn.Linear, nn.BatchNorm1d))]
-        param_ops = [op for op in self.ops if op.kind in ("linear", "bn")]
-        for layers, op in zip(layer_groups, param_ops):
-            for k, layer in enumerate(layers):
-                layer.weight.copy_(views[op.weight][k].view_as(layer.weight))
-                layer.bias.copy_(views[op.bias][k].view_as(layer.bias))
-                if op.kind == "bn":
-                    mean, var = self.running[op.running]
-                    layer.running_mean.copy_(mean.view(self.k, -1)[k])
-                    layer.running_var.copy_(var.view(self.k, -1)[k])
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        """Everything a training step changes in place (for undoing CUDA-graph warm-up steps)."""
-        return [self.params] + [t for pair in self.running for t in pair]
 
 
 class StackedOptimizer:

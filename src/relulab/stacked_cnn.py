@@ -1,7 +1,7 @@
 """K seed-cnns of the same shape as one stacked model, for training them together (`relulab.pack`).
 
 One seed-cnn leaves an H100 mostly idle, and cuDNN's kernels suit its narrow layers poorly. A stack holds
-K models' weights in one flat (K, n) leaf, like `pack.StackedMLP`, and runs every layer for all of them
+K models' weights in one flat (K, n) leaf (`relulab.stacking`), as `pack.StackedMLP` does, and runs every layer for all of them
 at once on activations laid out (N, H, W, K, C): model k's channel c is channel k*C + c. In that layout
 
 - each 3x3 convolution is one launch of `relulab.conv_triton`'s kernels on CUDA (forward, input gradient
@@ -21,14 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
 from .models import Slot, SlotNet
+from .stacking import Op, StackedWeights
 
 
 # The Triton convolution as a PyTorch operator of its own: autograd calls its backward, and torch.compile
 # treats it as one opaque call and fuses everything around it (batch norm, activations, pooling).
 # The weight comes in fp32 and PyTorch's layout (K, COUT, CIN, KS, KS); the kernels take it in bf16 as
-# (K, COUT, KS, KS, CIN), cast once a step, and its gradient goes back in fp32.
+# (K, COUT, KS, KS, CIN), cast in the forward and again in the backward (a custom operator's backward
+# sees only its inputs; the cast is about 1.1M values a model), and its gradient goes back in fp32.
 def _kernel_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 1, 3, 4, 2).to(torch.bfloat16, memory_format=torch.contiguous_format)
 
@@ -51,15 +52,16 @@ def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
                           input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import conv_triton
     dy, x, w16 = dy.to(torch.bfloat16).contiguous(), x.contiguous(), _kernel_weight(weight)
-    dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else torch.zeros_like(x)
+    # Without an input gradient (the first layer) dx is an empty placeholder: an operator must return tensors.
+    dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
     dw = conv_triton.conv_wgrad(x, dy, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
     return dx, dw, dy.sum((0, 1, 2), dtype=torch.float32)
 
 
 @_triton_conv_backward.register_fake
 def _(dy, x, weight, input_grad):
-    return torch.empty_like(x), torch.empty_like(weight, dtype=torch.float32), dy.new_empty(weight.shape[:2],
-                                                                                          dtype=torch.float32)
+    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return dx, torch.empty_like(weight, dtype=torch.float32), dy.new_empty(weight.shape[:2], dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -118,44 +120,27 @@ def _unchannels(flat: torch.Tensor, k: int) -> torch.Tensor:
     return flat.permute(0, 2, 3, 1).reshape(n, height, width, k, kc // k)
 
 
-class StackedCNN:
+class StackedCNN(StackedWeights):
     """K same-shape seed-cnns (any activation per slot and model) as one set of stacked weights."""
 
     flat_input = False  # the pack's steps pass images as they are
 
     def __init__(self, models: Sequence[SlotNet], triton_kernels: bool):
-        self.k = len(models)
+        super().__init__(models)
         self.triton_kernels = triton_kernels
-        self.ops: list[tuple] = []  # (kind, ...) in the order the data meets them
-        self.sizes: list[int] = []
-        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
-        columns: list[torch.Tensor] = []
-        for layers in zip(*(m.body for m in models)):
+        for index, layers in enumerate(zip(*(m.body for m in models))):
             first = layers[0]
-            if isinstance(first, nn.Conv2d):
-                weight, bias = self._add(columns, [l.weight for l in layers]), self._add(columns, [l.bias for l in layers])
-                self.ops.append(("conv", weight, bias, tuple(first.weight.shape)))
-            elif isinstance(first, nn.BatchNorm2d):
-                weight, bias = self._add(columns, [l.weight for l in layers]), self._add(columns, [l.bias for l in layers])
-                self.running.append((torch.cat([l.running_mean for l in layers]).clone(),
-                                     torch.cat([l.running_var for l in layers]).clone()))
-                self.ops.append(("bn", weight, bias, len(self.running) - 1, first.momentum, first.eps))
+            if isinstance(first, (nn.Conv2d, nn.BatchNorm2d)):
+                self._add_layer("conv" if isinstance(first, nn.Conv2d) else "bn", index, layers)
             elif isinstance(first, Slot):
-                runs = fused.runs([layer.spec for layer in layers])
-                self.ops.append(("act", [(start, stop, layers[start].act) for start, stop, _ in runs]))
+                self._add_activation(layers)
             elif isinstance(first, nn.MaxPool2d):
-                self.ops.append(("maxpool", first.kernel_size))
+                self.ops.append(Op("maxpool", module=first))
             elif isinstance(first, (nn.AdaptiveAvgPool2d, nn.Flatten)):
-                continue  # the head below: average over positions, then (K, N, classes)
+                continue  # the head in forward: average over positions, then (K, N, classes)
             else:
                 raise TypeError(f"cannot stack layer {type(first).__name__}")
-        self.params = torch.cat(columns, dim=1).detach().clone().requires_grad_(True)
-        self.kernels = [op[1] for op in self.ops if op[0] == "conv"]
-
-    def _add(self, columns: list, tensors: list[torch.Tensor]) -> int:
-        columns.append(torch.stack([t.detach().reshape(-1) for t in tensors]))
-        self.sizes.append(columns[-1].shape[1])
-        return len(self.sizes) - 1
+        self._finish()
 
     def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
         """x: (K, N, C, H, W), or (N, C, H, W) shared by all models -> logits (K, N, classes)."""
@@ -166,47 +151,15 @@ class StackedCNN:
             h = x.permute(1, 3, 4, 0, 2)
         h = h.contiguous()
         for op in self.ops:
-            kind = op[0]
-            if kind == "conv":
-                _, weight, bias, shape = op
-                h = stacked_conv(h, views[weight].view(self.k, *shape), views[bias], self.triton_kernels)
-            elif kind == "act":
-                h = _activate(h, op[1])
-            elif kind == "bn":
-                _, weight, bias, running, momentum, eps = op
-                mean, var = self.running[running]
-                out = F.batch_norm(_channels(h), mean, var, views[weight].reshape(-1), views[bias].reshape(-1),
-                                   training, momentum, eps)
+            if op.kind == "conv":
+                h = stacked_conv(h, views[op.weight].view(self.k, *op.shape), views[op.bias], self.triton_kernels)
+            elif op.kind == "act":
+                h = self._activate(h, op, model_dim=3)
+            elif op.kind == "bn":
+                mean, var = self.running[op.running]
+                out = F.batch_norm(_channels(h), mean, var, views[op.weight].reshape(-1), views[op.bias].reshape(-1),
+                                   training, op.module.momentum, op.module.eps)
                 h = _unchannels(out, self.k)
             else:
-                h = _unchannels(F.max_pool2d(_channels(h), op[1]), self.k)
+                h = _unchannels(F.max_pool2d(_channels(h), op.module.kernel_size), self.k)
         return h.mean((1, 2)).transpose(0, 1)  # AdaptiveAvgPool2d(1) and Flatten, for each model
-
-    def kernel_views(self, params: torch.Tensor) -> list[torch.Tensor]:
-        views = params.split(self.sizes, dim=1)
-        return [views[i] for i in self.kernels]
-
-    @torch.no_grad()
-    def unstack_into(self, models: Sequence[SlotNet]) -> None:
-        """Copy the trained weights and running statistics back into ordinary models."""
-        views = self.params.detach().split(self.sizes, dim=1)
-        groups = [ls for ls in zip(*(m.body for m in models)) if isinstance(ls[0], (nn.Conv2d, nn.BatchNorm2d))]
-        ops = [op for op in self.ops if op[0] in ("conv", "bn")]
-        for layers, op in zip(groups, ops):
-            for k, layer in enumerate(layers):
-                layer.weight.copy_(views[op[1]][k].view_as(layer.weight))
-                layer.bias.copy_(views[op[2]][k].view_as(layer.bias))
-                if op[0] == "bn":
-                    mean, var = self.running[op[3]]
-                    layer.running_mean.copy_(mean.view(self.k, -1)[k])
-                    layer.running_var.copy_(var.view(self.k, -1)[k])
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        """Everything a training step changes in place (for undoing CUDA-graph warm-up steps)."""
-        return [self.params] + [t for pair in self.running for t in pair]
-
-
-def _activate(h: torch.Tensor, runs: list[tuple[int, int, nn.Module]]) -> torch.Tensor:
-    if len(runs) == 1:
-        return runs[0][2](h)
-    return torch.cat([act(h[:, :, :, start:stop]) for start, stop, act in runs], dim=3)

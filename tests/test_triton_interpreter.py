@@ -1,0 +1,29 @@
+"""relulab's Triton kernels, run on the CPU by Triton's interpreter, against their PyTorch references:
+the fused MLP step (`relulab.fused_triton`) and the stacked convolutions (`relulab.conv_triton`).
+
+(On the GPU, `benchmarks/bench_speed.py --parts check` compares the compiled kernels the same way.)
+The interpreter is chosen when triton is imported, so each comparison runs in a process of its own."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def _run_in_interpreter(script: str) -> str:
+    """Run tests/`script` with TRITON_INTERPRET=1; its stdout, after checking it exited 0."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name(script))],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_the_fused_mlp_kernels_equal_the_reference():
+    assert "largest difference" in _run_in_interpreter("fused_triton_check.py")
+
+
+def test_the_convolution_kernels_equal_pytorch():
+    assert _run_in_interpreter("conv_triton_check.py").count("relative error") == 15  # 2 + 3 models, 3 products each
