@@ -17,7 +17,7 @@ Parts (each prints JSON lines; a summary table comes last):
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
             with the step compiled (--cnn-compile on), not (off), or both (off,on); in stacks
-            (--cnn-stack auto, relulab.stacked_cnn) or one model a unit (off).
+            (--cnn-stack auto, relulab.stacked_cnn; unfolded: stacked, batch norms not folded) or one model a unit (off).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
             what compiling (once per placement, before the first epoch) adds to the wall time.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
@@ -147,15 +147,19 @@ def load_cifar(args, out, device):
 
 @contextmanager
 def cnn_stacking(choice: str):
-    """--cnn-stack off: seed-cnns train one model per unit, as before relulab.stacked_cnn (auto: the default)."""
+    """--cnn-stack off: seed-cnns train one model per unit, as before relulab.stacked_cnn; unfolded: in stacks
+    whose batch norms are not folded into the convolutions (auto: the default)."""
     from relulab import pack
     default = pack.stacks_cnns
+    stack_class = pack.StackedCNN
     if choice == "off":
         pack.stacks_cnns = lambda jobs, device: False
+    elif choice == "unfolded":  # stacked, with batch norms as kernels of their own (before the folding)
+        pack.StackedCNN = lambda models, triton_kernels: stack_class(models, triton_kernels, fold_batchnorm=False)
     try:
         yield
     finally:
-        pack.stacks_cnns = default
+        pack.stacks_cnns, pack.StackedCNN = default, stack_class
 
 
 def part_cnn(args, out, device):
@@ -235,27 +239,30 @@ def part_check(args, out, device):
 
 
 def check_stacked_cnn(out, device):
-    """One bf16 step of a stack of 4 seed-cnns, through the Triton kernels and through cuDNN's grouped
-    convolution: the logits' and the gradient's largest difference, beside the gradient's size."""
+    """One step of a stack of 4 seed-cnns (relu; identity, tanh and sigmoid in some slots) in bf16: through the
+    Triton kernels with batch norms folded into them (the default), unfolded, and through cuDNN's grouped
+    convolution; each one's logits and gradient against the same step in fp32."""
     from relulab.models import build_model
     from relulab.stacked_cnn import StackedCNN
 
     torch.manual_seed(0)
-    models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10).to(device) for _ in range(4)]
+    placements = [{}, {3: "identity", 7: "identity"}, {2: "tanh", 5: "tanh"}, {4: "sigmoid", 9: "sigmoid"}]
+    models = [build_model(ModelSpec("seed-cnn", slots=p), (3, 32, 32), 10).to(device) for p in placements]
     x, y = torch.rand(4, 128, 3, 32, 32, device=device), torch.randint(0, 10, (4 * 128,), device=device)
     found = {}
-    for name, use_triton in (("triton", True), ("cudnn", False)):
-        stack = StackedCNN(models, use_triton)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    for name, use_triton, fold, amp in (("triton-folded", True, True, True), ("triton", True, False, True),
+                                        ("cudnn", False, False, True), ("fp32", False, False, False)):
+        stack = StackedCNN(models, use_triton, fold_batchnorm=fold)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = stack.forward(stack.params, x, training=True).float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(4 * 128, -1), y)
         (grad,) = torch.autograd.grad(loss, stack.params)
-        found[name] = (logits, grad)
-    (z1, g1), (z2, g2) = found["triton"], found["cudnn"]
-    emit(out, {"part": "check", "case": "stacked-cnn-kernels", "max_abs_diff": {
-        "logits": (z1 - z2).abs().max().item(), "grad": (g1 - g2).abs().max().item()},
-        "max_abs_logit": z2.abs().max().item(), "max_abs_grad": g2.abs().max().item(),
-        "grad_rel_l2": ((g1 - g2).norm() / g2.norm()).item()})
+        found[name] = (logits, grad, torch.cat([t for pair in stack.running for t in pair]))
+    z0, g0, r0 = found.pop("fp32")
+    emit(out, {"part": "check", "case": "stacked-cnn-kernels", "against": "fp32", **{name: {
+        "logits_max_abs_diff": (z - z0).abs().max().item(), "grad_rel_l2": ((g - g0).norm() / g0.norm()).item(),
+        "running_stats_max_abs_diff": (r - r0).abs().max().item()} for name, (z, g, r) in found.items()},
+        "max_abs_logit": z0.abs().max().item()})
 
 
 def check_fused_kernels(out, device):
@@ -329,7 +336,8 @@ def main():
     parser.add_argument("--mlp-precisions", default="fp32", help="train.precision of the MLPs: fp32, tf32 or fp32,tf32")
     parser.add_argument("--cnn-epochs", type=int, default=4)
     parser.add_argument("--cnn-pack", default="1,4,8", help="pack sizes to time, e.g. 1,8")
-    parser.add_argument("--cnn-stack", default="auto", help="auto, off, or auto,off: seed-cnns in stacks (relulab.stacked_cnn)")
+    parser.add_argument("--cnn-stack", default="auto", help="auto, unfolded, off, or a list (auto,off): seed-cnns in "
+                        "stacks (relulab.stacked_cnn), in stacks without batch-norm folding, or one model a unit")
     parser.add_argument("--cnn-compile", default="auto", help="auto, off, on, or off,on: torch.compile the CNN step (train.compile)")
     args = parser.parse_args()
     out = Path(args.out)

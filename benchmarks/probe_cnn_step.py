@@ -7,6 +7,9 @@ models side by side on streams as `train_together` runs them. Run from the repos
     OUT=out python benchmarks/probe_cnn_step.py cprof c16 autotune           # compiled profile, packs 16/4, max-autotune
     OUT=out python benchmarks/probe_cnn_step.py stackcheck stack stackprof cstackprof  # StackedCNN: gradient vs fp32,
                                                                    # speed, profile uncompiled and compiled
+    OUT=out python benchmarks/probe_cnn_step.py cstack   # compiled stacks of 8, batch norm folded or not
+    OUT=out python benchmarks/probe_cnn_step.py cupdate  # the same, optimizer update compiled or not
+    OUT=out python benchmarks/probe_cnn_step.py cstack16 # compiled stacks of 16, then of 8
 
 Writes probe_cnn.jsonl and profile_*.txt (PyTorch profiler tables) under $OUT. The numbers it gave are
 in BENCHMARKS.md ("New defaults").
@@ -111,14 +114,23 @@ def eval_time(units):
     emit({"variant": "eval-10k", "seconds": round((time.perf_counter() - t) / 3, 4)})
 
 
-def stack_unit(k, compiled=False):
+def stack_unit(k, compiled=False, fold=True):
+    """pack's stack of k models; fold=False: with batch norms as their own kernels (before the folding)."""
+    from relulab.stacked_cnn import StackedCNN
     run_spec = replace(spec, train=replace(spec.train, compile=compiled))
-    return pack._stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
+    pack.StackedCNN = lambda models, triton_kernels: StackedCNN(models, triton_kernels, fold_batchnorm=fold)
+    try:
+        return pack._stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
+    finally:
+        pack.StackedCNN = StackedCNN
 
 
-def measure_stack(k, steps=60):
-    """A StackedCNN of k models (relulab.conv_triton's kernels), graphed, as train_together runs it."""
-    unit = stack_unit(k)
+def measure_stack(k, steps=60, compiled=False, fold=True, eager_update=False):
+    """A StackedCNN of k models (relulab.conv_triton's kernels), graphed, as train_together runs it;
+    eager_update: with the optimizer's update not compiled (as before it was)."""
+    unit = stack_unit(k, compiled, fold)
+    for step in unit.steps.values() if eager_update else ():
+        step.update = step.optimizer.step
     c0 = time.perf_counter()
     unit.capture()
     torch.cuda.synchronize()
@@ -134,7 +146,8 @@ def measure_stack(k, steps=60):
     torch.cuda.synchronize()
     per_step = (time.perf_counter() - t) / steps
     mes = k / (per_step * STEPS_EPOCH)
-    emit({"variant": "stack", "pack": k, "step_ms": round(per_step * 1e3, 3), "model_epochs_s": round(mes, 3),
+    emit({"variant": "stack", "pack": k, "compiled": compiled, "folded_batchnorm": fold,
+          "compiled_update": compiled and not eager_update, "step_ms": round(per_step * 1e3, 3), "model_epochs_s": round(mes, 3),
           "tflops": round(mes * N * FLOP_IMG / 1e12, 1), "capture_s": round(capture, 1)})
 
 
@@ -152,8 +165,10 @@ def stack_gradient_check(k=4):
     models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10).to(dev) for _ in range(k)]
     xb, yb = x[:k * 128].view(k, 128, 3, 32, 32), y[:k * 128]
     grads = {}
-    for name, use_triton, amp in (("triton-bf16", True, True), ("cudnn-bf16", False, True), ("fp32", False, False)):
-        stack = StackedCNN(models, use_triton)
+    variants = (("triton-folded-bf16", True, True, True), ("triton-bf16", True, True, False),
+                ("cudnn-bf16", False, True, False), ("fp32", False, False, False))
+    for name, use_triton, amp, fold in variants:
+        stack = StackedCNN(models, use_triton, fold_batchnorm=fold)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = stack.forward(stack.params, xb, training=True).float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(k * 128, -1), yb)
@@ -169,6 +184,15 @@ if "stackcheck" in which:
 if "stack" in which:
     measure_stack(8)
     measure_stack(16)
+if "cstack" in which:  # compiled stacks of 8, batch norms folded into the convolutions or not
+    measure_stack(8, compiled=True)
+    measure_stack(8, compiled=True, fold=False)
+if "cstack16" in which:  # compiled stacks of 16, then 8 in the same process (each compiled for its size)
+    measure_stack(16, compiled=True)
+    measure_stack(8, compiled=True)
+if "cupdate" in which:  # compiled stacks of 8, the optimizer's update compiled or not, alternating
+    for eager in (False, True, False, True):
+        measure_stack(8, steps=200, compiled=True, eager_update=eager)
 if "stackprof" in which:
     profile_stack(8)
 if "cstackprof" in which:

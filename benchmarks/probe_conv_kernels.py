@@ -27,12 +27,13 @@ from relulab import conv_triton as ct  # noqa: E402
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")
 NB = 128
-# (name, input size, CIN, COUT) of seed-cnn's 3x3 layers from slot 2 on; slot 1 (3 input channels) stays on cuDNN.
-LAYERS = [("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 96, 96), ("c5", 24, 96, 96),
+# (name, input size, CIN, COUT) of seed-cnn's 3x3 layers; slot 1's 3 input channels are padded to 16.
+LAYERS = [("c1", 32, 16, 48), ("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 96, 96), ("c5", 24, 96, 96),
           ("c6", 22, 96, 96), ("c7", 10, 96, 192), ("c8", 8, 192, 192)]
 TILES = [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (256, 32, 8),
          (256, 64, 8), (64, 128, 4), (256, 128, 8)]
 STAGES = [3]
+KERNELS = ["fwd", "dgrad", "wgrad"]
 CHOSEN_ONLY = False
 
 
@@ -84,6 +85,12 @@ def cudnn_ops(x, w, b, dy):
     def fwd():
         return [F.conv2d(a, k, c) for a, k, c in zip(xs, ws, b)]
 
+    def fwd_stats():  # what relulab's forward does in a stack: convolution, bias, ReLU, batch-norm statistics
+        outs = [F.conv2d(a, k, c).relu() for a, k, c in zip(xs, ws, b)]
+        for out in outs:
+            torch.var_mean(out, (0, 2, 3))
+        return outs
+
     def dgrad():
         return [bwd(g, a, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
                 for g, a, k in zip(dys, xs, ws)]
@@ -91,7 +98,7 @@ def cudnn_ops(x, w, b, dy):
     def wgrad():
         return [bwd(g, a, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
                 for g, a, k in zip(dys, xs, ws)]
-    return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
+    return {"fwd": fwd, "fwd_stats": fwd_stats, "dgrad": dgrad, "wgrad": wgrad}
 
 
 def configs(kernel, P, H, CIN, COUT):
@@ -100,7 +107,7 @@ def configs(kernel, P, H, CIN, COUT):
         yield ct.config(kernel, H, CIN, COUT, P, NB * ho * ho)
         return
     for (bm, bn, warps), stages in itertools.product(TILES, STAGES):
-        if kernel == "fwd":
+        if kernel in ("fwd", "fwd_stats"):
             if bn > 2 * COUT:
                 continue
             yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=largest_block(CIN), STAGES=stages, num_warps=warps)
@@ -120,6 +127,9 @@ def configs(kernel, P, H, CIN, COUT):
 def triton_call(kernel, x, w, b, dy, H, cfg):
     if kernel == "fwd":
         return lambda: ct.conv_forward(x, w, b, cfg)
+    if kernel == "fwd_stats":
+        codes = torch.ones(x.shape[3], dtype=torch.int32, device=x.device)  # ReLU
+        return lambda: ct.conv_forward_with_sums(x, w, b, codes, cfg)[0]
     if kernel == "dgrad":
         return lambda: ct.conv_dgrad(dy, w, H, H, cfg)
     return lambda: ct.conv_wgrad(x, dy, 3, cfg)
@@ -134,7 +144,7 @@ def probe_layer(name, H, CIN, COUT, P, deadline):
     dy = torch.randn(NB, H - 2, H - 2, P, COUT, device=dev).bfloat16()
     reference = cudnn_ops(x, w, b.bfloat16(), dy)
     flop = 2 * NB * (H - 2) ** 2 * COUT * 9 * CIN
-    for kernel in ("fwd", "dgrad", "wgrad"):
+    for kernel in KERNELS:
         want = reference[kernel]()
         cudnn_s = graph_time(reference[kernel]) / P
         best = None
@@ -163,23 +173,45 @@ def probe_layer(name, H, CIN, COUT, P, deadline):
               "err": best[2], "cfg": best[1]})
 
 
+def probe_act_backward(name, size, C, P):
+    """conv_triton.activation_backward (reads the gradient and the activation, writes the gradient before it,
+    and sums it per channel) over a layer's output, for a few row-block sizes: microseconds and GB/s."""
+    dev = torch.device("cuda")
+    a = torch.randn(NB, size, size, P, C, device=dev).relu().bfloat16()
+    da = torch.randn_like(a)
+    dsums = torch.randn(2, P, C, device=dev)
+    codes = torch.ones(P, dtype=torch.int32, device=dev)
+    for block_m in (32, 64, 128, 256):
+        secs = graph_time(lambda: ct.activation_backward(da, a, dsums, codes, block_m=block_m))
+        emit({"layer": name, "kernel": "act_backward", "pack": P, "block_m": block_m, "us": round(secs * 1e6, 1),
+              "gb_s": round(3 * a.numel() * 2 / secs / 1e9)})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--packs", default="8,1")
     parser.add_argument("--budget", type=float, default=500)
     parser.add_argument("--stages", default="3")
     parser.add_argument("--chosen", action="store_true", help="time only the tiles relulab uses (CONFIGS)")
-    parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS))
+    parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS[1:]))
+    parser.add_argument("--kernels", default="fwd,dgrad,wgrad", help="of fwd, fwd_stats (with ReLU and sums), dgrad, wgrad")
+    parser.add_argument("--act-backward", action="store_true", help="also time conv_triton.activation_backward's tiles")
     args = parser.parse_args()
     deadline = T0 + args.budget
     STAGES[:] = [int(s) for s in args.stages.split(",")]
     global CHOSEN_ONLY
     CHOSEN_ONLY = args.chosen
+    KERNELS[:] = args.kernels.split(",")
     wanted = args.layers.split(",")
     for P in (int(p) for p in args.packs.split(",")):
         for name, H, CIN, COUT in LAYERS:
             if name in wanted:
                 probe_layer(name, H, CIN, COUT, P, deadline)
+    if args.act_backward:
+        for P in (int(p) for p in args.packs.split(",")):
+            for name, H, CIN, COUT in LAYERS:
+                if name in wanted:
+                    probe_act_backward(name, H - 2, COUT, P)
     rows = [json.loads(line) for line in open(f"{OUT}/conv_kernels.jsonl") if "speedup" in line]
     for P in sorted({r["pack"] for r in rows}):
         mine = [r for r in rows if r["pack"] == P]

@@ -1,6 +1,6 @@
 """Run by tests/test_triton_interpreter.py with TRITON_INTERPRET=1: relulab.conv_triton's kernels, executed by Triton's
 CPU interpreter in fp32, against PyTorch's own convolution and its gradients, for a stack of models in the
-(N, H, W, K, C) layout. Prints one line per comparison and exits 1 if any differs."""
+(N, H, W, K, C) layout; and the forward with activation and batch-norm sums and its backward kernel. Prints one line per comparison and exits 1 if any differs."""
 import sys
 
 import torch
@@ -34,5 +34,32 @@ for K, N, H, CIN, COUT, tiles in CASES:
         for name in want:
             err = float((got[name] - want[name]).abs().max() / want[name].abs().max())
             print(f"K={K} CIN={CIN} COUT={COUT} model {k} {name}: relative error {err:.1e}")
+            failed |= not err < 1e-5
+
+# The forward with activations and batch-norm sums, and the backward kernel of the activation and the sums,
+# against the same steps in PyTorch (autograd through act(conv + b) and the sums of a and a*a).
+ACTS = [lambda z: z, torch.relu, torch.sigmoid, torch.tanh]  # relulab.fused.ACTIVATION_CODES 0..3
+for K, N, H, CIN, COUT, tiles in CASES:
+    # Every activation but tanh, which is libdevice's, which the interpreter lacks (the GPU check has it).
+    codes = torch.tensor([2, 1] if K == 2 else [0, 1, 2], dtype=torch.int32)
+    x = torch.randn(N, H, H, K, CIN)
+    w = torch.randn(K, COUT, 3, 3, CIN) / (3 * CIN ** 0.5)
+    b = torch.randn(K, COUT)
+    got_a, got_sums = conv_triton.conv_forward_with_sums(x, w, b, codes, tiles)
+    da = torch.randn_like(got_a)
+    dsums = torch.randn(2, K, COUT)
+    got_dpre, got_db = conv_triton.activation_backward(da, got_a, dsums, codes, block_m=16)
+    for k in range(K):
+        pre = F.conv2d(x[:, :, :, k].permute(0, 3, 1, 2), w[k].permute(0, 3, 1, 2), b[k]).requires_grad_(True)
+        a = ACTS[int(codes[k])](pre)
+        sums = torch.stack([a.sum((0, 2, 3)), (a * a).sum((0, 2, 3))])
+        loss = (a * da[:, :, :, k].permute(0, 3, 1, 2)).sum() + (sums * dsums[:, k]).sum()
+        (dpre,) = torch.autograd.grad(loss, pre)
+        want = {"act": a.detach(), "sums": sums.detach(), "dpre": dpre, "dbias": dpre.sum((0, 2, 3))}
+        got = {"act": got_a[:, :, :, k].permute(0, 3, 1, 2), "sums": got_sums[:, k],
+               "dpre": got_dpre[:, :, :, k].permute(0, 3, 1, 2), "dbias": got_db[k]}
+        for name in want:
+            err = float((got[name] - want[name]).abs().max() / want[name].abs().max())
+            print(f"K={K} CIN={CIN} COUT={COUT} model {k} code {int(codes[k])} {name}: relative error {err:.1e}")
             failed |= not err < 1e-5
 sys.exit(1 if failed else 0)

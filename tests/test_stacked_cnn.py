@@ -7,8 +7,9 @@ import torch
 
 from relulab import pack, train
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec
+from relulab.models import ModelSpec, build_model
 from relulab.optim import OptimizerSpec
+from relulab.stacked_cnn import StackedCNN
 from relulab.train import Job, RunSpec, TrainSpec, run
 
 CPU = torch.device("cpu")
@@ -64,12 +65,17 @@ def test_a_compiled_stack_trains_as_the_uncompiled_one(images, recording_compile
     traced = recording_compile
     compiled = pack.train_together([_job(s, compile=True) for s in (0, 1)], images, CPU, stack_cnns=True)
     plain = pack.train_together([_job(s) for s in (0, 1)], images, CPU, stack_cnns=True)
-    assert traced and all((2, 64, 1, 32, 32) in shapes for shapes in traced)  # the full batch, both models
+    steps = [shapes for shapes in traced if any(len(shape) == 5 for shape in shapes)]
+    assert steps and all((2, 64, 1, 32, 32) in shapes for shapes in steps)  # the full batch, both models
+    assert len(traced) > len(steps)  # and the optimizer's update, on the stacked weights
     for c, p in zip(compiled, plain):
         assert c.data["compiled"] is True and c.data["stacked"] is True and p.data["compiled"] is False
+        # The traced update computes Adam's v with a fused multiply-add (dynamo's addcmul_), one rounding
+        # fewer than eager; batch norm's rounding-noise bias gradients, which Adam scales up, carry it on
+        # (1e-4 after 2 epochs with one thread).
         for a, b in zip(c.history.epochs, p.history.epochs, strict=True):
-            assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5)
-            assert a.val_loss == pytest.approx(b.val_loss, abs=1e-5)
+            assert a.train_loss == pytest.approx(b.train_loss, abs=1e-3)
+            assert a.val_loss == pytest.approx(b.val_loss, abs=1e-3)
 
 
 def test_stacks_compile_where_enough_model_epochs_share_a_stack():
@@ -80,3 +86,47 @@ def test_stacks_compile_where_enough_model_epochs_share_a_stack():
     assert not pack.compiles_stack([_job(s, epochs=needed) for s in range(4)], CPU)
     assert pack.compiles_stack([_job(0, epochs=1, compile=True)], CPU)  # train.compile says so
     assert not pack.compiles_stack([_job(s, epochs=needed, compile=False) for s in range(4)], cuda)
+
+
+def test_stacks_are_as_few_and_as_even_as_their_limit_allows():
+    assert pack.stack_sizes(18, 16) == [9, 9]
+    assert pack.stack_sizes(16, 16) == [16]
+    assert pack.stack_sizes(20, 8) == [7, 7, 6]
+    assert pack.stack_sizes(1, 8) == [1]
+    assert pack._default_max_stack(_job(0)) == pack.DEFAULT_MAX_CNN_STACK
+
+
+def _stack_step(stack, x, training=True):
+    """Logits, gradient of a loss of them, and running statistics after one forward of a stack."""
+    params = stack.params.detach().clone().requires_grad_(True)
+    logits = stack.forward(params, x, training)
+    grad = torch.autograd.grad(logits.square().sum(), params)[0] if training else None
+    return logits.detach(), grad, torch.cat([t for pair in stack.running for t in pair])
+
+
+def test_batch_norm_folded_into_the_next_convolution_computes_the_same():
+    # ReLU, identity, tanh and sigmoid slots, and both max-pools, in one stack.
+    torch.manual_seed(0)
+    placements = [{}, {3: "identity", 7: "identity"}, {2: "tanh", 9: "sigmoid"}]
+    models = [build_model(ModelSpec("seed-cnn", widths=[8] * 9, slots=p), (3, 32, 32), 10) for p in placements]
+    x = torch.randn(3, 16, 3, 32, 32)
+    plain = StackedCNN(models, triton_kernels=False, fold_batchnorm=False)
+    folded = StackedCNN(models, triton_kernels=False, fold_batchnorm=True)
+    # Every 3x3 conv -> activation -> batch norm is one folded block; the 1x1 head's is not.
+    assert not plain.folded and len(folded.folded) == 9
+    for training in (True, False):
+        (z0, g0, r0), (z1, g1, r1) = _stack_step(plain, x, training), _stack_step(folded, x, training)
+        assert torch.allclose(z1, z0, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(r1, r0, rtol=1e-4, atol=1e-6)  # the running statistics moved the same way
+        if training:
+            assert torch.allclose(g1, g0, rtol=1e-3, atol=1e-3 * g0.abs().max().item())
+
+
+def test_activations_the_kernels_lack_leave_their_layer_unfolded():
+    models = [build_model(ModelSpec("seed-cnn", widths=[8] * 9, slots={4: "gelu"}), (3, 32, 32), 10)]
+    folded = StackedCNN(models, triton_kernels=False, fold_batchnorm=True)
+    gelu_conv = [i for i, op in enumerate(folded.ops) if op.kind == "conv"][3]
+    assert gelu_conv not in folded.folded and len(folded.folded) == 8
+    x = torch.randn(1, 4, 3, 32, 32)
+    z0 = _stack_step(StackedCNN(models, triton_kernels=False, fold_batchnorm=False), x)[0]
+    assert torch.allclose(_stack_step(folded, x)[0], z0, rtol=1e-4, atol=1e-4)

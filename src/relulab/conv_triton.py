@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_triton import _activate, _activation_grad
+
 
 @triton.jit
 def _wrap(index, size):
@@ -44,10 +46,12 @@ def _position(index, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["NB", "K"])
-def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
                   NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
                   COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr):
+    """y = act(conv(x, w) + b) for one tile of one model; with STATS, the tile's per-channel sums of y and y*y
+    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y."""
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
     M = NB * HO * WO
@@ -74,8 +78,17 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         b = tl.load(w_ptr + rn_safe[None, :] * KTOT + (k0 + rk)[:, None])
         acc = tl.dot(a, b, acc)
     acc += tl.load(b_ptr + rn_safe).to(tl.float32)[None, :]
-    tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+    if ACT:
+        acc = _activate(acc, tl.load(code_ptr + model))
+    out = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], out,
              mask=(rm < M)[:, None] & (rn < COUT)[None, :])
+    if STATS:
+        # Of the values as stored, which are what the next layer reads; rows past the end count nothing.
+        kept = tl.where((rm < M)[:, None], out.to(tl.float32), 0.0)
+        at = (tl.program_id(0) * K + model) * COUT + rn
+        tl.store(sums_ptr + at, tl.sum(kept, 0), mask=rn < COUT)
+        tl.store(sums_ptr + tl.num_programs(0) * K * COUT + at, tl.sum(kept * kept, 0), mask=rn < COUT)
 
 
 @triton.jit(do_not_specialize=["NB", "K"])
@@ -110,6 +123,27 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         acc = tl.dot(a, b, acc)
     tl.store(dx_ptr + rm[:, None] * (K * CIN) + rn[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=(rm < M)[:, None] & (rn < CIN)[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "K"])
+def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr, M, K, C: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The gradient before the activation, for one tile of one model's rows (positions) and channels:
+    dpre = (da + dsum + 2 a dsumsq) * act'(a), from the gradients of a = act(pre) and of the batch-norm sums
+    of a and a*a that the forward kernel took; and the tile's column sums of dpre (the bias gradient)."""
+    model = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (rows < M)[:, None] & (cols < C)[None, :]
+    at = rows[:, None] * (K * C) + model * C + cols[None, :]
+    da = tl.load(da_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    dsum = tl.load(dsums_ptr + model * C + cols, mask=cols < C, other=0.0)
+    dsumsq = tl.load(dsums_ptr + (K + model) * C + cols, mask=cols < C, other=0.0)
+    dpre = (da + dsum[None, :] + 2.0 * a * dsumsq[None, :]) * _activation_grad(a, tl.load(code_ptr + model))
+    dpre = tl.where(inside, dpre, 0.0)
+    tl.store(dpre_ptr + at, dpre.to(dpre_ptr.dtype.element_ty), mask=inside)
+    tl.store(part_ptr + (tl.program_id(0) * K + model) * C + cols, tl.sum(dpre, 0), mask=cols < C)
 
 
 @triton.jit(do_not_specialize=["NB", "K", "SPLIT"])
@@ -152,8 +186,9 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
 
 
 # Tile sizes per layer, (input size, CIN, COUT) -> kernel -> configuration: the fastest of a small grid
-# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), searched while the kernels
-# still took each model's activations as a block of their own; not searched again on this layout. SPLIT is
+# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md). The forward's were searched
+# with the activation and batch-norm sums in its epilogue (as stacks run it), on this layout; the 96-channel
+# layers' gradients on an earlier layout, where the search on this one found nothing faster (c4). SPLIT is
 # for 8 models and scales with 8 / K, so the weight gradient's grid stays near the same size.
 def _cfg(bm, bn, bk, warps, split=None):
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=warps)
@@ -162,10 +197,11 @@ def _cfg(bm, bn, bk, warps, split=None):
 
 _C96 = {"fwd": _cfg(256, 128, 32, 8), "dgrad": _cfg(128, 128, 32, 8), "wgrad": _cfg(128, 128, 64, 8, 8)}
 CONFIGS = {
-    (30, 48, 48): {"fwd": _cfg(128, 64, 16, 8), "dgrad": _cfg(256, 64, 16, 8), "wgrad": _cfg(64, 64, 64, 4, 4)},
-    (28, 48, 96): {"fwd": _cfg(256, 64, 16, 8), "dgrad": _cfg(256, 64, 32, 8), "wgrad": _cfg(128, 64, 64, 8, 8)},
+    (32, 16, 48): {"fwd": _cfg(256, 64, 16, 8), "wgrad": _cfg(64, 32, 64, 4, 4)},  # the first layer, padded to 16
+    (30, 48, 48): {"fwd": _cfg(256, 64, 16, 8), "dgrad": _cfg(128, 64, 16, 8), "wgrad": _cfg(64, 64, 64, 4, 4)},
+    (28, 48, 96): {"fwd": _cfg(256, 128, 16, 8), "dgrad": _cfg(256, 64, 32, 8), "wgrad": _cfg(128, 64, 64, 4, 4)},
     (26, 96, 96): _C96, (24, 96, 96): _C96, (22, 96, 96): _C96,
-    (10, 96, 192): {"fwd": _cfg(256, 64, 32, 8), "dgrad": _cfg(128, 128, 64, 8), "wgrad": _cfg(256, 128, 64, 8, 4)},
+    (10, 96, 192): {"fwd": _cfg(256, 64, 32, 8), "dgrad": _cfg(128, 128, 64, 8), "wgrad": _cfg(128, 64, 64, 8, 2)},
     (8, 192, 192): {"fwd": _cfg(128, 128, 64, 8), "dgrad": _cfg(128, 64, 64, 4), "wgrad": _cfg(64, 64, 64, 4, 1)},
 }
 
@@ -191,16 +227,41 @@ def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: 
     return cfg
 
 
-def conv_forward(x, w, b, cfg=None):
-    """y = conv(x, w) + b for each model. x (N,H,W,K,CIN) and w (K,COUT,KS,KS,CIN) bf16, b (K,COUT) fp32."""
+def _forward(x, w, b, codes, stats: bool, cfg):
     NB, H, W, K, CIN = x.shape
     COUT, KS = w.shape[1], w.shape[2]
     HO, WO = H - KS + 1, W - KS + 1
     cfg = cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO)
     y = x.new_empty(NB, HO, WO, K, COUT)
     grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), triton.cdiv(COUT, cfg["BLOCK_N"]), K)
-    _fprop_kernel[grid](x, w, b, y, NB, H, W, K, CIN, COUT, KS, **cfg)
-    return y
+    sums = torch.empty(2, grid[0], K, COUT, device=x.device, dtype=torch.float32) if stats else b
+    _fprop_kernel[grid](x, w, b, y, b if codes is None else codes, sums, NB, H, W, K, CIN, COUT, KS, **cfg,
+                        ACT=codes is not None, STATS=stats)
+    return y, sums.sum(1) if stats else None
+
+
+def conv_forward(x, w, b, cfg=None, codes=None):
+    """y = conv(x, w) + b for each model. x (N,H,W,K,CIN) and w (K,COUT,KS,KS,CIN) bf16, b (K,COUT) fp32;
+    with codes ((K,) int32, `relulab.fused.ACTIVATION_CODES`), each model's activation of that."""
+    return _forward(x, w, b, codes, False, cfg)[0]
+
+
+def conv_forward_with_sums(x, w, b, codes, cfg=None):
+    """conv_forward with activation codes, and the per-channel sums of y and y*y, (2, K, COUT) in fp32."""
+    return _forward(x, w, b, codes, True, cfg)
+
+
+def activation_backward(da, a, dsums, codes, block_m: int = 64):
+    """From the gradients of a = act(pre) (N,H,W,K,C) and of its sums (2, K, C) from conv_forward_with_sums:
+    the gradient of pre (like a) and its sum over positions, (K, C) in fp32 (a bias's gradient)."""
+    K, C = a.shape[-2:]
+    M = a.numel() // (K * C)
+    block_c = min(64, triton.next_power_of_2(C))
+    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c), K)
+    dpre = torch.empty_like(a)
+    part = torch.empty(grid[0], K, C, device=a.device, dtype=torch.float32)
+    _act_backward_kernel[grid](da, a, dsums, codes, dpre, part, M, K, C, BLOCK_M=block_m, BLOCK_C=block_c)
+    return dpre, part.sum(0)
 
 
 def conv_dgrad(dy, w, H, W, cfg=None):

@@ -15,12 +15,14 @@ runs up to float rounding (tests/test_stacked_cnn.py).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import activations
+from .fused import ACTIVATION_CODES
 from .models import Slot, SlotNet
 from .stacking import Op, StackedWeights
 
@@ -79,6 +81,78 @@ def _backward(ctx, dy):
 _triton_conv.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Convolution, bias and activation in one kernel, which also sums each channel's outputs and their squares
+# for the batch norm that follows (sums=True; else the second output is empty). Its backward takes the
+# gradients of both outputs: one kernel turns them into the gradient before the activation and the bias's
+# (conv_triton.activation_backward), then the convolution's two gradient kernels.
+@torch.library.custom_op("relulab::stacked_conv_act", mutates_args=())
+def _triton_conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, codes: torch.Tensor,
+                     sums: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import conv_triton
+    x, w16, bias = x.contiguous(), _kernel_weight(weight), bias.float().contiguous()
+    if sums:
+        return conv_triton.conv_forward_with_sums(x, w16, bias, codes)
+    return conv_triton.conv_forward(x, w16, bias, codes=codes), bias.new_empty(0)
+
+
+@_triton_conv_act.register_fake
+def _(x, weight, bias, codes, sums):
+    n, h, w, k, _ = x.shape
+    cout, ks = weight.shape[1], weight.shape[3]
+    sums_shape = (2, k, cout) if sums else (0,)
+    return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout), x.new_empty(sums_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("relulab::stacked_conv_act_backward", mutates_args=())
+def _triton_conv_act_backward(da: torch.Tensor, dsums: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                              a: torch.Tensor, codes: torch.Tensor,
+                              input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import conv_triton
+    dpre, db = conv_triton.activation_backward(da.to(a.dtype).contiguous(), a, dsums.contiguous(), codes)
+    w16 = _kernel_weight(weight)
+    dx = conv_triton.conv_dgrad(dpre, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
+    dw = conv_triton.conv_wgrad(x.contiguous(), dpre, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
+    return dx, dw, db
+
+
+@_triton_conv_act_backward.register_fake
+def _(da, dsums, x, weight, a, codes, input_grad):
+    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return dx, torch.empty_like(weight, dtype=torch.float32), a.new_empty(weight.shape[:2], dtype=torch.float32)
+
+
+def _setup_conv_act(ctx, inputs, output):
+    x, weight, _, codes, _ = inputs
+    ctx.save_for_backward(x, weight, output[0], codes)
+    ctx.input_grad = x.requires_grad
+
+
+def _conv_act_backward(ctx, da, dsums):
+    x, weight, a, codes = ctx.saved_tensors
+    if da is None:
+        da = torch.zeros_like(a)
+    if dsums is None or dsums.numel() == 0:  # no batch norm took the sums
+        dsums = a.new_zeros(2, *a.shape[3:], dtype=torch.float32)
+    dx, dw, db = _triton_conv_act_backward(da, dsums, x, weight, a, codes, ctx.input_grad)
+    return (dx if ctx.input_grad else None), dw, db, None, None
+
+
+_triton_conv_act.register_autograd(_conv_act_backward, setup_context=_setup_conv_act)
+
+
+def _fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+    """The weight and bias that convolve a batch norm's input as the originals convolve its output:
+    conv(a * scale + shift, w) + b = conv(a, w * scale) + (b + sum of w * shift), exactly for 'valid'
+    convolutions (no padding sees the shift). scale and shift are per model and input channel, (K, CIN)."""
+    per_input = (slice(None), None, slice(None), None, None)
+    return weight * scale[per_input], bias + (weight * shift[per_input]).sum((2, 3, 4))
+
+
+def _affine(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Batch norm's output from its per-model, per-channel scale and shift (K, C), on (N, H, W, K, C)."""
+    return h * scale + shift
+
+
 def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same convolution as one PyTorch grouped convolution (a group per model)."""
     n, h, w, k, cin = x.shape
@@ -88,21 +162,26 @@ def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     return out.permute(0, 2, 3, 1).reshape(n, out.shape[2], out.shape[3], k, cout)
 
 
+def _triton_operands(x: torch.Tensor, weight: torch.Tensor):
+    """(x in bf16, weight) as the Triton kernels take them, or None for a layer they do not take."""
+    from . import conv_triton
+    cout, cin = weight.shape[1], weight.shape[2]
+    if cin < 16 and conv_triton.supports(16, cout):
+        # The first layer's 3 input channels, padded with zeros to the kernels' smallest block: 5x the
+        # products of a layer that has 0.6% of the model's, instead of cuDNN's grouped convolution,
+        # which took about a tenth of the step. The padding's gradient is dropped by F.pad's backward.
+        x, weight, cin = F.pad(x, (0, 16 - cin)), F.pad(weight, (0, 0, 0, 0, 0, 16 - cin)), 16
+    return (x.to(torch.bfloat16), weight) if conv_triton.supports(cin, cout) else None
+
+
 def stacked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, triton_kernels: bool) -> torch.Tensor:
     """Convolve each model's input with its own weight: x (N, H, W, K, CIN), weight (K, COUT, CIN, KS, KS),
     bias (K, COUT) -> (N, HO, WO, K, COUT)."""
-    cout, cin, size = weight.shape[1], weight.shape[2], weight.shape[3]
-    if size == 1:  # the 1x1 head: a batched matrix product (cuDNN's grouped 1x1 convolution is slow)
+    if weight.shape[3] == 1:  # the 1x1 head: a batched matrix product (cuDNN's grouped 1x1 convolution is slow)
         return torch.einsum("nhwkc,koc->nhwko", x, weight[..., 0, 0]) + bias
-    if triton_kernels:
-        from . import conv_triton
-        if cin < 16 and conv_triton.supports(16, cout):
-            # The first layer's 3 input channels, padded with zeros to the kernels' smallest block: 5x the
-            # products of a layer that has 0.6% of the model's, instead of cuDNN's grouped convolution,
-            # which took about a tenth of the step. The padding's gradient is dropped by F.pad's backward.
-            x, weight, cin = F.pad(x, (0, 16 - cin)), F.pad(weight, (0, 0, 0, 0, 0, 16 - cin)), 16
-        if conv_triton.supports(cin, cout):
-            return _triton_conv(x.to(torch.bfloat16), weight, bias)
+    operands = _triton_operands(x, weight) if triton_kernels else None
+    if operands is not None:
+        return _triton_conv(*operands, bias)
     return _grouped_conv(x, weight, bias)
 
 
@@ -121,19 +200,31 @@ def _unchannels(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class StackedCNN(StackedWeights):
-    """K same-shape seed-cnns (any activation per slot and model) as one set of stacked weights."""
+    """K same-shape seed-cnns (any activation per slot and model) as one set of stacked weights.
+
+    With `fold_batchnorm` (the default with the Triton kernels), each conv -> activation -> batch norm runs
+    as one kernel that also sums the batch norm's statistics, and the batch norm is then applied by the
+    next convolution, folded into its weights (`_fold_batchnorm`): the batch norm's own passes over the
+    activations, forward and backward, are gone. Where a max-pool or the head comes next, it is applied as it
+    is. Layers whose activation the kernels lack (`relulab.fused.ACTIVATION_CODES`) run unfolded."""
 
     flat_input = False  # the pack's steps pass images as they are
 
-    def __init__(self, models: Sequence[SlotNet], triton_kernels: bool):
+    def __init__(self, models: Sequence[SlotNet], triton_kernels: bool, fold_batchnorm: Optional[bool] = None):
         super().__init__(models)
         self.triton_kernels = triton_kernels
+        self.codes: dict[int, torch.Tensor] = {}  # op index of an activation -> (K,) activation codes
+        device = models[0].body[0].weight.device
         for index, layers in enumerate(zip(*(m.body for m in models))):
             first = layers[0]
             if isinstance(first, (nn.Conv2d, nn.BatchNorm2d)):
                 self._add_layer("conv" if isinstance(first, nn.Conv2d) else "bn", index, layers)
             elif isinstance(first, Slot):
                 self._add_activation(layers)
+                names = [activations.canonical_name(slot.spec) for slot in layers]
+                if all(name in ACTIVATION_CODES for name in names):
+                    self.codes[len(self.ops) - 1] = torch.tensor([ACTIVATION_CODES[n] for n in names],
+                                                                 dtype=torch.int32, device=device)
             elif isinstance(first, nn.MaxPool2d):
                 self.ops.append(Op("maxpool", module=first))
             elif isinstance(first, (nn.AdaptiveAvgPool2d, nn.Flatten)):
@@ -141,6 +232,19 @@ class StackedCNN(StackedWeights):
             else:
                 raise TypeError(f"cannot stack layer {type(first).__name__}")
         self._finish()
+        fold = triton_kernels if fold_batchnorm is None else fold_batchnorm
+        self.folded = {i for i in range(len(self.ops)) if fold and self._foldable(i)}
+
+    def _foldable(self, i: int) -> bool:
+        """Whether op i starts a 3x3 conv -> activation -> batch norm that runs as one kernel."""
+        if i + 2 >= len(self.ops) or [op.kind for op in self.ops[i:i + 3]] != ["conv", "act", "bn"]:
+            return False
+        conv, bn = self.ops[i], self.ops[i + 2]
+        cout, cin, size = conv.shape[:3]
+        if size == 1 or i + 1 not in self.codes or bn.module.momentum is None:
+            return False
+        from . import conv_triton
+        return not self.triton_kernels or conv_triton.supports(max(cin, 16), cout)
 
     def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
         """x: (K, N, C, H, W), or (N, C, H, W) shared by all models -> logits (K, N, classes)."""
@@ -150,16 +254,57 @@ class StackedCNN(StackedWeights):
         else:
             h = x.permute(1, 3, 4, 0, 2)
         h = h.contiguous()
-        for op in self.ops:
-            if op.kind == "conv":
-                h = stacked_conv(h, views[op.weight].view(self.k, *op.shape), views[op.bias], self.triton_kernels)
-            elif op.kind == "act":
-                h = self._activate(h, op, model_dim=3)
-            elif op.kind == "bn":
-                mean, var = self.running[op.running]
-                out = F.batch_norm(_channels(h), mean, var, views[op.weight].reshape(-1), views[op.bias].reshape(-1),
-                                   training, op.module.momentum, op.module.eps)
-                h = _unchannels(out, self.k)
+        i, pending = 0, None  # pending: the (scale, shift) of a batch norm the next convolution folds in
+        while i < len(self.ops):
+            if i in self.folded:
+                h, norm = self._conv_act_batchnorm(views, h, i, pending, training)
+                i += 3
+                pending = norm if i in self.folded else None
+                if pending is None:
+                    h = _affine(h, *norm)
             else:
-                h = _unchannels(F.max_pool2d(_channels(h), op.module.kernel_size), self.k)
+                h = self._layer(views, h, self.ops[i], training)
+                i += 1
         return h.mean((1, 2)).transpose(0, 1)  # AdaptiveAvgPool2d(1) and Flatten, for each model
+
+    def _layer(self, views, h: torch.Tensor, op: Op, training: bool) -> torch.Tensor:
+        if op.kind == "conv":
+            return stacked_conv(h, views[op.weight].view(self.k, *op.shape), views[op.bias], self.triton_kernels)
+        if op.kind == "act":
+            return self._activate(h, op, model_dim=3)
+        if op.kind == "bn":
+            mean, var = self.running[op.running]
+            out = F.batch_norm(_channels(h), mean, var, views[op.weight].reshape(-1), views[op.bias].reshape(-1),
+                               training, op.module.momentum, op.module.eps)
+            return _unchannels(out, self.k)
+        return _unchannels(F.max_pool2d(_channels(h), op.module.kernel_size), self.k)
+
+    def _conv_act_batchnorm(self, views, h, i: int, pending, training: bool):
+        """Ops i..i+2 (conv, activation, batch norm): the activation's output and the batch norm's (scale, shift)."""
+        conv, bn = self.ops[i], self.ops[i + 2]
+        weight, bias = views[conv.weight].view(self.k, *conv.shape), views[conv.bias]
+        if pending is not None:
+            weight, bias = _fold_batchnorm(weight, bias, *pending)
+        operands = _triton_operands(h, weight) if self.triton_kernels else None
+        if operands is not None:
+            a, sums = _triton_conv_act(*operands, bias, self.codes[i + 1], training)
+        else:  # the same in PyTorch operations (the CPU's reference)
+            a = self._activate(_grouped_conv(h, weight, bias), self.ops[i + 1], model_dim=3)
+            sums = torch.stack([a.sum((0, 1, 2)), (a * a).sum((0, 1, 2))]).float() if training else None
+        count = a.shape[0] * a.shape[1] * a.shape[2]
+        return a, self._batchnorm_scale_shift(views, bn, sums, count, training)
+
+    def _batchnorm_scale_shift(self, views, bn: Op, sums, count: int, training: bool):
+        """Batch norm as a per-model, per-channel (scale, shift), from the batch's sums in training (which
+        also update the running statistics, as PyTorch's batch norm does) or from the running statistics."""
+        running_mean, running_var = self.running[bn.running]
+        if training:
+            mean = sums[0] / count
+            var = (sums[1] / count - mean * mean).clamp_min(0)  # one pass; fp32 sums of O(1) values
+            with torch.no_grad():
+                running_mean.lerp_(mean.reshape(-1), bn.module.momentum)
+                running_var.lerp_(var.reshape(-1) * (count / (count - 1)), bn.module.momentum)
+        else:
+            mean, var = running_mean.view(self.k, -1), running_var.view(self.k, -1)
+        scale = views[bn.weight] * torch.rsqrt(var + bn.module.eps)
+        return scale, views[bn.bias] - mean * scale
