@@ -234,6 +234,7 @@ def _forward(x, w, b, codes, stats: bool, cfg):
     cfg = cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO)
     y = x.new_empty(NB, HO, WO, K, COUT)
     grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), triton.cdiv(COUT, cfg["BLOCK_N"]), K)
+    # Without codes or stats the kernel never reads those pointers (ACT, STATS are off); b stands in for them.
     sums = torch.empty(2, grid[0], K, COUT, device=x.device, dtype=torch.float32) if stats else b
     _fprop_kernel[grid](x, w, b, y, b if codes is None else codes, sums, NB, H, W, K, CIN, COUT, KS, **cfg,
                         ACT=codes is not None, STATS=stats)

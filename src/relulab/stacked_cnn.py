@@ -36,6 +36,29 @@ def _kernel_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 1, 3, 4, 2).to(torch.bfloat16, memory_format=torch.contiguous_format)
 
 
+def _conv_output_like(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """An empty (N, HO, WO, K, COUT) output of x's convolution with weight, for the operators' fake versions."""
+    n, h, w, k, _ = x.shape
+    cout, ks = weight.shape[1], weight.shape[3]
+    return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout)
+
+
+def _conv_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, input_grad: bool):
+    """(dx, dw) of the convolution from dy (bf16, contiguous); dw in fp32 and PyTorch's weight layout.
+    Without an input gradient (the first layer) dx is an empty placeholder: an operator must return tensors."""
+    from . import conv_triton
+    w16 = _kernel_weight(weight)
+    dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
+    dw = conv_triton.conv_wgrad(x.contiguous(), dy, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
+    return dx, dw
+
+
+def _gradients_like(x: torch.Tensor, weight: torch.Tensor, input_grad: bool):
+    """Empty (dx, dw, db) as the backward operators return them, for their fake versions."""
+    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return dx, torch.empty_like(weight, dtype=torch.float32), x.new_empty(weight.shape[:2], dtype=torch.float32)
+
+
 @torch.library.custom_op("relulab::stacked_conv", mutates_args=())
 def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     from . import conv_triton
@@ -44,26 +67,19 @@ def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
 
 @_triton_conv.register_fake
 def _(x, weight, bias):
-    n, h, w, k, _ = x.shape
-    cout, ks = weight.shape[1], weight.shape[3]
-    return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout)
+    return _conv_output_like(x, weight)
 
 
 @torch.library.custom_op("relulab::stacked_conv_backward", mutates_args=())
 def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from . import conv_triton
-    dy, x, w16 = dy.to(torch.bfloat16).contiguous(), x.contiguous(), _kernel_weight(weight)
-    # Without an input gradient (the first layer) dx is an empty placeholder: an operator must return tensors.
-    dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
-    dw = conv_triton.conv_wgrad(x, dy, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
-    return dx, dw, dy.sum((0, 1, 2), dtype=torch.float32)
+    dy = dy.to(torch.bfloat16).contiguous()
+    return *_conv_gradients(dy, x, weight, input_grad), dy.sum((0, 1, 2), dtype=torch.float32)
 
 
 @_triton_conv_backward.register_fake
 def _(dy, x, weight, input_grad):
-    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
-    return dx, torch.empty_like(weight, dtype=torch.float32), dy.new_empty(weight.shape[:2], dtype=torch.float32)
+    return _gradients_like(x, weight, input_grad)
 
 
 def _setup_context(ctx, inputs, output):
@@ -97,10 +113,8 @@ def _triton_conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 
 @_triton_conv_act.register_fake
 def _(x, weight, bias, codes, sums):
-    n, h, w, k, _ = x.shape
-    cout, ks = weight.shape[1], weight.shape[3]
-    sums_shape = (2, k, cout) if sums else (0,)
-    return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout), x.new_empty(sums_shape, dtype=torch.float32)
+    sums_shape = (2, x.shape[3], weight.shape[1]) if sums else (0,)
+    return _conv_output_like(x, weight), x.new_empty(sums_shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("relulab::stacked_conv_act_backward", mutates_args=())
@@ -109,16 +123,12 @@ def _triton_conv_act_backward(da: torch.Tensor, dsums: torch.Tensor, x: torch.Te
                               input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import conv_triton
     dpre, db = conv_triton.activation_backward(da.to(a.dtype).contiguous(), a, dsums.contiguous(), codes)
-    w16 = _kernel_weight(weight)
-    dx = conv_triton.conv_dgrad(dpre, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
-    dw = conv_triton.conv_wgrad(x.contiguous(), dpre, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
-    return dx, dw, db
+    return *_conv_gradients(dpre, x, weight, input_grad), db
 
 
 @_triton_conv_act_backward.register_fake
 def _(da, dsums, x, weight, a, codes, input_grad):
-    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
-    return dx, torch.empty_like(weight, dtype=torch.float32), a.new_empty(weight.shape[:2], dtype=torch.float32)
+    return _gradients_like(x, weight, input_grad)
 
 
 def _setup_conv_act(ctx, inputs, output):
