@@ -30,9 +30,9 @@ NB = 128
 # (name, input size, CIN, COUT) of seed-cnn's 3x3 layers; slot 1's 3 input channels are padded to 16.
 LAYERS = [("c1", 32, 16, 48), ("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 96, 96), ("c5", 24, 96, 96),
           ("c6", 22, 96, 96), ("c7", 10, 96, 192), ("c8", 8, 192, 192)]
-TILES = [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (256, 32, 8),
-         (256, 64, 8), (64, 128, 4), (256, 128, 8)]
+ROWS = [(64, 4), (128, 4), (128, 8), (256, 8)]  # (BLOCK_M, num_warps)
 STAGES = [3]
+GRID = "slabs"
 KERNELS = ["fwd", "dgrad", "wgrad"]
 CHOSEN_ONLY = False
 
@@ -101,27 +101,38 @@ def cudnn_ops(x, w, b, dy):
     return {"fwd": fwd, "fwd_stats": fwd_stats, "dgrad": dgrad, "wgrad": wgrad}
 
 
+def wgrad_splits(rows, columns, bm, bn, P, positions):
+    """Splits of the positions that give the weight gradient's grid 2-8 waves of an H100's 132 SMs."""
+    tiles = triton.cdiv(rows, bm) * triton.cdiv(columns, bn) * P
+    return [split for split in (1, 2, 4, 8, 16, 32, 64)
+            if 264 <= tiles * split <= 1056 and positions // split >= 256]
+
+
 def configs(kernel, P, H, CIN, COUT):
+    """The tiles relulab uses for this layer first (the baseline), then, unless --chosen, the search grid:
+    three-slab tiles (conv_triton.slab_width) where the channels allow them, or (--grid all) one-slab tiles too."""
     ho = H - 2
-    if CHOSEN_ONLY:  # only what relulab runs: conv_triton's table for this layer
-        yield ct.config(kernel, H, CIN, COUT, P, NB * ho * ho)
+    chosen = ct.config(kernel.replace("fwd_stats", "fwd"), H, CIN, COUT, P, NB * ho * ho)
+    yield chosen
+    if CHOSEN_ONLY:
         return
-    for (bm, bn, warps), stages in itertools.product(TILES, STAGES):
-        if kernel in ("fwd", "fwd_stats"):
-            if bn > 2 * COUT:
-                continue
-            yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=largest_block(CIN), STAGES=stages, num_warps=warps)
-        elif kernel == "dgrad":
-            if bn > 2 * CIN:
-                continue
-            yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=largest_block(COUT), STAGES=stages, num_warps=warps)
-        else:  # wgrad: BLOCK_M runs over COUT, BLOCK_N over CIN, BLOCK_K over positions
-            if bm > 2 * COUT or bn > 2 * CIN or bm < 64:
-                continue
-            tiles = triton.cdiv(COUT, bm) * 9 * triton.cdiv(CIN, bn) * P
-            for split in (1, 2, 4, 8, 16, 32, 64):
-                if 264 <= tiles * split <= 1056 and NB * ho * ho // split >= 256:
-                    yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, SPLIT=split, STAGES=stages, num_warps=warps)
+    columns = CIN if kernel == "dgrad" else COUT
+    slab = ct.slab_width(columns)
+    widths = [(bn, 1) for bn in (32, 64, 128) if bn <= 2 * columns] if GRID == "all" else []
+    widths += [(w, 3) for w in ((slab, slab // 2) if slab else ()) if w >= 16]
+    for (bm, warps), (bn, slabs), stages in itertools.product(ROWS, widths, STAGES):
+        if kernel == "wgrad":  # BLOCK_M over the weight's (tap, CIN) rows, columns over COUT, BLOCK_K positions
+            for split in wgrad_splits(9 * CIN, COUT, bm, bn * slabs, P, NB * ho * ho):
+                cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, SLABS=slabs, SPLIT=split, STAGES=stages,
+                           num_warps=warps)
+                if cfg != chosen:
+                    yield cfg
+        else:
+            reduced = CIN if kernel.startswith("fwd") else COUT
+            for bk in sorted({largest_block(reduced), 16}):
+                cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=stages, num_warps=warps)
+                if cfg != chosen:
+                    yield cfg
 
 
 def triton_call(kernel, x, w, b, dy, H, cfg):
@@ -147,7 +158,7 @@ def probe_layer(name, H, CIN, COUT, P, deadline):
     for kernel in KERNELS:
         want = reference[kernel]()
         cudnn_s = graph_time(reference[kernel]) / P
-        best = None
+        best, baseline = None, None
         for cfg in configs(kernel, P, H, CIN, COUT):
             if time.perf_counter() > deadline:
                 break
@@ -163,6 +174,7 @@ def probe_layer(name, H, CIN, COUT, P, deadline):
             if not err <= 2e-2:  # NaN too
                 emit({"layer": name, "kernel": kernel, "pack": P, "cfg": cfg, "wrong": err})
                 continue
+            baseline = secs if baseline is None else baseline  # the first: the tiles relulab has now
             if best is None or secs < best[0]:
                 best = (secs, cfg, err)
         if best is None:
@@ -170,7 +182,7 @@ def probe_layer(name, H, CIN, COUT, P, deadline):
         emit({"layer": name, "kernel": kernel, "pack": P, "cudnn_us": round(cudnn_s * 1e6, 1),
               "triton_us": round(best[0] * 1e6, 1), "speedup": round(cudnn_s / best[0], 2),
               "triton_tflops": round(flop / best[0] / 1e12, 1), "cudnn_tflops": round(flop / cudnn_s / 1e12, 1),
-              "err": best[2], "cfg": best[1]})
+              "err": best[2], "cfg": best[1], "current_us": round(baseline * 1e6, 1)})
 
 
 def probe_act_backward(name, size, C, P):
@@ -193,14 +205,16 @@ def main():
     parser.add_argument("--budget", type=float, default=500)
     parser.add_argument("--stages", default="3")
     parser.add_argument("--chosen", action="store_true", help="time only the tiles relulab uses (CONFIGS)")
+    parser.add_argument("--grid", default="slabs", choices=["slabs", "all"],
+                        help="search three-slab tiles only, or one-slab tiles of 32-128 columns too")
     parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS[1:]))
     parser.add_argument("--kernels", default="fwd,dgrad,wgrad", help="of fwd, fwd_stats (with ReLU and sums), dgrad, wgrad")
     parser.add_argument("--act-backward", action="store_true", help="also time conv_triton.activation_backward's tiles")
     args = parser.parse_args()
     deadline = T0 + args.budget
     STAGES[:] = [int(s) for s in args.stages.split(",")]
-    global CHOSEN_ONLY
-    CHOSEN_ONLY = args.chosen
+    global CHOSEN_ONLY, GRID
+    CHOSEN_ONLY, GRID = args.chosen, args.grid
     KERNELS[:] = args.kernels.split(",")
     wanted = args.layers.split(",")
     for P in (int(p) for p in args.packs.split(",")):

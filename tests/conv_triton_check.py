@@ -11,9 +11,11 @@ from relulab import conv_triton
 torch.manual_seed(0)
 failed = False
 # (models, batch, size, CIN, COUT, tiles): odd sizes and channel counts that leave partial tiles in every axis.
+# SLABS=3: three slabs of BLOCK_N columns a tile, which cover 48 exactly, 32 with a partial slab, 96 in two tiles.
 CASES = [
-    (2, 2, 7, 32, 48, dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, STAGES=2)),
-    (3, 1, 6, 16, 16, dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, STAGES=2)),
+    (2, 2, 7, 32, 48, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SLABS=3, STAGES=2)),
+    (3, 1, 6, 16, 16, dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, SLABS=1, STAGES=2)),
+    (2, 1, 6, 48, 96, dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, SLABS=3, STAGES=2)),
 ]
 for K, N, H, CIN, COUT, tiles in CASES:
     x = torch.randn(N, H, H, K, CIN)

@@ -26,5 +26,10 @@ def test_the_fused_mlp_kernels_equal_the_reference():
 
 
 def test_the_convolution_kernels_equal_pytorch():
-    # 2 + 3 models: 3 products each, then activation, sums, and their backward's two outputs
-    assert _run_in_interpreter("conv_triton_check.py").count("relative error") == 35
+    # 2 + 3 + 2 models: 3 products each, then activation, sums, and their backward's two outputs
+    assert _run_in_interpreter("conv_triton_check.py").count("relative error") == 49
+
+
+def test_a_stack_through_the_triton_operators_equals_pytorch():
+    # Batch norms folded into the convolutions, through the custom operators: logits, gradient, statistics.
+    assert _run_in_interpreter("stacked_cnn_check.py").count("relative error") == 3

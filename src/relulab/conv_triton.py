@@ -45,13 +45,32 @@ def _position(index, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
     return index // (HEIGHT * WIDTH), (index // WIDTH) % HEIGHT, index % WIDTH
 
 
+@triton.jit
+def _fprop_epilogue(acc, rm, rn, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT: tl.constexpr,
+                    ACT: tl.constexpr, STATS: tl.constexpr):
+    """Bias, activation and store of one slab of output columns rn; with STATS, its per-channel sums."""
+    acc += tl.load(b_ptr + _wrap(rn, COUT)).to(tl.float32)[None, :]
+    if ACT:
+        acc = _activate(acc, tl.load(code_ptr + model))
+    out = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], out, mask=(rm < M)[:, None] & (rn < COUT)[None, :])
+    if STATS:
+        # Of the values as stored, which are what the next layer reads; rows past the end count nothing.
+        kept = tl.where((rm < M)[:, None], out.to(tl.float32), 0.0)
+        at = (tl.program_id(0) * K + model) * COUT + rn
+        tl.store(sums_ptr + at, tl.sum(kept, 0), mask=rn < COUT)
+        tl.store(sums_ptr + tl.num_programs(0) * K * COUT + at, tl.sum(kept * kept, 0), mask=rn < COUT)
+
+
 @triton.jit(do_not_specialize=["NB", "K"])
 def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
                   NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
                   COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr):
+                  BLOCK_K: tl.constexpr, SLABS: tl.constexpr, STAGES: tl.constexpr, ACT: tl.constexpr,
+                  STATS: tl.constexpr):
     """y = act(conv(x, w) + b) for one tile of one model; with STATS, the tile's per-channel sums of y and y*y
-    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y."""
+    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y.
+    With SLABS=3 a tile's columns are three slabs of BLOCK_N that share each loaded block of x (see CONFIGS)."""
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
     M = NB * HO * WO
@@ -66,36 +85,39 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
     img, h, w = _position(rm, HO, WO)
     # Rows past the end read row 0 instead of being masked: the loads stay unmasked and vectorized.
     row = tl.where(rm < M, ((img * H + h) * W + w) * (K * CIN), 0)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_safe = _wrap(rn, COUT)
+    rn0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
+    rn1 = rn0 + BLOCK_N
+    rn2 = rn1 + BLOCK_N
     rk = tl.arange(0, BLOCK_K)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in tl.range(0, KTOT, BLOCK_K, num_stages=STAGES):
         tap = k0 // CIN  # BLOCK_K divides CIN, so a block never straddles two taps
         shift = ((tap // KS) * W + tap % KS) * (K * CIN) + (k0 - tap * CIN)
         a = tl.load(x_ptr + row[:, None] + (shift + rk)[None, :])
-        b = tl.load(w_ptr + rn_safe[None, :] * KTOT + (k0 + rk)[:, None])
-        acc = tl.dot(a, b, acc)
-    acc += tl.load(b_ptr + rn_safe).to(tl.float32)[None, :]
-    if ACT:
-        acc = _activate(acc, tl.load(code_ptr + model))
-    out = acc.to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], out,
-             mask=(rm < M)[:, None] & (rn < COUT)[None, :])
-    if STATS:
-        # Of the values as stored, which are what the next layer reads; rows past the end count nothing.
-        kept = tl.where((rm < M)[:, None], out.to(tl.float32), 0.0)
-        at = (tl.program_id(0) * K + model) * COUT + rn
-        tl.store(sums_ptr + at, tl.sum(kept, 0), mask=rn < COUT)
-        tl.store(sums_ptr + tl.num_programs(0) * K * COUT + at, tl.sum(kept * kept, 0), mask=rn < COUT)
+        acc0 = tl.dot(a, tl.load(w_ptr + _wrap(rn0, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc0)
+        if SLABS == 3:
+            acc1 = tl.dot(a, tl.load(w_ptr + _wrap(rn1, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc1)
+            acc2 = tl.dot(a, tl.load(w_ptr + _wrap(rn2, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc2)
+    _fprop_epilogue(acc0, rm, rn0, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT, ACT, STATS)
+    if SLABS == 3:
+        _fprop_epilogue(acc1, rm, rn1, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT, ACT, STATS)
+        _fprop_epilogue(acc2, rm, rn2, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT, ACT, STATS)
+
+
+@triton.jit
+def _dgrad_store(acc, rm, rn, M, dx_ptr, K, CIN: tl.constexpr):
+    tl.store(dx_ptr + rm[:, None] * (K * CIN) + rn[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=(rm < M)[:, None] & (rn < CIN)[None, :])
 
 
 @triton.jit(do_not_specialize=["NB", "K"])
 def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                   NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
                   COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                  BLOCK_K: tl.constexpr, SLABS: tl.constexpr, STAGES: tl.constexpr):
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
     M = NB * H * W
@@ -107,11 +129,14 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
 
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     img, h, w = _position(rm, H, W)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_safe = _wrap(rn, CIN)
+    rn0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
+    rn1 = rn0 + BLOCK_N
+    rn2 = rn1 + BLOCK_N
     rk = tl.arange(0, BLOCK_K)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in tl.range(0, KS * KS * COUT, BLOCK_K, num_stages=STAGES):
         tap = k0 // COUT  # BLOCK_K divides COUT
         ho = h - tap // KS
@@ -119,10 +144,15 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         inside = (rm < M) & (ho >= 0) & (ho < HO) & (wo >= 0) & (wo < WO)
         row = tl.where(inside, ((img * HO + ho) * WO + wo) * (K * COUT), 0)
         a = tl.load(dy_ptr + row[:, None] + (k0 - tap * COUT + rk)[None, :], mask=inside[:, None], other=0.0)
-        b = tl.load(w_ptr + (k0 - tap * COUT + rk)[:, None] * KTOT + tap * CIN + rn_safe[None, :])
-        acc = tl.dot(a, b, acc)
-    tl.store(dx_ptr + rm[:, None] * (K * CIN) + rn[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=(rm < M)[:, None] & (rn < CIN)[None, :])
+        w_at = w_ptr + (k0 - tap * COUT + rk)[:, None] * KTOT + tap * CIN
+        acc0 = tl.dot(a, tl.load(w_at + _wrap(rn0, CIN)[None, :]), acc0)
+        if SLABS == 3:
+            acc1 = tl.dot(a, tl.load(w_at + _wrap(rn1, CIN)[None, :]), acc1)
+            acc2 = tl.dot(a, tl.load(w_at + _wrap(rn2, CIN)[None, :]), acc2)
+    _dgrad_store(acc0, rm, rn0, M, dx_ptr, K, CIN)
+    if SLABS == 3:
+        _dgrad_store(acc1, rm, rn1, M, dx_ptr, K, CIN)
+        _dgrad_store(acc2, rm, rn2, M, dx_ptr, K, CIN)
 
 
 @triton.jit(do_not_specialize=["M", "K"])
@@ -146,63 +176,83 @@ def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr,
     tl.store(part_ptr + (tl.program_id(0) * K + model) * C + cols, tl.sum(dpre, 0), mask=cols < C)
 
 
+@triton.jit
+def _wgrad_store(acc, rows, rco, part_ptr, KTOT: tl.constexpr, COUT: tl.constexpr):
+    tl.store(part_ptr + rco[None, :] * KTOT + rows[:, None], acc, mask=(rows < KTOT)[:, None] & (rco < COUT)[None, :])
+
+
 @triton.jit(do_not_specialize=["NB", "K", "SPLIT"])
 def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
                   NB, H: tl.constexpr, W: tl.constexpr, K, CIN: tl.constexpr,
                   COUT: tl.constexpr, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, SPLIT, STAGES: tl.constexpr):
-    """One (COUT block, tap x CIN block) tile of one model's weight gradient over 1/SPLIT of the positions."""
+                  BLOCK_K: tl.constexpr, SLABS: tl.constexpr, SPLIT, STAGES: tl.constexpr):
+    """One tile of one model's weight gradient, over 1/SPLIT of the positions: rows are the flattened
+    (tap, CIN) of the weight (blocks may straddle taps, so 864 rows waste 4% of 128-row tiles where a tap's
+    96 channels alone would waste 25%), columns SLABS slabs of BLOCK_N output channels."""
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
     M = NB * HO * WO
     KTOT: tl.constexpr = KS * KS * CIN
-    CI_BLOCKS: tl.constexpr = (CIN + BLOCK_N - 1) // BLOCK_N
     CHUNK = ((M + SPLIT * BLOCK_K - 1) // (SPLIT * BLOCK_K)) * BLOCK_K
     model = tl.program_id(2) // SPLIT
     part = tl.program_id(2) % SPLIT
     x_ptr += model * CIN
     dy_ptr += model * COUT
     part_ptr += tl.program_id(2).to(tl.int64) * (COUT * KTOT)
-
-    rco = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rco_safe = _wrap(rco, COUT)
-    tap = tl.program_id(1) // CI_BLOCKS
-    rci = (tl.program_id(1) % CI_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rci_safe = _wrap(rci, CIN)
-    shift = ((tap // KS) * W + tap % KS) * (K * CIN)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     start = part * CHUNK
+
+    rco0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
+    rco1 = rco0 + BLOCK_N
+    rco2 = rco1 + BLOCK_N
+
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tap = (rows % KTOT) // CIN
+    # Each row's offset in x from a position's: its tap's shift and its channel, in aligned runs of 8.
+    row_shift = tl.max_contiguous(tl.multiple_of(((tap // KS) * W + tap % KS) * (K * CIN) + rows % CIN, 8), 8)
+
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in tl.range(start, start + CHUNK, BLOCK_K, num_stages=STAGES):
         rp = k0 + tl.arange(0, BLOCK_K)
         inside = rp < M
         img, ho, wo = _position(rp, HO, WO)
-        a = tl.load(dy_ptr + rp[None, :] * (K * COUT) + rco_safe[:, None], mask=inside[None, :], other=0.0)
-        xrow = ((img * H + ho) * W + wo) * (K * CIN) + shift
-        b = tl.load(x_ptr + xrow[:, None] + rci_safe[None, :], mask=inside[:, None], other=0.0)
-        acc = tl.dot(a, b, acc)
-    tl.store(part_ptr + rco[:, None] * KTOT + (tap * CIN + rci)[None, :], acc,
-             mask=(rco < COUT)[:, None] & (rci < CIN)[None, :])
+        xrow = ((img * H + ho) * W + wo) * (K * CIN)
+        a = tl.load(x_ptr + xrow[None, :] + row_shift[:, None], mask=inside[None, :], other=0.0)
+        dy_at = dy_ptr + rp[:, None] * (K * COUT)
+        acc0 = tl.dot(a, tl.load(dy_at + _wrap(rco0, COUT)[None, :], mask=inside[:, None], other=0.0), acc0)
+        if SLABS == 3:
+            acc1 = tl.dot(a, tl.load(dy_at + _wrap(rco1, COUT)[None, :], mask=inside[:, None], other=0.0), acc1)
+            acc2 = tl.dot(a, tl.load(dy_at + _wrap(rco2, COUT)[None, :], mask=inside[:, None], other=0.0), acc2)
+    _wgrad_store(acc0, rows, rco0, part_ptr, KTOT, COUT)
+    if SLABS == 3:
+        _wgrad_store(acc1, rows, rco1, part_ptr, KTOT, COUT)
+        _wgrad_store(acc2, rows, rco2, part_ptr, KTOT, COUT)
 
 
 # Tile sizes per layer, (input size, CIN, COUT) -> kernel -> configuration: the fastest of a small grid
-# for a stack of 8 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md). The forward's were searched
-# with the activation and batch-norm sums in its epilogue (as stacks run it), on this layout; the 96-channel
-# layers' gradients on an earlier layout, where the search on this one found nothing faster (c4). SPLIT is
-# for 8 models and scales with 8 / K, so the weight gradient's grid stays near the same size.
-def _cfg(bm, bn, bk, warps, split=None):
-    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=3, num_warps=warps)
+# for a stack of 16 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), the forward's with the
+# activation and batch-norm sums in its epilogue, as stacks run it. Three slabs (slab_width) won everywhere
+# but the 48-channel inputs' and c7's input gradients. SPLIT is for 16 models and scales with 16 / K, so the
+# weight gradient's grid stays near the same size.
+def _cfg(bm, bn, bk, warps, split=None, slabs=1):
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=3, num_warps=warps)
     return cfg if split is None else {**cfg, "SPLIT": split}
 
 
-_C96 = {"fwd": _cfg(256, 128, 32, 8), "dgrad": _cfg(128, 128, 32, 8), "wgrad": _cfg(128, 128, 64, 8, 8)}
+_C96 = {"fwd": _cfg(128, 32, 32, 4, slabs=3), "dgrad": _cfg(128, 32, 32, 4, slabs=3),
+        "wgrad": _cfg(128, 32, 64, 4, 4, slabs=3)}
 CONFIGS = {
-    (32, 16, 48): {"fwd": _cfg(256, 64, 16, 8), "wgrad": _cfg(64, 32, 64, 4, 4)},  # the first layer, padded to 16
-    (30, 48, 48): {"fwd": _cfg(256, 64, 16, 8), "dgrad": _cfg(128, 64, 16, 8), "wgrad": _cfg(64, 64, 64, 4, 4)},
-    (28, 48, 96): {"fwd": _cfg(256, 128, 16, 8), "dgrad": _cfg(256, 64, 32, 8), "wgrad": _cfg(128, 64, 64, 4, 4)},
+    (32, 16, 48): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "wgrad": _cfg(64, 16, 64, 4, 8, slabs=3)},  # padded to 16
+    (30, 48, 48): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "dgrad": _cfg(128, 64, 16, 8),
+                   "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3)},
+    (28, 48, 96): {"fwd": _cfg(128, 32, 16, 4, slabs=3), "dgrad": _cfg(256, 64, 32, 8),
+                   "wgrad": _cfg(128, 32, 64, 4, 8, slabs=3)},
     (26, 96, 96): _C96, (24, 96, 96): _C96, (22, 96, 96): _C96,
-    (10, 96, 192): {"fwd": _cfg(256, 64, 32, 8), "dgrad": _cfg(128, 128, 64, 8), "wgrad": _cfg(128, 64, 64, 8, 2)},
-    (8, 192, 192): {"fwd": _cfg(128, 128, 64, 8), "dgrad": _cfg(128, 64, 64, 4), "wgrad": _cfg(64, 64, 64, 4, 1)},
+    (10, 96, 192): {"fwd": _cfg(128, 64, 32, 4, slabs=3), "dgrad": _cfg(128, 128, 64, 8),
+                    "wgrad": _cfg(64, 64, 64, 4, 2, slabs=3)},
+    (8, 192, 192): {"fwd": _cfg(64, 64, 64, 4, slabs=3), "dgrad": _cfg(256, 64, 64, 8, slabs=3),
+                    "wgrad": _cfg(64, 64, 64, 4, 1, slabs=3)},
 }
 
 
@@ -215,30 +265,52 @@ def _largest_block(channels: int) -> int:
     return max(b for b in (16, 32, 64) if channels % b == 0)
 
 
+def slab_width(channels: int):
+    """The width of three slabs that cover `channels` exactly (seed-cnn's 48, 96, 192: 3 x 16, 32, 64), or None.
+
+    Tiles are powers of two wide, so a 96-channel layer in one 128-wide tile computes a quarter of it for
+    nothing; three 32-wide slabs that share the other operand's loads compute none."""
+    width = channels // 3
+    return width if channels % 3 == 0 and width in (16, 32, 64) else None
+
+
 def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: int) -> dict:
     """The tile sizes for one kernel of one layer: measured ones, or a middle-of-the-road default."""
     cfg = CONFIGS.get((size, cin, cout), {}).get(kernel)
     if cfg is None:
-        reduced = cin if kernel == "fwd" else cout
-        cfg = _cfg(64, 64, 64, 4, 8) if kernel == "wgrad" else _cfg(128, 64, _largest_block(reduced), 4)
+        columns = cin if kernel == "dgrad" else cout
+        slab = slab_width(columns)
+        bn, slabs = (slab, 3) if slab else (64, 1)
+        if kernel == "wgrad":
+            cfg = _cfg(128, bn, 64, 4, 16, slabs)
+        else:
+            cfg = _cfg(128, bn, _largest_block(cin if kernel == "fwd" else cout), 4, slabs=slabs)
     if kernel == "wgrad":  # keep each split's share of positions at least 4 blocks long
-        split = max(1, min(round(cfg["SPLIT"] * 8 / models), positions // (4 * cfg["BLOCK_K"])))
+        split = max(1, min(round(cfg["SPLIT"] * 16 / models), positions // (4 * cfg["BLOCK_K"])))
         cfg = {**cfg, "SPLIT": split}
     return cfg
+
+
+def _column_tiles(columns: int, cfg: dict) -> int:
+    return triton.cdiv(columns, cfg["BLOCK_N"] * cfg.get("SLABS", 1))
+
+
+def _with_slabs(cfg: dict) -> dict:
+    return {"SLABS": 1, **cfg}  # tile sizes written before slabs (tests, probes) mean one slab
 
 
 def _forward(x, w, b, codes, stats: bool, cfg):
     NB, H, W, K, CIN = x.shape
     COUT, KS = w.shape[1], w.shape[2]
     HO, WO = H - KS + 1, W - KS + 1
-    cfg = cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO)
+    cfg = _with_slabs(cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO))
     y = x.new_empty(NB, HO, WO, K, COUT)
-    grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), triton.cdiv(COUT, cfg["BLOCK_N"]), K)
+    grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K)
     # Without codes or stats the kernel never reads those pointers (ACT, STATS are off); b stands in for them.
     sums = torch.empty(2, grid[0], K, COUT, device=x.device, dtype=torch.float32) if stats else b
     _fprop_kernel[grid](x, w, b, y, b if codes is None else codes, sums, NB, H, W, K, CIN, COUT, KS, **cfg,
                         ACT=codes is not None, STATS=stats)
-    return y, sums.sum(1) if stats else None
+    return y, sums if stats else None
 
 
 def conv_forward(x, w, b, cfg=None, codes=None):
@@ -249,7 +321,8 @@ def conv_forward(x, w, b, cfg=None, codes=None):
 
 def conv_forward_with_sums(x, w, b, codes, cfg=None):
     """conv_forward with activation codes, and the per-channel sums of y and y*y, (2, K, COUT) in fp32."""
-    return _forward(x, w, b, codes, True, cfg)
+    y, partial_sums = _forward(x, w, b, codes, True, cfg)
+    return y, partial_sums.sum(1)
 
 
 def activation_backward(da, a, dsums, codes, block_m: int = 64):
@@ -269,9 +342,9 @@ def conv_dgrad(dy, w, H, W, cfg=None):
     """The input gradient dx (N,H,W,K,CIN) from dy (N,HO,WO,K,COUT)."""
     NB, HO, WO, K, COUT = dy.shape
     KS, CIN = w.shape[2], w.shape[4]
-    cfg = cfg or config("dgrad", H, CIN, COUT, K, NB * HO * WO)
+    cfg = _with_slabs(cfg or config("dgrad", H, CIN, COUT, K, NB * HO * WO))
     dx = dy.new_empty(NB, H, W, K, CIN)
-    grid = (triton.cdiv(NB * H * W, cfg["BLOCK_M"]), triton.cdiv(CIN, cfg["BLOCK_N"]), K)
+    grid = (triton.cdiv(NB * H * W, cfg["BLOCK_M"]), _column_tiles(CIN, cfg), K)
     _dgrad_kernel[grid](dy, w, dx, NB, H, W, K, CIN, COUT, KS, **cfg)
     return dx
 
@@ -280,9 +353,9 @@ def conv_wgrad(x, dy, KS, cfg=None):
     """The weight gradient dw (K,COUT,KS,KS,CIN) in fp32, the sum of SPLIT partial products."""
     NB, H, W, K, CIN = x.shape
     HO, WO, COUT = dy.shape[1], dy.shape[2], dy.shape[4]
-    cfg = cfg or config("wgrad", H, CIN, COUT, K, NB * HO * WO)
+    cfg = _with_slabs(cfg or config("wgrad", H, CIN, COUT, K, NB * HO * WO))
     split = cfg["SPLIT"]
     part = torch.empty(K * split, COUT, KS, KS, CIN, device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(COUT, cfg["BLOCK_M"]), KS * KS * triton.cdiv(CIN, cfg["BLOCK_N"]), K * split)
+    grid = (triton.cdiv(KS * KS * CIN, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K * split)
     _wgrad_kernel[grid](x, dy, part, NB, H, W, K, CIN, COUT, KS, **cfg)
     return part.view(K, split, COUT, KS, KS, CIN).sum(1)

@@ -32,8 +32,14 @@ from .stacking import Op, StackedWeights
 # The weight comes in fp32 and PyTorch's layout (K, COUT, CIN, KS, KS); the kernels take it in bf16 as
 # (K, COUT, KS, KS, CIN), cast in the forward and again in the backward (a custom operator's backward
 # sees only its inputs; the cast is about 1.1M values a model), and its gradient goes back in fp32.
+# The kernels' operand type. tests/stacked_cnn_check.py sets float32 to run a whole stack, backward included,
+# in Triton's CPU interpreter, which computes bf16 products wrongly.
+KERNEL_DTYPE = torch.bfloat16
+
+
 def _kernel_weight(weight: torch.Tensor) -> torch.Tensor:
-    return weight.permute(0, 1, 3, 4, 2).to(torch.bfloat16, memory_format=torch.contiguous_format)
+    # (.to of the same dtype returns the permuted view itself, whatever memory format it is asked for)
+    return weight.permute(0, 1, 3, 4, 2).to(KERNEL_DTYPE, memory_format=torch.contiguous_format).contiguous()
 
 
 def _conv_output_like(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -73,7 +79,7 @@ def _(x, weight, bias):
 @torch.library.custom_op("relulab::stacked_conv_backward", mutates_args=())
 def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dy = dy.to(torch.bfloat16).contiguous()
+    dy = dy.to(KERNEL_DTYPE).contiguous()
     return *_conv_gradients(dy, x, weight, input_grad), dy.sum((0, 1, 2), dtype=torch.float32)
 
 
@@ -181,7 +187,7 @@ def _triton_operands(x: torch.Tensor, weight: torch.Tensor):
         # products of a layer that has 0.6% of the model's, instead of cuDNN's grouped convolution,
         # which took about a tenth of the step. The padding's gradient is dropped by F.pad's backward.
         x, weight, cin = F.pad(x, (0, 16 - cin)), F.pad(weight, (0, 0, 0, 0, 0, 16 - cin)), 16
-    return (x.to(torch.bfloat16), weight) if conv_triton.supports(cin, cout) else None
+    return (x.to(KERNEL_DTYPE), weight) if conv_triton.supports(cin, cout) else None
 
 
 def stacked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, triton_kernels: bool) -> torch.Tensor:
