@@ -12,7 +12,7 @@ from relulab.stacked_cnn import StackedCNN
 
 stacked_cnn.KERNEL_DTYPE = torch.float32
 torch.manual_seed(0)
-# ReLU, identity, tanh-free (the interpreter lacks libdevice's tanh) and sigmoid slots, both max-pools.
+# ReLU, identity and sigmoid slots (no tanh: the interpreter lacks libdevice's), both max-pools.
 placements = [{}, {2: "identity", 5: "sigmoid", 8: "identity"}]
 models = [build_model(ModelSpec("seed-cnn", widths=[16] * 9, slots=p), (3, 32, 32), 10) for p in placements]
 x = torch.randn(2, 2, 3, 32, 32)

@@ -46,6 +46,13 @@ def _position(index, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
+def _slab_columns(BLOCK_N: tl.constexpr, SLABS: tl.constexpr):
+    """The column indices of this program's three slabs (with SLABS=1 only the first is used)."""
+    first = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
+    return first, first + BLOCK_N, first + 2 * BLOCK_N
+
+
+@triton.jit
 def _fprop_epilogue(acc, rm, rn, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT: tl.constexpr,
                     ACT: tl.constexpr, STATS: tl.constexpr):
     """Bias, activation and store of one slab of output columns rn; with STATS, its per-channel sums."""
@@ -85,9 +92,7 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
     img, h, w = _position(rm, HO, WO)
     # Rows past the end read row 0 instead of being masked: the loads stay unmasked and vectorized.
     row = tl.where(rm < M, ((img * H + h) * W + w) * (K * CIN), 0)
-    rn0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
-    rn1 = rn0 + BLOCK_N
-    rn2 = rn1 + BLOCK_N
+    rn0, rn1, rn2 = _slab_columns(BLOCK_N, SLABS)
     rk = tl.arange(0, BLOCK_K)
 
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -129,9 +134,7 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
 
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     img, h, w = _position(rm, H, W)
-    rn0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
-    rn1 = rn0 + BLOCK_N
-    rn2 = rn1 + BLOCK_N
+    rn0, rn1, rn2 = _slab_columns(BLOCK_N, SLABS)
     rk = tl.arange(0, BLOCK_K)
 
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -201,9 +204,7 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
     part_ptr += tl.program_id(2).to(tl.int64) * (COUT * KTOT)
     start = part * CHUNK
 
-    rco0 = tl.program_id(1) * (BLOCK_N * SLABS) + tl.arange(0, BLOCK_N)
-    rco1 = rco0 + BLOCK_N
-    rco2 = rco1 + BLOCK_N
+    rco0, rco1, rco2 = _slab_columns(BLOCK_N, SLABS)
 
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     tap = (rows % KTOT) // CIN
@@ -292,7 +293,7 @@ def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: 
 
 
 def _column_tiles(columns: int, cfg: dict) -> int:
-    return triton.cdiv(columns, cfg["BLOCK_N"] * cfg.get("SLABS", 1))
+    return triton.cdiv(columns, cfg["BLOCK_N"] * cfg["SLABS"])
 
 
 def _with_slabs(cfg: dict) -> dict:

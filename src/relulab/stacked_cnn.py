@@ -27,16 +27,16 @@ from .models import Slot, SlotNet
 from .stacking import Op, StackedWeights
 
 
-# The Triton convolution as a PyTorch operator of its own: autograd calls its backward, and torch.compile
-# treats it as one opaque call and fuses everything around it (batch norm, activations, pooling).
-# The weight comes in fp32 and PyTorch's layout (K, COUT, CIN, KS, KS); the kernels take it in bf16 as
-# (K, COUT, KS, KS, CIN), cast in the forward and again in the backward (a custom operator's backward
-# sees only its inputs; the cast is about 1.1M values a model), and its gradient goes back in fp32.
 # The kernels' operand type. tests/stacked_cnn_check.py sets float32 to run a whole stack, backward included,
 # in Triton's CPU interpreter, which computes bf16 products wrongly.
 KERNEL_DTYPE = torch.bfloat16
 
 
+# The Triton convolution as a PyTorch operator of its own: autograd calls its backward, and torch.compile
+# treats it as one opaque call and fuses everything around it (batch norm, activations, pooling).
+# The weight comes in fp32 and PyTorch's layout (K, COUT, CIN, KS, KS); the kernels take it in bf16 as
+# (K, COUT, KS, KS, CIN), cast in the forward and again in the backward (a custom operator's backward
+# sees only its inputs; the cast is about 1.1M values a model), and its gradient goes back in fp32.
 def _kernel_weight(weight: torch.Tensor) -> torch.Tensor:
     # (.to of the same dtype returns the permuted view itself, whatever memory format it is asked for)
     return weight.permute(0, 1, 3, 4, 2).to(KERNEL_DTYPE, memory_format=torch.contiguous_format).contiguous()
