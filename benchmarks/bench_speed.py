@@ -17,7 +17,9 @@ Parts (each prints JSON lines; a summary table comes last):
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
             with the step compiled (--cnn-compile on), not (off), or both (off,on); in stacks
-            (--cnn-stack auto, relulab.stacked_cnn; unfolded: stacked, batch norms not folded) or one model a unit (off).
+            (--cnn-stack auto, relulab.stacked_cnn; unfolded: stacked, batch norms not folded) or one model a unit (off),
+            up to --cnn-max-stack models a stack (auto: the library's default, 16; a bigger pack runs as stacks
+            side by side).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
             what compiling (once per placement, before the first epoch) adds to the wall time.
 - peer-cnn: the Keras peer's seed-cnn for the same epochs.
@@ -26,6 +28,7 @@ Parts (each prints JSON lines; a summary table comes last):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -168,16 +171,18 @@ def part_cnn(args, out, device):
     flops_epoch = cnn_flops_per_image() * len(splits.y_train)
     variants = [(stacked, {"on": True, "off": False, "auto": None}[c])
                 for stacked in args.cnn_stack.split(",") for c in args.cnn_compile.split(",")]
-    for stacked, compiled in variants:
+    max_stacks = [None if m == "auto" else int(m) for m in args.cnn_max_stack.split(",")]
+    for (stacked, compiled), max_stack in itertools.product(variants, max_stacks):
         for pack in [int(p) for p in args.cnn_pack.split(",")]:
             jobs = [Job(cnn_spec(data, args.cnn_epochs, compiled), seed, key="all-relu") for seed in range(pack)]
             with cnn_stacking(stacked):
-                wall, results = run_jobs(jobs, splits, device)
+                wall, results = run_jobs(jobs, splits, device, max_stack=max_stack)
             # Per-epoch times after the first (one-time work such as cuDNN's first evaluation calls lands there;
             # compiling and graph capture come before it, in wall_s), summed over the pack.
             steady = statistics.median(sum(r.history.epochs[e].seconds for _, r in results)
                                        for e in range(1, args.cnn_epochs)) if args.cnn_epochs > 1 else None
-            emit(out, {"part": "cnn", "pack": pack, "compiled": results[0][1].data["compiled"],
+            emit(out, {"part": "cnn", "pack": pack, "max_stack": max_stack or "auto",
+                       "compiled": results[0][1].data["compiled"],
                        "stacked": results[0][1].data["stacked"], "epochs": args.cnn_epochs,
                        "wall_s": round(wall, 2),
                        "first_epoch_s_for_pack": round(sum(r.history.epochs[0].seconds for _, r in results), 2),
@@ -338,6 +343,8 @@ def main():
     parser.add_argument("--cnn-pack", default="1,4,8", help="pack sizes to time, e.g. 1,8")
     parser.add_argument("--cnn-stack", default="auto", help="auto, unfolded, off, or a list (auto,off): seed-cnns in "
                         "stacks (relulab.stacked_cnn), in stacks without batch-norm folding, or one model a unit")
+    parser.add_argument("--cnn-max-stack", default="auto", help="models to a seed-cnn stack: auto (the library's "
+                        "default, 16), a number, or a list (auto,32)")
     parser.add_argument("--cnn-compile", default="auto", help="auto, off, on, or off,on: torch.compile the CNN step (train.compile)")
     args = parser.parse_args()
     out = Path(args.out)

@@ -10,6 +10,7 @@ models side by side on streams as `train_together` runs them. Run from the repos
     OUT=out python benchmarks/probe_cnn_step.py cstack   # compiled stacks of 8, batch norm folded or not
     OUT=out python benchmarks/probe_cnn_step.py cupdate  # the same, optimizer update compiled or not
     OUT=out python benchmarks/probe_cnn_step.py cstack16 # compiled stacks of 16, then of 8
+    OUT=out python benchmarks/probe_cnn_step.py cstackprof16 eval16  # compiled 16-stack: profile, evaluation time
 
 Writes probe_cnn.jsonl and profile_*.txt (PyTorch profiler tables) under $OUT. The numbers it gave are
 in BENCHMARKS.md ("New defaults").
@@ -154,7 +155,20 @@ def measure_stack(k, steps=60, compiled=False, fold=True, eager_update=False):
 def profile_stack(k, compiled=False):
     step = stack_unit(k, compiled).steps[128]
     idx = torch.stack([torch.randperm(N, device=dev)[:128] for _ in range(k)])
-    profile_step(step, idx, f"profile_stack{k}{'_compiled' if compiled else ''}.txt", 45, 70)
+    profile_step(step, idx, f"profile_stack{k}{'_compiled' if compiled else ''}.txt", 70, 110)
+
+
+def eval_stack(k, batch=2048, images=10000):
+    """Seconds of one evaluation of a (compiled-step) stack of k on `images` images, as each epoch runs it."""
+    unit = stack_unit(k, compiled=True)
+    xv, yv = x[:images], y[:images]
+    unit.evaluate(xv, yv, batch)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(3):
+        unit.evaluate(xv, yv, batch)
+    emit({"variant": "stack-eval", "pack": k, "images": images, "batch": batch,
+          "seconds": round((time.perf_counter() - t) / 3, 4)})
 
 
 def stack_gradient_check(k=4):
@@ -187,6 +201,8 @@ if "stack" in which:
 if "cstack" in which:  # compiled stacks of 8, batch norms folded into the convolutions or not
     measure_stack(8, compiled=True)
     measure_stack(8, compiled=True, fold=False)
+if "cstack16solo" in which:  # a compiled stack of 16 alone
+    measure_stack(16, compiled=True)
 if "cstack16" in which:  # compiled stacks of 16, then 8 in the same process (each compiled for its size)
     measure_stack(16, compiled=True)
     measure_stack(8, compiled=True)
@@ -197,6 +213,10 @@ if "stackprof" in which:
     profile_stack(8)
 if "cstackprof" in which:
     profile_stack(8, compiled=True)
+if "cstackprof16" in which:
+    profile_stack(16, compiled=True)
+if "eval16" in which:
+    eval_stack(16)
 if "profile" in which:
     profile_one()
 if "base" in which:

@@ -27,10 +27,13 @@ from relulab import conv_triton as ct  # noqa: E402
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")
 NB = 128
-# (name, input size, CIN, COUT) of seed-cnn's 3x3 layers; slot 1's 3 input channels are padded to 16.
-LAYERS = [("c1", 32, 16, 48), ("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 96, 96), ("c5", 24, 96, 96),
-          ("c6", 22, 96, 96), ("c7", 10, 96, 192), ("c8", 8, 192, 192)]
+# (name, input size, CIN, COUT, kernel size) of seed-cnn's layers as the stack runs them: slot 1 takes its 3
+# input channels as they are (c1pad: padded with zeros to 16, as the stack did before).
+LAYERS = [("c1", 32, 3, 48, 3), ("c2", 30, 48, 48, 3), ("c3", 28, 48, 96, 3), ("c4", 26, 96, 96, 3),
+          ("c5", 24, 96, 96, 3), ("c6", 22, 96, 96, 3), ("c7", 10, 96, 192, 3), ("c8", 8, 192, 192, 3),
+          ("c1pad", 32, 16, 48, 3)]
 ROWS = [(64, 4), (128, 4), (128, 8), (256, 8)]  # (BLOCK_M, num_warps)
+FEW_ROWS = [(16, 4), (32, 4), (32, 2)]  # the weight gradient's of a narrow first layer, whose weight has 27 rows
 STAGES = [3]
 GRID = "slabs"
 KERNELS = ["fwd", "dgrad", "wgrad"]
@@ -108,11 +111,11 @@ def wgrad_splits(rows, columns, bm, bn, P, positions):
             if 264 <= tiles * split <= 1056 and positions // split >= 256]
 
 
-def configs(kernel, P, H, CIN, COUT):
+def configs(kernel, P, H, CIN, COUT, KS):
     """The tiles relulab uses for this layer first (the baseline), then, unless --chosen, the search grid:
     three-slab tiles (conv_triton.slab_width) where the channels allow them, or (--grid all) one-slab tiles too."""
-    ho = H - 2
-    chosen = ct.config(kernel.replace("fwd_stats", "fwd"), H, CIN, COUT, P, NB * ho * ho)
+    ho = H - KS + 1
+    chosen = ct.config(kernel.replace("fwd_stats", "fwd"), H, CIN, COUT, P, NB * ho * ho, KS)
     yield chosen
     if CHOSEN_ONLY:
         return
@@ -120,22 +123,24 @@ def configs(kernel, P, H, CIN, COUT):
     slab = ct.slab_width(columns)
     widths = [(bn, 1) for bn in (32, 64, 128) if bn <= 2 * columns] if GRID == "all" else []
     widths += [(w, 3) for w in ((slab, slab // 2) if slab else ()) if w >= 16]
-    for (bm, warps), (bn, slabs), stages in itertools.product(ROWS, widths, STAGES):
+    rows = ROWS + FEW_ROWS if kernel == "wgrad" and KS * KS * CIN <= 64 else ROWS
+    for (bm, warps), (bn, slabs), stages in itertools.product(rows, widths, STAGES):
         if kernel == "wgrad":  # BLOCK_M over the weight's (tap, CIN) rows, columns over COUT, BLOCK_K positions
-            for split in wgrad_splits(9 * CIN, COUT, bm, bn * slabs, P, NB * ho * ho):
+            for split in wgrad_splits(KS * KS * CIN, COUT, bm, bn * slabs, P, NB * ho * ho):
                 cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, SLABS=slabs, SPLIT=split, STAGES=stages,
                            num_warps=warps)
                 if cfg != chosen:
                     yield cfg
         else:
             reduced = CIN if kernel.startswith("fwd") else COUT
-            for bk in sorted({largest_block(reduced), 16}):
+            blocks = {largest_block(reduced), 16} if reduced % 16 == 0 else {16, 32, 64}  # a narrow input: any
+            for bk in sorted(blocks):
                 cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=stages, num_warps=warps)
                 if cfg != chosen:
                     yield cfg
 
 
-def triton_call(kernel, x, w, b, dy, H, cfg):
+def triton_call(kernel, x, w, b, dy, H, KS, cfg):
     if kernel == "fwd":
         return lambda: ct.conv_forward(x, w, b, cfg)
     if kernel == "fwd_stats":
@@ -143,26 +148,27 @@ def triton_call(kernel, x, w, b, dy, H, cfg):
         return lambda: ct.conv_forward_with_sums(x, w, b, codes, cfg)[0]
     if kernel == "dgrad":
         return lambda: ct.conv_dgrad(dy, w, H, H, cfg)
-    return lambda: ct.conv_wgrad(x, dy, 3, cfg)
+    return lambda: ct.conv_wgrad(x, dy, KS, cfg)
 
 
-def probe_layer(name, H, CIN, COUT, P, deadline):
+def probe_layer(name, H, CIN, COUT, KS, P, deadline):
     dev = torch.device("cuda")
+    ho = H - KS + 1
     # The kernels' layout: the P models side by side in the channel axis.
     x = torch.randn(NB, H, H, P, CIN, device=dev).relu().bfloat16()
-    w = (torch.randn(P, COUT, 3, 3, CIN, device=dev) / (9 * CIN) ** 0.5).bfloat16()
+    w = (torch.randn(P, COUT, KS, KS, CIN, device=dev) / (KS * KS * CIN) ** 0.5).bfloat16()
     b = torch.randn(P, COUT, device=dev) * 0.1
-    dy = torch.randn(NB, H - 2, H - 2, P, COUT, device=dev).bfloat16()
+    dy = torch.randn(NB, ho, ho, P, COUT, device=dev).bfloat16()
     reference = cudnn_ops(x, w, b.bfloat16(), dy)
-    flop = 2 * NB * (H - 2) ** 2 * COUT * 9 * CIN
+    flop = 2 * NB * ho ** 2 * COUT * KS * KS * CIN
     for kernel in KERNELS:
         want = reference[kernel]()
         cudnn_s = graph_time(reference[kernel]) / P
         best, baseline = None, None
-        for cfg in configs(kernel, P, H, CIN, COUT):
+        for cfg in configs(kernel, P, H, CIN, COUT, KS):
             if time.perf_counter() > deadline:
                 break
-            fn = triton_call(kernel, x, w, b, dy, H, cfg)
+            fn = triton_call(kernel, x, w, b, dy, H, KS, cfg)
             try:
                 got = fn()
                 per_model = [got[k] if kernel == "wgrad" else got[:, :, :, k] for k in range(P)]
@@ -193,10 +199,10 @@ def probe_act_backward(name, size, C, P):
     da = torch.randn_like(a)
     dsums = torch.randn(2, P, C, device=dev)
     codes = torch.ones(P, dtype=torch.int32, device=dev)
-    for block_m in (32, 64, 128, 256):
-        secs = graph_time(lambda: ct.activation_backward(da, a, dsums, codes, block_m=block_m))
-        emit({"layer": name, "kernel": "act_backward", "pack": P, "block_m": block_m, "us": round(secs * 1e6, 1),
-              "gb_s": round(3 * a.numel() * 2 / secs / 1e9)})
+    for block_m, block_c in itertools.product((32, 64, 128), (64, 128, 256)):
+        secs = graph_time(lambda: ct.activation_backward_partial(da, a, dsums, codes, block_m, block_c))
+        emit({"layer": name, "kernel": "act_backward", "pack": P, "block_m": block_m, "block_c": block_c,
+              "us": round(secs * 1e6, 1), "gb_s": round(3 * a.numel() * 2 / secs / 1e9)})
 
 
 def main():
@@ -207,7 +213,7 @@ def main():
     parser.add_argument("--chosen", action="store_true", help="time only the tiles relulab uses (CONFIGS)")
     parser.add_argument("--grid", default="slabs", choices=["slabs", "all"],
                         help="search three-slab tiles only, or one-slab tiles of 32-128 columns too")
-    parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS[1:]))
+    parser.add_argument("--layers", default="c2,c3,c4,c5,c6,c7,c8", help=f"of {','.join(n for n, *_ in LAYERS)}")
     parser.add_argument("--kernels", default="fwd,dgrad,wgrad", help="of fwd, fwd_stats (with ReLU and sums), dgrad, wgrad")
     parser.add_argument("--act-backward", action="store_true", help="also time conv_triton.activation_backward's tiles")
     args = parser.parse_args()
@@ -218,14 +224,14 @@ def main():
     KERNELS[:] = args.kernels.split(",")
     wanted = args.layers.split(",")
     for P in (int(p) for p in args.packs.split(",")):
-        for name, H, CIN, COUT in LAYERS:
+        for name, H, CIN, COUT, KS in LAYERS:
             if name in wanted:
-                probe_layer(name, H, CIN, COUT, P, deadline)
+                probe_layer(name, H, CIN, COUT, KS, P, deadline)
     if args.act_backward:
         for P in (int(p) for p in args.packs.split(",")):
-            for name, H, CIN, COUT in LAYERS:
+            for name, H, CIN, COUT, KS in LAYERS:
                 if name in wanted:
-                    probe_act_backward(name, H - 2, COUT, P)
+                    probe_act_backward(name, H - KS + 1, COUT, P)
     rows = [json.loads(line) for line in open(f"{OUT}/conv_kernels.jsonl") if "speedup" in line]
     for P in sorted({r["pack"] for r in rows}):
         mine = [r for r in rows if r["pack"] == P]

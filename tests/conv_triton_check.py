@@ -10,6 +10,15 @@ from relulab import conv_triton
 
 torch.manual_seed(0)
 failed = False
+
+
+def check(label: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    global failed
+    err = float((got - want).abs().max() / want.abs().max())
+    print(f"{label}: relative error {err:.1e}")
+    failed |= not err < 1e-5
+
+
 # (models, batch, size, CIN, COUT, tiles): odd sizes and channel counts that leave partial tiles in every axis.
 # SLABS=3: three slabs of BLOCK_N columns a tile, which cover 48 exactly, 32 with a partial slab, 96 in two tiles.
 CASES = [
@@ -34,9 +43,7 @@ for K, N, H, CIN, COUT, tiles in CASES:
         got = {"forward": got_y[:, :, :, k].permute(0, 3, 1, 2), "dgrad": got_dx[:, :, :, k].permute(0, 3, 1, 2),
                "wgrad": got_dw[k].permute(0, 3, 1, 2)}
         for name in want:
-            err = float((got[name] - want[name]).abs().max() / want[name].abs().max())
-            print(f"K={K} CIN={CIN} COUT={COUT} model {k} {name}: relative error {err:.1e}")
-            failed |= not err < 1e-5
+            check(f"K={K} CIN={CIN} COUT={COUT} model {k} {name}", got[name], want[name])
 
 # The forward with activations and batch-norm sums, and the backward kernel of the activation and the sums,
 # against the same steps in PyTorch (autograd through act(conv + b) and the sums of a and a*a).
@@ -61,7 +68,19 @@ for K, N, H, CIN, COUT, tiles in CASES:
         got = {"act": got_a[:, :, :, k].permute(0, 3, 1, 2), "sums": got_sums[:, k],
                "dpre": got_dpre[:, :, :, k].permute(0, 3, 1, 2), "dbias": got_db[k]}
         for name in want:
-            err = float((got[name] - want[name]).abs().max() / want[name].abs().max())
-            print(f"K={K} CIN={CIN} COUT={COUT} model {k} code {int(codes[k])} {name}: relative error {err:.1e}")
-            failed |= not err < 1e-5
+            check(f"K={K} CIN={CIN} COUT={COUT} model {k} code {int(codes[k])} {name}", got[name], want[name])
+
+# A narrow input (a first layer's 3 channels, which needs no input gradient): each column of a reduction
+# block is its own (tap, channel), and blocks of 16 straddle taps and end past the 27 columns.
+K, N, H, COUT = 2, 2, 7, 48
+x, w, b = torch.randn(N, H, H, K, 3), torch.randn(K, COUT, 3, 3, 3), torch.randn(K, COUT)
+dy = torch.randn(N, H - 2, H - 2, K, COUT)
+tiles = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SLABS=3, STAGES=2)
+got_y = conv_triton.conv_forward(x, w, b, tiles)
+got_dw = conv_triton.conv_wgrad(x, dy, 3, {**tiles, "BLOCK_M": 32, "SPLIT": 3})
+for k in range(K):
+    xk, wk = x[:, :, :, k].permute(0, 3, 1, 2), w[k].permute(0, 3, 1, 2)
+    check(f"narrow CIN=3 model {k} forward", got_y[:, :, :, k].permute(0, 3, 1, 2), F.conv2d(xk, wk, b[k]))
+    want_dw = torch.nn.grad.conv2d_weight(xk, wk.shape, dy[:, :, :, k].permute(0, 3, 1, 2))
+    check(f"narrow CIN=3 model {k} wgrad", got_dw[k].permute(0, 3, 1, 2), want_dw)
 sys.exit(1 if failed else 0)

@@ -130,3 +130,30 @@ def test_activations_the_kernels_lack_leave_their_layer_unfolded():
     x = torch.randn(1, 4, 3, 32, 32)
     z0 = _stack_step(StackedCNN(models, triton_kernels=False, fold_batchnorm=False), x)[0]
     assert torch.allclose(_stack_step(folded, x)[0], z0, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_batches_keep_the_kernels_offsets_in_32_bits(monkeypatch):
+    models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10) for _ in range(2)]
+    stack = StackedCNN(models, triton_kernels=False)
+    # seed-cnn's largest activation is slot 3's, 26 x 26 x 96 values an image and model.
+    assert stack.largest_batch((3, 32, 32)) == (2**31 - 1) // (26 * 26 * 96 * 2)
+    # An evaluation split into batches that small gives what one batch gives.
+    x, y = torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))
+    (whole_loss, whole_acc) = pack._evaluate_stack(stack, x, y, 10)
+    monkeypatch.setattr(StackedCNN, "largest_batch", lambda self, image_shape: 3)
+    batches, forward = [], stack.forward
+
+    def counted(params, xb, training):
+        batches.append(len(xb))
+        return forward(params, xb, training)
+    monkeypatch.setattr(stack, "forward", counted)
+    loss, acc = pack._evaluate_stack(stack, x, y, 10)
+    assert batches == [3, 3, 3, 1]
+    assert loss == pytest.approx(whole_loss, rel=1e-5) and acc == whole_acc
+
+
+def test_the_kernels_refuse_tensors_past_their_32_bit_offsets():
+    conv_triton = pytest.importorskip("relulab.conv_triton")  # needs triton, which CUDA builds of torch bring
+    conv_triton.check_indexable(torch.empty(2**31 - 1, device="meta"))
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        conv_triton.check_indexable(torch.empty(2**31, device="meta"))

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_triton import _activate, _activation_grad
+from .fused_triton import _activate
 
 
 @triton.jit
@@ -99,13 +99,29 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in tl.range(0, KTOT, BLOCK_K, num_stages=STAGES):
-        tap = k0 // CIN  # BLOCK_K divides CIN, so a block never straddles two taps
-        shift = ((tap // KS) * W + tap % KS) * (K * CIN) + (k0 - tap * CIN)
-        a = tl.load(x_ptr + row[:, None] + (shift + rk)[None, :])
-        acc0 = tl.dot(a, tl.load(w_ptr + _wrap(rn0, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc0)
+        if CIN % BLOCK_K == 0:  # a block never straddles two taps: one shift for all its columns
+            tap = k0 // CIN
+            shift = ((tap // KS) * W + tap % KS) * (K * CIN) + (k0 - tap * CIN)
+            a = tl.load(x_ptr + row[:, None] + (shift + rk)[None, :])
+            w_at = w_ptr + (k0 + rk)[:, None]
+            b0 = tl.load(w_at + _wrap(rn0, COUT)[None, :] * KTOT)
+            if SLABS == 3:
+                b1 = tl.load(w_at + _wrap(rn1, COUT)[None, :] * KTOT)
+                b2 = tl.load(w_at + _wrap(rn2, COUT)[None, :] * KTOT)
+        else:  # a narrow input (the first layer's 3 channels): each column its own (tap, channel), all in one block
+            col = k0 + rk
+            tap = col // CIN
+            shift = ((tap // KS) * W + tap % KS) * (K * CIN) + col % CIN
+            a = tl.load(x_ptr + row[:, None] + shift[None, :], mask=(col < KTOT)[None, :], other=0.0)
+            w_at = w_ptr + col[:, None]
+            b0 = tl.load(w_at + _wrap(rn0, COUT)[None, :] * KTOT, mask=(col < KTOT)[:, None], other=0.0)
+            if SLABS == 3:
+                b1 = tl.load(w_at + _wrap(rn1, COUT)[None, :] * KTOT, mask=(col < KTOT)[:, None], other=0.0)
+                b2 = tl.load(w_at + _wrap(rn2, COUT)[None, :] * KTOT, mask=(col < KTOT)[:, None], other=0.0)
+        acc0 = tl.dot(a, b0, acc0)
         if SLABS == 3:
-            acc1 = tl.dot(a, tl.load(w_ptr + _wrap(rn1, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc1)
-            acc2 = tl.dot(a, tl.load(w_ptr + _wrap(rn2, COUT)[None, :] * KTOT + (k0 + rk)[:, None]), acc2)
+            acc1 = tl.dot(a, b1, acc1)
+            acc2 = tl.dot(a, b2, acc2)
     _fprop_epilogue(acc0, rm, rn0, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT, ACT, STATS)
     if SLABS == 3:
         _fprop_epilogue(acc1, rm, rn1, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, COUT, ACT, STATS)
@@ -158,25 +174,34 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         _dgrad_store(acc2, rm, rn2, M, dx_ptr, K, CIN)
 
 
-@triton.jit(do_not_specialize=["M", "K"])
-def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr, M, K, C: tl.constexpr,
+@triton.jit
+def _activation_grad_columns(y, code):
+    """fused_triton._activation_grad with a code per column (the activation of that column's model)."""
+    relu = tl.where(y > 0, 1.0, 0.0)
+    return tl.where(code == 1, relu, tl.where(code == 2, (1.0 - y) * y, tl.where(code == 3, 1.0 - y * y, 1.0)))
+
+
+@triton.jit(do_not_specialize=["M"])
+def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr, M, KC, C: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The gradient before the activation, for one tile of one model's rows (positions) and channels:
+    """The gradient before the activation, for one tile of rows (positions) and of the stack's K*C channels:
     dpre = (da + dsum + 2 a dsumsq) * act'(a), from the gradients of a = act(pre) and of the batch-norm sums
-    of a and a*a that the forward kernel took; and the tile's column sums of dpre (the bias gradient)."""
-    model = tl.program_id(2)
+    of a and a*a that the forward kernel took; and the tile's column sums of dpre (the bias gradient).
+    The tile runs across models (column j is model j // C's channel j % C), so its loads are whole
+    contiguous runs of a row, however few channels a model has."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    inside = (rows < M)[:, None] & (cols < C)[None, :]
-    at = rows[:, None] * (K * C) + model * C + cols[None, :]
+    inside = (rows < M)[:, None] & (cols < KC)[None, :]
+    at = rows[:, None] * KC + cols[None, :]
     da = tl.load(da_ptr + at, mask=inside, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    dsum = tl.load(dsums_ptr + model * C + cols, mask=cols < C, other=0.0)
-    dsumsq = tl.load(dsums_ptr + (K + model) * C + cols, mask=cols < C, other=0.0)
-    dpre = (da + dsum[None, :] + 2.0 * a * dsumsq[None, :]) * _activation_grad(a, tl.load(code_ptr + model))
+    dsum = tl.load(dsums_ptr + cols, mask=cols < KC, other=0.0)
+    dsumsq = tl.load(dsums_ptr + KC + cols, mask=cols < KC, other=0.0)
+    code = tl.load(code_ptr + cols // C, mask=cols < KC, other=0)
+    dpre = (da + dsum[None, :] + 2.0 * a * dsumsq[None, :]) * _activation_grad_columns(a, code[None, :])
     dpre = tl.where(inside, dpre, 0.0)
     tl.store(dpre_ptr + at, dpre.to(dpre_ptr.dtype.element_ty), mask=inside)
-    tl.store(part_ptr + (tl.program_id(0) * K + model) * C + cols, tl.sum(dpre, 0), mask=cols < C)
+    tl.store(part_ptr + tl.program_id(0) * KC + cols, tl.sum(dpre, 0), mask=cols < KC)
 
 
 @triton.jit
@@ -208,8 +233,11 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
 
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     tap = (rows % KTOT) // CIN
-    # Each row's offset in x from a position's: its tap's shift and its channel, in aligned runs of 8.
-    row_shift = tl.max_contiguous(tl.multiple_of(((tap // KS) * W + tap % KS) * (K * CIN) + rows % CIN, 8), 8)
+    # Each row's offset in x from a position's: its tap's shift and its channel, in aligned runs of 8
+    # (but for a narrow input, whose channels are fewer).
+    row_shift = ((tap // KS) * W + tap % KS) * (K * CIN) + rows % CIN
+    if CIN % 8 == 0:
+        row_shift = tl.max_contiguous(tl.multiple_of(row_shift, 8), 8)
 
     acc0 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -231,7 +259,7 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
         _wgrad_store(acc2, rows, rco2, part_ptr, KTOT, COUT)
 
 
-# Tile sizes per layer, (input size, CIN, COUT) -> kernel -> configuration: the fastest of a small grid
+# Tile sizes per layer, (input size, CIN, COUT, kernel size) -> kernel -> configuration: the fastest of a small grid
 # for a stack of 16 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), the forward's with the
 # activation and batch-norm sums in its epilogue, as stacks run it. Three slabs (slab_width) won everywhere
 # but the 48-channel inputs' and c7's input gradients. SPLIT is for 16 models and scales with 16 / K, so the
@@ -244,22 +272,25 @@ def _cfg(bm, bn, bk, warps, split=None, slabs=1):
 _C96 = {"fwd": _cfg(128, 32, 32, 4, slabs=3), "dgrad": _cfg(128, 32, 32, 4, slabs=3),
         "wgrad": _cfg(128, 32, 64, 4, 4, slabs=3)}
 CONFIGS = {
-    (32, 16, 48): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "wgrad": _cfg(64, 16, 64, 4, 8, slabs=3)},  # padded to 16
-    (30, 48, 48): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "dgrad": _cfg(128, 64, 16, 8),
-                   "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3)},
-    (28, 48, 96): {"fwd": _cfg(128, 32, 16, 4, slabs=3), "dgrad": _cfg(256, 64, 32, 8),
-                   "wgrad": _cfg(128, 32, 64, 4, 8, slabs=3)},
-    (26, 96, 96): _C96, (24, 96, 96): _C96, (22, 96, 96): _C96,
-    (10, 96, 192): {"fwd": _cfg(128, 64, 32, 4, slabs=3), "dgrad": _cfg(128, 128, 64, 8),
-                    "wgrad": _cfg(64, 64, 64, 4, 2, slabs=3)},
-    (8, 192, 192): {"fwd": _cfg(64, 64, 64, 4, slabs=3), "dgrad": _cfg(256, 64, 64, 8, slabs=3),
-                    "wgrad": _cfg(64, 64, 64, 4, 1, slabs=3)},
+    # the first layer, its 3 input channels as they are: one block of 32 columns covers its 27 (tap, channel)
+    (32, 3, 48, 3): {"fwd": _cfg(256, 16, 32, 8, slabs=3), "wgrad": _cfg(32, 16, 64, 4, 16, slabs=3)},
+    (30, 48, 48, 3): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "dgrad": _cfg(128, 64, 16, 8),
+                      "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3)},
+    (28, 48, 96, 3): {"fwd": _cfg(128, 32, 16, 4, slabs=3), "dgrad": _cfg(256, 64, 32, 8),
+                      "wgrad": _cfg(128, 32, 64, 4, 8, slabs=3)},
+    (26, 96, 96, 3): _C96, (24, 96, 96, 3): _C96, (22, 96, 96, 3): _C96,
+    (10, 96, 192, 3): {"fwd": _cfg(128, 64, 32, 4, slabs=3), "dgrad": _cfg(128, 128, 64, 8),
+                       "wgrad": _cfg(64, 64, 64, 4, 2, slabs=3)},
+    (8, 192, 192, 3): {"fwd": _cfg(64, 64, 64, 4, slabs=3), "dgrad": _cfg(256, 64, 64, 8, slabs=3),
+                       "wgrad": _cfg(64, 64, 64, 4, 1, slabs=3)},
 }
 
 
-def supports(cin: int, cout: int) -> bool:
-    """Whether these kernels take a layer: the reduction blocks (at least 16 wide) must divide the channels."""
-    return cin % 16 == 0 and cout % 16 == 0
+def supports(cin: int, cout: int, ks: int = 3, input_grad: bool = True) -> bool:
+    """Whether these kernels take a layer: the reduction blocks (at least 16 wide) must divide the channels,
+    but for a narrow input without an input gradient (a first layer), whose ks*ks*cin fit one block of 64."""
+    narrow = not input_grad and ks * ks * cin <= 64
+    return (cin % 16 == 0 or narrow) and cout % 16 == 0
 
 
 def _largest_block(channels: int) -> int:
@@ -275,21 +306,37 @@ def slab_width(channels: int):
     return width if channels % 3 == 0 and width in (16, 32, 64) else None
 
 
-def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: int) -> dict:
+def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: int, ks: int = 3) -> dict:
     """The tile sizes for one kernel of one layer: measured ones, or a middle-of-the-road default."""
-    cfg = CONFIGS.get((size, cin, cout), {}).get(kernel)
+    cfg = CONFIGS.get((size, cin, cout, ks), {}).get(kernel)
     if cfg is None:
         columns = cin if kernel == "dgrad" else cout
         slab = slab_width(columns)
         bn, slabs = (slab, 3) if slab else (64, 1)
-        if kernel == "wgrad":
-            cfg = _cfg(128, bn, 64, 4, 16, slabs)
+        if kernel == "wgrad":  # rows: the weight's (tap, CIN), which a 1x1 layer has few of
+            cfg = _cfg(min(128, max(16, triton.next_power_of_2(ks * ks * cin))), bn, 64, 4, 16, slabs)
         else:
-            cfg = _cfg(128, bn, _largest_block(cin if kernel == "fwd" else cout), 4, slabs=slabs)
+            reduced = cin if kernel == "fwd" else cout
+            block = _largest_block(reduced) if reduced % 16 == 0 else max(16, triton.next_power_of_2(ks * ks * cin))
+            cfg = _cfg(128, bn, block, 4, slabs=slabs)
     if kernel == "wgrad":  # keep each split's share of positions at least 4 blocks long
         split = max(1, min(round(cfg["SPLIT"] * 16 / models), positions // (4 * cfg["BLOCK_K"])))
         cfg = {**cfg, "SPLIT": split}
     return cfg
+
+
+# The kernels index their tensors with 32-bit offsets (cheaper address arithmetic in every loop), so no
+# tensor they touch may hold 2**31 values or more: past that an offset wraps and a kernel reads or writes
+# out of bounds. Callers keep below it (StackedCNN.largest_batch); this check stops those that do not.
+MAX_VALUES = 2**31 - 1
+
+
+def check_indexable(*tensors: torch.Tensor) -> None:
+    """Raise ValueError if any of the tensors is too large for the kernels' 32-bit offsets."""
+    for t in tensors:
+        if t.numel() > MAX_VALUES:
+            raise ValueError(f"a tensor of shape {tuple(t.shape)} has {t.numel()} values, more than the Triton "
+                             f"convolutions' 32-bit offsets reach ({MAX_VALUES}): use a smaller batch or stack")
 
 
 def _column_tiles(columns: int, cfg: dict) -> int:
@@ -300,12 +347,20 @@ def _with_slabs(cfg: dict) -> dict:
     return {"SLABS": 1, **cfg}  # tile sizes written before slabs (tests, probes) mean one slab
 
 
+def forward_row_tiles(x_shape, cout: int, ks: int, cfg=None) -> int:
+    """How many row tiles the forward of an x of x_shape (N,H,W,K,CIN) runs: the partial sums' second size."""
+    NB, H, W, K, CIN = x_shape
+    positions = NB * (H - ks + 1) * (W - ks + 1)
+    return triton.cdiv(positions, (cfg or config("fwd", H, CIN, cout, K, positions, ks))["BLOCK_M"])
+
+
 def _forward(x, w, b, codes, stats: bool, cfg):
     NB, H, W, K, CIN = x.shape
     COUT, KS = w.shape[1], w.shape[2]
     HO, WO = H - KS + 1, W - KS + 1
-    cfg = _with_slabs(cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO))
+    cfg = _with_slabs(cfg or config("fwd", H, CIN, COUT, K, NB * HO * WO, KS))
     y = x.new_empty(NB, HO, WO, K, COUT)
+    check_indexable(x, y)
     grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K)
     # Without codes or stats the kernel never reads those pointers (ACT, STATS are off); b stands in for them.
     sums = torch.empty(2, grid[0], K, COUT, device=x.device, dtype=torch.float32) if stats else b
@@ -320,22 +375,46 @@ def conv_forward(x, w, b, cfg=None, codes=None):
     return _forward(x, w, b, codes, False, cfg)[0]
 
 
+def conv_forward_with_partial_sums(x, w, b, codes, cfg=None):
+    """conv_forward with activation codes, and each row tile's per-channel sums of y and y*y,
+    (2, forward_row_tiles, K, COUT) in fp32. The caller adds them up: in a compiled stack, with the batch
+    norm's other small operations in one kernel, rather than a reduction of its own here."""
+    return _forward(x, w, b, codes, True, cfg)
+
+
 def conv_forward_with_sums(x, w, b, codes, cfg=None):
     """conv_forward with activation codes, and the per-channel sums of y and y*y, (2, K, COUT) in fp32."""
-    y, partial_sums = _forward(x, w, b, codes, True, cfg)
+    y, partial_sums = conv_forward_with_partial_sums(x, w, b, codes, cfg)
     return y, partial_sums.sum(1)
 
 
-def activation_backward(da, a, dsums, codes, block_m: int = 64):
+ACT_BACKWARD_BLOCKS = (64, 128)  # (rows, channels) of activation_backward's tiles
+
+
+def act_backward_row_tiles(a_shape, block_m: int = ACT_BACKWARD_BLOCKS[0]) -> int:
+    """How many row tiles activation_backward runs over an a of a_shape: its partial sums' first size."""
+    return triton.cdiv(a_shape[0] * a_shape[1] * a_shape[2], block_m)
+
+
+def activation_backward_partial(da, a, dsums, codes, block_m: int = ACT_BACKWARD_BLOCKS[0],
+                                block_c: int = ACT_BACKWARD_BLOCKS[1]):
     """From the gradients of a = act(pre) (N,H,W,K,C) and of its sums (2, K, C) from conv_forward_with_sums:
-    the gradient of pre (like a) and its sum over positions, (K, C) in fp32 (a bias's gradient)."""
+    the gradient of pre (like a) and each row tile's sums of it, (act_backward_row_tiles, K, C) in fp32,
+    which add up to the bias's gradient."""
     K, C = a.shape[-2:]
     M = a.numel() // (K * C)
-    block_c = min(64, triton.next_power_of_2(C))
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c), K)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(K * C, block_c))
+    check_indexable(a)
     dpre = torch.empty_like(a)
     part = torch.empty(grid[0], K, C, device=a.device, dtype=torch.float32)
-    _act_backward_kernel[grid](da, a, dsums, codes, dpre, part, M, K, C, BLOCK_M=block_m, BLOCK_C=block_c)
+    _act_backward_kernel[grid](da, a, dsums, codes, dpre, part, M, K * C, C, BLOCK_M=block_m, BLOCK_C=block_c)
+    return dpre, part
+
+
+def activation_backward(da, a, dsums, codes, block_m: int = ACT_BACKWARD_BLOCKS[0],
+                        block_c: int = ACT_BACKWARD_BLOCKS[1]):
+    """activation_backward_partial with the bias gradient summed: (dpre, (K, C) in fp32)."""
+    dpre, part = activation_backward_partial(da, a, dsums, codes, block_m, block_c)
     return dpre, part.sum(0)
 
 
@@ -343,20 +422,34 @@ def conv_dgrad(dy, w, H, W, cfg=None):
     """The input gradient dx (N,H,W,K,CIN) from dy (N,HO,WO,K,COUT)."""
     NB, HO, WO, K, COUT = dy.shape
     KS, CIN = w.shape[2], w.shape[4]
-    cfg = _with_slabs(cfg or config("dgrad", H, CIN, COUT, K, NB * HO * WO))
+    cfg = _with_slabs(cfg or config("dgrad", H, CIN, COUT, K, NB * HO * WO, KS))
     dx = dy.new_empty(NB, H, W, K, CIN)
+    check_indexable(dy, dx)
     grid = (triton.cdiv(NB * H * W, cfg["BLOCK_M"]), _column_tiles(CIN, cfg), K)
     _dgrad_kernel[grid](dy, w, dx, NB, H, W, K, CIN, COUT, KS, **cfg)
     return dx
 
 
-def conv_wgrad(x, dy, KS, cfg=None):
-    """The weight gradient dw (K,COUT,KS,KS,CIN) in fp32, the sum of SPLIT partial products."""
+def wgrad_split(x_shape, cout: int, ks: int, cfg=None) -> int:
+    """Into how many parts the weight gradient of an x of x_shape splits the positions: the parts' second size."""
+    NB, H, W, K, CIN = x_shape
+    return (cfg or config("wgrad", H, CIN, cout, K, NB * (H - ks + 1) * (W - ks + 1), ks))["SPLIT"]
+
+
+def conv_wgrad_partial(x, dy, KS, cfg=None):
+    """The weight gradient as SPLIT partial products over the positions, (K, SPLIT, COUT, KS, KS, CIN) in
+    fp32: the caller adds them up (in a compiled stack, in the kernel that also reorders the gradient)."""
     NB, H, W, K, CIN = x.shape
     HO, WO, COUT = dy.shape[1], dy.shape[2], dy.shape[4]
-    cfg = _with_slabs(cfg or config("wgrad", H, CIN, COUT, K, NB * HO * WO))
+    cfg = _with_slabs(cfg or config("wgrad", H, CIN, COUT, K, NB * HO * WO, KS))
     split = cfg["SPLIT"]
     part = torch.empty(K * split, COUT, KS, KS, CIN, device=x.device, dtype=torch.float32)
+    check_indexable(x, dy)
     grid = (triton.cdiv(KS * KS * CIN, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K * split)
     _wgrad_kernel[grid](x, dy, part, NB, H, W, K, CIN, COUT, KS, **cfg)
-    return part.view(K, split, COUT, KS, KS, CIN).sum(1)
+    return part.view(K, split, COUT, KS, KS, CIN)
+
+
+def conv_wgrad(x, dy, KS, cfg=None):
+    """The weight gradient dw (K,COUT,KS,KS,CIN) in fp32, the sum of SPLIT partial products."""
+    return conv_wgrad_partial(x, dy, KS, cfg).sum(1)

@@ -315,6 +315,8 @@ def _evaluate_stack(stack: StackedMLP | StackedCNN, x: torch.Tensor, y: torch.Te
     """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
     loss = torch.zeros(stack.k, device=x.device)
     correct = torch.zeros(stack.k, device=x.device, dtype=torch.long)
+    if isinstance(stack, StackedCNN):  # 16 seed-cnns' activations at batch 2048 are just within the kernels' reach
+        batch = min(batch, stack.largest_batch(x.shape[1:]))
     x = x.flatten(1) if stack.flat_input else x
     for start in range(0, len(x), batch):
         with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
@@ -478,7 +480,8 @@ def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
 # Models to a stack when the caller does not say. The fused step costs the same number of kernels
 # however many models it stacks, so its stacks take everything (20 models: 19.1 s against 20.2 s
 # in two stacks, BENCHMARKS.md); autograd stacks stop at 8, past which a bigger stack did not pay.
-# seed-cnn stacks fill the GPU better up to 16 (2.63 model-epochs/s against 2.42 for 8 on an H100).
+# seed-cnn stacks fill the GPU better up to 16 (a step of 11.1 ms for 16 against 5.9 for 8 on an H100); more
+# run as stacks side by side (32 as two of 16: 3% more model-epochs/s than one of 16; one of 32 was not timed).
 DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16

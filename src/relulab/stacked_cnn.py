@@ -5,7 +5,7 @@ K models' weights in one flat (K, n) leaf (`relulab.stacking`), as `pack.Stacked
 at once on activations laid out (N, H, W, K, C): model k's channel c is channel k*C + c. In that layout
 
 - each 3x3 convolution is one launch of `relulab.conv_triton`'s kernels on CUDA (forward, input gradient
-  and weight gradient), with bf16 products (the first layer's 3 input channels padded with zeros to 16);
+  and weight gradient), with bf16 products;
   on the CPU it is PyTorch's grouped convolution, which is the same maths; the 1x1 head is a batched
   matrix product;
 - batch norm, max-pooling and the activations are single PyTorch kernels over the K*C channels.
@@ -34,123 +34,137 @@ KERNEL_DTYPE = torch.bfloat16
 
 # The Triton convolution as a PyTorch operator of its own: autograd calls its backward, and torch.compile
 # treats it as one opaque call and fuses everything around it (batch norm, activations, pooling).
-# The weight comes in fp32 and PyTorch's layout (K, COUT, CIN, KS, KS); the kernels take it in bf16 as
-# (K, COUT, KS, KS, CIN), cast in the forward and again in the backward (a custom operator's backward
-# sees only its inputs; the cast is about 1.1M values a model), and its gradient goes back in fp32.
+# An operator runs eagerly, so it does only what the kernels must; the steps around them are written in the
+# traced code, where the compiled step fuses them with their neighbours instead of launching each alone:
+# - the weight's cast to the kernels' bf16 (K, COUT, KS, KS, CIN) (`_kernel_weight`), with the folding that
+#   computes the weight; the operator takes that copy, saved for its backward, and the fp32 weight, which it
+#   does not read but whose gradient it returns in fp32 (a gradient takes its input's dtype);
+# - the sums of the kernels' partial sums: batch-norm statistics per row tile, the bias gradient per row
+#   tile, the weight gradient per split of the positions (`_weight_gradient`).
 def _kernel_weight(weight: torch.Tensor) -> torch.Tensor:
     # (.to of the same dtype returns the permuted view itself, whatever memory format it is asked for)
-    return weight.permute(0, 1, 3, 4, 2).to(KERNEL_DTYPE, memory_format=torch.contiguous_format).contiguous()
+    return weight.detach().permute(0, 1, 3, 4, 2).to(KERNEL_DTYPE, memory_format=torch.contiguous_format).contiguous()
 
 
-def _conv_output_like(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """An empty (N, HO, WO, K, COUT) output of x's convolution with weight, for the operators' fake versions."""
+def _weight_gradient(parts: torch.Tensor) -> torch.Tensor:
+    """The weight gradient in PyTorch's layout (K, COUT, CIN, KS, KS) from conv_triton.conv_wgrad_partial's parts."""
+    return parts.sum(1).permute(0, 1, 4, 2, 3)
+
+
+def _conv_output_like(x: torch.Tensor, w16: torch.Tensor) -> torch.Tensor:
+    """An empty (N, HO, WO, K, COUT) output of x's convolution with w16, for the operators' fake versions."""
     n, h, w, k, _ = x.shape
-    cout, ks = weight.shape[1], weight.shape[3]
+    cout, ks = w16.shape[1], w16.shape[2]
     return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout)
 
 
-def _conv_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, input_grad: bool):
-    """(dx, dw) of the convolution from dy (bf16, contiguous); dw in fp32 and PyTorch's weight layout.
-    Without an input gradient (the first layer) dx is an empty placeholder: an operator must return tensors."""
+def _conv_gradients(dy: torch.Tensor, x: torch.Tensor, w16: torch.Tensor, input_grad: bool):
+    """(dx, weight-gradient parts) of the convolution from dy (bf16, contiguous). Without an input gradient
+    (the first layer) dx is an empty placeholder: an operator must return tensors."""
     from . import conv_triton
-    w16 = _kernel_weight(weight)
     dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
-    dw = conv_triton.conv_wgrad(x.contiguous(), dy, w16.shape[2]).permute(0, 1, 4, 2, 3).contiguous()
-    return dx, dw
+    return dx, conv_triton.conv_wgrad_partial(x, dy, w16.shape[2])
 
 
-def _gradients_like(x: torch.Tensor, weight: torch.Tensor, input_grad: bool):
-    """Empty (dx, dw, db) as the backward operators return them, for their fake versions."""
+def _gradients_like(x: torch.Tensor, w16: torch.Tensor, input_grad: bool):
+    """Empty (dx, weight-gradient parts) as the backward operators return them, for their fake versions."""
+    from . import conv_triton
+    k, cout, ks, _, cin = w16.shape
+    split = conv_triton.wgrad_split(x.shape, cout, ks)
     dx = torch.empty_like(x) if input_grad else x.new_empty(0)
-    return dx, torch.empty_like(weight, dtype=torch.float32), x.new_empty(weight.shape[:2], dtype=torch.float32)
+    return dx, x.new_empty(k, split, cout, ks, ks, cin, dtype=torch.float32)
 
 
 @torch.library.custom_op("relulab::stacked_conv", mutates_args=())
-def _triton_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _triton_conv(x: torch.Tensor, weight: torch.Tensor, w16: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     from . import conv_triton
-    return conv_triton.conv_forward(x.contiguous(), _kernel_weight(weight), bias.float().contiguous())
+    return conv_triton.conv_forward(x, w16, bias)
 
 
 @_triton_conv.register_fake
-def _(x, weight, bias):
-    return _conv_output_like(x, weight)
+def _(x, weight, w16, bias):
+    return _conv_output_like(x, w16)
 
 
 @torch.library.custom_op("relulab::stacked_conv_backward", mutates_args=())
-def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                          input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dy = dy.to(KERNEL_DTYPE).contiguous()
-    return *_conv_gradients(dy, x, weight, input_grad), dy.sum((0, 1, 2), dtype=torch.float32)
+def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, w16: torch.Tensor,
+                          input_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _conv_gradients(dy, x, w16, input_grad)
 
 
 @_triton_conv_backward.register_fake
-def _(dy, x, weight, input_grad):
-    return _gradients_like(x, weight, input_grad)
+def _(dy, x, w16, input_grad):
+    return _gradients_like(x, w16, input_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _ = inputs
-    ctx.save_for_backward(x, weight)
+    x, _, w16, _ = inputs
+    ctx.save_for_backward(x, w16)
     ctx.input_grad = x.requires_grad
 
 
 def _backward(ctx, dy):
-    x, weight = ctx.saved_tensors
-    dx, dw, db = _triton_conv_backward(dy, x, weight, ctx.input_grad)
-    return (dx if ctx.input_grad else None), dw, db
+    x, w16 = ctx.saved_tensors
+    dx, dw_parts = _triton_conv_backward(dy.to(KERNEL_DTYPE).contiguous(), x, w16, ctx.input_grad)
+    db = dy.sum((0, 1, 2), dtype=torch.float32)
+    return (dx if ctx.input_grad else None), _weight_gradient(dw_parts), None, db
 
 
 _triton_conv.register_autograd(_backward, setup_context=_setup_context)
 
 
 # Convolution, bias and activation in one kernel, which also sums each channel's outputs and their squares
-# for the batch norm that follows (sums=True; else the second output is empty). Its backward takes the
-# gradients of both outputs: one kernel turns them into the gradient before the activation and the bias's
-# (conv_triton.activation_backward), then the convolution's two gradient kernels.
+# per row tile, for the batch norm that follows (sums=True; else the second output is empty). Its backward
+# takes the gradients of the activation and of the sums: one kernel turns them into the gradient before the
+# activation and the bias's (conv_triton.activation_backward_partial), then the convolution's two gradient kernels.
 @torch.library.custom_op("relulab::stacked_conv_act", mutates_args=())
-def _triton_conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, codes: torch.Tensor,
-                     sums: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _triton_conv_act(x: torch.Tensor, weight: torch.Tensor, w16: torch.Tensor, bias: torch.Tensor,
+                     codes: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from . import conv_triton
-    x, w16, bias = x.contiguous(), _kernel_weight(weight), bias.float().contiguous()
     if sums:
-        return conv_triton.conv_forward_with_sums(x, w16, bias, codes)
+        return conv_triton.conv_forward_with_partial_sums(x, w16, bias, codes)
     return conv_triton.conv_forward(x, w16, bias, codes=codes), bias.new_empty(0)
 
 
 @_triton_conv_act.register_fake
-def _(x, weight, bias, codes, sums):
-    sums_shape = (2, x.shape[3], weight.shape[1]) if sums else (0,)
-    return _conv_output_like(x, weight), x.new_empty(sums_shape, dtype=torch.float32)
+def _(x, weight, w16, bias, codes, sums):
+    from . import conv_triton
+    k, cout, ks = w16.shape[0], w16.shape[1], w16.shape[2]
+    sums_shape = (2, conv_triton.forward_row_tiles(x.shape, cout, ks), k, cout) if sums else (0,)
+    return _conv_output_like(x, w16), x.new_empty(sums_shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("relulab::stacked_conv_act_backward", mutates_args=())
-def _triton_conv_act_backward(da: torch.Tensor, dsums: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+def _triton_conv_act_backward(da: torch.Tensor, dsums: torch.Tensor, x: torch.Tensor, w16: torch.Tensor,
                               a: torch.Tensor, codes: torch.Tensor,
                               input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import conv_triton
-    dpre, db = conv_triton.activation_backward(da.to(a.dtype).contiguous(), a, dsums.contiguous(), codes)
-    return *_conv_gradients(dpre, x, weight, input_grad), db
+    dpre, db_parts = conv_triton.activation_backward_partial(da, a, dsums, codes)
+    return *_conv_gradients(dpre, x, w16, input_grad), db_parts
 
 
 @_triton_conv_act_backward.register_fake
-def _(da, dsums, x, weight, a, codes, input_grad):
-    return _gradients_like(x, weight, input_grad)
+def _(da, dsums, x, w16, a, codes, input_grad):
+    from . import conv_triton
+    db_parts = x.new_empty(conv_triton.act_backward_row_tiles(a.shape), *a.shape[3:], dtype=torch.float32)
+    return *_gradients_like(x, w16, input_grad), db_parts
 
 
 def _setup_conv_act(ctx, inputs, output):
-    x, weight, _, codes, _ = inputs
-    ctx.save_for_backward(x, weight, output[0], codes)
+    x, _, w16, _, codes, _ = inputs
+    ctx.save_for_backward(x, w16, output[0], codes)
     ctx.input_grad = x.requires_grad
 
 
 def _conv_act_backward(ctx, da, dsums):
-    x, weight, a, codes = ctx.saved_tensors
-    if da is None:
-        da = torch.zeros_like(a)
+    x, w16, a, codes = ctx.saved_tensors
+    da = torch.zeros_like(a) if da is None else da.to(a.dtype).contiguous()
     if dsums is None or dsums.numel() == 0:  # no batch norm took the sums
         dsums = a.new_zeros(2, *a.shape[3:], dtype=torch.float32)
-    dx, dw, db = _triton_conv_act_backward(da, dsums, x, weight, a, codes, ctx.input_grad)
-    return (dx if ctx.input_grad else None), dw, db, None, None
+    else:  # each row tile's sums went into the statistics alike, so each has the statistics' gradient
+        dsums = dsums[:, 0].contiguous()
+    dx, dw_parts, db_parts = _triton_conv_act_backward(da, dsums, x, w16, a, codes, ctx.input_grad)
+    return (dx if ctx.input_grad else None), _weight_gradient(dw_parts), None, db_parts.sum(0), None, None
 
 
 _triton_conv_act.register_autograd(_conv_act_backward, setup_context=_setup_conv_act)
@@ -165,8 +179,10 @@ def _fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tenso
 
 
 def _affine(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Batch norm's output from its per-model, per-channel scale and shift (K, C), on (N, H, W, K, C)."""
-    return h * scale + shift
+    """Batch norm's output from its per-model, per-channel scale and shift (K, C), on (N, H, W, K, C), in h's
+    dtype as PyTorch's batch norm gives it (bf16 under autocast: the max-pool after it, its backward and the
+    scale's gradient then move half the bytes of fp32, about 0.2 ms of a 16-stack's step)."""
+    return (h * scale + shift).to(h.dtype)
 
 
 def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -181,13 +197,16 @@ def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
 def _triton_operands(x: torch.Tensor, weight: torch.Tensor):
     """(x in bf16, weight) as the Triton kernels take them, or None for a layer they do not take."""
     from . import conv_triton
-    cout, cin = weight.shape[1], weight.shape[2]
-    if cin < 16 and conv_triton.supports(16, cout):
-        # The first layer's 3 input channels, padded with zeros to the kernels' smallest block: 5x the
-        # products of a layer that has 0.6% of the model's, instead of cuDNN's grouped convolution,
-        # which took about a tenth of the step. The padding's gradient is dropped by F.pad's backward.
+    cout, cin, ks = weight.shape[1:4]
+    if cin < 16 and not conv_triton.supports(cin, cout, ks, input_grad=x.requires_grad) \
+            and conv_triton.supports(16, cout):
+        # Narrow inputs the kernels do not take as they are (their reduction blocks are at least 16 wide): their
+        # channels padded with zeros to 16, whose gradient F.pad's backward drops. A first layer of 3 channels
+        # needs none of it: its 27 (tap, channel) fit one block (at 16 channels a layer has 5.3x its products).
         x, weight, cin = F.pad(x, (0, 16 - cin)), F.pad(weight, (0, 0, 0, 0, 0, 16 - cin)), 16
-    return (x.to(KERNEL_DTYPE), weight) if conv_triton.supports(cin, cout) else None
+    if not conv_triton.supports(cin, cout, ks, input_grad=x.requires_grad):
+        return None
+    return x.to(KERNEL_DTYPE).contiguous(), weight
 
 
 def stacked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, triton_kernels: bool) -> torch.Tensor:
@@ -197,7 +216,8 @@ def stacked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, trit
         return torch.einsum("nhwkc,koc->nhwko", x, weight[..., 0, 0]) + bias
     operands = _triton_operands(x, weight) if triton_kernels else None
     if operands is not None:
-        return _triton_conv(*operands, bias)
+        x, weight = operands
+        return _triton_conv(x, weight, _kernel_weight(weight), bias.float().contiguous())
     return _grouped_conv(x, weight, bias)
 
 
@@ -251,6 +271,21 @@ class StackedCNN(StackedWeights):
         fold = triton_kernels if fold_batchnorm is None else fold_batchnorm
         self.folded = {i for i in range(len(self.ops)) if fold and self._foldable(i)}
 
+    def largest_batch(self, image_shape: Sequence[int]) -> int:
+        """The largest batch of (C, H, W) images whose activations, all K models side by side, the Triton kernels
+        can index (conv_triton.MAX_VALUES): 2068 for 16 seed-cnns on 32x32 images, 1034 for 32."""
+        from . import conv_triton
+        channels, height, width = image_shape
+        largest = max(channels, 16) * height * width  # a narrow input may be padded to 16 channels
+        for op in self.ops:
+            if op.kind == "conv":
+                channels, size = op.shape[0], op.shape[2]
+                height, width = height - size + 1, width - size + 1
+            elif op.kind == "maxpool":
+                height, width = height // op.module.kernel_size, width // op.module.kernel_size
+            largest = max(largest, channels * height * width)
+        return max(1, conv_triton.MAX_VALUES // (largest * self.k))
+
     def _foldable(self, i: int) -> bool:
         """Whether op i starts a 3x3 conv -> activation -> batch norm that runs as one kernel."""
         if i + 2 >= len(self.ops) or [op.kind for op in self.ops[i:i + 3]] != ["conv", "act", "bn"]:
@@ -303,7 +338,10 @@ class StackedCNN(StackedWeights):
             weight, bias = _fold_batchnorm(weight, bias, *pending)
         operands = _triton_operands(h, weight) if self.triton_kernels else None
         if operands is not None:
-            a, sums = _triton_conv_act(*operands, bias, self.codes[i + 1], training)
+            x, weight = operands
+            a, partial_sums = _triton_conv_act(x, weight, _kernel_weight(weight), bias.float().contiguous(),
+                                               self.codes[i + 1], training)
+            sums = partial_sums.sum(1) if training else None
         else:  # the same in PyTorch operations (the CPU's reference)
             a = self._activate(_grouped_conv(h, weight, bias), self.ops[i + 1], model_dim=3)
             sums = torch.stack([a.sum((0, 1, 2)), (a * a).sum((0, 1, 2))]).float() if training else None
