@@ -76,7 +76,8 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
                   BLOCK_K: tl.constexpr, SLABS: tl.constexpr, STAGES: tl.constexpr, ACT: tl.constexpr,
                   STATS: tl.constexpr):
     """y = act(conv(x, w) + b) for one tile of one model; with STATS, the tile's per-channel sums of y and y*y
-    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y.
+    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y. A narrow input (CIN
+    not a multiple of BLOCK_K: a first layer's 3 channels) is read in place, each block column its own (tap, channel).
     With SLABS=3 a tile's columns are three slabs of BLOCK_N that share each loaded block of x (see CONFIGS)."""
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
@@ -108,7 +109,7 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
             if SLABS == 3:
                 b1 = tl.load(w_at + _wrap(rn1, COUT)[None, :] * KTOT)
                 b2 = tl.load(w_at + _wrap(rn2, COUT)[None, :] * KTOT)
-        else:  # a narrow input (the first layer's 3 channels): each column its own (tap, channel), all in one block
+        else:  # a narrow input (the first layer's 3 channels): each column its own (tap, channel)
             col = k0 + rk
             tap = col // CIN
             shift = ((tap // KS) * W + tap % KS) * (K * CIN) + col % CIN
@@ -273,6 +274,7 @@ _C96 = {"fwd": _cfg(128, 32, 32, 4, slabs=3), "dgrad": _cfg(128, 32, 32, 4, slab
         "wgrad": _cfg(128, 32, 64, 4, 4, slabs=3)}
 CONFIGS = {
     # the first layer, its 3 input channels as they are: one block of 32 columns covers its 27 (tap, channel)
+    # (tiles found for an im2col'd version of it, benchmarks/probe_conv_kernels.py; not searched again)
     (32, 3, 48, 3): {"fwd": _cfg(256, 16, 32, 8, slabs=3), "wgrad": _cfg(32, 16, 64, 4, 16, slabs=3)},
     (30, 48, 48, 3): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "dgrad": _cfg(128, 64, 16, 8),
                       "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3)},
@@ -313,7 +315,7 @@ def config(kernel: str, size: int, cin: int, cout: int, models: int, positions: 
         columns = cin if kernel == "dgrad" else cout
         slab = slab_width(columns)
         bn, slabs = (slab, 3) if slab else (64, 1)
-        if kernel == "wgrad":  # rows: the weight's (tap, CIN), which a 1x1 layer has few of
+        if kernel == "wgrad":  # rows: the weight's (tap, CIN), which a narrow first layer has few of
             cfg = _cfg(min(128, max(16, triton.next_power_of_2(ks * ks * cin))), bn, 64, 4, 16, slabs)
         else:
             reduced = cin if kernel == "fwd" else cout
