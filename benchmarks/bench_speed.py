@@ -22,7 +22,9 @@ Parts (each prints JSON lines; a summary table comes last):
             side by side).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
             what compiling (once per placement, before the first epoch) adds to the wall time.
-- peer-cnn: the Keras peer's seed-cnn for the same epochs.
+- peer-cnn: the Keras peer's seed-cnn for the same epochs (--peer-cnn-runs: which seeds), each epoch timed
+            (peer_timed.py); its steady epoch time, and the ratios to it of the cnn packs timed before it in the
+            same call (put peer-cnn after cnn in --parts; it may come before as well).
 - matmul:   the chip's measured bf16 rate (8192^3 matrix product), for the TFLOP/s comparison.
 """
 from __future__ import annotations
@@ -219,11 +221,14 @@ def part_check(args, out, device):
     splits = load_data(DataSpec()).to(device)
     cnn_data = DataSpec(image_size=32, train_size=512)
     cnn_splits = load_data(cnn_data).to(device)
+    # The MLP cases in full fp32: under precision auto both sides round their products to TF32, each in its own
+    # order, and 3 epochs of that drift apart by up to 0.06 of validation loss, which would hide a real error.
     cases = [
         ("stack", splits, [Job(RunSpec(DataSpec(), ModelSpec("bn-mlp", widths=[64] * 6, init="he_normal"),
-                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01))), s) for s in (0, 1, 2)]),
+                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01), precision="fp32")), s)
+                           for s in (0, 1, 2)]),
         ("fused", splits, [Job(RunSpec(DataSpec(), ModelSpec("deep-mlp", widths=[64] * 6, activation=act),
-                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01))), s)
+                                       TrainSpec(3, 32, OptimizerSpec("sgd", lr=0.01), precision="fp32")), s)
                            for s, act in enumerate(("relu", "tanh", "sigmoid", "relu"))]),
         ("streams", cnn_splits, [Job(RunSpec(cnn_data, ModelSpec("seed-cnn"), TrainSpec(
             3, 128, OptimizerSpec("adam", flavour="keras"), precision="fp32")), s) for s in (0, 1)]),
@@ -315,15 +320,46 @@ def part_matmul(args, out, device):
     emit(out, {"part": "matmul", "bf16_tflops": round(2 * 8192**3 / statistics.median(times) / 1e12, 1)})
 
 
-def run_peer(args, out, script: str, script_args: list[str], part: str):
+def run_peer(args, out, script: str, script_args: list[str], part: str) -> dict:
+    """One peer process, through peer_timed.py, which adds each run's epoch times ("epoch_s") to its line."""
+    torch.cuda.empty_cache()  # JAX takes 75% of the GPU's memory at start: give back what PyTorch only caches
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": args.peer_site}
+    timed = Path(__file__).with_name("peer_timed.py")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(args.peers) / script), *script_args], env=env,
+    proc = subprocess.run([sys.executable, str(timed), str(Path(args.peers) / script), *script_args], env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    emit(out, {"part": part, "returncode": proc.returncode, "process_wall_s": round(wall, 1), "runs": lines,
-               "stderr_tail": proc.stderr[-600:] if proc.returncode else ""})
+    runs, epoch_s = [], None
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if "peer_epoch_s" in record:  # printed just before the run's own line
+                epoch_s = record["peer_epoch_s"]
+            else:
+                runs.append({**record, "epoch_s": epoch_s})
+    return emit(out, {"part": part, "returncode": proc.returncode, "process_wall_s": round(wall, 1),
+                      "epochs": int(script_args[1]), "runs": runs,
+                      "stderr_tail": proc.stderr[-600:] if proc.returncode else ""})
+
+
+def part_peer_cnn(args, out):
+    """The peer's seed-cnn; its steady epoch time (the median epoch after each run's first, which holds XLA's
+    compile), and relulab's packs timed earlier in this call against it."""
+    record = run_peer(args, out, "keras_seed000.py", [args.cifar, str(args.cnn_epochs), *args.peer_cnn_runs.split(",")],
+                      "peer-cnn")
+    steady = [s for run in record["runs"] for s in (run["epoch_s"] or [])[1:]]
+    if not steady:
+        return
+    epoch_s = statistics.median(steady)
+    rate = {"part": "peer-cnn-rate", "epochs_timed": len(steady), "steady_epoch_s": round(epoch_s, 3),
+            "epoch_s_range": [round(min(steady), 3), round(max(steady), 3)],
+            "model_epochs_per_s": round(1 / epoch_s, 3), "ratios": []}
+    for line in (out / "bench.jsonl").read_text().splitlines():
+        cnn = json.loads(line)
+        if cnn.get("part") == "cnn" and cnn.get("steady_model_epochs_per_s"):
+            rate["ratios"].append({"pack": cnn["pack"], "max_stack": cnn["max_stack"],
+                                   "ratio": round(cnn["steady_model_epochs_per_s"] * epoch_s, 2)})
+    emit(out, rate)
 
 
 def main():
@@ -345,6 +381,7 @@ def main():
                         "stacks (relulab.stacked_cnn), in stacks without batch-norm folding, or one model a unit")
     parser.add_argument("--cnn-max-stack", default="auto", help="models to a seed-cnn stack: auto (the library's "
                         "default, 16), a number, or a list (auto,32)")
+    parser.add_argument("--peer-cnn-runs", default="0:all", help="the peer's SEED:SLOTS runs, comma-separated")
     parser.add_argument("--cnn-compile", default="auto", help="auto, off, on, or off,on: torch.compile the CNN step (train.compile)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -361,8 +398,7 @@ def main():
                                      "peer-mlp"),
         "cnn": lambda: part_cnn(args, out, device),
         "cnn-placements": lambda: part_cnn_placements(args, out, device),
-        "peer-cnn": lambda: run_peer(args, out, "keras_seed000.py", [args.cifar, str(args.cnn_epochs), "0:all"],
-                                     "peer-cnn"),
+        "peer-cnn": lambda: part_peer_cnn(args, out),
     }
     for name in args.parts.split(","):
         try:

@@ -26,6 +26,30 @@ def test_train_several_seeds_and_per_slot_options(capsys):
     assert results[0]["spec"]["model"]["slots"] == {"2": "identity", "3": "tanh"}
 
 
+def test_train_packs_seeds_with_the_same_histories(capsys, tmp_path):
+    """--pack trains the seeds together (the default on CUDA); on the CPU they stack, and each keeps the history
+    it has when trained alone; checkpoints are saved from the pack too."""
+    common = ["train", "--widths", "16x3", "-e", "2", "-b", "64", "--seed", "1", "--seed", "2", "--json",
+              "--device", "cpu"]
+    code, out, err = relulab(capsys, *common, "--pack", "--save", str(tmp_path / "m.pt"))
+    assert code == 0, err
+    packed = json.loads(out)
+    assert "packed: 2 seed(s) train at once" in err
+    code, out, _ = relulab(capsys, *common, "--no-pack")
+    alone = json.loads(out)
+    assert [r["seed"] for r in packed] == [1, 2]
+    assert packed[0]["data"]["trained_with"] == 2 and "trained_with" not in alone[0]["data"]
+    for p, a in zip(packed, alone):
+        for pe, ae in zip(p["history"], a["history"]):
+            assert pe["val_loss"] == pytest.approx(ae["val_loss"], abs=1e-4)
+    assert (tmp_path / "m-seed1.pt").exists() and (tmp_path / "m-seed2.pt").exists()
+
+
+def test_train_compile_needs_packing(capsys):
+    code, out, err = relulab(capsys, "train", "-e", "1", "--compile", "--no-pack", "--device", "cpu")
+    assert code == 2 and "--compile: only packed runs compile their step" in err and not out
+
+
 @pytest.mark.parametrize("argv,names", [
     (["--activation", "nope"], "--activation: unknown value 'nope'"),
     (["--init", "he_nrmal"], "--init: unknown value 'he_nrmal'"),

@@ -16,7 +16,7 @@ from ..env import resolve_device
 from ..errors import UserError
 from ..models import ModelSpec, parse_off, parse_slots, parse_widths
 from ..optim import OptimizerSpec
-from ..train import ProgressBar, RunSpec, TrainSpec, evaluate, run
+from ..train import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
 from ..util import write_json_atomic
 from .app import app, option_names
 
@@ -56,6 +56,12 @@ def train(
     precision: str = typer.Option("auto", help="auto (on CUDA: bf16 for convolutions, else TensorFloat-32 matrix "
                                   "products, as JAX/Keras 3 use; on the CPU: fp32), fp32, tf32 or bf16."),
     seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed; repeat for several runs."),
+    pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="Train the seeds together, as `relulab run` "
+                                        "does (stacked weights, CUDA graphs, compiled steps; no per-epoch progress "
+                                        "bar). Default: on CUDA, where it is the fast path; on the CPU, one by one."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile a packed run's "
+                                           "step, and pack (default: where enough model-epochs share the step to pay "
+                                           "for compiling it)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, help="Write the results (with per-epoch history) to this JSON file."),
@@ -68,22 +74,37 @@ def train(
         data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
         model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
                         batchnorm, bn_flavour),
-        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2, precision=precision),
+        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2, precision=precision,
+                        compile=compile),
     )
     with option_names(OPTION_NAMES):
         spec.validate()
+        target = resolve_device(device)
+        if compile and pack is False:
+            raise UserError("--compile: only packed runs compile their step; drop --no-pack")
+        together = pack if pack is not None else (target.type == "cuda" or bool(compile))
         splits = data_mod.load_data(spec.data)
-        _train_seeds(spec, splits, seed, device, as_json, out, save)
+        _train_seeds(spec, splits, seed, target, together, as_json, out, save)
 
 
-def _train_seeds(spec: RunSpec, splits, seeds: list[int], device: str, as_json: bool, out: Optional[Path],
-                 save: Optional[Path]) -> None:
+def _trained(spec: RunSpec, splits, seeds: list[int], device, together: bool):
+    """Each seed's RunResult as it finishes: packed (all at once, the fast path) or one by one with a progress bar."""
+    if together:
+        console.print(f"packed: {len(seeds)} seed(s) train at once on {device}; their results come when all finish")
+        for _, result in train_many([Job(spec, s) for s in seeds], splits, device):
+            yield result
+    else:
+        for s in seeds:
+            yield run(spec, s, device, splits=splits, callbacks=[ProgressBar(f"seed {s}")])
+
+
+def _train_seeds(spec: RunSpec, splits, seeds: list[int], device, together: bool, as_json: bool,
+                 out: Optional[Path], save: Optional[Path]) -> None:
     results = []
-    for s in seeds:
-        result = run(spec, s, device, splits=splits, callbacks=[ProgressBar(f"seed {s}")])
+    for result in _trained(spec, splits, seeds, device, together):
         results.append(result.to_dict())
         if save:
-            where = save if len(seeds) == 1 else save.with_name(f"{save.stem}-seed{s}{save.suffix}")
+            where = save if len(seeds) == 1 else save.with_name(f"{save.stem}-seed{result.seed}{save.suffix}")
             checkpoints.save(result, where, splits.classes)
             console.print(f"saved {where}")
         if not as_json:
@@ -102,6 +123,7 @@ OPTION_NAMES = {
     "model.bias_init": "--bias-init", "model.output_init": "--output-init", "model.widths": "--widths",
     "model.bn_flavour": "--bn-flavour", "model.slots": "--slot/--off", "train.epochs": "--epochs",
     "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2", "train.precision": "--precision",
+    "train.compile": "--compile",
     "train.optimizer.name": "--optimizer", "train.optimizer.lr": "--lr", "train.optimizer.flavour": "--flavour",
 }
 
