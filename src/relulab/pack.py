@@ -482,7 +482,7 @@ def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
 # in two stacks, BENCHMARKS.md); autograd stacks stop at 8, past which a bigger stack did not pay.
 # seed-cnn stacks fill the GPU better up to 16 (a step of 11.1 ms for 16 against 5.9 for 8 on an H100); more
 # run as stacks side by side (on an H200, 32 as two of 16: 2% more model-epochs/s than one of 16; one stack of
-# 32, or 64 as four of 16, no more than two of 16).
+# 32, or 64 as four stacks of 16, ran no faster than two of 16).
 DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16
