@@ -14,6 +14,7 @@ layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
@@ -160,7 +161,7 @@ def build_deep_mlp(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     widths = spec.widths or [300] + [100] * 49
     _check_slots(spec, len(widths))
     layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = int(torch.tensor(input_shape).prod())
+    fan_in = math.prod(input_shape)
     for index, width in enumerate(widths, start=1):
         layers += [_dense(fan_in, width, spec.kernel_init(), spec), Slot(index, spec.slot_activation(index))]
         if spec.batchnorm:
@@ -174,7 +175,7 @@ def build_bn_mlp(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     widths = spec.widths or [512] + [256] * 50
     _check_slots(spec, len(widths))
     use_bn = True if spec.batchnorm is None else spec.batchnorm
-    fan_in = int(torch.tensor(input_shape).prod())
+    fan_in = math.prod(input_shape)
     layers: list[nn.Module] = [nn.Flatten(), _dense(fan_in, widths[0], spec.kernel_init(), spec), Slot(1, spec.slot_activation(1))]
     for index, width in enumerate(widths[1:], start=2):
         if use_bn:
