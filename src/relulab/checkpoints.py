@@ -81,17 +81,41 @@ def load(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: checkpoint version {payload.get('version')!r}; this relulab reads version {VERSION}")
     from .experiments import build_run_spec  # experiments imports much of relulab; keep this module light
 
+    seed, input_shape, classes, summary, provenance = _metadata(payload, path)
     try:
         spec = build_run_spec(payload["spec"], prefix="checkpoint spec ")
-        input_shape, classes = tuple(payload["input_shape"]), list(payload["classes"])
         model = build_model(spec.model, input_shape, len(classes))
         model.load_state_dict(payload["state_dict"])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing fields, shapes that do not match
         raise UserError(f"{path}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return Checkpoint(spec, int(payload["seed"]), model.eval(), input_shape, classes, dict(payload.get("summary", {})),
-                      dict(payload.get("provenance", {})))
+    return Checkpoint(spec, seed, model.eval(), input_shape, classes, summary, provenance)
+
+
+def _metadata(payload: dict, path: Path) -> tuple[int, tuple[int, ...], list[str], dict, dict]:
+    """The checkpoint's plain fields, each checked for its type: (seed, input shape, classes, summary,
+    provenance). A file edited by hand or damaged says which field is wrong instead of failing later."""
+    def damaged(field: str, expected: str) -> UserError:
+        return UserError(f"{path}: damaged checkpoint: '{field}' should be {expected}, got {payload.get(field)!r:.60}")
+
+    seed = payload.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise damaged("seed", "an integer from 0 to 2**63 - 1")
+    shape = payload.get("input_shape")
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in shape):
+        raise damaged("input_shape", "a list of positive integers")
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise damaged("classes", "a list of at least two class names")
+    for field in ("spec", "state_dict"):
+        if not isinstance(payload.get(field), dict):
+            raise damaged(field, "a mapping")
+    for field in ("summary", "provenance"):
+        if not isinstance(payload.get(field, {}), dict):
+            raise damaged(field, "a mapping")
+    return seed, tuple(shape), list(classes), dict(payload.get("summary", {})), dict(payload.get("provenance", {}))
 
 
 def _read(path: Path):

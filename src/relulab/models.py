@@ -14,8 +14,10 @@ layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Callable, Optional
 
 import torch
@@ -25,6 +27,7 @@ from . import activations
 from .errors import UserError, unknown_choice
 from .init import canonical_name as canonical_init
 from .init import init_layer
+from .util import check_fits
 
 BN_FLAVOURS = {
     # Keras' momentum 0.99 weights the old running value; PyTorch's momentum weights the new one.
@@ -237,7 +240,31 @@ MODELS: dict[str, Callable[[ModelSpec, tuple, int], SlotNet]] = {
 def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     """Build the model `spec` names for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
     spec.validate()
+    check_model_fits(spec, tuple(input_shape), num_classes)
     return MODELS[spec.name](spec, tuple(input_shape), num_classes)
+
+
+# Training holds each parameter four times over: the weight, its gradient and (Adam, RMSprop) up to two moments.
+TRAINING_COPIES = 4
+
+
+def check_model_fits(spec: ModelSpec, input_shape: tuple, num_classes: int) -> None:
+    """Refuse a model whose weights and training state cannot fit in memory (`widths: [100000000, 100000000]`),
+    before any of it is allocated: the model is first built on PyTorch's meta device, which has shapes but no
+    storage, so the count costs milliseconds whatever the size."""
+    params = _parameter_count(json.dumps(spec.to_dict(), sort_keys=True, default=str), input_shape, num_classes)
+    field = "model.widths" if spec.widths is not None else "model"
+    check_fits(params * 4 * TRAINING_COPIES, field, f"a {spec.name} of {params:,} parameters (weights, gradients and "
+               "optimizer state)")
+
+
+@lru_cache(maxsize=256)
+def _parameter_count(spec_json: str, input_shape: tuple, num_classes: int) -> int:
+    spec = ModelSpec(**json.loads(spec_json))
+    spec.slots = {int(k): v for k, v in spec.slots.items()}
+    with torch.device("meta"):
+        model = MODELS[spec.name](spec, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
 
 
 def keras_param_count(model: nn.Module) -> int:

@@ -40,7 +40,7 @@ from . import activations
 from .errors import UserError
 from .stats import ConfigStats, RunNumbers, describe_runs, with_baseline
 from .store import Store
-from .util import write_atomic, write_bytes_atomic
+from .util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
 VAL_IS_TEST_WARNING = ("validation data is the test set ({parts}): best-epoch accuracies are chosen on the test "
@@ -650,7 +650,7 @@ class ReportFiles:
     runs_csv: Path
     figures: list[Path]
     tensorboard: Optional[Path] = None
-    extra: list[Path] = field(default_factory=list)  # issue 4: search CSVs
+    extra: list[Path] = field(default_factory=list)  # the searches' CSVs
 
 
 def default_out_dir(store_path: Path, experiment: str) -> Path:
@@ -668,39 +668,75 @@ def pick_experiment(store: Store, name: Optional[str]) -> str:
     return names[0]
 
 
+# What a report folder holds. The folder is replaced whole on every report (util.staged_folder), so a folder that
+# holds anything else is refused rather than replaced: `--out .` must never take the user's files with it.
+REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|figures|search-[0-9a-f]+"
+                            r"(?:-correlations)?\.csv)$")
+
+
+def check_report_dir(out: str | Path, field: str = "out_dir") -> Path:
+    """`out` can take a report: a new folder, or an earlier report's (which the new one replaces)."""
+    out = check_output_dir(out, field)
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not REPORT_ENTRIES.match(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UserError(f"{field}: {out} holds files that are not a report's ({shown}); a report replaces its "
+                            "folder whole, so give it a folder of its own")
+    return out
+
+
+def check_tensorboard_dir(logdir: str | Path, out: Path, field: str = "tensorboard") -> Path:
+    logdir = check_output_dir(logdir, field)
+    if logdir == out or out in logdir.parents:
+        raise UserError(f"{field}: {logdir} is inside the report folder {out}, which is replaced whole on every "
+                        "report; put the logs elsewhere")
+    return logdir
+
+
 def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,
                  svg: bool = False, tensorboard: Optional[str | Path] = None) -> ReportFiles:
-    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store."""
+    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store.
+
+    The files are written into a staging folder beside `out_dir` and put in its place whole, so a killed
+    report, or one that meets a full disk, leaves the earlier report as it was."""
     if tensorboard is not None:
-        _summary_writer()  # fail before writing anything when tensorboard is missing
+        require_tensorboard()  # fail before writing anything when tensorboard is missing
     store = Store(store_path, create=False)
     try:
         name = pick_experiment(store, experiment)
         data = collect(store, name)
     finally:
         store.close()
-    out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name)
+    out = check_report_dir(Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name))
+    logdir = check_tensorboard_dir(tensorboard, out) if tensorboard is not None else None
     reports = [part_report(i, p, svg) for i, p in enumerate(data.parts)]
-    figures = []
+    figures: dict[str, bytes] = {}
     for r in reports:
         for f in r.figures:
-            figures.append(write_bytes_atomic(out / "figures" / f"{r.slug}-{f.slug}.png", f.png))
+            figures[f"figures/{r.slug}-{f.slug}.png"] = f.png
             if f.svg:
-                figures.append(write_bytes_atomic(out / "figures" / f"{r.slug}-{f.slug}.svg", f.svg))
-    files = ReportFiles(write_atomic(out / "report.html", render_html(data, reports)),
-                        write_atomic(out / "report.md", markdown(data, reports)),
-                        write_atomic(out / "summary.csv", summary_csv(data)),
-                        write_atomic(out / "runs.csv", runs_csv(data)), figures)
-    if tensorboard is not None:
-        files.tensorboard = write_tensorboard(data, Path(tensorboard))
-    files.extra = write_search_csvs(out, data)  # issue 4 (defined at the end of this module)
+                figures[f"figures/{r.slug}-{f.slug}.svg"] = f.svg
+    tables = {"report.html": render_html(data, reports), "report.md": markdown(data, reports),
+              "summary.csv": summary_csv(data), "runs.csv": runs_csv(data), **search_csvs(data)}
+    with staged_folder(out) as staging:
+        for relative, blob in figures.items():
+            write_bytes_atomic(staging / relative, blob)
+        for relative, text in tables.items():
+            write_atomic(staging / relative, text)
+    files = ReportFiles(out / "report.html", out / "report.md", out / "summary.csv", out / "runs.csv",
+                        [out / relative for relative in figures],
+                        extra=[out / relative for relative in tables if relative.startswith("search-")])
+    if logdir is not None:
+        files.tensorboard = write_tensorboard(data, logdir)
     return files
 
 
 # ---------------------------------------------------------------- TensorBoard
 
 
-def _summary_writer():
+def require_tensorboard():
+    """TensorBoard's SummaryWriter, or a UserError saying how to install it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -711,7 +747,7 @@ def _summary_writer():
 
 def write_tensorboard(data: ExperimentData, logdir: Path) -> Path:
     """One TensorBoard run per (part, configuration, seed), from the store; rewritten on every report."""
-    SummaryWriter = _summary_writer()
+    SummaryWriter = require_tensorboard()
     logdir = logdir.expanduser().resolve()
     for part in data.parts:
         for v in part.variants:
@@ -1238,9 +1274,10 @@ CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "stat", "n", "spearman"
                            "kendall_p", "highest_pick_diff", "lowest_pick_diff", "best_diff"]
 
 
-def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
-    """search-<id>.csv (every candidate of every step) and search-<id>-correlations.csv, per search."""
-    written = []
+def search_csvs(data: ExperimentData) -> dict[str, str]:
+    """{file name: text}: search-<id>.csv (every candidate of every step) and search-<id>-correlations.csv, per
+    search."""
+    written = {}
     for part in data.parts:
         for s in part.searches:
             steps = {st["step"]: st for st in s["steps"]}
@@ -1258,7 +1295,7 @@ def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
                     c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
                     c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
                     " ".join(c["run_keys"])]])
-            written.append(write_atomic(out / f"search-{s['id']}.csv", buf.getvalue()))
+            written[f"search-{s['id']}.csv"] = buf.getvalue()
             if s["correlations"]:
                 buf = io.StringIO()
                 writer = csv.writer(buf, lineterminator="\n")
@@ -1266,5 +1303,5 @@ def write_search_csvs(out: Path, data: ExperimentData) -> list[Path]:
                 for c in s["correlations"]:
                     writer.writerow([_csv_number(x) for x in [s["id"], s["strategy"]] +
                                      [c[k] for k in CORRELATION_CSV_COLUMNS[2:]]])
-                written.append(write_atomic(out / f"search-{s['id']}-correlations.csv", buf.getvalue()))
+                written[f"search-{s['id']}-correlations.csv"] = buf.getvalue()
     return written

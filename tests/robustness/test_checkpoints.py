@@ -115,7 +115,15 @@ def _resaved(blob: bytes, change) -> bytes:
     (lambda p: p.update(version=99), "checkpoint version 99"),
     (lambda p: p["spec"]["model"].update(activation="nope"), "model.activation: unknown value 'nope'"),
     (lambda p: p["state_dict"].update({next(iter(p["state_dict"])): torch.zeros(3)}), "damaged checkpoint"),
-    (lambda p: p.pop("state_dict"), "damaged checkpoint"),
+    (lambda p: p.pop("state_dict"), "damaged checkpoint: 'state_dict' should be a mapping"),
+    (lambda p: p.update(seed="x"), "damaged checkpoint: 'seed' should be an integer"),
+    (lambda p: p.update(seed=2**64), "damaged checkpoint: 'seed' should be an integer"),
+    (lambda p: p.update(spec=None), "damaged checkpoint: 'spec' should be a mapping"),
+    (lambda p: p.update(input_shape="abc"), "damaged checkpoint: 'input_shape' should be a list"),
+    (lambda p: p.update(input_shape=[1, 0, 8]), "damaged checkpoint: 'input_shape' should be a list"),
+    (lambda p: p.update(classes=[0, 1]), "damaged checkpoint: 'classes' should be a list"),
+    (lambda p: p.update(summary=[1]), "damaged checkpoint: 'summary' should be a mapping"),
+    (lambda p: p.update(provenance="x"), "damaged checkpoint: 'provenance' should be a mapping"),
 ])
 def test_a_damaged_checkpoint_is_named(saved, change, names):
     _, blob = saved

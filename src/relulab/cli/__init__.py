@@ -32,7 +32,13 @@ for _module in ("typer._click.exceptions", "click.exceptions"):
     ABORTS += tuple(getattr(_exceptions, name) for name in ("Abort",) if hasattr(_exceptions, name))
 
 
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+# Commands that keep every finished run in a store, so that running them again goes on where they stopped.
+RESUMABLE = ("run", "search", "probe")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=argv, standalone_mode=False)
     except UserError as e:
@@ -44,6 +50,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
     except ABORTS:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = INTERRUPTED
+    if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into this exit code itself, silently
+        print(_interrupted_line(argv), file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted_line(argv: list[str]) -> str:
+    command = next((a for a in argv if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        return "interrupted; run the same command to resume (finished runs are in the store)"
+    return "interrupted"

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from .. import experiments
 from ..probes import class_table, parse_stats
+from ..util import check_output_dir
 from .app import app
+from .run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_STATS = "ratio_num,ratio_sum"
@@ -54,13 +56,15 @@ def probe_command(
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
                                       store=str(store) if store else None, sets=list(override))
     exp = experiments.load_experiment(spec, overrides)
+    folder = check_output_dir(Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes",
+                              "--out")
+    check_outputs(exp.store, report_dir(exp.store, exp.name, None) if report else None)
     pr = probe_configuration(exp, seed, probe_set, epoch, part, config)
     if not pr.results:
         console.print(f"{pr.variant} seed {seed}: no model to probe")
         raise typer.Exit(1)
     last = max(pr.results)
     print_tables(pr, names, last)
-    folder = Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes"
     written = write_files(pr, names, folder, svg)
     console.print(("probed the freshly trained model" if pr.trained else "probe statistics from the store")
                   + f"; files: {', '.join(str(p) for p in written)}")

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from .. import experiments
 from ..errors import UserError
-from .app import app
+from ..util import check_output_file
+from .app import app, option_names
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -55,10 +56,9 @@ def run_command(
         seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
         device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_), parts=list(part))
     exp = experiments.load_experiment(spec, overrides)
-    if tensorboard is not None:
-        from ..report import _summary_writer
-
-        _summary_writer()  # a missing package is a usage error: say so before hours of training
+    if tensorboard is not None and not report:
+        raise UserError("--tensorboard: the logs are written with the report; drop --no-report")
+    check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
     try:
         summary = experiments.run_experiment(exp, executor=runner)
     except TaskFailed as e:  # the finished runs are stored; re-running the command retries the rest
@@ -71,6 +71,28 @@ def run_command(
         files = build_report(exp.store, exp.name, out, svg=svg, tensorboard=tensorboard)
         console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV)")
         print(files.html)  # the last line on stdout: the HTML report
+
+
+REPORT_OPTIONS = {"out_dir": "--out", "tensorboard": "--tensorboard"}
+
+
+def report_dir(store: Path, name: str, out: Optional[Path]) -> Path:
+    from ..report import default_out_dir
+
+    return Path(out).expanduser().resolve() if out else default_out_dir(store, name)
+
+
+def check_outputs(store: Path, report: Optional[Path] = None, tensorboard: Optional[Path] = None) -> None:
+    """Every place a command will write, checked before it trains anything (an hour of training must not end
+    in "not a directory"): the store's file, the report's folder, TensorBoard's folder."""
+    from ..report import check_report_dir, check_tensorboard_dir, require_tensorboard
+
+    check_output_file(store, "store")
+    if report is not None:
+        check_report_dir(report, "--out")
+    if tensorboard is not None:
+        require_tensorboard()  # a missing package is a usage error: say so before hours of training
+        check_tensorboard_dir(tensorboard, report, "--tensorboard")
 
 
 def _print_summary(s: experiments.SweepSummary) -> None:
@@ -95,7 +117,8 @@ def report_command(
     from ..report import build_report
 
     store_path, name = _resolve_target(target, store, experiment)
-    files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard)
+    with option_names(REPORT_OPTIONS):
+        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard)
     console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV), {len(files.figures)} figures")
     if files.tensorboard:
         console.print(f"tensorboard: tensorboard --logdir {files.tensorboard}")

@@ -13,6 +13,7 @@ from rich.table import Table
 from .. import experiments
 from ..errors import UserError
 from .app import app
+from .run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -86,6 +87,7 @@ def search_command(
         seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
         device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_))
     exp = experiments.load_experiment(spec, overrides)
+    check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
     outcome = run_search(exp, options, part, config)
     with Store(exp.store, create=False) as s:
         found = next(x for x in load_searches(s, exp.name) if x["id"] == outcome.id)

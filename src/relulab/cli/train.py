@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..models import ModelSpec, parse_off, parse_slots, parse_widths
 from ..optim import OptimizerSpec
 from ..train import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
-from ..util import write_json_atomic
+from ..util import check_output_file, write_json_atomic
 from .app import app, option_names
 
 console = Console(stderr=True)
@@ -83,6 +83,9 @@ def train(
         if compile and pack is False:
             raise UserError("--compile: only packed runs compile their step; drop --no-pack")
         together = pack if pack is not None else (target.type == "cuda" or bool(compile))
+        for path, option in ((out, "--out"), (save, "--save")):
+            if path is not None:
+                check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"
         splits = data_mod.load_data(spec.data)
         _train_seeds(spec, splits, seed, target, together, as_json, out, save)
 
