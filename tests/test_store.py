@@ -80,10 +80,122 @@ def test_heartbeat_keeps_claims_fresh(tmp_path):
 def test_bad_store_files(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database" * 100)
-    with pytest.raises(UserError, match="is not a relulab store"):
+    with pytest.raises(UserError, match=r"junk\.sqlite is not a SQLite file \(it starts with b'not a databaseno'\)"):
         Store(junk)
     with pytest.raises(UserError, match="does not exist"):
         Store(tmp_path / "missing.sqlite", create=False)
+    with pytest.raises(UserError, match="is a folder"):
+        Store(tmp_path)
+
+
+@pytest.mark.parametrize("blob", [b"x", b"SQLite", b"SQLite format 2\x00" + bytes(100), bytes(4096)])
+def test_a_short_or_foreign_file_is_refused_not_overwritten(tmp_path, blob):
+    # SQLite takes a file shorter than its header for an empty database, and would write a store over it.
+    path = tmp_path / "x.sqlite"
+    path.write_bytes(blob)
+    for create in (True, False):
+        with pytest.raises(UserError, match=r"x\.sqlite is not a SQLite file .*expected a relulab store"):
+            Store(path, create=create)
+    assert path.read_bytes() == blob and sorted(os.listdir(tmp_path)) == ["x.sqlite"]
+
+
+def test_an_empty_file_becomes_a_store_and_is_no_store_to_read(tmp_path):
+    (tmp_path / "new.sqlite").write_bytes(b"")
+    with pytest.raises(UserError, match=r"new\.sqlite holds no relulab tables yet"):
+        Store(tmp_path / "new.sqlite", create=False)
+    with Store(tmp_path / "new.sqlite") as s:
+        assert s.done_keys(["k"]) == set()
+    with Store(tmp_path / "new.sqlite", create=False) as s:
+        assert s.experiment_names() == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_store_consistent(tmp_path, result):
+    big = {epoch: {"sparsity": {slot: 0.5 for slot in range(400)}} for epoch in (1, 2)}
+    with Store(tmp_path / "s.sqlite") as s:
+        assert s.record(Finished("k0", "exp", "part", "relu", result, {}))
+        pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+        s.db.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's real SQLITE_FULL, as on a full disk
+        with pytest.raises(UserError, match=r"s\.sqlite: the disk is full \(database or disk is full\)") as e:
+            s.record(Finished("k1", "exp", "part", "relu", result, big))
+        assert "\n" not in str(e.value)
+        assert not s.db.in_transaction  # rolled back: no half run
+        assert s.done_keys(["k0", "k1"]) == {"k0"}
+        assert s.db.execute("SELECT count(*) FROM epochs WHERE run_key = 'k1'").fetchone()[0] == 0
+        assert s.integrity_check() == "ok"
+        s.db.execute("PRAGMA max_page_count = 1000000")  # space again: the same run goes in whole
+        assert s.record(Finished("k1", "exp", "part", "relu", result, big))
+        assert len(s.slot_stats(["k1"])["k1"]["sparsity"][1]) == 400
+
+
+def _files(folder):
+    """Every file under `folder` with its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_a_read_only_open_writes_nothing_and_leaves_no_wal_files(tmp_path, result, journal):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as s:
+        s.record(Finished("k1", "exp", "part", "relu", result, {}))
+    if journal == "delete":  # a store copied from elsewhere may come in another journal mode: a reader keeps it
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.close()
+    before = _files(tmp_path)
+    time.sleep(0.01)  # a write would show in the modification times
+    with Store(path, create=False) as s:
+        assert s.read_only and s.done_keys(["k1", "k2"]) == {"k1"}
+        with pytest.raises(UserError, match="is read-only"):
+            s.claim(["k2"])  # no writes through a reader
+    assert _files(tmp_path) == before
+
+
+def test_a_reader_falls_back_to_immutable_where_mode_ro_cannot_open(tmp_path, result, monkeypatch):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as s:
+        s.record(Finished("k1", "exp", "part", "relu", result, {}))
+    opened, real = [], store_mod._read_connection
+
+    def without_shm(path, option):  # as in a folder where the reader cannot make a -shm file (read-only media)
+        opened.append(option)
+        if option == "mode=ro":
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(path, option)
+
+    monkeypatch.setattr(store_mod, "_read_connection", without_shm)
+    before = _files(tmp_path)
+    with Store(path, create=False) as s:
+        assert s.runs(["k1"])["k1"]["status"] == "done"
+    assert opened == ["mode=ro", "immutable=1"]
+    assert _files(tmp_path) == before
+
+
+def test_a_valid_sqlite_file_that_is_no_store_is_refused_untouched(tmp_path):
+    path = tmp_path / "mine.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+    before = _files(tmp_path)
+    for create in (True, False):
+        with pytest.raises(UserError, match=r"mine\.sqlite is not a relulab store \(an SQLite file with tables notes"):
+            Store(path, create=create)
+    assert _files(tmp_path) == before  # no relulab tables added, not switched to WAL, no -wal or -shm
+
+
+def test_another_schema_version_is_refused_and_leaves_no_wal_files(tmp_path):
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    before = _files(tmp_path)
+    for create in (True, False):
+        with pytest.raises(UserError, match="has schema version 99, this relulab reads 1"):
+            Store(path, create=create)
+    assert _files(tmp_path) == before
 
 
 # ---------------------------------------------------------------- processes
