@@ -10,13 +10,14 @@ import time
 import pytest
 
 from relulab import store as store_mod
-from relulab.data import DataSpec
+from relulab import train as train_mod
+from relulab.data import DataSpec, load_data
 from relulab.errors import UserError
-from relulab.experiments import Overrides, load_experiment
+from relulab.experiments import Overrides, load_experiment, run_experiment
 from relulab.models import ModelSpec
 from relulab.store import Finished, Store
-from relulab.train import RunSpec, TrainSpec, run
-from specs import stored_runs, write_spec
+from relulab.train import Job, RunSpec, TrainSpec, run, train_many
+from specs import TINY, quiet, stored_runs, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +197,67 @@ def test_another_schema_version_is_refused_and_leaves_no_wal_files(tmp_path):
         with pytest.raises(UserError, match="has schema version 99, this relulab reads 1"):
             Store(path, create=create)
     assert _files(tmp_path) == before
+
+
+# ---------------------------------------------------------------- a paused process that resumes
+
+PACKLESS = TINY.replace("device: cpu\n", "device: cpu\npack: false\n")  # every run alone: a check before each
+
+
+def test_a_resumed_process_skips_what_another_process_stored_or_took_over_meanwhile(tmp_path, monkeypatch):
+    # Process A claims all 4 runs and trains the first; then it is "paused" past STALE_S: process B (another
+    # Store, another owner) takes its stale claims over, stores two runs and is still running the last one.
+    path = tmp_path / "s.sqlite"
+    exp = load_experiment(str(write_spec(tmp_path, PACKLESS)), Overrides(store=str(path)))
+    planned = exp.planned()
+    b = Store(path)
+    trained, real_run = [], train_mod.run
+
+    def train_then_pause(spec, seed, *args, **kwargs):
+        result = real_run(spec, seed, *args, **kwargs)
+        trained.append(seed)
+        if len(trained) == 1:
+            b.db.execute("UPDATE claims SET heartbeat = ?", (time.time() - store_mod.STALE_S - 1,))
+            taken = b.claim([p.key for p in planned[1:]])
+            assert len(taken) == 3
+            for p in planned[1:3]:
+                assert b.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, {}))
+        return result
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("waiting for 1 runs"):  # A waits for B's last run instead of training it: B stores it
+            p = planned[3]
+            b.record(Finished(p.key, exp.name, p.part.name, p.variant.name, real_run(p.variant.spec, p.seed, "cpu"),
+                              {}))
+
+    lines: list = []
+    monkeypatch.setattr(train_mod, "run", train_then_pause)
+    try:
+        summary = run_experiment(exp, log=log, echo=quiet, poll_s=0)
+    finally:
+        b.close()
+    assert len(trained) == 1 and summary.trained == 1 and summary.finished_elsewhere == 0
+    assert sum("stored or taken over by another process meanwhile" in line for line in lines) == 3
+    db = sqlite3.connect(path)
+    assert sorted(r[0] for r in db.execute("SELECT key FROM runs")) == sorted(p.key for p in planned)
+    assert db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
+
+
+def test_train_many_asks_before_each_pack_which_jobs_are_still_wanted():
+    spec = RunSpec(DataSpec("synthetic", options={"n": 120, "classes": 3, "size": 4}), ModelSpec(widths=[8]),
+                   TrainSpec(epochs=1))
+    other = RunSpec(spec.data, spec.model, TrainSpec(epochs=1, batch_size=16))  # another pack
+    jobs = [Job(spec, 0, "a0"), Job(spec, 1, "a1"), Job(other, 0, "b0"), Job(other, 1, "b1")]
+    asked = []
+
+    def still_wanted(pack):
+        asked.append([j.key for j in pack])
+        return [j for j in pack if j.key != "b1"]  # stored by another process since the claim
+
+    splits = load_data(spec.data)
+    done = [job.key for job, _ in train_many(jobs, splits, "cpu", still_wanted=still_wanted)]
+    assert asked == [["a0", "a1"], ["b0", "b1"]] and done == ["a0", "a1", "b0"]
 
 
 # ---------------------------------------------------------------- processes
