@@ -271,9 +271,9 @@ def test_ray_cuts_the_work_into_packs_for_every_worker(cluster, tmp_path, one_th
     seen: list = []
 
     class Recording(RayExecutor):
-        def submit(self, tasks):
+        def submit(self, tasks, still_wanted=None):
             seen.extend(tasks)
-            return super().submit(tasks)
+            return super().submit(tasks, still_wanted)
 
     executor = Recording()
     lines: list = []

@@ -54,6 +54,7 @@ from .train import Callback, Job, RunResult, train_many
 EXECUTORS = ("in-process", "ray")
 RAY_HINT = 'pip install "relulab[ray]"'
 MAX_MODELS_PER_TASK = 64  # train_many's own pack limit: a bigger task would only run in pieces
+StillWanted = Callable[[list[Job]], list[Job]]  # jobs -> those still to train (train_many's still_wanted)
 
 
 # ---------------------------------------------------------------- what travels
@@ -115,10 +116,11 @@ def process_splits(spec: DataSpec, device: torch.device) -> Splits:
     return _SPLITS[key]
 
 
-def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch.device] = None
-             ) -> Iterator[Outcome]:
+def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch.device] = None,
+             still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
     """Train every job of `task` (through `train_many`); yield an Outcome per run as it finishes.
-    `splits`: the task's data if the caller has it (else loaded here); `device`: else `task.device`."""
+    `splits`: the task's data if the caller has it (else loaded here); `device`: else `task.device`;
+    `still_wanted`: asked before each pack starts which of its jobs to train (train_many)."""
     device = device if device is not None else resolve_device(task.device)
     if task.threads:
         torch.set_num_threads(task.threads)
@@ -136,7 +138,8 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
         probes[job.key] = SlotProbe(splits.x_val[:size], stats, splits.y_val[:size])
         return [probes[job.key]]
 
-    for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack):
+    for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack,
+                                  still_wanted=still_wanted):
         probe = probes.pop(job.key, None)
         yield Outcome(job, result, probe.by_epoch if probe else {})
 
@@ -213,8 +216,9 @@ class Executor(Protocol):
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool, probes: dict, threads: Optional[int]) -> list[Task]: ...
 
-    def submit(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
-        """Run the tasks; yield each run's Outcome as it finishes (in any order)."""
+    def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
+        """Run the tasks; yield each run's Outcome as it finishes (in any order). `still_wanted(jobs)` returns
+        those of `jobs` still to train: asked as late as the executor can, at the latest before submitting."""
 
     def close(self) -> None: ...
 
@@ -257,9 +261,11 @@ class InProcessExecutor:
             self._on_device = (key, host.to(self.device))
         return self._on_device[1]
 
-    def submit(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
+        """Each task in turn; `still_wanted` is asked before every pack starts (a paused process that resumes
+        skips what another process stored meanwhile)."""
         for task in tasks:
-            yield from run_task(task, self._device_splits(task.data), self.device)
+            yield from run_task(task, self._device_splits(task.data), self.device, still_wanted)
 
     def close(self) -> None:
         self._on_device = ("", None)
@@ -417,11 +423,14 @@ class RayExecutor:
         return cut_tasks(jobs, self.worker_device, pack=pack, probes=probes, threads=threads or self.cpus,
                          slots=self.slots, max_models=self.max_models)
 
-    def submit(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
         """Submit every task, then yield outcomes task by task as they complete. A task that failed for good
-        does not stop the others: its error is raised once every other task has delivered."""
+        does not stop the others: its error is raised once every other task has delivered. Tasks are data run
+        elsewhere, so `still_wanted` is asked once, before submitting."""
         if self._remote is None:
             raise RuntimeError("RayExecutor.submit before open")
+        if still_wanted is not None:
+            tasks = [replace(task, jobs=jobs) for task in tasks if (jobs := still_wanted(task.jobs))]
         ray = self.ray
         self._pending = {self._remote.remote(task): task for task in tasks}
         failures: list[tuple[Task, BaseException]] = []

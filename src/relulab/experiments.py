@@ -730,8 +730,19 @@ def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], execu
     by_key = {p.key: p for p in batch}
     jobs = [Job(copy.deepcopy(p.variant.spec), p.seed, p.key) for p in batch]
     probes = {p.key: (tuple(p.part.probes), p.part.probe_size) for p in batch if p.part.probes}
+
+    def still_wanted(pack: list[Job]) -> list[Job]:
+        # Asked again as each pack starts: this process may have been paused past STALE_S since it claimed
+        # them, and another one stored them or took them over. `claim` renews our claims, re-takes stale ones.
+        keep = set(store.claim([job.key for job in pack]))
+        if len(keep) < len(pack):
+            log(f"{len(pack) - len(keep)} of this process's claimed runs were stored or taken over by another "
+                f"process meanwhile: not training them here")
+        return [job for job in pack if job.key in keep]
+
     try:
-        for outcome in executor.submit(executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads)):
+        tasks = executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads)
+        for outcome in executor.submit(tasks, still_wanted=still_wanted):
             p, result = by_key[outcome.job.key], outcome.result
             stored = store.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, outcome.slot_stats))
             _count(summary, result, stored)

@@ -28,13 +28,29 @@ its key. A claim is honoured while its owner is alive: a heartbeat thread refres
 it every `HEARTBEAT_S`; a claim whose heartbeat is older than `STALE_S`, or whose
 process is gone from this host, is stale and can be taken over. If a stalled owner
 wakes up and finishes a run someone else also finished, its result is dropped: the
-primary key on `runs.key` makes "twice" impossible.
+primary key on `runs.key` makes "twice" impossible. A process also asks the store again
+just before each pack of runs starts (`claim` on its keys): one that was paused past
+`STALE_S` skips what another process stored or took over meanwhile, instead of training it
+again for nothing.
+
+What it refuses, and how (each a one-line `StoreError` naming the file, before anything
+is written): a file that does not start with SQLite's header (SQLite would take a short
+file for an empty database and overwrite it); an SQLite file with tables but no relulab
+`meta` table; another schema version; and, when the store is opened to be written, one
+that fails `PRAGMA integrity_check` (a damaged index would make `done_keys` miss runs the
+store holds, and the sweep train them again). Every query goes through one wrapper
+(`_Connection`), which turns SQLite's damage, full-disk, read-only and I/O errors into
+such a line wherever they surface. Stores opened only to be read (`create=False`: reports)
+are opened read-only, and leave no `-wal`/`-shm` files behind that were not there before.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import shlex
 import socket
 import sqlite3
 import threading
@@ -50,6 +66,7 @@ SCHEMA_VERSION = 1
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 BUSY_TIMEOUT_MS = 120_000
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +116,7 @@ RUN_COLUMNS = ("key", "experiment", "part", "variant", "seed", "status", "best_v
                "spec_json", "data_json", "code_version", "torch_version", "python_version", "device", "host",
                "finished")
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+STORE_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 
 def _real(value) -> Optional[float]:
@@ -110,7 +128,222 @@ def _num(value) -> float:
     return math.nan if value is None else value
 
 
-def _set_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+# ---------------------------------------------------------------- what SQLite's errors mean for a store
+
+
+class StoreError(UserError):
+    """A store that cannot be used as it is (damaged, full, read-only, not a store): one line naming its file."""
+
+
+@dataclass(frozen=True)
+class _Trouble:
+    codes: tuple[int, ...]  # SQLite's primary result codes (sqlite3 gives them as `sqlite_errorcode`, Python 3.11+)
+    words: tuple[str, ...]  # in SQLite's message: how older Pythons, which lack the code, tell them apart
+    line: str  # the error's one line; {path}, {detail} (SQLite's words) and {check} (the command to check it)
+
+
+# Locked and busy are not here: busy_timeout waits those out. Nor are plain SQL errors (code 1: no such column,
+# a syntax error) or constraint failures: those are relulab's own bugs, and keep their traceback.
+TROUBLES = {
+    "damaged": _Trouble((11, 26), ("malformed", "file is not a database"),  # CORRUPT, NOTADB
+                        "{path} is damaged ({detail}); check it with: {check}"),
+    "damaged-text": _Trouble((), ("Could not decode to UTF-8",),  # sqlite3 itself, decoding a TEXT value
+                             "{path} is damaged ({detail}: a stored text is not UTF-8, which PRAGMA integrity_check "
+                             "does not look for); restore it from a copy, or move it aside and run again"),
+    "full": _Trouble((13,), ("database or disk is full",),  # FULL; SQLite rolled the failed change back
+                     "{path}: the disk is full ({detail}); the store keeps what was committed before: free some "
+                     "space and run the command again"),
+    "read-only": _Trouble((8,), ("readonly database",),  # READONLY
+                          "{path} is read-only ({detail}); relulab writes its results there: copy it somewhere "
+                          "writable"),
+    "cannot-open": _Trouble((14, 3), ("unable to open database file", "access permission denied"),  # CANTOPEN, PERM
+                            "cannot open {path} ({detail}); is it readable, on a local disk, and its folder "
+                            "writable?"),
+    "disk-failed": _Trouble((10,), ("disk I/O error",),  # IOERR
+                            "{path}: the disk failed to read or write it ({detail}); check the disk, then the store "
+                            "with: {check}"),
+}
+
+
+def trouble_of(error: BaseException) -> Optional[str]:
+    """The name of what `error` says about a store file (a key of TROUBLES), or None: not about the file."""
+    message = str(error)
+    if isinstance(error, UnicodeDecodeError) or any(w in message for w in TROUBLES["damaged-text"].words):
+        return "damaged-text"  # raised by sqlite3, not SQLite: it has no result code
+    code = getattr(error, "sqlite_errorcode", None)
+    for name, trouble in TROUBLES.items():
+        if ((code & 0xFF) in trouble.codes) if code is not None else any(w in message for w in trouble.words):
+            return name
+    return None
+
+
+def _detail(error: BaseException) -> str:
+    """SQLite's words (a decoding error quotes the damaged bytes: not those)."""
+    return str(error).split(" with text ", 1)[0]
+
+
+def _check_command(path: Path) -> str:
+    return f'sqlite3 {shlex.quote(str(path))} "PRAGMA integrity_check"'
+
+
+def store_error(path: Path, trouble: str, detail: str) -> StoreError:
+    """The one line for `trouble` (a key of TROUBLES) about `path`, with `detail` shortened to one short line."""
+    detail = " ".join(detail.split())
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    line = TROUBLES[trouble].line.format(path=path, detail=detail, check=_check_command(path))
+    return StoreError(f"store: {line}")
+
+
+@contextlib.contextmanager
+def _translating(path: Path):
+    """Turn SQLite's errors about the file at `path` into one StoreError line; others pass through."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+        trouble = trouble_of(e)
+        if trouble is None:
+            raise
+        raise store_error(path, trouble, _detail(e)) from None
+
+
+class _Rows(list):
+    """A query's rows, every one fetched: a list that also answers a cursor's fetchone and fetchall."""
+
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self) -> list:
+        return list(self)
+
+
+class _Connection:
+    """A store's sqlite3 connection; every query of the store goes through `execute` or `executemany`.
+
+    Each fetches all its rows inside `_translating`: a cursor fetches lazily, so damage deep in a table
+    surfaces while iterating, not at `execute`, and would escape a try around the call alone."""
+
+    def __init__(self, raw: sqlite3.Connection, path: Path, made_sidecars: bool = False):
+        self.raw, self.path, self._made_sidecars = raw, path, made_sidecars
+
+    def execute(self, sql: str, args: Sequence | dict = ()) -> _Rows:
+        with _translating(self.path):
+            return _Rows(self.raw.execute(sql, args).fetchall())
+
+    def executemany(self, sql: str, rows: Iterable) -> None:
+        with _translating(self.path):
+            self.raw.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def close(self) -> None:
+        self.raw.close()
+        if self._made_sidecars:
+            _drop_sidecars(self.path)
+
+
+# ---------------------------------------------------------------- opening a store file
+
+
+def _sqlite_connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                         check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _sidecars(path: Path) -> set[Path]:
+    """The -wal and -shm files beside a store that exist now."""
+    return {p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()}
+
+
+def _drop_sidecars(path: Path) -> None:
+    """Remove the -wal and -shm files a read-only connection made (it cannot remove them itself) unless
+    another connection uses them: a read-write connection that reads and closes removes them when it is the
+    last one on the store (SQLite decides, with its locks), and writes nothing else when the WAL is empty."""
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return
+    with contextlib.suppress(sqlite3.Error):
+        db = sqlite3.connect(path)
+        try:
+            db.execute("PRAGMA schema_version").fetchone()
+        finally:
+            db.close()
+
+
+def _check_header(path: Path) -> None:
+    """An existing file must be an SQLite database (or empty: a new store). SQLite itself would take a
+    short file of anything for an empty database, and overwrite it."""
+    if path.is_dir():
+        raise StoreError(f"store: {path} is a folder; expected a relulab store (an SQLite file)")
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise StoreError(f"store: cannot read {path} ({e.strerror or e})") from None
+    if head and head != SQLITE_HEADER:
+        raise StoreError(f"store: {path} is not a SQLite file (it starts with {head!r}); expected a relulab store")
+
+
+def _check_writable(path: Path) -> None:
+    """A writer needs the file and its folder writable (WAL journaling makes -wal and -shm files beside it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"store: cannot make the folder {path.parent} for {path.name} ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        what = path if path.exists() and not os.access(path, os.W_OK) else f"its folder {path.parent}"
+        raise StoreError(f"store: {path} is on read-only storage ({what} is not writable); relulab writes its "
+                         f"results there: copy the store somewhere writable")
+
+
+def _open_reader(path: Path) -> _Connection:
+    """A read-only connection (`mode=ro`). Where even that fails because the folder is not writable (a WAL
+    reader needs a -shm file), `immutable=1`: SQLite then reads the file without locks or WAL, which is safe
+    because no writer can be at work where a -shm cannot be made."""
+    before = _sidecars(path)
+    try:
+        with _translating(path):
+            try:
+                raw = _read_connection(path, "mode=ro")
+            except sqlite3.OperationalError as e:
+                if trouble_of(e) not in ("cannot-open", "read-only"):
+                    raise
+                raw = _read_connection(path, "immutable=1")
+    except BaseException:
+        if _sidecars(path) - before:
+            _drop_sidecars(path)
+        raise
+    return _Connection(raw, path, made_sidecars=bool(_sidecars(path) - before))
+
+
+def _read_connection(path: Path, option: str) -> sqlite3.Connection:
+    raw = _sqlite_connect(f"{path.as_uri()}?{option}", uri=True)
+    try:
+        raw.execute("PRAGMA schema_version").fetchone()  # SQLite opens the file (and its WAL) lazily: now
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+def _open_writer(path: Path) -> _Connection:
+    db = _Connection(_sqlite_connect(str(path)), path)
+    try:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _set_wal(db)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _set_wal(db: _Connection, wait_s: float = 30.0) -> None:
     """Switch a store to WAL (it stays so). Changing the journal mode does not wait on the busy timeout,
     so when two processes open a new store at once, the loser retries here."""
     deadline = time.monotonic() + wait_s
@@ -123,8 +356,39 @@ def _set_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
             if "locked" not in str(e):
                 raise
         time.sleep(0.05)
-    raise UserError("store: could not switch the store to WAL journaling (a network file system? "
-                    "keep stores on a local disk)")
+    raise StoreError(f"store: could not switch {db.path} to WAL journaling (a network file system? keep stores "
+                     f"on a local disk)")
+
+
+def _integrity(db: _Connection) -> str:
+    """PRAGMA integrity_check's verdict on one line: ok, or its first finding."""
+    first = db.execute("PRAGMA integrity_check").fetchone()[0]
+    findings = [line.strip() for line in first.splitlines() if line.strip() and not line.startswith("***")]
+    return findings[0] if findings else first
+
+
+def _inspect(db: _Connection, path: Path, writing: bool) -> None:
+    """Refuse (StoreError) what is not a relulab store of this schema version; before writing, a damaged one too.
+    An SQLite file without tables is a new store (a writer makes the tables)."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and writing:
+        return
+    if not tables:
+        raise StoreError(f"store: {path} holds no relulab tables yet (run the experiment first: relulab run ...)")
+    version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+        if "meta" in tables else None
+    if version is None:
+        raise StoreError(f"store: {path} is not a relulab store (an SQLite file with tables "
+                         f"{', '.join(sorted(tables)[:5])}, but no schema_version in a meta table)")
+    if version["value"] != str(SCHEMA_VERSION):
+        raise StoreError(f"store: {path} has schema version {version['value']}, this relulab reads {SCHEMA_VERSION}")
+    missing = sorted(set(STORE_TABLES) - tables)
+    if missing and not writing:  # a writer makes them (CREATE TABLE IF NOT EXISTS)
+        raise StoreError(f"store: {path} is not a complete relulab store (no table {missing[0]})")
+    if writing:  # a damaged index would hide stored runs from done_keys: they would be trained again
+        verdict = _integrity(db)
+        if verdict != "ok":
+            raise store_error(path, "damaged", verdict)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -150,32 +414,42 @@ class Finished:
 
 
 class Store:
-    """One connection to a store file. The driver process is the only writer of results."""
+    """One connection to a store file. The driver process is the only writer of results.
+
+    create=True (the default) opens it to write, making it if needed: refused when it is not a relulab
+    store, damaged, or on read-only storage. create=False opens an existing store read-only, to read."""
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path).expanduser().resolve()
-        if not create and not self.path.is_file():
-            raise UserError(f"store: {self.path} does not exist (run the experiment first: relulab run ...)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = not create
+        _check_header(self.path)
+        if self.read_only and not self.path.is_file():
+            raise StoreError(f"store: {self.path} does not exist (run the experiment first: relulab run ...)")
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self._heartbeat: Optional[_Heartbeat] = None
-        try:
-            self.db = self._connect(self.path)
-            self._init_schema()
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"store: {self.path} is not a relulab store ({e})") from None
+        if self.read_only:
+            self.db = _open_reader(self.path)
+            self._closing_on_error(lambda: _inspect(self.db, self.path, writing=False))
+            return
+        _check_writable(self.path)
+        if self.path.is_file() and self.path.stat().st_size:  # check a store through a reader before writing
+            reader = _open_reader(self.path)
+            try:
+                _inspect(reader, self.path, writing=True)
+            finally:
+                reader.close()
+        self.db = _open_writer(self.path)
+        self._closing_on_error(self._init_schema)
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        _set_wal(db)
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
+    def _closing_on_error(self, step) -> None:
+        """Run `step`; if it raises, close the connection first (no -wal or -shm left by a refused store)."""
+        try:
+            step()
+        except BaseException:
+            self.db.close()
+            raise
 
     def _init_schema(self) -> None:
         with self.transaction():
@@ -186,23 +460,37 @@ class Store:
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif row["value"] != str(SCHEMA_VERSION):
-                raise UserError(f"store: {self.path} has schema version {row['value']}, this relulab reads "
-                                f"{SCHEMA_VERSION}")
+                raise StoreError(f"store: {self.path} has schema version {row['value']}, this relulab reads "
+                                 f"{SCHEMA_VERSION}")
 
     # ---------------------------------------------------------------- transactions
 
     class _Txn:
-        def __init__(self, db: sqlite3.Connection):
+        def __init__(self, db: _Connection):
             self.db = db
 
-        def __enter__(self):
+        def __enter__(self) -> _Connection:
             # IMMEDIATE takes the write lock now, so check-then-write sequences cannot interleave.
             self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
         def __exit__(self, kind, value, tb):
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is None:
+                try:
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            else:
+                self._rollback()
             return False
+
+        def _rollback(self) -> None:
+            # SQLite rolls back by itself after some errors (a full disk); and a failing ROLLBACK must not
+            # replace the error that brought us here.
+            if self.db.in_transaction:
+                with contextlib.suppress(StoreError, sqlite3.Error):
+                    self.db.execute("ROLLBACK")
 
     def transaction(self) -> "_Txn":
         return Store._Txn(self.db)
@@ -216,7 +504,8 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.release()
+            if not self.read_only:
+                self.release()
         finally:
             self.close()
 
@@ -364,7 +653,7 @@ class Store:
                 else:
                     db.executemany("DELETE FROM claims WHERE key = ? AND owner = ?",
                                    [(k, self.owner) for k in keys])
-        except sqlite3.Error:
+        except (StoreError, sqlite3.Error):
             pass  # the claims go stale on their own
 
     def touch(self) -> None:
@@ -384,7 +673,8 @@ class Store:
     # ---------------------------------------------------------------- checks
 
     def integrity_check(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        """ok, or the first thing PRAGMA integrity_check found, on one line."""
+        return _integrity(self.db)
 
 
 class _Heartbeat(threading.Thread):
@@ -396,12 +686,15 @@ class _Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        db = Store._connect(self.path)  # a connection of its own: sqlite3 connections are per thread
+        try:
+            db = _open_writer(self.path)  # a connection of its own: sqlite3 connections are per thread
+        except (StoreError, sqlite3.Error):
+            return  # the store's own connection says what is wrong; unrefreshed claims go stale, and are re-taken
         try:
             while not self._stop_event.wait(self.interval):
                 try:
                     db.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
-                except sqlite3.Error:
+                except (StoreError, sqlite3.Error):
                     pass  # a busy store: try again next beat; STALE_S leaves room for several misses
         finally:
             db.close()

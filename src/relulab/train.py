@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -329,7 +329,8 @@ class Job:
 
 
 def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device = "auto", callbacks=None,
-               pack: bool = True, max_pack: int = 64, max_stack: Optional[int] = None
+               pack: bool = True, max_pack: int = 64, max_stack: Optional[int] = None,
+               still_wanted: Optional[Callable[[list[Job]], list[Job]]] = None
                ) -> "Iterator[tuple[Job, RunResult]]":
     """Train every job on the same data; yield (job, result) as each one finishes.
 
@@ -339,7 +340,9 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
     model's step a CUDA graph, run side by side), up to `max_pack` at a time; the rest
     train one by one. `callbacks(job)` may return callbacks for a job; such a job trains
     alone, since callbacks see one model. A pack that runs out of GPU memory is halved
-    and retried.
+    and retried. `still_wanted(jobs)`, if given, is asked just before each pack (or lone
+    run) starts and returns those of its jobs still to train: a sweep passes one that
+    drops what another process stored, or took over, while earlier packs trained.
     """
     from . import pack as packing
 
@@ -351,14 +354,17 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
         extra = callbacks(job) if callbacks else ()
         key = packing.pack_key(job, device) if pack and not extra else None
         groups.setdefault(key if key is not None else ("alone", id(job)), []).append((job, extra))
+    wanted = still_wanted or list
     for key, members in groups.items():
         if key[0] == "alone" or (len(members) == 1 and device.type != "cuda"):
             job, extra = members[0]
-            yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra)
+            if wanted([job]):
+                yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra)
             continue
         for start in range(0, len(members), max_pack):
-            yield from _train_together_halving([job for job, _ in members[start:start + max_pack]], splits, device,
-                                               max_stack)
+            chunk = wanted([job for job, _ in members[start:start + max_pack]])
+            if chunk:
+                yield from _train_together_halving(chunk, splits, device, max_stack)
 
 
 def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None):
