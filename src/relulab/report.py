@@ -284,14 +284,17 @@ def _colors(n: int) -> list:
 
 def curve(v: VariantData, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(epochs, mean, low, high) of `metric` over the variant's runs; band = range over seeds."""
-    length = max((len(e) for e in v.epochs.values()), default=0)
-    table = np.full((len(v.epochs), length), np.nan)
+    # Columns are the epoch numbers the store holds (not 1..N): a run cut short, or a store whose numbers were
+    # damaged, still draws what it has.
+    numbers = sorted({row["epoch"] for rows in v.epochs.values() for row in rows})
+    column = {epoch: i for i, epoch in enumerate(numbers)}
+    table = np.full((len(v.epochs), len(numbers)), np.nan)
     for i, rows in enumerate(v.epochs.values()):
         for row in rows:
             value = row[metric]
-            table[i, row["epoch"] - 1] = value if value is not None and math.isfinite(value) else np.nan
-    keep = ~np.all(np.isnan(table), axis=0) if length else np.zeros(0, dtype=bool)
-    epochs = np.arange(1, length + 1)[keep]
+            table[i, column[row["epoch"]]] = value if value is not None and math.isfinite(value) else np.nan
+    keep = ~np.all(np.isnan(table), axis=0) if numbers else np.zeros(0, dtype=bool)
+    epochs = np.asarray(numbers, dtype=np.int64)[keep]
     table = table[:, keep]
     if table.size == 0:
         return epochs, np.zeros(0), np.zeros(0), np.zeros(0)

@@ -56,9 +56,9 @@ def probe_command(
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
                                       store=str(store) if store else None, sets=list(override))
     exp = experiments.load_experiment(spec, overrides)
+    check_outputs(exp.store, report_dir(exp.store, exp.name, None) if report else None)
     folder = check_output_dir(Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes",
                               "--out")
-    check_outputs(exp.store, report_dir(exp.store, exp.name, None) if report else None)
     pr = probe_configuration(exp, seed, probe_set, epoch, part, config)
     if not pr.results:
         console.print(f"{pr.variant} seed {seed}: no model to probe")
