@@ -1,4 +1,5 @@
 import gzip
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -210,3 +211,300 @@ def test_synthetic():
 def test_bad_data_specs(spec, field):
     with pytest.raises(UserError, match=f"^{field}:"):
         spec.validate()
+
+
+# ---------------------------------------------------------------- the decoded-data cache (issue 18)
+
+
+def _write_folder(root: Path, files: dict) -> Path:
+    for name, blob in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(blob)
+    return root
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache dir of this test's own, so that the files in it are this test's."""
+    monkeypatch.setenv("RELULAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "decoded"
+
+
+def _folder_spec(root: Path) -> DataSpec:
+    return DataSpec("image-folder", path=str(root), split="test")
+
+
+@pytest.mark.parametrize("change", ["add an image", "add a class", "delete an image", "rewrite an image"])
+def test_a_changed_folder_is_decoded_again(tmp_path, private_cache, change):
+    root = _write_folder(tmp_path / "imgs", image_folder_files())
+    first = load_raw(_folder_spec(root))
+    assert first.cache["hit"] is False and Path(first.cache["file"]).parent == private_cache
+    assert load_raw(_folder_spec(root)).cache["hit"] is True  # unchanged: the cache serves it
+    root_stat = root.stat()
+    other = image_folder_files(seed=1)["train/cat/000.png"]
+    if change == "add an image":
+        (root / "train/cat/999.png").write_bytes(other)
+    elif change == "add a class":
+        _write_folder(root, {"train/zebra/000.png": other})
+    elif change == "delete an image":
+        (root / "train/dog/002.png").unlink()
+    else:
+        (root / "train/cat/000.png").write_bytes(other)
+    assert root.stat().st_mtime_ns == root_stat.st_mtime_ns  # the root itself looks the same
+    again = load_raw(_folder_spec(root))
+    assert again.cache["hit"] is False
+    fresh = load_image_folder_uncached(root)
+    assert again.classes == fresh.classes
+    np.testing.assert_array_equal(again.x_train, fresh.x_train)
+    np.testing.assert_array_equal(again.y_train, fresh.y_train)
+    expected = {"add an image": 19, "add a class": 19, "delete an image": 17, "rewrite an image": 18}[change]
+    assert len(again.y_train) == expected
+    assert load_raw(_folder_spec(root)).cache["hit"] is True
+
+
+def load_image_folder_uncached(root: Path):
+    """What the folder holds now, decoded without any cache (a fresh, empty cache dir)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RELULAB_CACHE", cache)
+        return load_raw(_folder_spec(root))
+
+
+def test_a_rewritten_archive_is_a_cache_miss_even_with_its_size_and_mtime(tmp_path, private_cache):
+    files = image_folder_files()
+    archive = write_zip(tmp_path / "imgs.zip", files)
+    first = load_raw(DataSpec("image-folder", path=str(archive)))
+    stat = archive.stat()
+    # The same members under swapped class names: same size, other content; then the old mtime back.
+    swapped = {name.replace("/cat/", "/tmp/").replace("/dog/", "/cat/").replace("/tmp/", "/dog/"): blob
+               for name, blob in files.items()}
+    write_zip(archive, swapped)
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert archive.stat().st_size == stat.st_size and archive.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_raw(DataSpec("image-folder", path=str(archive)))
+    assert again.cache["hit"] is False and again.cache["file"] != first.cache["file"]
+    cats, dogs = (first.y_train == 0), (first.y_train == 1)
+    np.testing.assert_array_equal(again.x_train[again.y_train == 1], first.x_train[cats])
+    np.testing.assert_array_equal(again.x_train[again.y_train == 0], first.x_train[dogs])
+
+
+def test_the_run_summary_says_whether_the_cache_was_used(tmp_path, private_cache):
+    archive = write_zip(tmp_path / "imgs.zip", image_folder_files())
+    spec = DataSpec("image-folder", path=str(archive), split="test")
+    fresh, cached = load_data(spec).summary(), load_data(spec).summary()
+    assert fresh["cache"]["hit"] is False and cached["cache"]["hit"] is True
+    assert fresh["cache"]["file"] == cached["cache"]["file"] and Path(cached["cache"]["file"]).is_file()
+    assert load_data(DataSpec()).summary()["cache"] is None  # digits: nothing cached
+    assert set(fresh) == {"dataset", "source", "input_shape", "classes", "train", "val", "test", "val_is_test",
+                          "cache"}
+
+
+def _damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _damage_not_a_zip(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04 this is not an npz")
+
+
+def _damage_lone_array(path: Path) -> None:
+    np.save(path.with_suffix(".npy"), np.zeros(3))
+    path.with_suffix(".npy").replace(path)
+
+
+def _damage_missing_array(path: Path) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "y_test"}
+    np.savez(path, **arrays)
+
+
+def _damage_shapes(path: Path) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["y_train"] = arrays["y_train"][:-1]
+    np.savez(path, **arrays)
+
+
+def _damage_test_shape(path: Path) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_test"] = arrays["x_test"][:, :, :4]
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_not_a_zip, _damage_lone_array, _damage_missing_array,
+                                    _damage_shapes, _damage_test_shape])
+def test_a_damaged_cache_file_is_named_deleted_and_rebuilt(tmp_path, private_cache, capsys, damage):
+    archive = write_zip(tmp_path / "imgs.zip", image_folder_files())
+    spec = DataSpec("image-folder", path=str(archive))
+    good = load_raw(spec)
+    cache_file = Path(good.cache["file"])
+    damage(cache_file)
+    capsys.readouterr()
+    again = load_raw(spec)
+    err = capsys.readouterr().err
+    assert err.startswith(f"relulab: warning: decoded-data cache {cache_file} is damaged (")
+    assert err.endswith("); rebuilding it\n") and err.count("\n") == 1, err
+    assert again.cache["hit"] is False
+    np.testing.assert_array_equal(again.x_train, good.x_train)
+    np.testing.assert_array_equal(again.y_test, good.y_test)
+    assert load_raw(spec).cache["hit"] is True  # rebuilt: the next load reads it again
+
+
+# ---------------------------------------------------------------- what a loader returns must agree (issue 18)
+
+
+def test_train_and_test_images_of_different_shapes_are_refused_at_load(tmp_path):
+    write_idx_dataset(tmp_path / "d")
+    small = write_idx_dataset(tmp_path / "small", size=14)
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / "d" / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(small[stem])))
+    with pytest.raises(UserError) as err:
+        load_raw(DataSpec("mnist", path=str(tmp_path / "d")))
+    assert str(err.value) == (f"{tmp_path / 'd'}: test images are 1x14x14 (channels x height x width), training "
+                              "images 1x28x28; they must be the same")
+
+
+def test_images_and_labels_must_agree_whatever_the_loader(monkeypatch):
+    from relulab import data
+
+    def uneven(spec):
+        x = np.zeros((10, 1, 4, 4), np.uint8)
+        return data.RawDataset(x, np.arange(10) % 2, x, np.arange(9) % 2, ["a", "b"], "uneven-source")
+
+    monkeypatch.setitem(data.LOADERS, "digits", uneven)
+    with pytest.raises(UserError, match="^uneven-source: 9 test labels for 10 test images$"):
+        load_raw(DataSpec())
+
+
+def test_a_single_class_is_refused(tmp_path):
+    archive = write_zip(tmp_path / "one.zip", image_folder_files(classes=("cat",)))
+    with pytest.raises(UserError) as err:
+        load_raw(DataSpec("image-folder", path=str(archive)))
+    assert str(err.value) == (f"{archive}: only one class (cat) in the training data; a classifier needs at least 2")
+    idx = write_idx_dataset(tmp_path / "m")
+    (tmp_path / "m" / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.full(len(idx["train-labels-idx1-ubyte"]), 3, np.uint8))))
+    with pytest.raises(UserError, match=r"only one class \(3\) in the training data"):
+        load_raw(DataSpec("mnist", path=str(tmp_path / "m")))
+
+
+def test_a_class_left_without_training_examples_still_loads(tmp_path):
+    files = image_folder_files()
+    archive = write_zip(tmp_path / "imgs.zip", files)
+    splits = load_data(DataSpec("image-folder", path=str(archive), split="first:6"))  # the six cats validate
+    assert 0 not in splits.y_train.tolist() and set(splits.y_val.tolist()) == {0}
+    assert splits.num_classes == 3
+
+
+# ---------------------------------------------------------------- decompression bombs (issue 18)
+
+
+def test_an_image_over_pillows_pixel_limit_is_refused_by_name(tmp_path, monkeypatch, private_cache):
+    from PIL import Image
+
+    files = image_folder_files()  # 8 x 8 = 64 pixels each
+    archive = write_zip(tmp_path / "imgs.zip", files)
+    for limit in (20, 63):  # 64 > 2 x 20: Pillow's error; 63 < 64 <= 2 x 63: only Pillow's warning
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(UserError) as err:
+            load_raw(DataSpec("image-folder", path=str(archive)))
+        assert str(err.value) == (f"{archive}:cat/000.png: image of 8 x 8 pixels exceeds the decompression-bomb "
+                                  f"limit of {limit} pixels")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64)
+    assert load_raw(DataSpec("image-folder", path=str(archive))).x_train.shape == (18, 3, 8, 8)
+
+
+# ---------------------------------------------------------------- data.options (issue 18)
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("synthetic", {"nosie": 3}, "data.options.nosie: unknown option for synthetic (did you mean 'noise'?); expected "
+                                "one of: channels, classes, n, noise, size"),
+    ("synthetic", {"m": 300}, "data.options.m: unknown option for synthetic; expected one of: channels, classes,"),
+    ("synthetic", {"sizes": 4}, "data.options.sizes: unknown option for synthetic (did you mean 'size'?)"),
+    ("synthetic", {"n": 300.7}, "data.options.n: expected an integer >= 2, got 300.7"),
+    ("synthetic", {"n": 300.0}, "data.options.n: expected an integer >= 2, got 300.0"),
+    ("synthetic", {"classes": "x"}, "data.options.classes: expected an integer >= 2, got 'x'"),
+    ("synthetic", {"channels": True}, "data.options.channels: expected an integer >= 1, got True"),
+    ("synthetic", {"size": 0}, "data.options.size: expected an integer >= 1, got 0"),
+    ("synthetic", {"noise": "loud"}, "data.options.noise: expected a number >= 0, got 'loud'"),
+    ("synthetic", {"noise": float("nan")}, "data.options.noise: expected a number >= 0, got nan"),
+    ("synthetic", {"noise": float("inf")}, "data.options.noise: expected a number >= 0, got inf"),
+    ("digits", {"n": 10}, "data.options.n: unknown option for digits; expected no options"),
+    ("image-folder", {"n": 10}, "data.options.n: unknown option for image-folder; expected no options"),
+])
+def test_data_options_are_checked_before_anything_loads(name, options, message):
+    with pytest.raises(UserError) as err:
+        DataSpec(name, path="x.zip" if name == "image-folder" else None, options=options).validate()
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_synthetic_options_mean_what_they_say():
+    raw = load_raw(DataSpec("synthetic", options={"n": 300, "classes": 3, "size": 5, "channels": 2, "noise": 0}))
+    assert len(raw.y_train) + len(raw.y_test) == 300 and raw.x_train.shape[1:] == (2, 5, 5)
+    assert raw.classes == ["class0", "class1", "class2"]
+    with pytest.raises(UserError, match=r"^data.options.n: synthetic needs n >= 2 \* classes"):
+        load_raw(DataSpec("synthetic", options={"n": 5, "classes": 3}))
+
+
+# ---------------------------------------------------------------- sizes that cannot be allocated (issue 18)
+
+
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(monkeypatch):
+    from relulab import util
+
+    monkeypatch.setattr(util, "memory_available", lambda: 1 << 30)  # 1 GiB, whatever this machine has
+    with pytest.raises(UserError, match=r"^data.image_size: 1797 images of 1x100000x100000 float32 would need "
+                                        r"[0-9.]+ TiB of memory; this machine has 1.0 GiB available$"):
+        load_data(DataSpec(image_size=100000))
+    with pytest.raises(UserError, match=r"^data.options: synthetic data of 100000000000 images of 1x8x8 would "
+                                        r"need [0-9.]+ TiB of memory; this machine has 1.0 GiB available$"):
+        load_data(DataSpec("synthetic", options={"n": 100_000_000_000}))
+    with pytest.raises(UserError, match=r"^data.options: synthetic data of 1200 images of 3x30000x30000 "):
+        load_data(DataSpec("synthetic", options={"size": 30000, "channels": 3}))
+    assert load_data(DataSpec(image_size=64)).input_shape == (1, 64, 64)  # 1797 x 64 x 64 x 4 bytes fit
+
+
+# ---------------------------------------------------------------- splits and sizes that mean nothing (issue 18)
+
+
+@pytest.mark.parametrize("split", ["stratified:1.0", "first:5.0", "stratified:300.0", "first:1e3"])
+def test_a_whole_number_with_a_decimal_point_is_an_ambiguous_split(split):
+    with pytest.raises(UserError) as err:
+        DataSpec(split=split).validate()
+    kind, amount = split.split(":")
+    assert str(err.value) == (f"data.split: {split} is ambiguous: a fraction must be below 1 ({kind}:0.1), a count "
+                              f"is a whole number without a decimal point ({kind}:500)")
+
+
+@pytest.mark.parametrize("split", ["first:0.5", "first:0.1"])
+def test_first_takes_a_count(split):
+    with pytest.raises(UserError, match="^data.split: first:N takes a count of images"):
+        DataSpec(split=split).validate()
+
+
+def test_fraction_and_count_splits_still_work():
+    assert len(load_data(DataSpec(split="stratified:300")).y_val) == 300
+    assert len(load_data(DataSpec(split="first:5")).y_val) == 5
+    assert len(load_data(DataSpec(split="stratified:1")).y_val) == 1
+
+
+def test_a_train_size_above_the_training_split_is_refused():
+    whole = len(load_data(DataSpec()).y_train)  # 1294 of digits' 1437 training images after the 10% split
+    assert len(load_data(DataSpec(train_size=whole)).y_train) == whole
+    with pytest.raises(UserError) as err:
+        load_data(DataSpec(train_size=whole + 1))
+    assert str(err.value) == (f"data.train_size: {whole + 1} is more than the {whole} training examples the split "
+                              "leaves")
+
+
+# ---------------------------------------------------------------- data.path for built-in datasets (issue 18)
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_a_path_for_a_built_in_dataset_is_refused(name):
+    with pytest.raises(UserError) as err:
+        DataSpec(name, path="/some/where").validate()
+    assert str(err.value) == f"data.path: {name} is built in and reads no files; leave data.path out"

@@ -112,7 +112,8 @@ def test_yaml_12_booleans_and_numbers():
 def test_paths_in_a_spec_are_relative_to_its_folder(tmp_path, monkeypatch):
     folder = tmp_path / "specs"
     folder.mkdir()
-    spec = write_spec(folder, TINY.replace("name: synthetic,", "name: image-folder, path: data/imgs.zip,"))
+    spec = write_spec(folder, TINY.replace("name: synthetic, options: {n: 240, classes: 3, size: 4}",
+                                          "name: image-folder, path: data/imgs.zip"))
     monkeypatch.chdir(tmp_path)
     exp = load_experiment(str(spec.relative_to(tmp_path)))
     assert exp.parts[0].variants[0].spec.data.path == str(folder / "data" / "imgs.zip")
@@ -184,7 +185,8 @@ def test_unknown_spec_or_preset(tmp_path):
     (["--set", "model.widths=[1,a]"], "error: --set model.widths: expected a non-empty list of positive integers"),
     (["--set", "model.name=seed-cnn", "--set", "model.widths=null"],
      "error: configs.relu: data.image_size: seed-cnn needs images of at least"),
-    (["--set", "data.name=mnist", "--set", "data.download=false"], "error: dataset mnist: files not found"),
+    (["--set", "data.name=mnist", "--set", "data.options={}", "--set", "data.download=false"],
+     "error: dataset mnist: files not found"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
     store = tmp_path / "store.sqlite"

@@ -13,9 +13,11 @@ import gzip
 import io
 import os
 import pickle
+import struct
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,36 @@ def test_a_wrong_shape_idx_file_is_refused_by_name():
     files["mnist/train-images-idx3-ubyte.gz"] = gzip.compress(idx_bytes(np.zeros((60, 28), np.uint8)))
     code, err, left = run_cli(TRAIN + ["--dataset", "mnist", "--data-path", "mnist"], files=files)
     assert_refused(code, err, left, "train-images-idx3-ubyte.gz: IDX file has 2 dimensions; expected 3")
+
+
+# ------------------------------------------------------------------ decompression bombs
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A real 1-bit PNG of width x height black pixels: tens of kilobytes that would decode to width x height
+    bytes. Its rows are compressed a thousand at a time, so making it never holds them all."""
+    row = bytes(1 + (width + 7) // 8)  # the filter byte, then the packed bits
+    deflate = zlib.compressobj(9)
+    body = b"".join(deflate.compress(row * 1000) for _ in range(height // 1000))
+    body += deflate.compress(row * (height % 1000)) + deflate.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+# Pillow's default limit is 89,478,485 pixels: it warns above it and raises above twice it. Both are refused.
+@pytest.mark.parametrize("width,height", [(14000, 14000), (10000, 10000)])
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_decompression_bomb_is_refused_by_name(width, height, kind):
+    from PIL import Image
+
+    files = image_folder_files()
+    files["train/dog/bomb.png"] = _bomb_png(width, height)
+    archive = f"b.{kind}"
+    blob = _zip(files) if kind == "zip" else _tar_gz(files)
+    code, err, left = run_cli(TRAIN + ["--dataset", "image-folder", "--data-path", archive], files={archive: blob})
+    assert_refused(code, err, left, f"{archive}:dog/bomb.png: image of {width} x {height} pixels exceeds the "
+                                    f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels")

@@ -15,8 +15,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import re
+import stat
+import sys
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, unknown_choice
+from ..errors import UserError, is_number, unknown_choice
+from ..util import check_fits
 from . import formats, sources
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -43,6 +49,8 @@ class RawDataset:
     y_test: np.ndarray
     classes: list[str]
     source: str
+    # Image folders: {"file": the decoded-data cache (None if it could not be written), "hit": read from it}
+    cache: Optional[dict] = None
 
 
 @dataclass
@@ -63,6 +71,8 @@ class DataSpec:
     def validate(self, prefix: str = "data") -> "DataSpec":
         if self.name not in LOADERS:
             raise unknown_choice(f"{prefix}.name", self.name, LOADERS)
+        if self.path is not None and self.name in BUILT_IN:
+            raise UserError(f"{prefix}.path: {self.name} is built in and reads no files; leave {prefix}.path out")
         parse_split(self.split, f"{prefix}.split")
         if self.scaling not in SCALINGS:
             raise unknown_choice(f"{prefix}.scaling", self.scaling, SCALINGS)
@@ -74,6 +84,7 @@ class DataSpec:
                 raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
         if not isinstance(self.options, dict):
             raise UserError(f"{prefix}.options: expected a mapping, got {self.options!r}")
+        loader_options(self.name, self.options, f"{prefix}.options")
         return self
 
     def to_dict(self) -> dict:
@@ -94,6 +105,7 @@ class Splits:
     val_is_test: bool
     source: str
     spec: DataSpec
+    cache: Optional[dict] = None  # RawDataset.cache: whether the decoded-data cache served these images
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -110,12 +122,13 @@ class Splits:
             moved["x_val"], moved["y_val"] = moved["x_test"], moved["y_test"]
         else:
             moved["x_val"], moved["y_val"] = self.x_val.to(device), self.y_val.to(device)
-        return Splits(**moved, classes=self.classes, val_is_test=self.val_is_test, source=self.source, spec=self.spec)
+        return Splits(**moved, classes=self.classes, val_is_test=self.val_is_test, source=self.source, spec=self.spec,
+                      cache=self.cache)
 
     def summary(self) -> dict:
         return {"dataset": self.spec.name, "source": self.source, "input_shape": list(self.input_shape),
                 "classes": len(self.classes), "train": len(self.y_train), "val": len(self.y_val),
-                "test": len(self.y_test), "val_is_test": self.val_is_test}
+                "test": len(self.y_test), "val_is_test": self.val_is_test, "cache": self.cache}
 
 
 # ---------------------------------------------------------------- loaders
@@ -230,21 +243,41 @@ def _load_image_folder_spec(spec: DataSpec) -> RawDataset:
 
 
 def load_image_folder(path: Path) -> RawDataset:
-    """Images laid out as split/class/*.ext in a folder or archive (decoded arrays are cached)."""
-    cached = _cache_file(path)
-    if cached.exists():
-        with np.load(cached, allow_pickle=False) as z:
-            return RawDataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"], list(z["classes"]), str(path))
-    files = formats.iter_archive(path) if path.is_file() else _iter_folder(path)
+    """Images laid out as split/class/*.ext in a folder or archive. The decoded arrays are cached, keyed on what
+    was read: every member's path, size and mtime for a folder, the content for an archive."""
+    members = None if path.is_file() else _folder_members(path)
+    cache_file = _cache_file(path, members)
+    cached = _read_cache(cache_file, path)
+    if cached is not None:
+        return cached
+    files = formats.iter_archive(path) if path.is_file() else _read_members(members)
     raw = _assemble_image_folder(files, path)
-    _write_cache(cached, raw)
+    check_raw(raw)  # what a later load would refuse is never cached
+    raw.cache = {"file": str(cache_file) if _write_cache(cache_file, raw) else None, "hit": False}
     return raw
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
-    for file in sorted(root.rglob("*")):
-        if file.is_file():
-            yield file.relative_to(root).as_posix(), file.read_bytes()
+def _folder_members(root: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """Every regular file under `root` (links to files followed, links to folders not), with its stat: one walk."""
+    members = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            file = Path(folder) / name
+            try:
+                info = file.stat()
+            except OSError:  # a dangling link: nothing to read
+                continue
+            if stat.S_ISREG(info.st_mode):
+                members.append((file.relative_to(root).as_posix(), file, info))
+    return sorted(members, key=lambda member: member[0])
+
+
+def _read_members(members: list[tuple[str, Path, os.stat_result]]) -> Iterator[tuple[str, bytes]]:
+    for name, file, _ in members:
+        try:
+            yield name, file.read_bytes()
+        except OSError as e:
+            raise UserError(f"{file}: cannot be read ({e.strerror or e})") from None
 
 
 def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> RawDataset:
@@ -264,8 +297,6 @@ def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> 
         return RawDataset(x_train[train_idx], y_train[train_idx], x_train[test_idx], y_train[test_idx], classes,
                           str(source))
     x_test, y_test = _decode_split(by_split[test_split], classes, source)
-    if x_test.shape[1:] != x_train.shape[1:]:
-        raise UserError(f"{source}: {test_split} images are {x_test.shape[1:]}, train images {x_train.shape[1:]}")
     return RawDataset(x_train, y_train, x_test, y_test, classes, str(source))
 
 
@@ -274,11 +305,7 @@ def _decode_split(items: list[tuple[str, str, bytes]], classes: list[str], sourc
     unknown = sorted({label for label, _, _ in items} - set(classes))
     if unknown:
         raise UserError(f"{source}: classes {unknown} appear in a test split but not in train")
-    # Pillow releases the GIL while decoding, so threads decode tens of thousands of small images in parallel.
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        decoded = pool.map(lambda item: formats.decode_image(item[2], f"{source}:{item[0]}/{item[1]}"), items,
-                           chunksize=256)
-        decoded = list(decoded)
+    decoded = formats.decode_images([(blob, f"{source}:{label}/{filename}") for label, filename, blob in items])
     images, labels, first_shape = [], [], None
     for (label, filename, _), image in zip(items, decoded):
         first_shape = first_shape or image.shape
@@ -292,43 +319,146 @@ def _decode_split(items: list[tuple[str, str, bytes]], classes: list[str], sourc
     return x, np.asarray(labels, dtype=np.int64)
 
 
-def _cache_file(path: Path) -> Path:
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()[:20]
-    return sources.cache_dir() / "decoded" / f"{key}.npz"
+# ---------------------------------------------------------------- the decoded-data cache
+
+CACHE_VERSION = 2  # in every key: bump it when what is cached, or how it is keyed, changes
 
 
-def _write_cache(target: Path, raw: RawDataset) -> None:
+def _cache_file(path: Path, members: Optional[list[tuple[str, Path, os.stat_result]]]) -> Path:
+    """Where the arrays decoded from `path` are cached. An archive is keyed on its content (so a rewritten
+    archive misses even with its old size and mtime); a folder on every member's path, size and mtime (a stat
+    per file, no read: adding, deleting or rewriting an image deep inside leaves the folder itself unchanged)."""
+    digest = hashlib.sha256(f"relulab decoded image folder v{CACHE_VERSION}\0".encode())
+    if members is None:
+        digest.update(f"archive\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    else:
+        digest.update(f"folder\0{path.resolve()}\0".encode())
+        for name, _, info in members:  # no file name holds a NUL, so the fields cannot run into each other
+            digest.update(f"{name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    return sources.cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npz"
+
+
+CACHE_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "classes")
+
+
+def _read_cache(file: Path, source: Path) -> Optional[RawDataset]:
+    """The dataset cached in `file`; None when there is none, or when it is damaged: then it is named on stderr
+    and deleted, and the caller decodes the source again."""
+    if not file.is_file():
+        return None
+    try:
+        arrays = _cached_arrays(file)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        problem = f"{type(e).__name__}: {e}"
+    else:
+        classes = arrays.pop("classes")
+        problem = None if classes.ndim == 1 and classes.dtype.kind == "U" else "its class names are not a list"
+        if problem is None:
+            raw = RawDataset(**arrays, classes=[str(c) for c in classes], source=str(source),
+                             cache={"file": str(file), "hit": True})
+            problem = _disagreement(raw)
+            if problem is None:
+                return raw
+    print(f"relulab: warning: decoded-data cache {file} is damaged ({' '.join(problem.split())}); rebuilding it",
+          file=sys.stderr)
+    try:
+        file.unlink()
+    except OSError:  # cannot delete it: the rebuilt arrays replace it, or (a read-only cache) are not cached
+        pass
+    return None
+
+
+def _cached_arrays(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of a cache file, read in full; what np.load raises, or ValueError, when it is not one."""
+    loaded = np.load(file, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array: np.load reads those too
+        raise ValueError("a single array, not an .npz archive")
+    with loaded:
+        return {name: loaded[name] for name in CACHE_ARRAYS}
+
+
+def _write_cache(target: Path, raw: RawDataset) -> bool:
+    """Cache the decoded arrays (through a temp file and a rename: never half a file); whether it was written."""
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test,
-                 classes=np.asarray(raw.classes))
+                 classes=np.asarray(raw.classes, dtype=str))
         tmp.replace(target)
-    except OSError:
-        pass  # a cache we cannot write only costs time
+    except OSError:  # a cache we cannot write only costs time
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- synthetic data, and loader options
 
 
 def _load_synthetic(spec: DataSpec) -> RawDataset:
     """Class prototypes plus noise: a learnable, deterministic toy problem of any shape."""
-    opts = {"n": 1200, "classes": 4, "size": 8, "channels": 1, "noise": 60.0, **spec.options}
-    try:
-        n, k, size, channels = (int(opts[key]) for key in ("n", "classes", "size", "channels"))
-        noise = float(opts["noise"])
-    except (TypeError, ValueError):
-        raise UserError(f"data.options: synthetic takes integers n, classes, size, channels; got {spec.options}")
-    if min(n, size, channels) < 1 or k < 2 or n < 2 * k or not 0 <= noise < math.inf:
-        raise UserError(f"data.options: synthetic needs classes >= 2, n >= 2 * classes, positive sizes and a "
-                        f"finite noise >= 0; got {spec.options}")
+    opts = loader_options("synthetic", spec.options)
+    n, k, size, channels, noise = (opts[key] for key in ("n", "classes", "size", "channels", "noise"))
+    if n < 2 * k:
+        raise UserError(f"data.options.n: synthetic needs n >= 2 * classes; got n={n}, classes={k}")
+    pixels = channels * size * size
+    # The float64 prototypes, images and noise, the uint8 images and the int64 labels, before any is made.
+    check_fits((k + 2 * n) * pixels * 8 + n * pixels + n * 8, "data.options",
+               f"synthetic data of {n} images of {channels}x{size}x{size}")
     rng = np.random.default_rng(1234)
     prototypes = rng.uniform(0, 255, size=(k, channels, size, size))
     labels = np.arange(n) % k
     rng.shuffle(labels)
-    images = prototypes[labels] * 0.6 + 50 + rng.normal(0, noise, size=(n, channels, size, size))
-    images = np.clip(images, 0, 255).astype(np.uint8)
+    images = prototypes[labels]
+    images *= 0.6  # in place, step by step: the same numbers as one expression, without its temporaries
+    images += 50
+    images += rng.normal(0, noise, size=images.shape)
+    images = np.clip(images, 0, 255, out=images).astype(np.uint8)
     cut = n * 4 // 5
     return RawDataset(images[:cut], labels[:cut].astype(np.int64), images[cut:], labels[cut:].astype(np.int64),
                       [f"class{i}" for i in range(k)], "synthetic")
+
+
+@dataclass(frozen=True)
+class LoaderOption:
+    """One of the data.options a loader takes: an integer or a (finite) number, its least value, its default."""
+
+    kind: type  # int or float
+    minimum: float
+    default: float
+
+    def check(self, value, field: str) -> None:
+        if self.kind is int:
+            fits, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        else:
+            fits, what = is_number(value) and math.isfinite(value), "a number"
+        if not (fits and value >= self.minimum):
+            raise UserError(f"{field}: expected {what} >= {self.minimum:g}, got {value!r}")
+
+
+# The options each loader takes; a loader not named here takes none.
+LOADER_OPTIONS: dict[str, dict[str, LoaderOption]] = {
+    "synthetic": {"n": LoaderOption(int, 2, 1200), "classes": LoaderOption(int, 2, 4),
+                  "size": LoaderOption(int, 1, 8), "channels": LoaderOption(int, 1, 1),
+                  "noise": LoaderOption(float, 0, 60.0)},
+}
+
+
+def loader_options(name: str, options: dict, field: str = "data.options") -> dict:
+    """`options` checked against what loader `name` takes (errors name `field`.KEY), with the defaults filled in."""
+    table = LOADER_OPTIONS.get(name, {})
+    for key, value in options.items():
+        if key not in table:
+            if not table:
+                raise UserError(f"{field}.{key}: unknown option for {name}; expected no options")
+            hint = get_close_matches(str(key), sorted(table), n=1)
+            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise UserError(f"{field}.{key}: unknown option for {name}{did_you_mean}; expected one of: "
+                            f"{', '.join(sorted(table))}")
+        table[key].check(value, f"{field}.{key}")
+    return {**{key: option.default for key, option in table.items()}, **options}
 
 
 LOADERS: dict[str, Callable[[DataSpec], RawDataset]] = {
@@ -339,27 +469,47 @@ LOADERS: dict[str, Callable[[DataSpec], RawDataset]] = {
     "image-folder": _load_image_folder_spec,
     "synthetic": _load_synthetic,
 }
+BUILT_IN = ("digits", "synthetic")  # made in memory: they read no files, so take no data.path
 SCALINGS = ("255", "standardize")
 
 
 # ---------------------------------------------------------------- splits and transforms
 
 
+_COUNT = re.compile(r"[0-9]+")
+
+
 def parse_split(text: str, field: str = "split") -> tuple[str, float]:
-    """'first:5000' -> ('first', 5000); 'stratified:0.1' -> ('stratified', 0.1); 'test' -> ('test', 0)."""
+    """'first:5000' -> ('first', 5000); 'stratified:0.1' -> ('stratified', 0.1); 'test' -> ('test', 0).
+
+    A count is written without a decimal point and a fraction is below 1, so that 'stratified:1.0' (one
+    image? all of them?) cannot be read two ways: it is refused."""
+    expected = UserError(f"{field}: expected first:N, stratified:N, stratified:FRACTION or test; got {text!r}")
     if not isinstance(text, str):
-        raise UserError(f"{field}: expected first:N, stratified:N, stratified:FRACTION or test; got {text!r}")
+        raise expected
     kind, _, amount = text.partition(":")
+    amount = amount.strip()
     if kind == "test" and not amount:
         return "test", 0
-    if kind in ("first", "stratified"):
-        try:
-            value = float(amount)
-        except ValueError:
-            value = -1
-        if value > 0 and (value < 1 or value == int(value)):
-            return kind, value
-    raise UserError(f"{field}: expected first:N, stratified:N, stratified:FRACTION or test; got {text!r}")
+    if kind not in ("first", "stratified"):
+        raise expected
+    if _COUNT.fullmatch(amount):
+        if int(amount) < 1:
+            raise expected
+        return kind, int(amount)
+    try:
+        value = float(amount)
+    except ValueError:
+        raise expected from None
+    if value >= 1 and value.is_integer():
+        raise UserError(f"{field}: {text} is ambiguous: a fraction must be below 1 ({kind}:0.1), a count is a whole "
+                        f"number without a decimal point ({kind}:500)")
+    if not 0 < value < 1:
+        raise expected
+    if kind == "first":
+        raise UserError(f"{field}: first:N takes a count of images, such as first:5000; got {text!r} (for a "
+                        "fraction, stratified:0.1)")
+    return kind, value
 
 
 def _stratified_indices(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -388,10 +538,9 @@ def _carve_validation(raw: RawDataset, spec: DataSpec):
     if kind == "test":
         return (raw.x_train, raw.y_train), (raw.x_test, raw.y_test), True
     if kind == "first":
-        n = int(amount)
-        if n >= len(raw.y_train):
-            raise UserError(f"data.split: first:{n} leaves no training data ({len(raw.y_train)} examples)")
-        return (raw.x_train[n:], raw.y_train[n:]), (raw.x_train[:n], raw.y_train[:n]), False
+        if amount >= len(raw.y_train):
+            raise UserError(f"data.split: first:{amount} leaves no training data ({len(raw.y_train)} examples)")
+        return (raw.x_train[amount:], raw.y_train[amount:]), (raw.x_train[:amount], raw.y_train[:amount]), False
     keep, val = _stratified_indices(raw.y_train, amount, spec.split_seed)
     return (raw.x_train[keep], raw.y_train[keep]), (raw.x_train[val], raw.y_train[val]), False
 
@@ -414,18 +563,59 @@ def _to_float(x: np.ndarray, spec: DataSpec) -> torch.Tensor:
 def load_raw(spec: DataSpec) -> RawDataset:
     spec.validate()
     raw = LOADERS[spec.name](spec)
+    check_raw(raw)
+    return raw
+
+
+def check_raw(raw: RawDataset) -> None:
+    """Refuse what no loader may hand on: arrays that disagree, an empty split, or a single class to learn."""
+    problem = _disagreement(raw)
+    if problem is not None:
+        raise UserError(f"{raw.source}: {problem}")
     if len(raw.y_train) == 0 or len(raw.y_test) == 0:
         raise UserError(f"{raw.source}: no images found")
-    return raw
+    present = np.unique(raw.y_train)
+    if len(present) < 2:
+        raise UserError(f"{raw.source}: only one class ({raw.classes[present[0]]}) in the training data; a "
+                        "classifier needs at least 2")
+
+
+def _disagreement(raw: RawDataset) -> Optional[str]:
+    """What in `raw`'s arrays does not fit together, or None. The rule for every loader and every cache file:
+    uint8 N x C x H x W images, one integer label per image naming a class, train and test of one shape."""
+    for part in ("train", "test"):
+        x, y = getattr(raw, f"x_{part}"), getattr(raw, f"y_{part}")
+        if x.ndim != 4 or x.dtype != np.uint8:
+            return f"{part} images are {x.dtype} of shape {x.shape}; expected uint8 N x C x H x W"
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            return f"{part} labels are {y.dtype} of shape {y.shape}; expected one integer per image"
+        if len(y) != len(x):
+            return f"{len(y)} {part} labels for {len(x)} {part} images"
+        if y.size and (y.min() < 0 or y.max() >= len(raw.classes)):
+            return f"{part} labels run {y.min()}..{y.max()}; expected 0..{len(raw.classes) - 1} for its classes"
+    if raw.x_test.shape[1:] != raw.x_train.shape[1:]:
+        shape = lambda x: "x".join(str(d) for d in x.shape[1:])  # noqa: E731
+        return (f"test images are {shape(raw.x_test)} (channels x height x width), training images "
+                f"{shape(raw.x_train)}; they must be the same")
+    return None
 
 
 def load_data(spec: DataSpec) -> Splits:
     """Load, split, resize/pad and scale a dataset; tensors stay on the CPU until `.to(device)`."""
     raw = load_raw(spec)
     (x_tr, y_tr), (x_va, y_va), val_is_test = _carve_validation(raw, spec)
-    if spec.train_size is not None and spec.train_size < len(y_tr):
-        _, subset = _stratified_indices(y_tr, spec.train_size, spec.split_seed + 1)
-        x_tr, y_tr = x_tr[subset], y_tr[subset]
+    if spec.train_size is not None:
+        if spec.train_size > len(y_tr):
+            raise UserError(f"data.train_size: {spec.train_size} is more than the {len(y_tr)} training examples the "
+                            "split leaves")
+        if spec.train_size < len(y_tr):
+            _, subset = _stratified_indices(y_tr, spec.train_size, spec.split_seed + 1)
+            x_tr, y_tr = x_tr[subset], y_tr[subset]
+    if spec.image_size is not None:
+        images = len(y_tr) + len(raw.y_test) + (0 if val_is_test else len(y_va))
+        channels, size = raw.x_train.shape[1], spec.image_size
+        check_fits(images * channels * size * size * 4, "data.image_size",
+                   f"{images} images of {channels}x{size}x{size} float32")
     x_train, x_test = _to_float(x_tr, spec), _to_float(raw.x_test, spec)
     x_val = x_test if val_is_test else _to_float(x_va, spec)
     if spec.scaling == "standardize":
@@ -438,14 +628,14 @@ def load_data(spec: DataSpec) -> Splits:
     to_labels = lambda y: torch.from_numpy(np.ascontiguousarray(y)).long()  # noqa: E731
     y_test = to_labels(raw.y_test)
     return Splits(x_train, to_labels(y_tr), x_val, y_test if val_is_test else to_labels(y_va), x_test, y_test,
-                  raw.classes, val_is_test, raw.source, spec)
+                  raw.classes, val_is_test, raw.source, spec, raw.cache)
 
 
 def describe_datasets(path: Optional[str] = None) -> list[dict]:
     """For `relulab datasets`: each dataset, whether its files are found, and where."""
     rows = []
     for name in LOADERS:
-        if name in ("digits", "synthetic"):
+        if name in BUILT_IN:
             rows.append({"dataset": name, "found": True, "where": "built in"})
             continue
         if name == "image-folder":

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
+import struct
 import tarfile
+import warnings
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -168,14 +172,54 @@ def is_archive(path: Path) -> bool:
 # ---------------------------------------------------------------- images
 
 
+def decode_images(items: list[tuple[bytes, str]]) -> list[np.ndarray]:
+    """Decode image files, each given as (bytes, the name errors use), to uint8 H x W x C arrays, in parallel.
+
+    An image that declares more pixels than Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is
+    refused by name before its pixels are read. Pillow itself raises only above twice the limit and merely
+    warns between one and two times it; here the warning is an error too."""
+    from PIL import Image
+
+    # The warnings filter is process-wide, not per thread: set it once around the pool, not in each worker
+    # (catch_warnings entered and left by several threads at once would restore each other's filters).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow releases the GIL while decoding, so threads decode tens of thousands of small images in parallel.
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            return list(pool.map(lambda item: decode_image(*item), items))
+
+
 def decode_image(blob: bytes, source: str) -> np.ndarray:
-    """Decode one image file to uint8 H x W x C (C = 1 for grayscale, else 3)."""
+    """Decode one image file to uint8 H x W x C (C = 1 for grayscale, else 3). Called alone, Pillow's
+    decompression-bomb warning stays a warning: `decode_images` makes it an error."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(blob)) as img:
             img = img.convert("L") if img.mode in ("L", "1", "I;16", "I") else img.convert("RGB")
             array = np.asarray(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{source}: {_too_many_pixels(blob, e)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{source}: not a readable image ({e})") from None
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def _too_many_pixels(blob: bytes, error: Exception) -> str:
+    """What to say of an image over the pixel limit. Pillow's error gives only the pixel count, so the width and
+    height are read from the header again, with the format plugins Image.open uses but without its size check
+    (a plugin's constructor parses the header; the pixels are read only on load)."""
+    from PIL import Image
+
+    prefix = blob[:16]  # what Image.open shows each plugin's `accept`
+    for factory, accept in Image.OPEN.values():  # the plugins loaded so far, in the order Image.open tries them
+        accepted = not accept or accept(prefix)  # as Image.open asks: text is a reason for refusing
+        if isinstance(accepted, str) or not accepted:
+            continue
+        try:
+            width, height = factory(io.BytesIO(blob), "").size
+        except (SyntaxError, IndexError, TypeError, struct.error, OSError, ValueError):
+            continue
+        return (f"image of {width} x {height} pixels exceeds the decompression-bomb limit of "
+                f"{Image.MAX_IMAGE_PIXELS} pixels")
+    return f"image exceeds the decompression-bomb limit ({error})"
