@@ -1,8 +1,10 @@
 """A long run of the robustness suite, with the counts BENCHMARKS.md reports.
 
-1. The property-based tests of tests/robustness (malformed specs and CLI values, damaged and
-   hostile data files, damaged and hostile checkpoints) with RELULAB_FUZZ_SCALE times their
-   usual number of examples; Hypothesis' statistics give the cases tried.
+1. The property-based tests of tests/robustness (malformed specs and CLI values, YAML alias
+   bombs, deep nesting and integers beyond the store's range, damaged and hostile data files,
+   loader options, damaged and hostile checkpoints, random damage inside a store's pages,
+   output locations that cannot be written) with RELULAB_FUZZ_SCALE times their usual number of
+   examples; Hypothesis' statistics give the cases tried, per test.
 2. Kill trials: sweeps of `relulab run` SIGKILLed at random moments (seeded), resumed, and
    checked: every run exactly once, every epoch once, no claim left, `PRAGMA integrity_check`
    after every kill.
@@ -33,8 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "robustness")]
 import chaos  # noqa: E402  (tests/robustness/chaos.py: the same kill trials the test suite runs)
 
-FUZZ_FILES = ["tests/robustness/test_config_fuzz.py", "tests/robustness/test_hostile_files.py",
-              "tests/robustness/test_checkpoints.py"]
+FUZZ_FILES = ["tests/robustness/test_config_fuzz.py", "tests/robustness/test_spec_limits.py",
+              "tests/robustness/test_hostile_files.py", "tests/robustness/test_data_inputs.py",
+              "tests/robustness/test_checkpoints.py", "tests/robustness/test_fuzz_damage_and_outputs.py"]
+# One block per property test in `pytest --hypothesis-show-statistics`: its node id, then its counts.
+STATS_BLOCK = re.compile(r"^(tests/[^\n]+?::[^\n]+):\n(.*?)(?=^tests/[^\n]+?::[^\n]+:\n|\Z)", re.S | re.M)
+COUNTS = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid test cases")
 
 
 def fuzz_campaign(scale: float) -> dict:
@@ -43,8 +49,13 @@ def fuzz_campaign(scale: float) -> dict:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                            "--hypothesis-show-statistics", *FUZZ_FILES], cwd=ROOT, env=env,
                           capture_output=True, text=True)
-    cases = re.findall(r"(\d+) passing, (\d+) failing, and (\d+) invalid test cases", proc.stdout)
+    cases = COUNTS.findall(proc.stdout)
     summary = re.search(r"(\d+) passed(?:, (\d+) failed)?", proc.stdout)
+    per_test = {}
+    for test, block in STATS_BLOCK.findall(proc.stdout):
+        counts = COUNTS.findall(block)
+        per_test[test] = {"passing": sum(int(p) for p, _, _ in counts), "failing": sum(int(f) for _, f, _ in counts),
+                          "invalid": sum(int(i) for _, _, i in counts)}
     return {
         "scale": scale,
         "pytest_exit_code": proc.returncode,
@@ -53,7 +64,19 @@ def fuzz_campaign(scale: float) -> dict:
         "property_cases_passing": sum(int(p) for p, _, _ in cases),
         "property_cases_failing": sum(int(f) for _, f, _ in cases),
         "property_cases_invalid": sum(int(i) for _, _, i in cases),
+        "per_test": per_test,
+        "per_file": _per_file(per_test),
     }
+
+
+def _per_file(per_test: dict) -> dict:
+    files: dict[str, dict] = {}
+    for test, counts in per_test.items():
+        into = files.setdefault(test.split("::")[0], {"tests": 0, "passing": 0, "failing": 0, "invalid": 0})
+        into["tests"] += 1
+        for key, value in counts.items():
+            into[key] += value
+    return files
 
 
 def sweep_timing(folder: Path) -> chaos.Timing:
