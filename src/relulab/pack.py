@@ -30,6 +30,7 @@ ordinary `SlotNet`s, so results look the same as single runs.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import time
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from . import fused, resume
 from .data import Splits
 from .env import matmul_precision, provenance
 from .models import Slot, SlotNet, keras_param_count
@@ -391,6 +392,7 @@ class _Unit:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.stack: Optional[StackedMLP | StackedCNN] = None
         self.compiled = False  # whether the unit's full-batch step went through torch.compile
+        self.best: list[Optional[tuple[int, object]]] = [None] * len(jobs)  # (epoch, snapshot) per model
 
     def capture(self) -> None:
         pool = None  # one memory pool per unit: graphs on different streams may run at once
@@ -414,6 +416,52 @@ class _Unit:
     def finish(self) -> None:
         if self.stack is not None:
             self.stack.unstack_into(self.models)
+
+    def keep_best(self, k: int, epoch: int) -> None:
+        """Model k's weights now, as those of its best epoch so far (a copy on the device)."""
+        if self.stack is not None:
+            snapshot = self.stack.model_rows(k)
+        else:
+            snapshot = {name: t.detach().clone() for name, t in self.models[k].state_dict().items()}
+        self.best[k] = (epoch, snapshot)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Everything training changes in place in this unit: weights, batch norm statistics, optimizer state
+        (the steps of all batch sizes share them)."""
+        return next(iter(self.steps.values())).state()
+
+    def saved(self) -> dict:
+        """This unit's training state as plain data and CPU tensors (relulab.resume)."""
+        best = [None if b is None else {"epoch": b[0], "tensors": resume.to_cpu(_snapshot_tensors(b[1]))}
+                for b in self.best]
+        return {"tensors": resume.to_cpu(self.state_tensors()), "best": best}
+
+    def restore(self, state: dict) -> None:
+        resume.copy_into(self.state_tensors(), state["tensors"])
+        for k, saved in enumerate(state["best"]):
+            if saved is not None:
+                self.keep_best(k, saved["epoch"])  # a snapshot of the right structure, then the saved values
+                resume.copy_into(_snapshot_tensors(self.best[k][1]), saved["tensors"])
+
+    def best_state(self, k: int, last_epoch: Optional[int]) -> Optional[dict[str, torch.Tensor]]:
+        """Model k's state dict at its best epoch, on the CPU; None where that is the last epoch (the final model).
+        Call after `finish`."""
+        if self.best[k] is None or self.best[k][0] == last_epoch:
+            return None
+        snapshot = self.best[k][1]
+        if self.stack is not None:
+            model = copy.deepcopy(self.models[k])
+            self.stack.write_model(model, snapshot)
+            snapshot = model.state_dict()
+        return {name: t.detach().cpu() for name, t in snapshot.items()}
+
+
+def _snapshot_tensors(snapshot) -> list[torch.Tensor]:
+    """The tensors of a best-epoch snapshot: a stack's model rows, or a model's state dict, in a fixed order."""
+    if isinstance(snapshot, dict):
+        return list(snapshot.values())
+    params, running = snapshot
+    return [params, *(t for pair in running for t in pair)]
 
 
 def _stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> _Unit:
@@ -524,13 +572,15 @@ def _form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes
 
 
 def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, graphs: Optional[bool] = None,
-                   max_stack: Optional[int] = None, stack_cnns: Optional[bool] = None) -> list[RunResult]:
+                   max_stack: Optional[int] = None, stack_cnns: Optional[bool] = None,
+                   saver: Optional[resume.Saver] = None) -> list[RunResult]:
     """Train jobs that share a schedule (batch size, epochs) at the same time; one RunResult per job, in order.
 
     MLPs are stacked (`max_stack` to a stack), and so are seed-cnns with `stack_cnns` (by default where
     `stacks_cnns` says); other models run one per unit; on CUDA each
     unit's step is a CUDA graph and the units' graphs are replayed side by side on their
-    own streams, so the GPU works on several small models at once."""
+    own streams, so the GPU works on several small models at once. `saver` (relulab.resume): save the pack's
+    state at epoch boundaries on its schedule, and go on from a saved state of these jobs if there is one."""
     assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
     spec = jobs[0].spec.train
     setup_started = _now(device)
@@ -541,23 +591,27 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
-    histories = _run_epochs(units, splits, device, bounds, setup_started)
+    histories = _run_epochs(units, splits, device, bounds, setup_started, saver)
     by_job: dict[int, RunResult] = {}
     info = provenance(device)
     for unit in units:
         unit.finish()
         tests = unit.evaluate(splits.x_test, splits.y_test, spec.eval_batch_size)
-        for job, model, history, test in zip(unit.jobs, unit.models, histories[id(unit)], tests):
+        for k, (job, model, history, test) in enumerate(zip(unit.jobs, unit.models, histories[id(unit)], tests)):
             if history.diverged_at is None:
                 history.test_loss, history.test_acc = test
             data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
                     "compiled": unit.compiled, "stacked": unit.stack is not None}
-            by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model)
+            last = history.epochs[-1].epoch if history.epochs else None
+            by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model,
+                                        unit.best_state(k, last))
+    if saver is not None:
+        saver.discard()
     return [by_job[id(job)] for job in jobs]
 
 
-def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds, setup_started: float
-                ) -> dict[int, list[History]]:
+def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds, setup_started: float,
+                saver: Optional[resume.Saver] = None) -> dict[int, list[History]]:
     """Train every unit epoch by epoch. The first epoch's time starts at `setup_started`, so that building the
     models, compiling and capturing graphs count in the runs' seconds."""
     spec = units[0].jobs[0].spec.train
@@ -566,9 +620,10 @@ def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds
         for job in unit.jobs:
             generators[id(job)] = torch.Generator(device=device).manual_seed(job.seed)  # same order as alone
     histories = {id(unit): [History() for _ in unit.jobs] for unit in units}
+    done = _resume_pack(saver, units, generators, histories)
     seen, n = bounds[-1][1], len(splits.x_train)
-    for epoch in range(1, spec.epochs + 1):
-        started = setup_started if epoch == 1 else _now(device)
+    for epoch in range(done + 1, spec.epochs + 1):
+        started = setup_started if epoch == done + 1 else _now(device)
         live = [u for u in units if any(h.diverged_at is None for h in histories[id(u)])]
         orders = {id(u): torch.stack([torch.randperm(n, device=device, generator=generators[id(j)])
                                       for j in u.jobs]) for u in live}
@@ -586,7 +641,32 @@ def _run_epochs(units: list[_Unit], splits: Splits, device: torch.device, bounds
         _record_epoch(live, histories, splits, epoch, started, seen, device, spec.eval_batch_size)
         if not any(h.diverged_at is None for hs in histories.values() for h in hs):
             break
+        if saver is not None and epoch < spec.epochs and saver.due():
+            saver.save(epoch, _pack_state(units, generators, histories))
     return histories
+
+
+def _pack_state(units: list[_Unit], generators: dict, histories: dict) -> dict:
+    """Everything `_run_epochs` needs to go on after the epoch just finished: per unit in order, its tensors,
+    best-epoch snapshots, its models' generators and histories."""
+    return {"units": [{**unit.saved(), "keys": [job.key for job in unit.jobs],
+                       "generators": [generators[id(job)].get_state() for job in unit.jobs],
+                       "histories": [h.state() for h in histories[id(unit)]]} for unit in units]}
+
+
+def _resume_pack(saver: Optional[resume.Saver], units: list[_Unit], generators: dict, histories: dict) -> int:
+    """Put a saved state of this pack back; the epochs it had done (0: none saved, start from the beginning)."""
+    state = saver.load() if saver is not None else None
+    # The same jobs may form their stacks otherwise (in another order): then the saved state fits nothing here.
+    if state is None or [s["keys"] for s in state["units"]] != [[job.key for job in u.jobs] for u in units]:
+        return 0
+    for unit, saved in zip(units, state["units"]):
+        unit.restore(saved)
+        for job, generator_state in zip(unit.jobs, saved["generators"]):
+            generators[id(job)].set_state(generator_state)
+        for history, history_state in zip(histories[id(unit)], saved["histories"]):
+            history.restore(history_state)
+    return int(state["epoch"])
 
 
 def _record_epoch(units, histories, splits, epoch, started, seen, device, eval_batch) -> None:
@@ -599,6 +679,8 @@ def _record_epoch(units, histories, splits, epoch, started, seen, device, eval_b
         for k, history in enumerate(histories[id(unit)]):
             if history.diverged_at is None:
                 history.epochs.append(EpochRecord(epoch, losses[k], accs[k], *evaluations[id(unit)][k], seconds))
+                if history.best is not None and history.best.epoch == epoch:  # as train.BestWeights decides
+                    unit.keep_best(k, epoch)
                 if not math.isfinite(losses[k]):
                     history.diverged_at = epoch
 

@@ -83,16 +83,33 @@ class StackedWeights:
     @torch.no_grad()
     def unstack_into(self, models: Sequence[SlotNet]) -> None:
         """Copy the trained weights and running statistics back into ordinary models."""
-        views = self.params.detach().split(self.sizes, dim=1)
+        for k, model in enumerate(models):
+            self.write_model(model, self.model_rows(k, copy=False))
+
+    @torch.no_grad()
+    def model_rows(self, k: int, copy: bool = True) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Model k's share of the stack as it is now: its (n_params,) weights and its running statistics; a copy
+        by default (a snapshot, e.g. at the model's best epoch)."""
+        params = self.params.detach()[k]
+        running = [(mean.view(self.k, -1)[k], var.view(self.k, -1)[k]) for mean, var in self.running]
+        if copy:
+            params, running = params.clone(), [(mean.clone(), var.clone()) for mean, var in running]
+        return params, running
+
+    @torch.no_grad()
+    def write_model(self, model: SlotNet, rows: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]
+                    ) -> None:
+        """Write one model's rows (`model_rows`) into an ordinary model of the stack's shape."""
+        params, running = rows
+        views = params.split(self.sizes)
         for index, op in self._owners:
-            for k, model in enumerate(models):
-                layer = model.body[index]
-                layer.weight.copy_(views[op.weight][k].view_as(layer.weight))
-                layer.bias.copy_(views[op.bias][k].view_as(layer.bias))
-                if op.kind == "bn":
-                    mean, var = self.running[op.running]
-                    layer.running_mean.copy_(mean.view(self.k, -1)[k])
-                    layer.running_var.copy_(var.view(self.k, -1)[k])
+            layer = model.body[index]
+            layer.weight.copy_(views[op.weight].view_as(layer.weight))
+            layer.bias.copy_(views[op.bias].view_as(layer.bias))
+            if op.kind == "bn":
+                mean, var = running[op.running]
+                layer.running_mean.copy_(mean)
+                layer.running_var.copy_(var)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Everything a training step changes in place (for undoing CUDA-graph warm-up steps)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -30,6 +30,7 @@ from .env import matmul_precision, provenance, resolve_device, seed_everything
 from .errors import UserError, is_number
 from .models import ModelSpec, SlotNet, build_model, keras_param_count
 from .optim import OptimizerSpec, build_optimizer, kernel_weights, weight_penalty
+from .resume import Resume, Saver
 
 
 @dataclass
@@ -150,19 +151,67 @@ class History:
     def seconds(self) -> float:
         return sum(e.seconds for e in self.epochs)
 
+    def state(self) -> dict:
+        """As plain data (relulab.resume saves it with a run in progress)."""
+        return {"epochs": [list(astuple(e)) for e in self.epochs], "diverged_at": self.diverged_at}
+
+    def restore(self, state: dict) -> None:
+        self.epochs = [EpochRecord(int(e[0]), *map(float, e[1:])) for e in state["epochs"]]
+        self.diverged_at = state["diverged_at"]
+
     def summary(self) -> dict:
         return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "final_val_acc": self.final_val_acc,
                 "test_acc": self.test_acc, "seconds": round(self.seconds, 3), "diverged_at": self.diverged_at}
 
 
 class Callback:
-    """Hooks into training; override what you need. Each callback should have one job."""
+    """Hooks into training; override what you need. Each callback should have one job.
+
+    A run saved mid-way (relulab.resume) saves its callbacks' `state()` with it and hands it to `restore` when it
+    goes on; a callback whose state cannot be saved sets `resumable = False`, and a run with it starts again."""
+
+    resumable = True
+
+    def state(self) -> dict:
+        return {}
+
+    def restore(self, state: dict) -> None: ...
 
     def on_train_begin(self, model: nn.Module, spec: TrainSpec) -> None: ...
 
     def on_epoch_end(self, model: nn.Module, record: EpochRecord) -> None: ...
 
     def on_train_end(self, model: nn.Module, history: History) -> None: ...
+
+
+class BestWeights(Callback):
+    """Keeps a copy of the model's weights at its best epoch (the one `History.best` picks: the first with the
+    highest validation accuracy), so that what a run's best accuracy describes can be kept, not only the
+    final model. One copy on the model's device, refreshed only when an epoch beats the best so far."""
+
+    def __init__(self):
+        self.weights: Optional[dict[str, torch.Tensor]] = None
+        self.epoch: Optional[int] = None
+        self._best = -math.inf
+
+    def on_epoch_end(self, model, record):
+        if math.isfinite(record.val_acc) and record.val_acc > self._best:
+            self._best, self.epoch = record.val_acc, record.epoch
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def state(self) -> dict:
+        return {"best": self._best, "epoch": self.epoch, "weights": self._weights_cpu()}
+
+    def restore(self, state: dict) -> None:
+        self._best, self.epoch, self.weights = state["best"], state["epoch"], state["weights"]
+
+    def best_state(self, history: "History") -> Optional[dict[str, torch.Tensor]]:
+        """The weights at the best epoch, where that is not the last (then the final model is the best)."""
+        last = history.epochs[-1].epoch if history.epochs else None
+        return None if self.epoch == last else self._weights_cpu()
+
+    def _weights_cpu(self) -> Optional[dict[str, torch.Tensor]]:
+        return None if self.weights is None else {k: v.cpu() for k, v in self.weights.items()}
 
 
 class ProgressBar(Callback):
@@ -245,9 +294,11 @@ def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2, 
 
 
 def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0,
-                callbacks: Sequence[Callback] = (), amp: Optional[torch.dtype] = None) -> History:
+                callbacks: Sequence[Callback] = (), amp: Optional[torch.dtype] = None,
+                saver: Optional["Saver"] = None) -> History:
     """Train `model` on `splits` (already on the model's device); stops early only if the loss diverges.
-    `amp`: a dtype to autocast the forward pass to (see `autocast_dtype`)."""
+    `amp`: a dtype to autocast the forward pass to (see `autocast_dtype`). `saver` (relulab.resume): save the
+    state at epoch boundaries on its schedule, and go on from a saved state of this run if there is one."""
     spec.validate()
     device = splits.x_train.device
     generator = torch.Generator(device=device)
@@ -257,8 +308,10 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     history = History()
     for cb in callbacks:
         cb.on_train_begin(model, spec)
+    saver = saver if saver is not None and all(cb.resumable for cb in callbacks) else None
+    done = _resume_run(saver, model, optimizer, generator, history, callbacks)
     n = epoch_batches(len(splits.x_train), spec.batch_size)[-1][1]  # examples seen per epoch
-    for epoch in range(1, spec.epochs + 1):
+    for epoch in range(done + 1, spec.epochs + 1):
         _sync(device)
         started = time.perf_counter()
         loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
@@ -273,12 +326,32 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
         if not math.isfinite(train_loss):
             history.diverged_at = epoch
             break
+        if saver is not None and epoch < spec.epochs and saver.due():
+            saver.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "generator": generator.get_state(), "history": history.state(),
+                               "callbacks": [cb.state() for cb in callbacks]})
     if history.diverged_at is None:
         history.test_loss, history.test_acc = evaluate(model, splits.x_test, splits.y_test, spec.eval_batch_size,
                                                        amp)
     for cb in callbacks:
         cb.on_train_end(model, history)
+    if saver is not None:
+        saver.discard()
     return history
+
+
+def _resume_run(saver, model, optimizer, generator, history, callbacks) -> int:
+    """Put a saved state of this run back (weights, optimizer, generator, history, callbacks); the epochs done."""
+    state = saver.load() if saver is not None else None
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    history.restore(state["history"])
+    for cb, saved in zip(callbacks, state["callbacks"]):
+        cb.restore(saved)
+    return int(state["epoch"])
 
 
 @dataclass
@@ -289,7 +362,9 @@ class RunResult:
     params: int
     data: dict
     provenance: dict
-    model: Optional[SlotNet] = None
+    model: Optional[SlotNet] = None  # the final model
+    # The weights at the best epoch (by validation accuracy), on the CPU, where that is not the last epoch.
+    best_state: Optional[dict[str, torch.Tensor]] = None
 
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "seed": self.seed, "params": self.params, "data": self.data,
@@ -304,8 +379,9 @@ def build_for(spec: RunSpec, splits: Splits, seed: int, device: torch.device) ->
 
 
 def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", splits: Optional[Splits] = None,
-        callbacks: Sequence[Callback] = ()) -> RunResult:
-    """Load the data (unless given), build the model from `seed`, train it, and return the result."""
+        callbacks: Sequence[Callback] = (), saver: Optional["Saver"] = None) -> RunResult:
+    """Load the data (unless given), build the model from `seed`, train it, and return the result. `saver`
+    (relulab.resume): save the training at epoch boundaries, and go on from where a killed attempt stopped."""
     spec.validate()
     device = resolve_device(device) if isinstance(device, str) else device
     if splits is None:
@@ -313,10 +389,13 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     if splits.x_train.device != device:
         splits = splits.to(device)
     model = build_for(spec, splits, seed, device)
+    best = BestWeights()
     with matmul_precision(float32_products(spec)):
-        history = train_model(model, splits, spec.train, seed, callbacks, autocast_dtype(spec, device))
+        history = train_model(model, splits, spec.train, seed, [*callbacks, best], autocast_dtype(spec, device),
+                              saver)
     data = {**splits.summary(), "arithmetic": arithmetic(spec, device), "compiled": False}
-    return RunResult(spec, seed, history, keras_param_count(model), data, provenance(device), model)
+    return RunResult(spec, seed, history, keras_param_count(model), data, provenance(device), model,
+                     best.best_state(history))
 
 
 @dataclass
@@ -330,7 +409,7 @@ class Job:
 
 def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device = "auto", callbacks=None,
                pack: bool = True, max_pack: int = 64, max_stack: Optional[int] = None,
-               still_wanted: Optional[Callable[[list[Job]], list[Job]]] = None
+               still_wanted: Optional[Callable[[list[Job]], list[Job]]] = None, resume: Optional[Resume] = None
                ) -> "Iterator[tuple[Job, RunResult]]":
     """Train every job on the same data; yield (job, result) as each one finishes.
 
@@ -342,7 +421,9 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
     alone, since callbacks see one model. A pack that runs out of GPU memory is halved
     and retried. `still_wanted(jobs)`, if given, is asked just before each pack (or lone
     run) starts and returns those of its jobs still to train: a sweep passes one that
-    drops what another process stored, or took over, while earlier packs trained.
+    drops what another process stored, or took over, while earlier packs trained. `resume`
+    (relulab.resume): save each pack and lone run at epoch boundaries, keyed by its jobs' keys, and go on
+    from such a save where one is found.
     """
     from . import pack as packing
 
@@ -359,25 +440,28 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
         if key[0] == "alone" or (len(members) == 1 and device.type != "cuda"):
             job, extra = members[0]
             if wanted([job]):
-                yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra)
+                saver = resume.saver([job.key]) if resume else None
+                yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra, saver=saver)
             continue
         for start in range(0, len(members), max_pack):
             chunk = wanted([job for job, _ in members[start:start + max_pack]])
             if chunk:
-                yield from _train_together_halving(chunk, splits, device, max_stack)
+                yield from _train_together_halving(chunk, splits, device, max_stack, resume)
 
 
-def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None):
+def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None,
+                            resume: Optional[Resume] = None):
     from . import pack as packing
 
     try:
-        results = packing.train_together(jobs, splits, device, max_stack=max_stack)
+        saver = resume.saver([job.key for job in jobs]) if resume else None
+        results = packing.train_together(jobs, splits, device, max_stack=max_stack, saver=saver)
     except torch.cuda.OutOfMemoryError:
         if len(jobs) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(jobs) // 2
-        yield from _train_together_halving(jobs[:half], splits, device, max_stack)
-        yield from _train_together_halving(jobs[half:], splits, device, max_stack)
+        yield from _train_together_halving(jobs[:half], splits, device, max_stack, resume)
+        yield from _train_together_halving(jobs[half:], splits, device, max_stack, resume)
         return
     yield from zip(jobs, results)

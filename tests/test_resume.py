@@ -1,0 +1,104 @@
+"""Training in progress saved at epoch boundaries (relulab.resume): a pack or a lone run stopped after an
+epoch and started again gives the same histories as one never stopped, on the CPU to the bit; and the
+best-epoch weights kept beside the final model are the ones that scored the best validation accuracy."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relulab import resume
+from relulab.data import DataSpec, load_data
+from relulab.models import ModelSpec, build_model
+from relulab.optim import OptimizerSpec
+from relulab.train import Job, RunSpec, TrainSpec, evaluate, train_many
+
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_data(DataSpec("digits"))
+
+
+def _spec(activation="relu", batchnorm=None, optimizer="adam", lr=0.01) -> RunSpec:
+    return RunSpec(DataSpec("digits"), ModelSpec("deep-mlp", activation=activation, widths=[32, 32],
+                                                 batchnorm=batchnorm),
+                   TrainSpec(epochs=EPOCHS, batch_size=32, optimizer=OptimizerSpec(optimizer, lr=lr)))
+
+
+def _jobs() -> list[Job]:
+    """Two batch-norm stacks, a fused plain stack and a momentum model: every kind of CPU unit."""
+    return [Job(_spec("relu", True), 0, "a"), Job(_spec("tanh", True), 1, "b"),
+            Job(_spec("relu", None, "sgd", 0.05), 2, "c"), Job(_spec("tanh", None, "sgd", 0.05), 3, "d"),
+            Job(_spec("elu", None, "momentum"), 4, "e")]
+
+
+def _numbers(result):
+    h = result.history
+    return [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in h.epochs], h.test_loss, h.test_acc
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
+def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_path, monkeypatch, pack):
+    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=pack)}
+    every_epoch = resume.Resume(str(tmp_path), every_s=0)
+    real_save = resume.Saver.save
+
+    def killed_after_epoch_3(self, epoch, state):
+        real_save(self, epoch, state)
+        if epoch == 3:
+            raise Killed
+
+    monkeypatch.setattr(resume.Saver, "save", killed_after_epoch_3)
+    finished = {}
+    with pytest.raises(Killed):
+        for job, r in train_many(_jobs(), splits, "cpu", pack=pack, resume=every_epoch):
+            finished[job.key] = _numbers(r)
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # the state after epoch 3 of the work in progress
+    monkeypatch.setattr(resume.Saver, "save", real_save)
+    rest = [job for job in _jobs() if job.key not in finished]
+    finished |= {job.key: _numbers(r) for job, r in train_many(rest, splits, "cpu", pack=pack, resume=every_epoch)}
+    assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
+    assert list(tmp_path.iterdir()) == []  # finished work leaves no state behind
+
+
+def test_a_state_of_other_work_or_a_damaged_one_is_not_used(splits, tmp_path):
+    every_epoch = resume.Resume(str(tmp_path), every_s=0)
+    saver = every_epoch.saver(["a", "b"])
+    saver.path.parent.mkdir(parents=True, exist_ok=True)
+    saver.path.write_bytes(b"not a torch file")
+    assert saver.load() is None
+    saver.save(2, {"units": []})
+    assert every_epoch.saver(["a", "b"]).load()["epoch"] == 2
+    assert every_epoch.saver(["a"]).load() is None  # another piece of work: another file
+    assert every_epoch.saver(["a", ""]) is None  # a run without a key cannot be resumed by it
+
+
+def test_finished_states_are_discarded(tmp_path):
+    every_epoch = resume.Resume(str(tmp_path), every_s=0)
+    for keys in (["a", "b"], ["c"]):
+        every_epoch.saver(keys).save(1, {})
+    (tmp_path / "junk.pt").write_bytes(b"x")
+    removed = resume.discard_finished(tmp_path, lambda keys: {k for k in keys if k in ("a", "b")})
+    assert removed == 2 and [p.name for p in tmp_path.iterdir()] == [every_epoch.saver(["c"]).path.name]
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
+def test_the_best_epoch_weights_score_the_best_validation_accuracy(splits, pack):
+    jobs = [Job(_spec("relu", True, "sgd", 0.3), seed, str(seed)) for seed in range(3)]
+    kept = 0
+    for job, result in train_many(jobs, splits, "cpu", pack=pack):
+        h = result.history
+        if h.best_epoch == h.epochs[-1].epoch:
+            assert result.best_state is None  # the final model is the best one
+            continue
+        model = build_model(job.spec.model, splits.input_shape, splits.num_classes)
+        model.load_state_dict(result.best_state)
+        assert evaluate(model, splits.x_val, splits.y_val)[1] == h.best_val_acc
+        assert all(t.device == torch.device("cpu") for t in result.best_state.values())
+        kept += 1
+    assert kept  # at lr 0.3 some seeds peak before the last epoch
