@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import experiments
+from ..errors import UserError
 from ..probes import class_table, parse_stats
-from .app import app
+from .app import app, option_names
 
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_STATS = "ratio_num,ratio_sum"
@@ -24,7 +25,7 @@ DEFAULT_STATS = "ratio_num,ratio_sum"
 def probe_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
     config: Optional[str] = typer.Option(None, help="The configuration (default: the baseline)."),
-    seed: int = typer.Option(0, "--seed", "-s", min=0, help="Which seed's model."),
+    seed: str = typer.Option("0", "--seed", "-s", help="Which seed's model (one)."),
     stats: str = typer.Option(DEFAULT_STATS, help="Statistics to print and draw, comma-separated, or all "
                               "(every statistic is computed and stored)."),
     probe_set: str = typer.Option("first", "--probe-set", "--set", help="The images: first (the first training "
@@ -43,6 +44,7 @@ def probe_command(
                                        "to the store)."),
     report: bool = typer.Option(True, help="Also rebuild the experiment's HTML report."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Probe statistics of a configuration's model, per slot and class: trains the run (or reuses the store).
 
@@ -51,12 +53,14 @@ def probe_command(
     from ..search import probe_configuration
 
     names = parse_stats(stats, "--stats")
+    seed_number = _one_seed(seed)
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
-                                      store=str(store) if store else None, sets=list(override))
-    exp = experiments.load_experiment(spec, overrides)
-    pr = probe_configuration(exp, seed, probe_set, epoch, part, config)
+                                      store=str(store) if store else None, sets=list(override), yes=yes)
+    with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
+        exp = experiments.load_experiment(spec, overrides)
+    pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config)
     if not pr.results:
-        console.print(f"{pr.variant} seed {seed}: no model to probe")
+        console.print(f"{pr.variant} seed {seed_number}: no model to probe")
         raise typer.Exit(1)
     last = max(pr.results)
     print_tables(pr, names, last)
@@ -69,6 +73,14 @@ def probe_command(
 
         files = build_report(exp.store, exp.name, None, svg=svg)
         print(files.html)
+
+
+def _one_seed(text: str) -> int:
+    """--seed read as every command reads seeds; a probe names one model, so one seed."""
+    seeds = experiments.parse_seeds(text, "--seed")
+    if len(seeds) > 1:
+        raise UserError(f"--seed: relulab probe probes one model, so one seed; got {text!r}")
+    return seeds[0]
 
 
 def _cell(value) -> str:
