@@ -132,6 +132,11 @@ HUGE = "9" * 400
      "--keep: 0-99999999999 is 100000000000 numbers; at most 10000"),
     (["probe", "--epoch", f"1-{HUGE}"], None, "--epoch: epochs run from 1 to 2 (train.epochs), got a number of"),
     (["train", "--seed", "18446744073709551616"], None, "--seed: seeds run from 0 to 9223372036854775807"),
+    # `train` builds its specs from options, not YAML: the dataclasses' own checks bound them
+    (["train", "--epochs", "99999999999999999999"], None, "--epochs: expected a positive integer (at most 9223"),
+    (["train", "--batch-size", "99999999999999999999"], None, "--batch-size: expected a positive integer (at most"),
+    (["train", "--image-size", "99999999999999999999"], None, "--image-size: expected a positive integer (at most"),
+    (["train", "--train-size", "99999999999999999999"], None, "--train-size: expected a positive integer (at most"),
 ])
 def test_integers_beyond_the_store_are_refused_before_anything_is_allocated(argv, spec_edit, message):
     text = TINY.replace(*spec_edit) if spec_edit else TINY
