@@ -226,3 +226,62 @@ def test_a_slot_given_the_same_value_twice_is_fine(tmp_path):
     spec.write_text(TINY.replace("init: he_normal}", "init: he_normal, slots: {2: identity, '2': none}, off: [2, 2]}"))
     exp = experiments.load_experiment(str(spec))
     assert all(v.spec.model.slots == {2: "identity"} for v in exp.parts[0].variants)
+
+
+# ------------------------------------------------------------------ the same, as properties (the campaign runs them longer)
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from runner import fuzz  # noqa: E402
+
+# Where a bomb can hide: free-form mappings checked late, a config, a grid's values, an unknown top-level field.
+BOMB_PLACES = {
+    "data.options": lambda body: _with_data_options(body),
+    "configs": lambda body: TINY.replace("configs:\n", "configs:\n  bomb:\n    model:\n      slots:\n" +
+                                         body.replace("    ", "        ") + "\n", 1),
+    "top level": lambda body: TINY + "anchors:\n" + body,
+}
+
+
+def _shaped_bomb(levels: int, fanout: int) -> str:
+    lines = ["l0: &l0 [" + ", ".join(["x"] * fanout) + "]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * fanout) + "]")
+    return "".join(f"    {line}\n" for line in lines)
+
+
+@fuzz(20)
+@given(levels=st.integers(3, 14), fanout=st.integers(3, 16), place=st.sampled_from(sorted(BOMB_PLACES)))
+def test_alias_bombs_of_any_shape_anywhere_are_refused_as_read(levels, fanout, place):
+    text = BOMB_PLACES[place](_shaped_bomb(levels, fanout))
+    started = time.monotonic()
+    code, err, left = run_cli(["run", "spec.yaml", "--no-report"], text)
+    if fanout ** levels + levels * fanout > experiments.MAX_VALUES:
+        assert_refused(code, err, left, "YAML aliases expand to more than 100000 values")
+    else:  # a spec that uses anchors a little: past the reading, refused (if at all) for what it says
+        assert code in (0, 2) and "Traceback" not in err and "aliases expand" not in err, err
+    assert time.monotonic() - started < 20
+
+
+# Integer fields of a spec, each given a value no 64-bit integer holds (or, as text, one too long to read).
+INTEGER_FIELDS = {
+    "seeds": ("seeds: [0, 1]", "seeds: [{}]", "seeds"),
+    "train.epochs": ("epochs: 2", "epochs: {}", "train.epochs"),
+    "train.batch_size": ("batch_size: 32", "batch_size: {}", "train.batch_size"),
+    "model.widths": ("widths: [8, 8]", "widths: [8, {}]", "model.widths"),
+    "data.options.n": ("n: 240", "n: {}", "data.options.n"),
+    "probe_size": ("baseline: relu", "baseline: relu\nprobe_size: {}", "probe_size"),
+    "threads": ("baseline: relu", "baseline: relu\nthreads: {}", "threads"),
+}
+
+
+@fuzz(40)
+@given(field=st.sampled_from(sorted(INTEGER_FIELDS)),
+       value=st.one_of(st.integers(min_value=2 ** 63, max_value=10 ** 300),
+                       st.integers(min_value=301, max_value=4000).map(lambda n: int("9" * n))))
+def test_integers_no_store_holds_are_refused_in_every_field(field, value):
+    old, new, names = INTEGER_FIELDS[field]
+    assert old in TINY
+    code, err, left = run_cli(["run", "spec.yaml", "--no-report"], TINY.replace(old, new.format(value), 1))
+    assert_refused(code, err, left, names if len(str(value)) <= 4300 else "spec.yaml")

@@ -439,6 +439,8 @@ class LoaderOption:
             fits, what = is_number(value) and math.isfinite(value), "a number"
         if not (fits and value >= self.minimum):
             raise UserError(f"{field}: expected {what} >= {self.minimum:g}, got {value!r}")
+        if self.kind is int and value > INT64_MAX:  # the store keeps the spec, and SQLite's integers have 64 bits
+            raise UserError(f"{field}: {show_int(value)} is beyond a 64-bit integer")
 
 
 # The options each loader takes; a loader not named here takes none.
