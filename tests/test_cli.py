@@ -19,11 +19,24 @@ def test_train_prints_json(capsys, tmp_path):
 
 def test_train_several_seeds_and_per_slot_options(capsys):
     code, out, _ = relulab(capsys, "train", "--widths", "16x3", "--off", "2", "--slot", "3=tanh", "-e", "1",
-                           "--seed", "1", "--seed", "2", "--json")
+                           "--slot", "2=none", "--slot", "3=tanh", "--seed", "1", "--seed", "2", "--json")
     assert code == 0
     results = json.loads(out)
     assert [r["seed"] for r in results] == [1, 2]
     assert results[0]["spec"]["model"]["slots"] == {"2": "identity", "3": "tanh"}
+
+
+@pytest.mark.parametrize("argv,seeds", [
+    (["--seed", "0-2"], [0, 1, 2]),  # typer read 0-2 as the integer -2
+    (["--seeds", "3,5", "-s", "7"], [3, 5, 7]),
+    ([], [0]),
+])
+def test_train_takes_seeds_as_every_command_does(capsys, argv, seeds):
+    code, out, err = relulab(capsys, "train", "--widths", "4", "-e", "1", "--train-size", "100", "--json",
+                             "--device", "cpu", *argv)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["seed"] for r in (results if isinstance(results, list) else [results])] == seeds
 
 
 def test_train_packs_seeds_with_the_same_histories(capsys, tmp_path):
@@ -59,6 +72,10 @@ def test_train_compile_needs_packing(capsys):
     (["--dataset", "imagenet"], "--dataset: unknown value"),
     (["--split", "half"], "--split: expected"),
     (["--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..50"),
+    (["--slot", "3=tanh", "--slot", "3=relu"], "--slot: slot 3 is both tanh and relu"),
+    (["--off", "3", "--slot", "3=tanh"], "--slot/--off: slot 3 is both tanh and off"),
+    (["--seed", "1", "--seed", "0-1"], "--seed: seeds repeat: 1 is given twice"),
+    (["--seed", "18446744073709551616"], "--seed: seeds run from 0 to 9223372036854775807"),
     (["--widths", "1,a"], "--widths: expected widths"),
     (["--precision", "fp16"], "--precision: expected one of auto, fp32, tf32, bf16"),
     (["--model", "seed-cnn"], "seed-cnn needs images of at least 32x32"),

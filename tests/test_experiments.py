@@ -1,11 +1,13 @@
 """Experiment specs: reading, validation with field-named errors, expansion, and the sweep driver."""
 import math
+import re
 import sqlite3
 
 import pytest
 
 from relulab.errors import UserError
-from relulab.experiments import (Overrides, load_experiment, parse_yaml, preset_names, run_experiment, run_key)
+from relulab.experiments import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
+                                 run_key, seeds_from_options)
 from relulab.models import ModelSpec
 from relulab.train import RunSpec
 from specs import TINY, quiet, relulab, write_spec
@@ -109,6 +111,68 @@ def test_yaml_12_booleans_and_numbers():
         "off": [7], "lr": 0.001, "act": "off", "bn": True, "n": 10}
 
 
+@pytest.mark.parametrize("text,value", [
+    ("010", 10), ("-7", -7), ("+3", 3), ("0o17", 15), ("0x1F", 31),  # YAML 1.2 integers (1.1 read 010 as 8)
+    ("1:30", "1:30"), ("0b101", "0b101"), ("1_000", "1_000"), ("0o9", "0o9"),  # 1.1 integers, text in 1.2
+    ("2024-01-01", "2024-01-01"), ("=", "="),  # no timestamps, no value key
+    ("null", None), ("~", None), ("", None), ("1e-3", 0.001), ("10.", 10.0), ("off", "off"), ("false", False),
+])
+def test_yaml_12_core_schema(text, value):
+    parsed = parse_yaml(f"v: {text}", "x")["v"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_merge_keys_and_shared_anchors():
+    raw = parse_yaml("base: &base {a: 1, b: 2}\nfirst: {<<: *base, b: 3}\nsecond: *base\nthird: *base", "x")
+    assert raw["first"] == {"a": 1, "b": 3} and raw["second"] == raw["third"] == {"a": 1, "b": 2}
+    assert raw["second"] is not raw["third"]  # a change to one use of an anchor leaves the others as written
+
+
+def test_an_anchored_config_used_twice_takes_a_set_in_one_place(tmp_path):
+    text = TINY.replace("  relu: {}\n  tanh: {model: {activation: tanh}}",
+                        "  relu: &same {train: {l2: 0.001}}\n  tanh: *same")
+    spec = write_spec(tmp_path, text)
+    exp = load_experiment(str(spec), Overrides(sets=["configs.tanh.train.l2=0.01"]))
+    by_name = {v.name: v.spec for v in exp.parts[0].variants}
+    assert by_name["relu"].train.l2 == 0.001 and by_name["tanh"].train.l2 == 0.01
+
+
+def test_set_null_resets_a_field_and_an_empty_value_is_refused(tmp_path):
+    spec = str(write_spec(tmp_path))
+    assert load_experiment(spec, Overrides(sets=["model.widths=null"])).parts[0].variants[0].spec.model.widths is None
+    with pytest.raises(UserError, match=r"^--set model\.widths: expected a value after '='"):
+        load_experiment(spec, Overrides(sets=["model.widths="]))
+
+
+@pytest.mark.parametrize("value,seeds", [
+    (3, [0, 1, 2]), ("0-4", [0, 1, 2, 3, 4]), ("0,1,2", [0, 1, 2]), (" 0 - 2 ", [0, 1, 2]), ("0,5-6", [0, 5, 6]),
+    ([7, 9223372036854775807], [7, 9223372036854775807]), ("0-9999", list(range(10000))),
+])
+def test_seeds_are_read_one_way(value, seeds):
+    assert parse_seeds(value, "seeds") == seeds
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0-10000", "seeds: 0-10000 is 10001 seeds; at most 10000"),
+    ("5-2", "seeds: the range 5-2 runs backwards; write 2-5"),
+    ("1,,2", "seeds: expected seeds like 0,1,2 or 0-4"),
+    ("0,1,0", "seeds: seeds repeat: 0 is given twice"),
+    ([2 ** 63], "seeds: seeds run from 0 to 9223372036854775807"),
+    (10001, "seeds: a number of seeds runs from 1 to 10000, got 10001"),
+    (list(range(10001)), "seeds: 10001 seeds; at most 10000"),
+])
+def test_bad_seeds_are_refused(value, message):
+    with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+        parse_seeds(value, "seeds")
+
+
+def test_seed_options_merge():
+    assert seeds_from_options(None, []) is None
+    assert seeds_from_options("0-1", ["5", "7-8"]) == [0, 1, 5, 7, 8]
+    with pytest.raises(UserError, match=r"^--seeds/--seed: seeds repeat: 1 is given twice"):
+        seeds_from_options("0-1", ["1"])
+
+
 def test_paths_in_a_spec_are_relative_to_its_folder(tmp_path, monkeypatch):
     folder = tmp_path / "specs"
     folder.mkdir()
@@ -131,6 +195,13 @@ def test_paths_in_a_spec_are_relative_to_its_folder(tmp_path, monkeypatch):
     (("init: he_normal}", "init: he_nromal}"), "model.init: unknown value 'he_nromal'"),
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds: seeds repeat"),
     (("seeds: [0, 1]", "seeds: [-1]"), "seeds: expected a non-empty list of integers >= 0"),
+    (("seeds: [0, 1]", "seeds: [9223372036854775808]"), "seeds: seeds run from 0 to 9223372036854775807"),
+    (("lr: 0.05}", "lr: 1" + "0" * 400 + "}"), "train.optimizer.lr: expected a finite number, got a number of 401"),
+    (("lr: 0.05}", "lr: 1e999}"), "train.optimizer.lr: expected a finite number, got inf"),
+    (("epochs: 2,", "epochs: 0x8000000000000000,"), "train.epochs: 9223372036854775808 is beyond a 64-bit integer"),
+    (("init: he_normal}", "init: he_normal, slots: {3: tanh}, off: [3]}"), "model.off: slot 3 is both tanh and off"),
+    (("device: cpu", "device: cpu\nthreads: 100000"), "threads: 100000 asked for; this machine has"),
+    (("device: cpu", "device: cpu\nthreads: 0"), "threads: expected a positive integer, got 0"),
     (("baseline: relu", "baseline: rleu"), "baseline: unknown value 'rleu' (did you mean 'relu'?)"),
     (("device: cpu", "devise: cpu"), "devise: unknown field (did you mean 'device'?)"),
     (("lr: 0.05}", "lr: fast}"), "train.optimizer.lr: expected a number, got 'fast'"),

@@ -26,14 +26,18 @@ import copy
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
 import sys
 import time
 import typing
+from collections import Counter
+from collections.abc import Hashable
 from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import yaml
@@ -45,10 +49,12 @@ from .data import DataSpec, Splits, load_data
 from .env import provenance
 from .errors import UserError, unknown_choice
 from .executors import Executor, InProcessExecutor, SlotProbe, data_key
-from .models import ModelSpec, build_model, parse_off, parse_slots, parse_widths
+from .models import ModelSpec, build_model, combine_slots, parse_off, parse_slots, parse_widths
 from .optim import OptimizerSpec
+from .ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
 from .store import Finished, Store
 from .train import Job, RunSpec, TrainSpec
+from .util import human_bytes
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
@@ -60,15 +66,27 @@ MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those
 
 # ---------------------------------------------------------------- reading specs
 
+# A spec is a page of YAML. These bounds refuse, with one line and before anything is built, what is not one:
+MAX_SPEC_BYTES = 1 << 20  # a data file named by mistake
+MAX_DEPTH = 64  # relulab's own fields nest five deep; PyYAML's composer recurses, and 5000 levels would overflow it
+MAX_VALUES = 100_000  # values with the aliases expanded: ten nested anchors of ten make ten billion (an alias bomb)
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: YAML would silently keep the last one."""
+    """SafeLoader with YAML 1.2's core schema that refuses duplicate keys (YAML would silently keep the last)."""
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE:  # `<<: *base`: the keys written beside it override the merged ones
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            break  # construct_mapping says so, with its line
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
@@ -77,25 +95,126 @@ def _construct_mapping(loader: _UniqueKeyLoader, node, deep=False):
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
-# YAML 1.1 reads `off`, `on`, `yes`, `no` as booleans (so `off: [7, 10]` or `slots: {7: off}` would break) and
-# `1e-3` as text. Use YAML 1.2's rules instead: only true/false are booleans, and 1e-3 is a number.
-_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+# YAML 1.1 (PyYAML's) reads `off`, `on`, `yes`, `no` as booleans (so `off: [7, 10]` or `slots: {7: off}` would
+# break), `1e-3` as text, `010` as 8, `1:30` as 90, `0b101` as 5, `1_000` as 1000 and `2024-01-01` as a date.
+# Use YAML 1.2's core schema instead (int is tried before float, which would also match `10`), keeping 1.1's
+# null and merge keys (`<<: *base`, widely used).
+_INT_1_2 = r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"
+_CORE_SCHEMA = {  # tag -> (pattern, the characters such a scalar may start with)
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (_INT_1_2, "-+0123456789"),
+    "tag:yaml.org,2002:float": (r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+}
+_KEPT_FROM_1_1 = ("tag:yaml.org,2002:null", _MERGE)
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _FLOAT)]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_FROM_1_1]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_UniqueKeyLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_UniqueKeyLoader.add_implicit_resolver(
-    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-                       r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+for _tag, (_pattern, _first) in _CORE_SCHEMA.items():
+    _UniqueKeyLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def _construct_int(loader: _UniqueKeyLoader, node) -> int:
+    """YAML 1.2's integers: decimal (`010` is 10), 0o octal, 0x hexadecimal."""
+    text = loader.construct_scalar(node)
+    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+    try:
+        return int(text[2:] if base != 10 else text, base)
+    except ValueError:  # `!!int 0b101`, or more digits than Python converts (4300)
+        problem = f"an integer of {len(text)} digits is more than relulab reads" if re.match(_INT_1_2, text) \
+            else f"expected an integer such as 10, 0o17 or 0x1F, got {text!r}"
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def parse_yaml(text: str, origin: str):
+    """The value of a YAML text (a spec file, a --set value), refused with one line naming `origin` when it is
+    not YAML, too big, nested too deep, or its aliases expand past MAX_VALUES."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise UserError(f"{origin}: {human_bytes(len(text))} of YAML; relulab specs are at most "
+                        f"{human_bytes(MAX_SPEC_BYTES)}")
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        _check_events(text, origin)
+        loader = _UniqueKeyLoader(text)  # noqa: S506 - a SafeLoader subclass
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node, origin)
+            return _as_tree(loader.construct_document(node))
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{origin}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def _check_events(text: str, origin: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and more than MAX_VALUES values as written, from the event stream:
+    PyYAML parses without recursing (its composer would overflow the stack), though in time that grows with the
+    square of the depth, so the reading stops at the first level too deep."""
+    depth = values = 0
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        values += isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.AliasEvent))
+        if values > MAX_VALUES:
+            raise UserError(f"{origin}: more than {MAX_VALUES} values; relulab specs are smaller")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise UserError(f"{origin}: nested more than {MAX_DEPTH} levels deep at line "
+                                f"{event.start_mark.line + 1}; relulab specs nest at most {MAX_DEPTH}")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root, origin: str) -> None:
+    """Refuse a composed document whose aliases would expand it past MAX_VALUES values or MAX_DEPTH levels, or
+    make it contain itself. Each node is counted once (an alias is the node it names, so the count is memoised
+    per node): a billion laughs costs a few dozen steps here, and would never finish being copied later."""
+    size: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+    depth: dict[int, int] = {}  # id(node) -> levels of collections in it, aliases expanded
+    unfinished: set[int] = set()  # the path from the root to the node being counted
+    stack = [(root, False)]
+    while stack:  # depth first, without recursion: aliases can chain far deeper than the text nests
+        node, counted_children = stack.pop()
+        children = _children(node)
+        if counted_children:
+            unfinished.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            own_level = 1 if isinstance(node, yaml.CollectionNode) else 0
+            depth[id(node)] = own_level + max((depth[id(c)] for c in children), default=0)
+        elif id(node) in unfinished:
+            raise UserError(f"{origin}: the value at line {node.start_mark.line + 1} contains itself through an "
+                            "alias; write the values out")
+        elif id(node) not in size:
+            unfinished.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    if size[id(root)] > MAX_VALUES:
+        raise UserError(f"{origin}: YAML aliases expand to more than {MAX_VALUES} values (an alias bomb?); write "
+                        "the values out")
+    if depth[id(root)] > MAX_DEPTH:
+        raise UserError(f"{origin}: YAML aliases nest the values {depth[id(root)]} levels deep; relulab specs nest "
+                        f"at most {MAX_DEPTH}")
+
+
+def _as_tree(value):
+    """The constructed value without shared parts: an alias becomes a copy, so that a --set on one use of an
+    anchored mapping leaves the others as written (small: the expansion was bounded above)."""
+    if isinstance(value, dict):
+        return {key: _as_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_tree(item) for item in value]
+    return value
 
 
 def preset_names() -> list[str]:
@@ -111,14 +230,29 @@ def read_spec(source: str) -> tuple[dict, Path, str]:
     """(raw mapping, folder that relative paths are relative to, origin) of a YAML file or a preset name."""
     path = Path(source).expanduser()
     if path.is_file():
-        return _as_mapping(parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path)), \
-            path.resolve().parent, str(path.resolve())
+        return _as_mapping(parse_yaml(read_spec_text(path), str(path)), str(path)), path.resolve().parent, \
+            str(path.resolve())
     if source in preset_names():
         return _as_mapping(parse_yaml(preset_text(source), f"preset {source}"), source), Path.cwd(), \
             f"preset:{source}"
     if path.suffix in (".yaml", ".yml") or "/" in source:
         raise UserError(f"spec: {path} does not exist")
     raise unknown_choice("spec", source, preset_names())
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec file's text; a file too big to be a spec, a binary one or one not in UTF-8 is refused by name."""
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:  # before reading it: it may be a dataset
+        raise UserError(f"{path}: {human_bytes(size)}, too big for a spec (at most {human_bytes(MAX_SPEC_BYTES)}); "
+                        "is it a data file?")
+    blob = path.read_bytes()
+    if b"\0" in blob:
+        raise UserError(f"{path}: a binary file, not a YAML spec")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte 0x{blob[e.start]:02x} at offset {e.start})") from None
 
 
 def _as_mapping(raw, origin: str) -> dict:
@@ -141,13 +275,16 @@ class Overrides:
     store: Optional[str] = None
     sets: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # run only these parts
+    yes: bool = False  # plan more than PLAN_LIMIT runs
 
 
 def _split_set(item: str) -> tuple[str, object]:
     key, eq, text = item.partition("=")
     if not eq or not key.strip():
         raise UserError(f"--set: expected KEY=VALUE such as model.widths=[64,64], got {item!r}")
-    return key.strip(), parse_yaml(text, f"--set {key.strip()}") if text.strip() else None
+    if not text.strip():  # `--set model.widths=` reads as a default by accident; null says so on purpose
+        raise UserError(f"--set {key.strip()}: expected a value after '=' (null resets a field to its default)")
+    return key.strip(), parse_yaml(text, f"--set {key.strip()}")
 
 
 def apply_overrides(raw: dict, o: Overrides) -> tuple[dict, dict]:
@@ -230,14 +367,11 @@ def _coerce(value, hint, path: str):
             return None
         raise UserError(f"{path}: a value is required")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UserError(f"{path}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise UserError(f"{path}: expected a number, got {value!r}") from None
+        return _coerce_float(value, path)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"{path}: expected an integer, got {value!r}")
+    if kind is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # what the store (SQLite) holds
+        raise UserError(f"{path}: {show_int(value)} is beyond a 64-bit integer")
     if kind is bool and not isinstance(value, bool):
         raise UserError(f"{path}: expected true or false, got {value!r}")
     if kind is str:
@@ -246,6 +380,20 @@ def _coerce(value, hint, path: str):
         if not isinstance(value, str):
             raise UserError(f"{path}: expected text, got {value!r}")
     return value
+
+
+def _coerce_float(value, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{path}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{path}: expected a number, got {value!r}") from None
+    except OverflowError:  # an integer of 400 digits
+        raise UserError(f"{path}: expected a finite number, got {show_int(value)}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{path}: expected a finite number, got {value!r}")
+    return number
 
 
 def _make(cls, mapping, path: str, extra: tuple = ()):
@@ -262,9 +410,8 @@ def build_run_spec(sections: dict, prefix: str = "", base_dir: Optional[Path] = 
     if data.path:
         data.path = str((base_dir or Path.cwd()).joinpath(Path(data.path).expanduser()).resolve())
     model_map = dict(_check_mapping(sections.get("model"), f"{prefix}model"))
-    slots = parse_slots(model_map.get("slots"), f"{prefix}model.slots")
-    slots.update(parse_off(model_map.get("off"), f"{prefix}model.off"))
-    model_map["slots"] = slots
+    model_map["slots"] = combine_slots(parse_slots(model_map.get("slots"), f"{prefix}model.slots"),
+                                       parse_off(model_map.get("off"), f"{prefix}model.off"), f"{prefix}model.off")
     if "widths" in model_map:
         model_map["widths"] = parse_widths(model_map["widths"], f"{prefix}model.widths")
     model = _make(ModelSpec, model_map, f"{prefix}model", MODEL_EXTRAS)
@@ -403,27 +550,39 @@ def _check_name(value, path: str) -> str:
     return value
 
 
+SEED_BOUNDS = " (the store keeps them as 64-bit integers)"
+
+
 def parse_seeds(value, path: str = "seeds") -> list[int]:
-    """[0, 1, 2], 3 (= 0, 1, 2), '0,1,2' or '0-4'."""
+    """[0, 1, 2], 3 (= 0, 1, 2), '0,1,2', '0-4' or '0,5-9': at most MAX_ITEMS distinct seeds from 0 to INT64_MAX."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise UserError(f"{path}: a number of seeds must be at least 1, got {value}")
+        if not 1 <= value <= MAX_ITEMS:
+            raise UserError(f"{path}: a number of seeds runs from 1 to {MAX_ITEMS}, got {show_int(value)}")
         return list(range(value))
     if isinstance(value, str):
-        try:
-            if re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", value):
-                low, high = (int(v) for v in value.split("-"))
-                value = list(range(low, high + 1))
-            else:
-                value = [int(v) for v in value.split(",")]  # an empty item ("1,,2") is a typo: refused
-        except ValueError:
-            raise UserError(f"{path}: expected seeds like 0,1,2 or 0-4, got {value!r}") from None
+        value = parse_ranges(value, path, noun="seeds", expected="seeds like 0,1,2 or 0-4", bounds=SEED_BOUNDS)
     if not isinstance(value, list) or not value or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
         raise UserError(f"{path}: expected a non-empty list of integers >= 0, got {value!r}")
-    if len(set(value)) != len(value):
-        raise UserError(f"{path}: seeds repeat in {value}")
+    too_big = [s for s in value if s > INT64_MAX]
+    if too_big:
+        raise UserError(f"{path}: seeds run from 0 to {INT64_MAX}{SEED_BOUNDS}, got {show_int(too_big[0])}")
+    if len(value) > MAX_ITEMS:
+        raise UserError(f"{path}: {len(value)} seeds; at most {MAX_ITEMS}")
+    twice = [s for s, n in Counter(value).items() if n > 1]
+    if twice:
+        raise UserError(f"{path}: seeds repeat: {twice[0]} is given twice")
     return list(value)
+
+
+def seeds_from_options(seeds: Optional[str], seed: Sequence[str] = ()) -> Optional[list[int]]:
+    """The command line's seeds: `--seeds 0-4` and each `--seed N` (a list or range too), merged, read by
+    parse_seeds; a seed given twice is refused. None when neither option is given."""
+    given = ([("--seeds", seeds)] if seeds is not None else []) + [("--seed", text) for text in seed]
+    if not given:
+        return None
+    merged = [s for option, text in given for s in parse_seeds(text, option)]
+    return parse_seeds(merged, "/".join(dict.fromkeys(option for option, _ in given)))
 
 
 def _parse_grid(value, path: str) -> dict[str, list]:
@@ -437,9 +596,9 @@ def _parse_grid(value, path: str) -> dict[str, list]:
     return grid
 
 
-def _grid_points(grid: dict[str, list]) -> list[dict]:
+def _grid_points(grid: dict[str, list]) -> Iterator[dict]:
     keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    return (dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys)))
 
 
 def _variant_name(config: str, point: dict, has_configs: bool) -> str:
@@ -473,9 +632,7 @@ def parse_part(name: str, raw: dict, prefix: str, base_dir: Path, run_sets: dict
         choices = sorted({v.config for v in variants} | {v.name for v in variants})
         if baseline not in choices:
             raise unknown_choice(f"{prefix}baseline", baseline, choices)
-    probe_size = raw.get("probe_size", 512)
-    if not isinstance(probe_size, int) or isinstance(probe_size, bool) or probe_size < 1:
-        raise UserError(f"{prefix}probe_size: expected a positive integer, got {probe_size!r}")
+    probe_size = _positive_int(raw.get("probe_size", 512), f"{prefix}probe_size")
     probes = raw.get("probes") or []
     if not isinstance(probes, list):
         raise UserError(f"{prefix}probes: expected a list of statistic names, got {probes!r}")
@@ -500,11 +657,29 @@ def _expand(base: dict, configs: dict, grid: dict, run_sets: dict, prefix: str, 
         for point in _grid_points(grid):
             spec = build_run_spec(_with_dotted(_with_dotted(merged, point), run_sets), f"{cpath}.", base_dir)
             variants.append(Variant(_variant_name(config, point, bool(configs)), config, point, spec))
-    names = [v.name for v in variants]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(name for name, n in Counter(v.name for v in variants).items() if n > 1)
     if twice:
         raise UserError(f"{prefix}grid: two configurations would both be called {twice[0]!r}")
     return variants
+
+
+def _positive_int(value, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT64_MAX:
+        shown = show_int(value) if isinstance(value, int) else repr(value)
+        raise UserError(f"{path}: expected a positive integer, got {shown}")
+    return value
+
+
+def _check_threads(threads) -> Optional[int]:
+    """`threads:` for torch, no more than this machine has cores (torch and libgomp fail in odd ways past it)."""
+    if threads is None:
+        return None
+    threads = _positive_int(threads, "threads")
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise UserError(f"threads: {show_int(threads)} asked for; this machine has {cores} CPU "
+                        f"core{'s' if cores != 1 else ''}")
+    return threads
 
 
 def _text(value, path: str) -> str:
@@ -514,8 +689,9 @@ def _text(value, path: str) -> str:
 
 
 def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[dict] = None,
-                     only_parts: tuple = (), store: Optional[str] = None) -> Experiment:
-    """Validate a raw spec and expand it. Nothing is loaded or written."""
+                     only_parts: tuple = (), store: Optional[str] = None, yes: bool = False) -> Experiment:
+    """Validate a raw spec and expand it. Nothing is loaded or written. A plan of more than PLAN_LIMIT runs is
+    refused unless `yes`."""
     _check_keys(raw, TOP_FIELDS, "")
     name = _check_name(raw.get("name"), "name")
     run_sets = run_sets or {}
@@ -523,7 +699,9 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
         section, _, rest = key.partition(".")
         if not rest:
             raise UserError(f"--set {key}: expected a field such as {section}.<field>")
-    parts = _parse_parts(raw, name, base_dir, run_sets)
+    raw_parts = _raw_parts(raw, name)
+    _check_plan_size(name, raw_parts, yes)
+    parts = [parse_part(part_name, part_raw, prefix, base_dir, run_sets) for part_name, part_raw, prefix in raw_parts]
     if only_parts:
         unknown = [p for p in only_parts if p not in [q.name for q in parts]]
         if unknown:
@@ -532,9 +710,7 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     device = raw.get("device", "auto")
     if not isinstance(device, str):
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
-    threads = raw.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise UserError(f"threads: expected a positive integer, got {threads!r}")
+    threads = _check_threads(raw.get("threads"))
     pack = raw.get("pack", True)
     if not isinstance(pack, bool):
         raise UserError(f"pack: expected true or false, got {pack!r}")
@@ -542,10 +718,11 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
                       _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets))
 
 
-def _parse_parts(raw: dict, name: str, base_dir: Path, run_sets: dict) -> list[Part]:
-    """One part named after the experiment, or the `parts:` with the top-level part fields as defaults."""
+def _raw_parts(raw: dict, name: str) -> list[tuple[str, dict, str]]:
+    """(name, raw spec, field prefix) of each part: one named after the experiment, or the `parts:` with the
+    top-level part fields as defaults."""
     if "parts" not in raw:
-        return [parse_part(name, raw, "", base_dir, run_sets)]
+        return [(name, raw, "")]
     defaults = {k: raw[k] for k in PART_FIELDS[1:] if k in raw}
     part_specs = _check_mapping(raw["parts"], "parts")
     if not part_specs:
@@ -555,8 +732,42 @@ def _parse_parts(raw: dict, name: str, base_dir: Path, run_sets: dict) -> list[P
         prefix = f"parts.{_check_name(part_name, f'parts.{part_name}')}."
         part_raw = _check_mapping(part_raw, prefix[:-1])
         _check_keys(part_raw, PART_FIELDS, prefix[:-1])
-        parts.append(parse_part(part_name, _deep_merge(defaults, part_raw), prefix, base_dir, run_sets))
+        parts.append((part_name, _deep_merge(defaults, part_raw), prefix))
     return parts
+
+
+# Runs from which validating a plan takes long enough to say so, and past which it is refused without --yes
+# (validating 40^4 grid points would take hours before the first run: more likely a typo than a plan).
+PLAN_NOTE = 500
+PLAN_LIMIT = 20_000
+
+
+def _plan_factors(raw: dict, prefix: str) -> dict[str, int]:
+    """{field: how many} of a part's configs, grid points and seeds, counted without expanding them."""
+    configs = _check_mapping(raw.get("configs"), f"{prefix}configs")
+    grid = _parse_grid(raw.get("grid"), f"{prefix}grid")
+    return {f"{prefix}configs": max(1, len(configs)), f"{prefix}grid": math.prod(len(v) for v in grid.values()),
+            f"{prefix}seeds": len(parse_seeds(raw.get("seeds", [0]), f"{prefix}seeds"))}
+
+
+def _factors_text(configs: int, points: int, seeds: int) -> str:
+    return f"{configs} configs x {points} grid points x {seeds} seeds"
+
+
+def _check_plan_size(name: str, parts: list[tuple[str, dict, str]], yes: bool) -> None:
+    """Count the runs of the plan (configs x grid points x seeds) before each is validated: say how many when
+    that takes a while, and refuse past PLAN_LIMIT unless `yes`."""
+    factors = {part_name: _plan_factors(raw, prefix) for part_name, raw, prefix in parts}
+    runs = {part_name: math.prod(f.values()) for part_name, f in factors.items()}
+    total = sum(runs.values())
+    if total > PLAN_LIMIT and not yes:
+        biggest = factors[max(runs, key=runs.get)]
+        field = max(biggest, key=biggest.get)  # the factor most likely to be the typo
+        raise UserError(f"{field}: the plan has {total} runs (more than {PLAN_LIMIT}); pass --yes to run it anyway")
+    if total > PLAN_NOTE:
+        said = "; ".join((f"{part_name}: " if len(parts) > 1 else "") + _factors_text(*f.values())
+                         for part_name, f in factors.items())
+        _log(f"{name}: {total} runs to plan ({said}); validating them")
 
 
 def _store_path(raw: dict, name: str, base_dir: Path, store: Optional[str]) -> Path:
@@ -573,7 +784,7 @@ def load_experiment(source: str, overrides: Optional[Overrides] = None) -> Exper
     overrides = overrides or Overrides()
     raw, base_dir, origin = read_spec(source)
     raw, run_sets = apply_overrides(raw, overrides)
-    return parse_experiment(raw, base_dir, origin, run_sets, tuple(overrides.parts), overrides.store)
+    return parse_experiment(raw, base_dir, origin, run_sets, tuple(overrides.parts), overrides.store, overrides.yes)
 
 
 # ---------------------------------------------------------------- running it

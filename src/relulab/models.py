@@ -27,8 +27,10 @@ from . import activations
 from .errors import UserError, unknown_choice
 from .init import canonical_name as canonical_init
 from .init import init_layer
+from .ranges import INT64_MAX, MAX_ITEMS, show_int
 from .util import check_fits
 
+OFF = "identity"  # a slot switched off computes nothing
 BN_FLAVOURS = {
     # Keras' momentum 0.99 weights the old running value; PyTorch's momentum weights the new one.
     "keras": dict(momentum=0.01, eps=1e-3),
@@ -64,14 +66,22 @@ class ModelSpec:
         canonical_init(self.bias_init, f"{prefix}.bias_init")
         canonical_init(self.output_init, f"{prefix}.output_init")
         if self.widths is not None:
-            if not isinstance(self.widths, list) or not self.widths or not all(
-                    isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.widths):
-                raise UserError(f"{prefix}.widths: expected a non-empty list of positive integers, got {self.widths!r}")
+            self._validate_widths(f"{prefix}.widths")
         if self.bn_flavour not in BN_FLAVOURS:
             raise unknown_choice(f"{prefix}.bn_flavour", self.bn_flavour, BN_FLAVOURS)
         if self.batchnorm is not None and not isinstance(self.batchnorm, bool):
             raise UserError(f"{prefix}.batchnorm: expected true or false, got {self.batchnorm!r}")
         return self
+
+    def _validate_widths(self, field: str) -> None:
+        if not isinstance(self.widths, list) or not self.widths or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.widths):
+            raise UserError(f"{field}: expected a non-empty list of positive integers, got {self.widths!r}")
+        if len(self.widths) > MAX_ITEMS:
+            raise UserError(f"{field}: {len(self.widths)} layers; at most {MAX_ITEMS}")
+        too_wide = [w for w in self.widths if w > INT64_MAX]
+        if too_wide:
+            raise UserError(f"{field}: {show_int(too_wide[0])} is beyond a 64-bit integer")
 
     def kernel_init(self) -> str:
         """The hidden layers' initializer, with "auto" resolved (He for ReLU, LeCun for SELU, ...)."""
@@ -275,28 +285,50 @@ def keras_param_count(model: nn.Module) -> int:
 
 
 def parse_slots(value, field: str = "model.slots") -> dict[int, str]:
-    """Per-slot overrides from a mapping (YAML keys may be strings) or text like '7=identity,10=none'."""
+    """Per-slot overrides from a mapping (YAML keys may be strings) or text like '7=identity,10=none'. A slot
+    given twice must get the same activation both times."""
     if value is None or value == "":
         return {}
     if isinstance(value, str):
         pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
         if any(len(p) != 2 for p in pairs):
             raise UserError(f"{field}: expected SLOT=ACTIVATION[,SLOT=ACTIVATION...], got {value!r}")
-        value = {k.strip(): v.strip() for k, v in pairs}
-    if not isinstance(value, dict):
+        items = [(k.strip(), v.strip()) for k, v in pairs]
+    elif isinstance(value, dict):
+        items = list(value.items())  # {3: tanh, "3": relu} names slot 3 twice
+    else:
         raise UserError(f"{field}: expected a mapping of slot number to activation, got {value!r}")
-    slots = {}
-    for key, act in value.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}") from None
-        if index < 1 or isinstance(key, bool) or (isinstance(key, float) and key != index):
-            raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}")
-        slots[index] = activations.canonical_name(str(act), f"{field}.{index}") if isinstance(act, str) else act
-        if not isinstance(slots[index], str):
+    return _slots_from_pairs(items, field)
+
+
+def _slots_from_pairs(items: list[tuple], field: str) -> dict[int, str]:
+    slots: dict[int, str] = {}
+    for key, act in items:
+        index = _slot_number(key, field)
+        if not isinstance(act, str):
             raise UserError(f"{field}.{index}: expected an activation name, got {act!r}")
+        act = activations.canonical_name(act, f"{field}.{index}")
+        if slots.setdefault(index, act) != act:
+            raise UserError(f"{field}: slot {index} is both {slots[index]} and {act}")
     return slots
+
+
+def _slot_number(key, field: str) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a key of `.inf`
+        raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}") from None
+    if index < 1 or isinstance(key, bool) or (isinstance(key, float) and key != index):
+        raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}")
+    return index
+
+
+def combine_slots(slots: dict[int, str], off: dict[int, str], field: str) -> dict[int, str]:
+    """`slots` with the `off` ones switched to identity; a slot both given an activation and off is refused."""
+    for index in off:
+        if slots.get(index, OFF) != OFF:
+            raise UserError(f"{field}: slot {index} is both {slots[index]} and off")
+    return {**slots, **off}
 
 
 def parse_off(value, field: str = "off") -> dict[int, str]:
@@ -306,7 +338,7 @@ def parse_off(value, field: str = "off") -> dict[int, str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise UserError(f"{field}: expected slot numbers like 7,10, got {value!r}")
-    return parse_slots({str(i).strip(): "identity" for i in items}, field)
+    return _slots_from_pairs([(str(i).strip(), OFF) for i in items], field)
 
 
 def parse_widths(value, field: str = "model.widths") -> Optional[list[int]]:
@@ -315,11 +347,14 @@ def parse_widths(value, field: str = "model.widths") -> Optional[list[int]]:
         return None
     if isinstance(value, list):
         return value
-    widths: list[int] = []
+    runs: list[tuple[int, int]] = []  # (width, times), counted before the list is built: 8x99999999999 is a typo
     try:
         for item in str(value).split(","):
             width, times, repeat = item.strip().partition("x")
-            widths += [int(width)] * (int(repeat) if times else 1)  # "100x" has no count: int("") refuses it
+            runs.append((int(width), int(repeat) if times else 1))  # "100x" has no count: int("") refuses it
     except ValueError:
         raise UserError(f"{field}: expected widths like 300,100x49, got {value!r}") from None
-    return widths
+    layers = sum(max(0, times) for _, times in runs)
+    if layers > MAX_ITEMS:
+        raise UserError(f"{field}: {value} is {layers} layers; at most {MAX_ITEMS}")
+    return [width for width, times in runs for _ in range(times)]

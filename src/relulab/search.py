@@ -74,6 +74,7 @@ from .env import resolve_device
 from .errors import UserError, unknown_choice
 from .experiments import Experiment, Part, Variant, canonical_spec, run_key
 from .models import build_model
+from .ranges import parse_ranges
 from .stats import compare, summarize
 from .store import (Finished, Store, begin_search, ensure_probe_search_tables, finish_search, load_run_probes,
                     save_run_probes, save_search_step)
@@ -680,16 +681,8 @@ def parse_epoch_list(text: Optional[str], total: int, field: str = "--epoch") ->
     text = str(text).strip()
     if text == "all":
         return list(range(1, total + 1))
-    epochs: list[int] = []
-    try:
-        for item in text.split(","):
-            low, dash, high = item.strip().partition("-")
-            epochs += list(range(int(low), int(high) + 1)) if dash else [int(low)]
-    except ValueError:
-        raise UserError(f"{field}: expected last, all, or epochs like 1,10,50 or 1-5, got {text!r}") from None
-    bad = [e for e in epochs if not 1 <= e <= total]
-    if bad or not epochs:
-        raise UserError(f"{field}: epochs run from 1 to {total} (train.epochs), got {bad or text}")
+    epochs = parse_ranges(text, field, noun="epochs", expected="last, all, or epochs like 1,10,50 or 1-5",
+                          minimum=1, maximum=total, bounds=" (train.epochs)")
     return sorted(set(epochs))
 
 

@@ -30,6 +30,7 @@ from .env import matmul_precision, provenance, resolve_device, seed_everything
 from .errors import UserError, is_number
 from .models import ModelSpec, SlotNet, build_model, keras_param_count
 from .optim import OptimizerSpec, build_optimizer, kernel_weights, weight_penalty
+from .ranges import INT64_MAX, show_int
 from .resume import Resume, Saver
 
 
@@ -53,8 +54,9 @@ class TrainSpec:
     def validate(self, prefix: str = "train") -> "TrainSpec":
         for key in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT64_MAX:
+                raise UserError(f"{prefix}.{key}: expected a positive integer (at most {INT64_MAX}), got "
+                                f"{show_int(value)}")
         for key in ("l1", "l2"):
             value = getattr(self, key)
             if not (is_number(value) and 0 <= value < math.inf):

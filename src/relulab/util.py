@@ -159,12 +159,15 @@ def memory_available() -> int | None:
 
 
 def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'; the binary units memory is sold in."""
+    """1536 -> '1.5 KiB'; the binary units memory is sold in. Sizes computed from user input can be any
+    integer, beyond what a float holds: those are written as a power of ten."""
+    if isinstance(n, int) and n.bit_length() > 1000:
+        return f"about 10^{len(str(n)) - 1} B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}" if n < 1e6 else f"{n:.3g} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"
+    return f"{n:.3g} PiB"
 
 
 def check_fits(nbytes: int, field: str, what: str) -> None:

@@ -38,12 +38,14 @@ def _not_a_number(text: str) -> bool:
 NON_NUMERIC_TEXT = st.text(max_size=8).filter(_not_a_number)
 WRONG_CONTAINERS = st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
                                                                                   min_size=1, max_size=2))
-NOT_POSITIVE_INT = st.one_of(st.integers(max_value=0), st.booleans(), NON_NUMERIC_TEXT, WRONG_CONTAINERS,
+BEYOND_INT64 = st.integers(min_value=2 ** 63, max_value=10 ** 1000)  # no store holds them
+BEYOND_FLOAT = st.integers(min_value=10 ** 309, max_value=10 ** 1000)  # float() of them overflows
+NOT_POSITIVE_INT = st.one_of(st.integers(max_value=0), st.booleans(), NON_NUMERIC_TEXT, WRONG_CONTAINERS, BEYOND_INT64,
                              st.floats().filter(lambda f: not (math.isfinite(f) and f.is_integer() and f >= 1)))
 NOT_POSITIVE_NUMBER = st.one_of(st.floats(max_value=0), st.just(math.nan), st.just(math.inf), st.booleans(),
-                                NON_NUMERIC_TEXT, WRONG_CONTAINERS)
+                                NON_NUMERIC_TEXT, WRONG_CONTAINERS, BEYOND_FLOAT)
 NOT_NONNEGATIVE_NUMBER = st.one_of(st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf),
-                                   NON_NUMERIC_TEXT, WRONG_CONTAINERS)
+                                   NON_NUMERIC_TEXT, WRONG_CONTAINERS, BEYOND_FLOAT)
 # A name no registry holds, a known name with a parameter it does not take or cannot read, or not text at all.
 UNKNOWN_NAME = st.one_of(
     st.text(max_size=10).map(lambda s: f"no-such-{s}"),
@@ -64,6 +66,8 @@ BAD_SPLITS = st.one_of(st.integers(max_value=0).map(lambda n: f"stratified:{n}")
                        NON_NUMERIC_TEXT.map(lambda s: f"first:{s}"),
                        st.text(max_size=8).map(lambda s: f"half{s}"), WRONG_CONTAINERS)
 BAD_SEEDS = st.one_of(st.lists(st.integers(max_value=-1), min_size=1, max_size=3), st.just([]),
+                      st.lists(BEYOND_INT64, min_size=1, max_size=2), st.integers(min_value=10_001),
+                      st.sampled_from(["0-10000", "3-1", "1,1", "0-99999999999999", "-1"]),
                       st.lists(NON_NUMERIC_TEXT, min_size=1, max_size=2), st.dictionaries(st.text(max_size=2),
                                                                                           st.integers(), min_size=1))
 
@@ -87,6 +91,10 @@ FIELD_BREAKERS = {
     "data.image_size": NOT_POSITIVE_INT,
     "data.train_size": NOT_POSITIVE_INT,
     "seeds": BAD_SEEDS,
+    "threads": st.one_of(st.integers(max_value=0), st.integers(min_value=10 ** 6), NON_NUMERIC_TEXT, st.booleans()),
+    "probe_size": NOT_POSITIVE_INT,
+    "model.slots": st.sampled_from([{3: "tanh", "3": "relu"}, {0: "relu"}, {"x": "relu"}, {2: 3}, "2=tanh,2=relu"]),
+    "model.off": st.sampled_from([[0], ["x"], "1,,x", {"a": 1}]),
     "configs.tanh.model.activation": UNKNOWN_NAME,
 }
 
@@ -144,13 +152,19 @@ def test_a_file_that_is_not_a_spec_is_named(text):
 @given(data=st.data())
 def test_bad_run_options(data):
     option, value, names = data.draw(st.one_of(
-        st.tuples(st.just("--seeds"), st.sampled_from(["", "a", "1-", "3-1", "-2", "1,,2", "0-x", "1.5"]),
+        st.tuples(st.just("--seeds"), st.sampled_from(["", "a", "1-", "3-1", "-2", "1,,2", "0-x", "1.5", "0-10000",
+                                                       "9223372036854775808", "1,1", "9" * 5000]),
                   st.just("--seeds")),
+        st.tuples(st.just("--seed"), st.sampled_from(["a", "-2", "0-99999999999999", "18446744073709551616"]),
+                  st.just("--seed")),
+        st.tuples(st.just("--epochs"), st.just("99999999999999999999"), st.just("--epochs")),
         st.tuples(st.just("--epochs"), st.sampled_from(["0", "-1", "x", "1.5"]), st.just("--epochs")),
         st.tuples(st.just("--device"), st.text(min_size=1, max_size=6).map(lambda s: f"tpu{s}"), st.just("device")),
         st.tuples(st.just("--set"), st.sampled_from(["train.epochs", "=1", "model.zz=1", "train.epochs=abc",
-                                                     "train.optimizer.lr=-1", "model.activation=nope"]),
-                  st.sampled_from([""])),
+                                                     "train.optimizer.lr=-1", "model.activation=nope",
+                                                     "model.widths=", "train.epochs= ", "data.options=&a [*a]",
+                                                     "model.widths=" + "[" * 100 + "]" * 100]),
+                  st.sampled_from(["--set"])),
         st.tuples(st.just("--executor"), st.text(min_size=1, max_size=6).map(lambda s: f"mpi{s}"),
                   st.just("--executor")),
     ))
@@ -164,7 +178,9 @@ TRAIN_OPTIONS = {
     "--bias-init": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
     "--optimizer": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
     "--widths": st.sampled_from(["8x", "x3", "a,b", "0", "-4", "8,,8", "8x0"]),
-    "--slot": st.sampled_from(["99=relu", "1=nope", "relu", "=", "a=relu", "0=tanh"]),
+    "--slot": st.sampled_from(["99=relu", "1=nope", "relu", "=", "a=relu", "0=tanh", "3=tanh,3=relu"]),
+    "--seed": st.sampled_from(["-1", "x", "0-", "1,1", "3-1", "18446744073709551616", "0-99999999999999"]),
+    "--seeds": st.sampled_from(["", "x", "0-10000", "9223372036854775808"]),
     "--off": st.sampled_from(["99", "a", "0", "1,,x"]),
     "--split": BAD_SPLITS.filter(lambda v: isinstance(v, str)),
     "--lr": st.sampled_from(["-1", "0", "nan", "inf", "x"]),
@@ -198,14 +214,16 @@ SEARCH_OPTIONS = {
     "--alpha": st.sampled_from(["0", "1", "-0.1", "nan", "x", "2"]),
     "--metric": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
     "--probe-set": BAD_SPLITS.filter(lambda v: isinstance(v, str)),
-    "--seeds": st.sampled_from(["", "a", "3-1", "1,,2"]),
+    "--seeds": st.sampled_from(["", "a", "3-1", "1,,2", "0-99999999999999", "1,1", "9223372036854775808"]),
+    "--seed": st.sampled_from(["x", "-1", "2,2", "18446744073709551616"]),
+    "--keep": st.sampled_from(["x", "0-99999999999", "1,,2", "5-1"]),
 }
 PROBE_OPTIONS = {
     "--config": st.text(min_size=1, max_size=8).map(lambda s: f"no-such-{s}"),
-    "--seed": st.sampled_from(["-1", "x"]),
+    "--seed": st.sampled_from(["-1", "x", "0-2", "1,2", "18446744073709551616"]),
     "--stats": UNKNOWN_NAME.filter(lambda v: isinstance(v, str)),
     "--probe-set": BAD_SPLITS.filter(lambda v: isinstance(v, str)),
-    "--epoch": st.sampled_from(["0", "-1", "x", "99", "1,,2"]),
+    "--epoch": st.sampled_from(["0", "-1", "x", "99", "1,,2", "1-" + "9" * 400, "2-1"]),
 }
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path

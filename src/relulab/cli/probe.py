@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import experiments
+from ..errors import UserError
 from ..probes import class_table, parse_stats
 from ..util import check_output_dir
-from .app import app
+from .app import app, option_names
 from .run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
@@ -26,7 +27,7 @@ DEFAULT_STATS = "ratio_num,ratio_sum"
 def probe_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
     config: Optional[str] = typer.Option(None, help="The configuration (default: the baseline)."),
-    seed: int = typer.Option(0, "--seed", "-s", min=0, help="Which seed's model."),
+    seed: str = typer.Option("0", "--seed", "-s", help="Which seed's model (one)."),
     stats: str = typer.Option(DEFAULT_STATS, help="Statistics to print and draw, comma-separated, or all "
                               "(every statistic is computed and stored)."),
     probe_set: str = typer.Option("first", "--probe-set", "--set", help="The images: first (the first training "
@@ -45,6 +46,7 @@ def probe_command(
                                        "to the store)."),
     report: bool = typer.Option(True, help="Also rebuild the experiment's HTML report."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Probe statistics of a configuration's model, per slot and class: trains the run (or reuses the store).
 
@@ -53,15 +55,17 @@ def probe_command(
     from ..search import probe_configuration
 
     names = parse_stats(stats, "--stats")
+    seed_number = _one_seed(seed)
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
-                                      store=str(store) if store else None, sets=list(override))
-    exp = experiments.load_experiment(spec, overrides)
+                                      store=str(store) if store else None, sets=list(override), yes=yes)
+    with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
+        exp = experiments.load_experiment(spec, overrides)
     check_outputs(exp.store, report_dir(exp.store, exp.name, None) if report else None)
     folder = check_output_dir(Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes",
                               "--out")
-    pr = probe_configuration(exp, seed, probe_set, epoch, part, config)
+    pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config)
     if not pr.results:
-        console.print(f"{pr.variant} seed {seed}: no model to probe")
+        console.print(f"{pr.variant} seed {seed_number}: no model to probe")
         raise typer.Exit(1)
     last = max(pr.results)
     print_tables(pr, names, last)
@@ -73,6 +77,14 @@ def probe_command(
 
         files = build_report(exp.store, exp.name, None, svg=svg)
         print(files.html)
+
+
+def _one_seed(text: str) -> int:
+    """--seed read as every command reads seeds; a probe names one model, so one seed."""
+    seeds = experiments.parse_seeds(text, "--seed")
+    if len(seeds) > 1:
+        raise UserError(f"--seed: relulab probe probes one model, so one seed; got {text!r}")
+    return seeds[0]
 
 
 def _cell(value) -> str:

@@ -21,6 +21,8 @@ console = Console(stderr=True, soft_wrap=True)
 def run_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
     seeds: Optional[str] = typer.Option(None, help="Seeds of every part, e.g. 0,1,2 or 0-4."),
+    seed: list[str] = typer.Option([], "--seed", "-s", help="A seed (or seeds, as --seeds), with --seeds or "
+                                   "instead (repeatable)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
     data_path: Optional[str] = typer.Option(None, help="File or folder to load every run's dataset from."),
@@ -44,6 +46,8 @@ def run_command(
                                                   "has GPUs."),
     cpus_per_task: Optional[int] = typer.Option(None, help="With --executor ray: CPU cores per task, also its torch "
                                                 "threads unless the spec sets threads (default 1)."),
+    yes: bool = typer.Option(False, "--yes", help=f"Run a plan of more than {experiments.PLAN_LIMIT} runs "
+                             "(refused without it: a grid that large is more often a typo)."),
 ):
     """Run an experiment: every configuration x seed not yet in the store, then its report.
 
@@ -53,9 +57,10 @@ def run_command(
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     overrides = experiments.Overrides(
-        seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
-        device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_), parts=list(part))
-    exp = experiments.load_experiment(spec, overrides)
+        seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
+        store=str(store) if store else None, sets=list(set_), parts=list(part), yes=yes)
+    with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
+        exp = experiments.load_experiment(spec, overrides)
     if tensorboard is not None and not report:
         raise UserError("--tensorboard: the logs are written with the report; drop --no-report")
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
@@ -131,7 +136,8 @@ def _resolve_target(target: str, store: Optional[Path], experiment: Optional[str
         return path, experiment
     if path.suffix in (".sqlite", ".db", ".sqlite3"):
         raise UserError(f"store: {path.resolve()} does not exist (run the experiment first: relulab run ...)")
-    exp = experiments.load_experiment(target, experiments.Overrides(store=str(store) if store else None))
+    # The runs are in the store already: a plan past PLAN_LIMIT was run with --yes, and is not refused here.
+    exp = experiments.load_experiment(target, experiments.Overrides(store=str(store) if store else None, yes=True))
     return exp.store, experiment or exp.name
 
 

@@ -1,7 +1,6 @@
 """`relulab search`: which activation slots can be switched off (relulab.search)."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import experiments
-from ..errors import UserError
-from .app import app
+from ..ranges import parse_ranges
+from .app import app, option_names
 from .run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
@@ -22,15 +21,7 @@ def parse_counts(text: Optional[str], field: str = "--keep") -> Optional[list[in
     """'0,2,4' or '0-10' (or a mix) -> the integers; None -> None."""
     if text is None or not text.strip():
         return None
-    out: list[int] = []
-    for item in text.split(","):
-        item = item.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
-        if not match:
-            raise UserError(f"{field}: expected numbers like 0,2,4 or 0-10, got {text!r}")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        out += list(range(low, high + 1))
-    return out
+    return parse_ranges(text, field)
 
 
 @app.command("search")
@@ -61,7 +52,10 @@ def search_command(
     probe_set: str = typer.Option("first", help="Images the statistics are computed on: first (the first "
                                   "training image of each class, the seed's), per-class:N or val:N."),
     max_placements: int = typer.Option(100, help="exhaustive / budget: refuse to plan more placements."),
-    seeds: Optional[str] = typer.Option(None, help="Seeds of every placement, e.g. 0,1,2 (default: the spec's)."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds of every placement, e.g. 0,1,2 or 0-4 (default: the "
+                                        "spec's)."),
+    seed: list[str] = typer.Option([], "--seed", "-s", help="A seed (or seeds, as --seeds), with --seeds or "
+                                   "instead (repeatable)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run (e.g. fewer "
                                          "for a quick oracle step; runs are keyed by it, so they are not mixed "
                                          "with runs of other lengths)."),
@@ -73,6 +67,7 @@ def search_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
     report: bool = typer.Option(True, help="Write the experiment's report (with every search) when done."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Search which activation slots to switch off; results go to the store and the experiment's report.
 
@@ -84,9 +79,10 @@ def search_command(
     options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
                             plain_rule, alpha, metric, probe_set, max_placements)
     overrides = experiments.Overrides(
-        seeds=experiments.parse_seeds(seeds, "--seeds") if seeds is not None else None, epochs=epochs,
-        device=device, data_path=data_path, store=str(store) if store else None, sets=list(set_))
-    exp = experiments.load_experiment(spec, overrides)
+        seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
+        store=str(store) if store else None, sets=list(set_), yes=yes)
+    with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
+        exp = experiments.load_experiment(spec, overrides)
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
     outcome = run_search(exp, options, part, config)
     with Store(exp.store, create=False) as s:

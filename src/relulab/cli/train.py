@@ -14,7 +14,8 @@ from .. import data as data_mod
 from ..data import DataSpec
 from ..env import resolve_device
 from ..errors import UserError
-from ..models import ModelSpec, parse_off, parse_slots, parse_widths
+from ..experiments import seeds_from_options
+from ..models import ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from ..optim import OptimizerSpec
 from ..train import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
 from ..util import check_output_file, write_json_atomic
@@ -55,7 +56,9 @@ def train(
     l2: float = typer.Option(0.0, help="L2 kernel penalty (Keras-style, added to the loss)."),
     precision: str = typer.Option("auto", help="auto (on CUDA: bf16 for convolutions, else TensorFloat-32 matrix "
                                   "products, as JAX/Keras 3 use; on the CPU: fp32), fp32, tf32 or bf16."),
-    seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed; repeat for several runs."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2 or 0-4: a run each (default 0)."),
+    seed: list[str] = typer.Option([], "--seed", "-s", help="A seed (or seeds, as --seeds), with --seeds or "
+                                   "instead (repeatable)."),
     pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="Train the seeds together, as `relulab run` "
                                         "does (stacked weights, CUDA graphs, compiled steps; no per-epoch progress "
                                         "bar). Default: on CUDA, where it is the fast path; on the CPU, one by one."),
@@ -69,7 +72,8 @@ def train(
                                         "seeds: NAME-seedN.pt); `relulab evaluate` reads it."),
 ):
     """Train one model configuration (per seed) and print its history."""
-    slots = {**parse_off(off, "--off"), **parse_slots(",".join(slot), "--slot")}
+    run_seeds = seeds_from_options(seeds, seed) or [0]
+    slots = combine_slots(parse_slots(",".join(slot), "--slot"), parse_off(off, "--off"), "--slot/--off")
     spec = RunSpec(
         data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
         model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
@@ -87,7 +91,7 @@ def train(
             if path is not None:
                 check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"
         splits = data_mod.load_data(spec.data)
-        _train_seeds(spec, splits, seed, target, together, as_json, out, save)
+        _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save)
 
 
 def _trained(spec: RunSpec, splits, seeds: list[int], device, together: bool):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, is_number, unknown_choice
+from ..ranges import INT64_MAX, show_int
 from ..util import check_fits
 from . import formats, sources
 
@@ -80,8 +81,10 @@ class DataSpec:
             raise unknown_choice(f"{prefix}.fit", self.fit, ["resize", "pad"])
         for key in ("image_size", "train_size"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise UserError(f"{prefix}.{key}: expected a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 1 <= value <= INT64_MAX):
+                raise UserError(f"{prefix}.{key}: expected a positive integer (at most {INT64_MAX}), got "
+                                f"{show_int(value)}")
         if not isinstance(self.options, dict):
             raise UserError(f"{prefix}.options: expected a mapping, got {self.options!r}")
         loader_options(self.name, self.options, f"{prefix}.options")
@@ -436,6 +439,8 @@ class LoaderOption:
             fits, what = is_number(value) and math.isfinite(value), "a number"
         if not (fits and value >= self.minimum):
             raise UserError(f"{field}: expected {what} >= {self.minimum:g}, got {value!r}")
+        if self.kind is int and value > INT64_MAX:  # the store keeps the spec, and SQLite's integers have 64 bits
+            raise UserError(f"{field}: {show_int(value)} is beyond a 64-bit integer")
 
 
 # The options each loader takes; a loader not named here takes none.
