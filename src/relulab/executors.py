@@ -49,6 +49,7 @@ from . import probes as probes_mod
 from .data import DataSpec, Splits, load_data
 from .env import resolve_device
 from .errors import UserError, unknown_choice
+from .resume import Resume
 from .train import Callback, Job, RunResult, train_many
 
 EXECUTORS = ("in-process", "ray")
@@ -75,6 +76,7 @@ class Task:
     pack: bool = True  # let train_many train same-shape jobs together
     probes: dict = field(default_factory=dict)  # job key -> (statistics, probe set size); such jobs train alone
     threads: Optional[int] = None  # torch CPU threads in the worker
+    resume: Optional[Resume] = None  # where training in progress is saved (relulab.resume); None: not saved
 
     @property
     def keys(self) -> list[str]:
@@ -139,7 +141,7 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
         return [probes[job.key]]
 
     for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack,
-                                  still_wanted=still_wanted):
+                                  still_wanted=still_wanted, resume=task.resume):
         probe = probes.pop(job.key, None)
         yield Outcome(job, result, probe.by_epoch if probe else {})
 
@@ -164,7 +166,8 @@ def _chunks(items: list, n: int) -> list[list]:
 
 
 def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Optional[dict] = None,
-              threads: Optional[int] = None, slots: int = 1, max_models: int = MAX_MODELS_PER_TASK) -> list[Task]:
+              threads: Optional[int] = None, slots: int = 1, max_models: int = MAX_MODELS_PER_TASK,
+              resume: Optional[Resume] = None) -> list[Task]:
     """Jobs -> tasks of one pack each, for workers whose device is `device` (cpu or cuda).
 
     Jobs that can train together (same dataset and `pack.pack_key` on that device) form a
@@ -192,7 +195,7 @@ def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Op
             members = [job for stack in stacks.values() for job in stack]
         for chunk in _chunks(members, math.ceil(len(members) / size)):
             tasks.append(Task(chunk, chunk[0].spec.data, str(device), pack,
-                              {j.key: probes[j.key] for j in chunk if j.key in probes}, threads))
+                              {j.key: probes[j.key] for j in chunk if j.key in probes}, threads, resume))
     return tasks
 
 
@@ -214,7 +217,8 @@ class Executor(Protocol):
     def driver_device(self) -> torch.device:
         """Where the driver itself computes (the analyses)."""
 
-    def tasks(self, jobs: Sequence[Job], *, pack: bool, probes: dict, threads: Optional[int]) -> list[Task]: ...
+    def tasks(self, jobs: Sequence[Job], *, pack: bool, probes: dict, threads: Optional[int],
+              resume: Optional[Resume] = None) -> list[Task]: ...
 
     def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
         """Run the tasks; yield each run's Outcome as it finishes (in any order). `still_wanted(jobs)` returns
@@ -245,13 +249,14 @@ class InProcessExecutor:
         return self.device
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool = True, probes: Optional[dict] = None,
-              threads: Optional[int] = None) -> list[Task]:
+              threads: Optional[int] = None, resume: Optional[Resume] = None) -> list[Task]:
         by_data: dict[str, list[Job]] = {}
         for job in jobs:
             by_data.setdefault(data_key(job.spec.data), []).append(job)
         probes = probes or {}
         return [Task(group, group[0].spec.data, str(self.device), pack,
-                     {j.key: probes[j.key] for j in group if j.key in probes}, threads) for group in by_data.values()]
+                     {j.key: probes[j.key] for j in group if j.key in probes}, threads, resume)
+                for group in by_data.values()]
 
     def _device_splits(self, spec: DataSpec) -> Splits:
         key = data_key(spec)
@@ -419,9 +424,9 @@ class RayExecutor:
     # ------------------------------------------------------------ work
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool = True, probes: Optional[dict] = None,
-              threads: Optional[int] = None) -> list[Task]:
+              threads: Optional[int] = None, resume: Optional[Resume] = None) -> list[Task]:
         return cut_tasks(jobs, self.worker_device, pack=pack, probes=probes, threads=threads or self.cpus,
-                         slots=self.slots, max_models=self.max_models)
+                         slots=self.slots, max_models=self.max_models, resume=resume)
 
     def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
         """Submit every task, then yield outcomes task by task as they complete. A task that failed for good

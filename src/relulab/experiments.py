@@ -52,6 +52,7 @@ from .executors import Executor, InProcessExecutor, SlotProbe, data_key
 from .models import ModelSpec, build_model, combine_slots, parse_off, parse_slots, parse_widths
 from .optim import OptimizerSpec
 from .ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
+from .resume import Resume, discard_finished
 from .store import Finished, Store
 from .train import Job, RunSpec, TrainSpec
 from .util import human_bytes
@@ -59,7 +60,9 @@ from .util import human_bytes
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
                "probe_size", "analyses")
-TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "parts") + PART_FIELDS[1:]
+TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "checkpoint_every", "parts") + \
+    PART_FIELDS[1:]
+CHECKPOINT_EVERY_S = 60.0  # the default period of saving training in progress (relulab.resume)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
 MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
 
@@ -528,6 +531,14 @@ class Experiment:
     raw: dict  # the spec after command-line overrides, kept with the results
     origin: str
     run_overrides: dict = field(default_factory=dict)  # --set data/model/train fields, applied to every run
+    checkpoint_every: Optional[float] = CHECKPOINT_EVERY_S  # seconds between saves of training in progress
+
+    @property
+    def resume(self) -> Optional[Resume]:
+        """Where runs and packs in progress are saved (`<store>.progress/` beside the store), or None (off)."""
+        if self.checkpoint_every is None:
+            return None
+        return Resume(str(self.store.with_name(f"{self.store.stem}.progress")), self.checkpoint_every)
 
     def planned(self) -> list[PlannedRun]:
         return [p for part in self.parts for p in part.planned()]
@@ -715,7 +726,18 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     if not isinstance(pack, bool):
         raise UserError(f"pack: expected true or false, got {pack!r}")
     return Experiment(name, _text(raw.get("description"), "description"), device, threads, pack,
-                      _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets))
+                      _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets),
+                      _check_checkpoint_every(raw.get("checkpoint_every", CHECKPOINT_EVERY_S)))
+
+
+def _check_checkpoint_every(value) -> Optional[float]:
+    """Seconds between saves of training in progress: a number >= 0 (0: after every epoch), or null (never)."""
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+        raise UserError(f"checkpoint_every: expected seconds (a number >= 0; 0: after every epoch) or null (never), "
+                        f"got {value!r}")
+    return float(value)
 
 
 def _raw_parts(raw: dict, name: str) -> list[tuple[str, dict, str]]:
@@ -894,6 +916,8 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
             groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
             for group in groups:
                 _sweep(store, exp, group, executor, summary, log, claim, poll_s)
+            if exp.resume is not None:  # states of packs that formed otherwise, or that another process finished
+                discard_finished(Path(exp.resume.folder), store.done_keys)
     finally:
         executor.close()
     return summary
@@ -952,7 +976,7 @@ def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], execu
         return [job for job in pack if job.key in keep]
 
     try:
-        tasks = executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads)
+        tasks = executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads, resume=exp.resume)
         for outcome in executor.submit(tasks, still_wanted=still_wanted):
             p, result = by_key[outcome.job.key], outcome.result
             stored = store.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, outcome.slot_stats))

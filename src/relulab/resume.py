@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from .errors import UserError
 from .util import write_bytes_atomic
 
 FORMAT = "relulab-training-state"
@@ -53,6 +55,7 @@ class Saver:
         digest = hashlib.sha256("\0".join(keys).encode()).hexdigest()[:24]
         self.path = folder / f"{digest}.pt"
         self._last = time.monotonic()
+        self._failed = False
 
     def load(self) -> Optional[dict]:
         """The saved state of this work, or None (none saved, or a file that is not one: then it is ignored)."""
@@ -65,15 +68,26 @@ class Saver:
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION \
                 or state.get("keys") != self.keys:
             return None
+        runs = f"{len(self.keys)} runs" if len(self.keys) > 1 else "a run"
+        print(f"relulab: {runs} go on from epoch {state['epoch']}, saved {time.ctime(self.path.stat().st_mtime)}",
+              file=sys.stderr, flush=True)
         return state
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every_s
 
     def save(self, epoch: int, state: dict) -> None:
+        """Write the state after `epoch`. A save that fails (a full disk, a Ray worker on a machine without the
+        store's folder) is said once and given up: it only costs what a kill would then lose."""
+        if self._failed:
+            return
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "version": VERSION, "keys": self.keys, "epoch": epoch, **state}, buffer)
-        write_bytes_atomic(self.path, buffer.getvalue())
+        try:
+            write_bytes_atomic(self.path, buffer.getvalue())
+        except UserError as e:
+            print(f"relulab: warning: cannot save training in progress ({e}); it goes on unsaved", file=sys.stderr)
+            self._failed = True
         self._last = time.monotonic()
 
     def discard(self) -> None:

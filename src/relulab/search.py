@@ -321,7 +321,8 @@ class Search:
 
     def _train(self, batch: list[Job], jobs: dict, claimed: bool) -> None:
         try:
-            for job, result in train_many(batch, self.splits, self.device, pack=self.exp.pack):
+            for job, result in train_many(batch, self.splits, self.device, pack=self.exp.pack,
+                                          resume=self.exp.resume):
                 off = jobs[job.key][0]
                 probed = probes_mod.measure(result.model, self.probe_x, self.probe_y, probes_mod.stat_names(),
                                             classes=self.splits.classes)

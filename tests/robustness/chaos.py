@@ -162,3 +162,62 @@ def expected_keys(spec: Path, store: Path) -> set[str]:
     from relulab.experiments import Overrides, load_experiment
 
     return {p.key for p in load_experiment(str(spec), Overrides(store=str(store))).planned()}
+
+
+# ------------------------------------------------------------------ a pack killed mid-way, then resumed
+
+# Six MLPs trained as one pack (pack: true), saved after every epoch (checkpoint_every: 0): a kill mid-pack
+# loses at most the epoch in progress, and the resumed pack must end exactly where an unbroken one does.
+PACK_SWEEP = """\
+name: pack
+device: cpu
+threads: 1
+checkpoint_every: 0
+seeds: [0, 1, 2]
+data: {name: synthetic, options: {n: 3000, classes: 3, size: 8}}
+model: {name: deep-mlp, widths: [64, 64], init: he_normal}
+train: {epochs: 40, batch_size: 16, optimizer: {name: adam, lr: 0.001}}
+configs:
+  relu: {}
+  tanh: {model: {activation: tanh}}
+"""
+
+
+def saved_epoch(progress: Path) -> int:
+    """The epoch of the one saved pack state in `progress`, 0 when there is none (yet)."""
+    import torch
+
+    files = sorted(progress.glob("*.pt"))
+    if not files:
+        return 0
+    try:
+        return int(torch.load(files[0], map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - renamed away while read (the pack finished): as good as none
+        return 0
+
+
+def kill_mid_pack(spec: Path, store: Path, after_epoch: int) -> int:
+    """Start the pack sweep, SIGKILL it once its saved state has reached `after_epoch`; the epoch saved then."""
+    progress = store.with_name(f"{store.stem}.progress")
+    proc = start(spec, store)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and saved_epoch(progress) < after_epoch and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the pack finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    return saved_epoch(progress)
+
+
+def histories(store: Path) -> dict[tuple, list[tuple]]:
+    """(variant, seed) -> every epoch's losses and accuracies (not the seconds), from a store."""
+    db = sqlite3.connect(store)
+    try:
+        rows = db.execute("SELECT r.variant, r.seed, e.epoch, e.train_loss, e.train_acc, e.val_loss, e.val_acc "
+                          "FROM runs r JOIN epochs e ON e.run_key = r.key ORDER BY r.variant, r.seed, e.epoch")
+        out: dict[tuple, list[tuple]] = {}
+        for variant, seed, *numbers in rows:
+            out.setdefault((variant, seed), []).append(tuple(numbers))
+        return out
+    finally:
+        db.close()

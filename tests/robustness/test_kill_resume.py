@@ -10,7 +10,7 @@ import random
 import time
 
 import chaos
-from specs import store_value
+from specs import store_value, stored_runs
 
 
 def test_random_kills_then_resume_lose_nothing_and_repeat_nothing(tmp_path):
@@ -40,3 +40,19 @@ def test_two_processes_one_killed_the_other_finishes_everything(tmp_path):
     campaign = chaos.Campaign()
     chaos.kill_one_of_two(spec, store, campaign, until_runs_are_claimed)
     assert campaign.integrity_failures == 0
+
+
+def test_a_pack_killed_mid_way_goes_on_from_its_last_epoch_to_the_same_results(tmp_path):
+    spec = tmp_path / "pack.yaml"
+    spec.write_text(chaos.PACK_SWEEP)
+    unbroken, broken = tmp_path / "unbroken.sqlite", tmp_path / "broken.sqlite"
+    proc = chaos.start(spec, unbroken)
+    assert proc.communicate(timeout=600) and proc.returncode == 0
+    saved = chaos.kill_mid_pack(spec, broken, after_epoch=10)
+    assert 10 <= saved < 40 and stored_runs(broken) == 0  # killed mid-pack: nothing committed yet
+    proc = chaos.start(spec, broken)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert f"relulab: 6 runs go on from epoch {saved}," in err
+    assert chaos.histories(broken) == chaos.histories(unbroken)  # every epoch's numbers, to the bit
+    assert list(broken.with_name("broken.progress").iterdir()) == []  # nothing left to resume
