@@ -139,6 +139,18 @@ def _assert_same(a: dict, b: dict) -> None:
                 assert value == b[key][column], (key, column)
 
 
+def _kept(store) -> dict:
+    """{(run key, final | best): (epoch, state dict)} of the weights a store kept."""
+    db = sqlite3.connect(store)
+    try:
+        found = db.execute("SELECT run_key, kind, file, epoch FROM run_weights").fetchall()
+    finally:
+        db.close()
+    folder = store.with_name(f"{store.stem}.weights")
+    return {(key, kind): (epoch, torch.load(folder / name, weights_only=True)["state_dict"])
+            for key, kind, name, epoch in found}
+
+
 def _expected_keys(spec, store) -> set:
     return {p.key for p in load_experiment(str(spec), Overrides(store=str(store))).planned()}
 
@@ -242,8 +254,14 @@ def test_run_task_is_what_the_in_process_executor_runs(one_thread):
     for key in direct:
         assert numbers(direct[key]) == numbers(via[key])
     assert set(direct[jobs[1].key].slot_stats) == {1, 2} and not direct[jobs[0].key].slot_stats
-    stripped = execute_task(task)  # what a Ray worker sends back: numbers, no model
+    stripped = execute_task(task)  # what a Ray worker sends back: numbers and weights, no model
     assert all(o.result.model is None for o in stripped) and all(o.result.model is not None for o in direct.values())
+    for o in stripped:  # the final weights as CPU tensors, for the driver to keep
+        model = direct[o.job.key].result.model
+        assert o.final_state.keys() == model.state_dict().keys()
+        assert all(torch.equal(o.final_state[k], v) and o.final_state[k].device.type == "cpu"
+                   for k, v in model.state_dict().items())
+        assert o.final_weights() is o.final_state
 
 
 # ---------------------------------------------------------------- the same results, one writer
@@ -260,6 +278,12 @@ def test_a_sweep_through_ray_stores_what_the_in_process_executor_stores(cluster,
     local, remote = _runs(tmp_path / "local.sqlite"), _runs(tmp_path / "ray.sqlite")
     assert len(local) == 6 and sum(bool(r["slots"]) for r in local.values()) == 2  # the probed part's runs
     _assert_same(local, remote)
+    # the weights came back from the workers: the driver kept the same ones as it keeps of runs trained here
+    kept = {name: _kept(tmp_path / f"{name}.sqlite") for name in ("local", "ray")}
+    assert sorted(kept["local"]) == sorted(kept["ray"]) and len([k for k in kept["ray"] if k[1] == "final"]) == 6
+    for key, (epoch, state) in kept["ray"].items():
+        assert epoch == kept["local"][key][0]
+        assert all(torch.equal(v, kept["local"][key][1][name]) for name, v in state.items()), key
     code, _, err = relulab(capsys, "run", str(spec), "--store", str(tmp_path / "ray.sqlite"), "--executor", "ray",
                            "--no-report")
     assert code == 0 and "0 runs trained, 6 already done" in err  # resumable like any sweep

@@ -94,15 +94,22 @@ def test_every_strategy_on_an_mlp_stores_steps_candidates_and_correlations(tmp_p
 
 def test_searches_reuse_runs_of_relulab_run_and_the_other_way_round(tmp_path):
     exp = mlp(tmp_path)
-    run_experiment(exp, log=quiet)  # all-relu and off-4, two seeds, no probes kept
+    run_experiment(exp, log=quiet)  # all-relu and off-4, two seeds, no probes kept (their weights are)
     lines = []
     outcome = run_search(exp, SearchOptions("oracle", budget=1), log=lines.append)
-    # the base must be probed (the judgement uses its statistics): retrained once, never stored twice;
-    # off-4 is reused as it is; off-1, off-2, off-3 are trained
-    assert (outcome.trained, outcome.reused, outcome.probed_again) == (6, 4, 2)
-    assert any("without their probe statistics" in line for line in lines)
+    # the base must be probed (the judgement uses its statistics): from its kept weights, nothing trained for
+    # it; off-4 is reused as it is; off-1, off-2, off-3 are trained
+    assert (outcome.trained, outcome.reused, outcome.probed_again) == (6, 4, 0)
+    assert any("without their probe statistics: probed their kept weights" in line for line in lines)
     keys = run_keys(tmp_path / "s.sqlite")
     assert len(keys) == len(set(keys)) == 10
+    # a sweep that kept no weights: the base is trained again to be probed, as copies stored on their own
+    exp_n = mlp(tmp_path, "n.sqlite", keep_weights=False)
+    run_experiment(exp_n, log=quiet)
+    outcome = run_search(exp_n, SearchOptions("oracle", budget=1), log=lines.append)
+    assert (outcome.trained, outcome.reused, outcome.probed_again) == (6, 4, 2)
+    keys = run_keys(tmp_path / "n.sqlite")
+    assert len(keys) == len(set(keys)) == 12 and sum(k.endswith("-retrained") for k in keys) == 2
     # the other way round: a search first, then a sweep trains only what the search did not
     exp2 = mlp(tmp_path, "t.sqlite")
     first = run_search(exp2, SearchOptions("exhaustive", k=1), log=quiet)

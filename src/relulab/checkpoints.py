@@ -10,6 +10,9 @@ runs, with a one-line error naming the file.
     from relulab import checkpoints
     checkpoints.save(result, "model.pt")          # result: a relulab.train.RunResult
     ckpt = checkpoints.load("model.pt")           # ckpt.model is ready for evaluation
+
+The same files hold the weights a sweep keeps of its runs (relulab.weights): `weights` says whether a file
+holds a run's final model or its best epoch's, and `epoch` which epoch that is.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -39,6 +43,11 @@ class Checkpoint:
     classes: list[str]
     summary: dict  # best/final validation accuracy, epochs, seconds, diverged_at, as when it was saved
     provenance: dict
+    weights: str = "final"  # whose weights: the run's final model, or its best epoch's (relulab.weights)
+    epoch: Optional[int] = None  # the epoch those weights are from, where the file says
+
+
+WEIGHTS = ("final", "best")
 
 
 def save(result: RunResult, path: str | Path, class_names: list[str] | None = None) -> Path:
@@ -46,10 +55,17 @@ def save(result: RunResult, path: str | Path, class_names: list[str] | None = No
     `class_names`: the dataset's (Splits.classes); by default the class indices."""
     if result.model is None:
         raise UserError(f"{path}: this result holds no model to save")
+    return write_bytes_atomic(path, to_bytes(result, result.model.state_dict(), class_names, where=path))
+
+
+def to_bytes(result: RunResult, state_dict: dict, class_names: list[str] | None = None, weights: str = "final",
+             epoch: Optional[int] = None, where: str | Path = "checkpoint") -> bytes:
+    """A checkpoint of `result`'s run holding the weights `state_dict` (its final model's, or its best epoch's:
+    `weights`, from `epoch`), as the bytes `save` writes. `where` names the file in errors."""
     input_shape = result.data.get("input_shape")
     classes = class_names or [str(i) for i in range(int(result.data.get("classes") or 0))]
     if not input_shape or not classes:
-        raise UserError(f"{path}: the result does not say its input shape and classes; cannot save its model")
+        raise UserError(f"{where}: the result does not say its input shape and classes; cannot save its model")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -59,11 +75,13 @@ def save(result: RunResult, path: str | Path, class_names: list[str] | None = No
         "classes": [str(c) for c in classes],
         "summary": _plain(result.history.summary()),
         "provenance": _plain(result.provenance),
-        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        "weights": weights,
+        "epoch": epoch if epoch is None else int(epoch),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _plain(value):
@@ -82,6 +100,7 @@ def load(path: str | Path) -> Checkpoint:
     from .experiments import build_run_spec  # experiments imports much of relulab; keep this module light
 
     seed, input_shape, classes, summary, provenance = _metadata(payload, path)
+    weights, epoch = _weights_of(payload, path)
     try:
         spec = build_run_spec(payload["spec"], prefix="checkpoint spec ")
         model = build_model(spec.model, input_shape, len(classes))
@@ -90,7 +109,7 @@ def load(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing fields, shapes that do not match
         raise UserError(f"{path}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return Checkpoint(spec, seed, model.eval(), input_shape, classes, summary, provenance)
+    return Checkpoint(spec, seed, model.eval(), input_shape, classes, summary, provenance, weights, epoch)
 
 
 def _metadata(payload: dict, path: Path) -> tuple[int, tuple[int, ...], list[str], dict, dict]:
@@ -116,6 +135,17 @@ def _metadata(payload: dict, path: Path) -> tuple[int, tuple[int, ...], list[str
         if not isinstance(payload.get(field, {}), dict):
             raise damaged(field, "a mapping")
     return seed, tuple(shape), list(classes), dict(payload.get("summary", {})), dict(payload.get("provenance", {}))
+
+
+def _weights_of(payload: dict, path: Path) -> tuple[str, Optional[int]]:
+    """Whose weights the file holds and from which epoch; files written before this was recorded hold a
+    model's final weights."""
+    weights, epoch = payload.get("weights", "final"), payload.get("epoch")
+    if weights not in WEIGHTS:
+        raise UserError(f"{path}: damaged checkpoint: 'weights' should be final or best, got {weights!r:.60}")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 < epoch < 2**63):
+        raise UserError(f"{path}: damaged checkpoint: 'epoch' should be a positive integer, got {epoch!r:.60}")
+    return weights, epoch
 
 
 def _read(path: Path):

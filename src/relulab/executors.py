@@ -28,7 +28,9 @@ enough that every GPU (or CPU slot) of the cluster gets work, and submits each a
 worker dies (killed, out of memory, node lost) is retried by Ray (`max_retries`); an
 exception raised by the training code is not retried (`retry_exceptions=False`): a
 missing dataset or a bad shape fails the same way every time. Results travel back as
-numbers (history, summary, probe statistics, provenance), never models.
+numbers (history, summary, probe statistics, provenance) and the final and best-epoch
+weights as CPU tensors (the driver keeps them beside the store: relulab.weights), never
+models.
 
 Ray is an optional extra (`pip install "relulab[ray]"`), imported only when a Ray
 executor is made.
@@ -90,6 +92,12 @@ class Outcome:
     job: Job
     result: RunResult  # `model` is None when the run was trained elsewhere
     slot_stats: dict = field(default_factory=dict)  # {epoch: {stat: {slot: value}}}
+    # The final model's weights (CPU tensors) when the model itself stayed where it trained (a Ray worker)
+    final_state: Optional[dict] = None
+
+    def final_weights(self) -> Optional[dict]:
+        """The final model's state dict, wherever the run trained (None: not known)."""
+        return self.result.model.state_dict() if self.result.model is not None else self.final_state
 
 
 class SlotProbe(Callback):
@@ -147,8 +155,14 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
 
 
 def execute_task(task: Task) -> list[Outcome]:
-    """A task as a Ray worker runs it: every outcome, without the trained models (the driver stores numbers)."""
-    return [replace(o, result=replace(o.result, model=None)) for o in run_task(task)]
+    """A task as a Ray worker runs it: every outcome, with the trained models' weights as CPU tensors instead
+    of the models (the driver stores the numbers and keeps the weights; `result.best_state` is on the CPU)."""
+    return [replace(o, result=replace(o.result, model=None), final_state=_cpu_state(o.result.model))
+            for o in run_task(task)]
+
+
+def _cpu_state(model) -> Optional[dict]:
+    return None if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------- cutting work into tasks

@@ -18,7 +18,8 @@ its resolved config plus its seed (`run_key`); the sweep trains only keys the st
 does not have, and claims each key first, so two processes on one store share the work
 (store.py explains the guarantees). Where runs train is an executor's business
 (relulab.executors: in this process through `train.train_many`, or on a Ray cluster);
-this process alone writes the store, whichever executor trained the runs.
+this process alone writes the store, whichever executor trained the runs, and keeps each run's
+weights beside it (relulab.weights; the spec's `keep_weights`).
 """
 from __future__ import annotations
 
@@ -54,13 +55,15 @@ from .optim import OptimizerSpec
 from .ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
 from .resume import Resume, discard_finished
 from .store import Finished, Store
+from .weights import Keeper, check_keep_weights
 from .train import Job, RunSpec, TrainSpec
 from .util import human_bytes
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
                "probe_size", "analyses")
-TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "checkpoint_every", "parts") + \
+TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "checkpoint_every", "keep_weights",
+              "parts") + \
     PART_FIELDS[1:]
 CHECKPOINT_EVERY_S = 60.0  # the default period of saving training in progress (relulab.resume)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
@@ -279,6 +282,7 @@ class Overrides:
     sets: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # run only these parts
     yes: bool = False  # plan more than PLAN_LIMIT runs
+    keep_weights: Optional[bool] = None  # the spec's keep_weights (--keep-weights/--no-keep-weights)
 
 
 def _split_set(item: str) -> tuple[str, object]:
@@ -308,6 +312,8 @@ def apply_overrides(raw: dict, o: Overrides) -> tuple[dict, dict]:
         run_sets["data.path"] = str(Path(o.data_path).expanduser().resolve())
     if o.device is not None:
         raw["device"] = o.device
+    if o.keep_weights is not None:
+        raw["keep_weights"] = o.keep_weights
     if o.seeds is not None:
         raw["seeds"] = list(o.seeds)
         for part in (raw.get("parts") or {}).values():
@@ -532,6 +538,7 @@ class Experiment:
     origin: str
     run_overrides: dict = field(default_factory=dict)  # --set data/model/train fields, applied to every run
     checkpoint_every: Optional[float] = CHECKPOINT_EVERY_S  # seconds between saves of training in progress
+    keep_weights: object = "auto"  # auto | True | False: keep finished runs' weights (relulab.weights)
 
     @property
     def resume(self) -> Optional[Resume]:
@@ -727,7 +734,8 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
         raise UserError(f"pack: expected true or false, got {pack!r}")
     return Experiment(name, _text(raw.get("description"), "description"), device, threads, pack,
                       _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets),
-                      _check_checkpoint_every(raw.get("checkpoint_every", CHECKPOINT_EVERY_S)))
+                      _check_checkpoint_every(raw.get("checkpoint_every", CHECKPOINT_EVERY_S)),
+                      check_keep_weights(raw.get("keep_weights", "auto")))
 
 
 def _check_checkpoint_every(value) -> Optional[float]:
@@ -899,6 +907,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
     splits_by_data = prepare(exp)
     try:
         where = executor.open(exp.device, splits_by_data)  # may refuse (no GPU, no cluster): nothing written yet
+        keeper = Keeper(exp.store, exp.keep_weights, {key: s.classes for key, s in splits_by_data.items()}, log)
         del splits_by_data
         device = executor.driver_device
         if exp.threads:
@@ -915,7 +924,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
             store.start_heartbeat()
             groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
             for group in groups:
-                _sweep(store, exp, group, executor, summary, log, claim, poll_s)
+                _sweep(store, exp, group, executor, summary, log, claim, poll_s, keeper)
             if exp.resume is not None:  # states of packs that formed otherwise, or that another process finished
                 discard_finished(Path(exp.resume.folder), store.done_keys)
     finally:
@@ -940,7 +949,7 @@ def _by_data(planned: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
 
 
 def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], executor: Executor, summary: SweepSummary,
-           log, claim_size: Optional[int], poll_s: float) -> None:
+           log, claim_size: Optional[int], poll_s: float, keeper: Keeper) -> None:
     by_key = {p.key: p for p in group}
     pending = [p for p in group if p.key not in store.done_keys(by_key)]
     waiting_said = False
@@ -953,15 +962,15 @@ def _sweep(store: Store, exp: Experiment, group: list[PlannedRun], executor: Exe
                 waiting_said = True
             time.sleep(poll_s if busy else 0)
         else:
-            _train_claimed(store, exp, [by_key[k] for k in keys], executor, summary, log)
+            _train_claimed(store, exp, [by_key[k] for k in keys], executor, summary, log, keeper)
         done = store.done_keys(p.key for p in pending)
         pending = [p for p in pending if p.key not in done]
 
 
 def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], executor: Executor,
-                   summary: SweepSummary, log) -> None:
-    """Train a claimed batch through the executor; commit each run as its outcome arrives (here, and only here,
-    results are written: whatever executor trained them)."""
+                   summary: SweepSummary, log, keeper: Keeper) -> None:
+    """Train a claimed batch through the executor; commit each run as its outcome arrives, with its weights
+    where `keeper` keeps them (here, and only here, results are written: whatever executor trained them)."""
     by_key = {p.key: p for p in batch}
     jobs = [Job(copy.deepcopy(p.variant.spec), p.seed, p.key) for p in batch]
     probes = {p.key: (tuple(p.part.probes), p.part.probe_size) for p in batch if p.part.probes}
@@ -979,7 +988,9 @@ def _train_claimed(store: Store, exp: Experiment, batch: list[PlannedRun], execu
         tasks = executor.tasks(jobs, pack=exp.pack, probes=probes, threads=exp.threads, resume=exp.resume)
         for outcome in executor.submit(tasks, still_wanted=still_wanted):
             p, result = by_key[outcome.job.key], outcome.result
-            stored = store.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, outcome.slot_stats))
+            staged = keeper.stage(p.key, result, outcome.final_weights())
+            stored = store.record(Finished(p.key, exp.name, p.part.name, p.variant.name, result, outcome.slot_stats,
+                                           staged))
             _count(summary, result, stored)
             log(_run_line(summary, p, result, stored))
     finally:

@@ -78,6 +78,8 @@ class PartData:
     analyses: dict[str, dict]  # name -> stored artifact {"value", "provenance"}
     searches: list[dict] = field(default_factory=list)  # issue 4: relulab search results (store.load_searches)
     run_probes: dict[str, list[dict]] = field(default_factory=dict)  # issue 4: variant -> final-model probe rows
+    # issue 19: (variant, stored run row, row of its copy retrained for probing) where the probe rows are a copy's
+    retrained: list[tuple[str, dict, dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -795,8 +797,22 @@ def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -
         for v in part.variants:
             final = {r["key"]: r["epochs"] for r in v.runs}  # the final model only (relulab probe --epoch may
             rows = [r for r in load_run_probes(store, list(final)) if r["epoch"] == final[r["run_key"]]]  # add more)
+            rows += _retrained_probes(store, part, v, {r["run_key"] for r in rows})
             if rows:
                 part.run_probes[v.name] = rows
+
+
+def _retrained_probes(store: Store, part: PartData, v: VariantData, probed: set[str]) -> list[dict]:
+    """The final-model probe rows of the copies retrained for probing of `v`'s runs that have none of their
+    own; each copy is noted in `part.retrained`, so that the report shows its accuracy beside the stored run's."""
+    from .store import load_run_probes, retrained_key
+
+    unprobed = {retrained_key(r["key"]): r for r in v.runs if r["key"] not in probed}
+    copies = store.runs(unprobed)
+    rows = [r for r in load_run_probes(store, list(copies)) if r["epoch"] == copies[r["run_key"]]["epochs"]]
+    for key in sorted({r["run_key"] for r in rows}, key=lambda k: unprobed[k]["seed"]):
+        part.retrained.append((v.name, unprobed[key], copies[key]))
+    return rows
 
 
 def _safe(text: str) -> str:
@@ -963,6 +979,7 @@ def _probe_sections(part: PartData, svg: bool) -> list[Section]:
     from .probes import STATS
 
     sections = []
+    retrained = {copy["key"] for _, _, copy in part.retrained}
     baseline = part.baseline if part.baseline in part.run_probes else next(iter(part.run_probes), None)
     for name, rows in part.run_probes.items():
         for probe_set in sorted({r["probe_set"] for r in rows}):
@@ -970,12 +987,14 @@ def _probe_sections(part: PartData, svg: bool) -> list[Section]:
             stats = [s for s in STATS if s in overall] + sorted(s for s in overall if s not in STATS)
             slots = sorted({slot for by in overall.values() for slot in by})
             table = [[s] + [_num_text(overall[s].get(slot)) for slot in slots] for s in stats]
+            copies = len({r["run_key"] for r in rows if r["probe_set"] == probe_set} & retrained)
             sections.append(Section(
                 f"Probe statistics of {name} (probe set {probe_set})", ["statistic"] + [f"slot {k}" for k in slots],
                 table, note=f"The final model of each of {runs} runs, on the probe set {probe_set}; value over all "
                             "probe images (the average column of the per-class tables), mean over the runs. "
                             "Statistics of the slot's input (pre-activation) unless named _out; relulab.probes "
-                            "defines each."))
+                            "defines each." + (f" {copies} of the {runs} models are copies retrained for probing "
+                                               "(see Retrained for probing)." if copies else "")))
             if name != baseline:
                 continue
             for stat in SEED_TABLE_STATS:
@@ -990,7 +1009,27 @@ def _probe_sections(part: PartData, svg: bool) -> list[Section]:
                          f"images; mean over {runs} runs.",
                     figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
                                           f"{STATS[stat].description}; probe set {probe_set}.", svg)))
+    if part.retrained:
+        sections.append(_retrained_section(part.retrained))
     return sections
+
+
+def _retrained_section(retrained: list[tuple[str, dict, dict]]) -> Section:
+    """The runs whose probe statistics come from a copy retrained for probing, each copy's accuracy beside the
+    stored run's: the copy is another model, and the difference says how far apart they are."""
+    rows = []
+    for name, run, copy in retrained:
+        diff = _nan(copy["best_val_acc"]) - _nan(run["best_val_acc"])
+        rows.append([name, str(run["seed"]), _pct(run["best_val_acc"]), _pct(copy["best_val_acc"]),
+                     "-" if not math.isfinite(diff) else f"{diff * PCT:+.2f}", copy["key"]])
+    return Section("Retrained for probing", ["configuration", "seed", "stored run best val acc (%)",
+                                             "retrained copy best val acc (%)", "difference (points)", "copy"],
+                   rows, note="The probe statistics above of these runs are those of a copy trained again only to be "
+                              "probed (the stored run kept no weights to probe, or statistics at several epochs were "
+                              "asked for, which takes training), stored as a record of its own: another model than "
+                              "the one whose accuracy the tables report (packed and alone, floating point sums "
+                              "differ, and training amplifies it). Runs that keep their weights (keep_weights) are "
+                              "probed themselves.")
 
 
 # ---------------------------------------------------------------- searches

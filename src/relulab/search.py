@@ -47,11 +47,13 @@ concurrently where the hardware allows). Runs are claimed in the store before th
 train, as sweeps do, and committed as each finishes; a killed search, run again,
 recomputes its path from the stored runs in seconds and goes on where it stopped.
 The probe statistics of every model a search trains are computed on its final
-weights (all statistics, on the probe set) and stored in `run_probes`; a model that is
-in the store without them (e.g. trained by `relulab run`) must be retrained once to be
-probed, because relulab does not keep weights: only a search's *current* models need
-that (greedy's heuristics, the judgement's base), so run the search before the sweep
-when both are planned.
+weights (all statistics, on the probe set) and stored in `run_probes`. A search's
+*current* models need them (greedy's heuristics, the judgement's base); one found in the
+store without them (trained by `relulab run`) is probed from its kept weights
+(relulab.weights), without training. Only where no weights were kept is it trained
+again, and that copy is another model (packed and alone, floating point sums differ, and
+training amplifies it): it is stored as its own record, marked retrained for probing,
+and its statistics go under its own key (`store.retrained_key`), never the stored run's.
 """
 from __future__ import annotations
 
@@ -76,9 +78,11 @@ from .experiments import Experiment, Part, Variant, canonical_spec, run_key
 from .models import build_model
 from .ranges import parse_ranges
 from .stats import compare, summarize
-from .store import (Finished, Store, begin_search, ensure_probe_search_tables, finish_search, load_run_probes,
-                    save_run_probes, save_search_step)
+from .executors import data_key
+from .store import (RETRAINED_FOR_PROBING, Finished, Store, begin_search, ensure_probe_search_tables, finish_search,
+                    load_probes_or_copies, load_run_probes, retrained_key, save_run_probes, save_search_step)
 from .train import Callback, Job, RunSpec, train_many
+from .weights import Keeper, KeptWeights
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc")
 ORDERS = ("highest", "lowest")
@@ -252,6 +256,8 @@ class Search:
         self.probe_x, self.probe_y = probes_mod.select_probe_set(splits, self.probe_set)
         self.id = self._id()
         self.trained = self.reused = self.probed_again = 0
+        self.keeper = Keeper(exp.store, exp.keep_weights, {data_key(base.spec.data): splits.classes}, log)
+        self.kept = KeptWeights(store, log)
         self._seen_keys: set[str] = set()
         self._cache: dict[frozenset, Measured] = {}
 
@@ -281,7 +287,8 @@ class Search:
     def measure(self, placements: Iterable[Iterable[int]], probes_for: Iterable[Iterable[int]] = ()
                 ) -> dict[frozenset, Measured]:
         """Every placement over every seed: runs in the store are reused, the others trained together. The
-        placements in `probes_for` must also have their models' probe statistics (retrained if missing)."""
+        placements in `probes_for` must also have their models' probe statistics: from the store, else from
+        the runs' kept weights, else from copies retrained for probing (stored as records of their own)."""
         placements = list(dict.fromkeys(frozenset(p) for p in placements))
         want_probes = {frozenset(p) for p in probes_for}
         jobs: dict[str, tuple[frozenset, Job]] = {}
@@ -295,10 +302,11 @@ class Search:
         self.reused += len(fresh)
         self._seen_keys |= set(jobs)
         have = self._probed_keys([k for k in done if jobs[k][0] in want_probes])
-        again = [k for k in done if jobs[k][0] in want_probes and k not in have]
+        again = self._probe_kept([k for k in done if jobs[k][0] in want_probes and k not in have])
         if again:
-            self.log(f"{len(again)} runs are in the store without their probe statistics (relulab keeps no "
-                     "weights): training them again to probe them")
+            self.log(f"{len(again)} runs are in the store without their probe statistics or weights: training a "
+                     "copy of each to probe it (stored as its own record, retrained for probing; the stored runs "
+                     "are kept as they are)")
             self._train([jobs[k][1] for k in again], jobs, claimed=False)
             self.probed_again += len(again)
         pending = [k for k in jobs if k not in done]
@@ -319,18 +327,50 @@ class Search:
             self._cache.pop(off, None)
         return {off: self.measured(off) for off in placements}
 
+    def _probe_kept(self, keys: list[str]) -> list[str]:
+        """Probe the kept final weights of the stored runs `keys` (or, where a run kept none, of its copy
+        retrained for probing), storing the statistics under the key of the model probed; the keys of the runs
+        with no weights to probe."""
+        rest, probed = [], 0
+        for key in keys:
+            for target in (key, retrained_key(key)):
+                ckpt = self.kept.checkpoint(target)
+                if ckpt is not None:
+                    break
+            else:
+                rest.append(key)
+                continue
+            result = probes_mod.measure(ckpt.model.to(self.device), self.probe_x, self.probe_y,
+                                        probes_mod.stat_names(), classes=self.splits.classes)
+            epoch = ckpt.epoch or self.store.runs([target])[target]["epochs"]
+            save_run_probes(self.store, target, self.probe_set.name, epoch, probe_rows(result))
+            probed += 1
+        if probed:
+            self.log(f"{probed} runs are in the store without their probe statistics: probed their kept weights")
+        return rest
+
     def _train(self, batch: list[Job], jobs: dict, claimed: bool) -> None:
+        """Train `batch` and probe each final model. Claimed jobs are the runs themselves: stored under their keys
+        with their statistics and weights. Unclaimed ones are copies of stored runs that have no weights to
+        probe, trained again only to be probed: another model (packed and alone, training differs), so each is
+        stored as a record of its own (`retrained_key`, marked retrained for probing, with its own accuracy) and
+        its statistics go under that key, never under the stored run's."""
+        of = {job.key if claimed else retrained_key(job.key): job.key for job in batch}
+        todo = [job if claimed else Job(job.spec, job.seed, retrained_key(job.key)) for job in batch]
         try:
-            for job, result in train_many(batch, self.splits, self.device, pack=self.exp.pack,
+            for job, result in train_many(todo, self.splits, self.device, pack=self.exp.pack,
                                           resume=self.exp.resume):
-                off = jobs[job.key][0]
+                off = jobs[of[job.key]][0]
                 probed = probes_mod.measure(result.model, self.probe_x, self.probe_y, probes_mod.stat_names(),
                                             classes=self.splits.classes)
                 save_run_probes(self.store, job.key, self.probe_set.name, len(result.history.epochs),
                                 probe_rows(probed))
+                staged = self.keeper.stage(job.key, result, result.model.state_dict())
                 result.model = None
+                if not claimed:
+                    result.data = {**result.data, RETRAINED_FOR_PROBING: of[job.key]}
                 stored = self.store.record(Finished(job.key, self.exp.name, self.part.name, self.label(off),
-                                                    result, {}))
+                                                    result, {}, staged))
                 if claimed:
                     self.trained += stored
                 self.log(self._run_line(off, job, result, stored, claimed))
@@ -342,7 +382,8 @@ class Search:
         h = result.history
         head = f"[{self.options.strategy}] {self.label(off)} seed {job.seed}"
         if not claimed:
-            return f"{head}: probed (retrained; best val acc {h.best_val_acc:.4f}, the stored run is kept)"
+            return f"{head}: probed a copy retrained for probing (run {job.key}, best val acc {h.best_val_acc:.4f}; " \
+                   "the stored run is kept as it is)"
         if not stored:
             return f"{head}: another process stored this run first; result dropped"
         if h.diverged_at is not None:
@@ -351,7 +392,8 @@ class Search:
                f"{h.seconds:.1f} s"
 
     def _probed_keys(self, keys: list[str]) -> set[str]:
-        return {r["run_key"] for r in load_run_probes(self.store, keys, self.probe_set.name)
+        """The runs of `keys` whose statistics are stored: their own, or their copies' retrained for probing."""
+        return {r["of"] for r in load_probes_or_copies(self.store, keys, self.probe_set.name)
                 if r["stat"] == self.options.stat}
 
     def measured(self, off: Iterable[int]) -> Measured:
@@ -376,7 +418,7 @@ class Search:
     def _heuristics(self, keys: list[str]) -> dict[str, dict[int, float]]:
         """stat -> slot -> the all-images value at each run's last probed epoch, averaged over the seeds."""
         last: dict[str, int] = {}
-        rows = [r for r in load_run_probes(self.store, keys, self.probe_set.name) if r["class"] == -1]
+        rows = [r for r in load_probes_or_copies(self.store, keys, self.probe_set.name) if r["class"] == -1]
         for r in rows:
             last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
         values: dict[str, dict[int, list[float]]] = {}
@@ -662,17 +704,30 @@ def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = No
 
 @dataclass
 class ProbeRun:
-    """The probe statistics of one run's model at some epochs, from the store or freshly trained."""
+    """The probe statistics of one run's model at some epochs, and which model they describe."""
 
     experiment: str
     part: str
     variant: str
     seed: int
-    key: str
+    key: str  # the run's key (as relulab run keys it)
     probe_set: str
     results: dict[int, probes_mod.ProbeResult]  # epoch -> every statistic
-    trained: bool  # False: everything came from the store
+    trained: bool  # False: nothing was trained
     run: Optional[dict] = None  # the stored run row
+    # Where the statistics came from (PROBE_SOURCES), and the key of the model they describe: `key`, or that of
+    # the run's copy retrained for probing, whose row is `copy`.
+    source: str = "store"
+    probed_key: str = ""
+    copy: Optional[dict] = None
+
+
+PROBE_SOURCES = {
+    "store": "statistics found in the store",
+    "weights": "the run's kept weights, probed now",
+    "trained": "the run itself, trained now (it was not in the store) with the probe attached",
+    "retrained": "a copy of the stored run, retrained for probing and stored as its own record",
+}
 
 
 def parse_epoch_list(text: Optional[str], total: int, field: str = "--epoch") -> Optional[list[int]]:
@@ -734,9 +789,14 @@ def result_from_rows(rows: list[dict]) -> probes_mod.ProbeResult:
 def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first", epochs: Optional[str] = None,
                         part: Optional[str] = None, config: Optional[str] = None,
                         log: Callable[[str], None] = _log) -> ProbeRun:
-    """Probe statistics of one configuration's model (one seed) at the final epoch, or at `epochs`; taken from
-    the store when it has them, else the run is trained (alone, with a callback probing it) and stored like
-    any run (same key as `relulab run` gives it), together with its probe statistics."""
+    """Probe statistics of one configuration's model (one seed) at the final epoch, or at `epochs`.
+
+    Taken, first that serves: from the store; from the run's kept final weights (relulab.weights: no training);
+    where the run is not in the store, by training it (alone, with a callback probing it) and storing it like
+    any run, with its statistics and weights. A run in the store with no weights to probe (or probed at earlier
+    epochs, whose weights are not kept) is trained again, and that copy is another model: it is stored as its
+    own record (`store.retrained_key`, marked retrained for probing, with its own accuracy), and the
+    statistics are its, never stored under the run's key."""
     p = pick_part(exp, part)
     v = pick_variant(p, config)
     wanted = parse_epoch_list(epochs, v.spec.train.epochs)
@@ -755,38 +815,102 @@ def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first"
     with Store(exp.store) as store:
         ensure_probe_search_tables(store)
         ensure_plan(store, exp)
+        prober = _Prober(exp, p, v, seed, ps, wanted, splits, device, store, log)
         row = store.runs([key]).get(key)
-        need = wanted if wanted is not None else ([row["epochs"]] if row else None)
-        stored = load_run_probes(store, [key], ps.name)
-        have = {e for e in {r["epoch"] for r in stored}
-                if {r["stat"] for r in stored if r["epoch"] == e} >= set(probes_mod.stat_names())}
-        trained = False
-        if need is None or not set(need) <= have:
-            why = "not in the store yet" if row is None else "in the store, but relulab keeps no weights: " \
-                                                             "training it again to probe it"
-            log(f"{v.name} seed {seed}: {why}")
-            splits = splits.to(device)
-            x, y = probes_mod.select_probe_set(splits, ps)
-            callback = EpochProbe(x, y, splits.classes, wanted)
-            job = Job(copy.deepcopy(v.spec), seed, key)
-            for _, result in train_many([job], splits, device, callbacks=lambda j: [callback]):
-                for epoch, res in callback.results.items():
-                    save_run_probes(store, key, ps.name, epoch, probe_rows(res))
-                result.model = None
-                store.record(Finished(key, exp.name, p.name, v.name, result, {}))
-                h = result.history
-                log(f"{v.name} seed {seed}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), "
-                    f"{h.seconds:.1f} s")
-                need = wanted if wanted is not None else [len(h.epochs)]
-            trained = True
-            stored = load_run_probes(store, [key], ps.name)
-            row = store.runs([key]).get(key)
+        if row is None:
+            log(f"{v.name} seed {seed}: not in the store yet: training it, with the probe attached")
+            return prober.result(key, "trained", prober.train(key))
+        need = wanted if wanted is not None else [row["epochs"]]
+        copy_key = retrained_key(key)
+        for target in (key, copy_key):  # the run's own model first; then its copy, if one was retrained before
+            target_row = row if target == key else store.runs([copy_key]).get(copy_key)
+            if target_row is None:
+                continue
+            if prober.stored(target, need):
+                return prober.result(key, "store", target_row, target)
+            if set(need) <= {target_row["epochs"]} and prober.probe_kept(target):
+                return prober.result(key, "weights", target_row, target)
+        log(f"{v.name} seed {seed}: in the store, but "
+            + ("probed at epochs whose weights are not kept" if set(need) - {row["epochs"]} else "without weights to "
+               "probe") + ": training a copy to probe it (stored as its own record, retrained for probing)")
+        return prober.result(key, "retrained", prober.train(copy_key, copy_of=key), copy_key)
+
+
+@dataclass
+class _Prober:
+    """What probe_configuration probes, and with which store: trains or loads one model and stores its
+    statistics under the key of that model."""
+
+    exp: Experiment
+    part: Part
+    variant: Variant
+    seed: int
+    probe_set: probes_mod.ProbeSet
+    wanted: Optional[list[int]]  # epochs (None: the final one)
+    splits: object
+    device: torch.device
+    store: Store
+    log: Callable[[str], None]
+
+    def _probe_images(self, splits):
+        return probes_mod.select_probe_set(splits, self.probe_set)
+
+    def stored(self, key: str, need: list[int]) -> bool:
+        """Whether every statistic of run `key` at the epochs `need` is in the store."""
+        rows = load_run_probes(self.store, [key], self.probe_set.name)
+        have = {e for e in {r["epoch"] for r in rows}
+                if {r["stat"] for r in rows if r["epoch"] == e} >= set(probes_mod.stat_names())}
+        return set(need) <= have
+
+    def probe_kept(self, key: str) -> bool:
+        """Probe run `key`'s kept final weights and store the statistics; False where it kept none."""
+        ckpt = KeptWeights(self.store, self.log).checkpoint(key)
+        if ckpt is None:
+            return False
+        x, y = self._probe_images(self.splits)
+        measured = probes_mod.measure(ckpt.model.to(self.device), x.to(self.device), y.to(self.device),
+                                      probes_mod.stat_names(), classes=self.splits.classes)
+        epoch = ckpt.epoch or self.store.runs([key])[key]["epochs"]
+        save_run_probes(self.store, key, self.probe_set.name, epoch, probe_rows(measured))
+        return True
+
+    def train(self, key: str, copy_of: Optional[str] = None) -> dict:
+        """Train the run alone with the probe attached and store it under `key` with its statistics and weights
+        (`copy_of`: the run it is a copy of, retrained for probing); its stored row."""
+        splits = self.splits.to(self.device)
+        x, y = self._probe_images(splits)
+        callback = EpochProbe(x, y, splits.classes, self.wanted)
+        keeper = Keeper(self.exp.store, self.exp.keep_weights, {data_key(self.variant.spec.data): splits.classes},
+                        self.log)
+        job = Job(copy.deepcopy(self.variant.spec), self.seed, key)
+        for _, result in train_many([job], splits, self.device, callbacks=lambda j: [callback]):
+            for epoch, res in callback.results.items():
+                save_run_probes(self.store, key, self.probe_set.name, epoch, probe_rows(res))
+            staged = keeper.stage(key, result, result.model.state_dict())
+            result.model = None
+            if copy_of is not None:
+                result.data = {**result.data, RETRAINED_FOR_PROBING: copy_of}
+            self.store.record(Finished(key, self.exp.name, self.part.name, self.variant.name, result, {}, staged))
+            h = result.history
+            self.log(f"{self.variant.name} seed {self.seed}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), "
+                     f"{h.seconds:.1f} s" + (" (the copy retrained for probing)" if copy_of else ""))
+        return self.store.runs([key])[key]
+
+    def result(self, key: str, source: str, row: dict, probed_key: Optional[str] = None) -> ProbeRun:
+        """The ProbeRun of run `key` whose statistics are those of `probed_key` (default `key`), at the epochs
+        asked for (the final one by default), from the store."""
+        probed_key = probed_key or key
+        need = self.wanted if self.wanted is not None else [row["epochs"]]
+        stored = load_run_probes(self.store, [probed_key], self.probe_set.name)
         results = {}
         for epoch in need:
             rows = [r for r in stored if r["epoch"] == epoch]
             if rows:
                 results[epoch] = result_from_rows(rows)
             else:
-                log(f"{v.name} seed {seed}: no model at epoch {epoch} (the run diverged at epoch "
-                    f"{row['diverged_at'] if row else '?'})")
-    return ProbeRun(exp.name, p.name, v.name, seed, key, ps.name, results, trained, row)
+                self.log(f"{self.variant.name} seed {self.seed}: no model at epoch {epoch} (the run diverged at "
+                         f"epoch {row['diverged_at']})")
+        run = self.store.runs([key]).get(key)
+        copy_row = row if probed_key != key else None
+        return ProbeRun(self.exp.name, self.part.name, self.variant.name, self.seed, key, self.probe_set.name,
+                        results, source in ("trained", "retrained"), run, source, probed_key, copy_row)

@@ -13,10 +13,13 @@ Tables (the SQL is `SCHEMA` below):
   these, so a report never re-parses a spec with newer code.
 - `claims`: which process is running which run key, with a heartbeat.
 - `artifacts`: one-off measurements of an experiment (relulab.analyses).
+- `run_weights` (additive, below): the files in `<store stem>.weights/` that hold a run's final and best-epoch
+  weights, with their size and sha256 (relulab.weights).
 
 Why it survives `kill -9`: a run counts as done only when its `runs` row is
-committed, and that row, its epochs and its slot statistics are written in one
-transaction together with dropping its claim. A kill at any moment loses at most the
+committed, and that row, its epochs, its slot statistics and its weights' rows are written in
+one transaction together with dropping its claim (the weight files themselves take their names inside that
+transaction, just before the commit). A kill at any moment loses at most the
 runs in progress; they have no row, so the next `relulab run` runs them again. WAL
 journaling keeps the file readable by others throughout (and `PRAGMA
 integrity_check` passes after kills); `synchronous=FULL` makes each commit durable.
@@ -411,6 +414,9 @@ class Finished:
     variant: str
     result: "object"  # train.RunResult
     slot_stats: dict  # {epoch: {stat: {slot: value}}}
+    # The run's weight files, written to temporary names (relulab.weights.StagedWeights: `rows`,
+    # `put_in_place()`, `discard()`), or None: no weights kept.
+    weights: "object" = None
 
 
 class Store:
@@ -562,15 +568,47 @@ class Store:
         slot_rows = [(run.key, epoch, stat, slot, _real(value))
                      for epoch, by_stat in run.slot_stats.items()
                      for stat, by_slot in by_stat.items() for slot, value in by_slot.items()]
-        with self.transaction() as db:
-            if db.execute("SELECT 1 FROM runs WHERE key = ?", (run.key,)).fetchone():
-                db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (run.key, self.owner))
-                return False
-            db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})", row)
-            db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)", epochs)
-            db.executemany("INSERT INTO slot_stats VALUES (?, ?, ?, ?, ?)", slot_rows)
-            db.execute("DELETE FROM claims WHERE key = ?", (run.key,))
+        try:
+            with self.transaction() as db:
+                if db.execute("SELECT 1 FROM runs WHERE key = ?", (run.key,)).fetchone():
+                    db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (run.key, self.owner))
+                    return False
+                if run.weights is not None:
+                    self._record_weights(db, run.key, run.weights)
+                db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})", row)
+                db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)", epochs)
+                db.executemany("INSERT INTO slot_stats VALUES (?, ?, ?, ?, ?)", slot_rows)
+                db.execute("DELETE FROM claims WHERE key = ?", (run.key,))
+        finally:
+            if run.weights is not None:
+                run.weights.discard()  # what was not put in place: the row was there already, or an error
         return True
+
+    def _record_weights(self, db: _Connection, key: str, weights) -> None:
+        """Inside record's transaction, which holds the store's write lock: the files take their final names
+        (another process storing the same run first would be refused above, so it never sees its files
+        replaced), then their rows go in with the run's. A kill after the renames leaves files without rows,
+        which the next attempt overwrites; a reader trusts only files that match their row."""
+        for statement in WEIGHTS_SCHEMA.strip().split(";"):
+            if statement.strip():
+                db.execute(statement)
+        weights.put_in_place()
+        db.executemany("INSERT INTO run_weights VALUES (?, ?, ?, ?, ?, ?)", [(key, *r) for r in weights.rows])
+
+    def run_weights(self, keys: Iterable[str]) -> dict[str, dict[str, dict]]:
+        """{run key: {kind ('final', 'best'): {file, sha256, bytes, epoch}}} of the runs `keys` that kept
+        weights; {} for a store written before weights were kept."""
+        if not has_table(self, "run_weights"):
+            return {}
+        out: dict[str, dict[str, dict]] = {}
+        for row in self._select_in("SELECT * FROM run_weights WHERE run_key IN ({})", keys):
+            out.setdefault(row.pop("run_key"), {})[row.pop("kind")] = row
+        return out
+
+    @property
+    def weights_folder(self) -> Path:
+        """Where the runs' weights are kept: `<store stem>.weights/` beside the store."""
+        return self.path.with_name(f"{self.path.stem}.weights")
 
     def runs(self, keys: Iterable[str]) -> dict[str, dict]:
         return {row["key"]: row for row in self._select_in("SELECT * FROM runs WHERE key IN ({})", keys)}
@@ -752,6 +790,28 @@ CREATE TABLE IF NOT EXISTS search_correlations (
     PRIMARY KEY (search_id, step, stat)
 );
 """
+# - `run_weights` (relulab.weights): the files of a run's final and best-epoch weights, in `<store stem>.weights/`,
+#   with their size and sha256, so that a reader can tell a file is the one written with the run. Created by
+#   the first run that keeps weights, in the transaction that stores that run (Store.record).
+WEIGHTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run_weights (
+    run_key TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('final', 'best')), file TEXT NOT NULL,
+    sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, epoch INTEGER,
+    PRIMARY KEY (run_key, kind)
+);
+"""
+# A run trained again only to be probed (its store row has no weights to probe) is stored as its own record
+# under this key, marked in its data (`RETRAINED_FOR_PROBING`: the key of the run it copies), with its own
+# accuracy: a retrained model is another model (packed and alone, floating point sums in another order, and
+# training amplifies the difference), so its statistics never go under the stored run's key.
+RETRAINED_FOR_PROBING = "retrained_for_probing"
+
+
+def retrained_key(key: str) -> str:
+    """The key of the copy of run `key` retrained for probing: stable, so a second probe finds it."""
+    return f"{key}-retrained"
+
+
 PROBE_SEARCH_TABLES = ("run_probes", "searches", "search_steps", "search_candidates", "search_correlations")
 CANDIDATE_COLUMNS = ("search_id", "step", "position", "placement", "off_json", "slot", "relu_count", "seeds", "runs",
                      "diverged", "mean", "std", "ci_low", "ci_high", "reference", "diff", "diff_low", "diff_high",
@@ -789,6 +849,20 @@ def load_run_probes(store: Store, keys: Iterable[str], probe_set: Optional[str] 
     for row in rows:
         row["value"] = _num(row["value"])
     return [r for r in rows if probe_set is None or r["probe_set"] == probe_set]
+
+
+def load_probes_or_copies(store: Store, keys: Iterable[str], probe_set: Optional[str] = None) -> list[dict]:
+    """The stored probe rows of each run of `keys`, or, for a run with none, those of its copy retrained for
+    probing (rows under the copy's own key). Every row says whose statistics stand in for: `of`, a key of
+    `keys`."""
+    keys = list(keys)
+    rows = load_run_probes(store, keys, probe_set)
+    own = {r["run_key"] for r in rows}
+    copies = {retrained_key(k): k for k in keys if k not in own}
+    rows += load_run_probes(store, copies, probe_set)
+    for r in rows:
+        r["of"] = copies.get(r["run_key"], r["run_key"])
+    return rows
 
 
 def begin_search(store: Store, row: dict) -> None:

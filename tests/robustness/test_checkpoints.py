@@ -5,6 +5,7 @@ import ast
 import io
 import json
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -154,3 +155,79 @@ def test_every_torch_load_in_the_package_is_weights_only_and_no_plain_unpickling
                 assert flags.get("weights_only") is True, f"{path}:{node.lineno} torch.load without weights_only=True"
             if owner == "pickle":
                 assert node.func.attr not in ("load", "loads"), f"{path}:{node.lineno} plain pickle.{node.func.attr}"
+
+
+# ---------------------------------------------------------------- kept weights and relulab export-model
+
+KEPT_SPEC = """\
+name: kept
+device: cpu
+threads: 1
+seeds: [0, 1]
+data: {name: synthetic, options: {n: 120, classes: 3, size: 4}}
+model: {name: deep-mlp, widths: [8], init: he_normal}
+train: {epochs: 2, batch_size: 32, optimizer: {name: sgd, lr: 0.05}}
+configs:
+  relu: {}
+  tanh: {model: {activation: tanh}}
+"""
+
+
+@pytest.fixture(scope="module")
+def kept_stores(tmp_path_factory) -> dict[str, bytes]:
+    """Two swept stores, `s.sqlite` with its kept weights in s.weights/ and `n.sqlite` that kept none, as
+    {relative path: bytes} for run_cli."""
+    from relulab.experiments import Overrides, load_experiment, run_experiment
+
+    folder = tmp_path_factory.mktemp("kept")
+    (folder / "spec.yaml").write_text(KEPT_SPEC)
+    for name, keep in (("s", True), ("n", False)):
+        exp = load_experiment(str(folder / "spec.yaml"), Overrides(store=str(folder / f"{name}.sqlite"),
+                                                                   keep_weights=keep))
+        run_experiment(exp, log=lambda line: None)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+            and p.suffix in (".sqlite", ".pt")}
+
+
+def _export(files: dict[str, bytes], *argv: str) -> tuple[int, str, list[str]]:
+    return run_cli(["export-model", *argv], files=files)
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["s.sqlite", "--config", "rel", "--seed", "0", "-o", "m.pt"], "--config: unknown value 'rel' (did you mean "
+                                                                   "'relu'?); expected one of: relu, tanh"),
+    (["s.sqlite", "--config", "relu", "--seed", "7", "-o", "m.pt"], "--seed: relu seed 7 is not in the store"),
+    (["s.sqlite", "--config", "relu", "--seed", "0,1", "-o", "m.pt"], "--seed: relulab export-model writes one"),
+    (["s.sqlite", "--experiment", "other", "--config", "relu", "--seed", "0", "-o", "m.pt"],
+     "--experiment: unknown value 'other'"),
+    (["s.sqlite", "--part", "p", "--config", "relu", "--seed", "0", "-o", "m.pt"], "--part: unknown value 'p'"),
+    (["n.sqlite", "--config", "relu", "--seed", "0", "-o", "m.pt"], "--config: the store keeps no weights of relu "
+                                                                   "seed 0"),
+    (["s.sqlite", "--config", "relu", "--seed", "0", "-o", "s.weights"], "--out: "),
+    (["missing.sqlite", "--config", "relu", "--seed", "0", "-o", "m.pt"], "missing.sqlite does not exist"),
+    (["s.sqlite", "--config", "relu", "--seed", "0"], "Missing option '--out'"),
+])
+def test_export_model_refusals_are_one_line_and_write_nothing(kept_stores, argv, names):
+    code, err, left = _export(kept_stores, *argv)
+    assert_refused(code, err, left, names)
+
+
+def test_export_model_refuses_weights_that_are_not_the_ones_written(kept_stores, tmp_path):
+    files = dict(kept_stores)
+    final = sorted(k for k in files if k.startswith("s.weights/") and not k.endswith(".best.pt"))[0]
+    blob = bytearray(files[final])
+    blob[len(blob) // 2] ^= 0x01  # the same size, one bit else
+    files[final] = bytes(blob)
+    (tmp_path / "s.sqlite").write_bytes(files["s.sqlite"])
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    (variant, seed), = db.execute("SELECT variant, seed FROM runs WHERE key = ?", (Path(final).stem,))
+    db.close()
+    code, err, left = _export(files, "s.sqlite", "--config", variant, "--seed", str(seed), "-o", "m.pt")
+    assert_refused(code, err, left, "weights of")
+    assert "not intact" in err and "sha256 differs" in err
+
+
+def test_a_bad_keep_weights_is_refused_before_anything_is_written():
+    code, err, left = run_cli(["run", "spec.yaml", "--store", "s.sqlite", "--no-report"],
+                              KEPT_SPEC + "keep_weights: sometimes\n")
+    assert_refused(code, err, left, "keep_weights: expected auto")

@@ -33,7 +33,9 @@ def probe_command(
     probe_set: str = typer.Option("first", "--probe-set", "--set", help="The images: first (the first training "
                                   "image of each class, the seed's), per-class:N or val:N."),
     epoch: Optional[str] = typer.Option(None, help="Probe after these epochs: last (default), all, or a list "
-                                        "like 1,10,50 (the run is then trained with the probe attached)."),
+                                        "like 1,10,50 (no epoch's weights but the last are kept, so the run is then "
+                                        "trained with the probe attached; a run already in the store, as a copy "
+                                        "stored as its own record)."),
     part: Optional[str] = typer.Option(None, help="The part of a multi-part spec."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of the run."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
@@ -48,7 +50,8 @@ def probe_command(
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
-    """Probe statistics of a configuration's model, per slot and class: trains the run (or reuses the store).
+    """Probe statistics of a configuration's model, per slot and class: from the store, the run's kept weights,
+    or by training it.
 
     Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
     them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
@@ -70,8 +73,7 @@ def probe_command(
     last = max(pr.results)
     print_tables(pr, names, last)
     written = write_files(pr, names, folder, svg)
-    console.print(("probed the freshly trained model" if pr.trained else "probe statistics from the store")
-                  + f"; files: {', '.join(str(p) for p in written)}")
+    console.print(f"{probed_line(pr)}; files: {', '.join(str(p) for p in written)}")
     if report:
         from ..report import build_report
 
@@ -85,6 +87,28 @@ def _one_seed(text: str) -> int:
     if len(seeds) > 1:
         raise UserError(f"--seed: relulab probe probes one model, so one seed; got {text!r}")
     return seeds[0]
+
+
+HOW_PROBED = {  # ProbeRun.source -> how its statistics were had
+    "store": "probe statistics from the store",
+    "weights": "probed the kept weights",
+    "trained": "probed the freshly trained model",
+    "retrained": "probed as it trained",
+}
+
+
+def _acc(row: Optional[dict], column: str = "best_val_acc") -> str:
+    value = (row or {}).get(column)
+    return "-" if value is None or not math.isfinite(value) else f"{value * 100:.2f}%"
+
+
+def probed_line(pr) -> str:
+    """Which model the statistics describe: the stored run itself, or a copy of it retrained for probing (with
+    both accuracies: a retrained model is another model)."""
+    if pr.copy is None:
+        return f"{HOW_PROBED[pr.source]} of run {pr.key} (best val acc {_acc(pr.run)})"
+    return (f"statistics of a copy of run {pr.key} retrained for probing (run {pr.probed_key}, a record of its own; "
+            f"{HOW_PROBED[pr.source]}): the copy's best val acc {_acc(pr.copy)}, the stored run's {_acc(pr.run)}")
 
 
 def _cell(value) -> str:
@@ -129,7 +153,8 @@ def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
     for epoch, result in sorted(pr.results.items()):
         for stat, slot, cls, class_name, value in result.rows():
             images = result.counts[cls] if cls >= 0 else result.images
-            writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.key, pr.probe_set, epoch, stat, slot,
+            writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.probed_key, pr.probe_set, epoch, stat,
+                             slot,
                              cls, class_name, images, "" if not math.isfinite(value) else repr(float(value))])
     written = [write_atomic(folder / f"{stem}.csv", buf.getvalue())]
     last = max(pr.results)

@@ -46,6 +46,9 @@ def run_command(
                                                   "has GPUs."),
     cpus_per_task: Optional[int] = typer.Option(None, help="With --executor ray: CPU cores per task, also its torch "
                                                 "threads unless the spec sets threads (default 1)."),
+    keep_weights: Optional[bool] = typer.Option(None, "--keep-weights/--no-keep-weights", help="Keep each finished "
+                                                "run's final and best-epoch weights beside the store (the spec's "
+                                                "keep_weights; default auto: where a run's take at most 256 MiB)."),
     yes: bool = typer.Option(False, "--yes", help=f"Run a plan of more than {experiments.PLAN_LIMIT} runs "
                              "(refused without it: a grid that large is more often a typo)."),
 ):
@@ -58,7 +61,7 @@ def run_command(
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     overrides = experiments.Overrides(
         seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
-        store=str(store) if store else None, sets=list(set_), parts=list(part), yes=yes)
+        store=str(store) if store else None, sets=list(set_), parts=list(part), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
     if tensorboard is not None and not report:

@@ -67,6 +67,9 @@ def search_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
     report: bool = typer.Option(True, help="Write the experiment's report (with every search) when done."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    keep_weights: Optional[bool] = typer.Option(None, "--keep-weights/--no-keep-weights", help="Keep each finished "
+                                                "run's final and best-epoch weights beside the store (the spec's "
+                                                "keep_weights; default auto: where a run's take at most 256 MiB)."),
     yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Search which activation slots to switch off; results go to the store and the experiment's report.
@@ -80,7 +83,7 @@ def search_command(
                             plain_rule, alpha, metric, probe_set, max_placements)
     overrides = experiments.Overrides(
         seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
-        store=str(store) if store else None, sets=list(set_), yes=yes)
+        store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
