@@ -87,7 +87,12 @@ def test_keep_weights_false_and_auto_past_its_size_keep_none(tmp_path, monkeypat
                            "--no-report", "--no-keep-weights")
     assert code == 0, err
     assert not (tmp_path / "n.weights").exists()
-    assert rows(tmp_path / "n.sqlite", "SELECT count(*) AS n FROM sqlite_master WHERE name = 'run_weights'")[0]["n"] == 0
+    tables = rows(tmp_path / "n.sqlite", "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert "run_weights" not in {t["name"] for t in tables}
+    with pytest.raises(UserError, match=r"n.sqlite: keeps no weights of relu seed 0 \(run \w+\): runs keep their "
+                                         "weights when trained with keep_weights on"):
+        weights.export_run(tmp_path / "n.sqlite", tmp_path / "m.pt", "relu", 0)
+    assert not (tmp_path / "m.pt").exists()
     monkeypatch.setattr(weights, "AUTO_LIMIT_BYTES", 100)  # auto: a run's weights must take at most this
     lines = []
     run_experiment(experiment(tmp_path, store="a.sqlite"), log=lines.append)
@@ -253,7 +258,7 @@ def test_files_take_their_names_only_with_the_row_and_a_second_writer_is_dropped
 
 
 def test_export_model_writes_the_runs_checkpoint(tmp_path, capsys):
-    exp = swept(tmp_path)
+    swept(tmp_path)
     runs = {r["key"]: r for r in rows(tmp_path / "s.sqlite", "SELECT * FROM runs")}
     best = {r["run_key"] for r in rows(tmp_path / "s.sqlite", "SELECT * FROM run_weights WHERE kind = 'best'")}
     key = sorted(best)[0]

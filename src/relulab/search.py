@@ -74,11 +74,11 @@ from . import probes as probes_mod
 from .data import load_data
 from .env import resolve_device
 from .errors import UserError, unknown_choice
+from .executors import data_key
 from .experiments import Experiment, Part, Variant, canonical_spec, run_key
 from .models import build_model
 from .ranges import parse_ranges
 from .stats import compare, summarize
-from .executors import data_key
 from .store import (RETRAINED_FOR_PROBING, Finished, Store, begin_search, ensure_probe_search_tables, finish_search,
                     load_probes_or_copies, load_run_probes, retrained_key, save_run_probes, save_search_step)
 from .train import Callback, Job, RunSpec, train_many
@@ -715,19 +715,13 @@ class ProbeRun:
     results: dict[int, probes_mod.ProbeResult]  # epoch -> every statistic
     trained: bool  # False: nothing was trained
     run: Optional[dict] = None  # the stored run row
-    # Where the statistics came from (PROBE_SOURCES), and the key of the model they describe: `key`, or that of
-    # the run's copy retrained for probing, whose row is `copy`.
+    # Where the statistics came from: store (found there), weights (the kept weights, probed now), trained (the
+    # run itself, not in the store before, trained now with the probe attached) or retrained (a copy of the stored
+    # run, trained now for probing and stored as its own record); and the key of the model they describe: `key`,
+    # or that of the run's copy retrained for probing, whose row is `copy`.
     source: str = "store"
     probed_key: str = ""
     copy: Optional[dict] = None
-
-
-PROBE_SOURCES = {
-    "store": "statistics found in the store",
-    "weights": "the run's kept weights, probed now",
-    "trained": "the run itself, trained now (it was not in the store) with the probe attached",
-    "retrained": "a copy of the stored run, retrained for probing and stored as its own record",
-}
 
 
 def parse_epoch_list(text: Optional[str], total: int, field: str = "--epoch") -> Optional[list[int]]:
@@ -852,9 +846,6 @@ class _Prober:
     store: Store
     log: Callable[[str], None]
 
-    def _probe_images(self, splits):
-        return probes_mod.select_probe_set(splits, self.probe_set)
-
     def stored(self, key: str, need: list[int]) -> bool:
         """Whether every statistic of run `key` at the epochs `need` is in the store."""
         rows = load_run_probes(self.store, [key], self.probe_set.name)
@@ -867,7 +858,7 @@ class _Prober:
         ckpt = KeptWeights(self.store, self.log).checkpoint(key)
         if ckpt is None:
             return False
-        x, y = self._probe_images(self.splits)
+        x, y = probes_mod.select_probe_set(self.splits, self.probe_set)
         measured = probes_mod.measure(ckpt.model.to(self.device), x.to(self.device), y.to(self.device),
                                       probes_mod.stat_names(), classes=self.splits.classes)
         epoch = ckpt.epoch or self.store.runs([key])[key]["epochs"]
@@ -878,7 +869,7 @@ class _Prober:
         """Train the run alone with the probe attached and store it under `key` with its statistics and weights
         (`copy_of`: the run it is a copy of, retrained for probing); its stored row."""
         splits = self.splits.to(self.device)
-        x, y = self._probe_images(splits)
+        x, y = probes_mod.select_probe_set(splits, self.probe_set)
         callback = EpochProbe(x, y, splits.classes, self.wanted)
         keeper = Keeper(self.exp.store, self.exp.keep_weights, {data_key(self.variant.spec.data): splits.classes},
                         self.log)
@@ -892,8 +883,8 @@ class _Prober:
                 result.data = {**result.data, RETRAINED_FOR_PROBING: copy_of}
             self.store.record(Finished(key, self.exp.name, self.part.name, self.variant.name, result, {}, staged))
             h = result.history
-            self.log(f"{self.variant.name} seed {self.seed}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), "
-                     f"{h.seconds:.1f} s" + (" (the copy retrained for probing)" if copy_of else ""))
+            self.log(f"{self.variant.name} seed {self.seed}{' (the copy retrained for probing)' if copy_of else ''}: "
+                     f"best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), {h.seconds:.1f} s")
         return self.store.runs([key])[key]
 
     def result(self, key: str, source: str, row: dict, probed_key: Optional[str] = None) -> ProbeRun:

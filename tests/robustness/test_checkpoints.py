@@ -201,8 +201,7 @@ def _export(files: dict[str, bytes], *argv: str) -> tuple[int, str, list[str]]:
     (["s.sqlite", "--experiment", "other", "--config", "relu", "--seed", "0", "-o", "m.pt"],
      "--experiment: unknown value 'other'"),
     (["s.sqlite", "--part", "p", "--config", "relu", "--seed", "0", "-o", "m.pt"], "--part: unknown value 'p'"),
-    (["n.sqlite", "--config", "relu", "--seed", "0", "-o", "m.pt"], "--config: the store keeps no weights of relu "
-                                                                   "seed 0"),
+    (["n.sqlite", "--config", "relu", "--seed", "0", "-o", "m.pt"], "n.sqlite: keeps no weights of relu seed 0"),
     (["s.sqlite", "--config", "relu", "--seed", "0", "-o", "s.weights"], "--out: "),
     (["missing.sqlite", "--config", "relu", "--seed", "0", "-o", "m.pt"], "missing.sqlite does not exist"),
     (["s.sqlite", "--config", "relu", "--seed", "0"], "Missing option '--out'"),

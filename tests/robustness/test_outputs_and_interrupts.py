@@ -97,7 +97,8 @@ def test_a_full_disk_mid_report_leaves_the_earlier_report_whole(tmp_path, monkey
     monkeypatch.setattr(os, "fdopen", real_fdopen)
     assert "\n" not in str(refused.value)
     assert _snapshot(out) == before  # the earlier report, byte for byte
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "s.sqlite", "spec.yaml"]  # no staging folder left
+    # no staging folder left (s.weights: the sweep's kept weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "s.sqlite", "s.weights", "spec.yaml"]
 
 
 def test_a_report_replaces_the_earlier_one_whole(tmp_path):
