@@ -35,7 +35,7 @@ import time
 import typing
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -47,24 +47,23 @@ from . import analyses as analyses_mod
 from . import probes as probes_mod
 from .activations import canonical_name as canonical_activation
 from .data import DataSpec, Splits, load_data
-from .env import provenance
+from .env import device_name, provenance
 from .errors import UserError, unknown_choice
 from .executors import Executor, InProcessExecutor, SlotProbe, data_key
 from .models import ModelSpec, build_model, combine_slots, parse_off, parse_slots, parse_widths
 from .optim import OptimizerSpec
 from .ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
 from .resume import Resume, discard_finished
-from .store import Finished, Store
+from .store import Finished, Store, load_timings, save_timing, timing_key
+from .train import Job, RunSpec, TrainSpec, time_alone
 from .weights import Keeper, check_keep_weights
-from .train import Job, RunSpec, TrainSpec
 from .util import human_bytes
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
                "probe_size", "analyses")
-TOP_FIELDS = ("name", "description", "device", "threads", "pack", "store", "checkpoint_every", "keep_weights",
-              "parts") + \
-    PART_FIELDS[1:]
+TOP_FIELDS = ("name", "description", "device", "threads", "pack", "time_alone", "store", "checkpoint_every",
+              "keep_weights", "parts") + PART_FIELDS[1:]
 CHECKPOINT_EVERY_S = 60.0  # the default period of saving training in progress (relulab.resume)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
 MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
@@ -539,6 +538,7 @@ class Experiment:
     run_overrides: dict = field(default_factory=dict)  # --set data/model/train fields, applied to every run
     checkpoint_every: Optional[float] = CHECKPOINT_EVERY_S  # seconds between saves of training in progress
     keep_weights: object = "auto"  # auto | True | False: keep finished runs' weights (relulab.weights)
+    time_alone: bool = True  # time each configuration that trained packed by itself too (time_packed_configs)
 
     @property
     def resume(self) -> Optional[Resume]:
@@ -557,8 +557,13 @@ class Experiment:
             rows.append({"experiment": self.name, "part": p.part.name, "variant": p.variant.name, "seed": p.seed,
                          "run_key": p.key, "position": position, "config": p.variant.config,
                          "baseline": base.name if base else None,
-                         "spec_json": json.dumps(p.variant.spec.to_dict(), sort_keys=True)})
+                         "spec_json": config_json(p.variant.spec)})
         return rows
+
+
+def config_json(spec: RunSpec) -> str:
+    """A configuration (a spec without its seed) as the plan stores it; timings are keyed by it."""
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 def _check_name(value, path: str) -> str:
@@ -729,13 +734,17 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     if not isinstance(device, str):
         raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     threads = _check_threads(raw.get("threads"))
-    pack = raw.get("pack", True)
-    if not isinstance(pack, bool):
-        raise UserError(f"pack: expected true or false, got {pack!r}")
+    pack, time_alone = (_check_bool(raw.get(key, True), key) for key in ("pack", "time_alone"))
     return Experiment(name, _text(raw.get("description"), "description"), device, threads, pack,
                       _store_path(raw, name, base_dir, store), parts, raw, origin, dict(run_sets),
                       _check_checkpoint_every(raw.get("checkpoint_every", CHECKPOINT_EVERY_S)),
-                      check_keep_weights(raw.get("keep_weights", "auto")))
+                      check_keep_weights(raw.get("keep_weights", "auto")), time_alone)
+
+
+def _check_bool(value, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{path}: expected true or false, got {value!r}")
+    return value
 
 
 def _check_checkpoint_every(value) -> Optional[float]:
@@ -908,6 +917,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
     try:
         where = executor.open(exp.device, splits_by_data)  # may refuse (no GPU, no cluster): nothing written yet
         keeper = Keeper(exp.store, exp.keep_weights, {key: s.classes for key, s in splits_by_data.items()}, log)
+        timing_data = splits_by_data if exp.pack and exp.time_alone else {}  # for time_packed_configs
         del splits_by_data
         device = executor.driver_device
         if exp.threads:
@@ -925,11 +935,52 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
             groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
             for group in groups:
                 _sweep(store, exp, group, executor, summary, log, claim, poll_s, keeper)
+            time_packed_configs(exp, store, device, timing_data, log)
             if exp.resume is not None:  # states of packs that formed otherwise, or that another process finished
                 discard_finished(Path(exp.resume.folder), store.done_keys)
     finally:
         executor.close()
     return summary
+
+
+def time_packed_configs(exp: Experiment, store: Store, device: torch.device, splits_by_data: dict[str, Splits],
+                        log: Callable[[str], None]) -> None:
+    """Each configuration's own time per epoch, beside its packed share: where the sweep trained a configuration's
+    runs packed on this process's device, one model of it is timed alone (train.time_alone) and kept in the
+    store's `timings` table, once per configuration and device. Runs that trained alone timed themselves, and
+    runs trained on another device (a Ray worker's) cannot be timed from here."""
+    if not (exp.pack and exp.time_alone):
+        return
+    where = device_name(device)
+    on_device: tuple[str, Optional[Splits]] = ("", None)
+    for spec_json, p in _packed_untimed(exp, store, where).items():
+        key = _data_key(p.variant.spec.data)
+        if on_device[0] != key:  # one dataset on the device at a time
+            on_device = ("", None)
+            on_device = (key, splits_by_data[key].to(device))
+        timing = time_alone(p.variant.spec, on_device[1], device, p.seed)
+        save_timing(store, {"config_key": timing_key(spec_json), "device": where, "spec_json": spec_json,
+                            "method": TIMING_METHOD, **asdict(timing), "epoch_seconds": timing.epoch_seconds,
+                            "provenance": provenance(device)})
+        log(f"{p.part.name}/{p.variant.name} timed alone: {timing.epoch_seconds:.3g} s/epoch ({timing.steps} "
+            f"steps and a validation pass on {where}; its packed runs' seconds are shares of a joint time)")
+
+
+TIMING_METHOD = "train.time_alone: one model alone, train.run's step"
+
+
+def _packed_untimed(exp: Experiment, store: Store, where: str) -> dict[str, PlannedRun]:
+    """{configuration (config_json): a planned run of it} for the configurations with a run that trained packed
+    on the device `where`, and no timing of theirs on it in the store yet."""
+    planned = _unique(exp.planned())
+    stored = store.runs(p.key for p in planned)
+    packed: dict[str, PlannedRun] = {}
+    for p in planned:
+        row = stored.get(p.key)
+        if row is not None and row["device"] == where and json.loads(row["data_json"]).get("trained_with", 1) > 1:
+            packed.setdefault(config_json(p.variant.spec), p)
+    timed = load_timings(store, [timing_key(spec_json) for spec_json in packed])
+    return {spec_json: p for spec_json, p in packed.items() if (timing_key(spec_json), where) not in timed}
 
 
 def _unique(planned: list[PlannedRun]) -> list[PlannedRun]:

@@ -25,6 +25,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,12 +35,13 @@ import jinja2
 import numpy as np
 import torch
 import yaml
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from . import activations
 from .errors import UserError
 from .stats import ConfigStats, RunNumbers, describe_runs, with_baseline
-from .store import Store
+from .store import Store, load_timings, timing_key
 from .util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
@@ -61,6 +63,7 @@ class VariantData:
     epochs: dict[str, list[dict]]  # run key -> epoch rows
     slot_stats: dict[str, dict]  # run key -> {stat: {epoch: {slot: value}}}
     stats: Optional[ConfigStats] = None
+    alone: Optional[dict] = None  # the configuration's timed pass alone on its runs' device (store.load_timings)
 
     def numbers(self) -> list[RunNumbers]:
         return [RunNumbers(r["seed"], r["status"], _nan(r["best_val_acc"]), _nan(r["final_val_acc"]),
@@ -126,9 +129,23 @@ def collect(store: Store, name: str) -> ExperimentData:
         parts.append(PartData(meta["name"], description, meta["val_is_test"], meta["baseline"], variants,
                               {n: a for n, a in found.items() if a is not None}))
     attach_probes_and_searches(store, name, parts)  # issue 4 (defined at the end of this module)
+    attach_timings(store, exp["plan"], parts)
     _fill_stats(parts)
     return ExperimentData(name, exp["origin"], exp["spec"], exp["overrides"], store.path, parts, len(set(keys)),
                           len(set(keys) & set(runs)))
+
+
+def attach_timings(store: Store, plan: list[dict], parts: list[PartData]) -> None:
+    """Each variant's timed pass alone (relulab.experiments.time_packed_configs), on the device most of its runs
+    trained on: a timing from another device would not compare with them."""
+    spec_of = {(r["part"], r["variant"]): r["spec_json"] for r in plan}
+    keys = {pv: timing_key(spec_json) for pv, spec_json in spec_of.items()}
+    timings = load_timings(store, set(keys.values()))
+    for part in parts:
+        for v in part.variants:
+            devices = Counter(r["device"] for r in v.runs)
+            if devices and (part.name, v.name) in keys:
+                v.alone = timings.get((keys[(part.name, v.name)], devices.most_common(1)[0][0]))
 
 
 def _fill_stats(parts: list[PartData]) -> None:
@@ -358,13 +375,86 @@ def epoch_time_figure(part: PartData, svg: bool) -> FigureOut:
     y = np.arange(len(names))
     # Clipped: packed runs share one timing, and the mean of equal numbers can round below their minimum.
     err = np.clip(np.array([np.subtract(means, lows), np.subtract(highs, means)]), 0, None)
-    ax.barh(y, means, xerr=err, color=_colors(len(names)), capsize=3)
+    alone = [v.alone["epoch_seconds"] if v.alone else 0.0 for v in part.variants]
+    caption = "Measured wall time per epoch, mean over runs; whiskers: range over runs."
+    if any(alone):  # each configuration's own time beside its packed share
+        ax.barh(y - 0.2, means, 0.4, xerr=err, color=_colors(len(names)), capsize=3)
+        ax.barh(y + 0.2, alone, 0.4, color=_colors(len(names)), alpha=0.5, hatch="//")
+        ax.legend(handles=[Patch(color="0.45", label="as trained (packed share)"),
+                           Patch(facecolor="0.45", alpha=0.5, hatch="//", label="alone (timed pass)")],
+                  fontsize=8, loc="lower right")
+        caption += " Hatched: one model of the configuration timed alone (a short timed pass, scaled to an epoch)."
+    else:
+        ax.barh(y, means, xerr=err, color=_colors(len(names)), capsize=3)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds per epoch (training + validation)")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, "epoch-time", "Time per epoch", "Measured wall time per epoch, mean over runs; whiskers: "
-                 "range over runs.", svg)
+    return _save(fig, "epoch-time", "Time per epoch", caption, svg)
+
+
+def _trained_packed(run: dict) -> bool:
+    return json.loads(run["data_json"]).get("trained_with", 1) > 1
+
+
+def _mean_per_epoch(runs: list[dict]) -> Optional[float]:
+    per_run = [r["seconds"] / r["epochs"] for r in runs if r["epochs"]]
+    return float(np.mean(per_run)) if per_run else None
+
+
+def _alone_seconds(v: VariantData) -> Optional[float]:
+    """A configuration's own seconds per epoch: its timed pass, else its runs that trained alone."""
+    if v.alone:
+        return v.alone["epoch_seconds"]
+    return _mean_per_epoch([r for r in v.runs if not _trained_packed(r)])
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def time_table(part: PartData) -> tuple[list[str], list[list[str]]]:
+    """Per configuration: seconds per epoch as the sweep trained it (packed: each run's share of a joint time) and
+    alone (a timed pass of one model, or the runs that trained alone); against the baseline where there is one."""
+    steps = {v.alone["steps"] for v in part.variants if v.alone}
+    alone_header = f"s / epoch alone (timed pass, {steps.pop()} steps)" if len(steps) == 1 else \
+        "s / epoch alone (timed pass)"
+    header = ["configuration", "s / epoch (packed share)", alone_header]
+    by_name = {v.name: v for v in part.variants}
+    rows = []
+    for v in part.variants:
+        alone = _alone_seconds(v)
+        text = _seconds(alone)
+        if alone is not None and not v.alone:
+            text += " (its runs, trained alone)"
+        elif v.alone and len(steps) > 1:
+            text += f" ({v.alone['steps']} steps)"
+        row = [v.name, _seconds(_mean_per_epoch([r for r in v.runs if _trained_packed(r)])), text]
+        if part.baseline is not None:
+            base = _alone_seconds(by_name[v.baseline]) if v.baseline in by_name else None
+            row.append("baseline" if v.baseline is None else
+                       "-" if alone is None or not base else f"{alone / base:.2f}x")
+        rows.append(row)
+    if part.baseline is not None:
+        header.append("alone vs baseline")
+    return header, rows
+
+
+def _time_note(part: PartData, packed: int) -> str:
+    timed = [v.alone for v in part.variants if v.alone]
+    note = (f"{packed} runs were trained together with others as one batched computation; their seconds are each "
+            "run's share of the joint wall time, not the time a run takes alone (pack: false in the spec trains "
+            "them one by one).")
+    if timed:
+        t = timed[0]
+        note += (f" The alone column times one model of each configuration by itself on the same device and data: "
+                 f"{t['steps']} training steps after {t['warmup']} warm-up steps, scaled to an epoch's "
+                 f"{t['steps_per_epoch']} steps, plus one validation pass; measured once per configuration and "
+                 "device (time_alone: false in the spec skips it).")
+    if any(v.alone is None and any(_trained_packed(r) for r in v.runs) for v in part.variants):
+        note += (" '-': not timed alone (time_alone: false, or its runs trained on another device than the one "
+                 "relulab run drove the sweep from).")
+    return note
 
 
 def sparsity_figure(part: PartData, svg: bool) -> Optional[FigureOut]:
@@ -480,19 +570,18 @@ def _slug(index: int, name: str) -> str:
 
 def _packed(part: PartData) -> int:
     """How many of the part's runs were trained together with others (relulab.pack)."""
-    return sum(json.loads(r["data_json"]).get("trained_with", 1) > 1 for v in part.variants for r in v.runs)
+    return sum(_trained_packed(r) for v in part.variants for r in v.runs)
 
 
 def part_report(index: int, part: PartData, svg: bool) -> PartReport:
     sections = []
     if any(v.runs for v in part.variants):
         packed = _packed(part)
-        note = (f"{packed} runs were trained together with others as one batched computation; their seconds are "
-                "each run's share of the joint wall time, not the time a run takes alone (pack: false in the "
-                "spec trains them one by one).") if packed else ""
+        header, rows = time_table(part) if packed else ([], [])
         sections += [Section("Validation accuracy", figure=accuracy_figure(part, svg)),
                      Section("Curves", figure=curves_figure(part, svg)),
-                     Section("Time per epoch", figure=epoch_time_figure(part, svg), note=note)]
+                     Section("Time per epoch", header, rows, figure=epoch_time_figure(part, svg),
+                             note=_time_note(part, packed) if packed else "")]
     header, rows = sparsity_rows(part)
     if rows:
         sections.append(Section("Sparsity per layer", header if len(header) <= 13 else [],

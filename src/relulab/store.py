@@ -49,6 +49,7 @@ are opened read-only, and leave no `-wal`/`-shm` files behind that were not ther
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -929,4 +930,56 @@ def load_searches(store: Store, experiment: Optional[str] = None) -> list[dict]:
                               for k in r.keys()} for r in store.db.execute(
             "SELECT * FROM search_correlations WHERE search_id = ? ORDER BY step, stat", (s["id"],))]
         out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------- timings (an additive table)
+#
+# `timings`: each configuration's own time per epoch on a device, where a sweep trained it packed (its runs'
+# seconds are then shares of a joint wall time): a short timed pass of one model alone (train.time_alone),
+# measured once per configuration and device and kept, with its provenance. A configuration is its spec
+# without the seed, as the plan stores it (`timing_key`); the device is `env.device_name`'s, as runs record it.
+# Created on first use, like the probe and search tables; readers check that it exists first.
+
+TIMINGS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS timings (
+    config_key TEXT NOT NULL, device TEXT NOT NULL, spec_json TEXT NOT NULL, method TEXT NOT NULL,
+    steps INTEGER NOT NULL, warmup INTEGER NOT NULL, steps_per_epoch INTEGER NOT NULL,
+    step_seconds REAL NOT NULL, eval_seconds REAL NOT NULL, epoch_seconds REAL NOT NULL,
+    provenance_json TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (config_key, device)
+);
+"""
+TIMING_COLUMNS = ("config_key", "device", "spec_json", "method", "steps", "warmup", "steps_per_epoch",
+                  "step_seconds", "eval_seconds", "epoch_seconds", "provenance_json", "created")
+
+
+def timing_key(spec_json: str) -> str:
+    """The configuration a timing belongs to: a hash of its spec as the plan stores it (sorted JSON, no seed)."""
+    return hashlib.sha256(spec_json.encode()).hexdigest()[:24]
+
+
+def save_timing(store: Store, row: dict) -> bool:
+    """Keep a timing (TIMING_COLUMNS but `created`; `provenance` a dict); False where one of this configuration
+    and device was there already (another process measured it first): the first measurement stays."""
+    with store.transaction() as db:
+        db.execute(TIMINGS_SCHEMA)
+        if db.execute("SELECT 1 FROM timings WHERE config_key = ? AND device = ?",
+                      (row["config_key"], row["device"])).fetchone():
+            return False
+        values = {**row, "provenance_json": json.dumps(row["provenance"]), "created": time.time()}
+        db.execute(f"INSERT INTO timings VALUES ({','.join('?' * len(TIMING_COLUMNS))})",
+                   [values[c] for c in TIMING_COLUMNS])
+        return True
+
+
+def load_timings(store: Store, keys: Iterable[str]) -> dict[tuple[str, str], dict]:
+    """{(config key, device): timing row (provenance as a dict)} of the configurations `keys`; {} when none was
+    ever stored."""
+    if not has_table(store, "timings"):
+        return {}
+    out = {}
+    for row in store._select_in("SELECT * FROM timings WHERE config_key IN ({})", keys):
+        row["provenance"] = json.loads(row.pop("provenance_json"))
+        out[(row["config_key"], row["device"])] = row
     return out

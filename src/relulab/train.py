@@ -281,18 +281,23 @@ def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2, 
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for start, stop in epoch_batches(len(x), batch_size):
-        idx = order[start:stop]
-        xb, yb = x[idx], y[idx]
-        with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
-        total = loss + weight_penalty(kernels, l1, l2) if (l1 or l2) else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == yb).sum()
+        train_step(model, optimizer, x, y, order[start:stop], kernels, l1, l2, amp, (loss_sum, correct))
     return loss_sum, correct
+
+
+def train_step(model, optimizer, x, y, idx, kernels, l1, l2, amp, totals: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """One optimizer step on the examples `idx` of (x, y); adds its loss sum and correct count to `totals`
+    (device tensors, so that nothing is read back from the device)."""
+    xb, yb = x[idx], y[idx]
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        logits = model(xb)
+    loss = F.cross_entropy(logits.float(), yb)
+    total = loss + weight_penalty(kernels, l1, l2) if (l1 or l2) else loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    totals[0].add_(loss.detach() * len(idx))
+    totals[1].add_((logits.detach().argmax(1) == yb).sum())
 
 
 def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0,
@@ -398,6 +403,74 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     data = {**splits.summary(), "arithmetic": arithmetic(spec, device), "compiled": False}
     return RunResult(spec, seed, history, keras_param_count(model), data, provenance(device), model,
                      best.best_state(history))
+
+
+# A configuration's own speed, where a sweep trained it packed (its runs' seconds are shares of a joint time):
+# a short timed pass of it alone. Seed 001's 50-layer MLP takes about 7 ms a step at batch 32 on one CPU core,
+# so the pass, building the model included, costs about half a second a configuration; the warm-up steps keep
+# first-call costs (allocations, kernel selection, lazy initialisation) out of the timed ones.
+TIME_ALONE_STEPS = 50
+TIME_ALONE_WARMUP = 5
+
+
+@dataclass(frozen=True)
+class AloneTiming:
+    """How long one model of a configuration takes per epoch by itself: `steps` training steps timed after
+    `warmup` untimed ones, scaled to the epoch's `steps_per_epoch`, plus one pass over the validation set."""
+
+    steps: int
+    warmup: int
+    steps_per_epoch: int
+    step_seconds: float  # mean wall time of a timed training step
+    eval_seconds: float  # one evaluation of the validation set, as every epoch ends with
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.step_seconds * self.steps_per_epoch + self.eval_seconds
+
+
+def _full_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device
+                  ) -> Iterator[torch.Tensor]:
+    """Index batches of one size (the epoch's full batch) from fresh random orders of the n examples, endlessly."""
+    size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, device=device, generator=generator)
+        for start in range(0, n - size + 1, size):
+            yield order[start:start + size]
+
+
+def time_alone(spec: RunSpec, splits: Splits, device: torch.device, seed: int = 0, steps: int = TIME_ALONE_STEPS,
+               warmup: int = TIME_ALONE_WARMUP) -> AloneTiming:
+    """Time one model of `spec` training by itself on `device`: the model, optimizer, precision and step of
+    `run` (what a run that is not packed does), for `steps` steps after `warmup` (at most an epoch's worth each),
+    then one validation pass. On CUDA the device is synchronised around each timed region."""
+    spec.validate()
+    if splits.x_train.device != device:
+        splits = splits.to(device)
+    model = build_for(spec, splits, seed, device)
+    optimizer = build_optimizer(model.parameters(), spec.train.optimizer)
+    kernels, amp, t = kernel_weights(model), autocast_dtype(spec, device), spec.train
+    per_epoch = len(epoch_batches(len(splits.x_train), t.batch_size))
+    steps, warmup = min(steps, per_epoch), min(warmup, per_epoch)
+    batches = _full_batches(len(splits.x_train), t.batch_size, torch.Generator(device=device).manual_seed(seed),
+                            device)
+    totals = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+    model.train()
+    with matmul_precision(float32_products(spec)):
+        for _ in range(warmup):
+            train_step(model, optimizer, splits.x_train, splits.y_train, next(batches), kernels, t.l1, t.l2, amp,
+                       totals)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, optimizer, splits.x_train, splits.y_train, next(batches), kernels, t.l1, t.l2, amp,
+                       totals)
+        _sync(device)
+        step_seconds = (time.perf_counter() - started) / steps
+        started = time.perf_counter()
+        evaluate(model, splits.x_val, splits.y_val, t.eval_batch_size, amp)  # reads its numbers back: synchronised
+        eval_seconds = time.perf_counter() - started
+    return AloneTiming(steps, warmup, per_epoch, step_seconds, eval_seconds)
 
 
 @dataclass

@@ -100,6 +100,7 @@ OUTPUTS = {  # command line -> (option, what it takes)
     ("probe", "spec.yaml", "--store"): ("store", BAD_FILES),
     ("train", "-e", "1", "--widths", "8", "--out"): ("--out", BAD_FILES),
     ("train", "-e", "1", "--widths", "8", "--save"): ("--save", BAD_FILES),
+    ("compare", "a.sqlite", "b.sqlite", "--csv"): ("--csv", BAD_FILES),
 }
 
 

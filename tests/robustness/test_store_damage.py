@@ -215,7 +215,8 @@ def test_files_that_are_no_store_of_ours_are_refused_untouched(built, tmp_path, 
     make(tmp_path / "x.sqlite", built[0])
     write_spec(tmp_path, TINY)
     monkeypatch.chdir(tmp_path)
-    for argv in (["run", "spec.yaml", "--store", "x.sqlite", "--no-report"], ["report", "x.sqlite"]):
+    for argv in (["run", "spec.yaml", "--store", "x.sqlite", "--no-report"], ["report", "x.sqlite"],
+                 ["compare", "x.sqlite", "--config", "relu", "--config", "tanh"]):
         _refused(capsys, tmp_path, argv, str(tmp_path / "x.sqlite"), message)
 
 

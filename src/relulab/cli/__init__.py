@@ -20,6 +20,7 @@ from . import run as _run  # noqa: E402,F401
 from . import probe as _probe  # noqa: E402,F401  (issue 4)
 from . import search as _search  # noqa: E402,F401  (issue 4)
 from . import export as _export  # noqa: E402,F401  (issue 19)
+from . import compare as _compare  # noqa: E402,F401  (issue 19)
 
 # Recent typer vendors its own copy of click (and click may not be installed at all); older typer uses click.
 USAGE_ERRORS: tuple = ()
