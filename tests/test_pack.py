@@ -196,3 +196,25 @@ def test_tf32_and_fp32_jobs_never_share_a_stack():
     exact.spec.train.precision, tf32.spec.train.precision = "fp32", "tf32"
     assert fused.fusable(tf32) and pack.stack_key(exact) != pack.stack_key(tf32)
     assert pack.stack_key(auto) == pack.stack_key(tf32)  # auto means TF32 products for MLPs on CUDA
+
+
+ONE_STEP = DataSpec(train_size=32)  # one batch of 32: an epoch is a single optimizer step
+
+
+@pytest.mark.parametrize("opt,model,model_kw", [
+    ("sgd", "deep-mlp", {}),  # a fused stack
+    ("sgd", "deep-mlp", {"activation": "tanh", "batchnorm": True}),  # an autograd stack with batch norm
+    ("adam", "bn-mlp", {}),
+    ("momentum", "deep-mlp", {"activation": "prelu"}),  # PReLU does not stack: a model unit of its own
+], ids=["fused", "stack-bn", "bn-mlp", "unit"])
+def test_packed_and_alone_agree_after_one_step(opt, model, model_kw):
+    """The weights after one step agree to float rounding: packing changes the order of the sums, nothing else.
+    (Whole runs then drift apart as training amplifies that rounding: README, "Packed and alone".)"""
+    splits = load_data(ONE_STEP)
+    jobs = [Job(RunSpec(ONE_STEP, ModelSpec(model, init="he_normal", widths=[24, 24, 24], **model_kw),
+                        TrainSpec(1, 32, OptimizerSpec(opt, 0.01))), seed, str(seed)) for seed in (0, 1, 2)]
+    for job, packed in zip(jobs, pack.train_together(jobs, splits, CPU)):
+        alone = run(job.spec, job.seed, CPU, splits=splits)
+        for name, weight in alone.model.state_dict().items():
+            if weight.is_floating_point():
+                torch.testing.assert_close(packed.model.state_dict()[name], weight, rtol=1e-5, atol=1e-6, msg=name)
