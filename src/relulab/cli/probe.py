@@ -62,12 +62,12 @@ def probe_command(
                                       store=str(store) if store else None, sets=list(override), yes=yes)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
-    folder = check_output_dir(Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes",
-                              "--out")
+    folder = Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes"
     # `--out DIR` keeps everything in DIR: the report is rebuilt only when asked, and then goes under DIR too.
     want_report = report if report is not None else out is None
     report_folder = folder / "report" if out else None  # None: the experiment's report next to the store
     check_outputs(exp.store, report_dir(exp.store, exp.name, report_folder) if want_report else None)
+    folder = check_output_dir(folder, "--out")
     pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config)
     if not pr.results:
         console.print(f"{pr.variant} seed {seed_number}: no model to probe")
