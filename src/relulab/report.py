@@ -454,13 +454,26 @@ def _last_epoch(part: PartData) -> Optional[int]:
     return max((e for e in epochs if e > 0), default=None)
 
 
-def _depth_scale(ax, what: str, values: list[float]) -> None:
-    """Variances through 50 layers without normalisation can span many orders of magnitude: log scale then."""
+def _depth_scale(ax, what: str, values: list[float]) -> bool:
+    """Variances through 50 layers can vanish (1e-19) or explode: a log scale then, where a variance of exactly 0
+    (a layer whose outputs are all equal) cannot be drawn; means far from 0: a symmetric log scale. Whether
+    zeros were left out."""
     finite = [x for x in values if math.isfinite(x)]
-    if what == "variance" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
-        ax.set_yscale("log")
-    elif what == "mean" and finite and max(abs(x) for x in finite) > 10:
+    positive = [x for x in finite if x > 0]
+    if what == "variance" and positive and max(positive) / min(positive) > 50:
+        ax.set_yscale("log", nonpositive="mask")
+        return any(x <= 0 for x in finite)
+    if what == "mean" and finite and max(abs(x) for x in finite) > 10:
         ax.set_yscale("symlog", linthresh=1.0)
+    return False
+
+
+# The probes run the model in eval mode, as it is evaluated; what that means for batch norm must be said beside
+# the numbers, or "with batch norm, at initialisation" reads as something it is not.
+DEPTH_EVAL_NOTE = ("Measured in eval mode: batch norm applies its running statistics, which before training are "
+                   "mean 0 and variance 1 (it passes its input through), so at epoch 0 a model with batch norm "
+                   "measures like the same weights without it; after training they are the running averages "
+                   "(Keras' momentum 0.99 is slow to settle).")
 
 
 def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut:
@@ -471,17 +484,22 @@ def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut
     axes = fig.subplots(2, len(whens), squeeze=False, sharex=True, sharey="row")
     last = _last_epoch(part)
     titles = {"init": "at initialisation (epoch 0)", "trained": f"after training (epoch {last})"}
+    zeros = False
     for row, what in enumerate(("mean", "variance")):
-        drawn: list[float] = [DEPTH_TARGET[what]]
+        drawn = [DEPTH_TARGET[what]] + [x for profiles in table.values() for when in whens if when in profiles
+                                        for p in [profiles[when][what]] for x in p.mean + p.low + p.high]
+        zeros |= _depth_scale(axes[row][0], what, drawn)  # shared by the row
+        log = axes[row][0].get_yscale() == "log"
         for col, when in enumerate(whens):
             ax = axes[row][col]
             for color, (name, profiles) in zip(_colors(len(table)), table.items()):
                 if when not in profiles:
                     continue
                 p = profiles[when][what]
+                # on a log scale a band reaching 0 is cut there (NaN), not drawn to a masked point
+                low = [x if not log or x > 0 else math.nan for x in p.low]
                 ax.plot(p.slots, p.mean, color=color, marker="o", markersize=2.5, linewidth=1.3, label=name)
-                ax.fill_between(p.slots, p.low, p.high, color=color, alpha=0.18, linewidth=0)
-                drawn += p.mean + p.low + p.high
+                ax.fill_between(p.slots, low, p.high, color=color, alpha=0.18, linewidth=0)
             ax.axhline(DEPTH_TARGET[what], color="black", linestyle="--", linewidth=1,
                        label="target (mean 0, variance 1)")
             ax.set_title(f"{what} of each slot's output, {titles[when]}", fontsize=9)
@@ -490,13 +508,14 @@ def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut
                 ax.set_xlabel("slot (depth)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[row][0].set_ylabel(what)
-        _depth_scale(axes[row][0], what, drawn)  # shared by the row
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    return _save(fig, "depth", "Post-activation mean and variance through depth",
-                 "Mean and variance (std squared) of each slot's output over every entry of the probe set, "
-                 "mean over seeds; the band is the range over seeds; dashed: the self-normalising target "
-                 "(mean 0, variance 1). Left: the network as initialised; right: after the last epoch.", svg)
+    caption = ("Mean and variance (std squared) of each slot's output over every entry of the probe set, mean over "
+               "seeds; the band is the range over seeds; dashed: the self-normalising target (mean 0, variance 1). "
+               "Left: the network as initialised; right: after the last epoch. " + DEPTH_EVAL_NOTE)
+    if zeros:
+        caption += " Variances of exactly 0 (a slot whose outputs are all equal) are off the log scale."
+    return _save(fig, "depth", "Post-activation mean and variance through depth", caption, svg)
 
 
 def representative_slots(slots: list[int], most: int = MAX_TABLE_SLOTS) -> list[int]:
@@ -537,7 +556,7 @@ def depth_sections(part: PartData, svg: bool) -> list[Section]:
     total = len({s for profiles in table.values() for p in profiles.values() for s in p["mean"].slots})
     which = "every slot" if shown == total else f"{shown} of the {total} slots (the figure has every slot)"
     note = (f"Each cell: mean / variance of the slot's output over the probe set, mean over seeds; {which}. The "
-            "self-normalising target is mean 0, variance 1.")
+            f"self-normalising target is mean 0, variance 1. {DEPTH_EVAL_NOTE}")
     if not any("init" in profiles for profiles in table.values()):
         note += " This store has no measurement before training (epoch 0): it was written before relulab made one."
     return [Section("Through depth: post-activation mean and variance", header, rows, figure=depth_figure(
