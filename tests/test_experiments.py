@@ -311,8 +311,10 @@ def test_analyses_are_stored_and_the_demo_printed(tmp_path):
         "rectified(-1000.0) is 0.0"]
     db = sqlite3.connect(tmp_path / "s.sqlite")
     assert sorted(r[0] for r in db.execute("SELECT name FROM artifacts")) == ["activation_cost", "relu_demo"]
-    # sparsity of both slots after each of the 2 epochs, for 4 runs
-    assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'sparsity'").fetchone() == (4 * 2 * 2,)
+    # sparsity of both slots before training (epoch 0) and after each of the 2 epochs, for 4 runs
+    assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'sparsity'").fetchone() == (4 * 3 * 2,)
+    assert db.execute("SELECT min(epoch), max(epoch) FROM slot_stats").fetchone() == (0, 2)
+    assert db.execute("SELECT min(epoch) FROM epochs").fetchone() == (1,)  # epoch 0 is no training epoch
     relu = db.execute("SELECT avg(value) FROM slot_stats s JOIN runs r ON r.key = s.run_key "
                       "WHERE r.variant = 'relu'").fetchone()[0]
     tanh = db.execute("SELECT avg(value) FROM slot_stats s JOIN runs r ON r.key = s.run_key "
@@ -342,4 +344,4 @@ def test_per_epoch_gradient_probes_are_measured_with_labels(tmp_path):
     run_experiment(exp, log=quiet, echo=quiet)
     db = sqlite3.connect(tmp_path / "s.sqlite")
     grads = [r[0] for r in db.execute("SELECT value FROM slot_stats WHERE stat = 'grad_norm'")]
-    assert len(grads) == 2 * 2 * 2 and all(g is not None and math.isfinite(g) and g > 0 for g in grads)
+    assert len(grads) == 3 * 2 * 2 and all(g is not None and math.isfinite(g) and g > 0 for g in grads)  # epochs 0-2

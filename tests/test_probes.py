@@ -238,3 +238,49 @@ def test_class_table_is_the_seeds_layout_and_relu_count_sizes():
     sizes = slot_output_sizes(cnn, (3, 32, 32))
     assert sizes == {1: 30 * 30 * 48, 2: 28 * 28 * 48, 3: 26 * 26 * 96, 4: 24 * 24 * 96, 5: 22 * 22 * 96,
                      6: 20 * 20 * 96, 7: 8 * 8 * 192, 8: 6 * 6 * 192, 9: 192, 10: 10}
+
+
+def test_slot_probe_measures_the_initialised_model_as_epoch_0_and_resumes_with_it():
+    """Seed 002's premise is about the network as initialised: the per-epoch probe measures before training too
+    (epoch 0), on the very weights training starts from, and a resumed run keeps those numbers."""
+    import copy
+
+    from relulab.executors import SlotProbe
+    from relulab.train import TrainSpec, train_model
+
+    torch.manual_seed(0)
+    splits = load_data(DataSpec("digits"))
+    model = build_model(ModelSpec("bn-mlp", widths=[16] * 8, activation="selu", init="lecun_uniform"),
+                        splits.input_shape, splits.num_classes)
+    before = copy.deepcopy(model)
+    stats = ["mean_out", "std_out"]
+    callback = SlotProbe(splits.x_val[:64], stats, splits.y_val[:64])
+    history = train_model(model, splits, TrainSpec(epochs=2, batch_size=64), seed=0, callbacks=[callback])
+    assert sorted(callback.by_epoch) == [0, 1, 2] and [e.epoch for e in history.epochs] == [1, 2]
+    assert callback.by_epoch[0] == probe(before, splits.x_val[:64], splits.y_val[:64], stats=stats)
+    assert callback.by_epoch[2] == probe(model, splits.x_val[:64], splits.y_val[:64], stats=stats)
+    assert set(callback.by_epoch[0]["std_out"]) == set(range(1, 9))
+    resumed = SlotProbe(splits.x_val[:64], stats, splits.y_val[:64])
+    resumed.restore(callback.state())
+    assert resumed.by_epoch == callback.by_epoch
+
+
+def test_statistics_across_images_are_marked_degenerate_on_one_image_per_class():
+    """On the `first` probe set (one image per class) sign entropy is 0 by its definition and dead_fraction
+    means "not positive on this image": such cells are not data. Statistics of one image (std over its
+    entries, ratios) are."""
+    from relulab.probes import degenerate, degenerate_columns, degenerate_text
+
+    splits = load_data(DataSpec("digits"))
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("deep-mlp", widths=[16, 16]), splits.input_shape, splits.num_classes)
+    x, y = select_probe_set(splits, parse_probe_set("first"))
+    r = measure(model, x, y, ["sign_entropy", "dead_fraction", "std", "ratio_num"], classes=splits.classes)
+    assert all(v == 0 for v in r.by_class["sign_entropy"][1])  # fixed by the definition: not a measurement
+    assert r.overall["sign_entropy"][1] > 0  # over the ten images together it is one
+    for stat in ("sign_entropy", "sign_entropy_channel", "dead_fraction"):
+        assert degenerate_columns(r, stat) == [True] * 10 + [False] if stat in r.by_class else degenerate(stat, 1)
+    for stat in ("std", "ratio_num", "mean_out", "max_abs"):
+        assert not degenerate(stat, 1)
+    assert not degenerate("sign_entropy", 0) and not degenerate("sign_entropy", 2)  # empty: NaN; two: data
+    assert degenerate_text(1) == "n/a (1 image)"

@@ -159,3 +159,106 @@ def test_quickstart_report_renders_in_headless_chromium(capsys, tmp_path, monkey
     assert len(colours) > 300, "the page looks blank"
     assert max(count for count, _ in colours) < 0.9 * 1280 * 2000  # no single colour fills the page
     assert shot.stat().st_size > 50_000
+
+
+# ---------------------------------------------------------------- seed 002 through depth
+
+DEPTH = """\
+name: depth
+description: Seed 002 scaled down for the tests.
+device: cpu
+threads: 1
+seeds: [0, 1]
+data: {name: digits}
+model: {name: bn-mlp, widths: [16, 16, 16, 16, 16, 16, 16, 16], init: glorot_uniform}
+train: {epochs: 2, batch_size: 64, optimizer: {name: rmsprop, flavour: keras}}
+probes: [mean_out, std_out]
+probe_size: 128
+configs:
+  relu-no-bn: {model: {activation: relu, batchnorm: false}}
+  selu-bn-lecun: {model: {activation: selu, batchnorm: true, init: lecun_uniform}}
+baseline: relu-no-bn
+"""
+
+
+@pytest.fixture(scope="module")
+def depth(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("depth")
+    store = _make_store(folder, DEPTH)
+    return store, build_report(store)
+
+
+def test_the_seed002_preset_probes_what_its_premise_is_about():
+    exp = load_experiment("seed002", Overrides(store="/nonexistent/never-written.sqlite"))
+    assert {"mean_out", "std_out"} <= set(exp.parts[0].probes)
+    assert "one by one" in exp.raw["description"]  # probed runs are not packed: the preset says so
+
+
+def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_training(depth):
+    import sqlite3
+
+    from relulab.report import collect, curve
+    from relulab.store import Store
+
+    store, files = depth
+    md = files.markdown.read_text()
+    assert "### Through depth: post-activation mean and variance" in md
+    assert "| slot | relu-no-bn init | relu-no-bn epoch 2 | selu-bn-lecun init | selu-bn-lecun epoch 2 |" in md
+    assert "![Post-activation mean and variance through depth](figures/1-depth-depth.png)" in md
+    assert (files.html.parent / "figures" / "1-depth-depth.png").stat().st_size > 20_000
+    # the table's numbers are the store's: slot 3 of selu-bn-lecun before training, mean / variance over 2 seeds
+    db = sqlite3.connect(store)
+    rows = db.execute("SELECT s.stat, s.value FROM slot_stats s JOIN runs r ON r.key = s.run_key WHERE "
+                      "r.variant = 'selu-bn-lecun' AND s.epoch = 0 AND s.slot = 3").fetchall()
+    mean = sum(v for s, v in rows if s == "mean_out") / 2
+    variance = sum(v * v for s, v in rows if s == "std_out") / 2
+    line = next(line for line in md.splitlines() if line.startswith("| 3 |"))
+    assert line.split(" | ")[3] == f"{mean:.3g} / {variance:.3g}"
+    # epoch 0 is a measurement, not a training epoch: the curves still start at epoch 1
+    with Store(store) as s:
+        data = collect(s, "depth")
+    assert list(curve(data.parts[0].variants[0], "val_acc")[0]) == [1, 2]
+    page = files.html.read_text()
+    assert "Through depth: post-activation mean and variance" in page and "selu-bn-lecun epoch 2" in page
+
+
+def test_depth_table_of_a_deep_model_shows_representative_slots():
+    from relulab.report import representative_slots
+
+    assert representative_slots(list(range(1, 52))) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 51]
+    assert representative_slots([1, 2, 3]) == [1, 2, 3]
+    assert len(representative_slots(list(range(1, 1001)))) <= 12
+
+
+def test_a_statistic_undefined_for_a_configuration_gets_no_panel(tmp_path, monkeypatch):
+    """Saturation is NaN at every slot of a ReLU model: its panel would be empty, so it is not drawn."""
+    from relulab import report as report_module
+
+    drawn = []
+    real = report_module.stat_over_epochs_figure
+
+    def spy(title, panels, *args, **kwargs):
+        drawn.append((title, [name for name, _ in panels]))
+        return real(title, panels, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "stat_over_epochs_figure", spy)
+    files = build_report(_make_store(tmp_path, TINY + "probes: [saturation]\n", seeds=[0]))
+    assert drawn == [("saturation per slot over epochs", ["tanh"])]
+    assert "saturation is undefined for relu (no panel)." in files.markdown.read_text()
+
+
+def test_pareto_labels_do_not_overlap(monkeypatch):
+    from relulab import report as report_module
+
+    boxes = []
+    real = report_module.place_labels
+    monkeypatch.setattr(report_module, "place_labels", lambda *a, **k: boxes.extend(real(*a, **k)) or boxes)
+    # a frontier whose points sit close together (ReLU counts 0..64, accuracies within 0.4 points), on an axis
+    # stretched by a placement far below: labels at one fixed offset from their points would overlap
+    cands = [{"relu_count": 8 * i, "mean": 0.90 + 0.0005 * i, "ci_low": None, "ci_high": None,
+              "placement": f"off-{'-'.join(str(j) for j in range(1, 9 - i))}" if i < 8 else "all-relu"}
+             for i in range(9)]
+    cands.append({"relu_count": 64, "mean": 0.40, "ci_low": None, "ci_high": None, "placement": "off-9"})
+    figure = report_module.relu_count_figure({"id": "0" * 16, "metric": "best_val_acc", "candidates": cands}, False)
+    assert figure is not None and len(boxes) == 9
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -2,6 +2,7 @@
 import copy
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -287,7 +288,7 @@ def test_per_epoch_probes_of_a_spec_with_the_new_statistics(tmp_path):
     run_experiment(exp, log=quiet)
     db = sqlite3.connect(tmp_path / "p.sqlite")
     assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'ratio_num' AND value > 0").fetchone() == (
-        4 * 2 * 4,)  # 4 runs x 2 epochs x 4 slots
+        4 * 3 * 4,)  # 4 runs x (before training + 2 epochs) x 4 slots
     from relulab.report import build_report
 
     files = build_report(tmp_path / "p.sqlite")
@@ -334,3 +335,144 @@ def test_probe_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path
 def test_a_statistic_undefined_everywhere_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--stat: saturation is undefined at every active slot of all-relu"):
         run_search(mlp(tmp_path), SearchOptions("greedy", stat="saturation"), log=quiet)
+
+
+# ---------------------------------------------------------------- judged on held-out data
+
+
+def test_rank_correlations_row_by_row_are_scipys():
+    from relulab.stats import kendall_rows, spearman_rows
+
+    rng = __import__("numpy").random.default_rng(3)
+    x = rng.integers(0, 4, (50, 7)).astype(float)  # many ties, as resampled slots give
+    y = rng.normal(size=(50, 7))
+    y[:, 3] = y[:, 2]
+    for i in range(50):
+        if len(set(x[i])) > 1:
+            assert spearman_rows(x[i:i + 1], y[i:i + 1])[0] == pytest.approx(sps.spearmanr(x[i], y[i])[0])
+            assert kendall_rows(x[i:i + 1], y[i:i + 1])[0] == pytest.approx(sps.kendalltau(x[i], y[i])[0])
+    assert math.isnan(spearman_rows(x[:1] * 0, y[:1])[0]) and math.isnan(kendall_rows(x[:1] * 0, y[:1])[0])
+
+
+def test_holm_and_the_chance_of_a_false_positive():
+    from relulab.stats import chance_of_a_false_positive, holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, float("nan"), 0.9]) == [1.0, None, None, 1.0]  # 2 x 0.5, then never below it
+    assert chance_of_a_false_positive(14) == pytest.approx(1 - 0.95 ** 14) and round(1 - 0.95 ** 14, 2) == 0.51
+
+
+def _per_seed(off, seed_accs, seed_heuristics=None):
+    from relulab.search import _finite_mean
+
+    seed_heuristics = seed_heuristics or {}
+    heuristics = {stat: {slot: _finite_mean(v) for slot, v in by.items()} for stat, by in seed_heuristics.items()}
+    accs = [a for a in seed_accs if math.isfinite(a)]
+    return Measured(frozenset(off), "off-" + "-".join(map(str, sorted(off))) if off else "base",
+                    [f"k{i}" for i in range(len(seed_accs))], accs, 0, 0, heuristics, list(seed_accs),
+                    seed_heuristics)
+
+
+def test_judgement_bootstrap_resamples_slots_then_seeds_deterministically():
+    """The interval is the percentile interval of rho over resamples of the slots and, within each, of the
+    seeds (the same seeds for the model and its changes); checked against a plain loop over the same draws."""
+    import numpy as np
+
+    from relulab.search import judge
+
+    rng = np.random.default_rng(0)
+    slots, seeds = [1, 2, 3, 4, 5, 6], 3
+    values = {s: list(rng.normal(s, 0.5, seeds)) for s in slots}  # the statistic per seed on the base model
+    base = _per_seed((), [0.80, 0.82, 0.81], {"ratio_num": values})
+    singles = {s: _per_seed((s,), list(0.80 + 0.004 * s + rng.normal(0, 0.01, seeds))) for s in slots}
+    rows = {r["stat"]: r for r in judge(base, singles, resamples=300, seed=7)}
+    r = rows["ratio_num"]
+    assert r["resamples"] == 300 and r["spearman_low"] <= r["spearman"] <= r["spearman_high"]
+    assert r["kendall_low"] <= r["kendall"] <= r["kendall_high"]
+    assert judge(base, singles, resamples=300, seed=7)[0] == r  # seeded: the same every time
+    draws = np.random.default_rng(7)
+    pick_slots, pick_seeds = draws.integers(0, 6, (300, 6)), draws.integers(0, seeds, (300, seeds))
+    rhos, taus = [], []
+    for chosen, within in zip(pick_slots, pick_seeds):
+        xs = [np.mean([values[slots[i]][j] for j in within]) for i in chosen]
+        ys = [np.mean([singles[slots[i]].seed_accs[j] for j in within]) - np.mean([base.seed_accs[j] for j in within])
+              for i in chosen]
+        if len(set(xs)) > 1 and len(set(ys)) > 1:
+            rhos.append(sps.spearmanr(xs, ys)[0])
+            taus.append(sps.kendalltau(xs, ys)[0])
+    assert [r["spearman_low"], r["spearman_high"]] == pytest.approx(list(np.percentile(rhos, [2.5, 97.5])))
+    assert [r["kendall_low"], r["kendall_high"]] == pytest.approx(list(np.percentile(taus, [2.5, 97.5])))
+    # many statistics at once: Holm-adjusted p-values beside the raw ones, and how many were compared
+    assert r["compared"] == 1 and r["spearman_p_holm"] == pytest.approx(r["spearman_p"])
+
+
+def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(capsys, tmp_path):
+    """A greedy search whose proposals from all-relu are all rejected has measured every single-slot change of
+    all-relu, as the oracle's first step does; the same for budget with every placement of 3 slots on. All three
+    show the same judgement (one code path), with bootstrap intervals; candidates carry their test accuracy."""
+    from relulab.cli.search import print_search
+    from relulab.report import build_report
+    from relulab.search import load_search_views
+
+    exp = mlp(tmp_path)
+    never = 1e-12  # an acceptance level no difference over 2 seeds reaches: every proposal is rejected
+    run_search(exp, SearchOptions("greedy", budget=1, patience=4, alpha=never), log=quiet)
+    run_search(exp, SearchOptions("oracle", budget=1, alpha=never), log=quiet)
+    run_search(exp, SearchOptions("budget", keep=[4, 3], choose="exhaustive"), log=quiet)
+    with Store(tmp_path / "s.sqlite") as store:
+        views = {s["strategy"]: s for s in load_search_views(store, "mlp")}
+        runs = store.runs([k for c in views["oracle"]["candidates"] for k in c["run_keys"]])
+    g, o, b = views["greedy"], views["oracle"], views["budget"]
+    assert [st["decision"] for st in g["steps"]] == ["rejected"] * 4
+    strip = lambda rows: {r["stat"]: {k: v for k, v in r.items() if k != "step"} for r in rows}  # noqa: E731
+    assert {r["step"] for r in g["judgements"]} == {4} and {r["current"] for r in g["judgements"]} == {"all-relu"}
+    assert strip(g["judgements"]) == strip(o["judgements"]) == strip(b["judgements"])
+    ratio = strip(o["judgements"])["ratio_num"]
+    assert ratio["n"] == 4 and ratio["resamples"] == 1000 and ratio["compared"] >= 10
+    # the oracle's stored correlations are the same numbers (computed as it ran)
+    stored = {c["stat"]: c for c in o["correlations"]}
+    assert stored["ratio_num"]["spearman"] == pytest.approx(ratio["spearman"])
+    # every candidate's test accuracy: the mean over its stored runs
+    for c in o["candidates"]:
+        tests = [runs[k]["test_acc"] for k in c["run_keys"]]
+        assert c["test_mean"] == pytest.approx(sum(tests) / len(tests)) and c["test_n"] == 2
+    print_search(g)
+    out = capsys.readouterr().out
+    assert "test acc (%)" in out and "rank correlation with the measured change (step 4" in out
+    assert "Spearman [95% bootstrap]" in out and "p (Holm)" in out
+    assert re.search(r"\d+ statistics are compared at once", out)
+    files = build_report(tmp_path / "s.sqlite")
+    md = files.markdown.read_text()
+    for text in ("| step | current | proposal | statistic | proposal acc (%) | proposal test acc (%) |",
+                 "| slot off | placement | acc (%) | test acc (%) |", "| slots on | placement | slots off | ReLU count "
+                 "| acc (%) | test acc (%) |", "Heuristic judgement, step 4: statistics of all-relu",
+                 "Spearman rho [95% bootstrap] | p | p (Holm)", "by luck alone is 1 - 0.95^"):
+        assert text in md, text
+    by_name = {p.name: p.read_text() for p in files.extra}
+    greedy_csv = next(text for name, text in by_name.items() if name == f"search-{g['id']}-correlations.csv")
+    assert greedy_csv.splitlines()[0].startswith("search,strategy,step,current,stat,n,spearman,spearman_low,")
+    assert f"search-{b['id']}-correlations.csv" in by_name
+    assert by_name[f"search-{o['id']}.csv"].splitlines()[0].endswith(
+        "test_acc_mean,test_acc_ci_low,test_acc_ci_high,test_acc_runs")
+
+
+def test_probe_marks_degenerate_per_class_cells_and_out_keeps_everything_there(capsys, tmp_path):
+    """On the `first` probe set every class has one image: sign entropy there is 0 by definition, so the tables
+    say n/a instead of showing it as data. `--out DIR` writes only in DIR (and the store): no report beside the
+    store unless --report asks for one, and then under DIR."""
+    spec = write_spec(tmp_path, MLP)
+    store, out = tmp_path / "store" / "s.sqlite", tmp_path / "probes"
+    code, printed, err = relulab(capsys, "probe", str(spec), "--stats", "sign_entropy,ratio_num", "--store",
+                                 str(store), "--out", str(out))
+    assert code == 0, err
+    entropy = printed.split("sign_entropy: all-relu seed 0")[1].split("ratio_num: all-relu seed 0")[0]
+    assert entropy.count("n/a (1 image)") == 4 * 10  # every slot, every class; the average column is data
+    assert "n/a" not in printed.split("ratio_num: all-relu seed 0")[1]
+    assert sorted(p.name for p in out.iterdir()) == ["all-relu-seed0-first-ratio_num.png", "all-relu-seed0-first-"
+                                                     "sign_entropy.png", "all-relu-seed0-first.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probes", "spec.yaml", "store"]
+    assert not any("report" in p.name for p in store.parent.iterdir())
+    code, printed, err = relulab(capsys, "probe", str(spec), "--store", str(store), "--out", str(out), "--report")
+    assert code == 0, err
+    assert printed.strip().endswith(str(out / "report" / "report.html")) and (out / "report" / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probes", "spec.yaml", "store"]

@@ -101,14 +101,29 @@ class Outcome:
 
 
 class SlotProbe(Callback):
-    """Per-slot statistics on a fixed probe set after every epoch (reduced on the device)."""
+    """Per-slot statistics on a fixed probe set before training (epoch 0: the model as initialised) and after
+    every epoch (reduced on the device)."""
 
     def __init__(self, x: torch.Tensor, stats: Sequence[str], y: Optional[torch.Tensor] = None):
         self.x, self.y, self.stats, self.by_epoch = x, y, list(stats), {}
 
-    def on_epoch_end(self, model, record) -> None:
+    def _measure(self, model) -> dict:
         # With labels, gradient statistics (grad_norm...) are measured too; without, they are NaN.
-        self.by_epoch[record.epoch] = probes_mod.probe(model, self.x, self.y, stats=self.stats)
+        return probes_mod.probe(model, self.x, self.y, stats=self.stats)
+
+    def on_train_begin(self, model, spec) -> None:
+        # Seed 002's premise (SELU keeps each layer near mean 0, variance 1) is about the initialised network.
+        self.by_epoch[0] = self._measure(model)
+
+    def on_epoch_end(self, model, record) -> None:
+        self.by_epoch[record.epoch] = self._measure(model)
+
+    def state(self) -> dict:
+        # A resumed run restores the epochs measured before the interruption (epoch 0 included).
+        return {"by_epoch": self.by_epoch}
+
+    def restore(self, state: dict) -> None:
+        self.by_epoch = dict(state.get("by_epoch", {}))
 
 
 # ---------------------------------------------------------------- running a task (driver or worker)

@@ -53,6 +53,12 @@ and channels of that image's slot tensor):
   (the pre-activation: the output gradient times the activation's derivative).
 - `max_abs`: the largest |y| (maximum over images, not a mean).
 
+`dead_fraction`, `sign_entropy` and `sign_entropy_channel` are taken across the probe
+images, so on a class with one image (the `first` probe set) they are fixed by their
+definition (sign entropy is 0; "never positive" means "not positive on that image"):
+`degenerate` says so, and tables and heatmaps show "n/a (1 image)" there instead of a
+number (the CSV keeps the value, with its `images` count).
+
 A statistic is a `Stat` in the `STATS` registry; add one by adding an entry. Each is
 checked against a plain numpy computation of its definition in the tests.
 
@@ -106,6 +112,11 @@ class Stat:
     reduce: str = "sum"  # how images combine: sum | max
     grad: str = ""  # "" | "output" | "input": the statistic needs that gradient (and labels)
     description: str = ""
+    # Images a group (a class, or the whole set) needs for the value to mean what the name says: a statistic taken
+    # ACROSS the probe images (how often a unit is non-negative, whether it is ever positive) is fixed by
+    # definition on one image (sign entropy 0) or says something else (dead_fraction: "not positive on this
+    # image").
+    min_images: int = 1
 
 
 def _mean(t: Tensor) -> Tensor:
@@ -207,12 +218,12 @@ STATS: dict[str, Stat] = {
              description="fraction of exact zeros in the slot's output"),
         Stat("saturation", _saturation, _per_image_mean,
              description=f"sigmoid/tanh: fraction of the output within {SATURATION_MARGIN} of an asymptote"),
-        Stat("dead_fraction", lambda b: b.units(b.x).amax(2), _never_positive, reduce="max",
+        Stat("dead_fraction", lambda b: b.units(b.x).amax(2), _never_positive, reduce="max", min_images=2,
              description="fraction of units (channels or neurons) whose input is never positive on the probe set"),
-        Stat("sign_entropy", lambda b: (b.flat(b.x) >= 0).double(), _mean_entropy,
+        Stat("sign_entropy", lambda b: (b.flat(b.x) >= 0).double(), _mean_entropy, min_images=2,
              description="EASIER: binary entropy (bits) of P(input >= 0) over the probe set, per unit and "
                          "position, averaged"),
-        Stat("sign_entropy_channel", lambda b: (b.units(b.x) >= 0).double().mean(2), _mean_entropy,
+        Stat("sign_entropy_channel", lambda b: (b.units(b.x) >= 0).double().mean(2), _mean_entropy, min_images=2,
              description="binary entropy (bits) of P(input >= 0) per channel, pooled over images and positions"),
         Stat("grad_norm", _grad_norm("output"), _per_image_mean, grad="output",
              description="per image L2 norm of d loss / d output of the slot, averaged"),
@@ -422,6 +433,23 @@ def select_probe_set(splits, probe_set: ProbeSet) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------- tables
+
+
+def degenerate(stat: str, images: int) -> bool:
+    """Whether `stat` over a group of `images` probe images is fixed by its definition rather than measured (see
+    `Stat.min_images`): e.g. sign entropy per class on a one-image-per-class probe set. An empty group is not
+    degenerate: it has no value (NaN)."""
+    return 0 < images < STATS[stat].min_images if stat in STATS else False
+
+
+def degenerate_text(images: int) -> str:
+    """What a table shows instead of a degenerate value."""
+    return f"n/a ({images} image{'' if images == 1 else 's'})"
+
+
+def degenerate_columns(result: ProbeResult, stat: str) -> list[bool]:
+    """For `class_table`'s value columns (each class, then the average): whether that column is degenerate."""
+    return [degenerate(stat, n) for n in [*result.counts, result.images]]
 
 
 def class_table(result: ProbeResult, stat: str) -> tuple[list[str], list[list[float]]]:

@@ -10,8 +10,10 @@ Per part: the seeds' table (configuration | best val acc | time), extended with 
 95% interval over seeds, final accuracy, best epoch, seeds and the comparison with the
 baseline; accuracy and loss curves (mean over seeds, band = range over seeds), all
 configurations on one chart (seed 001's figure), time per epoch, per-slot sparsity
-when probed, and the part's analyses (activation plots with derivatives, activation
-cost, ReLU's demonstration). A part whose validation data is the test set is flagged
+when probed, post-activation mean and variance through depth at initialisation and
+after training when `mean_out` and `std_out` are probed (seed 002's premise), and the
+part's analyses (activation plots with derivatives, activation cost, ReLU's
+demonstration). A part whose validation data is the test set is flagged
 at the top of every format. The HTML embeds its images (base64) and links nothing
 outside itself; jinja2's autoescape escapes every user-provided string.
 """
@@ -476,6 +478,183 @@ def sparsity_figure(part: PartData, svg: bool) -> Optional[FigureOut]:
                  "set after the last epoch, mean over seeds.", svg)
 
 
+# ---------------------------------------------------------------- through depth (seed 002's premise)
+#
+# SELU's claim (Klambauer et al. 2017): with LeCun init and standardised inputs, every layer's output keeps mean 0
+# and variance 1. The probes `mean_out` and `std_out` measure each slot's output over the probe set; the figure
+# draws them (variance = std squared) by depth, before training (epoch 0) and after the last epoch, against
+# that target.
+
+DEPTH_TARGET = {"mean": 0.0, "variance": 1.0}
+MAX_TABLE_SLOTS = 12  # slots a by-slot table shows before it shows a representative selection
+
+
+@dataclass
+class DepthProfile:
+    """One statistic of one configuration at one epoch, by slot: mean over seeds and the seeds' range."""
+
+    slots: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+
+    def at(self, slot: int) -> float:
+        return self.mean[self.slots.index(slot)] if slot in self.slots else math.nan
+
+
+def _depth_values(v: VariantData, epoch_of: Callable[[dict], Optional[int]]) -> dict[str, dict[int, list[float]]]:
+    """{"mean" | "variance": {slot: one value per run}} at the epoch `epoch_of` picks from each run's epochs."""
+    out: dict[str, dict[int, list[float]]] = {"mean": {}, "variance": {}}
+    for stats in v.slot_stats.values():
+        means, stds = stats.get("mean_out") or {}, stats.get("std_out") or {}
+        epoch = epoch_of(means)
+        if epoch is None or epoch not in stds:
+            continue
+        for slot, value in means[epoch].items():
+            out["mean"].setdefault(slot, []).append(value)
+        for slot, value in stds[epoch].items():
+            out["variance"].setdefault(slot, []).append(value * value if value is not None else math.nan)
+    return out
+
+
+def _profile(by_slot: dict[int, list[float]]) -> Optional[DepthProfile]:
+    slots, mean, low, high = [], [], [], []
+    for slot, values in sorted(by_slot.items()):
+        finite = [x for x in values if x is not None and math.isfinite(x)]
+        slots.append(slot)
+        mean.append(float(np.mean(finite)) if finite else math.nan)
+        low.append(min(finite) if finite else math.nan)
+        high.append(max(finite) if finite else math.nan)
+    return DepthProfile(slots, mean, low, high) if slots else None
+
+
+def depth_profiles(v: VariantData) -> dict[str, dict[str, DepthProfile]]:
+    """{"init" | "trained": {"mean" | "variance": profile}} of a configuration's slot outputs; "init" is epoch 0
+    (before training; absent from stores written before it was measured), "trained" each run's last epoch."""
+    pick = {"init": lambda by_epoch: 0 if 0 in by_epoch else None,
+            "trained": lambda by_epoch: max((e for e in by_epoch if e > 0), default=None)}
+    out = {}
+    for when, epoch_of in pick.items():
+        profiles = {what: _profile(values) for what, values in _depth_values(v, epoch_of).items()}
+        if all(profiles.values()):
+            out[when] = profiles
+    return out
+
+
+def _last_epoch(part: PartData) -> Optional[int]:
+    epochs = {e for v in part.variants for stats in v.slot_stats.values() for e in (stats.get("mean_out") or {})}
+    return max((e for e in epochs if e > 0), default=None)
+
+
+def _depth_scale(ax, what: str, values: list[float]) -> bool:
+    """Variances through 50 layers can vanish (1e-19) or explode: a log scale then, where a variance of exactly 0
+    (a layer whose outputs are all equal) cannot be drawn; means far from 0: a symmetric log scale. Whether
+    zeros were left out."""
+    finite = [x for x in values if math.isfinite(x)]
+    positive = [x for x in finite if x > 0]
+    if what == "variance" and positive and max(positive) / min(positive) > 50:
+        ax.set_yscale("log", nonpositive="mask")
+        return any(x <= 0 for x in finite)
+    if what == "mean" and finite and max(abs(x) for x in finite) > 10:
+        ax.set_yscale("symlog", linthresh=1.0)
+    return False
+
+
+# The probes run the model in eval mode, as it is evaluated; what that means for batch norm must be said beside
+# the numbers, or "with batch norm, at initialisation" reads as something it is not.
+DEPTH_EVAL_NOTE = ("Measured in eval mode: batch norm applies its running statistics, which before training are "
+                   "mean 0 and variance 1 (it passes its input through), so at epoch 0 a model with batch norm "
+                   "measures like the same weights without it; after training they are the running averages "
+                   "(Keras' momentum 0.99 is slow to settle).")
+
+
+def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut:
+    """Rows: mean, variance; columns: at initialisation, after training (one y scale per row, so that the two
+    can be compared); a line per configuration."""
+    whens = [w for w in ("init", "trained") if any(w in p for p in table.values())]
+    fig = _new_figure(5.2 * len(whens) + 1.6, 7.4)
+    axes = fig.subplots(2, len(whens), squeeze=False, sharex=True, sharey="row")
+    last = _last_epoch(part)
+    titles = {"init": "at initialisation (epoch 0)", "trained": f"after training (epoch {last})"}
+    zeros = False
+    for row, what in enumerate(("mean", "variance")):
+        drawn = [DEPTH_TARGET[what]] + [x for profiles in table.values() for when in whens if when in profiles
+                                        for p in [profiles[when][what]] for x in p.mean + p.low + p.high]
+        zeros |= _depth_scale(axes[row][0], what, drawn)  # shared by the row
+        log = axes[row][0].get_yscale() == "log"
+        for col, when in enumerate(whens):
+            ax = axes[row][col]
+            for color, (name, profiles) in zip(_colors(len(table)), table.items()):
+                if when not in profiles:
+                    continue
+                p = profiles[when][what]
+                # on a log scale a band reaching 0 is cut there (NaN), not drawn to a masked point
+                low = [x if not log or x > 0 else math.nan for x in p.low]
+                ax.plot(p.slots, p.mean, color=color, marker="o", markersize=2.5, linewidth=1.3, label=name)
+                ax.fill_between(p.slots, low, p.high, color=color, alpha=0.18, linewidth=0)
+            ax.axhline(DEPTH_TARGET[what], color="black", linestyle="--", linewidth=1,
+                       label="target (mean 0, variance 1)")
+            ax.set_title(f"{what} of each slot's output, {titles[when]}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("slot (depth)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[row][0].set_ylabel(what)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    caption = ("Mean and variance (std squared) of each slot's output over every entry of the probe set, mean over "
+               "seeds; the band is the range over seeds; dashed: the self-normalising target (mean 0, variance 1). "
+               "Left: the network as initialised; right: after the last epoch. " + DEPTH_EVAL_NOTE)
+    if zeros:
+        caption += " Variances of exactly 0 (a slot whose outputs are all equal) are off the log scale."
+    return _save(fig, "depth", "Post-activation mean and variance through depth", caption, svg)
+
+
+def representative_slots(slots: list[int], most: int = MAX_TABLE_SLOTS) -> list[int]:
+    """Every slot when there are few; else the first, the last and every multiple of a round step between."""
+    slots = sorted(slots)
+    if len(slots) <= most:
+        return slots
+    for step in (2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        picks = sorted({slots[0], slots[-1], *(s for s in slots if s % step == 0)})
+        if len(picks) <= most:
+            return picks
+    return sorted({slots[0], slots[-1]})
+
+
+def _depth_cell(profiles: dict[str, DepthProfile], slot: int) -> str:
+    return f"{_num_text(profiles['mean'].at(slot), 3)} / {_num_text(profiles['variance'].at(slot), 3)}"
+
+
+def depth_rows(part: PartData, table: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """A row per (representative) slot; for each configuration a column at init and one after training, each
+    cell 'mean / variance'."""
+    last = _last_epoch(part)
+    columns = [(name, when) for name, profiles in table.items() for when in ("init", "trained") if when in profiles]
+    header = ["slot"] + [f"{name} {'init' if when == 'init' else f'epoch {last}'}" for name, when in columns]
+    slots = sorted({s for profiles in table.values() for p in profiles.values() for s in p["mean"].slots})
+    rows = [[str(slot)] + [_depth_cell(table[name][when], slot) for name, when in columns]
+            for slot in representative_slots(slots)]
+    return header, rows
+
+
+def depth_sections(part: PartData, svg: bool) -> list[Section]:
+    table = {v.name: depth_profiles(v) for v in part.variants}
+    table = {name: profiles for name, profiles in table.items() if profiles}
+    if not table:
+        return []
+    header, rows = depth_rows(part, table)
+    shown = len(rows)
+    total = len({s for profiles in table.values() for p in profiles.values() for s in p["mean"].slots})
+    which = "every slot" if shown == total else f"{shown} of the {total} slots (the figure has every slot)"
+    note = (f"Each cell: mean / variance of the slot's output over the probe set, mean over seeds; {which}. The "
+            f"self-normalising target is mean 0, variance 1. {DEPTH_EVAL_NOTE}")
+    if not any("init" in profiles for profiles in table.values()):
+        note += " This store has no measurement before training (epoch 0): it was written before relulab made one."
+    return [Section("Through depth: post-activation mean and variance", header, rows, figure=depth_figure(
+        part, table, svg), note=note)]
+
+
 def activations_figure(value: dict, svg: bool) -> FigureOut:
     names, (low, high) = value["activations"], value["range"]
     cols = min(3, len(names))
@@ -582,6 +761,7 @@ def part_report(index: int, part: PartData, svg: bool) -> PartReport:
                      Section("Curves", figure=curves_figure(part, svg)),
                      Section("Time per epoch", header, rows, figure=epoch_time_figure(part, svg),
                              note=_time_note(part, packed) if packed else "")]
+    sections += depth_sections(part, svg)
     header, rows = sparsity_rows(part)
     if rows:
         sections.append(Section("Sparsity per layer", header if len(header) <= 13 else [],
@@ -878,9 +1058,10 @@ MAX_EXHAUSTIVE_ROWS = 25
 
 
 def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:
-    from .store import load_run_probes, load_searches
+    from .search import load_search_views
+    from .store import load_run_probes
 
-    searches = load_searches(store, name)
+    searches = load_search_views(store, name)  # with test accuracies and judgements from the stored runs
     for part in parts:
         part.searches = [s for s in searches if s["part"] == part.name]
         for v in part.variants:
@@ -990,25 +1171,43 @@ def _epoch_sections(part: PartData, svg: bool) -> list[Section]:
     sections = []
     for stat in names:
         panels = [(v.name, epoch_stat_curves(v, stat)) for v in part.variants]
-        panels = [(n, c) for n, c in panels if c]
+        panels = [(n, c) for n, c in panels if has_data(c)]  # saturation of a ReLU model: no panel at all
         if not panels:
             continue
         if len(panels) == 1 and len(next(iter(panels[0][1].values()))[0]) < 2:
             continue  # a single epoch: nothing to plot over epochs
-        note = f"Only the first {MAX_EPOCH_PANELS} configurations are drawn." if len(panels) > MAX_EPOCH_PANELS else ""
+        notes = []
+        if len(panels) > MAX_EPOCH_PANELS:
+            notes.append(f"Only the first {MAX_EPOCH_PANELS} configurations are drawn.")
+        slots = sorted({slot for _, curves in panels for slot in curves})
+        drawn = representative_slots(slots)
+        if len(drawn) < len(slots):
+            notes.append(f"Slots {', '.join(map(str, drawn))} of {len(slots)} are drawn.")
+            panels = [(n, {s: c[s] for s in drawn if s in c}) for n, c in panels]
+        skipped = [v.name for v in part.variants if v.name not in {n for n, _ in panels}
+                   and any(stat in stats for stats in v.slot_stats.values())]
+        if skipped:
+            notes.append(f"{stat} is undefined for {', '.join(skipped)} (no panel).")
         description = STATS[stat].description if stat in STATS else stat
-        sections.append(Section(f"{stat} over epochs", note=note, figure=stat_over_epochs_figure(
+        sections.append(Section(f"{stat} over epochs", note=" ".join(notes), figure=stat_over_epochs_figure(
             f"{stat} per slot over epochs", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{_safe(stat)}",
-            f"{description}; measured after every epoch on the probe set, mean over seeds.", svg)))
+            f"{description}; measured on the probe set after every epoch (epoch 0: before training), mean over "
+            "seeds.", svg)))
     return sections
+
+
+def has_data(curves: dict[int, tuple[list, list]]) -> bool:
+    """Whether any slot's curve has a finite value (saturation is NaN at every slot of a ReLU model)."""
+    return any(math.isfinite(y) for _, values in curves.values() for y in values)
 
 
 # ---------------------------------------------------------------- final-model probe statistics
 
 
-def probe_means(rows: list[dict], probe_set: str) -> tuple[dict, dict, list[str], int]:
+def probe_means(rows: list[dict], probe_set: str) -> tuple[dict, dict, list[str], int, dict[int, int]]:
     """From run_probes rows of several runs (seeds), each at its last probed epoch on `probe_set`:
-    ({stat: {slot: mean over runs}}, {stat: {slot: {class: mean}}}, class names, runs)."""
+    ({stat: {slot: mean over runs}}, {stat: {slot: {class: mean}}}, class names, runs, {class (-1: all): the
+    fewest images it had in any run})."""
     rows = [r for r in rows if r["probe_set"] == probe_set]
     last: dict[str, int] = {}
     for r in rows:
@@ -1016,9 +1215,11 @@ def probe_means(rows: list[dict], probe_set: str) -> tuple[dict, dict, list[str]
     overall: dict = {}
     per_class: dict = {}
     classes: dict[int, str] = {}
+    images: dict[int, int] = {}
     for r in rows:
         if r["epoch"] != last[r["run_key"]]:
             continue
+        images[r["class"]] = min(images.get(r["class"], r["images"]), r["images"])
         if r["class"] < 0:
             overall.setdefault(r["stat"], {}).setdefault(r["slot"], []).append(r["value"])
         else:
@@ -1032,16 +1233,23 @@ def probe_means(rows: list[dict], probe_set: str) -> tuple[dict, dict, list[str]
 
     return ({s: {k: mean(v) for k, v in by.items()} for s, by in overall.items()},
             {s: {k: {c: mean(v) for c, v in byc.items()} for k, byc in by.items()} for s, by in per_class.items()},
-            [classes[c] for c in sorted(classes)], len(last))
+            [classes[c] for c in sorted(classes)], len(last), images)
 
 
 def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, caption: str,
-                   svg: bool) -> FigureOut:
-    """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated."""
+                   svg: bool, degenerate: Optional[list[bool]] = None) -> FigureOut:
+    """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated. Columns marked
+    in `degenerate` (relulab.probes.degenerate_columns: a class of one image for a statistic taken across images)
+    are grey and say n/a: they are not data, and they do not set the colour scale."""
     values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=float)
+    marked = np.zeros(values.shape[1], dtype=bool) if degenerate is None else np.asarray(degenerate, dtype=bool)
+    values[:, marked] = np.nan
     fig = _new_figure(1.0 + 0.72 * len(header), 0.9 + 0.42 * len(rows))
     ax = fig.add_subplot()
     finite = values[np.isfinite(values)]
+    if marked.any():
+        grey = np.where(marked[None, :], 1.0, np.nan) * np.ones_like(values)
+        ax.imshow(np.ma.masked_invalid(grey), aspect="auto", cmap="Greys", vmin=0, vmax=5)
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis",
                       vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
     ax.set_xticks(range(len(header) - 1), header[1:], rotation=45, ha="right", fontsize=8)
@@ -1050,10 +1258,15 @@ def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, c
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            if np.isfinite(values[i, j]):
+            if marked[j]:
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=6.5, color="dimgrey")
+            elif np.isfinite(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
                         color="black" if values[i, j] > middle else "white")
     fig.colorbar(image, ax=ax, fraction=0.04)
+    if marked.any():
+        caption += " Grey n/a: a class with one probe image, where this statistic (taken across images) is fixed " \
+                   "by its definition, not measured."
     return _save(fig, slug, title, caption, svg)
 
 
@@ -1065,17 +1278,18 @@ def _class_table_rows(per_class: dict, overall: dict, classes: list[str]) -> tup
 
 
 def _probe_sections(part: PartData, svg: bool) -> list[Section]:
-    from .probes import STATS
+    from .probes import STATS, degenerate, degenerate_text
 
     sections = []
     retrained = {copy["key"] for _, _, copy in part.retrained}
     baseline = part.baseline if part.baseline in part.run_probes else next(iter(part.run_probes), None)
     for name, rows in part.run_probes.items():
         for probe_set in sorted({r["probe_set"] for r in rows}):
-            overall, per_class, classes, runs = probe_means(rows, probe_set)
+            overall, per_class, classes, runs, images = probe_means(rows, probe_set)
             stats = [s for s in STATS if s in overall] + sorted(s for s in overall if s not in STATS)
             slots = sorted({slot for by in overall.values() for slot in by})
-            table = [[s] + [_num_text(overall[s].get(slot)) for slot in slots] for s in stats]
+            table = [[s] + [degenerate_text(images.get(-1, 0)) if degenerate(s, images.get(-1, 0))
+                            else _num_text(overall[s].get(slot)) for slot in slots] for s in stats]
             copies = len({r["run_key"] for r in rows if r["probe_set"] == probe_set} & retrained)
             sections.append(Section(
                 f"Probe statistics of {name} (probe set {probe_set})", ["statistic"] + [f"slot {k}" for k in slots],
@@ -1090,14 +1304,17 @@ def _probe_sections(part: PartData, svg: bool) -> list[Section]:
                 if stat not in per_class:
                     continue
                 header, body = _class_table_rows(per_class[stat], overall[stat], classes)
+                counts = [images.get(c, 0) for c in range(len(classes))] + [images.get(-1, 0)]
+                marked = [degenerate(stat, n) for n in counts]
                 slug = f"probes-{_safe(name)}-{_safe(probe_set)}-{stat}"
                 sections.append(Section(
                     f"{stat} per layer and class: {name} (probe set {probe_set})", header,
-                    [[str(r[0])] + [_num_text(x, 3) for x in r[1:]] for r in body],
+                    [[str(r[0])] + [degenerate_text(n) if m else _num_text(x, 3)
+                                    for x, n, m in zip(r[1:], counts, marked)] for r in body],
                     note="Seed 000's layout: a row per slot, a column per class, and the average over the probe "
                          f"images; mean over {runs} runs.",
                     figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
-                                          f"{STATS[stat].description}; probe set {probe_set}.", svg)))
+                                          f"{STATS[stat].description}; probe set {probe_set}.", svg, marked)))
     if part.retrained:
         sections.append(_retrained_section(part.retrained))
     return sections
@@ -1162,8 +1379,10 @@ def _search_note(s: dict) -> str:
     if s["status"] != "done":
         parts.append("NOT FINISHED (run the same command again to resume)")
     elif result:
+        final = next((c for c in s["candidates"] if c["placement"] == result["final"] and "test_mean" in c), None)
+        held_out = f", test accuracy {_test_text(final)}%" if final is not None and s["metric"] != "test_acc" else ""
         parts.append(f"result: {result['final']} at {_interval(result['mean'], result['ci_low'], result['ci_high'])}"
-                     f"% ({result.get('relu_count', 0):,} activations per image)")
+                     f"% {s['metric']}{held_out} ({result.get('relu_count', 0):,} activations per image)")
         if "distinguishably_better" in result:
             better = result["distinguishably_better"]
             parts.append("better than the base beyond seed noise: " + (", ".join(better) if better else "none"))
@@ -1232,26 +1451,41 @@ def _greedy_rows(s: dict) -> list[list[str]]:
             continue
         rows.append([str(step["step"]), step["current"], f"{prop['placement']} (slot {prop['slot']})",
                      _num_text(prop["heuristic"]), _interval(prop["mean"], prop["ci_low"], prop["ci_high"]),
-                     _interval(cur["mean"], cur["ci_low"], cur["ci_high"]) if cur else "-", _diff_text(prop),
-                     _p_text(prop["p"]), step["decision"]])
+                     _test_text(prop), _interval(cur["mean"], cur["ci_low"], cur["ci_high"]) if cur else "-",
+                     _test_text(cur) if cur else "-", _diff_text(prop), _p_text(prop["p"]), step["decision"]])
     return rows
 
 
-GREEDY_HEADER = ["step", "current", "proposal", "statistic", "proposal acc (%)", "current acc (%)",
-                 "difference (points)", "p (Welch)", "decision"]
-CANDIDATE_HEADER = ["slot off", "placement", "acc (%)", "vs current (points)", "p (Welch)", "statistic"]
-CORRELATION_HEADER = ["statistic", "n", "Spearman rho", "p", "Kendall tau", "p", "highest-first pick",
-                      "lowest-first pick", "best change"]
+def _test_text(c: dict) -> str:
+    """A candidate's mean test accuracy over its seeds with the 95% interval (computed from its stored runs)."""
+    return _interval(c.get("test_mean"), c.get("test_ci_low"), c.get("test_ci_high"))
+
+
+GREEDY_HEADER = ["step", "current", "proposal", "statistic", "proposal acc (%)", "proposal test acc (%)",
+                 "current acc (%)", "current test acc (%)", "difference (points)", "p (Welch)", "decision"]
+CANDIDATE_HEADER = ["slot off", "placement", "acc (%)", "test acc (%)", "vs current (points)", "p (Welch)",
+                    "statistic"]
+CORRELATION_HEADER = ["statistic", "n", "Spearman rho [95% bootstrap]", "p", "p (Holm)", "Kendall tau [95% bootstrap]",
+                      "p", "p (Holm)", "highest-first pick", "lowest-first pick", "best change"]
 
 
 def _points(value) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value * PCT:+.2f}"
 
 
+def _correlation_text(value, low, high) -> str:
+    text = _num_text(value, 3)
+    if text != "-" and low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:+.2f}, {high:+.2f}]"
+    return text
+
+
 def correlation_rows(corr: list[dict]) -> list[list[str]]:
-    return [[c["stat"], str(c["n"]), _num_text(c["spearman"], 3), _p_text(c["spearman_p"]),
-             _num_text(c["kendall"], 3), _p_text(c["kendall_p"]), _points(c["highest_pick_diff"]),
-             _points(c["lowest_pick_diff"]), _points(c["best_diff"])] for c in corr]
+    return [[c["stat"], str(c["n"]), _correlation_text(c["spearman"], c.get("spearman_low"), c.get("spearman_high")),
+             _p_text(c["spearman_p"]), _p_text(c.get("spearman_p_holm")),
+             _correlation_text(c["kendall"], c.get("kendall_low"), c.get("kendall_high")), _p_text(c["kendall_p"]),
+             _p_text(c.get("kendall_p_holm")), _points(c["highest_pick_diff"]), _points(c["lowest_pick_diff"]),
+             _points(c["best_diff"])] for c in corr]
 
 
 def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Optional[FigureOut]:
@@ -1261,8 +1495,10 @@ def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Op
     fig = _new_figure(7, 0.8 + 0.36 * len(corr))
     ax = fig.add_subplot()
     y = np.arange(len(corr))
-    ax.barh(y - 0.2, [c["spearman"] for c in corr], height=0.4, label="Spearman rho")
-    ax.barh(y + 0.2, [c["kendall"] for c in corr], height=0.4, label="Kendall tau")
+    ax.barh(y - 0.2, [c["spearman"] for c in corr], height=0.4, label="Spearman rho",
+            xerr=_bootstrap_errors(corr, "spearman"), error_kw={"capsize": 2, "elinewidth": 0.8})
+    ax.barh(y + 0.2, [c["kendall"] for c in corr], height=0.4, label="Kendall tau",
+            xerr=_bootstrap_errors(corr, "kendall"), error_kw={"capsize": 2, "elinewidth": 0.8})
     ax.set_yticks(y, [f"{c['stat']} (n={c['n']})" for c in corr], fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="grey", linewidth=0.8)
@@ -1271,7 +1507,19 @@ def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Op
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, slug, title, "Positive: switching off the slot with the HIGHEST value first was the right "
-                 "order; negative: the lowest. n = single-slot candidates with a finite value.", svg)
+                 "order; negative: the lowest. n = single-slot candidates with a finite value; whiskers: 95% "
+                 "bootstrap intervals over slots and seeds.", svg)
+
+
+def _bootstrap_errors(corr: list[dict], name: str) -> Optional[np.ndarray]:
+    """Whiskers (below, above) from the rows' bootstrap intervals; zero length where a row has none."""
+    low, high = [], []
+    for c in corr:
+        a, b = c.get(f"{name}_low"), c.get(f"{name}_high")
+        ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+        low.append(max(0.0, c[name] - a) if ok else 0.0)
+        high.append(max(0.0, b - c[name]) if ok else 0.0)
+    return np.array([low, high]) if any(low) or any(high) else None
 
 
 def oracle_figure(s: dict, step: int, svg: bool) -> Optional[FigureOut]:
@@ -1315,17 +1563,72 @@ def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
             frontier.append(c)
     ax.plot([c["relu_count"] for c in frontier], [c["mean"] * PCT for c in frontier], drawstyle="steps-post",
             color="tab:orange", marker="D", markersize=5, zorder=3, label="frontier: best accuracy for its ReLU count")
-    for c in frontier:
-        ax.annotate(c["placement"], (c["relu_count"], c["mean"] * PCT), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
     ax.set_xlabel("ReLU count (activations computed per image)")
     ax.set_ylabel(f"{s['metric']} (%)")
     _clamp_percent(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    place_labels(ax, [(c["relu_count"], c["mean"] * PCT, c["placement"]) for c in frontier])
     return _save(fig, f"search-{s['id'][:8]}-relu-count", "ReLU count against accuracy",
                  "Each point a placement (mean over seeds, 95% interval); the ReLU count sums the output sizes of "
                  "the slots that are on.", svg)
+
+
+def _label_offsets(rings: int = 10) -> list[tuple[int, int]]:
+    """Offsets (points) to try for a label, nearest first: the four corners of its point, then further up and
+    down, left and right."""
+    return [(dx, dy * (4 + 8 * ring)) for ring in range(rings + 1) for dx, dy in ((4, 1), (4, -1), (-4, 1), (-4, -1))]
+
+
+def _overlap(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
+    """Annotate each (x, y, text) at the first offset where the label stays on the figure and covers no label
+    placed before, no point and not the legend (else where it covers least); a leader line joins a label moved
+    away from its point. Returns the labels' boxes in display space. Call it once the axes are final (limits,
+    scales, legend): positions are measured on the laid-out figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    if not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()  # the layout, so that display positions hold
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    marker = 3.0 * fig.dpi / 72  # half a marker's width, in pixels
+    obstacles = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
+                 for px, py in ax.transData.transform([(x, y) for x, y, _ in points])]
+    legend = ax.get_legend()
+    if legend is not None:
+        obstacles.append(legend.get_window_extent(renderer))
+    boxes: list = []
+    for x, y, text in points:
+        best = None
+        for n, (dx, dy) in enumerate(_label_offsets()):
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                                ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
+                                arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if n >= 4 else None)
+            label.set_in_layout(False)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer).padded(2)  # the text alone (with a gap), not its line
+            inside = page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+            cost = (0 if inside else 10 * box.width * box.height) + sum(_overlap(box, b) for b in boxes + obstacles)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        boxes.append(best[2])
+    return boxes
 
 
 def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
@@ -1334,11 +1637,13 @@ def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
         off = json.loads(c["off_json"]) if isinstance(c.get("off_json"), str) else c["off"]
         rows.append(([str(c.get("kept", "-"))] if kept else []) + [
             c["placement"], ", ".join(map(str, off)) or "none", f"{c['relu_count']:,}",
-            _interval(c["mean"], c["ci_low"], c["ci_high"]), _diff_text(c), _p_text(c["p"]), c["verdict"] or "-"])
+            _interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c), _diff_text(c), _p_text(c["p"]),
+            c["verdict"] or "-"])
     return rows
 
 
-PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "vs base (points)", "p (Welch)", "verdict"]
+PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "test acc (%)", "vs base (points)",
+                    "p (Welch)", "verdict"]
 
 
 def _search_sections(s: dict, svg: bool) -> list[Section]:
@@ -1346,6 +1651,7 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
     sections = []
     if s["strategy"] == "greedy":
         sections.append(Section(title, GREEDY_HEADER, _greedy_rows(s), note=note, figure=search_path_figure(s, svg)))
+        sections += _all_judgement_sections(s, svg)
     elif s["strategy"] == "oracle":
         path = []
         for st in s["steps"]:
@@ -1354,8 +1660,8 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
                                 figure=search_path_figure(s, svg)))
         for st in s["steps"]:
             cands = [c for c in _candidates(s, st["step"]) if c["position"] > 0]
-            rows = [[str(c["slot"]), c["placement"], _interval(c["mean"], c["ci_low"], c["ci_high"]), _diff_text(c),
-                     _p_text(c["p"]), _num_text(c["heuristic"])] for c in cands]
+            rows = [[str(c["slot"]), c["placement"], _interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c),
+                     _diff_text(c), _p_text(c["p"]), _num_text(c["heuristic"])] for c in cands]
             stat = s["options"]["stat"]
             sections.append(Section(f"Oracle step {st['step']}: every single-slot change of {st['current']}",
                                     CANDIDATE_HEADER[:-1] + [stat], rows, figure=oracle_figure(s, st["step"], svg)))
@@ -1375,20 +1681,37 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
             c["kept"] = total - len(json.loads(c["off_json"]))
         sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, kept=True),
                                 note=note, figure=relu_count_figure(s, svg)))
+        sections += _all_judgement_sections(s, svg)
     return sections
 
 
 def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Section]:
-    corr = _stat_order([c for c in s["correlations"] if c["step"] == step])
+    from .search import false_positive_note
+
+    corr = _stat_order([c for c in s.get("judgements", []) if c["step"] == step])
     if not corr:
         return []
+    singles = f"{max(c['n'] for c in corr)} single-slot changes of {current}"
+    if s["strategy"] == "greedy":
+        singles += " (the proposals tried from it, rejected and accepted)"
+    note = (f"For each statistic (on {current}, mean over seeds), the rank correlation with the measured change in "
+            f"accuracy of switching each slot off, over {singles}; the pick columns give the change the "
+            "highest-first and lowest-first choices got, and the best there was (points). Brackets: 95% bootstrap "
+            f"intervals ({corr[0].get('resamples') or 0} resamples of the slots, then of the seeds within).")
+    extra = false_positive_note(corr[0].get("compared", 0))
     return [Section(f"Heuristic judgement, step {step}: statistics of {current} against the measured changes",
-                    CORRELATION_HEADER, correlation_rows(corr),
-                    note="For each statistic (on the current model, mean over seeds), the rank correlation with the "
-                         "measured change in accuracy of switching each slot off; the pick columns give the change "
-                         "the highest-first and lowest-first choices got, and the best there was (points).",
+                    CORRELATION_HEADER, correlation_rows(corr), note=note + (" " + extra if extra else ""),
                     figure=correlation_figure(corr, f"Heuristic judgement, step {step}",
                                               f"search-{s['id'][:8]}-judgement-{step}", svg))]
+
+
+def _all_judgement_sections(s: dict, svg: bool) -> list[Section]:
+    """Greedy and budget: a judgement for every model whose single-slot changes the search happened to measure."""
+    sections = []
+    for step in sorted({c["step"] for c in s.get("judgements", [])}):
+        current = next(c["current"] for c in s["judgements"] if c["step"] == step)
+        sections += _judgement_sections(s, step, current, svg)
+    return sections
 
 
 def probe_search_sections(part: PartData, svg: bool) -> list[Section]:
@@ -1400,9 +1723,12 @@ def probe_search_sections(part: PartData, svg: bool) -> list[Section]:
 
 SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "position", "placement", "slots_off", "slot",
                       "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high", "reference",
-                      "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys"]
-CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "stat", "n", "spearman", "spearman_p", "kendall",
-                           "kendall_p", "highest_pick_diff", "lowest_pick_diff", "best_diff"]
+                      "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys",
+                      "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_runs"]
+CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "current", "stat", "n", "spearman", "spearman_low",
+                           "spearman_high", "spearman_p", "spearman_p_holm", "kendall", "kendall_low", "kendall_high",
+                           "kendall_p", "kendall_p_holm", "compared", "resamples", "highest_pick_diff",
+                           "lowest_pick_diff", "best_diff"]
 
 
 def search_csvs(data: ExperimentData) -> dict[str, str]:
@@ -1425,13 +1751,14 @@ def search_csvs(data: ExperimentData) -> dict[str, str]:
                     c["placement"], " ".join(map(str, c["off"])), c["slot"], c["relu_count"], c["seeds"], c["runs"],
                     c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
                     c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
-                    " ".join(c["run_keys"])]])
+                    " ".join(c["run_keys"]), c.get("test_mean"), c.get("test_ci_low"), c.get("test_ci_high"),
+                    c.get("test_n")]])
             written[f"search-{s['id']}.csv"] = buf.getvalue()
-            if s["correlations"]:
+            if s.get("judgements"):
                 buf = io.StringIO()
                 writer = csv.writer(buf, lineterminator="\n")
                 writer.writerow(CORRELATION_CSV_COLUMNS)
-                for c in s["correlations"]:
+                for c in s["judgements"]:
                     writer.writerow([_csv_number(x) for x in [s["id"], s["strategy"]] +
                                      [c[k] for k in CORRELATION_CSV_COLUMNS[2:]]])
                 written[f"search-{s['id']}-correlations.csv"] = buf.getvalue()

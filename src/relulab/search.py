@@ -31,13 +31,20 @@ Strategies (`STRATEGIES`, keyed by name; each a small function of a `Search`):
   ReLU count (activations computed per image = the summed output sizes of the slots
   that are on) against accuracy.
 
-Heuristic judgement: for a step whose candidates are the single-slot changes of one
-model (oracle steps, and the first level of exhaustive), every probe statistic of that
-model is set against the measured change in accuracy of switching each slot off:
-Spearman's rho and Kendall's tau (tau-b) with their p-values and n. A positive
-correlation means "switch off the slot with the highest value first" was the right
-order; also recorded: the change the highest-first and lowest-first picks got, and the
-best change there was.
+Heuristic judgement (`judge`): for a model and its single-slot changes, every probe
+statistic of that model is set against the measured change in accuracy of switching
+each slot off: Spearman's rho and Kendall's tau (tau-b) with their p-values and n. A
+positive correlation means "switch off the slot with the highest value first" was the
+right order; also recorded: the change the highest-first and lowest-first picks got, and
+the best change there was. Oracle steps and exhaustive's first level store it as they
+go. When a search is shown (`load_search_views`: reports, the command's tables) it is
+computed again from the stored runs for every model that had at least 3 single-slot
+changes measured, whatever the strategy: oracle steps, exhaustive, greedy's proposals
+from one current model (rejected and accepted), budget's one-slot-off placements (choose
+exhaustive). There it also gets bootstrap 95% intervals over slots and seeds, and
+Holm-adjusted p-values, since ~15 statistics are judged at once. Every candidate also
+shows its mean test accuracy (95% interval over seeds) beside the validation accuracy
+that chose it.
 
 Efficiency and resumption: every run is keyed exactly as `relulab run` keys it
 (`experiments.run_key` of the resolved config and seed), so a placement trained before
@@ -64,6 +71,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -78,9 +86,11 @@ from .executors import data_key
 from .experiments import Experiment, Part, Variant, canonical_spec, run_key
 from .models import build_model
 from .ranges import parse_ranges
-from .stats import compare, summarize
+from .stats import (Summary, chance_of_a_false_positive, compare, holm, kendall_rows, percentile_interval,
+                    spearman_rows, summarize)
 from .store import (RETRAINED_FOR_PROBING, Finished, Store, begin_search, ensure_probe_search_tables, finish_search,
-                    load_probes_or_copies, load_run_probes, retrained_key, save_run_probes, save_search_step)
+                    load_probes_or_copies, load_run_probes, load_searches, retrained_key, save_run_probes,
+                    save_search_step)
 from .train import Callback, Job, RunSpec, train_many
 from .weights import Keeper, KeptWeights
 
@@ -170,6 +180,10 @@ class Measured:
     diverged: int
     relu_count: int
     heuristics: dict[str, dict[int, float]] = field(default_factory=dict)  # stat -> slot -> mean over seeds
+    # The same per seed (in the order of `keys`; NaN where a run is missing, diverged or unprobed): what the
+    # judgement's bootstrap resamples.
+    seed_accs: list[float] = field(default_factory=list)
+    seed_heuristics: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
     @property
     def summary(self):
@@ -235,6 +249,52 @@ def probe_rows(result: probes_mod.ProbeResult) -> list[tuple]:
     """A ProbeResult as store rows: (stat, slot, class, class name, images, value)."""
     return [(stat, slot, cls, name, result.counts[cls] if cls >= 0 else result.images, value)
             for stat, slot, cls, name, value in result.rows()]
+
+
+# ---------------------------------------------------------------- what the store holds about a placement
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def stored_heuristics(store: Store, keys: list[str], probe_set: str) -> dict[str, dict[int, list[float]]]:
+    """stat -> slot -> the all-images value at each run's last probed epoch, one value per key in the order of
+    `keys` (NaN for a run without probes)."""
+    column = {key: i for i, key in enumerate(keys)}
+    # A run's own statistics, or those of its copy retrained for probing (row["of"]: the run it stands in for).
+    rows = [r for r in load_probes_or_copies(store, keys, probe_set) if r["class"] == -1]
+    last: dict[str, int] = {}
+    for r in rows:
+        last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
+    out: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        if r["epoch"] == last[r["run_key"]]:
+            out.setdefault(r["stat"], {}).setdefault(r["slot"], [math.nan] * len(keys))[column[r["of"]]] = \
+                r["value"]
+    return out
+
+
+def stored_measurement(store: Store, off: Iterable[int], label: str, keys: list[str], metric: str, probe_set: str,
+                       relu_count: int) -> Measured:
+    """A placement as the store has it: the metric of its runs (`keys`, one per seed) and their probe
+    statistics, averaged over the seeds and kept per seed."""
+    runs = store.runs(keys)
+    accs, seed_accs, diverged = [], [], 0
+    for key in keys:
+        row = runs.get(key)
+        value = math.nan
+        if row is not None and row["status"] != "done":
+            diverged += 1
+        elif row is not None and row[metric] is not None and math.isfinite(row[metric]):
+            value = row[metric]
+            accs.append(value)
+        seed_accs.append(value)
+    per_seed = stored_heuristics(store, keys, probe_set)
+    heuristics = {stat: {slot: _finite_mean(values) for slot, values in by_slot.items()}
+                  for stat, by_slot in per_seed.items()}
+    return Measured(frozenset(off), label, list(keys), accs, diverged, relu_count, heuristics, seed_accs, per_seed)
 
 
 class Search:
@@ -401,37 +461,10 @@ class Search:
         if off in self._cache:
             return self._cache[off]
         keys = [run_key(self.spec(off), seed) for seed in self.seeds]
-        runs = self.store.runs(keys)
-        accs, diverged = [], 0
-        for key in keys:
-            row = runs.get(key)
-            if row is None:
-                continue
-            if row["status"] != "done":
-                diverged += 1
-            elif row[self.options.metric] is not None and math.isfinite(row[self.options.metric]):
-                accs.append(row[self.options.metric])
-        m = Measured(off, self.label(off), keys, accs, diverged, self.relu_count(off), self._heuristics(keys))
+        m = stored_measurement(self.store, off, self.label(off), keys, self.options.metric, self.probe_set.name,
+                               self.relu_count(off))
         self._cache[off] = m
         return m
-
-    def _heuristics(self, keys: list[str]) -> dict[str, dict[int, float]]:
-        """stat -> slot -> the all-images value at each run's last probed epoch, averaged over the seeds."""
-        last: dict[str, int] = {}
-        rows = [r for r in load_probes_or_copies(self.store, keys, self.probe_set.name) if r["class"] == -1]
-        for r in rows:
-            last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
-        values: dict[str, dict[int, list[float]]] = {}
-        for r in rows:
-            if r["epoch"] == last[r["run_key"]]:
-                values.setdefault(r["stat"], {}).setdefault(r["slot"], []).append(r["value"])
-        out: dict[str, dict[int, float]] = {}
-        for stat, by_slot in values.items():
-            out[stat] = {}
-            for slot, vals in by_slot.items():
-                finite = [v for v in vals if math.isfinite(v)]
-                out[stat][slot] = float(np.mean(finite)) if finite else math.nan
-        return out
 
     # ---------------------------------------------------------------- deciding
 
@@ -472,30 +505,7 @@ class Search:
                             "(saturation is measured for sigmoid and tanh slots only)")
 
     def judge(self, current: Measured, singles: dict[int, Measured]) -> list[dict]:
-        """Rank correlation of every statistic of `current` with the measured change of switching each slot off."""
-        from scipy import stats as sps
-
-        diffs = {slot: m.mean - current.mean for slot, m in singles.items()}
-        out = []
-        for stat in probes_mod.stat_names():
-            values = current.heuristics.get(stat)
-            if not values:
-                continue
-            pairs = [(values.get(s, math.nan), d) for s, d in diffs.items()]
-            pairs = [(v, d) for v, d in pairs if math.isfinite(v) and math.isfinite(d)]
-            row = {"stat": stat, "n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None,
-                   "kendall_p": None, "highest_pick_diff": None, "lowest_pick_diff": None,
-                   "best_diff": max((d for _, d in pairs), default=None)}
-            if pairs:
-                row["highest_pick_diff"] = max(pairs, key=lambda p: p[0])[1]
-                row["lowest_pick_diff"] = min(pairs, key=lambda p: p[0])[1]
-            xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-            if len(pairs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
-                rho, rho_p = sps.spearmanr(xs, ys)
-                tau, tau_p = sps.kendalltau(xs, ys)
-                row.update(spearman=float(rho), spearman_p=float(rho_p), kendall=float(tau), kendall_p=float(tau_p))
-            out.append(row)
-        return out
+        return judge(current, singles)
 
     # ---------------------------------------------------------------- recording
 
@@ -526,6 +536,160 @@ class Search:
         s = m.summary
         return {"final": m.label, "off": sorted(m.off), "mean": s.mean, "ci_low": s.low, "ci_high": s.high,
                 "n": s.n, "relu_count": m.relu_count}
+
+
+# ---------------------------------------------------------------- the heuristic judgement
+#
+# For a model and some of its single-slot changes (switch one more slot off), does a probe statistic of the model
+# rank the slots the way the measured changes in accuracy do? Spearman's rho and Kendall's tau-b over the slots,
+# with scipy's p-values. Over few slots and seeds a correlation is noisy, so each gets a bootstrap interval:
+# resample the slots (with replacement) and, within each resample, the seeds (the same seeds for the model and
+# its changes, so their pairing is kept), and recompute the correlation from the resampled means. And since the
+# ~15 statistics are judged at once, some will look significant by luck alone: Holm-adjusted p-values go beside
+# the raw ones.
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # fixed: a report shows the same intervals every time it is built
+MIN_JUDGED = 3  # single-slot changes a model needs before a rank correlation says anything
+
+
+def judge(current: Measured, singles: dict[int, Measured], resamples: int = 0,
+          seed: int = BOOTSTRAP_SEED) -> list[dict]:
+    """For every statistic of `current`, its rank correlation (over the slots of `singles`) with the measured
+    change in accuracy of switching that slot off, the changes the highest-first and lowest-first picks got and
+    the best change there was; with `resamples`, bootstrap 95% intervals of both correlations. Holm-adjusted
+    p-values over the statistics judged (`compared` of them) are always given."""
+    from scipy import stats as sps
+
+    diffs = {slot: m.mean - current.mean for slot, m in singles.items()}
+    out = []
+    for stat in probes_mod.stat_names():
+        values = current.heuristics.get(stat)
+        if not values:
+            continue
+        slots = [s for s, d in diffs.items() if math.isfinite(values.get(s, math.nan)) and math.isfinite(d)]
+        pairs = [(values[s], diffs[s]) for s in slots]
+        row = {"stat": stat, "n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None,
+               "kendall_p": None, "highest_pick_diff": None, "lowest_pick_diff": None,
+               "best_diff": max((d for _, d in pairs), default=None), "spearman_low": None, "spearman_high": None,
+               "kendall_low": None, "kendall_high": None, "resamples": 0}
+        if pairs:
+            row["highest_pick_diff"] = max(pairs, key=lambda p: p[0])[1]
+            row["lowest_pick_diff"] = min(pairs, key=lambda p: p[0])[1]
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        if len(pairs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
+            rho, rho_p = sps.spearmanr(xs, ys)
+            tau, tau_p = sps.kendalltau(xs, ys)
+            row.update(spearman=float(rho), spearman_p=float(rho_p), kendall=float(tau), kendall_p=float(tau_p))
+            if resamples:
+                row.update(_bootstrap(current, singles, stat, slots, resamples, seed))
+        out.append(row)
+    return _with_holm(out)
+
+
+def _with_holm(rows: list[dict]) -> list[dict]:
+    for name in ("spearman_p", "kendall_p"):
+        for row, adjusted in zip(rows, holm([r[name] for r in rows])):
+            row[f"{name}_holm"] = adjusted
+    compared = sum(r["spearman_p"] is not None for r in rows)
+    for row in rows:
+        row["compared"] = compared
+    return rows
+
+
+def _bootstrap(current: Measured, singles: dict[int, Measured], stat: str, slots: list[int], resamples: int,
+               seed: int) -> dict:
+    """Percentile intervals of rho and tau over `resamples` resamples of (slots, then seeds)."""
+    by_slot = current.seed_heuristics.get(stat, {})
+    seeds = len(current.seed_accs)
+    if not seeds or any(len(by_slot.get(s, ())) != seeds or len(singles[s].seed_accs) != seeds for s in slots):
+        return {}  # no per-seed numbers (a Measured built by hand): no interval
+    h = np.array([by_slot[s] for s in slots], dtype=float)  # (slots, seeds): the statistic on the current model
+    a = np.array([singles[s].seed_accs for s in slots], dtype=float)  # the accuracy with that slot off
+    c = np.array(current.seed_accs, dtype=float)  # the current model's accuracy
+    rng = np.random.default_rng(seed)
+    pick_slots = rng.integers(0, len(slots), (resamples, len(slots)))[:, :, None]
+    pick_seeds = rng.integers(0, seeds, (resamples, seeds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only missing seeds: NaN, dropped below
+        x = np.nanmean(h[pick_slots, pick_seeds[:, None, :]], axis=2)
+        y = np.nanmean(a[pick_slots, pick_seeds[:, None, :]], axis=2) - np.nanmean(c[pick_seeds], axis=1)[:, None]
+    valid = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+    x, y = np.where(valid[:, None], x, 0.0), np.where(valid[:, None], y, 0.0)
+    rho = np.where(valid, spearman_rows(x, y), np.nan)
+    tau = np.where(valid, kendall_rows(x, y), np.nan)
+    (rho_low, rho_high), (tau_low, tau_high) = percentile_interval(rho), percentile_interval(tau)
+    return {"spearman_low": rho_low, "spearman_high": rho_high, "kendall_low": tau_low, "kendall_high": tau_high,
+            "resamples": resamples}
+
+
+def judgement_groups(s: dict) -> list[tuple[int, dict, dict[int, dict]]]:
+    """(step, the current model's candidate row, {slot: the row with that slot switched off too}) for every
+    model of a stored search that had at least MIN_JUDGED of its single-slot changes measured: an oracle step,
+    exhaustive's first level, greedy's proposals from one current model (rejected and accepted, over the
+    consecutive steps that started from it; `step` is the last of them), budget's placements with one slot off
+    (choose exhaustive, n - 1 kept)."""
+    groups = []
+    for label, steps in itertools.groupby(s["steps"], key=lambda st: st["current"]):
+        numbers = {st["step"] for st in steps}
+        rows = [c for c in s["candidates"] if c["step"] in numbers]
+        current = next((c for c in rows if c["placement"] == label), None)
+        if current is None:
+            continue
+        off = set(current["off"])
+        singles: dict[int, dict] = {}
+        for c in rows:
+            extra = set(c["off"]) - off
+            if len(extra) == 1 and len(c["off"]) == len(off) + 1:
+                singles.setdefault(extra.pop(), c)
+        if len(singles) >= MIN_JUDGED:
+            groups.append((max(numbers), current, singles))
+    return groups
+
+
+def judge_stored(store: Store, s: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
+    """The judgement of every model of a stored search that allows one (`judgement_groups`), from its stored runs
+    and probes, by the same `judge` as the oracle's steps; rows carry their `step` and `current`."""
+    def measured(c: dict) -> Measured:
+        return stored_measurement(store, c["off"], c["placement"], c["run_keys"], s["metric"], s["probe_set"],
+                                  c["relu_count"])
+
+    out = []
+    for step, current, singles in judgement_groups(s):
+        rows = judge(measured(current), {slot: measured(c) for slot, c in singles.items()}, resamples)
+        out += [{**r, "step": step, "current": current["placement"]} for r in rows]
+    return out
+
+
+def held_out_accuracy(runs: dict[str, dict], keys: list[str]) -> Summary:
+    """Mean test accuracy of the finished runs `keys` with its 95% interval over seeds: the held-out number
+    beside the validation accuracy that chose a placement."""
+    return summarize([runs[k]["test_acc"] for k in keys if k in runs and runs[k]["status"] == "done"
+                      and runs[k]["test_acc"] is not None])
+
+
+def load_search_views(store: Store, experiment: Optional[str] = None) -> list[dict]:
+    """`store.load_searches`, with what is computed from the stored runs when a search is shown: every
+    candidate's test accuracy (`test_mean`, `test_ci_low`, `test_ci_high`, `test_n`) and the heuristic
+    judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them)."""
+    searches = load_searches(store, experiment)
+    runs = store.runs(sorted({k for s in searches for c in s["candidates"] for k in c["run_keys"]}))
+    for s in searches:
+        for c in s["candidates"]:
+            t = held_out_accuracy(runs, c["run_keys"])
+            c.update(test_mean=t.mean, test_ci_low=t.low, test_ci_high=t.high, test_n=t.n)
+        s["judgements"] = judge_stored(store, s)
+    return searches
+
+
+def false_positive_note(compared: int, alpha: float = 0.05) -> str:
+    """What comparing many statistics at once means for their p-values (the judgement tables' note)."""
+    if compared < 2:
+        return ""
+    return (f"{compared} statistics are compared at once: even if none is related to the change in accuracy, the "
+            f"chance that at least one looks significant at p < {alpha:g} by luck alone is 1 - {1 - alpha:g}^"
+            f"{compared} = {chance_of_a_false_positive(compared, alpha) * 100:.0f}%; the Holm columns adjust the "
+            "p-values for that.")
 
 
 # ---------------------------------------------------------------- strategies

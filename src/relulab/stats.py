@@ -13,6 +13,10 @@ guessing.
 
 `describe_runs` turns the runs of one configuration into the numbers every report
 shows: diverged runs are counted, and left out of the accuracy statistics.
+
+For the search's heuristic judgement: Spearman's rho and Kendall's tau-b of many
+resamples at once (`spearman_rows`, `kendall_rows`, as scipy computes them), their
+percentile interval, and Holm's adjustment of p-values compared at once (`holm`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 from scipy import stats as _scipy
 
 ALPHA = 0.05  # two-sided: 95% intervals
@@ -159,3 +164,60 @@ def with_baseline(config: ConfigStats, runs: Sequence[RunNumbers], baseline: Seq
     config.vs_baseline = compare([r.best_val_acc for r in ok], [r.best_val_acc for r in base])
     config.vs_baseline_final = compare([r.final_val_acc for r in ok], [r.final_val_acc for r in base])
     return config
+
+
+# ---------------------------------------------------------------- rank correlations, many rows at once
+#
+# The search's heuristic judgement bootstraps Spearman's rho and Kendall's tau over resampled slots and seeds:
+# a thousand small correlations, computed here as array operations (one row per resample) rather than a
+# thousand scipy calls.
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of x, y (shape (rows, n); ties get average ranks, as scipy's); NaN for a
+    row where either side is constant."""
+    rx, ry = _scipy.rankdata(x, axis=1), _scipy.rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+
+def kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair (shape (rows, n)), as scipy's kendalltau; NaN where either side is
+    constant."""
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    upper = np.triu(np.ones(x.shape[1], dtype=bool), 1)
+    sx, sy = sx[:, upper], sy[:, upper]
+    den = np.sqrt((sx * sx).sum(1) * (sy * sy).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (sx * sy).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+
+def percentile_interval(values: np.ndarray, alpha: float = ALPHA, least: float = 0.5
+                        ) -> tuple[Optional[float], Optional[float]]:
+    """The (alpha/2, 1 - alpha/2) percentiles of the finite `values`; (None, None) when fewer than `least` of
+    them are finite (a correlation undefined in most resamples has no interval worth showing)."""
+    finite = values[np.isfinite(values)]
+    if not len(values) or len(finite) < least * len(values):
+        return None, None
+    low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Holm's step-down adjustment of the p-values that are given (None and NaN stay None): controls the chance
+    that any of them is significant by luck alone (the family-wise error), like Bonferroni but less strict."""
+    given = [(p, i) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    adjusted: list[Optional[float]] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(given)):
+        running = max(running, min(1.0, (len(given) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def chance_of_a_false_positive(m: int, alpha: float = ALPHA) -> float:
+    """The chance that at least one of m independent tests is significant at alpha when nothing is there."""
+    return 1 - (1 - alpha) ** m

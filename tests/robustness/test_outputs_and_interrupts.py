@@ -47,6 +47,18 @@ def test_an_output_location_that_cannot_be_written_is_refused_before_any_trainin
     assert_refused(code, err, left, names)
 
 
+@pytest.mark.parametrize("extra,report", [([], False), (["--no-report"], False), (["--report"], True)])
+def test_probe_out_writes_only_in_its_folder_and_the_store(extra, report):
+    """`relulab probe --out DIR` wrote its tables in DIR and rebuilt the experiment's report beside the store: with
+    --out, every file it writes is in DIR (the report only when asked, as DIR/report), apart from the store."""
+    argv = ["probe", "spec.yaml", "--epochs", "1", "--store", "db/s.sqlite", "--out", "mine", *extra]
+    code, err, left = run_cli(argv, TINY)
+    assert code == 0, err
+    outside = [p for p in left if not p.startswith(("mine", "db"))]
+    assert outside == [] and [p for p in left if p.startswith("db/")] == ["db/s.sqlite"], left
+    assert ("mine/report/report.html" in left) is report
+
+
 def test_a_read_only_folder_is_refused_before_any_training(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders; the /proc case above covers a folder that takes no file")

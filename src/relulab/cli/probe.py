@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .. import experiments
 from ..errors import UserError
-from ..probes import class_table, parse_stats
+from ..probes import class_table, degenerate_columns, degenerate_text, parse_stats
 from ..util import check_output_dir
 from .app import app, option_names
 from .run import check_outputs, report_dir
@@ -45,8 +45,10 @@ def probe_command(
     store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
                                          "runs/<name>.sqlite, shared with relulab run)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the CSV and heatmaps (default: <name>-probes next "
-                                       "to the store)."),
-    report: bool = typer.Option(True, help="Also rebuild the experiment's HTML report."),
+                                       "to the store). With --out, nothing is written outside it (and the store)."),
+    report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Also rebuild the experiment's HTML "
+                                          "report: by default next to the store, but with --out only when asked, "
+                                          "and then into OUT/report."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
@@ -63,9 +65,12 @@ def probe_command(
                                       store=str(store) if store else None, sets=list(override), yes=yes)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
-    check_outputs(exp.store, report_dir(exp.store, exp.name, None) if report else None)
-    folder = check_output_dir(Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes",
-                              "--out")
+    folder = Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes"
+    # `--out DIR` keeps everything in DIR: the report is rebuilt only when asked, and then goes under DIR too.
+    want_report = report if report is not None else out is None
+    report_folder = folder / "report" if out else None  # None: the experiment's report next to the store
+    check_outputs(exp.store, report_dir(exp.store, exp.name, report_folder) if want_report else None)
+    folder = check_output_dir(folder, "--out")
     pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config)
     if not pr.results:
         console.print(f"{pr.variant} seed {seed_number}: no model to probe")
@@ -74,10 +79,10 @@ def probe_command(
     print_tables(pr, names, last)
     written = write_files(pr, names, folder, svg)
     console.print(f"{probed_line(pr)}; files: {', '.join(str(p) for p in written)}")
-    if report:
+    if want_report:
         from ..report import build_report
 
-        files = build_report(exp.store, exp.name, None, svg=svg)
+        files = build_report(exp.store, exp.name, report_folder, svg=svg)
         print(files.html)
 
 
@@ -126,8 +131,11 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
                             f"({result.images} images)", title_justify="left")
         for column in header:
             table.add_column(str(column), justify="right")
+        marked = degenerate_columns(result, name)
+        counts = [*result.counts, result.images]
         for row in rows:
-            table.add_row(str(row[0]), *[_cell(v) for v in row[1:]])
+            table.add_row(str(row[0]), *[f"[dim]{degenerate_text(n)}[/dim]" if m else _cell(v)
+                                         for v, n, m in zip(row[1:], counts, marked)])
         out.print(table)
     if len(pr.results) > 1:
         epochs = sorted(pr.results)
@@ -142,7 +150,7 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
 
 
 def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
-    from ..report import _safe, heatmap_figure, stat_over_epochs_figure
+    from ..report import _safe, has_data, heatmap_figure, stat_over_epochs_figure
     from ..util import write_atomic, write_bytes_atomic
 
     stem = f"{_safe(pr.variant)}-seed{pr.seed}-{_safe(pr.probe_set)}"
@@ -164,7 +172,8 @@ def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
             continue
         header, rows = class_table(result, name)
         fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
-                             f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg)
+                             f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg,
+                             degenerate_columns(result, name))
         written.append(write_bytes_atomic(folder / f"{stem}-{name}.png", fig.png))
         if fig.svg:
             written.append(write_bytes_atomic(folder / f"{stem}-{name}.svg", fig.svg))
@@ -172,6 +181,8 @@ def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
             epochs = sorted(pr.results)
             curves = {slot: (epochs, [pr.results[e].overall[name].get(slot, math.nan) for e in epochs])
                       for slot in result.slots}
+            if not has_data(curves):  # saturation of a ReLU model: no empty figure
+                continue
             fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
                                           f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg)
             written.append(write_bytes_atomic(folder / f"{stem}-{name}-epochs.png", fig.png))

@@ -76,8 +76,8 @@ def search_command(
 
     Runs already in the store (from relulab run, another search or a killed one) are reused, never retrained:
     run the same command again after an interruption and it goes on where it stopped."""
-    from ..search import SearchOptions, run_search
-    from ..store import Store, load_searches
+    from ..search import SearchOptions, load_search_views, run_search
+    from ..store import Store
 
     options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
                             plain_rule, alpha, metric, probe_set, max_placements)
@@ -89,7 +89,7 @@ def search_command(
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
     outcome = run_search(exp, options, part, config)
     with Store(exp.store, create=False) as s:
-        found = next(x for x in load_searches(s, exp.name) if x["id"] == outcome.id)
+        found = next(x for x in load_search_views(s, exp.name) if x["id"] == outcome.id)
     print_search(found)
     console.print(f"search {outcome.id}: {outcome.trained} runs trained, {outcome.reused} already in the store"
                   + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
@@ -102,44 +102,80 @@ def search_command(
         print(files.html)
 
 
-def _acc(c: dict) -> str:
-    if c["mean"] is None or c["mean"] != c["mean"]:
+def _interval_text(mean, low, high) -> str:
+    if mean is None or mean != mean:
         return "-"
-    if c["ci_low"] is None or c["ci_low"] != c["ci_low"]:
-        return f"{c['mean'] * 100:.2f}"
-    return f"{c['mean'] * 100:.2f} ± {(c['ci_high'] - c['ci_low']) * 50:.2f}"
+    if low is None or low != low:
+        return f"{mean * 100:.2f}"
+    return f"{mean * 100:.2f} ± {(high - low) * 50:.2f}"
+
+
+def _acc(c: dict) -> str:
+    return _interval_text(c["mean"], c["ci_low"], c["ci_high"])
+
+
+def _test(c: dict) -> str:
+    """The candidate's mean test accuracy over its seeds (from its stored runs) with the 95% interval."""
+    return _interval_text(c.get("test_mean"), c.get("test_ci_low"), c.get("test_ci_high"))
+
+
+def _number(value, form: str) -> str:
+    return "-" if value is None or value != value else format(value, form)
+
+
+def _rho(value, low, high) -> str:
+    text = _number(value, "+.3f")
+    return text if low is None or high is None else f"{text} [{low:+.2f}, {high:+.2f}]"
+
+
+def print_judgement(out: Console, rows: list[dict], step: int) -> None:
+    """A judgement's table: each statistic's rank correlations with their bootstrap intervals, raw and
+    Holm-adjusted p-values, and the note on comparing many statistics at once."""
+    from ..search import false_positive_note
+
+    rows = [c for c in rows if c["step"] == step and c["spearman"] is not None and c["spearman"] == c["spearman"]]
+    if not rows:
+        return
+    t = Table(title=f"rank correlation with the measured change (step {step}: {rows[0]['current']}, "
+                    f"{max(c['n'] for c in rows)} single-slot changes)", title_justify="left")
+    for column in ("statistic", "n", "Spearman [95% bootstrap]", "p", "p (Holm)", "Kendall [95% bootstrap]", "p",
+                   "p (Holm)"):
+        t.add_column(column, justify="right")
+    for c in rows:
+        t.add_row(c["stat"], str(c["n"]), _rho(c["spearman"], c.get("spearman_low"), c.get("spearman_high")),
+                  _number(c["spearman_p"], ".2g"), _number(c.get("spearman_p_holm"), ".2g"),
+                  _rho(c["kendall"], c.get("kendall_low"), c.get("kendall_high")), _number(c["kendall_p"], ".2g"),
+                  _number(c.get("kendall_p_holm"), ".2g"))
+    out.print(t)
+    note = false_positive_note(rows[0].get("compared", 0))
+    if note:
+        out.print(f"  {note}")
 
 
 def print_search(s: dict) -> None:
-    """Each step's candidates and decision, then the result."""
+    """Each step's candidates (validation-chosen and test accuracy), decision and judgement, then the result."""
     out = Console(width=None if sys.stdout.isatty() else 160)
+    judged = {c["step"] for c in s.get("judgements", [])}
     for step in s["steps"]:
         cands = [c for c in s["candidates"] if c["step"] == step["step"]]
         table = Table(title=f"{s['strategy']} step {step['step']}: from {step['current']}, {step['decision']}"
                             + (f" {step['chosen']}" if step["chosen"] else ""), title_justify="left")
-        for column in ("placement", "slot", "acc (%)", "vs", "diff (points)", "p", "statistic"):
+        for column in ("placement", "slot", "acc (%)", "test acc (%)", "vs", "diff (points)", "p", "statistic"):
             table.add_column(column, justify="right")
         shown = cands if len(cands) <= 30 else cands[:30]
         for c in shown:
             diff = "-" if c["diff"] is None or c["diff"] != c["diff"] else f"{c['diff'] * 100:+.2f}"
-            p = "-" if c["p"] is None or c["p"] != c["p"] else f"{c['p']:.2g}"
-            stat = "-" if c["heuristic"] is None or c["heuristic"] != c["heuristic"] else f"{c['heuristic']:.4g}"
-            table.add_row(c["placement"], "-" if c["slot"] is None else str(c["slot"]), _acc(c),
-                          c["reference"] or "-", diff, p, stat)
+            table.add_row(c["placement"], "-" if c["slot"] is None else str(c["slot"]), _acc(c), _test(c),
+                          c["reference"] or "-", diff, _number(c["p"], ".2g"), _number(c["heuristic"], ".4g"))
         out.print(table)
         if step["note"]:
             out.print(f"  {step['note']}")
-        corr = [c for c in s["correlations"] if c["step"] == step["step"] and c["spearman"] == c["spearman"]]
-        if corr:
-            t = Table(title=f"rank correlation with the measured change (step {step['step']})", title_justify="left")
-            for column in ("statistic", "n", "Spearman", "p", "Kendall", "p"):
-                t.add_column(column, justify="right")
-            for c in corr:
-                t.add_row(c["stat"], str(c["n"]), f"{c['spearman']:+.3f}", f"{c['spearman_p']:.2g}",
-                          f"{c['kendall']:+.3f}", f"{c['kendall_p']:.2g}")
-            out.print(t)
+        if step["step"] in judged:
+            print_judgement(out, s["judgements"], step["step"])
     r = s.get("result") or {}
     if r:
-        acc = _acc({"mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+        acc = _interval_text(r["mean"], r["ci_low"], r["ci_high"])
+        final = next((c for c in s["candidates"] if c["placement"] == r["final"]), None)
+        held_out = f", test acc {_test(final)}%" if final is not None and s["metric"] != "test_acc" else ""
         out.print(f"result: {r['final']} (slots off: {', '.join(map(str, r['off'])) or 'none'}), {s['metric']} "
-                  f"{acc}%, {r['relu_count']:,} activations per image")
+                  f"{acc}%{held_out}, {r['relu_count']:,} activations per image")
