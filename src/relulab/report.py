@@ -478,7 +478,7 @@ def _slug(index: int, name: str) -> str:
 
 def _packed(part: PartData) -> int:
     """How many of the part's runs were trained together with others (relulab.pack)."""
-    return sum(json.loads(r["data_json"]).get("trained_with", 1) > 1 for v in part.variants for r in v.runs)
+    return sum(r["data"].get("trained_with", 1) > 1 for v in part.variants for r in v.runs)
 
 
 def part_report(index: int, part: PartData, svg: bool) -> PartReport:
@@ -1203,7 +1203,7 @@ def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
 def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
     rows = []
     for c in cands:
-        off = json.loads(c["off_json"]) if isinstance(c.get("off_json"), str) else c["off"]
+        off = c["off"]
         rows.append(([str(c.get("kept", "-"))] if kept else []) + [
             c["placement"], ", ".join(map(str, off)) or "none", f"{c['relu_count']:,}",
             _interval(c["mean"], c["ci_low"], c["ci_high"]), _diff_text(c), _p_text(c["p"]), c["verdict"] or "-"])
@@ -1244,7 +1244,7 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
         cands = _candidates(s, 1)
         total = len(s["slot_sizes"])
         for c in cands:
-            c["kept"] = total - len(json.loads(c["off_json"]))
+            c["kept"] = total - len(c["off"])
         sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, kept=True),
                                 note=note, figure=relu_count_figure(s, svg)))
     return sections
