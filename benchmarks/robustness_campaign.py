@@ -50,7 +50,7 @@ def fuzz_campaign(scale: float) -> dict:
                            "--hypothesis-show-statistics", *FUZZ_FILES], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     cases = COUNTS.findall(proc.stdout)
-    summary = re.search(r"(\d+) passed(?:, (\d+) failed)?", proc.stdout)
+    passed, failed = (re.search(rf"(\d+) {word}", proc.stdout) for word in ("passed", "failed"))
     per_test = {}
     for test, block in STATS_BLOCK.findall(proc.stdout):
         counts = COUNTS.findall(block)
@@ -59,8 +59,8 @@ def fuzz_campaign(scale: float) -> dict:
     return {
         "scale": scale,
         "pytest_exit_code": proc.returncode,
-        "tests_passed": int(summary.group(1)) if summary else 0,
-        "tests_failed": int(summary.group(2) or 0) if summary else None,
+        "tests_passed": int(passed.group(1)) if passed else 0,
+        "tests_failed": int(failed.group(1)) if failed else 0,
         "property_cases_passing": sum(int(p) for p, _, _ in cases),
         "property_cases_failing": sum(int(f) for _, f, _ in cases),
         "property_cases_invalid": sum(int(i) for _, _, i in cases),

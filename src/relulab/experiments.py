@@ -977,7 +977,7 @@ def _packed_untimed(exp: Experiment, store: Store, where: str) -> dict[str, Plan
     packed: dict[str, PlannedRun] = {}
     for p in planned:
         row = stored.get(p.key)
-        if row is not None and row["device"] == where and json.loads(row["data_json"]).get("trained_with", 1) > 1:
+        if row is not None and row["device"] == where and row["data"].get("trained_with", 1) > 1:
             packed.setdefault(config_json(p.variant.spec), p)
     timed = load_timings(store, [timing_key(spec_json) for spec_json in packed])
     return {spec_json: p for spec_json, p in packed.items() if (timing_key(spec_json), where) not in timed}

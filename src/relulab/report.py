@@ -396,7 +396,7 @@ def epoch_time_figure(part: PartData, svg: bool) -> FigureOut:
 
 
 def _trained_packed(run: dict) -> bool:
-    return json.loads(run["data_json"]).get("trained_with", 1) > 1
+    return run["data"].get("trained_with", 1) > 1
 
 
 def _mean_per_epoch(runs: list[dict]) -> Optional[float]:
@@ -1634,7 +1634,7 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7
 def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
     rows = []
     for c in cands:
-        off = json.loads(c["off_json"]) if isinstance(c.get("off_json"), str) else c["off"]
+        off = c["off"]
         rows.append(([str(c.get("kept", "-"))] if kept else []) + [
             c["placement"], ", ".join(map(str, off)) or "none", f"{c['relu_count']:,}",
             _interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c), _diff_text(c), _p_text(c["p"]),
@@ -1678,7 +1678,7 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
         cands = _candidates(s, 1)
         total = len(s["slot_sizes"])
         for c in cands:
-            c["kept"] = total - len(json.loads(c["off_json"]))
+            c["kept"] = total - len(c["off"])
         sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, kept=True),
                                 note=note, figure=relu_count_figure(s, svg)))
         sections += _all_judgement_sections(s, svg)

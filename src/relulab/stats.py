@@ -61,7 +61,9 @@ def summarize(values: Sequence[float], alpha: float = ALPHA) -> Summary:
     mean = sum(xs) / n
     if n < 2:
         return Summary(1, mean, math.nan, None, None)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    # Products, not ** 2: a float's power raises OverflowError past 1e154, a product gives inf (a damaged store's
+    # numbers can be anything finite).
+    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))
     half = float(_scipy.t.ppf(1 - alpha / 2, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
 
@@ -101,12 +103,12 @@ def compare(values: Sequence[float], baseline: Sequence[float], alpha: float = A
     diff = a.mean - b.mean
     if a.n < 2 or b.n < 2:
         return Comparison(diff, None, None, None, a.n, b.n, None)
-    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
+    va, vb = a.std * a.std / a.n, b.std * b.std / b.n
     se = math.sqrt(va + vb)
     if se == 0:  # every seed gave the same number on both sides: any difference is exact
         p = 1.0 if diff == 0 else 0.0
         return Comparison(diff, diff, diff, p, a.n, b.n, diff != 0)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    df = (va + vb) * (va + vb) / (va * va / (a.n - 1) + vb * vb / (b.n - 1))
     p = float(2 * _scipy.t.sf(abs(diff) / se, df))
     half = float(_scipy.t.ppf(1 - alpha / 2, df)) * se
     return Comparison(diff, diff - half, diff + half, p, a.n, b.n, p < alpha)

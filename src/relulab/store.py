@@ -149,7 +149,7 @@ class _Trouble:
 # Locked and busy are not here: busy_timeout waits those out. Nor are plain SQL errors (code 1: no such column,
 # a syntax error) or constraint failures: those are relulab's own bugs, and keep their traceback.
 TROUBLES = {
-    "damaged": _Trouble((11, 26), ("malformed", "file is not a database"),  # CORRUPT, NOTADB
+    "damaged": _Trouble((11, 26), ("malformed", "file is not a database", "unsupported file format"),  # CORRUPT, NOTADB
                         "{path} is damaged ({detail}); check it with: {check}"),
     "damaged-text": _Trouble((), ("Could not decode to UTF-8",),  # sqlite3 itself, decoding a TEXT value
                              "{path} is damaged ({detail}: a stored text is not UTF-8, which PRAGMA integrity_check "
@@ -176,7 +176,9 @@ def trouble_of(error: BaseException) -> Optional[str]:
         return "damaged-text"  # raised by sqlite3, not SQLite: it has no result code
     code = getattr(error, "sqlite_errorcode", None)
     for name, trouble in TROUBLES.items():
-        if ((code & 0xFF) in trouble.codes) if code is not None else any(w in message for w in trouble.words):
+        # SQLite gives some damage only as a generic error (code 1: "unsupported file format" from a damaged
+        # header), so the words count even where the code does not match.
+        if (code is not None and (code & 0xFF) in trouble.codes) or any(w in message for w in trouble.words):
             return name
     return None
 
@@ -196,6 +198,20 @@ def store_error(path: Path, trouble: str, detail: str) -> StoreError:
     detail = detail if len(detail) <= 160 else detail[:157] + "..."
     line = TROUBLES[trouble].line.format(path=path, detail=detail, check=_check_command(path))
     return StoreError(f"store: {line}")
+
+
+def loads(text: Optional[str], path: Path, what: str):
+    """A JSON value the store holds (a run's spec or data, a plan, a search's options), decoded; damage that left
+    the text UTF-8 but no longer JSON is one StoreError line, like SQLite's own damage."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise damaged_value(path, f"{what} is not valid JSON: {e}") from None
+
+
+def damaged_value(path: Path, what: str) -> StoreError:
+    """A value SQLite reads back fine but that cannot be what relulab wrote (no integrity check looks for it)."""
+    return StoreError(f"store: {path} is damaged ({what}); restore it from a copy, or move it aside and run again")
 
 
 @contextlib.contextmanager
@@ -531,7 +547,10 @@ class Store:
                 " :baseline, :spec_json)", rows)
 
     def experiment_names(self) -> list[str]:
-        return [r["name"] for r in self.db.execute("SELECT name FROM experiments ORDER BY updated DESC")]
+        names = [r["name"] for r in self.db.execute("SELECT name FROM experiments ORDER BY updated DESC")]
+        if not all(isinstance(name, str) for name in names):  # NOT NULL TEXT, unless the page was damaged
+            raise damaged_value(self.path, "an experiment's name is not text")
+        return names
 
     def load_experiment(self, name: str) -> dict:
         row = self.db.execute("SELECT * FROM experiments WHERE name = ?", (name,)).fetchone()
@@ -540,8 +559,10 @@ class Store:
             raise UserError(f"experiment: no experiment named '{name}' in {self.path} (it has: {known})")
         plan = [dict(r) for r in self.db.execute(
             "SELECT * FROM plan WHERE experiment = ? ORDER BY position, seed", (name,))]
-        return {"name": name, "origin": row["origin"], "spec": json.loads(row["spec_json"]),
-                "overrides": json.loads(row["overrides_json"]), "parts": json.loads(row["parts_json"]), "plan": plan}
+        what = f"the plan of experiment {name}"
+        return {"name": name, "origin": row["origin"], "spec": loads(row["spec_json"], self.path, what),
+                "overrides": loads(row["overrides_json"], self.path, what),
+                "parts": loads(row["parts_json"], self.path, what), "plan": plan}
 
     # ---------------------------------------------------------------- runs
 
@@ -612,7 +633,12 @@ class Store:
         return self.path.with_name(f"{self.path.stem}.weights")
 
     def runs(self, keys: Iterable[str]) -> dict[str, dict]:
-        return {row["key"]: row for row in self._select_in("SELECT * FROM runs WHERE key IN ({})", keys)}
+        """The runs' rows, each also with its spec and data decoded (`spec`, `data`)."""
+        rows = {row["key"]: row for row in self._select_in("SELECT * FROM runs WHERE key IN ({})", keys)}
+        for key, row in rows.items():
+            row["spec"] = loads(row["spec_json"], self.path, f"the spec of run {key}")
+            row["data"] = loads(row["data_json"], self.path, f"the data summary of run {key}")
+        return rows
 
     def epochs(self, keys: Iterable[str]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
@@ -647,8 +673,9 @@ class Store:
         row = self.db.execute("SELECT * FROM artifacts WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        return {"name": row["name"], "part": row["part"], "value": json.loads(row["value_json"]),
-                "provenance": json.loads(row["provenance_json"] or "{}")}
+        what = f"the analysis {row['name']}"
+        return {"name": row["name"], "part": row["part"], "value": loads(row["value_json"], self.path, what),
+                "provenance": loads(row["provenance_json"] or "{}", self.path, what)}
 
     # ---------------------------------------------------------------- claims
 
@@ -913,7 +940,7 @@ def load_searches(store: Store, experiment: Optional[str] = None) -> list[dict]:
     for row in store.db.execute(sql + " ORDER BY created, id", args).fetchall():
         s = dict(row)
         for key in ("options_json", "seeds_json", "spec_json", "slot_sizes_json", "result_json"):
-            s[key[:-5]] = json.loads(s.pop(key)) if s.get(key) else None
+            s[key[:-5]] = loads(s.pop(key), store.path, f"search {s['id']}") if s.get(key) else None
         s["slot_sizes"] = {int(k): v for k, v in (s["slot_sizes"] or {}).items()}
         s["steps"] = [dict(r) for r in store.db.execute(
             "SELECT * FROM search_steps WHERE search_id = ? ORDER BY step", (s["id"],))]
@@ -921,8 +948,10 @@ def load_searches(store: Store, experiment: Optional[str] = None) -> list[dict]:
         for r in store.db.execute("SELECT * FROM search_candidates WHERE search_id = ? ORDER BY step, position",
                                   (s["id"],)):
             c = {k: (_num(r[k]) if isinstance(r[k], float) or r[k] is None else r[k]) for k in r.keys()}
-            c["off"], c["accs"], c["run_keys"] = (json.loads(r["off_json"]), json.loads(r["accs_json"]),
-                                                 json.loads(r["run_keys_json"]))
+            what = f"a candidate of search {s['id']}"
+            c["off"], c["accs"], c["run_keys"] = (loads(r["off_json"], store.path, what),
+                                                 loads(r["accs_json"], store.path, what),
+                                                 loads(r["run_keys_json"], store.path, what))
             for k in ("slot", "relu_count", "seeds", "runs", "diverged", "reference", "verdict"):
                 c[k] = r[k]
             s["candidates"].append(c)

@@ -25,7 +25,6 @@ seed 001's deep MLP 6 MB, seed 002's batch-norm MLP 30 MB, a CIFAR ResNet-18 wou
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 import uuid
@@ -38,7 +37,7 @@ import torch
 from . import checkpoints
 from .errors import UserError, unknown_choice
 from .executors import data_key
-from .store import RETRAINED_FOR_PROBING, Store
+from .store import RETRAINED_FOR_PROBING, Store, loads
 from .util import check_output_file, human_bytes, write_bytes_atomic
 
 AUTO_LIMIT_BYTES = 256 * 2**20  # keep_weights: auto keeps a run's files (final + best) up to this size
@@ -296,7 +295,10 @@ def find_run(store: Store, config: str, seed: int, part: Optional[str] = None, e
     runs = [dict(r) for r in store.db.execute(
         "SELECT key, experiment, part, variant, seed, epochs, best_epoch, best_val_acc, spec_json, data_json "
         "FROM runs WHERE experiment = ?", (name,))]
-    runs = [r for r in runs if RETRAINED_FOR_PROBING not in json.loads(r["data_json"] or "{}")]
+    for r in runs:
+        r["spec"] = loads(r["spec_json"], store.path, f"the spec of run {r['key']}")
+        r["data"] = loads(r["data_json"] or "{}", store.path, f"the data of run {r['key']}")
+    runs = [r for r in runs if RETRAINED_FOR_PROBING not in r["data"]]
     parts = sorted({r["part"] for r in plan} | {r["part"] for r in runs})
     if part is not None and part not in parts:
         raise unknown_choice("--part", part, parts)
@@ -343,12 +345,17 @@ def _pick_variant(config: str, plan: list[dict], runs: list[dict]) -> tuple[str,
     return exact[0]
 
 
+def _epochs(run: dict) -> int:
+    """The epochs a stored run was asked for (its spec's; a diverged run stopped before them)."""
+    return run["spec"]["train"]["epochs"]
+
+
 def _one_run(found: list[dict], plan: list[dict], variant_part: tuple[str, str], seed: int,
              epochs: Optional[int]) -> dict:
     """Of several stored runs of one variant and seed (a search's shorter runs beside the sweep's), the one
     `epochs` names, else the plan's."""
     if epochs is not None:
-        found = [r for r in found if json.loads(r["spec_json"])["train"]["epochs"] == epochs]
+        found = [r for r in found if _epochs(r) == epochs]
         if not found:
             raise UserError(f"--epochs: no run of {variant_part[1]} seed {seed} trained for {epochs} epochs in the "
                             "store")
@@ -358,6 +365,6 @@ def _one_run(found: list[dict], plan: list[dict], variant_part: tuple[str, str],
     ours = [r for r in found if r["key"] in planned]
     if len(ours) == 1:
         return ours[0]
-    lengths = sorted({json.loads(r["spec_json"])["train"]["epochs"] for r in found})
+    lengths = sorted({_epochs(r) for r in found})
     raise UserError(f"--epochs: {len(found)} runs of {variant_part[1]} seed {seed} are in the store, trained for "
                     f"{' and '.join(map(str, lengths))} epochs; pick one with --epochs")

@@ -149,7 +149,8 @@ def test_ctrl_c_says_how_to_resume_and_the_same_command_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted; run the same command to resume (finished runs are in the store)"
+    last = err.strip().splitlines()[-1]
+    assert last == "interrupted; run the same command to resume (finished runs are in the store)"
     assert "Traceback" not in err
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
