@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from relulab.data import load_data  # noqa: E402
-from relulab.executors import InProcessExecutor, RayExecutor  # noqa: E402
-from relulab.experiments import Overrides, load_experiment, run_experiment  # noqa: E402
+from relulab.experiments.executors import InProcessExecutor, RayExecutor  # noqa: E402
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment  # noqa: E402
 
 TINY = """\
 name: bench-tiny
@@ -134,8 +134,8 @@ def measure(args, label: str, gpus: int, executor_factory, start_ray) -> dict:
 
 def plan(args, counts: list[int]) -> None:
     """What each measurement will run: the runs, and the tasks the Ray executor cuts them into."""
-    from relulab.executors import cut_tasks
-    from relulab.train import Job
+    from relulab.experiments.executors import cut_tasks
+    from relulab.training.loop import Job
 
     exp = experiment(args, args.out / "stores" / "plan.sqlite")
     jobs = [Job(p.variant.spec, p.seed, p.key) for p in exp.planned()]

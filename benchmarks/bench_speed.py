@@ -45,11 +45,11 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from relulab import fused  # noqa: E402
+from relulab.packing import fused  # noqa: E402
 from relulab.data import DataSpec, load_data  # noqa: E402
-from relulab.models import ModelSpec, build_model  # noqa: E402
-from relulab.optim import OptimizerSpec  # noqa: E402
-from relulab.train import Job, RunSpec, TrainSpec, train_many  # noqa: E402
+from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
+from relulab.zoo.optim import OptimizerSpec  # noqa: E402
+from relulab.training.loop import Job, RunSpec, TrainSpec, train_many  # noqa: E402
 
 SEED001_MODELS = {  # name: (activation, initializer, SGD learning rate), as in the author's notebook
     "relu-glorot": ("relu", "glorot_uniform", 0.01),
@@ -154,7 +154,7 @@ def load_cifar(args, out, device):
 def cnn_stacking(choice: str):
     """--cnn-stack off: seed-cnns train one model per unit, as before relulab.stacked_cnn; unfolded: in stacks
     whose batch norms are not folded into the convolutions (auto: the default)."""
-    from relulab import pack
+    from relulab.packing import pack
     default = pack.stacks_cnns
     stack_class = pack.StackedCNN
     if choice == "off":
@@ -216,7 +216,7 @@ def part_cnn_placements(args, out, device):
 
 def part_check(args, out, device):
     """CUDA paths against eager single runs on digits: packs must reproduce them."""
-    from relulab.train import run
+    from relulab.training.loop import run
 
     splits = load_data(DataSpec()).to(device)
     cnn_data = DataSpec(image_size=32, train_size=512)
@@ -252,8 +252,8 @@ def check_stacked_cnn(out, device):
     """One step of a stack of 4 seed-cnns (relu; identity, tanh and sigmoid in some slots) in bf16: through the
     Triton kernels with batch norms folded into them (the default), unfolded, and through cuDNN's grouped
     convolution; each one's logits and gradient against the same step in fp32."""
-    from relulab.models import build_model
-    from relulab.stacked_cnn import StackedCNN
+    from relulab.zoo.models import build_model
+    from relulab.packing.stacked_cnn import StackedCNN
 
     torch.manual_seed(0)
     placements = [{}, {3: "identity", 7: "identity"}, {2: "tanh", 5: "tanh"}, {4: "sigmoid", 9: "sigmoid"}]
@@ -278,8 +278,8 @@ def check_stacked_cnn(out, device):
 def check_fused_kernels(out, device):
     """One step's gradient through the Triton kernels against the PyTorch reference, on the GPU,
     for seed 001's model shape with all four activations in one stack and both batch sizes of an epoch."""
-    from relulab.models import build_model
-    from relulab.pack import StackedMLP
+    from relulab.zoo.models import build_model
+    from relulab.packing.pack import StackedMLP
 
     torch.manual_seed(0)
     models = [build_model(ModelSpec("deep-mlp", activation=act), (1, 28, 28), 10).to(device)

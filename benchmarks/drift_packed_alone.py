@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from relulab import pack
+from relulab.packing import pack
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec
-from relulab.optim import OptimizerSpec
-from relulab.train import Job, RunSpec, TrainSpec, run
+from relulab.zoo.models import ModelSpec
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, RunSpec, TrainSpec, run
 
 CASES = {
     "deep-mlp relu he sgd": (ModelSpec("deep-mlp", init="he_normal", widths=[100] * 8), OptimizerSpec("sgd", 0.01)),

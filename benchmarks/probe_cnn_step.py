@@ -25,11 +25,11 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, "src")
-from relulab import pack
+from relulab.packing import pack
 from relulab.data import DataSpec
-from relulab.models import ModelSpec
-from relulab.optim import OptimizerSpec
-from relulab.train import Job, RunSpec, TrainSpec, evaluate
+from relulab.zoo.models import ModelSpec
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, RunSpec, TrainSpec, evaluate
 
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")
@@ -117,7 +117,7 @@ def eval_time(units):
 
 def stack_unit(k, compiled=False, fold=True):
     """pack's stack of k models; fold=False: with batch norms as their own kernels (before the folding)."""
-    from relulab.stacked_cnn import StackedCNN
+    from relulab.packing.stacked_cnn import StackedCNN
     run_spec = replace(spec, train=replace(spec.train, compile=compiled))
     pack.StackedCNN = lambda models, triton_kernels: StackedCNN(models, triton_kernels, fold_batchnorm=fold)
     try:
@@ -173,8 +173,8 @@ def eval_stack(k, batch=2048, images=10000):
 
 def stack_gradient_check(k=4):
     """One step's gradient of a stack in bf16 (Triton kernels; cuDNN's grouped convolution) against fp32."""
-    from relulab.models import build_model
-    from relulab.stacked_cnn import StackedCNN
+    from relulab.zoo.models import build_model
+    from relulab.packing.stacked_cnn import StackedCNN
     torch.manual_seed(0)
     models = [build_model(ModelSpec("seed-cnn"), (3, 32, 32), 10).to(dev) for _ in range(k)]
     xb, yb = x[:k * 128].view(k, 128, 3, 32, 32), y[:k * 128]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, "src")
-from relulab import conv_triton as ct  # noqa: E402
+from relulab.kernels import conv_triton as ct  # noqa: E402
 
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")

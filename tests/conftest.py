@@ -27,7 +27,7 @@ def recording_compile(monkeypatch):
     trains the same, without needing a C++ or Triton compiler. Yields the list of traced shape lists."""
     import torch
 
-    from relulab import pack
+    from relulab.packing import pack
 
     traced = []
 

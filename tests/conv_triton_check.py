@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from relulab import conv_triton
+from relulab.kernels import conv_triton
 
 torch.manual_seed(0)
 failed = False

@@ -8,9 +8,10 @@ import torch
 import triton.language as tl
 from triton.runtime.interpreter import TensorHandle
 
-from relulab import fused, fused_triton
-from relulab.models import ModelSpec, build_model
-from relulab.pack import StackedMLP
+from relulab.packing import fused
+from relulab.kernels import fused_triton
+from relulab.zoo.models import ModelSpec, build_model
+from relulab.packing.pack import StackedMLP
 
 
 def _tanh(z):

@@ -6,9 +6,9 @@ import sys
 
 import torch
 
-from relulab import stacked_cnn
-from relulab.models import ModelSpec, build_model
-from relulab.stacked_cnn import StackedCNN
+from relulab.packing import stacked_cnn
+from relulab.zoo.models import ModelSpec, build_model
+from relulab.packing.stacked_cnn import StackedCNN
 
 stacked_cnn.KERNEL_DTYPE = torch.float32
 torch.manual_seed(0)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from relulab import activations
-from relulab.errors import UserError
+from relulab.zoo import activations
+from relulab.core.errors import UserError
 
 NAMES = activations.activation_names() + ["leaky_relu:0.2", "elu:0.5", "prelu:0.1"]
 

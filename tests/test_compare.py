@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from relulab.cli import main
-from relulab.compare import compare_stores
-from relulab.errors import UserError
-from relulab.stats import compare, summarize
+from relulab.report.compare import compare_stores
+from relulab.core.errors import UserError
+from relulab.core.stats import compare, summarize
 from robustness.runner import assert_refused, run_cli
 from specs import TINY, relulab, write_spec
 

@@ -10,7 +10,7 @@ import torch
 
 from relulab.data import CIFAR10_CLASSES, DataSpec, load_data, load_raw
 from relulab.data.formats import read_idx
-from relulab.errors import UserError
+from relulab.core.errors import UserError
 
 from conftest import (cifar_batch_bytes, idx_bytes, image_folder_files, write_cifar_tar, write_idx_dataset,
                       write_tar_gz, write_zip)
@@ -453,7 +453,7 @@ def test_synthetic_options_mean_what_they_say():
 
 
 def test_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(monkeypatch):
-    from relulab import util
+    from relulab.core import util
 
     monkeypatch.setattr(util, "memory_available", lambda: 1 << 30)  # 1 GiB, whatever this machine has
     with pytest.raises(UserError, match=r"^data.image_size: 1797 images of 1x100000x100000 float32 would need "

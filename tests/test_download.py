@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 
 from relulab.data import DataSpec, load_raw, sources
-from relulab.errors import UserError
+from relulab.core.errors import UserError
 
 from conftest import write_idx_dataset
 

@@ -5,11 +5,11 @@ import sqlite3
 
 import pytest
 
-from relulab.errors import UserError
-from relulab.experiments import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
+from relulab.core.errors import UserError
+from relulab.experiments.specs import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
                                  run_key, seeds_from_options)
-from relulab.models import ModelSpec
-from relulab.train import RunSpec
+from relulab.zoo.models import ModelSpec
+from relulab.training.loop import RunSpec
 from specs import TINY, quiet, relulab, write_spec
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from relulab import init
-from relulab.errors import UserError
+from relulab.zoo import init
+from relulab.core.errors import UserError
 
 FAN_IN, FAN_OUT = 300, 500  # a Linear(300 -> 500) weight is (500, 300)
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from relulab.errors import UserError
-from relulab.models import (ModelSpec, build_model, keras_param_count, parse_off, parse_slots,
+from relulab.core.errors import UserError
+from relulab.zoo.models import (ModelSpec, build_model, keras_param_count, parse_off, parse_slots,
                             parse_widths)
 
 

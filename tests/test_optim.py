@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from relulab.optim import KerasAdam, KerasRMSprop, OptimizerSpec, build_optimizer, weight_penalty
-from relulab.errors import UserError
+from relulab.zoo.optim import KerasAdam, KerasRMSprop, OptimizerSpec, build_optimizer, weight_penalty
+from relulab.core.errors import UserError
 
 
 def _run(optimizer_cls, grads, **kw):

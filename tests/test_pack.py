@@ -5,11 +5,13 @@ import time
 import pytest
 import torch
 
-from relulab import fused, pack, train
+from relulab.packing import fused
+from relulab.packing import pack
+from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec, build_model
-from relulab.optim import OptimizerSpec
-from relulab.train import Job, RunSpec, TrainSpec, run, train_many
+from relulab.zoo.models import ModelSpec, build_model
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, RunSpec, TrainSpec, run, train_many
 
 CPU = torch.device("cpu")
 

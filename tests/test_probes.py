@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from relulab.data import DataSpec, load_data
-from relulab.errors import UserError
-from relulab.models import ModelSpec, Slot, build_model
-from relulab.probes import (STATS, ProbeSet, class_table, measure, parse_probe_set, parse_stats, probe,
+from relulab.core.errors import UserError
+from relulab.zoo.models import ModelSpec, Slot, build_model
+from relulab.probes.statistics import (STATS, ProbeSet, class_table, measure, parse_probe_set, parse_stats, probe,
                             select_probe_set, slot_output_sizes)
 
 
@@ -245,8 +245,8 @@ def test_slot_probe_measures_the_initialised_model_as_epoch_0_and_resumes_with_i
     (epoch 0), on the very weights training starts from, and a resumed run keeps those numbers."""
     import copy
 
-    from relulab.executors import SlotProbe
-    from relulab.train import TrainSpec, train_model
+    from relulab.experiments.executors import SlotProbe
+    from relulab.training.loop import TrainSpec, train_model
 
     torch.manual_seed(0)
     splits = load_data(DataSpec("digits"))
@@ -269,7 +269,7 @@ def test_statistics_across_images_are_marked_degenerate_on_one_image_per_class()
     """On the `first` probe set (one image per class) sign entropy is 0 by its definition and dead_fraction
     means "not positive on this image": such cells are not data. Statistics of one image (std over its
     entries, ratios) are."""
-    from relulab.probes import degenerate, degenerate_columns, degenerate_text
+    from relulab.probes.statistics import degenerate, degenerate_columns, degenerate_text
 
     splits = load_data(DataSpec("digits"))
     torch.manual_seed(0)

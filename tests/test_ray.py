@@ -17,14 +17,14 @@ import time
 import pytest
 import torch
 
-from relulab.errors import UserError
-from relulab.executors import (InProcessExecutor, RayExecutor, Task, _probe_address, cut_tasks, execute_task,
+from relulab.core.errors import UserError
+from relulab.experiments.executors import (InProcessExecutor, RayExecutor, Task, _probe_address, cut_tasks, execute_task,
                                run_task)
-from relulab.experiments import Overrides, load_experiment, run_experiment
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 from relulab.data import DataSpec
-from relulab.models import ModelSpec
-from relulab.optim import OptimizerSpec
-from relulab.train import Job, RunSpec, TrainSpec
+from relulab.zoo.models import ModelSpec
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, RunSpec, TrainSpec
 from specs import quiet, relulab, stored_runs, write_spec
 
 # Two parts in one store: plain runs (packed: stacks of the same shape train together) and probed runs (each

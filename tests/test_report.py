@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from relulab.cli import main
-from relulab.errors import UserError
-from relulab.experiments import Overrides, load_experiment, run_experiment
-from relulab.report import build_report
+from relulab.core.errors import UserError
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.report.build import build_report
 from specs import TINY, write_spec
 
 EVIL = "<script>alert('relulab')</script> & <b>bold</b>"
@@ -95,7 +95,7 @@ def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
 def test_a_partial_store_reports_what_is_missing(tmp_path):
     store = _make_store(tmp_path, TINY, seeds=[0])
     load = load_experiment(str(tmp_path / "spec.yaml"), Overrides(store=str(store), seeds=[0, 1]))
-    from relulab.store import Store
+    from relulab.store.database import Store
 
     with Store(store) as s:  # a plan with more seeds than have run, as while a sweep is going
         s.save_plan(load.name, load.origin, load.raw, [p.meta() for p in load.parts], load.plan_rows())
@@ -197,8 +197,8 @@ def test_the_seed002_preset_probes_what_its_premise_is_about():
 def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_training(depth):
     import sqlite3
 
-    from relulab.report import collect, curve
-    from relulab.store import Store
+    from relulab.report.build import collect, curve
+    from relulab.store.database import Store
 
     store, files = depth
     md = files.markdown.read_text()
@@ -223,7 +223,7 @@ def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_trainin
 
 
 def test_depth_table_of_a_deep_model_shows_representative_slots():
-    from relulab.report import representative_slots
+    from relulab.report.build import representative_slots
 
     assert representative_slots(list(range(1, 52))) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 51]
     assert representative_slots([1, 2, 3]) == [1, 2, 3]
@@ -232,7 +232,7 @@ def test_depth_table_of_a_deep_model_shows_representative_slots():
 
 def test_a_statistic_undefined_for_a_configuration_gets_no_panel(tmp_path, monkeypatch):
     """Saturation is NaN at every slot of a ReLU model: its panel would be empty, so it is not drawn."""
-    from relulab import report as report_module
+    from relulab.report import build as report_module
 
     drawn = []
     real = report_module.stat_over_epochs_figure
@@ -248,7 +248,7 @@ def test_a_statistic_undefined_for_a_configuration_gets_no_panel(tmp_path, monke
 
 
 def test_pareto_labels_do_not_overlap(monkeypatch):
-    from relulab import report as report_module
+    from relulab.report import build as report_module
 
     boxes = []
     real = report_module.place_labels

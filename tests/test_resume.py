@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relulab import resume
+from relulab.training import resume
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec, build_model
-from relulab.optim import OptimizerSpec
-from relulab.train import Job, RunSpec, TrainSpec, evaluate, train_many
+from relulab.zoo.models import ModelSpec, build_model
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, RunSpec, TrainSpec, evaluate, train_many
 
 EPOCHS = 6
 

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 from scipy import stats as sps
 
-from relulab.errors import UserError
-from relulab.experiments import Overrides, load_experiment, run_experiment, run_key
-from relulab.search import Measured, Search, SearchOptions, probe_configuration, run_search
-from relulab.store import Store, load_run_probes, load_searches
+from relulab.core.errors import UserError
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment, run_key
+from relulab.search.strategies import Measured, Search, SearchOptions, probe_configuration, run_search
+from relulab.store.database import Store, load_run_probes, load_searches
 from specs import quiet, relulab, stored_runs, write_spec
 
 MLP = """\
@@ -289,7 +289,7 @@ def test_per_epoch_probes_of_a_spec_with_the_new_statistics(tmp_path):
     db = sqlite3.connect(tmp_path / "p.sqlite")
     assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'ratio_num' AND value > 0").fetchone() == (
         4 * 3 * 4,)  # 4 runs x (before training + 2 epochs) x 4 slots
-    from relulab.report import build_report
+    from relulab.report.build import build_report
 
     files = build_report(tmp_path / "p.sqlite")
     md = files.markdown.read_text()
@@ -341,7 +341,7 @@ def test_a_statistic_undefined_everywhere_is_a_user_error(tmp_path):
 
 
 def test_rank_correlations_row_by_row_are_scipys():
-    from relulab.stats import kendall_rows, spearman_rows
+    from relulab.core.stats import kendall_rows, spearman_rows
 
     rng = __import__("numpy").random.default_rng(3)
     x = rng.integers(0, 4, (50, 7)).astype(float)  # many ties, as resampled slots give
@@ -355,7 +355,7 @@ def test_rank_correlations_row_by_row_are_scipys():
 
 
 def test_holm_and_the_chance_of_a_false_positive():
-    from relulab.stats import chance_of_a_false_positive, holm
+    from relulab.core.stats import chance_of_a_false_positive, holm
 
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, None, float("nan"), 0.9]) == [1.0, None, None, 1.0]  # 2 x 0.5, then never below it
@@ -363,7 +363,7 @@ def test_holm_and_the_chance_of_a_false_positive():
 
 
 def _per_seed(off, seed_accs, seed_heuristics=None):
-    from relulab.search import _finite_mean
+    from relulab.search.strategies import _finite_mean
 
     seed_heuristics = seed_heuristics or {}
     heuristics = {stat: {slot: _finite_mean(v) for slot, v in by.items()} for stat, by in seed_heuristics.items()}
@@ -378,7 +378,7 @@ def test_judgement_bootstrap_resamples_slots_then_seeds_deterministically():
     seeds (the same seeds for the model and its changes); checked against a plain loop over the same draws."""
     import numpy as np
 
-    from relulab.search import judge
+    from relulab.search.strategies import judge
 
     rng = np.random.default_rng(0)
     slots, seeds = [1, 2, 3, 4, 5, 6], 3
@@ -411,8 +411,8 @@ def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(c
     all-relu, as the oracle's first step does; the same for budget with every placement of 3 slots on. All three
     show the same judgement (one code path), with bootstrap intervals; candidates carry their test accuracy."""
     from relulab.cli.search import print_search
-    from relulab.report import build_report
-    from relulab.search import load_search_views
+    from relulab.report.build import build_report
+    from relulab.search.strategies import load_search_views
 
     exp = mlp(tmp_path)
     never = 1e-12  # an acceptance level no difference over 2 seeds reaches: every proposal is rejected

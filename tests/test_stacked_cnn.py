@@ -5,12 +5,13 @@ CUDA are checked against PyTorch in tests/test_triton_interpreter.py."""
 import pytest
 import torch
 
-from relulab import pack, train
+from relulab.packing import pack
+from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
-from relulab.models import ModelSpec, build_model
-from relulab.optim import OptimizerSpec
-from relulab.stacked_cnn import StackedCNN
-from relulab.train import Job, RunSpec, TrainSpec, run
+from relulab.zoo.models import ModelSpec, build_model
+from relulab.zoo.optim import OptimizerSpec
+from relulab.packing.stacked_cnn import StackedCNN
+from relulab.training.loop import Job, RunSpec, TrainSpec, run
 
 CPU = torch.device("cpu")
 DATA = DataSpec(image_size=32, train_size=160)  # digits upscaled for a narrow seed-cnn
@@ -153,7 +154,7 @@ def test_evaluation_batches_keep_the_kernels_offsets_in_32_bits(monkeypatch):
 
 
 def test_the_kernels_refuse_tensors_past_their_32_bit_offsets():
-    conv_triton = pytest.importorskip("relulab.conv_triton")  # needs triton, which CUDA builds of torch bring
+    conv_triton = pytest.importorskip("relulab.kernels.conv_triton")  # needs triton, which CUDA builds of torch bring
     conv_triton.check_indexable(torch.empty(2**31 - 1, device="meta"))
     with pytest.raises(ValueError, match="32-bit offsets"):
         conv_triton.check_indexable(torch.empty(2**31, device="meta"))

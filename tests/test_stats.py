@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from relulab.stats import RunNumbers, compare, describe_runs, summarize, with_baseline
+from relulab.core.stats import RunNumbers, compare, describe_runs, summarize, with_baseline
 
 
 def test_summary_matches_numpy_and_scipy():

@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from relulab import store as store_mod
-from relulab import train as train_mod
+from relulab.store import database as store_mod
+from relulab.training import loop as train_mod
 from relulab.data import DataSpec, load_data
-from relulab.errors import UserError
-from relulab.experiments import Overrides, load_experiment, run_experiment
-from relulab.models import ModelSpec
-from relulab.store import Finished, Store
-from relulab.train import Job, RunSpec, TrainSpec, run, train_many
+from relulab.core.errors import UserError
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.zoo.models import ModelSpec
+from relulab.store.database import Finished, Store
+from relulab.training.loop import Job, RunSpec, TrainSpec, run, train_many
 from specs import TINY, quiet, stored_runs, write_spec
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from relulab.data import DataSpec, load_data
-from relulab.errors import UserError
-from relulab.models import ModelSpec
-from relulab.optim import OptimizerSpec
-from relulab.train import Callback, RunSpec, TrainSpec, arithmetic, epoch_batches, run
+from relulab.core.errors import UserError
+from relulab.zoo.models import ModelSpec
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Callback, RunSpec, TrainSpec, arithmetic, epoch_batches, run
 
 SMALL = ModelSpec("deep-mlp", widths=[32, 32], init="he_normal")
 

@@ -8,12 +8,16 @@ import sqlite3
 import pytest
 import torch
 
-from relulab import checkpoints, pack, probes, train, weights
+from relulab.training import checkpoints
+from relulab.packing import pack
+from relulab.probes import statistics as probes
+from relulab.training import loop as train
+from relulab.store import weights
 from relulab.data import load_data
-from relulab.errors import UserError
-from relulab.experiments import Overrides, load_experiment, run_experiment
-from relulab.search import SearchOptions, probe_configuration, run_search
-from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, load_run_probes, retrained_key
+from relulab.core.errors import UserError
+from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.search.strategies import SearchOptions, probe_configuration, run_search
+from relulab.store.database import RETRAINED_FOR_PROBING, Finished, Store, load_run_probes, retrained_key
 from specs import quiet, relulab, write_spec
 
 # Three epochs of SGD on 240 synthetic images: the seeds differ in where their best epoch falls, so some runs
@@ -165,7 +169,7 @@ def test_without_weights_probe_stores_a_retrained_record_of_its_own(tmp_path, ca
     again = probe_configuration(exp, seed=0, config="relu", log=quiet)
     assert (again.source, again.probed_key, again.copy["key"]) == ("store", copy_key, copy_key)
     # the report shows both accuracies
-    from relulab.report import build_report
+    from relulab.report.build import build_report
 
     md = build_report(tmp_path / "s.sqlite").markdown.read_text()
     assert "### Retrained for probing" in md and copy_key in md
@@ -197,7 +201,7 @@ def test_a_search_probes_kept_weights_and_otherwise_stores_copies(tmp_path):
     assert all(after[r["key"]] == r for r in before)  # the stored runs are untouched
     assert all(load_probes(tmp_path / "n.sqlite", k) == {} for k in base)
     with Store(tmp_path / "n.sqlite", create=False) as store:
-        from relulab.store import load_searches
+        from relulab.store.database import load_searches
 
         (s,) = load_searches(store)
         assert {c["stat"] for c in s["correlations"]} >= {"ratio_num"}  # judged on the copies' statistics

@@ -1,4 +1,4 @@
 """`python -m relulab ...` is the `relulab` command."""
-from .cli import main
+from relulab.cli import main
 
 main()

@@ -14,11 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relulab import checkpoints
+from relulab.training import checkpoints
 from relulab.data import DataSpec, load_data
-from relulab.errors import UserError
-from relulab.models import ModelSpec
-from relulab.train import RunSpec, TrainSpec, evaluate, run
+from relulab.core.errors import UserError
+from relulab.zoo.models import ModelSpec
+from relulab.training.loop import RunSpec, TrainSpec, evaluate, run
 from runner import assert_refused, fuzz, run_cli
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "relulab"
@@ -177,7 +177,7 @@ configs:
 def kept_stores(tmp_path_factory) -> dict[str, bytes]:
     """Two swept stores, `s.sqlite` with its kept weights in s.weights/ and `n.sqlite` that kept none, as
     {relative path: bytes} for run_cli."""
-    from relulab.experiments import Overrides, load_experiment, run_experiment
+    from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 
     folder = tmp_path_factory.mktemp("kept")
     (folder / "spec.yaml").write_text(KEPT_SPEC)

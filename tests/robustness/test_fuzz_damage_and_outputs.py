@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relulab import pack, train
+from relulab.packing import pack
+from relulab.training import loop as train
 from relulab.cli import main
 from runner import assert_refused, fuzz, run_cli
 from specs import TINY, write_spec

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import chaos
-from relulab.errors import UserError
-from relulab.report import build_report
+from relulab.core.errors import UserError
+from relulab.report.build import build_report
 from runner import assert_refused, run_cli
 from specs import TINY, relulab, stored_runs, write_spec
 

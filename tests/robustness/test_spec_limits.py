@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import relulab
-from relulab import experiments
+from relulab.experiments import specs as experiments
 from runner import assert_refused, run_cli
 from specs import TINY
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from relulab import pack, train
-from relulab.store import Store, StoreError, ensure_probe_search_tables, load_run_probes, save_run_probes
+from relulab.packing import pack
+from relulab.training import loop as train
+from relulab.store.database import Store, StoreError, ensure_probe_search_tables, load_run_probes, save_run_probes
 from specs import TINY, relulab, write_spec
 
 

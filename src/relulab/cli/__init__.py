@@ -11,16 +11,16 @@ import sys
 
 import typer
 
-from ..errors import UserError
-from .app import app
+from relulab.core.errors import UserError
+from relulab.cli.app import app
 
 # Importing the command modules registers their commands on `app`.
-from . import train as _train  # noqa: E402,F401
-from . import run as _run  # noqa: E402,F401
-from . import probe as _probe  # noqa: E402,F401  (issue 4)
-from . import search as _search  # noqa: E402,F401  (issue 4)
-from . import export as _export  # noqa: E402,F401  (issue 19)
-from . import compare as _compare  # noqa: E402,F401  (issue 19)
+from relulab.cli import train as _train  # noqa: E402,F401
+from relulab.cli import run as _run  # noqa: E402,F401
+from relulab.cli import probe as _probe  # noqa: E402,F401  (issue 4)
+from relulab.cli import search as _search  # noqa: E402,F401  (issue 4)
+from relulab.cli import export as _export  # noqa: E402,F401  (issue 19)
+from relulab.cli import compare as _compare  # noqa: E402,F401  (issue 19)
 
 # Recent typer vendors its own copy of click (and click may not be installed at all); older typer uses click.
 USAGE_ERRORS: tuple = ()

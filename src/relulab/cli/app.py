@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import typer
 
-from ..errors import UserError
+from relulab.core.errors import UserError
 
 app = typer.Typer(
     name="relulab",

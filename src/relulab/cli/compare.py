@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from .. import compare as comparing
-from ..util import check_output_file, write_atomic
-from .app import app
+from relulab.report import compare as comparing
+from relulab.core.util import check_output_file, write_atomic
+from relulab.cli.app import app
 
 
 @app.command("compare")

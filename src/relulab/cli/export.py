@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from .. import experiments
-from ..errors import UserError
-from .app import app
+from relulab.experiments import specs as experiments
+from relulab.core.errors import UserError
+from relulab.cli.app import app
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -29,7 +29,7 @@ def export_model_command(
 ):
     """Write the stored weights of a run as a checkpoint: `relulab evaluate` and plain PyTorch
     (torch.load(..., weights_only=True), relulab.checkpoints.load) read it."""
-    from ..weights import export_run
+    from relulab.store.weights import export_run
 
     seeds = experiments.parse_seeds(seed, "--seed")
     if len(seeds) > 1:

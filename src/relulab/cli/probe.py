@@ -12,12 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import experiments
-from ..errors import UserError
-from ..probes import class_table, degenerate_columns, degenerate_text, parse_stats
-from ..util import check_output_dir
-from .app import app, option_names
-from .run import check_outputs, report_dir
+from relulab.experiments import specs as experiments
+from relulab.core.errors import UserError
+from relulab.probes.statistics import class_table, degenerate_columns, degenerate_text, parse_stats
+from relulab.core.util import check_output_dir
+from relulab.cli.app import app, option_names
+from relulab.cli.run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_STATS = "ratio_num,ratio_sum"
@@ -57,7 +57,7 @@ def probe_command(
 
     Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
     them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
-    from ..search import probe_configuration
+    from relulab.search.strategies import probe_configuration
 
     names = parse_stats(stats, "--stats")
     seed_number = _one_seed(seed)
@@ -80,7 +80,7 @@ def probe_command(
     written = write_files(pr, names, folder, svg)
     console.print(f"{probed_line(pr)}; files: {', '.join(str(p) for p in written)}")
     if want_report:
-        from ..report import build_report
+        from relulab.report.build import build_report
 
         files = build_report(exp.store, exp.name, report_folder, svg=svg)
         print(files.html)
@@ -150,8 +150,8 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
 
 
 def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
-    from ..report import _safe, has_data, heatmap_figure, stat_over_epochs_figure
-    from ..util import write_atomic, write_bytes_atomic
+    from relulab.report.build import _safe, has_data, heatmap_figure, stat_over_epochs_figure
+    from relulab.core.util import write_atomic, write_bytes_atomic
 
     stem = f"{_safe(pr.variant)}-seed{pr.seed}-{_safe(pr.probe_set)}"
     buf = io.StringIO()

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import experiments
-from ..ranges import parse_ranges
-from .app import app, option_names
-from .run import check_outputs, report_dir
+from relulab.experiments import specs as experiments
+from relulab.core.ranges import parse_ranges
+from relulab.cli.app import app, option_names
+from relulab.cli.run import check_outputs, report_dir
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -76,8 +76,8 @@ def search_command(
 
     Runs already in the store (from relulab run, another search or a killed one) are reused, never retrained:
     run the same command again after an interruption and it goes on where it stopped."""
-    from ..search import SearchOptions, load_search_views, run_search
-    from ..store import Store
+    from relulab.search.strategies import SearchOptions, load_search_views, run_search
+    from relulab.store.database import Store
 
     options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
                             plain_rule, alpha, metric, probe_set, max_placements)
@@ -95,7 +95,7 @@ def search_command(
                   + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
                   + f"; store {exp.store}")
     if report:
-        from ..report import build_report
+        from relulab.report.build import build_report
 
         files = build_report(exp.store, exp.name, out, svg=svg)
         console.print(f"report: {files.markdown} (Markdown), {', '.join(str(p) for p in files.extra)} (CSV)")
@@ -131,7 +131,7 @@ def _rho(value, low, high) -> str:
 def print_judgement(out: Console, rows: list[dict], step: int) -> None:
     """A judgement's table: each statistic's rank correlations with their bootstrap intervals, raw and
     Holm-adjusted p-values, and the note on comparing many statistics at once."""
-    from ..search import false_positive_note
+    from relulab.search.strategies import false_positive_note
 
     rows = [c for c in rows if c["step"] == step and c["spearman"] is not None and c["spearman"] == c["spearman"]]
     if not rows:

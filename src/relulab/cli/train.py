@@ -9,17 +9,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import checkpoints
-from .. import data as data_mod
-from ..data import DataSpec
-from ..env import resolve_device
-from ..errors import UserError
-from ..experiments import seeds_from_options
-from ..models import ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
-from ..optim import OptimizerSpec
-from ..train import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
-from ..util import check_output_file, write_json_atomic
-from .app import app, option_names
+from relulab.training import checkpoints
+from relulab import data as data_mod
+from relulab.data import DataSpec
+from relulab.core.env import resolve_device
+from relulab.core.errors import UserError
+from relulab.experiments.specs import seeds_from_options
+from relulab.zoo.models import ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.zoo.optim import OptimizerSpec
+from relulab.training.loop import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
+from relulab.core.util import check_output_file, write_json_atomic
+from relulab.cli.app import app, option_names
 
 console = Console(stderr=True)
 

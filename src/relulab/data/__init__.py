@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError, is_number, unknown_choice
-from ..ranges import INT64_MAX, show_int
-from ..util import check_fits
-from . import formats, sources
+from relulab.core.errors import UserError, is_number, unknown_choice
+from relulab.core.ranges import INT64_MAX, show_int
+from relulab.core.util import check_fits
+from relulab.data import formats, sources
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
+from relulab.core.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
+from relulab.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""A hand-written training step for stacks of plain MLPs (deep-mlp without batch norm).
+
+Under autograd a stacked Linear + activation costs about six kernels a step (baddbmm and
+the activation forward; activation backward, two bmms and a bias reduction backward), so
+seed 001's 51-layer model is a chain of about 300 tiny kernels, bound by their latency
+even inside a CUDA graph. Here each layer is one kernel forward (matmul + bias +
+activation) and one backward (activation derivative, input gradient, weight and bias
+gradients), about 110 a step, whatever the number of models stacked.
+
+Models in one stack may differ in activation, per model and layer: each layer carries one
+activation code per model. The derivative is taken from the activation's output (ReLU,
+sigmoid, tanh and identity allow that), so only the layers' outputs are kept for the
+backward pass.
+
+On CUDA the layers are Triton kernels (`relulab.fused_triton`); elsewhere they are the
+PyTorch reference functions below, which compute the same thing. The CPU tests check the
+reference against single autograd runs; `benchmarks/bench_speed.py --parts check` checks
+the Triton kernels against the reference on the GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from relulab.zoo import activations
+from relulab.core.env import matmul_precision
+from relulab.zoo.models import SlotNet
+
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+MAX_BATCH = 128  # the backward kernel holds one model's whole batch in registers
+
+_FORWARD: list[Callable] = [lambda z: z, torch.relu, torch.sigmoid, torch.tanh]
+# The derivative from the output y, as PyTorch's backward of each activation computes it.
+_DERIVATIVE: list[Callable] = [torch.ones_like, lambda y: (y > 0).to(y.dtype), lambda y: (1 - y) * y,
+                               lambda y: 1 - y * y]
+
+
+def fusable(job) -> bool:
+    """Whether a job's model can train through the fused step."""
+    model, train = job.spec.model, job.spec.train
+    acts = {activations.canonical_name(a) for a in [model.activation, *model.slots.values()]}
+    return (model.name == "deep-mlp" and not model.batchnorm and train.batch_size <= MAX_BATCH
+            and train.precision != "bf16" and acts <= ACTIVATION_CODES.keys())
+
+
+@dataclass
+class Layer:
+    weight: int  # index into the split of the stack's flat parameters
+    bias: int
+    fan_in: int
+    fan_out: int
+    codes: torch.Tensor  # (K,) int32 activation codes, on the device, for the kernels
+    groups: list[tuple[int, int, int]]  # (start, stop, code): runs of models with one activation
+
+
+def reference_forward(x, w, b, layer: Layer, out, precision: str = "ieee") -> None:
+    """out (K, B, fan_out) = act(x @ w.T + b) for every model of the stack."""
+    with matmul_precision(precision):
+        z = torch.baddbmm(b.unsqueeze(1), x, w.view(len(x), layer.fan_out, layer.fan_in).transpose(1, 2))
+    for start, stop, code in layer.groups:
+        out[start:stop] = _FORWARD[code](z[start:stop])
+
+
+def reference_backward(g, y, x, w, layer: Layer, dw, db, dx: Optional[torch.Tensor], precision: str = "ieee") -> None:
+    """From g = dL/d(output) and the output y: dw, db (views of the flat gradient) and dx = dL/dx."""
+    delta = torch.empty_like(g)
+    for start, stop, code in layer.groups:
+        delta[start:stop] = g[start:stop] * _DERIVATIVE[code](y[start:stop])
+    k = len(x)
+    with matmul_precision(precision):
+        dw.view(k, layer.fan_out, layer.fan_in).copy_(torch.bmm(delta.transpose(1, 2), x))
+        if dx is not None:
+            torch.bmm(delta, w.view(k, layer.fan_out, layer.fan_in), out=dx)
+    db.copy_(delta.sum(1))
+
+
+def runs(values: list) -> list[tuple[int, int, object]]:
+    """[a, a, b] -> [(0, 2, a), (2, 3, b)]: the runs of equal neighbours."""
+    found, start = [], 0
+    for k in range(1, len(values) + 1):
+        if k == len(values) or values[k] != values[start]:
+            found.append((start, k, values[start]))
+            start = k
+    return found
+
+
+class FusedMLP:
+    """The Linear layers of a stack of K plain MLPs, with a forward and backward written by hand.
+
+    `sizes` and `linear` come from `relulab.pack.StackedMLP`: how the flat (K, n) parameters
+    split, and each Linear layer's (weight index, bias index, (out, in)). `precision`: "ieee" (fp32
+    products) or "tf32"."""
+
+    def __init__(self, models: Sequence[SlotNet], sizes: list[int], linear: list[tuple[int, int, tuple]],
+                 device: torch.device, use_triton: Optional[bool] = None, precision: str = "ieee"):
+        self.sizes, self.precision = sizes, precision
+        placements = [[ACTIVATION_CODES[a] for a in m.placement()] + [0] for m in models]  # classifier: identity
+        self.layers = []
+        for index, (weight, bias, (fan_out, fan_in)) in enumerate(linear):
+            codes = [p[index] for p in placements]
+            self.layers.append(Layer(weight, bias, fan_in, fan_out, torch.tensor(codes, dtype=torch.int32,
+                                                                                 device=device), runs(codes)))
+        self._forward, self._backward = reference_forward, reference_backward
+        if use_triton if use_triton is not None else device.type == "cuda":
+            from relulab.kernels import fused_triton
+            self._forward, self._backward = fused_triton.linear_forward, fused_triton.linear_backward
+
+    @torch.no_grad()
+    def gradient(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a batch x (K, B, features), labels y (K, B): each model's mean loss (K,) and the logits
+        (K, B, classes); writes the gradient of the summed losses into `grad` (shaped like params)."""
+        k, batch, _ = x.shape
+        views, grads = params.split(self.sizes, dim=1), grad.split(self.sizes, dim=1)
+        outputs = [x]
+        for layer in self.layers:
+            out = x.new_empty(k, batch, layer.fan_out)
+            self._forward(outputs[-1], views[layer.weight], views[layer.bias], layer, out, self.precision)
+            outputs.append(out)
+        logits = outputs[-1]
+        losses = F.cross_entropy(logits.reshape(k * batch, -1), y.reshape(-1), reduction="none").view(k, batch)
+        # d(mean loss)/d(logits) = (softmax - one-hot) / B
+        g = torch.softmax(logits, dim=2)
+        target = y.unsqueeze(2)
+        g.scatter_(2, target, g.gather(2, target) - 1).div_(batch)
+        for index in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[index]
+            dx = torch.empty_like(outputs[index]) if index > 0 else None
+            self._backward(g, outputs[index + 1], outputs[index], views[layer.weight], layer,
+                           grads[layer.weight], grads[layer.bias], dx, self.precision)
+            g = dx
+        return losses.mean(1), logits

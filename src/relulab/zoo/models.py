@@ -1,0 +1,360 @@
+"""The sources' models, built from a `ModelSpec`, with every activation a named, switchable slot.
+
+- `deep-mlp` (seed 001): Dense 300, 49 x Dense 100, Dense 10; each hidden Dense is
+  followed by its slot.
+- `bn-mlp` (seed 002): Dense 512 + slot, then 50 x [BatchNorm, Dense 256 + slot],
+  BatchNorm, Dense 10; the batch norms are optional.
+- `seed-cnn` (seed 000): nine 3x3 valid convs and a 1x1 conv to the classes, each
+  followed by its slot and then BatchNorm, max-pools after convs 6 and 8.
+
+Slots are numbered from 1 in the order the data meets them, as in the seed's tables.
+Models return logits; the loss applies the softmax (same maths as Keras' softmax
+layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
+(BatchNorm's running mean and variance included).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from relulab.zoo import activations
+from relulab.core.errors import UserError, unknown_choice
+from relulab.zoo.init import canonical_name as canonical_init
+from relulab.zoo.init import init_layer
+from relulab.core.ranges import INT64_MAX, MAX_ITEMS, show_int
+from relulab.core.util import check_fits
+
+OFF = "identity"  # a slot switched off computes nothing
+BN_FLAVOURS = {
+    # Keras' momentum 0.99 weights the old running value; PyTorch's momentum weights the new one.
+    "keras": dict(momentum=0.01, eps=1e-3),
+    "torch": dict(momentum=0.1, eps=1e-5),
+}
+
+
+@dataclass
+class ModelSpec:
+    """Which model, and what goes in each activation slot. A plain record for configs and the CLI."""
+
+    name: str = "deep-mlp"
+    activation: str = "relu"  # every slot, unless `slots` says otherwise
+    slots: dict[int, str] = field(default_factory=dict)  # per-slot overrides, e.g. {7: "identity", 10: "identity"}
+    init: str = "glorot_uniform"  # kernels of the hidden layers; "auto": the activation's recommended one
+    bias_init: str = "zeros"
+    output_init: str = "glorot_uniform"  # the classifier layer (the sources left it at Keras' default)
+    widths: Optional[list[int]] = None  # None: the source's widths
+    batchnorm: Optional[bool] = None  # None: the model's default (bn-mlp, seed-cnn: on; deep-mlp: off)
+    bn_flavour: str = "keras"
+
+    def validate(self, prefix: str = "model") -> "ModelSpec":
+        if self.name not in MODELS:
+            raise unknown_choice(f"{prefix}.name", self.name, MODELS)
+        activations.parse_activation(self.activation, f"{prefix}.activation")
+        if not isinstance(self.slots, dict):
+            raise UserError(f"{prefix}.slots: expected a mapping of slot number to activation, got {self.slots!r}")
+        for index, act in self.slots.items():
+            if not isinstance(index, int) or isinstance(index, bool) or index < 1:
+                raise UserError(f"{prefix}.slots: slot numbers start at 1, got {index!r}")
+            activations.parse_activation(act, f"{prefix}.slots.{index}")
+        canonical_init(self.kernel_init(), f"{prefix}.init")
+        canonical_init(self.bias_init, f"{prefix}.bias_init")
+        canonical_init(self.output_init, f"{prefix}.output_init")
+        if self.widths is not None:
+            self._validate_widths(f"{prefix}.widths")
+        if self.bn_flavour not in BN_FLAVOURS:
+            raise unknown_choice(f"{prefix}.bn_flavour", self.bn_flavour, BN_FLAVOURS)
+        if self.batchnorm is not None and not isinstance(self.batchnorm, bool):
+            raise UserError(f"{prefix}.batchnorm: expected true or false, got {self.batchnorm!r}")
+        return self
+
+    def _validate_widths(self, field: str) -> None:
+        if not isinstance(self.widths, list) or not self.widths or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.widths):
+            raise UserError(f"{field}: expected a non-empty list of positive integers, got {self.widths!r}")
+        if len(self.widths) > MAX_ITEMS:
+            raise UserError(f"{field}: {len(self.widths)} layers; at most {MAX_ITEMS}")
+        too_wide = [w for w in self.widths if w > INT64_MAX]
+        if too_wide:
+            raise UserError(f"{field}: {show_int(too_wide[0])} is beyond a 64-bit integer")
+
+    def kernel_init(self) -> str:
+        """The hidden layers' initializer, with "auto" resolved (He for ReLU, LeCun for SELU, ...)."""
+        if self.init == "auto":
+            return activations.parse_activation(self.activation, "model.activation")[0].recommended_init
+        return self.init
+
+    def slot_activation(self, index: int) -> str:
+        return activations.canonical_name(self.slots.get(index, self.activation))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Slot(nn.Module):
+    """A named place for an activation function; probes hook it, searches switch it."""
+
+    def __init__(self, index: int, spec: str):
+        super().__init__()
+        self.index = index
+        self.set(spec)
+
+    def set(self, spec: str) -> None:
+        self.spec = activations.canonical_name(spec, f"slot {self.index}")
+        self.act = activations.get_activation(self.spec, f"slot {self.index}")
+
+    @property
+    def off(self) -> bool:
+        return self.spec == "identity"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, spec={self.spec!r}"
+
+
+class SlotNet(nn.Module):
+    """A sequential model whose activations are `Slot`s."""
+
+    def __init__(self, layers: list[nn.Module], spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+        self.spec = spec
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+
+    @property
+    def slots(self) -> list[Slot]:
+        return [m for m in self.body if isinstance(m, Slot)]
+
+    def slot(self, index: int) -> Slot:
+        for s in self.slots:
+            if s.index == index:
+                return s
+        raise UserError(f"slot {index}: the model has slots 1..{len(self.slots)}")
+
+    def placement(self) -> list[str]:
+        """The activation in each slot, slot 1 first."""
+        return [s.spec for s in self.slots]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _batchnorm(kind: Callable[..., nn.Module], features: int, spec: ModelSpec) -> nn.Module:
+    return kind(features, **BN_FLAVOURS[spec.bn_flavour])
+
+
+def _check_slots(spec: ModelSpec, count: int) -> None:
+    bad = sorted(i for i in spec.slots if i > count)
+    if bad:
+        raise UserError(f"model.slots: {spec.name} has slots 1..{count}, got {bad}")
+
+
+def _dense(fan_in: int, width: int, kernel_init: str, spec: ModelSpec) -> nn.Linear:
+    layer = nn.Linear(fan_in, width)
+    init_layer(layer, kernel_init, spec.bias_init)
+    return layer
+
+
+def _classifier(fan_in: int, num_classes: int, spec: ModelSpec) -> nn.Linear:
+    # The sources' output layers keep Keras' defaults: glorot_uniform kernel, zero bias.
+    layer = nn.Linear(fan_in, num_classes)
+    init_layer(layer, spec.output_init, "zeros")
+    return layer
+
+
+def build_deep_mlp(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
+    widths = spec.widths or [300] + [100] * 49
+    _check_slots(spec, len(widths))
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(input_shape)
+    for index, width in enumerate(widths, start=1):
+        layers += [_dense(fan_in, width, spec.kernel_init(), spec), Slot(index, spec.slot_activation(index))]
+        if spec.batchnorm:
+            layers.append(_batchnorm(nn.BatchNorm1d, width, spec))
+        fan_in = width
+    layers.append(_classifier(fan_in, num_classes, spec))
+    return SlotNet(layers, spec, input_shape, num_classes)
+
+
+def build_bn_mlp(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
+    widths = spec.widths or [512] + [256] * 50
+    _check_slots(spec, len(widths))
+    use_bn = True if spec.batchnorm is None else spec.batchnorm
+    fan_in = math.prod(input_shape)
+    layers: list[nn.Module] = [nn.Flatten(), _dense(fan_in, widths[0], spec.kernel_init(), spec), Slot(1, spec.slot_activation(1))]
+    for index, width in enumerate(widths[1:], start=2):
+        if use_bn:
+            layers.append(_batchnorm(nn.BatchNorm1d, widths[index - 2], spec))
+        layers += [_dense(widths[index - 2], width, spec.kernel_init(), spec), Slot(index, spec.slot_activation(index))]
+    if use_bn:
+        layers.append(_batchnorm(nn.BatchNorm1d, widths[-1], spec))
+    layers.append(_classifier(widths[-1], num_classes, spec))
+    return SlotNet(layers, spec, input_shape, num_classes)
+
+
+SEED_CNN_WIDTHS = [48, 48, 96, 96, 96, 96, 192, 192, 192]
+SEED_CNN_POOL_AFTER = (6, 8)  # max-pool 2 after these convs
+
+
+def seed_cnn_output_size(size: int) -> int:
+    for index in range(1, 10):
+        size -= 2
+        if index in SEED_CNN_POOL_AFTER:
+            size //= 2
+    return size
+
+
+def build_seed_cnn(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
+    widths = spec.widths or SEED_CNN_WIDTHS
+    if len(widths) != len(SEED_CNN_WIDTHS):
+        raise UserError(f"model.widths: seed-cnn takes {len(SEED_CNN_WIDTHS)} conv widths, got {len(widths)}")
+    if len(input_shape) != 3:
+        raise UserError(f"model: seed-cnn needs image input (channels, height, width), got shape {input_shape}")
+    channels, height, width = input_shape
+    if seed_cnn_output_size(min(height, width)) < 1:
+        raise UserError(f"data.image_size: seed-cnn needs images of at least 32x32, got {height}x{width}"
+                        "; resize or pad them to 32 (image_size)")
+    _check_slots(spec, 10)
+    use_bn = True if spec.batchnorm is None else spec.batchnorm
+    layers: list[nn.Module] = []
+    for index, out_channels in enumerate(widths + [num_classes], start=1):
+        kernel = 1 if index == 10 else 3
+        conv = nn.Conv2d(channels, out_channels, kernel)
+        init_layer(conv, spec.kernel_init() if index < 10 else spec.output_init, spec.bias_init if index < 10 else "zeros")
+        layers += [conv, Slot(index, spec.slot_activation(index))]
+        if use_bn:
+            layers.append(_batchnorm(nn.BatchNorm2d, out_channels, spec))
+        if index in SEED_CNN_POOL_AFTER:
+            layers.append(nn.MaxPool2d(2))
+        channels = out_channels
+    # 32x32 input ends at 1x1; larger inputs are averaged down to it so the head stays 10-way.
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return SlotNet(layers, spec, input_shape, num_classes)
+
+
+MODELS: dict[str, Callable[[ModelSpec, tuple, int], SlotNet]] = {
+    "deep-mlp": build_deep_mlp,
+    "bn-mlp": build_bn_mlp,
+    "seed-cnn": build_seed_cnn,
+}
+
+
+def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
+    """Build the model `spec` names for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
+    spec.validate()
+    check_model_fits(spec, tuple(input_shape), num_classes)
+    return MODELS[spec.name](spec, tuple(input_shape), num_classes)
+
+
+# Training holds each parameter four times over: the weight, its gradient and (Adam, RMSprop) up to two moments.
+TRAINING_COPIES = 4
+
+
+def check_model_fits(spec: ModelSpec, input_shape: tuple, num_classes: int) -> None:
+    """Refuse a model whose weights and training state cannot fit in memory (`widths: [100000000, 100000000]`),
+    before any of it is allocated: the model is first built on PyTorch's meta device, which has shapes but no
+    storage, so the count costs milliseconds whatever the size."""
+    params = _parameter_count(json.dumps(spec.to_dict(), sort_keys=True, default=str), input_shape, num_classes)
+    field = "model.widths" if spec.widths is not None else "model"
+    check_fits(params * 4 * TRAINING_COPIES, field, f"a {spec.name} of {params:,} parameters (weights, gradients and "
+               "optimizer state)")
+
+
+@lru_cache(maxsize=256)
+def _parameter_count(spec_json: str, input_shape: tuple, num_classes: int) -> int:
+    spec = ModelSpec(**json.loads(spec_json))
+    spec.slots = {int(k): v for k, v in spec.slots.items()}
+    with torch.device("meta"):
+        model = MODELS[spec.name](spec, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def keras_param_count(model: nn.Module) -> int:
+    """Parameters as Keras' summary counts them: weights plus BatchNorm's moving mean and variance."""
+    params = sum(p.numel() for p in model.parameters())
+    stats = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return params + stats
+
+
+def parse_slots(value, field: str = "model.slots") -> dict[int, str]:
+    """Per-slot overrides from a mapping (YAML keys may be strings) or text like '7=identity,10=none'. A slot
+    given twice must get the same activation both times."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise UserError(f"{field}: expected SLOT=ACTIVATION[,SLOT=ACTIVATION...], got {value!r}")
+        items = [(k.strip(), v.strip()) for k, v in pairs]
+    elif isinstance(value, dict):
+        items = list(value.items())  # {3: tanh, "3": relu} names slot 3 twice
+    else:
+        raise UserError(f"{field}: expected a mapping of slot number to activation, got {value!r}")
+    return _slots_from_pairs(items, field)
+
+
+def _slots_from_pairs(items: list[tuple], field: str) -> dict[int, str]:
+    slots: dict[int, str] = {}
+    for key, act in items:
+        index = _slot_number(key, field)
+        if not isinstance(act, str):
+            raise UserError(f"{field}.{index}: expected an activation name, got {act!r}")
+        act = activations.canonical_name(act, f"{field}.{index}")
+        if slots.setdefault(index, act) != act:
+            raise UserError(f"{field}: slot {index} is both {slots[index]} and {act}")
+    return slots
+
+
+def _slot_number(key, field: str) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a key of `.inf`
+        raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}") from None
+    if index < 1 or isinstance(key, bool) or (isinstance(key, float) and key != index):
+        raise UserError(f"{field}: slot numbers are integers from 1, got {key!r}")
+    return index
+
+
+def combine_slots(slots: dict[int, str], off: dict[int, str], field: str) -> dict[int, str]:
+    """`slots` with the `off` ones switched to identity; a slot both given an activation and off is refused."""
+    for index in off:
+        if slots.get(index, OFF) != OFF:
+            raise UserError(f"{field}: slot {index} is both {slots[index]} and off")
+    return {**slots, **off}
+
+
+def parse_off(value, field: str = "off") -> dict[int, str]:
+    """'7,10' (or [7, 10]) -> {7: 'identity', 10: 'identity'}: the slots switched off."""
+    if value is None or value == "":
+        return {}
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise UserError(f"{field}: expected slot numbers like 7,10, got {value!r}")
+    return _slots_from_pairs([(str(i).strip(), OFF) for i in items], field)
+
+
+def parse_widths(value, field: str = "model.widths") -> Optional[list[int]]:
+    """'300,100x49' -> [300] + [100] * 49; a list of integers passes through (validated later)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return value
+    runs: list[tuple[int, int]] = []  # (width, times), counted before the list is built: 8x99999999999 is a typo
+    try:
+        for item in str(value).split(","):
+            width, times, repeat = item.strip().partition("x")
+            runs.append((int(width), int(repeat) if times else 1))  # "100x" has no count: int("") refuses it
+    except ValueError:
+        raise UserError(f"{field}: expected widths like 300,100x49, got {value!r}") from None
+    layers = sum(max(0, times) for _, times in runs)
+    if layers > MAX_ITEMS:
+        raise UserError(f"{field}: {value} is {layers} layers; at most {MAX_ITEMS}")
+    return [width for width, times in runs for _ in range(times)]

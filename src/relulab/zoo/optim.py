@@ -1,0 +1,131 @@
+"""Optimizers by name, in two flavours of defaults, and Keras-style weight penalties.
+
+`flavour="torch"` gives PyTorch's classes with PyTorch's defaults. `flavour="keras"`
+reproduces Keras 3's update rules and defaults exactly, because the sources ran Keras:
+
+- Adam: eps 1e-7 added to sqrt(v) *without* bias correction ("epsilon hat"), the
+  bias corrections folded into the step size.
+- RMSprop: rho 0.9 (PyTorch: alpha 0.99) and eps 1e-7 *inside* the square root:
+  w -= lr * g / sqrt(v + eps).
+- SGD and momentum: the same rule in both libraries for a constant learning rate.
+
+Both update rules are elementwise, so they work unchanged on stacked weights (many
+models trained as one, relulab.pack).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from relulab.core.errors import UserError, is_number, unknown_choice
+
+FLAVOURS = ("torch", "keras")
+DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+
+
+class KerasAdam(torch.optim.Optimizer):
+    """Adam exactly as keras.optimizers.Adam updates (Keras 3)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-7):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                alpha = group["lr"] * (1 - beta2**t) ** 0.5 / (1 - beta1**t)
+                m, v, g = state["m"], state["v"], p.grad
+                m.add_(g - m, alpha=1 - beta1)
+                v.add_(g * g - v, alpha=1 - beta2)
+                p.sub_(alpha * m / (v.sqrt() + group["eps"]))
+
+
+class KerasRMSprop(torch.optim.Optimizer):
+    """RMSprop exactly as keras.optimizers.RMSprop updates (Keras 3, no momentum, not centered)."""
+
+    def __init__(self, params, lr=1e-3, rho=0.9, eps=1e-7):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            rho = group["rho"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["v"] = torch.zeros_like(p)
+                v, g = state["v"], p.grad
+                v.mul_(rho).addcmul_(g, g, value=1 - rho)
+                p.sub_(group["lr"] * g / (v + group["eps"]).sqrt())
+
+
+@dataclass
+class OptimizerSpec:
+    """Which optimizer, with which learning rate and defaults. A plain record for configs."""
+
+    name: str = "adam"
+    lr: Optional[float] = None  # None: the optimizer's usual default (DEFAULT_LR)
+    flavour: str = "torch"
+    momentum: float = 0.9  # for momentum / nesterov
+    weight_decay: float = 0.0  # decoupled, for adamw only
+
+    def resolved_lr(self) -> float:
+        return DEFAULT_LR[self.name] if self.lr is None else self.lr
+
+    def validate(self, prefix: str = "optimizer") -> "OptimizerSpec":
+        if self.name not in DEFAULT_LR:
+            raise unknown_choice(f"{prefix}.name", self.name, DEFAULT_LR)
+        if self.flavour not in FLAVOURS:
+            raise unknown_choice(f"{prefix}.flavour", self.flavour, FLAVOURS)
+        if self.lr is not None and not (is_number(self.lr) and 0 < self.lr < math.inf):
+            raise UserError(f"{prefix}.lr: expected a positive number, got {self.lr!r}")
+        if not (is_number(self.momentum) and 0 <= self.momentum < 1):
+            raise UserError(f"{prefix}.momentum: expected a number in [0, 1), got {self.momentum!r}")
+        return self
+
+
+def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    spec.validate()
+    lr = spec.resolved_lr()
+    params = list(params)
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if spec.name in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, nesterov=spec.name == "nesterov")
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay or 0.01)
+    if spec.flavour == "keras":
+        return {"adam": KerasAdam, "rmsprop": KerasRMSprop}[spec.name](params, lr=lr)
+    return {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[spec.name](params, lr=lr)
+
+
+def kernel_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weight matrices / conv kernels (what Keras' kernel_regularizer penalizes): no biases, no BN."""
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+
+
+def weight_penalty(kernels: list[torch.Tensor], l1: float = 0.0, l2: float = 0.0) -> torch.Tensor | float:
+    """Keras' regularizer terms: l1 * sum|w| + l2 * sum w^2 (no factor 1/2), added to the loss."""
+    penalty: torch.Tensor | float = 0.0
+    for w in kernels:
+        if l1:
+            penalty = penalty + l1 * w.abs().sum()
+        if l2:
+            penalty = penalty + l2 * w.pow(2).sum()
+    return penalty
