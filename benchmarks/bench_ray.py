@@ -135,7 +135,7 @@ def measure(args, label: str, gpus: int, executor_factory, start_ray) -> dict:
 def plan(args, counts: list[int]) -> None:
     """What each measurement will run: the runs, and the tasks the Ray executor cuts them into."""
     from relulab.experiments.executors import cut_tasks
-    from relulab.training.loop import Job
+    from relulab.training.specs import Job
 
     exp = experiment(args, args.out / "stores" / "plan.sqlite")
     jobs = [Job(p.variant.spec, p.seed, p.key) for p in exp.planned()]

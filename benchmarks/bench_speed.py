@@ -49,7 +49,8 @@ from relulab.packing import fused  # noqa: E402
 from relulab.data import DataSpec, load_data  # noqa: E402
 from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
 from relulab.zoo.optim import OptimizerSpec  # noqa: E402
-from relulab.training.loop import Job, RunSpec, TrainSpec, train_many  # noqa: E402
+from relulab.packing.pack import train_many
+from relulab.training.specs import Job, RunSpec, TrainSpec  # noqa: E402
 
 SEED001_MODELS = {  # name: (activation, initializer, SGD learning rate), as in the author's notebook
     "relu-glorot": ("relu", "glorot_uniform", 0.01),

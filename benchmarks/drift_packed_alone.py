@@ -21,7 +21,8 @@ from relulab.packing import pack
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, RunSpec, TrainSpec, run
+from relulab.training.loop import run
+from relulab.training.specs import Job, RunSpec, TrainSpec
 
 CASES = {
     "deep-mlp relu he sgd": (ModelSpec("deep-mlp", init="he_normal", widths=[100] * 8), OptimizerSpec("sgd", 0.01)),

@@ -29,7 +29,8 @@ from relulab.packing import pack
 from relulab.data import DataSpec
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, RunSpec, TrainSpec, evaluate
+from relulab.training.loop import evaluate
+from relulab.training.specs import Job, RunSpec, TrainSpec
 
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")

@@ -9,7 +9,7 @@ from relulab.core.errors import UserError
 from relulab.experiments.specs import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
                                  run_key, seeds_from_options)
 from relulab.zoo.models import ModelSpec
-from relulab.training.loop import RunSpec
+from relulab.training.specs import RunSpec
 from specs import TINY, quiet, relulab, write_spec
 
 

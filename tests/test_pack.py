@@ -11,7 +11,9 @@ from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, RunSpec, TrainSpec, run, train_many
+from relulab.packing.pack import train_many
+from relulab.training.loop import run
+from relulab.training.specs import Job, RunSpec, TrainSpec
 
 CPU = torch.device("cpu")
 

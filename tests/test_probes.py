@@ -246,7 +246,8 @@ def test_slot_probe_measures_the_initialised_model_as_epoch_0_and_resumes_with_i
     import copy
 
     from relulab.experiments.executors import SlotProbe
-    from relulab.training.loop import TrainSpec, train_model
+    from relulab.training.loop import train_model
+    from relulab.training.specs import TrainSpec
 
     torch.manual_seed(0)
     splits = load_data(DataSpec("digits"))

@@ -24,7 +24,7 @@ from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 from relulab.data import DataSpec
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, RunSpec, TrainSpec
+from relulab.training.specs import Job, RunSpec, TrainSpec
 from specs import quiet, relulab, stored_runs, write_spec
 
 # Two parts in one store: plain runs (packed: stacks of the same shape train together) and probed runs (each

@@ -10,7 +10,9 @@ from relulab.training import resume
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, RunSpec, TrainSpec, evaluate, train_many
+from relulab.packing.pack import train_many
+from relulab.training.loop import evaluate
+from relulab.training.specs import Job, RunSpec, TrainSpec
 
 EPOCHS = 6
 

@@ -11,7 +11,8 @@ from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.stacked_cnn import StackedCNN
-from relulab.training.loop import Job, RunSpec, TrainSpec, run
+from relulab.training.loop import run
+from relulab.training.specs import Job, RunSpec, TrainSpec
 
 CPU = torch.device("cpu")
 DATA = DataSpec(image_size=32, train_size=160)  # digits upscaled for a narrow seed-cnn

@@ -16,7 +16,9 @@ from relulab.core.errors import UserError
 from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 from relulab.zoo.models import ModelSpec
 from relulab.store.database import Finished, Store
-from relulab.training.loop import Job, RunSpec, TrainSpec, run, train_many
+from relulab.packing.pack import train_many
+from relulab.training.loop import run
+from relulab.training.specs import Job, RunSpec, TrainSpec
 from specs import TINY, quiet, stored_runs, write_spec
 
 

@@ -11,7 +11,8 @@ import torch
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import TIME_ALONE_STEPS, TIME_ALONE_WARMUP, RunSpec, TrainSpec, time_alone
+from relulab.training.loop import TIME_ALONE_STEPS, TIME_ALONE_WARMUP, time_alone
+from relulab.training.specs import RunSpec, TrainSpec
 from robustness.runner import assert_refused, run_cli
 from specs import TINY, relulab, write_spec
 

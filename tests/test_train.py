@@ -7,7 +7,9 @@ from relulab.data import DataSpec, load_data
 from relulab.core.errors import UserError
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Callback, RunSpec, TrainSpec, arithmetic, epoch_batches, run
+from relulab.training.callbacks import Callback
+from relulab.training.loop import epoch_batches, run
+from relulab.training.specs import RunSpec, TrainSpec, arithmetic
 
 SMALL = ModelSpec("deep-mlp", widths=[32, 32], init="he_normal")
 

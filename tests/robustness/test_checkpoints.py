@@ -18,7 +18,8 @@ from relulab.training import checkpoints
 from relulab.data import DataSpec, load_data
 from relulab.core.errors import UserError
 from relulab.zoo.models import ModelSpec
-from relulab.training.loop import RunSpec, TrainSpec, evaluate, run
+from relulab.training.loop import evaluate, run
+from relulab.training.specs import RunSpec, TrainSpec
 from runner import assert_refused, fuzz, run_cli
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "relulab"

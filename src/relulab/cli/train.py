@@ -17,7 +17,10 @@ from relulab.core.errors import UserError
 from relulab.experiments.specs import seeds_from_options
 from relulab.zoo.models import ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from relulab.zoo.optim import OptimizerSpec
-from relulab.training.loop import Job, ProgressBar, RunSpec, TrainSpec, evaluate, run, train_many
+from relulab.packing.pack import train_many
+from relulab.training.callbacks import ProgressBar
+from relulab.training.loop import evaluate, run
+from relulab.training.specs import Job, RunSpec, TrainSpec
 from relulab.core.util import check_output_file, write_json_atomic
 from relulab.cli.app import app, option_names
 

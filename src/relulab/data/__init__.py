@@ -13,6 +13,7 @@ which every report flags.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -92,6 +93,11 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def data_key(spec: DataSpec) -> str:
+    """Identifies a dataset as loaded (name, path, split, scaling, ...): runs with equal keys share data."""
+    return json.dumps(asdict(spec), sort_keys=True, default=str)
 
 
 @dataclass

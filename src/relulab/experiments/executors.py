@@ -37,22 +37,23 @@ executor is made.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
 from relulab.probes import statistics as probes_mod
-from relulab.data import DataSpec, Splits, load_data
+from relulab.data import DataSpec, Splits, data_key, load_data
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError, unknown_choice
 from relulab.training.resume import Resume
-from relulab.training.loop import Callback, Job, RunResult, train_many
+from relulab.packing.pack import train_many
+from relulab.training.callbacks import Callback
+from relulab.training.specs import Job, RunResult
 
 EXECUTORS = ("in-process", "ray")
 RAY_HINT = 'pip install "relulab[ray]"'
@@ -61,11 +62,6 @@ StillWanted = Callable[[list[Job]], list[Job]]  # jobs -> those still to train (
 
 
 # ---------------------------------------------------------------- what travels
-
-
-def data_key(spec: DataSpec) -> str:
-    """Identifies a dataset as loaded (name, path, split, scaling, ...): runs with equal keys share data."""
-    return json.dumps(asdict(spec), sort_keys=True, default=str)
 
 
 @dataclass

@@ -32,7 +32,6 @@ import os
 import re
 import sys
 import time
-import typing
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -46,16 +45,18 @@ import yaml
 from relulab.experiments import analyses as analyses_mod
 from relulab.probes import statistics as probes_mod
 from relulab.zoo.activations import canonical_name as canonical_activation
-from relulab.data import DataSpec, Splits, load_data
+from relulab.data import DataSpec, Splits, data_key, load_data
 from relulab.core.env import device_name, provenance
 from relulab.core.errors import UserError, unknown_choice
-from relulab.experiments.executors import Executor, InProcessExecutor, SlotProbe, data_key
-from relulab.zoo.models import ModelSpec, build_model, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.experiments.executors import Executor, InProcessExecutor, SlotProbe
+from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
 from relulab.core.ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
 from relulab.training.resume import Resume, discard_finished
 from relulab.store.database import Finished, Store, load_timings, save_timing, timing_key
-from relulab.training.loop import Job, RunSpec, TrainSpec, time_alone
+from relulab.training.loop import time_alone
+from relulab.core.mapping import check_keys, check_mapping
+from relulab.training.specs import Job, RunSpec, TrainSpec, build_run_spec
 from relulab.store.weights import Keeper, check_keep_weights
 from relulab.core.util import human_bytes
 
@@ -66,7 +67,6 @@ TOP_FIELDS = ("name", "description", "device", "threads", "pack", "time_alone", 
               "keep_weights", "parts") + PART_FIELDS[1:]
 CHECKPOINT_EVERY_S = 60.0  # the default period of saving training in progress (relulab.resume)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
-MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
 
 
 # ---------------------------------------------------------------- reading specs
@@ -345,96 +345,6 @@ def _set_dotted(mapping: dict, dotted: str, value) -> dict:
     return mapping
 
 
-def _check_mapping(value, path: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a mapping, got {value!r}")
-    return value
-
-
-def _check_keys(mapping: dict, allowed, path: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            from difflib import get_close_matches
-
-            hint = get_close_matches(str(key), [str(a) for a in allowed], n=1)
-            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-            where = f"{path}.{key}" if path else str(key)
-            raise UserError(f"{where}: unknown field{did_you_mean}; expected one of: {', '.join(allowed)}")
-
-
-def _coerce(value, hint, path: str):
-    """Check a scalar against its dataclass field type; YAML reads 1e-3 as a string, so numbers may be text."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is typing.Union \
-        else hint
-    if value is None:
-        if optional:
-            return None
-        raise UserError(f"{path}: a value is required")
-    if kind is float:
-        return _coerce_float(value, path)
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UserError(f"{path}: expected an integer, got {value!r}")
-    if kind is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # what the store (SQLite) holds
-        raise UserError(f"{path}: {show_int(value)} is beyond a 64-bit integer")
-    if kind is bool and not isinstance(value, bool):
-        raise UserError(f"{path}: expected true or false, got {value!r}")
-    if kind is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # `scaling: 255`
-        if not isinstance(value, str):
-            raise UserError(f"{path}: expected text, got {value!r}")
-    return value
-
-
-def _coerce_float(value, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise UserError(f"{path}: expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise UserError(f"{path}: expected a number, got {value!r}") from None
-    except OverflowError:  # an integer of 400 digits
-        raise UserError(f"{path}: expected a finite number, got {show_int(value)}") from None
-    if not math.isfinite(number):
-        raise UserError(f"{path}: expected a finite number, got {value!r}")
-    return number
-
-
-def _make(cls, mapping, path: str, extra: tuple = ()):
-    mapping = dict(_check_mapping(mapping, path))
-    names = [f.name for f in fields(cls)]
-    _check_keys(mapping, names + list(extra), path)
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], f"{path}.{k}") for k, v in mapping.items() if k not in extra})
-
-
-def build_run_spec(sections: dict, prefix: str = "", base_dir: Optional[Path] = None) -> RunSpec:
-    """A validated RunSpec from {'data': {...}, 'model': {...}, 'train': {...}}; errors name `prefix` + field."""
-    data = _make(DataSpec, sections.get("data"), f"{prefix}data")
-    if data.path:
-        data.path = str((base_dir or Path.cwd()).joinpath(Path(data.path).expanduser()).resolve())
-    model_map = dict(_check_mapping(sections.get("model"), f"{prefix}model"))
-    model_map["slots"] = combine_slots(parse_slots(model_map.get("slots"), f"{prefix}model.slots"),
-                                       parse_off(model_map.get("off"), f"{prefix}model.off"), f"{prefix}model.off")
-    if "widths" in model_map:
-        model_map["widths"] = parse_widths(model_map["widths"], f"{prefix}model.widths")
-    model = _make(ModelSpec, model_map, f"{prefix}model", MODEL_EXTRAS)
-    train_map = dict(_check_mapping(sections.get("train"), f"{prefix}train"))
-    optimizer = train_map.pop("optimizer", None)
-    if isinstance(optimizer, str):
-        optimizer = {"name": optimizer}  # `optimizer: sgd`
-    train = _make(TrainSpec, train_map, f"{prefix}train")
-    train.optimizer = _make(OptimizerSpec, optimizer, f"{prefix}train.optimizer")
-    data.validate(f"{prefix}data")
-    model.validate(f"{prefix}model")
-    train.validate(f"{prefix}train")
-    return RunSpec(data, model, train)
-
-
 # Bump when a field's default changes meaning: keys leave defaults out (see canonical_spec).
 KEY_VERSION = 1
 
@@ -609,7 +519,7 @@ def seeds_from_options(seeds: Optional[str], seed: Sequence[str] = ()) -> Option
 
 
 def _parse_grid(value, path: str) -> dict[str, list]:
-    grid = _check_mapping(value, path)
+    grid = check_mapping(value, path)
     for key, values in grid.items():
         if not isinstance(key, str) or key.split(".", 1)[0] not in SECTIONS or "." not in key:
             raise UserError(f"{path}.{key}: grid keys are dotted fields such as train.optimizer.lr or "
@@ -644,11 +554,11 @@ def _with_dotted(sections: dict, sets: dict) -> dict:
 def parse_part(name: str, raw: dict, prefix: str, base_dir: Path, run_sets: dict) -> Part:
     """One part of a spec: its base, configs x grid (validated layer by layer, so that an error names the
     layer it comes from: the base, a config, the grid or --set), seeds, baseline, probes and analyses."""
-    base = {s: _check_mapping(raw.get(s), f"{prefix}{s}") for s in SECTIONS}
+    base = {s: check_mapping(raw.get(s), f"{prefix}{s}") for s in SECTIONS}
     build_run_spec(base, prefix, base_dir)
     if run_sets:
         build_run_spec(_with_dotted(base, run_sets), "--set ", base_dir)
-    variants = _expand(base, _check_mapping(raw.get("configs"), f"{prefix}configs"),
+    variants = _expand(base, check_mapping(raw.get("configs"), f"{prefix}configs"),
                        _parse_grid(raw.get("grid"), f"{prefix}grid"), run_sets, prefix, base_dir)
     baseline = raw.get("baseline")
     if baseline is not None:
@@ -673,8 +583,8 @@ def _expand(base: dict, configs: dict, grid: dict, run_sets: dict, prefix: str, 
     variants = []
     for config, patch in (configs or {"base": {}}).items():
         cpath = f"{prefix}configs.{_check_name(config, f'{prefix}configs.{config}')}"
-        patch = _check_mapping(patch, cpath)
-        _check_keys(patch, list(SECTIONS), cpath)
+        patch = check_mapping(patch, cpath)
+        check_keys(patch, list(SECTIONS), cpath)
         merged = _deep_merge(base, patch)
         build_run_spec(merged, f"{cpath}.", base_dir)
         for point in _grid_points(grid):
@@ -715,7 +625,7 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
                      only_parts: tuple = (), store: Optional[str] = None, yes: bool = False) -> Experiment:
     """Validate a raw spec and expand it. Nothing is loaded or written. A plan of more than PLAN_LIMIT runs is
     refused unless `yes`."""
-    _check_keys(raw, TOP_FIELDS, "")
+    check_keys(raw, TOP_FIELDS, "")
     name = _check_name(raw.get("name"), "name")
     run_sets = run_sets or {}
     for key in run_sets:
@@ -763,14 +673,14 @@ def _raw_parts(raw: dict, name: str) -> list[tuple[str, dict, str]]:
     if "parts" not in raw:
         return [(name, raw, "")]
     defaults = {k: raw[k] for k in PART_FIELDS[1:] if k in raw}
-    part_specs = _check_mapping(raw["parts"], "parts")
+    part_specs = check_mapping(raw["parts"], "parts")
     if not part_specs:
         raise UserError("parts: expected at least one part")
     parts = []
     for part_name, part_raw in part_specs.items():
         prefix = f"parts.{_check_name(part_name, f'parts.{part_name}')}."
-        part_raw = _check_mapping(part_raw, prefix[:-1])
-        _check_keys(part_raw, PART_FIELDS, prefix[:-1])
+        part_raw = check_mapping(part_raw, prefix[:-1])
+        check_keys(part_raw, PART_FIELDS, prefix[:-1])
         parts.append((part_name, _deep_merge(defaults, part_raw), prefix))
     return parts
 
@@ -783,7 +693,7 @@ PLAN_LIMIT = 20_000
 
 def _plan_factors(raw: dict, prefix: str) -> dict[str, int]:
     """{field: how many} of a part's configs, grid points and seeds, counted without expanding them."""
-    configs = _check_mapping(raw.get("configs"), f"{prefix}configs")
+    configs = check_mapping(raw.get("configs"), f"{prefix}configs")
     grid = _parse_grid(raw.get("grid"), f"{prefix}grid")
     return {f"{prefix}configs": max(1, len(configs)), f"{prefix}grid": math.prod(len(v) for v in grid.values()),
             f"{prefix}seeds": len(parse_seeds(raw.get("seeds", [0]), f"{prefix}seeds"))}
@@ -829,9 +739,6 @@ def load_experiment(source: str, overrides: Optional[Overrides] = None) -> Exper
 # ---------------------------------------------------------------- running it
 
 
-_data_key = data_key  # relulab.executors.data_key
-
-
 def prepare(exp: Experiment) -> dict[str, Splits]:
     """Load every dataset the experiment uses and build every model once, so that a bad
     dataset or shape fails here, before the store is touched. Returns the splits by data key."""
@@ -839,7 +746,7 @@ def prepare(exp: Experiment) -> dict[str, Splits]:
     built: set[str] = set()
     for part in exp.parts:
         for v in part.variants:
-            key = _data_key(v.spec.data)
+            key = data_key(v.spec.data)
             if key not in splits:
                 splits[key] = load_data(v.spec.data)
             signature = key + json.dumps(v.spec.model.to_dict(), sort_keys=True, default=str)
@@ -954,7 +861,7 @@ def time_packed_configs(exp: Experiment, store: Store, device: torch.device, spl
     where = device_name(device)
     on_device: tuple[str, Optional[Splits]] = ("", None)
     for spec_json, p in _packed_untimed(exp, store, where).items():
-        key = _data_key(p.variant.spec.data)
+        key = data_key(p.variant.spec.data)
         if on_device[0] != key:  # one dataset on the device at a time
             on_device = ("", None)
             on_device = (key, splits_by_data[key].to(device))
@@ -995,7 +902,7 @@ def _unique(planned: list[PlannedRun]) -> list[PlannedRun]:
 def _by_data(planned: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
     groups: dict[str, list[PlannedRun]] = {}
     for p in planned:
-        groups.setdefault(_data_key(p.variant.spec.data), []).append(p)
+        groups.setdefault(data_key(p.variant.spec.data), []).append(p)
     return groups
 
 

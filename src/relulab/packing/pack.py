@@ -36,7 +36,7 @@ import math
 import time
 from contextlib import nullcontext
 from functools import partial
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +44,16 @@ from torch import nn
 
 from relulab.packing import fused
 from relulab.training import resume
+from relulab.training.resume import Resume
 from relulab.data import Splits
-from relulab.core.env import matmul_precision, provenance
+from relulab.core.env import matmul_precision, provenance, resolve_device
 from relulab.zoo.models import Slot, SlotNet, keras_param_count
 from relulab.zoo.optim import kernel_weights, weight_penalty
 from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacking import Op, StackedWeights
-from relulab.training.loop import (CONV_MODELS, EpochRecord, History, Job, RunResult, arithmetic, autocast_dtype, build_for,
-                    epoch_batches, evaluate, float32_products)
+from relulab.training.loop import build_for, epoch_batches, evaluate, run
+from relulab.training.specs import (CONV_MODELS, EpochRecord, History, Job, RunResult, arithmetic, autocast_dtype,
+                                    float32_products)
 
 PACKABLE_MODELS = ("deep-mlp", "bn-mlp")
 PACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
@@ -690,3 +692,59 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device = "auto", callbacks=None,
+               pack: bool = True, max_pack: int = 64, max_stack: Optional[int] = None,
+               still_wanted: Optional[Callable[[list[Job]], list[Job]]] = None, resume: Optional[Resume] = None
+               ) -> "Iterator[tuple[Job, RunResult]]":
+    """Train every job on the same data; yield (job, result) as each one finishes.
+
+    This is the one entry point experiments and searches use, so that scheduling is
+    decided in one place: jobs with the same batch size and epochs train together
+    (`relulab.pack.train_together`: MLPs stacked into batched kernels, on CUDA every
+    model's step a CUDA graph, run side by side), up to `max_pack` at a time; the rest
+    train one by one. `callbacks(job)` may return callbacks for a job; such a job trains
+    alone, since callbacks see one model. A pack that runs out of GPU memory is halved
+    and retried. `still_wanted(jobs)`, if given, is asked just before each pack (or lone
+    run) starts and returns those of its jobs still to train: a sweep passes one that
+    drops what another process stored, or took over, while earlier packs trained. `resume`
+    (relulab.resume): save each pack and lone run at epoch boundaries, keyed by its jobs' keys, and go on
+    from such a save where one is found.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    if splits.x_train.device != device:
+        splits = splits.to(device)
+    groups: dict = {}
+    for job in jobs:
+        extra = callbacks(job) if callbacks else ()
+        key = pack_key(job, device) if pack and not extra else None
+        groups.setdefault(key if key is not None else ("alone", id(job)), []).append((job, extra))
+    wanted = still_wanted or list
+    for key, members in groups.items():
+        if key[0] == "alone" or (len(members) == 1 and device.type != "cuda"):
+            job, extra = members[0]
+            if wanted([job]):
+                saver = resume.saver([job.key]) if resume else None
+                yield job, run(job.spec, job.seed, device, splits=splits, callbacks=extra, saver=saver)
+            continue
+        for start in range(0, len(members), max_pack):
+            chunk = wanted([job for job, _ in members[start:start + max_pack]])
+            if chunk:
+                yield from _train_together_halving(chunk, splits, device, max_stack, resume)
+
+
+def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None,
+                            resume: Optional[Resume] = None):
+    try:
+        saver = resume.saver([job.key for job in jobs]) if resume else None
+        results = train_together(jobs, splits, device, max_stack=max_stack, saver=saver)
+    except torch.cuda.OutOfMemoryError:
+        if len(jobs) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(jobs) // 2
+        yield from _train_together_halving(jobs[:half], splits, device, max_stack, resume)
+        yield from _train_together_halving(jobs[half:], splits, device, max_stack, resume)
+        return
+    yield from zip(jobs, results)

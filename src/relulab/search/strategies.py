@@ -82,7 +82,7 @@ from relulab.probes import statistics as probes_mod
 from relulab.data import load_data
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError, unknown_choice
-from relulab.experiments.executors import data_key
+from relulab.data import data_key
 from relulab.experiments.specs import Experiment, Part, Variant, canonical_spec, run_key
 from relulab.zoo.models import build_model
 from relulab.core.ranges import parse_ranges
@@ -91,7 +91,9 @@ from relulab.core.stats import (Summary, chance_of_a_false_positive, compare, ho
 from relulab.store.database import (RETRAINED_FOR_PROBING, Finished, Store, begin_search, ensure_probe_search_tables, finish_search,
                     load_probes_or_copies, load_run_probes, load_searches, retrained_key, save_run_probes,
                     save_search_step)
-from relulab.training.loop import Callback, Job, RunSpec, train_many
+from relulab.packing.pack import train_many
+from relulab.training.callbacks import Callback
+from relulab.training.specs import Job, RunSpec
 from relulab.store.weights import Keeper, KeptWeights
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc")

@@ -36,7 +36,7 @@ import torch
 
 from relulab.training import checkpoints
 from relulab.core.errors import UserError, unknown_choice
-from relulab.experiments.executors import data_key
+from relulab.data import data_key
 from relulab.store.database import RETRAINED_FOR_PROBING, Store, loads
 from relulab.core.util import check_output_file, human_bytes, write_bytes_atomic
 
@@ -106,7 +106,7 @@ class StagedWeights:
 
 class Keeper:
     """Decides, run by run, whether its weights are kept (`policy`: keep_weights), and stages their files.
-    `classes`: the class names of each dataset (by executors.data_key), which a checkpoint holds."""
+    `classes`: the class names of each dataset (by relulab.data.data_key), which a checkpoint holds."""
 
     def __init__(self, store_path: Path, policy, classes: dict[str, list[str]], log: Callable[[str], None] = _log):
         self.folder = Path(store_path).with_name(f"{Path(store_path).stem}.weights")

@@ -27,7 +27,7 @@ import torch
 
 from relulab.core.errors import UserError
 from relulab.zoo.models import SlotNet, build_model
-from relulab.training.loop import RunResult, RunSpec
+from relulab.training.specs import RunResult, RunSpec, build_run_spec
 from relulab.core.util import write_bytes_atomic
 
 FORMAT = "relulab-checkpoint"
@@ -97,7 +97,6 @@ def load(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: not a relulab checkpoint (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {payload.get('version')!r}; this relulab reads version {VERSION}")
-    from relulab.experiments.specs import build_run_spec  # experiments imports much of relulab; keep this module light
 
     seed, input_shape, classes, summary, provenance = _metadata(payload, path)
     weights, epoch = _weights_of(payload, path)

@@ -284,6 +284,9 @@ def keras_param_count(model: nn.Module) -> int:
     return params + stats
 
 
+MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
+
+
 def parse_slots(value, field: str = "model.slots") -> dict[int, str]:
     """Per-slot overrides from a mapping (YAML keys may be strings) or text like '7=identity,10=none'. A slot
     given twice must get the same activation both times."""
