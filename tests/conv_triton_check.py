@@ -47,7 +47,7 @@ for K, N, H, CIN, COUT, tiles in CASES:
 
 # The forward with activations and batch-norm sums, and the backward kernel of the activation and the sums,
 # against the same steps in PyTorch (autograd through act(conv + b) and the sums of a and a*a).
-ACTS = [lambda z: z, torch.relu, torch.sigmoid, torch.tanh]  # relulab.fused.ACTIVATION_CODES 0..3
+ACTS = [lambda z: z, torch.relu, torch.sigmoid, torch.tanh]  # relulab.zoo.activations.KERNEL_CODES 0..3
 for K, N, H, CIN, COUT, tiles in CASES:
     # Every activation but tanh, which is libdevice's, which the interpreter lacks (the GPU check has it).
     codes = torch.tensor([2, 1] if K == 2 else [0, 1, 2], dtype=torch.int32)

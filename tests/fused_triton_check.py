@@ -9,7 +9,7 @@ import triton.language as tl
 from triton.runtime.interpreter import TensorHandle
 
 from relulab.packing import fused
-from relulab.kernels import fused_triton
+from relulab.kernels import activation_code
 from relulab.zoo.models import ModelSpec, build_model
 from relulab.packing.pack import StackedMLP
 
@@ -19,7 +19,7 @@ def _tanh(z):
 
 
 # The interpreter runs kernels as Python on numpy arrays but has no libdevice; tanh is its only use here.
-fused_triton.libdevice = types.SimpleNamespace(tanh=_tanh)
+activation_code.libdevice = types.SimpleNamespace(tanh=_tanh)
 
 
 def main() -> int:

@@ -24,6 +24,19 @@ def test_function_matches_the_layer(name):
     torch.testing.assert_close(layer(x), activations.activation_fn(name)(x))
 
 
+def test_the_kernels_activations_have_their_derivative_from_the_output_once():
+    # The fused step and the Triton kernels take the derivative from the output (`output_grad`); the
+    # derivative of the input is that same function of fn(x), so the two cannot drift apart.
+    x = torch.linspace(-6, 6, 241)
+    for name, code in activations.KERNEL_CODES.items():
+        act = activations.ACTIVATIONS[name]
+        assert torch.equal(act.grad(x, None), act.output_grad(act.fn(x, None))), name
+        assert activations.BY_KERNEL_CODE[code] is act
+    assert sorted(activations.KERNEL_CODES) == ["identity", "relu", "sigmoid", "tanh"]
+    assert len(set(activations.KERNEL_CODES.values())) == len(activations.KERNEL_CODES)
+    assert [a.name for a in activations.ACTIVATIONS.values() if a.learned] == ["prelu"]
+
+
 def test_relu_demonstration_of_seed_004():
     relu = activations.activation_fn("relu")
     inputs = torch.tensor([1.0, 1000.0, 0.0, -1.0, -1000.0])

@@ -1,12 +1,13 @@
-"""Name lookups shared by the registries of activations and initializers.
+"""Registries: tables of name -> entry, and the name lookups they share.
 
-Both take a name with an optional numeric parameter after a colon ("leaky_relu:0.2",
-"constant:0.1"), accept a few other spellings, and turn a bad name into a one-line
-error that names the config field and lists the valid names.
+`Registry` is the table (models, activations): a dict whose `entry` turns an unknown name into a
+one-line error that names the config field, with a did-you-mean hint. `lookup` is the lookup of
+activations and initializers, which take a name with an optional numeric parameter after a colon
+("leaky_relu:0.2", "constant:0.1") and accept a few other spellings.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol, TypeVar
+from typing import Dict, Optional, Protocol, TypeVar
 
 from relulab.core.errors import UserError, unknown_choice
 
@@ -17,6 +18,17 @@ class Named(Protocol):
 
 
 Entry = TypeVar("Entry", bound=Named)
+T = TypeVar("T")
+
+
+class Registry(Dict[str, T]):
+    """name -> entry. Adding one is `REGISTRY[name] = entry`; everything that decides by name reads the entry."""
+
+    def entry(self, name: str, field: str) -> T:
+        """The entry called `name`; an unknown name is a UserError naming `field`, with a did-you-mean hint."""
+        if name not in self:
+            raise unknown_choice(field, name, self)
+        return self[name]
 
 
 def lookup(spec: str, field: str, table: dict[str, Entry], aliases: dict[str, str], kind: str

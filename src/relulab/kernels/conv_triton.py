@@ -4,7 +4,7 @@ cuDNN picks 128-wide tiles for every layer, so seed-cnn's 48- and 96-channel lay
 half of each tile's products unused, and one model's layers are too small to fill an H100. These kernels
 run K models' convolutions in one launch (the grid's third axis is the model), with tile sizes measured
 per layer (`CONFIGS`). Activations hold the models side by side in the channel axis, the layout in which
-batch norm and pooling of all K models are single PyTorch kernels (`relulab.stacked_cnn`):
+batch norm and pooling of all K models are single PyTorch kernels (`relulab.packing.stacked_cnn`):
 
     x  (N, H, W, K, CIN)     w  (K, COUT, KS, KS, CIN)     y  (N, H-KS+1, W-KS+1, K, COUT)
 
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relulab.kernels.fused_triton import _activate
+from relulab.kernels.activation_code import activate, activation_grad_columns
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def _fprop_epilogue(acc, rm, rn, M, model, b_ptr, y_ptr, code_ptr, sums_ptr, K, 
     """Bias, activation and store of one slab of output columns rn; with STATS, its per-channel sums."""
     acc += tl.load(b_ptr + _wrap(rn, COUT)).to(tl.float32)[None, :]
     if ACT:
-        acc = _activate(acc, tl.load(code_ptr + model))
+        acc = activate(acc, tl.load(code_ptr + model))
     out = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + rm[:, None] * (K * COUT) + rn[None, :], out, mask=(rm < M)[:, None] & (rn < COUT)[None, :])
     if STATS:
@@ -175,13 +175,6 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         _dgrad_store(acc2, rm, rn2, M, dx_ptr, K, CIN)
 
 
-@triton.jit
-def _activation_grad_columns(y, code):
-    """fused_triton._activation_grad with a code per column (the activation of that column's model)."""
-    relu = tl.where(y > 0, 1.0, 0.0)
-    return tl.where(code == 1, relu, tl.where(code == 2, (1.0 - y) * y, tl.where(code == 3, 1.0 - y * y, 1.0)))
-
-
 @triton.jit(do_not_specialize=["M"])
 def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr, M, KC, C: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -199,7 +192,7 @@ def _act_backward_kernel(da_ptr, a_ptr, dsums_ptr, code_ptr, dpre_ptr, part_ptr,
     dsum = tl.load(dsums_ptr + cols, mask=cols < KC, other=0.0)
     dsumsq = tl.load(dsums_ptr + KC + cols, mask=cols < KC, other=0.0)
     code = tl.load(code_ptr + cols // C, mask=cols < KC, other=0)
-    dpre = (da + dsum[None, :] + 2.0 * a * dsumsq[None, :]) * _activation_grad_columns(a, code[None, :])
+    dpre = (da + dsum[None, :] + 2.0 * a * dsumsq[None, :]) * activation_grad_columns(a, code[None, :])
     dpre = tl.where(inside, dpre, 0.0)
     tl.store(dpre_ptr + at, dpre.to(dpre_ptr.dtype.element_ty), mask=inside)
     tl.store(part_ptr + tl.program_id(0) * KC + cols, tl.sum(dpre, 0), mask=cols < KC)
@@ -373,7 +366,7 @@ def _forward(x, w, b, codes, stats: bool, cfg):
 
 def conv_forward(x, w, b, cfg=None, codes=None):
     """y = conv(x, w) + b for each model. x (N,H,W,K,CIN) and w (K,COUT,KS,KS,CIN) bf16, b (K,COUT) fp32;
-    with codes ((K,) int32, `relulab.fused.ACTIVATION_CODES`), each model's activation of that."""
+    with codes ((K,) int32, `relulab.zoo.activations.KERNEL_CODES`), each model's activation of that."""
     return _forward(x, w, b, codes, False, cfg)[0]
 
 

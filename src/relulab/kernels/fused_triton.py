@@ -1,7 +1,7 @@
-"""Triton kernels for the fused MLP stack (`relulab.fused`): one kernel per layer forward, one backward.
+"""Triton kernels for the fused MLP stack (`relulab.packing.fused`): one kernel per layer forward, one backward.
 
 Imported only on CUDA (Triton comes with PyTorch's CUDA builds). Every kernel has a PyTorch
-reference in `relulab.fused` with the same arguments, and `benchmarks/bench_speed.py --parts
+reference in `relulab.packing.fused` with the same arguments, and `benchmarks/bench_speed.py --parts
 check` compares the two on the GPU.
 
 Shapes, for K stacked models and a batch of B: activations are contiguous (K, B, width);
@@ -14,33 +14,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-# Activation codes (relulab.fused.ACTIVATION_CODES): 0 identity, 1 relu, 2 sigmoid, 3 tanh.
-
-
-@triton.jit
-def _activate(z, code):
-    if code == 1:
-        z = tl.maximum(z, 0.0)
-    elif code == 2:
-        z = 1.0 / (1.0 + tl.exp(-z))
-    elif code == 3:
-        z = libdevice.tanh(z)
-    return z
-
-
-@triton.jit
-def _activation_grad(y, code):
-    """The derivative from the activation's output y, as PyTorch's own backward computes it."""
-    d = tl.full(y.shape, 1.0, tl.float32)
-    if code == 1:
-        d = tl.where(y > 0, 1.0, 0.0)
-    elif code == 2:
-        d = (1.0 - y) * y
-    elif code == 3:
-        d = 1.0 - y * y
-    return d
+from relulab.kernels.activation_code import activate, activation_grad
 
 
 @triton.jit
@@ -60,7 +35,7 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, B, IN, OUT, row_stride
                      other=0.0)
         acc = tl.dot(x, wt, acc, input_precision=PRECISION)
     bias = tl.load(b_ptr + k * row_stride + ro, mask=ro < OUT, other=0.0)
-    y = _activate(acc + bias[None, :], tl.load(code_ptr + k))
+    y = activate(acc + bias[None, :], tl.load(code_ptr + k))
     tl.store(y_ptr + k * B * OUT + rb[:, None] * OUT + ro[None, :], y, mask=(rb[:, None] < B) & (ro[None, :] < OUT))
 
 
@@ -85,7 +60,7 @@ def _backward_kernel(g_ptr, y_ptr, x_ptr, w_ptr, code_ptr, dw_ptr, db_ptr, dx_pt
         tile = rows & (ro[None, :] < OUT)
         g = tl.load(g_ptr + k * B * OUT + rb[:, None] * OUT + ro[None, :], mask=tile, other=0.0)
         y = tl.load(y_ptr + k * B * OUT + rb[:, None] * OUT + ro[None, :], mask=tile, other=0.0)
-        delta = g * _activation_grad(y, code)
+        delta = g * activation_grad(y, code)
         w_tile = (ro[:, None] < OUT) & (ri[None, :] < IN)
         if WRITE_DX:
             w = tl.load(w_ptr + k * row_stride + ro[:, None] * IN + ri[None, :], mask=w_tile, other=0.0)

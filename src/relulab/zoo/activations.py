@@ -6,7 +6,12 @@ numeric parameter after a colon: `leaky_relu:0.2` (negative slope), `elu:0.5`
 (alpha), `prelu:0.1` (initial slope).
 
 The closed-form derivatives are checked against autograd in the tests; they are
-what the seed 001 and 004 figures plot.
+what the seed 001 and 004 figures plot. Where the derivative is a function of the
+output (ReLU, sigmoid, tanh, identity), the record holds it in that form
+(`output_grad`) and the derivative of the input is that of its output, so each
+is written once: the fused MLP step (relulab.packing.fused), which keeps only the
+layers' outputs, takes it from here, and the Triton kernels switch on the record's
+`kernel_code` (relulab.kernels.activation_code holds their Triton form).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from relulab.core.registry import canonical, lookup
+from relulab.core.registry import Registry, canonical, lookup
 
 Tensor = torch.Tensor
 
@@ -34,15 +39,23 @@ class Activation:
     module: Callable[[Optional[float]], nn.Module]  # builds the layer, given the optional parameter
     fn: Callable[[Tensor, Optional[float]], Tensor]  # elementwise value
     grad: Callable[[Tensor, Optional[float]], Tensor]  # elementwise derivative d fn / dx
-    recommended_init: str  # a key of relulab.init.INITIALIZERS
+    recommended_init: str  # a key of relulab.zoo.init.INITIALIZERS
     default_param: Optional[float] = None
     saturating: bool = False  # sigmoid/tanh: the probes measure saturation for these
     description: str = ""
+    # The derivative as a function of the output y = fn(x), where it is one (and then `grad` is it of fn(x)).
+    output_grad: Optional[Callable[[Tensor], Tensor]] = None
+    # The code relulab's Triton kernels switch on (relulab.kernels.activation_code); only with output_grad,
+    # since the kernels keep only outputs. None: the kernels lack it.
+    kernel_code: Optional[int] = None
+    # Weights of its own in each model (PReLU's slope): a stack of models cannot hold them (relulab.packing.rules).
+    learned: bool = False
 
 
-def _relu_grad(x: Tensor, _p) -> Tensor:
-    # Convention (seed 004): the derivative at 0 is 0, as in PyTorch's autograd.
-    return (x > 0).to(x.dtype)
+def _positive(t: Tensor) -> Tensor:
+    # ReLU's derivative, from its input or its output alike. Convention (seed 004): the derivative at 0 is 0,
+    # as in PyTorch's autograd.
+    return (t > 0).to(t.dtype)
 
 
 def _leaky_grad(x: Tensor, slope) -> Tensor:
@@ -76,25 +89,24 @@ def _mish_grad(x: Tensor, _p) -> Tensor:
     return t + x * (1.0 - t * t) * torch.sigmoid(x)
 
 
-def _sigmoid_grad(x: Tensor, _p) -> Tensor:
-    s = torch.sigmoid(x)
-    return s * (1.0 - s)
+# The derivatives from the output y, as PyTorch's backward of each activation computes them.
+def _sigmoid_output_grad(y: Tensor) -> Tensor:
+    return (1 - y) * y
 
 
-def _tanh_grad(x: Tensor, _p) -> Tensor:
-    t = torch.tanh(x)
-    return 1.0 - t * t
+def _tanh_output_grad(y: Tensor) -> Tensor:
+    return 1 - y * y
 
 
-ACTIVATIONS: dict[str, Activation] = {
+ACTIVATIONS: Registry[Activation] = Registry({
     a.name: a
     for a in [
-        Activation("relu", lambda p: nn.ReLU(), lambda x, p: torch.relu(x), _relu_grad, "he_normal",
-                   description="max(0, x)"),
+        Activation("relu", lambda p: nn.ReLU(), lambda x, p: torch.relu(x), lambda x, p: _positive(x), "he_normal",
+                   description="max(0, x)", output_grad=_positive, kernel_code=1),
         Activation("leaky_relu", lambda p: nn.LeakyReLU(p), lambda x, p: nn.functional.leaky_relu(x, p),
                    _leaky_grad, "he_normal", default_param=0.01, description="x if x > 0 else slope * x"),
         Activation("prelu", lambda p: nn.PReLU(init=p), lambda x, p: torch.where(x > 0, x, p * x), _leaky_grad,
-                   "he_normal", default_param=0.25, description="leaky ReLU with a learned slope"),
+                   "he_normal", default_param=0.25, description="leaky ReLU with a learned slope", learned=True),
         Activation("elu", lambda p: nn.ELU(p), _elu, _elu_grad, "he_normal", default_param=1.0,
                    description="x if x > 0 else alpha * (exp(x) - 1)"),
         Activation("selu", lambda p: nn.SELU(), lambda x, p: SELU_SCALE * _elu(x, SELU_ALPHA),
@@ -106,14 +118,21 @@ ACTIVATIONS: dict[str, Activation] = {
                    description="x * sigmoid(x), a.k.a. swish"),
         Activation("mish", lambda p: nn.Mish(), lambda x, p: x * torch.tanh(nn.functional.softplus(x)),
                    _mish_grad, "he_normal", description="x * tanh(softplus(x))"),
-        Activation("sigmoid", lambda p: nn.Sigmoid(), lambda x, p: torch.sigmoid(x), _sigmoid_grad,
-                   "glorot_uniform", saturating=True, description="1 / (1 + exp(-x))"),
-        Activation("tanh", lambda p: nn.Tanh(), lambda x, p: torch.tanh(x), _tanh_grad, "glorot_uniform",
-                   saturating=True, description="hyperbolic tangent"),
+        Activation("sigmoid", lambda p: nn.Sigmoid(), lambda x, p: torch.sigmoid(x),
+                   lambda x, p: _sigmoid_output_grad(torch.sigmoid(x)), "glorot_uniform", saturating=True,
+                   description="1 / (1 + exp(-x))", output_grad=_sigmoid_output_grad, kernel_code=2),
+        Activation("tanh", lambda p: nn.Tanh(), lambda x, p: torch.tanh(x),
+                   lambda x, p: _tanh_output_grad(torch.tanh(x)), "glorot_uniform", saturating=True,
+                   description="hyperbolic tangent", output_grad=_tanh_output_grad, kernel_code=3),
         Activation("identity", lambda p: nn.Identity(), lambda x, p: x, lambda x, p: torch.ones_like(x),
-                   "glorot_uniform", description="no activation (the slot is off)"),
+                   "glorot_uniform", description="no activation (the slot is off)", output_grad=torch.ones_like,
+                   kernel_code=0),
     ]
-}
+})
+
+# The activations relulab's Triton kernels (and the fused MLP step) have: name -> kernel code, and code -> record.
+KERNEL_CODES: dict[str, int] = {a.name: a.kernel_code for a in ACTIVATIONS.values() if a.kernel_code is not None}
+BY_KERNEL_CODE: dict[int, Activation] = {code: ACTIVATIONS[name] for name, code in KERNEL_CODES.items()}
 
 # Other spellings users type; "none"/"off"/"linear" all mean the slot is switched off.
 ALIASES = {"none": "identity", "off": "identity", "linear": "identity", "swish": "silu", "leaky": "leaky_relu",
