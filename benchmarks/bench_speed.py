@@ -11,13 +11,13 @@ Parts (each prints JSON lines; a summary table comes last):
 - kernels:  only that last comparison.
 - mlp:      seed 001's table, 4 models x SEEDS seeds x 10 epochs, through relulab's train_many
             (stacked models + CUDA graphs, stacks side by side on streams) for each --max-stack
-            and each --mlp-paths (fused: the default, relulab.fused; autograd: the stack under
+            and each --mlp-paths (fused: the default, relulab.packing.fused; autograd: the stack under
             autograd, as before the fused step) and each --mlp-precisions (fp32, tf32); wall time,
             validation accuracy per model; then one deep-mlp alone the same way.
 - peer-mlp: the Keras peer on the same table, one seed (its time per model is the same for any seed).
 - cnn:      seed-cnn on CIFAR-10 JPEG, packs of each --cnn-pack size side by side (1: one model alone),
             with the step compiled (--cnn-compile on), not (off), or both (off,on); in stacks
-            (--cnn-stack auto, relulab.stacked_cnn; unfolded: stacked, batch norms not folded) or one model a unit (off),
+            (--cnn-stack auto, relulab.packing.stacked_cnn; unfolded: stacked, batch norms not folded) or one model a unit (off),
             up to --cnn-max-stack models a stack (auto: the library's default, 16; a bigger pack runs as stacks
             side by side).
 - cnn-placements: seed 000's six slot placements trained together for 2 epochs, compiled and not:
@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from relulab.packing import fused  # noqa: E402
+from relulab.packing import fused, rules  # noqa: E402
 from relulab.data import DataSpec, load_data  # noqa: E402
 from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
 from relulab.zoo.optim import OptimizerSpec  # noqa: E402
@@ -115,14 +115,15 @@ def part_mlp(args, out, device):
 
 @contextmanager
 def fused_path(on: bool):
-    """With on=False, stacks train under autograd as they did before relulab.fused (for a same-call comparison)."""
-    saved = fused.fusable
+    """With on=False, stacks train under autograd as they did before relulab.packing.fused (for a same-call
+    comparison)."""
+    saved = rules.fusable
     if not on:
-        fused.fusable = lambda job: False
+        rules.fusable = lambda job: False
     try:
         yield
     finally:
-        fused.fusable = saved
+        rules.fusable = saved
 
 
 def cnn_flops_per_image(input_shape=(3, 32, 32)) -> float:
@@ -153,19 +154,19 @@ def load_cifar(args, out, device):
 
 @contextmanager
 def cnn_stacking(choice: str):
-    """--cnn-stack off: seed-cnns train one model per unit, as before relulab.stacked_cnn; unfolded: in stacks
+    """--cnn-stack off: seed-cnns train one model per unit, as before relulab.packing.stacked_cnn; unfolded: in stacks
     whose batch norms are not folded into the convolutions (auto: the default)."""
-    from relulab.packing import pack
+    from relulab.packing import pack, units
     default = pack.stacks_cnns
-    stack_class = pack.StackedCNN
+    stack_class = units.StackedCNN
     if choice == "off":
         pack.stacks_cnns = lambda jobs, device: False
     elif choice == "unfolded":  # stacked, with batch norms as kernels of their own (before the folding)
-        pack.StackedCNN = lambda models, triton_kernels: stack_class(models, triton_kernels, fold_batchnorm=False)
+        units.StackedCNN = lambda models, triton_kernels: stack_class(models, triton_kernels, fold_batchnorm=False)
     try:
         yield
     finally:
-        pack.stacks_cnns, pack.StackedCNN = default, stack_class
+        pack.stacks_cnns, units.StackedCNN = default, stack_class
 
 
 def part_cnn(args, out, device):
@@ -280,7 +281,7 @@ def check_fused_kernels(out, device):
     """One step's gradient through the Triton kernels against the PyTorch reference, on the GPU,
     for seed 001's model shape with all four activations in one stack and both batch sizes of an epoch."""
     from relulab.zoo.models import build_model
-    from relulab.packing.pack import StackedMLP
+    from relulab.packing.stacked_mlp import StackedMLP
 
     torch.manual_seed(0)
     models = [build_model(ModelSpec("deep-mlp", activation=act), (1, 28, 28), 10).to(device)
@@ -379,7 +380,7 @@ def main():
     parser.add_argument("--cnn-epochs", type=int, default=4)
     parser.add_argument("--cnn-pack", default="1,4,8", help="pack sizes to time, e.g. 1,8")
     parser.add_argument("--cnn-stack", default="auto", help="auto, unfolded, off, or a list (auto,off): seed-cnns in "
-                        "stacks (relulab.stacked_cnn), in stacks without batch-norm folding, or one model a unit")
+                        "stacks (relulab.packing.stacked_cnn), in stacks without batch-norm folding, or one model a unit")
     parser.add_argument("--cnn-max-stack", default="auto", help="models to a seed-cnn stack: auto (the library's "
                         "default, 16), a number, or a list (auto,32)")
     parser.add_argument("--peer-cnn-runs", default="0:all", help="the peer's SEED:SLOTS runs, comma-separated")

@@ -1,6 +1,6 @@
 """Probe of one seed-cnn training step on the GPU: where its time goes, and which switches pay.
 
-Random CIFAR-shaped data (timing only), relulab's own graphed step (`pack._model_unit`), packs of
+Random CIFAR-shaped data (timing only), relulab's own graphed step (`relulab.packing.units.model_unit`), packs of
 models side by side on streams as `train_together` runs them. Run from the repository root:
 
     OUT=out python benchmarks/probe_cnn_step.py profile base bench compile   # eager profile, plain, cudnn.benchmark, compiled
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, "src")
-from relulab.packing import pack
+from relulab.packing import units as pack_units
 from relulab.data import DataSpec
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
@@ -52,7 +52,7 @@ def emit(rec):
 
 
 def measure(name, k, compile_mode=None, steps=60):
-    units = [pack._model_unit(Job(spec, s), splits, dev, [128]) for s in range(k)]
+    units = [pack_units.model_unit(Job(spec, s), splits, dev, [128]) for s in range(k)]
     if compile_mode:
         for u in units:
             u.steps[128].forward = torch.compile(u.models[0], mode=compile_mode)
@@ -81,7 +81,7 @@ def measure(name, k, compile_mode=None, steps=60):
 
 
 def profile_one(compile_mode=None, tag="eager"):
-    unit = pack._model_unit(Job(spec, 0), splits, dev, [128])
+    unit = pack_units.model_unit(Job(spec, 0), splits, dev, [128])
     step = unit.steps[128]
     if compile_mode:
         step.forward = torch.compile(unit.models[0], mode=compile_mode)
@@ -117,14 +117,14 @@ def eval_time(units):
 
 
 def stack_unit(k, compiled=False, fold=True):
-    """pack's stack of k models; fold=False: with batch norms as their own kernels (before the folding)."""
+    """relulab.packing's stack of k models; fold=False: with batch norms as their own kernels (before the folding)."""
     from relulab.packing.stacked_cnn import StackedCNN
     run_spec = replace(spec, train=replace(spec.train, compile=compiled))
-    pack.StackedCNN = lambda models, triton_kernels: StackedCNN(models, triton_kernels, fold_batchnorm=fold)
+    pack_units.StackedCNN = lambda models, triton_kernels: StackedCNN(models, triton_kernels, fold_batchnorm=fold)
     try:
-        return pack._stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
+        return pack_units.stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
     finally:
-        pack.StackedCNN = StackedCNN
+        pack_units.StackedCNN = StackedCNN
 
 
 def measure_stack(k, steps=60, compiled=False, fold=True, eager_update=False):

@@ -27,7 +27,7 @@ def recording_compile(monkeypatch):
     trains the same, without needing a C++ or Triton compiler. Yields the list of traced shape lists."""
     import torch
 
-    from relulab.packing import pack
+    from relulab.packing import steps
 
     traced = []
 
@@ -36,7 +36,7 @@ def recording_compile(monkeypatch):
         return graph.forward
 
     torch._dynamo.reset()
-    monkeypatch.setattr(pack, "COMPILE_BACKEND", recording_backend)
+    monkeypatch.setattr(steps, "COMPILE_BACKEND", recording_backend)
     yield traced
     torch._dynamo.reset()  # the graphs traced here must not serve later tests
 

@@ -11,7 +11,7 @@ from triton.runtime.interpreter import TensorHandle
 from relulab.packing import fused
 from relulab.kernels import activation_code
 from relulab.zoo.models import ModelSpec, build_model
-from relulab.packing.pack import StackedMLP
+from relulab.packing.stacked_mlp import StackedMLP
 
 
 def _tanh(z):

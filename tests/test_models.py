@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from relulab.core.errors import UserError
-from relulab.zoo.models import (ModelSpec, build_model, keras_param_count, parse_off, parse_slots,
-                            parse_widths)
+from relulab.zoo.models import (MODELS, ModelEntry, ModelSpec, build_deep_mlp, build_model, keras_param_count,
+                                parse_off, parse_slots, parse_widths)
 
 
 def test_seed_cnn_matches_the_keras_summary():
@@ -84,6 +84,14 @@ def test_parsers():
 def test_bad_model_specs(spec, field):
     with pytest.raises(UserError, match=f"^{field}:"):
         spec.validate()
+
+
+def test_a_model_entry_names_how_it_packs():
+    with pytest.raises(ValueError, match="packs"):
+        ModelEntry(build_deep_mlp, packs="stacked")
+    assert [name for name, entry in MODELS.items() if entry.conv] == ["seed-cnn"]
+    with pytest.raises(UserError, match="did you mean 'deep-mlp'"):
+        ModelSpec("deep-mpl").validate()
 
 
 def test_slot_numbers_beyond_the_model():

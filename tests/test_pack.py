@@ -5,13 +5,13 @@ import time
 import pytest
 import torch
 
-from relulab.packing import fused
-from relulab.packing import pack
+from relulab.packing import fused, pack, rules, units
 from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
-from relulab.zoo.models import ModelSpec, build_model
+from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_deep_mlp, build_model
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
+from relulab.packing.stacked_mlp import StackedMLP
 from relulab.training.loop import run
 from relulab.training.specs import Job, RunSpec, TrainSpec
 
@@ -51,7 +51,7 @@ def test_a_stack_of_k_equals_k_separate_runs(digits, opt, flavour, model_kw, tol
     lrs = [0.01, 0.02, 0.005] if opt in ("sgd", "momentum") else [1e-3, 2e-3, 5e-4]
     jobs = [_job(s, lr=lr, init=init, opt=opt, flavour=flavour, **model_kw)
             for s, lr, init in zip((0, 1, 2), lrs, ("he_normal", "glorot_uniform", "lecun_normal"))]
-    assert len({pack.stack_key(j) for j in jobs}) == 1
+    assert len({rules.stack_key(j) for j in jobs}) == 1
     packed = pack.train_together(jobs, digits, CPU)
     for job, result in zip(jobs, packed):
         _assert_same_history(result, run(job.spec, job.seed, CPU, splits=digits), tol)
@@ -103,29 +103,29 @@ def test_a_compiled_step_trains_as_the_uncompiled_one(small_images, recording_co
 
 def test_compiling_is_chosen_where_enough_model_epochs_share_a_graph():
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    needed = pack.COMPILE_MIN_MODEL_EPOCHS
+    needed = rules.COMPILE_MIN_MODEL_EPOCHS
     short = _cnn_jobs(None, epochs=needed // 4, seeds=range(3))
-    assert not any(pack.compiles(job, short, cuda) for job in short)  # 3 x 50 model-epochs: not worth it
+    assert not any(rules.compiles(job, short, cuda) for job in short)  # 3 x 50 model-epochs: not worth it
     enough = _cnn_jobs(None, epochs=needed // 4, seeds=range(4))
-    assert all(pack.compiles(job, enough, cuda) for job in enough)
+    assert all(rules.compiles(job, enough, cuda) for job in enough)
     mixed = enough[:2] + _cnn_jobs(None, epochs=needed // 4, seeds=range(2), slots={7: "identity"})
-    assert not any(pack.compiles(job, mixed, cuda) for job in mixed)  # two placements: two graphs of 100
-    assert not pack.compiles(enough[0], enough, CPU)  # the CPU gains little and may lack a compiler
-    assert pack.compiles(_cnn_jobs(True, epochs=1)[0], [], CPU)  # train.compile says so
-    assert not pack.compiles(_cnn_jobs(False)[0], enough, cuda)
+    assert not any(rules.compiles(job, mixed, cuda) for job in mixed)  # two placements: two graphs of 100
+    assert not rules.compiles(enough[0], enough, CPU)  # the CPU gains little and may lack a compiler
+    assert rules.compiles(_cnn_jobs(True, epochs=1)[0], [], CPU)  # train.compile says so
+    assert not rules.compiles(_cnn_jobs(False)[0], enough, cuda)
     mlps = [_job(s, epochs=needed) for s in range(4)]
-    assert not pack.compiles(mlps[0], mlps, cuda)  # stacks have their own kernels
+    assert not rules.compiles(mlps[0], mlps, cuda)  # stacks have their own kernels
 
 
 def test_setting_up_a_pack_counts_in_its_first_epoch(digits, monkeypatch):
     # Compiling and graph capture happen before the first epoch; a run's seconds must still include them.
-    real = pack._form_units
+    real = pack.form_units
 
     def slow_setup(*args, **kwargs):
         time.sleep(0.4)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pack, "_form_units", slow_setup)
+    monkeypatch.setattr(pack, "form_units", slow_setup)
     results = pack.train_together([_job(0), _job(1)], digits, CPU)
     for result in results:
         assert result.history.epochs[0].seconds >= 0.2  # its half of the 0.4 s set-up
@@ -150,6 +150,19 @@ def test_train_many_packs_what_it_can_and_yields_everything(digits):
     assert "trained_with" not in results[jobs[2].key].data  # adamw is not packable: trained alone
 
 
+def test_a_model_registered_to_train_alone_trains_alone(digits, monkeypatch):
+    # Packing reads the model's registry entry: deep-mlp's builder registered with packs="alone" never stacks.
+    monkeypatch.setitem(MODELS, "lone-mlp", ModelEntry(build_deep_mlp, packs="alone"))
+    lone, stacked = [_job(s, model="lone-mlp", epochs=1) for s in (0, 1)], [_job(s, epochs=1) for s in (2, 3)]
+    assert rules.stack_key(lone[0]) is None and rules.pack_key(lone[0], CPU) is None
+    assert [unit.stack for unit in units.form_units(lone, digits, CPU, [32])] == [None, None]  # on CUDA: a unit each
+    results = dict((job.key, result) for job, result in train_many(lone + stacked, digits, CPU))
+    for job in lone:
+        assert "trained_with" not in results[job.key].data  # trained by itself, by training.loop.run
+        _assert_same_history(results[job.key], run(job.spec, job.seed, CPU, splits=digits), 0)
+    assert results[stacked[0].key].data["trained_with"] == 2  # the same model as deep-mlp does stack
+
+
 def test_out_of_memory_halves_the_pack(digits, monkeypatch):
     calls = []
     real = pack.train_together
@@ -172,8 +185,8 @@ def test_a_fused_stack_mixes_activations_and_equals_separate_runs(digits):
             _job(3, slots={2: "identity"}), _job(4, init="glorot_uniform")]
     for job in jobs:
         job.spec.train.l2 = 1e-3
-    assert all(fused.fusable(j) for j in jobs) and len({pack.stack_key(j) for j in jobs}) == 1
-    assert len(pack._form_units(jobs, digits, CPU, [32], max_stack=8)) == 1
+    assert all(rules.fusable(j) for j in jobs) and len({rules.stack_key(j) for j in jobs}) == 1
+    assert len(units.form_units(jobs, digits, CPU, [32], max_stack=8)) == 1
     for job, result in zip(jobs, pack.train_together(jobs, digits, CPU)):
         _assert_same_history(result, run(job.spec, job.seed, CPU, splits=digits), 1e-4)
 
@@ -182,7 +195,7 @@ def test_the_fused_gradient_equals_autograd():
     torch.manual_seed(0)
     models = [build_model(ModelSpec("deep-mlp", activation=a, widths=[20, 12, 12]), (30,), 5)
               for a in ("relu", "relu", "tanh", "sigmoid", "identity")]
-    stack = pack.StackedMLP(models)
+    stack = StackedMLP(models)
     linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
     x, y = torch.randn(len(models), 8, 30), torch.randint(0, 5, (len(models), 8))
     grad = torch.empty_like(stack.params)
@@ -195,11 +208,18 @@ def test_the_fused_gradient_equals_autograd():
         assert torch.allclose(grad[k], flat, atol=1e-6)
 
 
+def test_activations_with_weights_of_their_own_never_stack():
+    # A stack trains only its stacked weights: PReLU's slopes, however spelled, would be left out.
+    assert rules.stack_key(_job(0, activation="PReLU:0.1")) is None
+    assert rules.stack_key(_job(0, slots={2: "prelu"})) is None
+    assert rules.stack_key(_job(0, activation="leaky_relu:0.2")) is not None
+
+
 def test_tf32_and_fp32_jobs_never_share_a_stack():
     exact, tf32, auto = _job(0), _job(1), _job(2)
     exact.spec.train.precision, tf32.spec.train.precision = "fp32", "tf32"
-    assert fused.fusable(tf32) and pack.stack_key(exact) != pack.stack_key(tf32)
-    assert pack.stack_key(auto) == pack.stack_key(tf32)  # auto means TF32 products for MLPs on CUDA
+    assert rules.fusable(tf32) and rules.stack_key(exact) != rules.stack_key(tf32)
+    assert rules.stack_key(auto) == rules.stack_key(tf32)  # auto means TF32 products for MLPs on CUDA
 
 
 ONE_STEP = DataSpec(train_size=32)  # one batch of 32: an epoch is a single optimizer step

@@ -1,11 +1,11 @@
-"""Stacks of seed-cnns (relulab.stacked_cnn) train as the same models trained one by one.
+"""Stacks of seed-cnns (relulab.packing.stacked_cnn) train as the same models trained one by one.
 
 On the CPU a stack's convolutions are PyTorch's grouped convolution; the Triton kernels that replace them on
 CUDA are checked against PyTorch in tests/test_triton_interpreter.py."""
 import pytest
 import torch
 
-from relulab.packing import pack
+from relulab.packing import pack, rules, units
 from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec, build_model
@@ -31,7 +31,7 @@ def _job(seed, lr=1e-3, init="glorot_uniform", slots=None, widths=(8,) * 9, epoc
 def test_a_stack_of_cnns_equals_separate_runs(images):
     # Different seeds, learning rates, initializers and slot placements in one stack.
     jobs = [_job(0), _job(1, lr=2e-3, slots={3: "identity", 7: "identity"}), _job(2, init="he_normal", slots={3: "tanh"})]
-    assert len({pack.cnn_stack_key(j) for j in jobs}) == 1
+    assert len({rules.cnn_stack_key(j) for j in jobs}) == 1
     packed = pack.train_together(jobs, images, CPU, stack_cnns=True)
     for job, result in zip(jobs, packed):
         single = run(job.spec, job.seed, CPU, splits=images)
@@ -47,20 +47,20 @@ def test_a_stack_of_cnns_equals_separate_runs(images):
 
 
 def test_which_cnn_jobs_share_a_stack():
-    key = pack.cnn_stack_key(_job(0))
+    key = rules.cnn_stack_key(_job(0))
     assert key is not None
-    assert pack.cnn_stack_key(_job(1, lr=0.1, slots={5: "identity"}, init="he_normal")) == key
-    assert pack.cnn_stack_key(_job(0, widths=(16,) * 9)) != key
-    assert pack.cnn_stack_key(_job(0, slots={2: "prelu"})) is None  # PReLU's own parameters are not stacked
-    assert pack.cnn_stack_key(_job(0, compile=True)) != key  # a compiled stack is another graph
-    assert pack.stack_key(_job(0)) is None  # not an MLP stack
+    assert rules.cnn_stack_key(_job(1, lr=0.1, slots={5: "identity"}, init="he_normal")) == key
+    assert rules.cnn_stack_key(_job(0, widths=(16,) * 9)) != key
+    assert rules.cnn_stack_key(_job(0, slots={2: "prelu"})) is None  # PReLU's own parameters are not stacked
+    assert rules.cnn_stack_key(_job(0, compile=True)) != key  # a compiled stack is another graph
+    assert rules.stack_key(_job(0)) is None  # not an MLP stack
 
 
 def test_cnns_stack_by_default_only_on_cuda_in_bf16():
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    assert not pack.stacks_cnns([_job(0)], CPU)
-    assert not pack.stacks_cnns([_job(0, precision="fp32")], cuda)
-    assert pack.stacks_cnns([_job(0)], cuda) == (pytest.importorskip("importlib.util").find_spec("triton") is not None)
+    assert not rules.stacks_cnns([_job(0)], CPU)
+    assert not rules.stacks_cnns([_job(0, precision="fp32")], cuda)
+    assert rules.stacks_cnns([_job(0)], cuda) == (pytest.importorskip("importlib.util").find_spec("triton") is not None)
 
 
 def test_a_compiled_stack_trains_as_the_uncompiled_one(images, recording_compile):
@@ -82,20 +82,20 @@ def test_a_compiled_stack_trains_as_the_uncompiled_one(images, recording_compile
 
 def test_stacks_compile_where_enough_model_epochs_share_a_stack():
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    needed = pack.COMPILE_MIN_MODEL_EPOCHS
-    assert pack.compiles_stack([_job(s, epochs=needed // 4) for s in range(4)], cuda)
-    assert not pack.compiles_stack([_job(s, epochs=needed // 4) for s in range(3)], cuda)
-    assert not pack.compiles_stack([_job(s, epochs=needed) for s in range(4)], CPU)
-    assert pack.compiles_stack([_job(0, epochs=1, compile=True)], CPU)  # train.compile says so
-    assert not pack.compiles_stack([_job(s, epochs=needed, compile=False) for s in range(4)], cuda)
+    needed = rules.COMPILE_MIN_MODEL_EPOCHS
+    assert rules.compiles_stack([_job(s, epochs=needed // 4) for s in range(4)], cuda)
+    assert not rules.compiles_stack([_job(s, epochs=needed // 4) for s in range(3)], cuda)
+    assert not rules.compiles_stack([_job(s, epochs=needed) for s in range(4)], CPU)
+    assert rules.compiles_stack([_job(0, epochs=1, compile=True)], CPU)  # train.compile says so
+    assert not rules.compiles_stack([_job(s, epochs=needed, compile=False) for s in range(4)], cuda)
 
 
 def test_stacks_are_as_few_and_as_even_as_their_limit_allows():
-    assert pack.stack_sizes(18, 16) == [9, 9]
-    assert pack.stack_sizes(16, 16) == [16]
-    assert pack.stack_sizes(20, 8) == [7, 7, 6]
-    assert pack.stack_sizes(1, 8) == [1]
-    assert pack._default_max_stack(_job(0)) == pack.DEFAULT_MAX_CNN_STACK
+    assert rules.stack_sizes(18, 16) == [9, 9]
+    assert rules.stack_sizes(16, 16) == [16]
+    assert rules.stack_sizes(20, 8) == [7, 7, 6]
+    assert rules.stack_sizes(1, 8) == [1]
+    assert rules.default_max_stack(_job(0)) == rules.DEFAULT_MAX_CNN_STACK
 
 
 def _stack_step(stack, x, training=True):
@@ -141,7 +141,7 @@ def test_evaluation_batches_keep_the_kernels_offsets_in_32_bits(monkeypatch):
     assert stack.largest_batch((3, 32, 32)) == (2**31 - 1) // (26 * 26 * 96 * 2)
     # An evaluation split into batches that small gives what one batch gives.
     x, y = torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))
-    (whole_loss, whole_acc) = pack._evaluate_stack(stack, x, y, 10)
+    (whole_loss, whole_acc) = units.evaluate_stack(stack, x, y, 10)
     monkeypatch.setattr(StackedCNN, "largest_batch", lambda self, image_shape: 3)
     batches, forward = [], stack.forward
 
@@ -149,7 +149,7 @@ def test_evaluation_batches_keep_the_kernels_offsets_in_32_bits(monkeypatch):
         batches.append(len(xb))
         return forward(params, xb, training)
     monkeypatch.setattr(stack, "forward", counted)
-    loss, acc = pack._evaluate_stack(stack, x, y, 10)
+    loss, acc = units.evaluate_stack(stack, x, y, 10)
     assert batches == [3, 3, 3, 1]
     assert loss == pytest.approx(whole_loss, rel=1e-5) and acc == whole_acc
 

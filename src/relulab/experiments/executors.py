@@ -201,7 +201,7 @@ def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Op
     everything). Jobs of one stack stay together where the sizes allow. A job that trains
     alone (probed, not packable, or `pack` off) is a task of its own. Tasks keep the jobs'
     order of first appearance."""
-    from relulab.packing import pack as packing
+    from relulab.packing import rules as packing
 
     probes = probes or {}
     kind = torch.device("cuda" if str(device).startswith("cuda") else "cpu")

@@ -8,11 +8,12 @@ activation) and one backward (activation derivative, input gradient, weight and 
 gradients), about 110 a step, whatever the number of models stacked.
 
 Models in one stack may differ in activation, per model and layer: each layer carries one
-activation code per model. The derivative is taken from the activation's output (ReLU,
-sigmoid, tanh and identity allow that), so only the layers' outputs are kept for the
-backward pass.
+activation code per model (`relulab.zoo.activations.KERNEL_CODES`). The derivative is taken
+from the activation's output (ReLU, sigmoid, tanh and identity allow that: the registry's
+`output_grad`), so only the layers' outputs are kept for the backward pass. Which jobs train
+this way is `relulab.packing.rules.fusable`.
 
-On CUDA the layers are Triton kernels (`relulab.fused_triton`); elsewhere they are the
+On CUDA the layers are Triton kernels (`relulab.kernels.fused_triton`); elsewhere they are the
 PyTorch reference functions below, which compute the same thing. The CPU tests check the
 reference against single autograd runs; `benchmarks/bench_speed.py --parts check` checks
 the Triton kernels against the reference on the GPU.
@@ -20,30 +21,16 @@ the Triton kernels against the reference on the GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from relulab.zoo import activations
+from relulab.zoo.activations import BY_KERNEL_CODE, KERNEL_CODES
 from relulab.core.env import matmul_precision
 from relulab.zoo.models import SlotNet
 
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 MAX_BATCH = 128  # the backward kernel holds one model's whole batch in registers
-
-_FORWARD: list[Callable] = [lambda z: z, torch.relu, torch.sigmoid, torch.tanh]
-# The derivative from the output y, as PyTorch's backward of each activation computes it.
-_DERIVATIVE: list[Callable] = [torch.ones_like, lambda y: (y > 0).to(y.dtype), lambda y: (1 - y) * y,
-                               lambda y: 1 - y * y]
-
-
-def fusable(job) -> bool:
-    """Whether a job's model can train through the fused step."""
-    model, train = job.spec.model, job.spec.train
-    acts = {activations.canonical_name(a) for a in [model.activation, *model.slots.values()]}
-    return (model.name == "deep-mlp" and not model.batchnorm and train.batch_size <= MAX_BATCH
-            and train.precision != "bf16" and acts <= ACTIVATION_CODES.keys())
 
 
 @dataclass
@@ -61,14 +48,14 @@ def reference_forward(x, w, b, layer: Layer, out, precision: str = "ieee") -> No
     with matmul_precision(precision):
         z = torch.baddbmm(b.unsqueeze(1), x, w.view(len(x), layer.fan_out, layer.fan_in).transpose(1, 2))
     for start, stop, code in layer.groups:
-        out[start:stop] = _FORWARD[code](z[start:stop])
+        out[start:stop] = BY_KERNEL_CODE[code].fn(z[start:stop], None)
 
 
 def reference_backward(g, y, x, w, layer: Layer, dw, db, dx: Optional[torch.Tensor], precision: str = "ieee") -> None:
     """From g = dL/d(output) and the output y: dw, db (views of the flat gradient) and dx = dL/dx."""
     delta = torch.empty_like(g)
     for start, stop, code in layer.groups:
-        delta[start:stop] = g[start:stop] * _DERIVATIVE[code](y[start:stop])
+        delta[start:stop] = g[start:stop] * BY_KERNEL_CODE[code].output_grad(y[start:stop])
     k = len(x)
     with matmul_precision(precision):
         dw.view(k, layer.fan_out, layer.fan_in).copy_(torch.bmm(delta.transpose(1, 2), x))
@@ -90,14 +77,15 @@ def runs(values: list) -> list[tuple[int, int, object]]:
 class FusedMLP:
     """The Linear layers of a stack of K plain MLPs, with a forward and backward written by hand.
 
-    `sizes` and `linear` come from `relulab.pack.StackedMLP`: how the flat (K, n) parameters
+    `sizes` and `linear` come from `relulab.packing.stacked_mlp.StackedMLP`: how the flat (K, n) parameters
     split, and each Linear layer's (weight index, bias index, (out, in)). `precision`: "ieee" (fp32
     products) or "tf32"."""
 
     def __init__(self, models: Sequence[SlotNet], sizes: list[int], linear: list[tuple[int, int, tuple]],
                  device: torch.device, use_triton: Optional[bool] = None, precision: str = "ieee"):
         self.sizes, self.precision = sizes, precision
-        placements = [[ACTIVATION_CODES[a] for a in m.placement()] + [0] for m in models]  # classifier: identity
+        identity = KERNEL_CODES["identity"]  # the classifier's
+        placements = [[KERNEL_CODES[a] for a in m.placement()] + [identity] for m in models]
         self.layers = []
         for index, (weight, bias, (fan_out, fan_in)) in enumerate(linear):
             codes = [p[index] for p in placements]

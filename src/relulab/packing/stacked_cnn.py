@@ -1,10 +1,10 @@
-"""K seed-cnns of the same shape as one stacked model, for training them together (`relulab.pack`).
+"""K seed-cnns of the same shape as one stacked model, for training them together (`relulab.packing`).
 
 One seed-cnn leaves an H100 mostly idle, and cuDNN's kernels suit its narrow layers poorly. A stack holds
-K models' weights in one flat (K, n) leaf (`relulab.stacking`), as `pack.StackedMLP` does, and runs every layer for all of them
+K models' weights in one flat (K, n) leaf (`relulab.packing.stacking`), as `StackedMLP` does, and runs every layer for all of them
 at once on activations laid out (N, H, W, K, C): model k's channel c is channel k*C + c. In that layout
 
-- each 3x3 convolution is one launch of `relulab.conv_triton`'s kernels on CUDA (forward, input gradient
+- each 3x3 convolution is one launch of `relulab.kernels.conv_triton`'s kernels on CUDA (forward, input gradient
   and weight gradient), with bf16 products;
   on the CPU it is PyTorch's grouped convolution, which is the same maths; the 1x1 head is a batched
   matrix product;
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relulab.zoo import activations
-from relulab.packing.fused import ACTIVATION_CODES
+from relulab.zoo.activations import KERNEL_CODES
 from relulab.zoo.models import Slot, SlotNet
 from relulab.packing.stacking import Op, StackedWeights
 
@@ -242,7 +242,7 @@ class StackedCNN(StackedWeights):
     as one kernel that also sums the batch norm's statistics, and the batch norm is then applied by the
     next convolution, folded into its weights (`_fold_batchnorm`): the batch norm's own passes over the
     activations, forward and backward, are gone. Where a max-pool or the head comes next, it is applied as it
-    is. Layers whose activation the kernels lack (`relulab.fused.ACTIVATION_CODES`) run unfolded."""
+    is. Layers whose activation the kernels lack (`relulab.zoo.activations.KERNEL_CODES`) run unfolded."""
 
     flat_input = False  # the pack's steps pass images as they are
 
@@ -258,8 +258,8 @@ class StackedCNN(StackedWeights):
             elif isinstance(first, Slot):
                 self._add_activation(layers)
                 names = [activations.canonical_name(slot.spec) for slot in layers]
-                if all(name in ACTIVATION_CODES for name in names):
-                    self.codes[len(self.ops) - 1] = torch.tensor([ACTIVATION_CODES[n] for n in names],
+                if all(name in KERNEL_CODES for name in names):
+                    self.codes[len(self.ops) - 1] = torch.tensor([KERNEL_CODES[n] for n in names],
                                                                  dtype=torch.int32, device=device)
             elif isinstance(first, nn.MaxPool2d):
                 self.ops.append(Op("maxpool", module=first))

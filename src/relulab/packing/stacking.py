@@ -1,4 +1,4 @@
-"""What every stack of K same-shape models shares (`pack.StackedMLP`, `stacked_cnn.StackedCNN`).
+"""What every stack of K same-shape models shares (`stacked_mlp.StackedMLP`, `stacked_cnn.StackedCNN`).
 
 The models' weights and biases live in one flat leaf tensor `params` of shape (K, n_params), each
 layer's a view of it (`params.split(sizes, dim=1)`), so autograd delivers the whole gradient as one
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from relulab.packing import fused
+from relulab.packing.fused import runs
 from relulab.zoo.models import SlotNet
 
 
@@ -61,8 +61,8 @@ class StackedWeights:
         self._owners.append((index, op))
 
     def _add_activation(self, slots: Sequence[nn.Module]) -> None:
-        runs = fused.runs([slot.spec for slot in slots])
-        self.ops.append(Op("act", acts=tuple((start, stop, slots[start].act) for start, stop, _ in runs)))
+        groups = runs([slot.spec for slot in slots])
+        self.ops.append(Op("act", acts=tuple((start, stop, slots[start].act) for start, stop, _ in groups)))
 
     def _finish(self) -> None:
         self.params = torch.cat(self._columns, dim=1).detach().clone().requires_grad_(True)

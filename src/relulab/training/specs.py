@@ -13,11 +13,11 @@ from relulab.core.errors import UserError, is_number
 from relulab.core.mapping import check_mapping, from_mapping
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.data import DataSpec
-from relulab.zoo.models import MODEL_EXTRAS, ModelSpec, SlotNet, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.zoo.models import (MODEL_EXTRAS, ModelSpec, SlotNet, combine_slots, model_entry, parse_off, parse_slots,
+                               parse_widths)
 from relulab.zoo.optim import OptimizerSpec
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-CONV_MODELS = ("seed-cnn",)
 
 
 @dataclass
@@ -34,7 +34,7 @@ class TrainSpec:
     # default) | bf16 (autocast) | auto: bf16 for conv models on CUDA, else tf32 (on the CPU both mean fp32)
     precision: str = "auto"
     # torch.compile the training step of unstacked models (the conv models): true | false | None (auto:
-    # where enough model-epochs share one compiled graph to pay for compiling it; see pack.compiles)
+    # where enough model-epochs share one compiled graph to pay for compiling it; see packing.rules.compiles)
     compile: Optional[bool] = None
 
     def validate(self, prefix: str = "train") -> "TrainSpec":
@@ -60,7 +60,7 @@ def autocast_dtype(spec: "RunSpec", device: torch.device) -> Optional[torch.dtyp
     doubles the convolutions' speed); None means full fp32."""
     precision = spec.train.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and spec.model.name in CONV_MODELS else "fp32"
+        precision = "bf16" if device.type == "cuda" and model_entry(spec.model.name).conv else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
 
 

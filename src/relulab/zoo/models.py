@@ -7,6 +7,10 @@
 - `seed-cnn` (seed 000): nine 3x3 valid convs and a 1x1 conv to the classes, each
   followed by its slot and then BatchNorm, max-pools after convs 6 and 8.
 
+`MODELS` is the registry: name -> `ModelEntry`, which holds the builder and what the rest of
+relulab decides by model (how it packs with others, whether it is convolutional). Adding a model
+is writing its builder and adding its entry.
+
 Slots are numbered from 1 in the order the data meets them, as in the seed's tables.
 Models return logits; the loss applies the softmax (same maths as Keras' softmax
 layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
@@ -23,8 +27,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from relulab.zoo import activations
+from relulab.zoo.activations import canonical_name, get_activation, parse_activation
 from relulab.core.errors import UserError, unknown_choice
+from relulab.core.registry import Registry
 from relulab.zoo.init import canonical_name as canonical_init
 from relulab.zoo.init import init_layer
 from relulab.core.ranges import INT64_MAX, MAX_ITEMS, show_int
@@ -53,15 +58,14 @@ class ModelSpec:
     bn_flavour: str = "keras"
 
     def validate(self, prefix: str = "model") -> "ModelSpec":
-        if self.name not in MODELS:
-            raise unknown_choice(f"{prefix}.name", self.name, MODELS)
-        activations.parse_activation(self.activation, f"{prefix}.activation")
+        MODELS.entry(self.name, f"{prefix}.name")
+        parse_activation(self.activation, f"{prefix}.activation")
         if not isinstance(self.slots, dict):
             raise UserError(f"{prefix}.slots: expected a mapping of slot number to activation, got {self.slots!r}")
         for index, act in self.slots.items():
             if not isinstance(index, int) or isinstance(index, bool) or index < 1:
                 raise UserError(f"{prefix}.slots: slot numbers start at 1, got {index!r}")
-            activations.parse_activation(act, f"{prefix}.slots.{index}")
+            parse_activation(act, f"{prefix}.slots.{index}")
         canonical_init(self.kernel_init(), f"{prefix}.init")
         canonical_init(self.bias_init, f"{prefix}.bias_init")
         canonical_init(self.output_init, f"{prefix}.output_init")
@@ -86,11 +90,11 @@ class ModelSpec:
     def kernel_init(self) -> str:
         """The hidden layers' initializer, with "auto" resolved (He for ReLU, LeCun for SELU, ...)."""
         if self.init == "auto":
-            return activations.parse_activation(self.activation, "model.activation")[0].recommended_init
+            return parse_activation(self.activation, "model.activation")[0].recommended_init
         return self.init
 
     def slot_activation(self, index: int) -> str:
-        return activations.canonical_name(self.slots.get(index, self.activation))
+        return canonical_name(self.slots.get(index, self.activation))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +109,8 @@ class Slot(nn.Module):
         self.set(spec)
 
     def set(self, spec: str) -> None:
-        self.spec = activations.canonical_name(spec, f"slot {self.index}")
-        self.act = activations.get_activation(self.spec, f"slot {self.index}")
+        self.spec = canonical_name(spec, f"slot {self.index}")
+        self.act = get_activation(self.spec, f"slot {self.index}")
 
     @property
     def off(self) -> bool:
@@ -240,18 +244,45 @@ def build_seed_cnn(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     return SlotNet(layers, spec, input_shape, num_classes)
 
 
-MODELS: dict[str, Callable[[ModelSpec, tuple, int], SlotNet]] = {
-    "deep-mlp": build_deep_mlp,
-    "bn-mlp": build_bn_mlp,
-    "seed-cnn": build_seed_cnn,
-}
+# How a model trains beside others (relulab.packing.rules reads it):
+# - "stack": models of one shape run as one stacked model, each layer one batched kernel (StackedMLP);
+# - "fuse": as "stack", and through the fused hand-written step where the job allows (relulab.packing.fused);
+# - "conv-stack": seed-cnn-like convolution stacks (StackedCNN), on CUDA in bf16;
+# - "alone": never stacked: a unit of its own (on CUDA still beside others in a pack, its step a CUDA graph).
+PACKS = ("stack", "fuse", "conv-stack", "alone")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What relulab knows about one model: its builder, and the decisions others make by model."""
+
+    build: Callable[[ModelSpec, tuple, int], SlotNet]  # (spec, input shape, classes) -> the model
+    packs: str = "alone"  # one of PACKS
+    # Convolutional: by default bf16 on CUDA (training.specs.autocast_dtype), its step compiled where that pays.
+    conv: bool = False
+
+    def __post_init__(self):
+        if self.packs not in PACKS:
+            raise ValueError(f"ModelEntry.packs: expected one of {PACKS}, got {self.packs!r}")
+
+
+MODELS: Registry[ModelEntry] = Registry({
+    "deep-mlp": ModelEntry(build_deep_mlp, packs="fuse"),
+    "bn-mlp": ModelEntry(build_bn_mlp, packs="stack"),
+    "seed-cnn": ModelEntry(build_seed_cnn, packs="conv-stack", conv=True),
+})
+
+
+def model_entry(name: str, field: str = "model.name") -> ModelEntry:
+    """The registry's entry for a model name; an unknown name is a UserError naming `field`."""
+    return MODELS.entry(name, field)
 
 
 def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     """Build the model `spec` names for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
     spec.validate()
     check_model_fits(spec, tuple(input_shape), num_classes)
-    return MODELS[spec.name](spec, tuple(input_shape), num_classes)
+    return MODELS[spec.name].build(spec, tuple(input_shape), num_classes)
 
 
 # Training holds each parameter four times over: the weight, its gradient and (Adam, RMSprop) up to two moments.
@@ -273,7 +304,7 @@ def _parameter_count(spec_json: str, input_shape: tuple, num_classes: int) -> in
     spec = ModelSpec(**json.loads(spec_json))
     spec.slots = {int(k): v for k, v in spec.slots.items()}
     with torch.device("meta"):
-        model = MODELS[spec.name](spec, input_shape, num_classes)
+        model = MODELS[spec.name].build(spec, input_shape, num_classes)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -310,7 +341,7 @@ def _slots_from_pairs(items: list[tuple], field: str) -> dict[int, str]:
         index = _slot_number(key, field)
         if not isinstance(act, str):
             raise UserError(f"{field}.{index}: expected an activation name, got {act!r}")
-        act = activations.canonical_name(act, f"{field}.{index}")
+        act = canonical_name(act, f"{field}.{index}")
         if slots.setdefault(index, act) != act:
             raise UserError(f"{field}: slot {index} is both {slots[index]} and {act}")
     return slots

@@ -9,14 +9,14 @@ reproduces Keras 3's update rules and defaults exactly, because the sources ran 
   w -= lr * g / sqrt(v + eps).
 - SGD and momentum: the same rule in both libraries for a constant learning rate.
 
-Both update rules are elementwise, so they work unchanged on stacked weights (many
-models trained as one, relulab.pack).
+The update rules are elementwise, so `StackedOptimizer` writes them once more for stacked
+weights (many models trained as one, relulab.packing).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -129,3 +129,64 @@ def weight_penalty(kernels: list[torch.Tensor], l1: float = 0.0, l2: float = 0.0
         if l2:
             penalty = penalty + l2 * w.pow(2).sum()
     return penalty
+
+
+# The optimizers StackedOptimizer has, each with the state it keeps (tensors shaped like the weights).
+STACKED_OPTIMIZERS = {"sgd": [], "momentum": ["buf"], "nesterov": ["buf"], "adam": ["m", "v"], "rmsprop": ["v"]}
+
+
+class StackedOptimizer:
+    """The optimizers above, written once for stacked (K, n) weights (K models, or one model's parameters
+    flattened) with a per-model learning rate; `specs`: the K models' optimizers, which differ at most in
+    learning rate. The rules match torch.optim (flavour torch) and Keras 3 (flavour keras)."""
+
+    def __init__(self, params: torch.Tensor, specs: Sequence[OptimizerSpec]):
+        opt = specs[0]
+        self.name, self.flavour, self.momentum = opt.name, opt.flavour, opt.momentum
+        self.lr = torch.tensor([[spec.resolved_lr()] for spec in specs], device=params.device)
+        self.step_count = torch.zeros((), device=params.device)  # on the device, so graphs can replay it
+        self.state = {name: torch.zeros_like(params) for name in STACKED_OPTIMIZERS[self.name]}
+
+    @torch.no_grad()
+    def step(self, params: torch.Tensor, grad: torch.Tensor) -> None:
+        self.step_count += 1
+        getattr(self, f"_{self.name}")(params, grad)
+
+    def _sgd(self, p, g):
+        p.addcmul_(self.lr, g, value=-1)  # p - lr * g in one pass over p
+
+    def _momentum(self, p, g):
+        # torch.optim.SGD's rule (Keras' is the same for a constant learning rate); the buffer
+        # starts at zero, so the first step sets it to the gradient as torch does.
+        buf = self.state["buf"]
+        buf.mul_(self.momentum).add_(g)
+        p.sub_(self.lr * buf)
+
+    def _nesterov(self, p, g):
+        buf = self.state["buf"]
+        buf.mul_(self.momentum).add_(g)
+        p.sub_(self.lr * (g + self.momentum * buf))
+
+    def _adam(self, p, g):
+        beta1, beta2 = 0.9, 0.999
+        m, v, t = self.state["m"], self.state["v"], self.step_count
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if self.flavour == "keras":  # eps 1e-7 outside the bias correction ("epsilon hat")
+            alpha = self.lr * torch.sqrt(1 - beta2**t) / (1 - beta1**t)
+            p.sub_(alpha * m / (v.sqrt() + 1e-7))
+        else:
+            denom = v.sqrt() / torch.sqrt(1 - beta2**t) + 1e-8
+            p.sub_(self.lr / (1 - beta1**t) * m / denom)
+
+    def _rmsprop(self, p, g):
+        rho, eps = (0.9, 1e-7) if self.flavour == "keras" else (0.99, 1e-8)
+        v = self.state["v"]
+        v.mul_(rho).addcmul_(g, g, value=1 - rho)
+        if self.flavour == "keras":
+            p.sub_(self.lr * g / (v + eps).sqrt())
+        else:
+            p.sub_(self.lr * g / (v.sqrt() + eps))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.step_count, *self.state.values()]

@@ -1,0 +1,146 @@
+"""What trains with what: every packing decision, read from the registries' entries.
+
+A model's entry (`relulab.zoo.models.MODELS`) says how it packs (`packs`: stack, fuse, conv-stack, alone) and
+whether it is convolutional (`conv`); an activation's entry (`relulab.zoo.activations.ACTIVATIONS`) whether
+the kernels have it (`kernel_code`) and whether it holds weights of its own (`learned`); the optimizers a
+stack can run are `relulab.zoo.optim.STACKED_OPTIMIZERS`. From those, here: which jobs share a stack
+(`stack_key`, `cnn_stack_key`, `fusable`), which share a pack (`pack_key`), which steps are compiled
+(`compiles`, `compiles_stack`), and how many models go to a stack (`default_max_stack`, `stack_sizes`).
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional, Sequence
+
+import torch
+
+from relulab.packing.fused import MAX_BATCH
+from relulab.training.specs import Job, autocast_dtype, float32_products
+from relulab.zoo.activations import KERNEL_CODES, canonical_name, parse_activation
+from relulab.zoo.models import ModelSpec, model_entry
+from relulab.zoo.optim import STACKED_OPTIMIZERS
+
+
+def learns_activations(model: ModelSpec) -> bool:
+    """Whether an activation of the model holds weights of its own (PReLU's slope). A stack cannot hold them:
+    it runs one activation module for each run of models with one activation (the first one's,
+    StackedWeights._add_activation) and trains only its stacked `params`, so such a model is never stacked."""
+    return any(parse_activation(a)[0].learned for a in [model.activation, *model.slots.values()])
+
+
+def fusable(job: Job) -> bool:
+    """Whether a job's model can train through the fused step (relulab.packing.fused): a model whose entry
+    says "fuse", without batch norm, at most fused.MAX_BATCH a batch, not in bf16, and every activation one
+    the kernels have."""
+    model, train = job.spec.model, job.spec.train
+    acts = {canonical_name(a) for a in [model.activation, *model.slots.values()]}
+    return (model_entry(model.name).packs == "fuse" and not model.batchnorm and train.batch_size <= MAX_BATCH
+            and train.precision != "bf16" and acts <= KERNEL_CODES.keys())
+
+
+def stack_key(job: Job) -> Optional[tuple]:
+    """MLP jobs with equal keys can share a stack: everything that shapes the computation
+    matches (widths, activations, batch norm, optimizer rule, penalties, precision); seeds,
+    initializers and learning rates may differ, and so may activations in a fused stack
+    (`relulab.packing.fused`). None: not stackable (the model's entry says so, or `learns_activations`)."""
+    spec, opt = job.spec, job.spec.train.optimizer
+    if model_entry(spec.model.name).packs not in ("stack", "fuse") or opt.name not in STACKED_OPTIMIZERS:
+        return None
+    if fusable(job):
+        return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum, spec.train.l1,
+                spec.train.l2, float32_products(spec))
+    if learns_activations(spec.model):
+        return None
+    return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
+            tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
+            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision)
+
+
+def cnn_stack_key(job: Job) -> Optional[tuple]:
+    """Jobs of a "conv-stack" model (seed-cnn) with equal keys can share a `StackedCNN`: same shape, optimizer
+    rule, penalties and precision; seeds, initializers, learning rates and the activation in each slot may
+    differ."""
+    spec, opt = job.spec, job.spec.train.optimizer
+    if model_entry(spec.model.name).packs != "conv-stack" or opt.name not in STACKED_OPTIMIZERS:
+        return None
+    if learns_activations(spec.model):
+        return None
+    return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
+            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision, spec.train.compile)
+
+
+def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
+    """Whether seed-cnns train in stacks by default: on CUDA, in bf16, where Triton is there for the kernels."""
+    if device.type != "cuda" or any(autocast_dtype(job.spec, device) != torch.bfloat16 for job in jobs):
+        return False
+    return importlib.util.find_spec("triton") is not None  # CUDA builds of torch bring it
+
+
+def schedule_key(job: Job) -> tuple:
+    train = job.spec.train
+    return (train.batch_size, train.epochs, train.eval_batch_size)
+
+
+def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
+    """Jobs with equal keys can train together (`relulab.packing.train_together`); None: this job trains alone.
+
+    On CUDA any job whose optimizer the graphed step supports can join (its step becomes a
+    CUDA graph); on the CPU only stackable MLPs gain from it."""
+    if job.spec.train.optimizer.name not in STACKED_OPTIMIZERS:
+        return None
+    if device.type != "cuda" and stack_key(job) is None:
+        return None
+    return schedule_key(job)
+
+
+# torch.compile (Inductor) fuses each conv model's batch norm, activation, pooling and bias-gradient kernels:
+# on an H100, seed-cnn's graphed step went from 2.22 to 1.64 ms alone, and from 11.9 to 9.1 ms for 8 models
+# side by side (BENCHMARKS.md). Compiling costs 12-25 s for each distinct model (slot placement; 25 s with a
+# cold cache) and saves about 0.13 s a model-epoch in a pack, so by default (train.compile unset) it is used
+# where at least this many model-epochs share one placement.
+COMPILE_MIN_MODEL_EPOCHS = 200
+
+
+def compiles(job: Job, group: Sequence[Job], device: torch.device) -> bool:
+    """Whether `job`'s step (an unstacked model's) is compiled when it trains with `group`."""
+    if job.spec.train.compile is not None:
+        return job.spec.train.compile
+    if device.type != "cuda" or not model_entry(job.spec.model.name).conv:
+        return False
+    same_graph = sum(1 for other in group if other.spec.model == job.spec.model)
+    return same_graph * job.spec.train.epochs >= COMPILE_MIN_MODEL_EPOCHS
+
+
+def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
+    """Whether a stack's step is compiled: as train.compile says, else for seed-cnn stacks on CUDA with at
+    least COMPILE_MIN_MODEL_EPOCHS model-epochs (one compilation per stack). MLP stacks are not compiled."""
+    if cnn_stack_key(jobs[0]) is None:
+        return False
+    if jobs[0].spec.train.compile is not None:  # equal across the stack (part of cnn_stack_key)
+        return jobs[0].spec.train.compile
+    return device.type == "cuda" and len(jobs) * jobs[0].spec.train.epochs >= COMPILE_MIN_MODEL_EPOCHS
+
+
+# Models to a stack when the caller does not say. The fused step costs the same number of kernels
+# however many models it stacks, so its stacks take everything (20 models: 19.1 s against 20.2 s
+# in two stacks, BENCHMARKS.md); autograd stacks stop at 8, past which a bigger stack did not pay.
+# seed-cnn stacks fill the GPU better up to 16 (a step of 11.1 ms for 16 against 5.9 for 8 on an H100); more
+# run as stacks side by side (on an H200, 32 as two of 16: 2% more model-epochs/s than one of 16; one stack of
+# 32, or 64 as four stacks of 16, ran no faster than two of 16).
+DEFAULT_MAX_STACK = 8
+DEFAULT_MAX_FUSED_STACK = 64
+DEFAULT_MAX_CNN_STACK = 16
+
+
+def stack_sizes(count: int, most: int) -> list[int]:
+    """count models in as few stacks of at most `most` as can be, of near-equal sizes (18, 16 -> 9, 9):
+    the stacks run side by side, so a small last one would only wait for the big ones."""
+    stacks = -(-count // most)
+    return [count // stacks + (1 if i < count % stacks else 0) for i in range(stacks)]
+
+
+def default_max_stack(job: Job) -> int:
+    """Models to a stack of `job`'s when the caller does not say (the numbers above)."""
+    if fusable(job):
+        return DEFAULT_MAX_FUSED_STACK
+    return DEFAULT_MAX_CNN_STACK if cnn_stack_key(job) is not None else DEFAULT_MAX_STACK

@@ -1,0 +1,186 @@
+"""A pack's units: the models one chain of kernels (one CUDA stream) drives, a stack or one model of any kind.
+
+`form_units` groups a pack's jobs into units as `relulab.packing.rules` says; `stack_unit` and `model_unit`
+build one, with a step (`relulab.packing.steps`) for each batch size of an epoch. A unit evaluates its models,
+keeps each one's best epoch and saves its state for resuming (`relulab.training.resume`).
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from relulab.core.env import matmul_precision
+from relulab.data import Splits
+import relulab.packing.rules as rules  # as a module: benchmarks swap rules in it (bench_speed.fused_path)
+from relulab.packing.fused import FusedMLP
+from relulab.packing.stacked_cnn import StackedCNN
+from relulab.packing.stacked_mlp import StackedMLP
+from relulab.packing.steps import FusedPackStep, GraphedStep, ModelStep, PackStep, flatten_parameters
+from relulab.training import resume
+from relulab.training.loop import build_for, evaluate
+from relulab.training.specs import Job, autocast_dtype, float32_products
+from relulab.zoo.models import SlotNet
+from relulab.zoo.optim import StackedOptimizer
+
+
+@torch.no_grad()
+def evaluate_stack(stack: StackedMLP | StackedCNN, x: torch.Tensor, y: torch.Tensor, batch: int,
+                   amp: Optional[torch.dtype] = None) -> tuple[list[float], list[float]]:
+    """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
+    loss = torch.zeros(stack.k, device=x.device)
+    correct = torch.zeros(stack.k, device=x.device, dtype=torch.long)
+    if isinstance(stack, StackedCNN):  # 16 seed-cnns' activations at batch 2048 are just within the kernels' reach
+        batch = min(batch, stack.largest_batch(x.shape[1:]))
+    x = x.flatten(1) if stack.flat_input else x
+    for start in range(0, len(x), batch):
+        with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = stack.forward(stack.params, x[start:start + batch], training=False).float()
+        target = y[start:start + batch].unsqueeze(0).expand(stack.k, -1)
+        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+        correct += (logits.argmax(2) == target).sum(1)
+    n = max(1, len(x))
+    # Divide on the host, as train.evaluate does: a float32 ratio would differ from a single run's in the 8th digit.
+    return [v / n for v in loss.tolist()], [c / n for c in correct.tolist()]
+
+
+class Unit:
+    """Models driven by one chain of kernels (one CUDA stream): a stack of MLPs, or one model of any kind."""
+
+    def __init__(self, jobs: Sequence[Job], models: list[SlotNet], device: torch.device):
+        self.jobs, self.models = list(jobs), models
+        self.amp = [autocast_dtype(job.spec, device) for job in jobs]
+        self.products = float32_products(jobs[0].spec)  # one for the unit: precision is part of stack_key
+        self.totals = (torch.zeros(len(jobs), device=device), torch.zeros(len(jobs), device=device))
+        self.steps: dict[int, GraphedStep] = {}
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stack: Optional[StackedMLP | StackedCNN] = None
+        self.compiled = False  # whether the unit's full-batch step went through torch.compile
+        self.best: list[Optional[tuple[int, object]]] = [None] * len(jobs)  # (epoch, snapshot) per model
+
+    def capture(self) -> None:
+        pool = None  # one memory pool per unit: graphs on different streams may run at once
+        for step in self.steps.values():
+            with matmul_precision(self.products):  # the graph keeps the kernels chosen now
+                step.capture(pool, self.stream)
+            pool = step.graph.pool()
+
+    def step(self, order: torch.Tensor, start: int, stop: int) -> None:
+        index = order[:, start:stop] if self.stack is not None else order[0, start:stop]
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext(), \
+                matmul_precision(self.products):
+            self.steps[stop - start](index)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[float, float]]:
+        with matmul_precision(self.products):
+            if self.stack is not None:
+                return list(zip(*evaluate_stack(self.stack, x, y, batch, self.amp[0])))
+            return [evaluate(self.models[0], x, y, batch, self.amp[0])]
+
+    def finish(self) -> None:
+        if self.stack is not None:
+            self.stack.unstack_into(self.models)
+
+    def keep_best(self, k: int, epoch: int) -> None:
+        """Model k's weights now, as those of its best epoch so far (a copy on the device)."""
+        if self.stack is not None:
+            snapshot = self.stack.model_rows(k)
+        else:
+            snapshot = {name: t.detach().clone() for name, t in self.models[k].state_dict().items()}
+        self.best[k] = (epoch, snapshot)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Everything training changes in place in this unit: weights, batch norm statistics, optimizer state
+        (the steps of all batch sizes share them)."""
+        return next(iter(self.steps.values())).state()
+
+    def saved(self) -> dict:
+        """This unit's training state as plain data and CPU tensors (relulab.training.resume)."""
+        best = [None if b is None else {"epoch": b[0], "tensors": resume.to_cpu(_snapshot_tensors(b[1]))}
+                for b in self.best]
+        return {"tensors": resume.to_cpu(self.state_tensors()), "best": best}
+
+    def restore(self, state: dict) -> None:
+        resume.copy_into(self.state_tensors(), state["tensors"])
+        for k, saved in enumerate(state["best"]):
+            if saved is not None:
+                self.keep_best(k, saved["epoch"])  # a snapshot of the right structure, then the saved values
+                resume.copy_into(_snapshot_tensors(self.best[k][1]), saved["tensors"])
+
+    def best_state(self, k: int, last_epoch: Optional[int]) -> Optional[dict[str, torch.Tensor]]:
+        """Model k's state dict at its best epoch, on the CPU; None where that is the last epoch (the final model).
+        Call after `finish`."""
+        if self.best[k] is None or self.best[k][0] == last_epoch:
+            return None
+        snapshot = self.best[k][1]
+        if self.stack is not None:
+            model = copy.deepcopy(self.models[k])
+            self.stack.write_model(model, snapshot)
+            snapshot = model.state_dict()
+        return {name: t.detach().cpu() for name, t in snapshot.items()}
+
+
+def _snapshot_tensors(snapshot) -> list[torch.Tensor]:
+    """The tensors of a best-epoch snapshot: a stack's model rows, or a model's state dict, in a fixed order."""
+    if isinstance(snapshot, dict):
+        return list(snapshot.values())
+    params, running = snapshot
+    return [params, *(t for pair in running for t in pair)]
+
+
+def stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> Unit:
+    """A stack's unit: jobs of one stack key (`rules.stack_key` or `rules.cnn_stack_key`), as one stacked model."""
+    unit = Unit(jobs, [build_for(job.spec, splits, job.seed, device) for job in jobs], device)
+    if rules.cnn_stack_key(jobs[0]) is not None:
+        unit.stack = StackedCNN(unit.models, triton_kernels=device.type == "cuda" and unit.amp[0] == torch.bfloat16)
+    else:
+        unit.stack = StackedMLP(unit.models)
+    step = PackStep
+    if rules.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
+        linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
+        unit.stack.fused = FusedMLP(unit.models, unit.stack.sizes, linear, device, precision=unit.products)
+        step = FusedPackStep
+    optimizer = StackedOptimizer(unit.stack.params, [job.spec.train.optimizer for job in jobs])
+    x = splits.x_train.flatten(1) if unit.stack.flat_input else splits.x_train
+    unit.compiled = step is PackStep and rules.compiles_stack(jobs, device)
+    # As for single models, only the full batch is compiled; the epoch's short last batch runs as it is.
+    unit.steps = {size: step(unit.stack, optimizer, x, splits.y_train, size, jobs, unit.totals,
+                             unit.compiled and size == max(sizes)) for size in sizes}
+    return unit
+
+
+def model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int], compiled: bool = False) -> Unit:
+    """One model's unit; with `compiled`, its full-batch step is compiled (the epoch's one short last batch
+    runs uncompiled rather than pay a second compilation for another shape)."""
+    unit = Unit([job], [build_for(job.spec, splits, job.seed, device)], device)
+    flat = flatten_parameters(unit.models[0])
+    optimizer = StackedOptimizer(flat, [job.spec.train.optimizer])
+    unit.steps = {size: ModelStep(unit.models[0], flat, optimizer, splits.x_train, splits.y_train, size, job,
+                                  unit.totals, 0, unit.amp[0], compiled and size == max(sizes)) for size in sizes}
+    unit.compiled = compiled
+    return unit
+
+
+def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
+               max_stack: Optional[int] = None, stack_cnns: bool = False) -> list[Unit]:
+    """Stack MLPs that can share a stack (up to `max_stack` each, by default as `rules.default_max_stack`
+    says), and seed-cnns too with `stack_cnns`; every other job is a unit of its own."""
+    stacks: dict[tuple, list[Job]] = {}
+    units = []
+    for job in jobs:
+        key = rules.stack_key(job) or (rules.cnn_stack_key(job) if stack_cnns else None)
+        if key is None:
+            units.append(model_unit(job, splits, device, sizes, rules.compiles(job, jobs, device)))
+        else:
+            stacks.setdefault(key, []).append(job)
+    for members in stacks.values():
+        # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
+        members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
+        start = 0
+        for size in rules.stack_sizes(len(members), max_stack or rules.default_max_stack(members[0])):
+            units.append(stack_unit(members[start:start + size], splits, device, sizes))
+            start += size
+    return units
