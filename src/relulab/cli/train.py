@@ -15,7 +15,7 @@ from relulab.data import DataSpec
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError
 from relulab.experiments.specs import seeds_from_options
-from relulab.zoo.models import ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.zoo.models import MODELS, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
 from relulab.training.callbacks import ProgressBar
@@ -39,7 +39,7 @@ def train(
     fit: str = typer.Option("resize", help="How --image-size is reached: resize or pad."),
     train_size: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     download: bool = typer.Option(True, help="Download missing datasets from their canonical source."),
-    model: str = typer.Option("deep-mlp", "--model", "-m", help="deep-mlp, bn-mlp or seed-cnn."),
+    model: str = typer.Option("deep-mlp", "--model", "-m", help=f"One of: {', '.join(MODELS)}."),
     activation: str = typer.Option("relu", "--activation", "-a", help="Activation of every slot."),
     slot: list[str] = typer.Option([], help="Per-slot activation, e.g. --slot 7=identity (repeatable)."),
     off: Optional[str] = typer.Option(None, help="Slots switched off, e.g. 7,10."),
