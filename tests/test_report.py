@@ -95,7 +95,7 @@ def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
 def test_a_partial_store_reports_what_is_missing(tmp_path):
     store = _make_store(tmp_path, TINY, seeds=[0])
     load = load_experiment(str(tmp_path / "spec.yaml"), Overrides(store=str(store), seeds=[0, 1]))
-    from relulab.store.database import Store
+    from relulab.store import Store
 
     with Store(store) as s:  # a plan with more seeds than have run, as while a sweep is going
         s.save_plan(load.name, load.origin, load.raw, [p.meta() for p in load.parts], load.plan_rows())
@@ -198,7 +198,7 @@ def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_trainin
     import sqlite3
 
     from relulab.report.build import collect, curve
-    from relulab.store.database import Store
+    from relulab.store import Store
 
     store, files = depth
     md = files.markdown.read_text()

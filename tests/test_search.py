@@ -16,7 +16,7 @@ from scipy import stats as sps
 from relulab.core.errors import UserError
 from relulab.experiments.specs import Overrides, load_experiment, run_experiment, run_key
 from relulab.search.strategies import Measured, Search, SearchOptions, probe_configuration, run_search
-from relulab.store.database import Store, load_run_probes, load_searches
+from relulab.store import Store
 from specs import quiet, relulab, stored_runs, write_spec
 
 MLP = """\
@@ -66,7 +66,7 @@ def test_every_strategy_on_an_mlp_stores_steps_candidates_and_correlations(tmp_p
     assert len(keys) == len(set(keys)) == 2 * (1 + 4 + 6) + 2 * 1  # + budget's all-off placement
     assert exhaustive.reused >= greedy.trained and budget.trained == 2
     with Store(tmp_path / "s.sqlite") as store:
-        found = {s["strategy"]: s for s in load_searches(store, "mlp")}
+        found = {s["strategy"]: s for s in store.searches("mlp")}
         assert set(found) == {"greedy", "oracle", "exhaustive", "budget"}
         assert all(s["status"] == "done" for s in found.values())
         g = found["greedy"]
@@ -74,7 +74,7 @@ def test_every_strategy_on_an_mlp_stores_steps_candidates_and_correlations(tmp_p
         assert first[0]["placement"] == "all-relu" and first[1]["reference"] == "all-relu"
         # greedy proposed the active slot with the highest ratio_num on the all-ReLU model (mean over seeds)
         base_keys = [run_key(exp.parts[0].variants[0].spec, s) for s in (0, 1)]
-        rows = [r for r in load_run_probes(store, base_keys, "first") if r["stat"] == "ratio_num" and r["class"] < 0]
+        rows = [r for r in store.run_probes(base_keys, "first") if r["stat"] == "ratio_num" and r["class"] < 0]
         means = {slot: sum(r["value"] for r in rows if r["slot"] == slot) / 2 for slot in (1, 2, 3, 4)}
         assert first[1]["slot"] == max(means, key=means.get)
         assert first[1]["heuristic"] == pytest.approx(means[first[1]["slot"]])
@@ -135,7 +135,7 @@ def test_a_killed_search_resumes_with_every_run_once_and_the_same_path(tmp_path)
     with pytest.raises(Killed):
         run_search(mlp(tmp_path), options, log=dies_after_five_runs)
     with Store(tmp_path / "s.sqlite") as store:
-        assert load_searches(store)[0]["status"] == "running"
+        assert store.searches()[0]["status"] == "running"
         assert store.db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0  # released on the way out
     resumed = run_search(mlp(tmp_path), options, log=quiet)
     fresh = run_search(mlp(tmp_path, "fresh.sqlite"), options, log=quiet)
@@ -143,7 +143,7 @@ def test_a_killed_search_resumes_with_every_run_once_and_the_same_path(tmp_path)
     keys = run_keys(tmp_path / "s.sqlite")
     assert len(keys) == len(set(keys)) == len(run_keys(tmp_path / "fresh.sqlite"))
     with Store(tmp_path / "s.sqlite") as a, Store(tmp_path / "fresh.sqlite") as b:
-        sa, sb = load_searches(a)[0], load_searches(b)[0]
+        sa, sb = a.searches()[0], b.searches()[0]
         assert sa["status"] == "done"
         strip = lambda rows: [{k: v for k, v in r.items() if k != "search_id"} for r in rows]  # noqa: E731
         assert strip(sa["steps"]) == strip(sb["steps"])
@@ -178,7 +178,7 @@ def test_kill_9_mid_search_then_the_same_command_finishes_it(tmp_path):
     keys = run_keys(store)
     assert sorted(keys) == sorted(expected)  # every run, none twice
     with Store(store) as a:
-        (s,) = load_searches(a)
+        (s,) = a.searches()
         assert s["status"] == "done" and len([c for c in s["candidates"] if c["step"] == 1]) == 5
         assert a.db.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
         assert a.integrity_check() == "ok"
@@ -262,7 +262,7 @@ def test_budget_and_relu_counts_on_the_cnn(tmp_path):
              6 * 6 * 24, 24, 10]
     assert outcome.result["best_by_kept"]["10"]["relu_count"] == sum(sizes)
     with Store(tmp_path / "b.sqlite") as store:
-        (s,) = load_searches(store)
+        (s,) = store.searches()
         counts = {len(c["off"]): c["relu_count"] for c in s["candidates"]}
         assert counts[0] == sum(sizes) and counts[10] == 0 and 0 < counts[5] < sum(sizes)
         # one seed: the verdicts say there is nothing to compare with

@@ -43,7 +43,7 @@ from matplotlib.ticker import MaxNLocator
 from relulab.zoo import activations
 from relulab.core.errors import UserError
 from relulab.core.stats import ConfigStats, RunNumbers, describe_runs, with_baseline
-from relulab.store.database import Store, load_timings, timing_key
+from relulab.store import Store, StoredTiming, timing_key
 from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
@@ -65,7 +65,7 @@ class VariantData:
     epochs: dict[str, list[dict]]  # run key -> epoch rows
     slot_stats: dict[str, dict]  # run key -> {stat: {epoch: {slot: value}}}
     stats: Optional[ConfigStats] = None
-    alone: Optional[dict] = None  # the configuration's timed pass alone on its runs' device (store.load_timings)
+    alone: Optional[StoredTiming] = None  # the configuration's timed pass alone on its runs' device
 
     def numbers(self) -> list[RunNumbers]:
         return [RunNumbers(r["seed"], r["status"], _nan(r["best_val_acc"]), _nan(r["final_val_acc"]),
@@ -81,7 +81,7 @@ class PartData:
     baseline: Optional[str]
     variants: list[VariantData]
     analyses: dict[str, dict]  # name -> stored artifact {"value", "provenance"}
-    searches: list[dict] = field(default_factory=list)  # issue 4: relulab search results (store.load_searches)
+    searches: list[dict] = field(default_factory=list)  # issue 4: relulab search results (Store.searches)
     run_probes: dict[str, list[dict]] = field(default_factory=dict)  # issue 4: variant -> final-model probe rows
     # issue 19: (variant, stored run row, row of its copy retrained for probing) where the probe rows are a copy's
     retrained: list[tuple[str, dict, dict]] = field(default_factory=list)
@@ -142,7 +142,7 @@ def attach_timings(store: Store, plan: list[dict], parts: list[PartData]) -> Non
     trained on: a timing from another device would not compare with them."""
     spec_of = {(r["part"], r["variant"]): r["spec_json"] for r in plan}
     keys = {pv: timing_key(spec_json) for pv, spec_json in spec_of.items()}
-    timings = load_timings(store, set(keys.values()))
+    timings = store.timings(set(keys.values()))
     for part in parts:
         for v in part.variants:
             devices = Counter(r["device"] for r in v.runs)
@@ -377,7 +377,7 @@ def epoch_time_figure(part: PartData, svg: bool) -> FigureOut:
     y = np.arange(len(names))
     # Clipped: packed runs share one timing, and the mean of equal numbers can round below their minimum.
     err = np.clip(np.array([np.subtract(means, lows), np.subtract(highs, means)]), 0, None)
-    alone = [v.alone["epoch_seconds"] if v.alone else 0.0 for v in part.variants]
+    alone = [v.alone.epoch_seconds if v.alone else 0.0 for v in part.variants]
     caption = "Measured wall time per epoch, mean over runs; whiskers: range over runs."
     if any(alone):  # each configuration's own time beside its packed share
         ax.barh(y - 0.2, means, 0.4, xerr=err, color=_colors(len(names)), capsize=3)
@@ -407,7 +407,7 @@ def _mean_per_epoch(runs: list[dict]) -> Optional[float]:
 def _alone_seconds(v: VariantData) -> Optional[float]:
     """A configuration's own seconds per epoch: its timed pass, else its runs that trained alone."""
     if v.alone:
-        return v.alone["epoch_seconds"]
+        return v.alone.epoch_seconds
     return _mean_per_epoch([r for r in v.runs if not _trained_packed(r)])
 
 
@@ -418,7 +418,7 @@ def _seconds(value: Optional[float]) -> str:
 def time_table(part: PartData) -> tuple[list[str], list[list[str]]]:
     """Per configuration: seconds per epoch as the sweep trained it (packed: each run's share of a joint time) and
     alone (a timed pass of one model, or the runs that trained alone); against the baseline where there is one."""
-    steps = {v.alone["steps"] for v in part.variants if v.alone}
+    steps = {v.alone.steps for v in part.variants if v.alone}
     alone_header = f"s / epoch alone (timed pass, {steps.pop()} steps)" if len(steps) == 1 else \
         "s / epoch alone (timed pass)"
     header = ["configuration", "s / epoch (packed share)", alone_header]
@@ -430,7 +430,7 @@ def time_table(part: PartData) -> tuple[list[str], list[list[str]]]:
         if alone is not None and not v.alone:
             text += " (its runs, trained alone)"
         elif v.alone and len(steps) > 1:
-            text += f" ({v.alone['steps']} steps)"
+            text += f" ({v.alone.steps} steps)"
         row = [v.name, _seconds(_mean_per_epoch([r for r in v.runs if _trained_packed(r)])), text]
         if part.baseline is not None:
             base = _alone_seconds(by_name[v.baseline]) if v.baseline in by_name else None
@@ -450,8 +450,8 @@ def _time_note(part: PartData, packed: int) -> str:
     if timed:
         t = timed[0]
         note += (f" The alone column times one model of each configuration by itself on the same device and data: "
-                 f"{t['steps']} training steps after {t['warmup']} warm-up steps, scaled to an epoch's "
-                 f"{t['steps_per_epoch']} steps, plus one validation pass; measured once per configuration and "
+                 f"{t.steps} training steps after {t.warmup} warm-up steps, scaled to an epoch's "
+                 f"{t.steps_per_epoch} steps, plus one validation pass; measured once per configuration and "
                  "device (time_alone: false in the spec skips it).")
     if any(v.alone is None and any(_trained_packed(r) for r in v.runs) for v in part.variants):
         note += (" '-': not timed alone (time_alone: false, or its runs trained on another device than the one "
@@ -1059,14 +1059,12 @@ MAX_EXHAUSTIVE_ROWS = 25
 
 def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:
     from relulab.search.strategies import load_search_views
-    from relulab.store.database import load_run_probes
-
     searches = load_search_views(store, name)  # with test accuracies and judgements from the stored runs
     for part in parts:
         part.searches = [s for s in searches if s["part"] == part.name]
         for v in part.variants:
             final = {r["key"]: r["epochs"] for r in v.runs}  # the final model only (relulab probe --epoch may
-            rows = [r for r in load_run_probes(store, list(final)) if r["epoch"] == final[r["run_key"]]]  # add more)
+            rows = [r for r in store.run_probes(list(final)) if r["epoch"] == final[r["run_key"]]]  # add more)
             rows += _retrained_probes(store, part, v, {r["run_key"] for r in rows})
             if rows:
                 part.run_probes[v.name] = rows
@@ -1075,11 +1073,11 @@ def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -
 def _retrained_probes(store: Store, part: PartData, v: VariantData, probed: set[str]) -> list[dict]:
     """The final-model probe rows of the copies retrained for probing of `v`'s runs that have none of their
     own; each copy is noted in `part.retrained`, so that the report shows its accuracy beside the stored run's."""
-    from relulab.store.database import load_run_probes, retrained_key
+    from relulab.store import retrained_key
 
     unprobed = {retrained_key(r["key"]): r for r in v.runs if r["key"] not in probed}
     copies = store.runs(unprobed)
-    rows = [r for r in load_run_probes(store, list(copies)) if r["epoch"] == copies[r["run_key"]]["epochs"]]
+    rows = [r for r in store.run_probes(list(copies)) if r["epoch"] == copies[r["run_key"]]["epochs"]]
     for key in sorted({r["run_key"] for r in rows}, key=lambda k: unprobed[k]["seed"]):
         part.retrained.append((v.name, unprobed[key], copies[key]))
     return rows
