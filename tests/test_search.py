@@ -289,7 +289,7 @@ def test_per_epoch_probes_of_a_spec_with_the_new_statistics(tmp_path):
     db = sqlite3.connect(tmp_path / "p.sqlite")
     assert db.execute("SELECT count(*) FROM slot_stats WHERE stat = 'ratio_num' AND value > 0").fetchone() == (
         4 * 3 * 4,)  # 4 runs x (before training + 2 epochs) x 4 slots
-    from relulab.report.build import build_report
+    from relulab.report import build_report
 
     files = build_report(tmp_path / "p.sqlite")
     md = files.markdown.read_text()
@@ -411,7 +411,7 @@ def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(c
     all-relu, as the oracle's first step does; the same for budget with every placement of 3 slots on. All three
     show the same judgement (one code path), with bootstrap intervals; candidates carry their test accuracy."""
     from relulab.cli.search import print_search
-    from relulab.report.build import build_report
+    from relulab.report import build_report
     from relulab.search.strategies import load_search_views
 
     exp = mlp(tmp_path)

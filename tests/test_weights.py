@@ -169,7 +169,7 @@ def test_without_weights_probe_stores_a_retrained_record_of_its_own(tmp_path, ca
     again = probe_configuration(exp, seed=0, config="relu", log=quiet)
     assert (again.source, again.probed_key, again.copy["key"]) == ("store", copy_key, copy_key)
     # the report shows both accuracies
-    from relulab.report.build import build_report
+    from relulab.report import build_report
 
     md = build_report(tmp_path / "s.sqlite").markdown.read_text()
     assert "### Retrained for probing" in md and copy_key in md
