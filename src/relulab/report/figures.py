@@ -269,8 +269,8 @@ def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[
 def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, caption: str,
                    svg: bool, degenerate: Optional[list[bool]] = None) -> FigureOut:
     """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated. Columns marked
-    in `degenerate` (relulab.probes.degenerate_columns: a class of one image for a statistic taken across images)
-    are grey and say n/a: they are not data, and they do not set the colour scale."""
+    in `degenerate` (relulab.probes.statistics.degenerate_columns: a class of one image for a statistic taken
+    across images) are grey and say n/a: they are not data, and they do not set the colour scale."""
     values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=float)
     marked = np.zeros(values.shape[1], dtype=bool) if degenerate is None else np.asarray(degenerate, dtype=bool)
     values[:, marked] = np.nan

@@ -18,7 +18,6 @@ from relulab.core.stats import Comparison, Summary
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
 
 
-
 def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 

@@ -57,9 +57,8 @@ def alone_seconds_per_epoch(v: VariantData) -> Optional[float]:
 
 
 def packed_runs(part: PartData) -> int:
-    """How many of the part's runs were trained together with others (relulab.pack)."""
+    """How many of the part's runs were trained together with others (relulab.packing.pack)."""
     return sum(trained_packed(r) for v in part.variants for r in v.runs)
-
 
 
 # ---------------------------------------------------------------- through depth (seed 002's premise)
@@ -70,8 +69,6 @@ def packed_runs(part: PartData) -> int:
 # that target.
 
 DEPTH_TARGET = {"mean": 0.0, "variance": 1.0}
-
-
 MAX_TABLE_SLOTS = 12  # slots a by-slot table shows before it shows a representative selection
 
 
@@ -150,7 +147,6 @@ def representative_slots(slots: list[int], most: int = MAX_TABLE_SLOTS) -> list[
         if len(picks) <= most:
             return picks
     return sorted({slots[0], slots[-1]})
-
 
 
 # ---------------------------------------------------------------- probe statistics

@@ -12,20 +12,12 @@ from relulab.report.sections import Section
 
 GREEDY_HEADER = ["step", "current", "proposal", "statistic", "proposal acc (%)", "proposal test acc (%)",
                  "current acc (%)", "current test acc (%)", "difference (points)", "p (Welch)", "decision"]
-
-
 CANDIDATE_HEADER = ["slot off", "placement", "acc (%)", "test acc (%)", "vs current (points)", "p (Welch)",
                     "statistic"]
-
-
 CORRELATION_HEADER = ["statistic", "n", "Spearman rho [95% bootstrap]", "p", "p (Holm)", "Kendall tau [95% bootstrap]",
                       "p", "p (Holm)", "highest-first pick", "lowest-first pick", "best change"]
-
-
 PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "test acc (%)", "vs base (points)",
                     "p (Welch)", "verdict"]
-
-
 MAX_EXHAUSTIVE_ROWS = 25
 
 

@@ -49,18 +49,10 @@ class PartReport:
 
 TABLE_HEADER = ["configuration", "best val acc (%)", "final val acc (%)", "best epoch", "seconds", "s / epoch",
                 "seeds", "vs baseline (best val acc, points)"]
-
-
 COMPARISON_HEADER = ["configuration", "baseline", "metric", "difference (points)", "95% interval", "p (Welch)",
                      "verdict"]
-
-
 COST_HEADER = ["activation", "forward (ms)", "forward + backward (ms)", "vs relu"]
-
-
 SEED_TABLE_STATS = ("ratio_num", "ratio_sum")  # seed 000's heuristics: shown per class
-
-
 MAX_EPOCH_PANELS = 8
 
 

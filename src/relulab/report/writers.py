@@ -137,8 +137,6 @@ SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "posit
                       "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high", "reference",
                       "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys",
                       "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_runs"]
-
-
 CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "current", "stat", "n", "spearman", "spearman_low",
                            "spearman_high", "spearman_p", "spearman_p_holm", "kendall", "kendall_low", "kendall_high",
                            "kendall_p", "kendall_p_holm", "compared", "resamples", "highest_pick_diff",
