@@ -38,9 +38,30 @@ The modules, in the order a report is made:
 - `build`: `build_report`, which puts a report together and writes its folder whole.
 - `compare`: two experiments or two configurations side by side (`relulab compare`).
 """
-from relulab.report.build import (ReportFiles, build_report, check_report_dir, check_tensorboard_dir,
-                                  default_out_dir)
-from relulab.report.writers import require_tensorboard, write_probe_tables
+from __future__ import annotations
 
-__all__ = ["ReportFiles", "build_report", "check_report_dir", "check_tensorboard_dir", "default_out_dir",
-           "require_tensorboard", "write_probe_tables"]
+import importlib
+
+# The public entry points, by the module that defines them. They load on first use (PEP 562), so that importing
+# the package, or `relulab.report.compare` (`relulab compare`, and every CLI start), does not load matplotlib,
+# jinja2 and torch with the figures.
+_EXPORTS = {
+    "ReportFiles": "relulab.report.build",
+    "build_report": "relulab.report.build",
+    "check_report_dir": "relulab.report.build",
+    "check_tensorboard_dir": "relulab.report.build",
+    "default_out_dir": "relulab.report.build",
+    "require_tensorboard": "relulab.report.writers",
+    "write_probe_tables": "relulab.report.writers",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'relulab.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
