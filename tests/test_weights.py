@@ -202,7 +202,7 @@ def test_a_search_probes_kept_weights_and_otherwise_stores_copies(tmp_path):
     assert all(load_probes(tmp_path / "n.sqlite", k) == {} for k in base)
     with Store(tmp_path / "n.sqlite", create=False) as store:
         (s,) = store.searches()
-        assert {c["stat"] for c in s["correlations"]} >= {"ratio_num"}  # judged on the copies' statistics
+        assert {c.stat for c in s.correlations} >= {"ratio_num"}  # judged on the copies' statistics
     again = run_search(exp, SearchOptions("oracle", budget=1), log=quiet)
     assert again.probed_again == 0 and again.trained == 0  # the copies' statistics are found
 

@@ -670,7 +670,7 @@ def load_search_views(store: Store, experiment: Optional[str] = None) -> list[di
     """`Store.searches`, with what is computed from the stored runs when a search is shown: every
     candidate's test accuracy (`test_mean`, `test_ci_low`, `test_ci_high`, `test_n`) and the heuristic
     judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them)."""
-    searches = store.searches(experiment)
+    searches = [s.as_dict() for s in store.searches(experiment)]
     runs = store.runs(sorted({k for s in searches for c in s["candidates"] for k in c["run_keys"]}))
     for s in searches:
         for c in s["candidates"]:

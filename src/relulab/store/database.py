@@ -65,6 +65,7 @@ from typing import Iterable, Optional, Sequence
 from relulab.core.errors import UserError
 from relulab.store.connection import (Connection, StoreError, check_header, check_writable, damaged_value,
                                       inspect_store, integrity_verdict, loads, open_reader, open_writer)
+from relulab.store.rows import SearchCandidate, SearchCorrelation, SearchStep, StoredSearch, StoredTiming
 from relulab.store.schema import (CANDIDATE_COLUMNS, CORRELATION_COLUMNS, EPOCH_COLUMNS, PROBE_SEARCH_SCHEMA,
                                   RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, TIMING_COLUMNS, TIMINGS_SCHEMA,
                                   WEIGHTS_SCHEMA, retrained_key)
@@ -106,24 +107,6 @@ class Finished:
     # The run's weight files, written to temporary names (relulab.store.weights.StagedWeights: `rows`,
     # `put_in_place()`, `discard()`), or None: no weights kept.
     weights: "object" = None
-
-
-@dataclass(frozen=True)
-class StoredTiming:
-    """A configuration's timed pass alone on a device (a `timings` row; Store.save_timing's docstring)."""
-
-    config_key: str
-    device: str
-    spec_json: str
-    method: str
-    steps: int
-    warmup: int
-    steps_per_epoch: int
-    step_seconds: float
-    eval_seconds: float
-    epoch_seconds: float
-    provenance: dict
-    created: float
 
 
 class Store:
@@ -442,10 +425,6 @@ class Store:
                 if statement.strip():
                     db.execute(statement)
 
-    def has_table(self, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
-            is not None
-
     def save_run_probes(self, run_key: str, probe_set: str, epoch: int, rows: Iterable[tuple]) -> None:
         """rows: (stat, slot, class (-1: all images), class name, images, value); replaces what was there."""
         data = [(run_key, probe_set, epoch, stat, slot, cls, name, images, _real(value))
@@ -483,7 +462,8 @@ class Store:
             created = old["created"] if old else time.time()
             db.execute("INSERT OR REPLACE INTO searches VALUES (:id, :experiment, :part, :base, :strategy,"
                        " :options_json, :seeds_json, :epochs, :metric, :probe_set, :val_is_test, :spec_json,"
-                       " :slot_sizes_json, 'running', NULL, :created, :updated)", {**row, "created": created, "updated": time.time()})
+                       " :slot_sizes_json, 'running', NULL, :created, :updated)",
+                       {**row, "created": created, "updated": time.time()})
             for table in ("search_steps", "search_candidates", "search_correlations"):
                 db.execute(f"DELETE FROM {table} WHERE search_id = ?", (row["id"],))
 
@@ -509,39 +489,47 @@ class Store:
             db.execute("UPDATE searches SET status = 'done', result_json = ?, updated = ? WHERE id = ?",
                        (json.dumps(result, default=str), time.time(), search_id))
 
-    def searches(self, experiment: Optional[str] = None) -> list[dict]:
+    def searches(self, experiment: Optional[str] = None) -> list[StoredSearch]:
         """Every search of the store (of one experiment, if given), oldest first, each with its steps, candidates
-        and correlations (numbers as stored; NULL -> NaN)."""
+        and correlations; [] when none was ever stored."""
         if not self.has_table("searches"):
             return []
         sql, args = "SELECT * FROM searches", ()
         if experiment is not None:
             sql, args = sql + " WHERE experiment = ?", (experiment,)
         out = []
-        for row in self.db.execute(sql + " ORDER BY created, id", args).fetchall():
+        for row in self.db.execute(sql + " ORDER BY created, id", args):
             s = dict(row)
             for key in ("options_json", "seeds_json", "spec_json", "slot_sizes_json", "result_json"):
-                s[key[:-5]] = loads(s.pop(key), self.path, f"search {s['id']}") if s.get(key) else None
+                text = s.pop(key)
+                s[key[:-5]] = loads(text, self.path, f"search {s['id']}") if text else None
             s["slot_sizes"] = {int(k): v for k, v in (s["slot_sizes"] or {}).items()}
-            s["steps"] = [dict(r) for r in self.db.execute(
-                "SELECT * FROM search_steps WHERE search_id = ? ORDER BY step", (s["id"],))]
-            s["candidates"] = []
-            for r in self.db.execute("SELECT * FROM search_candidates WHERE search_id = ? ORDER BY step, position",
-                                     (s["id"],)):
-                c = {k: (_num(r[k]) if isinstance(r[k], float) or r[k] is None else r[k]) for k in r.keys()}
-                what = f"a candidate of search {s['id']}"
-                c["off"], c["accs"], c["run_keys"] = (loads(r["off_json"], self.path, what),
-                                                      loads(r["accs_json"], self.path, what),
-                                                      loads(r["run_keys_json"], self.path, what))
-                for k in ("slot", "relu_count", "seeds", "runs", "diverged", "reference", "verdict"):
-                    c[k] = r[k]
-                s["candidates"].append(c)
-            s["correlations"] = [{k: (_num(r[k]) if k not in ("search_id", "stat", "step", "n") else r[k])
-                                  for k in r.keys()} for r in self.db.execute(
-                "SELECT * FROM search_correlations WHERE search_id = ? ORDER BY step, stat", (s["id"],))]
-            out.append(s)
+            out.append(StoredSearch(**s, steps=self._search_steps(s["id"]), candidates=self._candidates(s["id"]),
+                                    correlations=self._correlations(s["id"])))
         return out
 
+    def _search_steps(self, search_id: str) -> list[SearchStep]:
+        return [SearchStep(**r) for r in self.db.execute(
+            "SELECT * FROM search_steps WHERE search_id = ? ORDER BY step", (search_id,))]
+
+    def _candidates(self, search_id: str) -> list[SearchCandidate]:
+        out, what = [], f"a candidate of search {search_id}"
+        for r in self.db.execute("SELECT * FROM search_candidates WHERE search_id = ? ORDER BY step, position",
+                                 (search_id,)):
+            c = {k: r[k] for k in r.keys() if not k.endswith("_json")}
+            for k in ("mean", "std", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "p", "heuristic"):
+                c[k] = _num(c[k])  # REAL columns: NULL -> NaN
+            out.append(SearchCandidate(**c, off=loads(r["off_json"], self.path, what),
+                                       accs=loads(r["accs_json"], self.path, what),
+                                       run_keys=loads(r["run_keys_json"], self.path, what)))
+        return out
+
+    def _correlations(self, search_id: str) -> list[SearchCorrelation]:
+        return [SearchCorrelation(**{k: (_num(r[k]) if k not in ("search_id", "stat", "step", "n") else r[k])
+                                     for k in r.keys()}) for r in self.db.execute(
+            "SELECT * FROM search_correlations WHERE search_id = ? ORDER BY step, stat", (search_id,))]
+
+    # ---------------------------------------------------------------- timings (schema.TIMINGS_SCHEMA)
 
     def save_timing(self, row: dict) -> bool:
         """Keep a timing (TIMING_COLUMNS but `created`; `provenance` a dict); False where one of this configuration
@@ -567,6 +555,11 @@ class Store:
         return out
 
     # ---------------------------------------------------------------- checks
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has the table `name` (the additive ones are made on first use)."""
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+            is not None
 
     def integrity_check(self) -> str:
         """ok, or the first thing PRAGMA integrity_check found, on one line."""

@@ -110,9 +110,10 @@ CREATE TABLE IF NOT EXISTS search_correlations (
     PRIMARY KEY (search_id, step, stat)
 );
 """
-# - `run_weights` (relulab.store.weights): the files of a run's final and best-epoch weights, in `<store stem>.weights/`,
-#   with their size and sha256, so that a reader can tell a file is the one written with the run. Created by
-#   the first run that keeps weights, in the transaction that stores that run (Store.record).
+# - `run_weights` (relulab.store.weights): the files of a run's final and best-epoch weights, in
+#   `<store stem>.weights/`, with their size and sha256, so that a reader can tell a file is the one written
+#   with the run. Created by the first run that keeps weights, in the transaction that stores that run
+#   (Store.record).
 WEIGHTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS run_weights (
     run_key TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('final', 'best')), file TEXT NOT NULL,
@@ -144,9 +145,10 @@ CORRELATION_COLUMNS = ("search_id", "step", "stat", "n", "spearman", "spearman_p
 # ---------------------------------------------------------------- timings (an additive table)
 #
 # `timings`: each configuration's own time per epoch on a device, where a sweep trained it packed (its runs'
-# seconds are then shares of a joint wall time): a short timed pass of one model alone (relulab.training.loop.time_alone),
-# measured once per configuration and device and kept, with its provenance. A configuration is its spec
-# without the seed, as the plan stores it (`timing_key`); the device is `relulab.core.env.device_name`'s, as runs record it.
+# seconds are then shares of a joint wall time): a short timed pass of one model alone
+# (relulab.training.loop.time_alone), measured once per configuration and device and kept, with its
+# provenance. A configuration is its spec without the seed, as the plan stores it (`timing_key`); the device
+# is `relulab.core.env.device_name`'s, as runs record it.
 # Created on first use, like the probe and search tables; readers check that it exists first.
 
 TIMINGS_SCHEMA = """
