@@ -12,7 +12,7 @@ import pytest
 from relulab.cli import main
 from relulab.core.errors import UserError
 from relulab.experiments.specs import Overrides, load_experiment, run_experiment
-from relulab.report.build import build_report
+from relulab.report import build_report
 from specs import TINY, write_spec
 
 EVIL = "<script>alert('relulab')</script> & <b>bold</b>"
@@ -95,7 +95,7 @@ def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
 def test_a_partial_store_reports_what_is_missing(tmp_path):
     store = _make_store(tmp_path, TINY, seeds=[0])
     load = load_experiment(str(tmp_path / "spec.yaml"), Overrides(store=str(store), seeds=[0, 1]))
-    from relulab.store.database import Store
+    from relulab.store import Store
 
     with Store(store) as s:  # a plan with more seeds than have run, as while a sweep is going
         s.save_plan(load.name, load.origin, load.raw, [p.meta() for p in load.parts], load.plan_rows())
@@ -197,8 +197,9 @@ def test_the_seed002_preset_probes_what_its_premise_is_about():
 def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_training(depth):
     import sqlite3
 
-    from relulab.report.build import collect, curve
-    from relulab.store.database import Store
+    from relulab.report.collect import collect
+    from relulab.report.measures import curve
+    from relulab.store import Store
 
     store, files = depth
     md = files.markdown.read_text()
@@ -223,7 +224,7 @@ def test_depth_section_shows_mean_and_variance_by_slot_at_init_and_after_trainin
 
 
 def test_depth_table_of_a_deep_model_shows_representative_slots():
-    from relulab.report.build import representative_slots
+    from relulab.report.measures import representative_slots
 
     assert representative_slots(list(range(1, 52))) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 51]
     assert representative_slots([1, 2, 3]) == [1, 2, 3]
@@ -232,33 +233,44 @@ def test_depth_table_of_a_deep_model_shows_representative_slots():
 
 def test_a_statistic_undefined_for_a_configuration_gets_no_panel(tmp_path, monkeypatch):
     """Saturation is NaN at every slot of a ReLU model: its panel would be empty, so it is not drawn."""
-    from relulab.report import build as report_module
+    from relulab.report import sections
 
     drawn = []
-    real = report_module.stat_over_epochs_figure
+    real = sections.stat_over_epochs_figure
 
     def spy(title, panels, *args, **kwargs):
         drawn.append((title, [name for name, _ in panels]))
         return real(title, panels, *args, **kwargs)
 
-    monkeypatch.setattr(report_module, "stat_over_epochs_figure", spy)
+    monkeypatch.setattr(sections, "stat_over_epochs_figure", spy)
     files = build_report(_make_store(tmp_path, TINY + "probes: [saturation]\n", seeds=[0]))
     assert drawn == [("saturation per slot over epochs", ["tanh"])]
     assert "saturation is undefined for relu (no panel)." in files.markdown.read_text()
 
 
 def test_pareto_labels_do_not_overlap(monkeypatch):
-    from relulab.report import build as report_module
+    from relulab.report import search_figures
 
     boxes = []
-    real = report_module.place_labels
-    monkeypatch.setattr(report_module, "place_labels", lambda *a, **k: boxes.extend(real(*a, **k)) or boxes)
+    real = search_figures.place_labels
+    monkeypatch.setattr(search_figures, "place_labels", lambda *a, **k: boxes.extend(real(*a, **k)) or boxes)
     # a frontier whose points sit close together (ReLU counts 0..64, accuracies within 0.4 points), on an axis
     # stretched by a placement far below: labels at one fixed offset from their points would overlap
     cands = [{"relu_count": 8 * i, "mean": 0.90 + 0.0005 * i, "ci_low": None, "ci_high": None,
               "placement": f"off-{'-'.join(str(j) for j in range(1, 9 - i))}" if i < 8 else "all-relu"}
              for i in range(9)]
     cands.append({"relu_count": 64, "mean": 0.40, "ci_low": None, "ci_high": None, "placement": "off-9"})
-    figure = report_module.relu_count_figure({"id": "0" * 16, "metric": "best_val_acc", "candidates": cands}, False)
+    figure = search_figures.relu_count_figure({"id": "0" * 16, "metric": "best_val_acc", "candidates": cands}, False)
     assert figure is not None and len(boxes) == 9
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_every_analysis_has_a_renderer_and_a_renderer_without_one_is_refused():
+    from relulab.experiments.analyses import ANALYSES
+    from relulab.report.sections import RENDERERS, checked_renderers
+
+    assert set(RENDERERS) == set(ANALYSES)
+    with pytest.raises(RuntimeError, match=r"no renderer for the analyses \['relu_demo'\]"):
+        checked_renderers({k: v for k, v in RENDERERS.items() if k != "relu_demo"})
+    with pytest.raises(RuntimeError, match=r"renderers of no analysis \['unknown'\]"):
+        checked_renderers({**RENDERERS, "unknown": RENDERERS["relu_demo"]})

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from relulab.store import database as store_mod
+from relulab.store import connection, database as store_mod
 from relulab.training import loop as train_mod
 from relulab.data import DataSpec, load_data
 from relulab.core.errors import UserError
 from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 from relulab.zoo.models import ModelSpec
-from relulab.store.database import Finished, Store
+from relulab.store import Finished, Store
 from relulab.packing.pack import train_many
 from relulab.training.loop import run
 from relulab.training.specs import Job, RunSpec, TrainSpec
@@ -158,7 +158,7 @@ def test_a_reader_falls_back_to_immutable_where_mode_ro_cannot_open(tmp_path, re
     path = tmp_path / "s.sqlite"
     with Store(path) as s:
         s.record(Finished("k1", "exp", "part", "relu", result, {}))
-    opened, real = [], store_mod._read_connection
+    opened, real = [], connection._read_connection
 
     def without_shm(path, option):  # as in a folder where the reader cannot make a -shm file (read-only media)
         opened.append(option)
@@ -166,7 +166,7 @@ def test_a_reader_falls_back_to_immutable_where_mode_ro_cannot_open(tmp_path, re
             raise sqlite3.OperationalError("unable to open database file")
         return real(path, option)
 
-    monkeypatch.setattr(store_mod, "_read_connection", without_shm)
+    monkeypatch.setattr(connection, "_read_connection", without_shm)
     before = _files(tmp_path)
     with Store(path, create=False) as s:
         assert s.runs(["k1"])["k1"]["status"] == "done"

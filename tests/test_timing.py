@@ -57,7 +57,7 @@ def test_packed_configurations_are_timed_alone_once_and_shown(tmp_path, capsys):
     assert len(packed) == 4 and all('"trained_with": 4' in row[0] for row in packed)  # one stack of four
     timings = _timings(store)
     plan = _rows(store, "SELECT DISTINCT variant, spec_json FROM plan")
-    from relulab.store.database import timing_key
+    from relulab.store import timing_key
 
     assert sorted(t[0] for t in timings) == sorted(timing_key(spec_json) for _, spec_json in plan)  # one per config
     devices = {row[0] for row in _rows(store, "SELECT device FROM runs")}
@@ -86,7 +86,7 @@ def test_configurations_that_trained_alone_are_not_timed_again(tmp_path, capsys)
     store, err = _run(capsys, tmp_path, WITH_A_LONE_CONFIG)
     assert err.count("timed alone:") == 2  # relu and tanh, packed; prelu trained alone and timed itself
     prelu = _rows(store, "SELECT spec_json FROM plan WHERE variant = 'prelu' LIMIT 1")[0][0]
-    from relulab.store.database import timing_key
+    from relulab.store import timing_key
 
     assert timing_key(prelu) not in {t[0] for t in _timings(store)}
     prelu_row = next(row for row in _time_table(tmp_path) if row.startswith("| prelu |"))

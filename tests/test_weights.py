@@ -17,7 +17,7 @@ from relulab.data import load_data
 from relulab.core.errors import UserError
 from relulab.experiments.specs import Overrides, load_experiment, run_experiment
 from relulab.search.strategies import SearchOptions, probe_configuration, run_search
-from relulab.store.database import RETRAINED_FOR_PROBING, Finished, Store, load_run_probes, retrained_key
+from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, retrained_key
 from specs import quiet, relulab, write_spec
 
 # Three epochs of SGD on 240 synthetic images: the seeds differ in where their best epoch falls, so some runs
@@ -142,7 +142,7 @@ def _key(exp, variant, seed):
 
 def load_probes(store, key, probe_set="first"):
     with Store(store, create=False) as s:
-        return {(r["stat"], r["slot"], r["class"]): r["value"] for r in load_run_probes(s, [key], probe_set)}
+        return {(r["stat"], r["slot"], r["class"]): r["value"] for r in s.run_probes([key], probe_set)}
 
 
 def test_without_weights_probe_stores_a_retrained_record_of_its_own(tmp_path, capsys, monkeypatch):
@@ -169,7 +169,7 @@ def test_without_weights_probe_stores_a_retrained_record_of_its_own(tmp_path, ca
     again = probe_configuration(exp, seed=0, config="relu", log=quiet)
     assert (again.source, again.probed_key, again.copy["key"]) == ("store", copy_key, copy_key)
     # the report shows both accuracies
-    from relulab.report.build import build_report
+    from relulab.report import build_report
 
     md = build_report(tmp_path / "s.sqlite").markdown.read_text()
     assert "### Retrained for probing" in md and copy_key in md
@@ -201,10 +201,8 @@ def test_a_search_probes_kept_weights_and_otherwise_stores_copies(tmp_path):
     assert all(after[r["key"]] == r for r in before)  # the stored runs are untouched
     assert all(load_probes(tmp_path / "n.sqlite", k) == {} for k in base)
     with Store(tmp_path / "n.sqlite", create=False) as store:
-        from relulab.store.database import load_searches
-
-        (s,) = load_searches(store)
-        assert {c["stat"] for c in s["correlations"]} >= {"ratio_num"}  # judged on the copies' statistics
+        (s,) = store.searches()
+        assert {c.stat for c in s.correlations} >= {"ratio_num"}  # judged on the copies' statistics
     again = run_search(exp, SearchOptions("oracle", budget=1), log=quiet)
     assert again.probed_again == 0 and again.trained == 0  # the copies' statistics are found
 

@@ -19,7 +19,7 @@ import pytest
 
 import chaos
 from relulab.core.errors import UserError
-from relulab.report.build import build_report
+from relulab.report import build_report
 from runner import assert_refused, run_cli
 from specs import TINY, relulab, stored_runs, write_spec
 

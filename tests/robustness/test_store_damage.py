@@ -20,7 +20,7 @@ import pytest
 
 from relulab.packing import pack
 from relulab.training import loop as train
-from relulab.store.database import Store, StoreError, ensure_probe_search_tables, load_run_probes, save_run_probes
+from relulab.store import Store, StoreError
 from specs import TINY, relulab, write_spec
 
 
@@ -173,13 +173,13 @@ def test_damage_met_while_iterating_rows_is_one_line_too(built, tmp_path):
     store = tmp_path / "runs.sqlite"
     store.write_bytes(blob)
     with Store(store) as s:  # many probe rows: the table spans many pages
-        ensure_probe_search_tables(s)
+        s.ensure_probe_search_tables()
         for key in keys:
-            save_run_probes(s, key, "first", 2, [("mean", slot, -1, "all", 10, 0.5) for slot in range(300)])
+            s.save_run_probes(key, "first", 2, [("mean", slot, -1, "all", 10, 0.5) for slot in range(300)])
     store.write_bytes(garbage_over_cells(store.read_bytes(), "run_probes", last=True))
     with Store(store, create=False) as s:
         with pytest.raises(StoreError, match=f"{store} is damaged"):
-            load_run_probes(s, keys)
+            s.run_probes(keys)
 
 
 # ---------------------------------------------------------------- files that are no store

@@ -1,8 +1,6 @@
 """`relulab probe`: per-slot statistics of one configuration's model, per layer and class (seed 000's tables)."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 from pathlib import Path
@@ -57,6 +55,7 @@ def probe_command(
 
     Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
     them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
+    from relulab.report import write_probe_tables
     from relulab.search.strategies import probe_configuration
 
     names = parse_stats(stats, "--stats")
@@ -77,10 +76,10 @@ def probe_command(
         raise typer.Exit(1)
     last = max(pr.results)
     print_tables(pr, names, last)
-    written = write_files(pr, names, folder, svg)
+    written = write_probe_tables(pr, names, folder, svg)
     console.print(f"{probed_line(pr)}; files: {', '.join(str(p) for p in written)}")
     if want_report:
-        from relulab.report.build import build_report
+        from relulab.report import build_report
 
         files = build_report(exp.store, exp.name, report_folder, svg=svg)
         print(files.html)
@@ -147,43 +146,3 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
             for slot in result.slots:
                 table.add_row(str(slot), *[_cell(pr.results[e].overall.get(name, {}).get(slot)) for e in epochs])
             out.print(table)
-
-
-def write_files(pr, names: list[str], folder: Path, svg: bool) -> list[Path]:
-    from relulab.report.build import _safe, has_data, heatmap_figure, stat_over_epochs_figure
-    from relulab.core.util import write_atomic, write_bytes_atomic
-
-    stem = f"{_safe(pr.variant)}-seed{pr.seed}-{_safe(pr.probe_set)}"
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "part", "configuration", "seed", "run_key", "probe_set", "epoch", "stat", "slot",
-                     "class", "class_name", "images", "value"])
-    for epoch, result in sorted(pr.results.items()):
-        for stat, slot, cls, class_name, value in result.rows():
-            images = result.counts[cls] if cls >= 0 else result.images
-            writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.probed_key, pr.probe_set, epoch, stat,
-                             slot,
-                             cls, class_name, images, "" if not math.isfinite(value) else repr(float(value))])
-    written = [write_atomic(folder / f"{stem}.csv", buf.getvalue())]
-    last = max(pr.results)
-    for name in names:
-        result = pr.results[last]
-        if name not in result.overall:
-            continue
-        header, rows = class_table(result, name)
-        fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
-                             f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg,
-                             degenerate_columns(result, name))
-        written.append(write_bytes_atomic(folder / f"{stem}-{name}.png", fig.png))
-        if fig.svg:
-            written.append(write_bytes_atomic(folder / f"{stem}-{name}.svg", fig.svg))
-        if len(pr.results) > 1:
-            epochs = sorted(pr.results)
-            curves = {slot: (epochs, [pr.results[e].overall[name].get(slot, math.nan) for e in epochs])
-                      for slot in result.slots}
-            if not has_data(curves):  # saturation of a ReLU model: no empty figure
-                continue
-            fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
-                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg)
-            written.append(write_bytes_atomic(folder / f"{stem}-{name}-epochs.png", fig.png))
-    return written

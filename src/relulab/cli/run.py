@@ -74,7 +74,7 @@ def run_command(
         raise typer.Exit(1)
     _print_summary(summary)
     if report:
-        from relulab.report.build import build_report
+        from relulab.report import build_report
 
         files = build_report(exp.store, exp.name, out, svg=svg, tensorboard=tensorboard)
         console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV)")
@@ -85,7 +85,7 @@ REPORT_OPTIONS = {"out_dir": "--out", "tensorboard": "--tensorboard"}
 
 
 def report_dir(store: Path, name: str, out: Optional[Path]) -> Path:
-    from relulab.report.build import default_out_dir
+    from relulab.report import default_out_dir
 
     return Path(out).expanduser().resolve() if out else default_out_dir(store, name)
 
@@ -93,7 +93,7 @@ def report_dir(store: Path, name: str, out: Optional[Path]) -> Path:
 def check_outputs(store: Path, report: Optional[Path] = None, tensorboard: Optional[Path] = None) -> None:
     """Every place a command will write, checked before it trains anything (an hour of training must not end
     in "not a directory"): the store's file, the report's folder, TensorBoard's folder."""
-    from relulab.report.build import check_report_dir, check_tensorboard_dir, require_tensorboard
+    from relulab.report import check_report_dir, check_tensorboard_dir, require_tensorboard
 
     check_output_file(store, "store")
     if report is not None:
@@ -122,7 +122,7 @@ def report_command(
     tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here."),
 ):
     """Write an experiment's report (HTML, Markdown, CSV, plots) from its store."""
-    from relulab.report.build import build_report
+    from relulab.report import build_report
 
     store_path, name = _resolve_target(target, store, experiment)
     with option_names(REPORT_OPTIONS):

@@ -77,7 +77,7 @@ def search_command(
     Runs already in the store (from relulab run, another search or a killed one) are reused, never retrained:
     run the same command again after an interruption and it goes on where it stopped."""
     from relulab.search.strategies import SearchOptions, load_search_views, run_search
-    from relulab.store.database import Store
+    from relulab.store import Store
 
     options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
                             plain_rule, alpha, metric, probe_set, max_placements)
@@ -95,7 +95,7 @@ def search_command(
                   + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
                   + f"; store {exp.store}")
     if report:
-        from relulab.report.build import build_report
+        from relulab.report import build_report
 
         files = build_report(exp.store, exp.name, out, svg=svg)
         console.print(f"report: {files.markdown} (Markdown), {', '.join(str(p) for p in files.extra)} (CSV)")

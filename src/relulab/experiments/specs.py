@@ -53,7 +53,7 @@ from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
 from relulab.core.ranges import INT64_MAX, MAX_ITEMS, parse_ranges, show_int
 from relulab.training.resume import Resume, discard_finished
-from relulab.store.database import Finished, Store, load_timings, save_timing, timing_key
+from relulab.store import Finished, Store, timing_key
 from relulab.training.loop import time_alone
 from relulab.core.mapping import check_keys, check_mapping
 from relulab.training.specs import Job, RunSpec, TrainSpec, build_run_spec
@@ -866,9 +866,9 @@ def time_packed_configs(exp: Experiment, store: Store, device: torch.device, spl
             on_device = ("", None)
             on_device = (key, splits_by_data[key].to(device))
         timing = time_alone(p.variant.spec, on_device[1], device, p.seed)
-        save_timing(store, {"config_key": timing_key(spec_json), "device": where, "spec_json": spec_json,
-                            "method": TIMING_METHOD, **asdict(timing), "epoch_seconds": timing.epoch_seconds,
-                            "provenance": provenance(device)})
+        store.save_timing({"config_key": timing_key(spec_json), "device": where, "spec_json": spec_json,
+                           "method": TIMING_METHOD, **asdict(timing), "epoch_seconds": timing.epoch_seconds,
+                           "provenance": provenance(device)})
         log(f"{p.part.name}/{p.variant.name} timed alone: {timing.epoch_seconds:.3g} s/epoch ({timing.steps} "
             f"steps and a validation pass on {where}; its packed runs' seconds are shares of a joint time)")
 
@@ -886,7 +886,7 @@ def _packed_untimed(exp: Experiment, store: Store, where: str) -> dict[str, Plan
         row = stored.get(p.key)
         if row is not None and row["device"] == where and row["data"].get("trained_with", 1) > 1:
             packed.setdefault(config_json(p.variant.spec), p)
-    timed = load_timings(store, [timing_key(spec_json) for spec_json in packed])
+    timed = store.timings([timing_key(spec_json) for spec_json in packed])
     return {spec_json: p for spec_json, p in packed.items() if (timing_key(spec_json), where) not in timed}
 
 

@@ -7,7 +7,7 @@
 
 Each row summarizes one metric (best or final validation accuracy, or test accuracy) over the finished runs
 of each side (diverged runs are counted and left out, as in the report) and compares them with the report's
-own statistics (`relulab.stats.compare`: the difference B - A, its 95% Welch interval, p and the verdict).
+own statistics (`relulab.core.stats.compare`: the difference B - A, its 95% Welch interval, p and the verdict).
 What makes two sides comparable is checked too: where their runs differ in epochs, dataset, whether the
 validation data is the test set, code version or device, `differences` says so.
 
@@ -26,10 +26,10 @@ from typing import Callable, Optional, Sequence
 
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.stats import Comparison, Summary, compare, summarize
-from relulab.store.database import Store
+from relulab.report.format import PCT, csv_number
+from relulab.store import Store
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc")
-PCT = 100.0  # accuracies in percent, as the report shows them
 MAX_NAMES_SHOWN = 20
 
 
@@ -334,16 +334,8 @@ def to_csv(c: StoreComparison) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in c.rows:
         a, b, d = r.a, r.b, r.comparison
-        writer.writerow(_csv_cell(x) for x in [
+        writer.writerow(csv_number(x) for x in [
             r.config_a, r.config_b, c.metric, a.n, a.mean, a.low, a.high, r.diverged_a, b.n, b.mean, b.low, b.high,
             r.diverged_b, d.diff if d else None, d.low if d else None, d.high if d else None, d.p if d else None,
             "" if d is None or d.distinguishable is None else str(d.distinguishable).lower(), r.verdict])
     return buf.getvalue()
-
-
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)

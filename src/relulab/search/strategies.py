@@ -88,9 +88,7 @@ from relulab.zoo.models import build_model
 from relulab.core.ranges import parse_ranges
 from relulab.core.stats import (Summary, chance_of_a_false_positive, compare, holm, kendall_rows, percentile_interval,
                     spearman_rows, summarize)
-from relulab.store.database import (RETRAINED_FOR_PROBING, Finished, Store, begin_search, ensure_probe_search_tables, finish_search,
-                    load_probes_or_copies, load_run_probes, load_searches, retrained_key, save_run_probes,
-                    save_search_step)
+from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, retrained_key
 from relulab.packing.pack import train_many
 from relulab.training.callbacks import Callback
 from relulab.training.specs import Job, RunSpec
@@ -266,7 +264,7 @@ def stored_heuristics(store: Store, keys: list[str], probe_set: str) -> dict[str
     `keys` (NaN for a run without probes)."""
     column = {key: i for i, key in enumerate(keys)}
     # A run's own statistics, or those of its copy retrained for probing (row["of"]: the run it stands in for).
-    rows = [r for r in load_probes_or_copies(store, keys, probe_set) if r["class"] == -1]
+    rows = [r for r in store.probes_or_copies(keys, probe_set) if r["class"] == -1]
     last: dict[str, int] = {}
     for r in rows:
         last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
@@ -405,7 +403,7 @@ class Search:
             result = probes_mod.measure(ckpt.model.to(self.device), self.probe_x, self.probe_y,
                                         probes_mod.stat_names(), classes=self.splits.classes)
             epoch = ckpt.epoch or self.store.runs([target])[target]["epochs"]
-            save_run_probes(self.store, target, self.probe_set.name, epoch, probe_rows(result))
+            self.store.save_run_probes(target, self.probe_set.name, epoch, probe_rows(result))
             probed += 1
         if probed:
             self.log(f"{probed} runs are in the store without their probe statistics: probed their kept weights")
@@ -425,8 +423,8 @@ class Search:
                 off = jobs[of[job.key]][0]
                 probed = probes_mod.measure(result.model, self.probe_x, self.probe_y, probes_mod.stat_names(),
                                             classes=self.splits.classes)
-                save_run_probes(self.store, job.key, self.probe_set.name, len(result.history.epochs),
-                                probe_rows(probed))
+                self.store.save_run_probes(job.key, self.probe_set.name, len(result.history.epochs),
+                                           probe_rows(probed))
                 staged = self.keeper.stage(job.key, result, result.model.state_dict())
                 result.model = None
                 if not claimed:
@@ -455,7 +453,7 @@ class Search:
 
     def _probed_keys(self, keys: list[str]) -> set[str]:
         """The runs of `keys` whose statistics are stored: their own, or their copies' retrained for probing."""
-        return {r["of"] for r in load_probes_or_copies(self.store, keys, self.probe_set.name)
+        return {r["of"] for r in self.store.probes_or_copies(keys, self.probe_set.name)
                 if r["stat"] == self.options.stat}
 
     def measured(self, off: Iterable[int]) -> Measured:
@@ -528,9 +526,9 @@ class Search:
         for r in rows:
             r["step"] = step
         correlations = [{**c, "step": step} for c in correlations]
-        save_search_step(self.store, self.id, {"step": step, "kind": kind, "current": current.label,
-                                               "decision": decision, "chosen": chosen.label if chosen else None,
-                                               "note": note}, rows, correlations)
+        self.store.save_search_step(self.id, {"step": step, "kind": kind, "current": current.label,
+                                              "decision": decision, "chosen": chosen.label if chosen else None,
+                                              "note": note}, rows, correlations)
         self.log(f"[{self.options.strategy}] step {step}: {decision}" + (f" {chosen.label}" if chosen else "")
                  + (f" ({note})" if note else ""))
 
@@ -671,10 +669,10 @@ def held_out_accuracy(runs: dict[str, dict], keys: list[str]) -> Summary:
 
 
 def load_search_views(store: Store, experiment: Optional[str] = None) -> list[dict]:
-    """`store.load_searches`, with what is computed from the stored runs when a search is shown: every
+    """`Store.searches`, with what is computed from the stored runs when a search is shown: every
     candidate's test accuracy (`test_mean`, `test_ci_low`, `test_ci_high`, `test_n`) and the heuristic
     judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them)."""
-    searches = load_searches(store, experiment)
+    searches = [s.as_dict() for s in store.searches(experiment)]
     runs = store.runs(sorted({k for s in searches for c in s["candidates"] for k in c["run_keys"]}))
     for s in searches:
         for c in s["candidates"]:
@@ -846,22 +844,22 @@ def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = No
         torch.set_num_threads(exp.threads)
     splits = splits.to(device)
     with Store(exp.store) as store:
-        ensure_probe_search_tables(store)
+        store.ensure_probe_search_tables()
         ensure_plan(store, exp)
         s = Search(exp, p, base, options, store, splits, device, log, poll_s)
-        begin_search(store, {"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
-                             "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
-                             "seeds_json": json.dumps(s.seeds), "epochs": base.spec.train.epochs,
-                             "metric": options.metric, "probe_set": s.probe_set.name,
-                             "val_is_test": int(base.spec.data.split == "test"),
-                             "spec_json": json.dumps(base.spec.to_dict(), sort_keys=True, default=str),
-                             "slot_sizes_json": json.dumps({str(k): v for k, v in s.sizes.items()
-                                                            if k in s.active})})
+        store.begin_search({"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
+                            "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
+                            "seeds_json": json.dumps(s.seeds), "epochs": base.spec.train.epochs,
+                            "metric": options.metric, "probe_set": s.probe_set.name,
+                            "val_is_test": int(base.spec.data.split == "test"),
+                            "spec_json": json.dumps(base.spec.to_dict(), sort_keys=True, default=str),
+                            "slot_sizes_json": json.dumps({str(k): v for k, v in s.sizes.items()
+                                                           if k in s.active})})
         log(f"search {s.id} ({options.strategy}) on {exp.name}/{p.name}, from {base.name}: {len(s.active)} active "
             f"slots, seeds {s.seeds}, {base.spec.train.epochs} epochs, device {device}; store {exp.store}")
         store.start_heartbeat()
         result = STRATEGIES[options.strategy](s)
-        finish_search(store, s.id, result)
+        store.finish_search(s.id, result)
     return SearchOutcome(s.id, options.strategy, result, s.trained, s.reused, s.probed_again)
 
 
@@ -973,7 +971,7 @@ def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first"
         torch.set_num_threads(exp.threads)
     key = run_key(v.spec, seed)
     with Store(exp.store) as store:
-        ensure_probe_search_tables(store)
+        store.ensure_probe_search_tables()
         ensure_plan(store, exp)
         prober = _Prober(exp, p, v, seed, ps, wanted, splits, device, store, log)
         row = store.runs([key]).get(key)
@@ -1014,7 +1012,7 @@ class _Prober:
 
     def stored(self, key: str, need: list[int]) -> bool:
         """Whether every statistic of run `key` at the epochs `need` is in the store."""
-        rows = load_run_probes(self.store, [key], self.probe_set.name)
+        rows = self.store.run_probes([key], self.probe_set.name)
         have = {e for e in {r["epoch"] for r in rows}
                 if {r["stat"] for r in rows if r["epoch"] == e} >= set(probes_mod.stat_names())}
         return set(need) <= have
@@ -1028,7 +1026,7 @@ class _Prober:
         measured = probes_mod.measure(ckpt.model.to(self.device), x.to(self.device), y.to(self.device),
                                       probes_mod.stat_names(), classes=self.splits.classes)
         epoch = ckpt.epoch or self.store.runs([key])[key]["epochs"]
-        save_run_probes(self.store, key, self.probe_set.name, epoch, probe_rows(measured))
+        self.store.save_run_probes(key, self.probe_set.name, epoch, probe_rows(measured))
         return True
 
     def train(self, key: str, copy_of: Optional[str] = None) -> dict:
@@ -1042,7 +1040,7 @@ class _Prober:
         job = Job(copy.deepcopy(self.variant.spec), self.seed, key)
         for _, result in train_many([job], splits, self.device, callbacks=lambda j: [callback]):
             for epoch, res in callback.results.items():
-                save_run_probes(self.store, key, self.probe_set.name, epoch, probe_rows(res))
+                self.store.save_run_probes(key, self.probe_set.name, epoch, probe_rows(res))
             staged = keeper.stage(key, result, result.model.state_dict())
             result.model = None
             if copy_of is not None:
@@ -1058,7 +1056,7 @@ class _Prober:
         asked for (the final one by default), from the store."""
         probed_key = probed_key or key
         need = self.wanted if self.wanted is not None else [row["epochs"]]
-        stored = load_run_probes(self.store, [probed_key], self.probe_set.name)
+        stored = self.store.run_probes([probed_key], self.probe_set.name)
         results = {}
         for epoch in need:
             rows = [r for r in stored if r["epoch"] == epoch]

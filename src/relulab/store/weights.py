@@ -4,7 +4,7 @@ A run's numbers describe one model; without its weights, anything measured later
 heuristics) would have to come from a model trained again, which is another model: packed and alone, the
 same seed sums in another order, and training amplifies the difference (92.75% packed against 93.13% alone
 on an MLP). So when the driver stores a run it also writes its weights, as standard checkpoints
-(relulab.checkpoints: `relulab evaluate FILE` and `torch.load(FILE, weights_only=True)` read them):
+(relulab.training.checkpoints: `relulab evaluate FILE` and `torch.load(FILE, weights_only=True)` read them):
 
     <store stem>.weights/<run key>.pt          the final model
     <store stem>.weights/<run key>.best.pt     the best epoch's (by validation accuracy), where it is not the last
@@ -37,7 +37,8 @@ import torch
 from relulab.training import checkpoints
 from relulab.core.errors import UserError, unknown_choice
 from relulab.data import data_key
-from relulab.store.database import RETRAINED_FOR_PROBING, Store, loads
+from relulab.store.database import Store
+from relulab.store.schema import RETRAINED_FOR_PROBING
 from relulab.core.util import check_output_file, human_bytes, write_bytes_atomic
 
 AUTO_LIMIT_BYTES = 256 * 2**20  # keep_weights: auto keeps a run's files (final + best) up to this size
@@ -292,13 +293,7 @@ def find_run(store: Store, config: str, seed: int, part: Optional[str] = None, e
     placement such as off-7) and seed; errors name the option that would pick it."""
     name = _pick_experiment(store, experiment)
     plan = store.load_experiment(name)["plan"]
-    runs = [dict(r) for r in store.db.execute(
-        "SELECT key, experiment, part, variant, seed, epochs, best_epoch, best_val_acc, spec_json, data_json "
-        "FROM runs WHERE experiment = ?", (name,))]
-    for r in runs:
-        r["spec"] = loads(r["spec_json"], store.path, f"the spec of run {r['key']}")
-        r["data"] = loads(r["data_json"] or "{}", store.path, f"the data of run {r['key']}")
-    runs = [r for r in runs if RETRAINED_FOR_PROBING not in r["data"]]
+    runs = [r for r in store.experiment_runs(name) if RETRAINED_FOR_PROBING not in r["data"]]
     parts = sorted({r["part"] for r in plan} | {r["part"] for r in runs})
     if part is not None and part not in parts:
         raise unknown_choice("--part", part, parts)

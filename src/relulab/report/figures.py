@@ -1,0 +1,300 @@
+"""The report's figures of a part (matplotlib's object API: no pyplot, no global backend switch): accuracy
+and loss curves, time per epoch, sparsity per layer, mean and variance through depth, the analyses'
+activation plots and costs, probe statistics over epochs and seed 000's heatmaps. Each is a `FigureOut`
+(PNG, and SVG when asked). The searches' figures are in `relulab.report.search_figures`.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from relulab.zoo import activations
+from relulab.report.collect import PartData
+from relulab.report.format import PCT
+from relulab.report.measures import DEPTH_EVAL_NOTE, DEPTH_TARGET, curve, last_probed_epoch, sparsity_by_slot
+
+
+@dataclass
+class FigureOut:
+    slug: str
+    title: str
+    caption: str
+    png: bytes
+    svg: Optional[bytes] = None
+
+    @property
+    def png_base64(self) -> str:
+        return base64.b64encode(self.png).decode("ascii")
+
+
+def new_figure(width: float = 7.0, height: float = 4.2):
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switch
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_figure(fig, slug: str, title: str, caption: str, svg: bool) -> FigureOut:
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, metadata={"Software": None})
+    svg_bytes = None
+    if svg:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        svg_bytes = buf.getvalue()
+    return FigureOut(slug, title, caption, png.getvalue(), svg_bytes)
+
+
+def colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _plot_metric(ax, part: PartData, metric: str, label: str, scale: float = 1.0, legend: bool = True) -> None:
+    for color, v in zip(colors(len(part.variants)), part.variants):
+        epochs, mean, low, high = curve(v, metric)
+        if not len(epochs):
+            continue
+        ax.plot(epochs, mean * scale, color=color, marker="o", markersize=3, label=v.name)
+        if len(v.epochs) > 1:
+            ax.fill_between(epochs, low * scale, high * scale, color=color, alpha=0.18, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if "loss" in metric and _all_positive(ax):
+        ax.set_yscale("log")
+    if legend and part.variants:
+        ax.legend(fontsize=8)
+
+
+def _all_positive(ax) -> bool:
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if np.isfinite(y)]
+    return bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 20
+
+
+def accuracy_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = new_figure()
+    ax = fig.add_subplot()
+    _plot_metric(ax, part, "val_acc", "validation accuracy (%)", PCT)
+    return save_figure(fig, "val-accuracy", "Validation accuracy, all configurations",
+                       "Mean over seeds; the band is the range over seeds.", svg)
+
+
+def curves_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = new_figure(10, 7)
+    axes = fig.subplots(2, 2)
+    panels = [("train_acc", "train accuracy (%)", PCT), ("val_acc", "validation accuracy (%)", PCT),
+              ("train_loss", "train loss", 1.0), ("val_loss", "validation loss", 1.0)]
+    for ax, (metric, label, scale) in zip(axes.flat, panels):
+        _plot_metric(ax, part, metric, label, scale, legend=metric == "val_acc")
+    return save_figure(fig, "curves", "Accuracy and loss", "Mean over seeds; the band is the range over seeds. "
+                       "Train numbers are running means over each epoch (as Keras reports them).", svg)
+
+
+def epoch_time_figure(part: PartData, svg: bool) -> FigureOut:
+    fig = new_figure(7, 0.6 + 0.38 * max(3, len(part.variants)))
+    ax = fig.add_subplot()
+    names, means, lows, highs = [], [], [], []
+    for v in part.variants:
+        per_run = [r["seconds"] / r["epochs"] for r in v.runs if r["epochs"]]
+        names.append(v.name)
+        means.append(np.mean(per_run) if per_run else 0.0)
+        lows.append(min(per_run) if per_run else 0.0)
+        highs.append(max(per_run) if per_run else 0.0)
+    y = np.arange(len(names))
+    # Clipped: packed runs share one timing, and the mean of equal numbers can round below their minimum.
+    err = np.clip(np.array([np.subtract(means, lows), np.subtract(highs, means)]), 0, None)
+    alone = [v.alone.epoch_seconds if v.alone else 0.0 for v in part.variants]
+    caption = "Measured wall time per epoch, mean over runs; whiskers: range over runs."
+    if any(alone):  # each configuration's own time beside its packed share
+        ax.barh(y - 0.2, means, 0.4, xerr=err, color=colors(len(names)), capsize=3)
+        ax.barh(y + 0.2, alone, 0.4, color=colors(len(names)), alpha=0.5, hatch="//")
+        ax.legend(handles=[Patch(color="0.45", label="as trained (packed share)"),
+                           Patch(facecolor="0.45", alpha=0.5, hatch="//", label="alone (timed pass)")],
+                  fontsize=8, loc="lower right")
+        caption += " Hatched: one model of the configuration timed alone (a short timed pass, scaled to an epoch)."
+    else:
+        ax.barh(y, means, xerr=err, color=colors(len(names)), capsize=3)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per epoch (training + validation)")
+    ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, "epoch-time", "Time per epoch", caption, svg)
+
+
+def sparsity_figure(part: PartData, svg: bool) -> Optional[FigureOut]:
+    table = {v.name: sparsity_by_slot(v) for v in part.variants}
+    if not any(table.values()):
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for color, (name, by_slot) in zip(colors(len(table)), table.items()):
+        if by_slot:
+            ax.plot(list(by_slot), list(by_slot.values()), color=color, marker="o", label=name)
+    ax.set_xlabel("slot (layer)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("fraction of exact zeros")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, "sparsity", "Sparsity per layer", "Fraction of exact zeros in each slot's output on the "
+                       "probe set after the last epoch, mean over seeds.", svg)
+
+
+def _depth_scale(ax, what: str, values: list[float]) -> bool:
+    """Variances through 50 layers can vanish (1e-19) or explode: a log scale then, where a variance of exactly 0
+    (a layer whose outputs are all equal) cannot be drawn; means far from 0: a symmetric log scale. Whether
+    zeros were left out."""
+    finite = [x for x in values if math.isfinite(x)]
+    positive = [x for x in finite if x > 0]
+    if what == "variance" and positive and max(positive) / min(positive) > 50:
+        ax.set_yscale("log", nonpositive="mask")
+        return any(x <= 0 for x in finite)
+    if what == "mean" and finite and max(abs(x) for x in finite) > 10:
+        ax.set_yscale("symlog", linthresh=1.0)
+    return False
+
+
+def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut:
+    """Rows: mean, variance; columns: at initialisation, after training (one y scale per row, so that the two
+    can be compared); a line per configuration."""
+    whens = [w for w in ("init", "trained") if any(w in p for p in table.values())]
+    fig = new_figure(5.2 * len(whens) + 1.6, 7.4)
+    axes = fig.subplots(2, len(whens), squeeze=False, sharex=True, sharey="row")
+    last = last_probed_epoch(part)
+    titles = {"init": "at initialisation (epoch 0)", "trained": f"after training (epoch {last})"}
+    zeros = False
+    for row, what in enumerate(("mean", "variance")):
+        drawn = [DEPTH_TARGET[what]] + [x for profiles in table.values() for when in whens if when in profiles
+                                        for p in [profiles[when][what]] for x in p.mean + p.low + p.high]
+        zeros |= _depth_scale(axes[row][0], what, drawn)  # shared by the row
+        log = axes[row][0].get_yscale() == "log"
+        for col, when in enumerate(whens):
+            ax = axes[row][col]
+            for color, (name, profiles) in zip(colors(len(table)), table.items()):
+                if when not in profiles:
+                    continue
+                p = profiles[when][what]
+                # on a log scale a band reaching 0 is cut there (NaN), not drawn to a masked point
+                low = [x if not log or x > 0 else math.nan for x in p.low]
+                ax.plot(p.slots, p.mean, color=color, marker="o", markersize=2.5, linewidth=1.3, label=name)
+                ax.fill_between(p.slots, low, p.high, color=color, alpha=0.18, linewidth=0)
+            ax.axhline(DEPTH_TARGET[what], color="black", linestyle="--", linewidth=1,
+                       label="target (mean 0, variance 1)")
+            ax.set_title(f"{what} of each slot's output, {titles[when]}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("slot (depth)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[row][0].set_ylabel(what)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    caption = ("Mean and variance (std squared) of each slot's output over every entry of the probe set, mean over "
+               "seeds; the band is the range over seeds; dashed: the self-normalising target (mean 0, variance 1). "
+               "Left: the network as initialised; right: after the last epoch. " + DEPTH_EVAL_NOTE)
+    if zeros:
+        caption += " Variances of exactly 0 (a slot whose outputs are all equal) are off the log scale."
+    return save_figure(fig, "depth", "Post-activation mean and variance through depth", caption, svg)
+
+
+def activations_figure(value: dict, svg: bool) -> FigureOut:
+    names, (low, high) = value["activations"], value["range"]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = new_figure(3.4 * cols, 2.6 * rows)
+    x = torch.linspace(low, high, 801, dtype=torch.float64)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot(x, activations.activation_fn(name)(x), label=name)
+        ax.plot(x, activations.activation_grad(name)(x), linestyle="--", label="derivative")
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.axvline(0, color="grey", linewidth=0.6)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, "activations", "Activation functions and their derivatives",
+                       "Solid: the function; dashed: its closed-form derivative (relulab.activations; 0 at x = 0 for "
+                       "ReLU by convention).", svg)
+
+
+def cost_figure(value: dict, svg: bool) -> FigureOut:
+    rows = value["rows"]
+    fig = new_figure(7, 0.6 + 0.35 * max(3, len(rows)))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["forward_ms"] for r in rows], height=0.4, label="forward")
+    ax.barh(y + 0.2, [r["forward_backward_ms"] for r in rows], height=0.4, label="forward + backward")
+    ax.set_yticks(y, [r["activation"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"milliseconds for {value['elements']:,} elements ({value['device']})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, "activation-cost", "Cost of each activation function",
+                       f"Median of {value['repeats']} timings after two warm-ups.", svg)
+
+
+def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[list, list]]]], ylabel: str,
+                            slug: str, caption: str, svg: bool) -> FigureOut:
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = new_figure(3.8 * cols + 1.2, 2.9 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (name, curves) in zip(axes.flat, panels):
+        palette = colors(max(1, len(curves)))
+        for color, (slot, (epochs, values)) in zip(palette, curves.items()):
+            ax.plot(epochs, values, color=color, marker="o", markersize=2.5, label=f"slot {slot}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    return save_figure(fig, slug, title, caption, svg)
+
+
+def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, caption: str,
+                   svg: bool, degenerate: Optional[list[bool]] = None) -> FigureOut:
+    """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated. Columns marked
+    in `degenerate` (relulab.probes.statistics.degenerate_columns: a class of one image for a statistic taken
+    across images) are grey and say n/a: they are not data, and they do not set the colour scale."""
+    values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=float)
+    marked = np.zeros(values.shape[1], dtype=bool) if degenerate is None else np.asarray(degenerate, dtype=bool)
+    values[:, marked] = np.nan
+    fig = new_figure(1.0 + 0.72 * len(header), 0.9 + 0.42 * len(rows))
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values)]
+    if marked.any():
+        grey = np.where(marked[None, :], 1.0, np.nan) * np.ones_like(values)
+        ax.imshow(np.ma.masked_invalid(grey), aspect="auto", cmap="Greys", vmin=0, vmax=5)
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis",
+                      vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
+    ax.set_xticks(range(len(header) - 1), header[1:], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"slot {row[0]}" for row in rows], fontsize=8)
+    ax.axvline(len(header) - 2.5, color="white", linewidth=2)  # the average column stands apart
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if marked[j]:
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=6.5, color="dimgrey")
+            elif np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="black" if values[i, j] > middle else "white")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    if marked.any():
+        caption += " Grey n/a: a class with one probe image, where this statistic (taken across images) is fixed " \
+                   "by its definition, not measured."
+    return save_figure(fig, slug, title, caption, svg)
