@@ -1,6 +1,6 @@
 """How far a run trained packed drifts from the same run (same key: spec and seed) trained alone.
 
-Packing changes only the order of floating-point sums (tests/test_pack.py checks that the weights agree to
+Packing changes only the order of floating-point sums (tests/packing/test_pack.py checks that the weights agree to
 rounding after one step); training then amplifies that rounding, as it amplifies any small perturbation. This
 measures by how much, on the CPU, for a plain MLP and for a deep batch-norm MLP with RMSprop:
 

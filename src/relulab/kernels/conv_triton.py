@@ -15,8 +15,8 @@ reduction runs over (tap, channel), the operand rows gathered from the image on 
 - wgrad:    dw[co, tap, ci] = sum over pos of dy[pos, co] * x[pos + tap, ci]         (split over pos)
 
 Products are bf16 on tensor cores with fp32 sums, as cuDNN's bf16 kernels; the weight gradient stays fp32.
-benchmarks/probe_conv_kernels.py measures them against cuDNN layer by layer; tests/conv_triton_check.py
-runs them in Triton's CPU interpreter against PyTorch's convolution (tests/test_triton_interpreter.py).
+benchmarks/probe_conv_kernels.py measures them against cuDNN layer by layer; tests/helpers/conv_triton_check.py
+runs them in Triton's CPU interpreter against PyTorch's convolution (tests/kernels/test_triton_interpreter.py).
 """
 from __future__ import annotations
 

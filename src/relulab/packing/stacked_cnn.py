@@ -11,7 +11,7 @@ at once on activations laid out (N, H, W, K, C): model k's channel c is channel 
 - batch norm, max-pooling and the activations are single PyTorch kernels over the K*C channels.
 
 Each model keeps its own batch order, initialization and learning rate, so a stack reproduces K separate
-runs up to float rounding (tests/test_stacked_cnn.py).
+runs up to float rounding (tests/packing/test_stacked_cnn.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from relulab.zoo.models import Slot, SlotNet
 from relulab.packing.stacking import Op, StackedWeights
 
 
-# The kernels' operand type. tests/stacked_cnn_check.py sets float32 to run a whole stack, backward included,
+# The kernels' operand type. tests/helpers/stacked_cnn_check.py sets float32 to run a whole stack, backward included,
 # in Triton's CPU interpreter, which computes bf16 products wrongly.
 KERNEL_DTYPE = torch.bfloat16
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_triton_interpreter.py with TRITON_INTERPRET=1: the fused step's Triton kernels, executed by
+"""Run by tests/kernels/test_triton_interpreter.py with TRITON_INTERPRET=1: the fused step's Triton kernels, executed by
 Triton's interpreter on the CPU, against the PyTorch reference path. Exits non-zero on a mismatch."""
 import sys
 import types

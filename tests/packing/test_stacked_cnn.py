@@ -1,7 +1,7 @@
 """Stacks of seed-cnns (relulab.packing.stacked_cnn) train as the same models trained one by one.
 
 On the CPU a stack's convolutions are PyTorch's grouped convolution; the Triton kernels that replace them on
-CUDA are checked against PyTorch in tests/test_triton_interpreter.py."""
+CUDA are checked against PyTorch in tests/kernels/test_triton_interpreter.py."""
 import pytest
 import torch
 

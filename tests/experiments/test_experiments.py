@@ -325,7 +325,7 @@ def test_analyses_are_stored_and_the_demo_printed(tmp_path):
 def test_the_readme_spec_example_runs(capsys, tmp_path, monkeypatch):
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     example = readme.split("### Spec format", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     exp = load_experiment(str(write_spec(tmp_path, example)))
     assert len(exp.parts[0].variants) == 8 and len(exp.planned()) == 24

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 def _run_in_interpreter(script: str) -> str:
     """Run tests/`script` with TRITON_INTERPRET=1; its stdout, after checking it exited 0."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name(script))],
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "helpers" / script)],
                           env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     return proc.stdout

@@ -1,4 +1,4 @@
-"""Run by tests/test_triton_interpreter.py with TRITON_INTERPRET=1: relulab.conv_triton's kernels, executed by Triton's
+"""Run by tests/kernels/test_triton_interpreter.py with TRITON_INTERPRET=1: relulab.conv_triton's kernels, executed by Triton's
 CPU interpreter in fp32, against PyTorch's own convolution and its gradients, for a stack of models in the
 (N, H, W, K, C) layout; and the forward with activation and batch-norm sums and its backward kernel. Prints one line per comparison and exits 1 if any differs."""
 import sys

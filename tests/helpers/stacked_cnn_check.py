@@ -1,4 +1,4 @@
-"""Run by tests/test_triton_interpreter.py with TRITON_INTERPRET=1: a stack of seed-cnns through relulab's Triton
+"""Run by tests/kernels/test_triton_interpreter.py with TRITON_INTERPRET=1: a stack of seed-cnns through relulab's Triton
 operators (relulab.stacked_cnn, batch norm folded into the convolutions), executed by Triton's CPU interpreter in
 fp32, against the same stack in PyTorch operations: logits, gradient and running statistics of one step.
 Prints one line per comparison and exits 1 if any differs."""
