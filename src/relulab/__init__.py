@@ -1,6 +1,29 @@
 """relulab: fast, honest, reproducible experiments on activation functions (PyTorch).
 
-The pieces, one module per concept: `activations`, `init`, `optim`, `data`, `models`,
-`train`, and the `relulab` command in `cli`.
+The code is a house of packages by layer. Each package may import only the packages above it in this
+table (tests/test_layout.py checks it, lazy imports included, and that there is no import cycle):
+
+| package       | holds                                                                  | may import          |
+|---------------|------------------------------------------------------------------------|---------------------|
+| `core`        | errors, the `Registry`, one range parser, dataclasses from mappings,   | nothing of relulab  |
+|               | files and memory checks, environment and provenance, statistics        |                     |
+| `zoo`         | activations (function, derivative, init, kernel code), initializers,   | core                |
+|               | models (each entry says how it packs), optimizers (plain and stacked)  |                     |
+| `kernels`     | the Triton code (fused MLP step, stacked convolutions)                  | core, zoo           |
+| `data`        | datasets by name, formats, sources, splits, `data_key`                 | core                |
+| `training`    | specs (RunSpec, Job, History, RunResult), the one-model loop,          | core, zoo, data     |
+|               | callbacks, progress saves (resume), checkpoints                        |                     |
+| `probes`      | per-slot statistics, hooks, probe sets, probe callbacks                | + training          |
+| `packing`     | what trains with what (read from the model registry), `train_many`,    | + kernels, training |
+|               | stacked MLPs and CNNs, graphed steps                                   |                     |
+| `store`       | one `Store` per SQLite file, a method per table; kept run weights      | core, zoo, data,    |
+|               |                                                                        | training            |
+| `experiments` | YAML specs and presets, plans and run keys, the one sweep driver,      | all of the above    |
+|               | executors (in-process, Ray), analyses                                  |                     |
+| `search`      | search options and strategies (greedy, oracle, exhaustive, budget)     | + experiments       |
+| `report`      | collect, one formatter, figures, sections, writers; `compare`          | + search            |
+| `cli`         | the `relulab` command: parse, call the library, print                  | everything          |
+
+Each package's own docstring says what its modules hold.
 """
 __version__ = "0.1.0"
