@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from relulab.core.errors import UserError
-from relulab.experiments.specs import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
+from relulab.experiments import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
                                  run_key, seeds_from_options)
 from relulab.zoo.models import ModelSpec
 from relulab.training.specs import RunSpec

@@ -20,7 +20,7 @@ import torch
 from relulab.core.errors import UserError
 from relulab.experiments.executors import (InProcessExecutor, RayExecutor, Task, _probe_address, cut_tasks, execute_task,
                                run_task)
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.experiments import Overrides, load_experiment, run_experiment
 from relulab.data import DataSpec
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec

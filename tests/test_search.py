@@ -14,8 +14,10 @@ import pytest
 from scipy import stats as sps
 
 from relulab.core.errors import UserError
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment, run_key
-from relulab.search.strategies import Measured, Search, SearchOptions, probe_configuration, run_search
+from relulab.experiments import Overrides, load_experiment, run_experiment, run_key
+from relulab.search import SearchOptions, probe_configuration, run_search
+from relulab.search.measured import Measured
+from relulab.search.strategies import Search
 from relulab.store.database import Store, load_run_probes, load_searches
 from specs import quiet, relulab, stored_runs, write_spec
 
@@ -363,7 +365,7 @@ def test_holm_and_the_chance_of_a_false_positive():
 
 
 def _per_seed(off, seed_accs, seed_heuristics=None):
-    from relulab.search.strategies import _finite_mean
+    from relulab.search.measured import _finite_mean
 
     seed_heuristics = seed_heuristics or {}
     heuristics = {stat: {slot: _finite_mean(v) for slot, v in by.items()} for stat, by in seed_heuristics.items()}
@@ -378,7 +380,7 @@ def test_judgement_bootstrap_resamples_slots_then_seeds_deterministically():
     seeds (the same seeds for the model and its changes); checked against a plain loop over the same draws."""
     import numpy as np
 
-    from relulab.search.strategies import judge
+    from relulab.search.judgement import judge
 
     rng = np.random.default_rng(0)
     slots, seeds = [1, 2, 3, 4, 5, 6], 3
@@ -412,7 +414,7 @@ def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(c
     show the same judgement (one code path), with bootstrap intervals; candidates carry their test accuracy."""
     from relulab.cli.search import print_search
     from relulab.report.build import build_report
-    from relulab.search.strategies import load_search_views
+    from relulab.search import load_search_views
 
     exp = mlp(tmp_path)
     never = 1e-12  # an acceptance level no difference over 2 seeds reaches: every proposal is rejected

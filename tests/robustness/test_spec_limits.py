@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import relulab
-from relulab.experiments import specs as experiments
+import relulab.experiments as experiments
 from runner import assert_refused, run_cli
 from specs import TINY
 

@@ -108,7 +108,7 @@ def _nan(value) -> float:
 
 
 def collect(store: Store, name: str) -> ExperimentData:
-    from relulab.experiments.specs import analysis_key
+    from relulab.experiments.run import analysis_key
 
     exp = store.load_experiment(name)
     keys = [row["run_key"] for row in exp["plan"]]
@@ -1058,7 +1058,7 @@ MAX_EXHAUSTIVE_ROWS = 25
 
 
 def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:
-    from relulab.search.strategies import load_search_views
+    from relulab.search import load_search_views
     from relulab.store.database import load_run_probes
 
     searches = load_search_views(store, name)  # with test accuracies and judgements from the stored runs
@@ -1686,7 +1686,7 @@ def _search_sections(s: dict, svg: bool) -> list[Section]:
 
 
 def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Section]:
-    from relulab.search.strategies import false_positive_note
+    from relulab.search import false_positive_note
 
     corr = _stat_order([c for c in s.get("judgements", []) if c["step"] == step])
     if not corr:
