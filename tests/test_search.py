@@ -335,8 +335,33 @@ def test_probe_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path
 
 
 def test_a_statistic_undefined_everywhere_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="--stat: saturation is undefined at every active slot of all-relu"):
+    with pytest.raises(UserError, match="^search.stat: saturation is undefined at every active slot of all-relu"):
         run_search(mlp(tmp_path), SearchOptions("greedy", stat="saturation"), log=quiet)
+
+
+@pytest.mark.parametrize("options,field,flag", [
+    (dict(strategy="beam"), "search.strategy: unknown value 'beam'", "--strategy: unknown value 'beam'"),
+    (dict(strategy="exhaustive", k=3, max_placements=10), "search.k: that is 15 placements of 4 slots (each over "
+     "every seed), more than search.max_placements 10; ask for fewer or raise search.max_placements",
+     "--k: that is 15 placements of 4 slots (each over every seed), more than --max-placements 10; ask for fewer or "
+     "raise --max-placements"),
+    (dict(strategy="budget", keep="0-99999999999"), "search.keep: 0-99999999999 is", "--keep: 0-99999999999 is"),
+])
+def test_library_errors_name_the_field_and_the_command_the_option(capsys, tmp_path, options, field, flag):
+    """A Python user reads the field of SearchOptions; the command's user the option that sets it."""
+    with pytest.raises(UserError, match=f"^{re.escape(field)}"):
+        run_search(mlp(tmp_path), SearchOptions(**options), log=quiet)
+    argv = [text for name, value in options.items() for text in (f"--{name.replace('_', '-')}", str(value))]
+    code, out, err = relulab(capsys, "search", str(write_spec(tmp_path, MLP)), "--store", str(tmp_path / "x.sqlite"),
+                             *argv)
+    assert code == 2 and err.startswith(f"error: {flag}") and "search." not in err, err
+
+
+def test_every_strategy_says_which_options_shape_its_path():
+    from relulab.search.options import PATH_OPTIONS
+    from relulab.search.strategies import STRATEGIES
+
+    assert sorted(PATH_OPTIONS) == sorted(STRATEGIES)
 
 
 # ---------------------------------------------------------------- judged on held-out data

@@ -86,7 +86,7 @@ from relulab.experiments.sweep import Recorded, Sweep, SweepRun, run_line
 from relulab.probes import statistics as probes_mod
 from relulab.search.judgement import judge
 from relulab.search.measured import Measured, stored_measurement
-from relulab.search.options import OFF, SearchOptions
+from relulab.search.options import SearchOptions
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store.database import (RETRAINED_FOR_PROBING, Store, begin_search, ensure_probe_search_tables, finish_search,
                     load_probes_or_copies, retrained_key, save_run_probes,
@@ -94,6 +94,8 @@ from relulab.store.database import (RETRAINED_FOR_PROBING, Store, begin_search, 
 from relulab.training.specs import Job, RunSpec
 from relulab.store.weights import Keeper, KeptWeights
 from relulab.zoo.models import build_model
+
+OFF = "identity"  # what a slot switched off becomes
 
 
 @dataclass
