@@ -238,7 +238,7 @@ def test_errors_inside_parts_name_the_part(tmp_path):
 def test_set_errors_name_the_option(tmp_path):
     with pytest.raises(UserError, match=r"^--set model\.activaton: unknown field"):
         load_experiment(str(write_spec(tmp_path)), Overrides(sets=["model.activaton=relu"]))
-    with pytest.raises(UserError, match="--part: unknown value 'nope'"):
+    with pytest.raises(UserError, match="^overrides.parts: unknown value 'nope'"):
         load_experiment("quickstart", Overrides(parts=["nope"]))
 
 

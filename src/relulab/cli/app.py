@@ -36,6 +36,8 @@ FIELD_FLAGS = {
     "probe.seed": "--seed",
     "probe.epochs": "--epoch",
     "probe.probe_set": "--probe-set",
+    "overrides.parts": "--part",  # relulab.experiments.Overrides: what the command line changes in a spec
+    "overrides.yes": "--yes",
 }
 # A field anywhere in a message ("only with executor.name ray"), not inside a longer name (search.keep, not .k).
 _FIELD = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(FIELD_FLAGS, key=len, reverse=True)))

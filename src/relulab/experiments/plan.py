@@ -314,7 +314,7 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     if only_parts:
         unknown = [p for p in only_parts if p not in [q.name for q in parts]]
         if unknown:
-            raise unknown_choice("--part", unknown[0], [q.name for q in parts])
+            raise unknown_choice("overrides.parts", unknown[0], [q.name for q in parts])
         parts = [p for p in parts if p.name in only_parts]
     device = raw.get("device", "auto")
     if not isinstance(device, str):
@@ -392,7 +392,7 @@ def _check_plan_size(name: str, parts: list[tuple[str, dict, str]], yes: bool) -
     if total > PLAN_LIMIT and not yes:
         biggest = factors[max(runs, key=runs.get)]
         field = max(biggest, key=biggest.get)  # the factor most likely to be the typo
-        raise UserError(f"{field}: the plan has {total} runs (more than {PLAN_LIMIT}); pass --yes to run it anyway")
+        raise UserError(f"{field}: the plan has {total} runs (more than {PLAN_LIMIT}); pass overrides.yes to run it anyway")
     if total > PLAN_NOTE:
         said = "; ".join((f"{part_name}: " if len(parts) > 1 else "") + _factors_text(*f.values())
                          for part_name, f in factors.items())
