@@ -215,6 +215,18 @@ def test_bad_executor_options_are_one_line_exit_2_and_nothing_written(capsys, tm
     assert not store.exists()
 
 
+def test_executor_errors_name_fields_and_the_command_shows_its_options():
+    from relulab.cli.app import flag_message
+    from relulab.experiments import make_executor
+
+    with pytest.raises(UserError, match="^executor.address: only with executor.name ray$") as error:
+        make_executor("in-process", address="head:6379")
+    assert flag_message(str(error.value)) == "--address: only with --executor ray"
+    with pytest.raises(UserError, match="^executor.name: unknown value 'slurm'") as error:
+        make_executor("slurm")
+    assert flag_message(str(error.value)).startswith("--executor: unknown value 'slurm'")
+
+
 # ---------------------------------------------------------------- cutting work into tasks
 
 

@@ -1,8 +1,9 @@
 """Experiments: specs -> plans -> runs in the store.
 
-    from relulab.experiments import Overrides, load_experiment, run_experiment
+    from relulab.experiments import Overrides, RayExecutor, load_experiment, run_experiment
     exp = load_experiment("quickstart", Overrides(seeds=[0, 1]))   # a preset, or a path to a .yaml
     summary = run_experiment(exp)          # re-run after any interruption: finished runs are skipped
+    run_experiment(exp, executor=RayExecutor(address="head:6379"))   # or train them on a Ray cluster
 
 - `spec`: reading a spec as written (YAML, safely and bounded; presets; the command line's `Overrides`;
   seeds as lists or ranges).
@@ -14,11 +15,12 @@
 - `run`: `run_experiment`: the sweep of an experiment, its analyses and timings.
 - `analyses`: what an experiment computes once, beside its runs (relulab.experiments.analyses).
 """
+from relulab.experiments.executors import InProcessExecutor, RayExecutor, make_executor
 from relulab.experiments.plan import PLAN_LIMIT, Experiment, Part, PlannedRun, Variant, load_experiment, run_key
 from relulab.experiments.run import SweepSummary, run_experiment
 from relulab.experiments.spec import (MAX_VALUES, Overrides, parse_seeds, parse_yaml, preset_names, read_spec,
                                       seeds_from_options)
 
-__all__ = ["MAX_VALUES", "PLAN_LIMIT", "Experiment", "Overrides", "Part", "PlannedRun", "SweepSummary", "Variant",
-           "load_experiment", "parse_seeds", "parse_yaml", "preset_names", "read_spec", "run_experiment", "run_key",
+__all__ = ["MAX_VALUES", "PLAN_LIMIT", "Experiment", "InProcessExecutor", "Overrides", "Part", "PlannedRun",
+           "RayExecutor", "SweepSummary", "Variant", "load_experiment", "make_executor", "parse_seeds", "parse_yaml", "preset_names", "read_spec", "run_experiment", "run_key",
            "seeds_from_options"]

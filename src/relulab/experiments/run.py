@@ -110,7 +110,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
     """Run every (configuration, seed) of `exp` that the store does not hold yet; results are committed as
     each run finishes. Safe to interrupt at any point and to run from several processes at once.
 
-    `executor` says where runs train (relulab.executors): in this process (the default) or on a Ray
+    `executor` says where runs train (relulab.experiments.executors): in this process (the default) or on a Ray
     cluster; either way this process alone writes the store. `claim_size`: run keys claimed at a time
     (default: the executor's choice, 64 in process, all for Ray)."""
     executor = executor if executor is not None else InProcessExecutor()

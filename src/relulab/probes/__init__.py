@@ -7,7 +7,8 @@
   statistic at chosen epochs: `relulab probe`), and their requests as plain data for executors.
 """
 from relulab.probes.callbacks import EpochProbe, EpochProbeRequest, SlotProbe
-from relulab.probes.statistics import ProbeResult, ProbeSet, measure, parse_probe_set, probe, stat_names
+from relulab.probes.statistics import (ProbeResult, ProbeSet, measure, parse_probe_set, probe, select_probe_set,
+                                       stat_names)
 
 __all__ = ["EpochProbe", "EpochProbeRequest", "ProbeResult", "ProbeSet", "SlotProbe", "measure", "parse_probe_set",
-           "probe", "stat_names"]
+           "probe", "select_probe_set", "stat_names"]
