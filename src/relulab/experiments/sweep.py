@@ -26,6 +26,7 @@ from relulab.experiments.executors import Executor, Outcome
 from relulab.probes.callbacks import EpochProbeRequest
 from relulab.store.database import Finished, Store
 from relulab.store.weights import Keeper
+from relulab.training.resume import Resume
 from relulab.training.specs import Job, RunResult
 
 
@@ -69,7 +70,7 @@ class Sweep:
     log: Callable[[str], None]
     pack: bool = True  # let train_many train same-shape runs together
     threads: Optional[int] = None
-    resume: Optional[object] = None  # relulab.training.resume.Resume: where training in progress is saved
+    resume: Optional[Resume] = None  # where training in progress is saved (None: not saved)
     claim_size: Optional[int] = None  # run keys claimed at a time (None: all)
     poll_s: float = 2.0  # how often to look again while another process holds the runs left
 
