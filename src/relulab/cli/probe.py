@@ -17,7 +17,8 @@ from relulab.core.errors import UserError
 from relulab.probes.statistics import class_table, degenerate_columns, degenerate_text, parse_stats
 from relulab.core.util import check_output_dir
 from relulab.cli.app import app, option_names
-from relulab.cli.run import Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit, report_dir
+from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
+                             report_dir)
 
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_STATS = "ratio_num,ratio_sum"

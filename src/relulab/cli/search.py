@@ -11,7 +11,8 @@ from rich.table import Table
 
 import relulab.experiments as experiments
 from relulab.cli.app import app, option_names
-from relulab.cli.run import Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit, report_dir
+from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
+                             report_dir)
 
 console = Console(stderr=True, soft_wrap=True)
 

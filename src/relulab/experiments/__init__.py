@@ -22,5 +22,5 @@ from relulab.experiments.spec import (MAX_VALUES, Overrides, parse_seeds, parse_
                                       seeds_from_options)
 
 __all__ = ["MAX_VALUES", "PLAN_LIMIT", "Experiment", "InProcessExecutor", "Overrides", "Part", "PlannedRun",
-           "RayExecutor", "SweepSummary", "Variant", "load_experiment", "make_executor", "parse_seeds", "parse_yaml", "preset_names", "read_spec", "run_experiment", "run_key",
-           "seeds_from_options"]
+           "RayExecutor", "SweepSummary", "Variant", "load_experiment", "make_executor", "parse_seeds", "parse_yaml",
+           "preset_names", "read_spec", "run_experiment", "run_key", "seeds_from_options"]

@@ -419,8 +419,8 @@ class RayExecutor:
             why = "the Ray cluster has none" if total_gpus == 0 else "executor.gpus_per_task is 0"
             raise UserError(f"device: {device} asked for, but the Ray tasks get no GPU ({why}); use cpu or auto")
         if max((n.get("CPU", 0) for n in nodes), default=0) < self.cpus:
-            raise UserError(f"executor.cpus_per_task: {self.cpus} asked for, but no node of the Ray cluster has that many "
-                            f"CPUs ({total_cpus:g} in all)")
+            raise UserError(f"executor.cpus_per_task: {self.cpus} asked for, but no node of the Ray cluster has that "
+                            f"many CPUs ({total_cpus:g} in all)")
         slots = sum(min(int(n.get("CPU", 0) // self.cpus),
                         math.floor(n.get("GPU", 0) / gpus + 1e-6) if gpus > 0 else 1 << 30) for n in nodes)
         return gpus, max(1, slots)
@@ -520,8 +520,8 @@ def _probe_address(address: str, what: str = "", timeout_s: float = 10.0) -> Non
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"executor.address: expected HOST:PORT (the head node's address, port 6379 by default) or auto, "
-                        f"got {address!r}")
+        raise UserError(f"executor.address: expected HOST:PORT (the head node's address, port 6379 by default) or "
+                        f"auto, got {address!r}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

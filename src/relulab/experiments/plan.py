@@ -37,7 +37,8 @@ from relulab.core.mapping import check_keys, check_mapping
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.data import DataSpec
 from relulab.experiments.analyses import parse_analyses
-from relulab.experiments.spec import SECTIONS, Overrides, _deep_merge, _set_dotted, apply_overrides, parse_seeds, read_spec
+from relulab.experiments.spec import (SECTIONS, Overrides, apply_overrides, deep_merge, parse_seeds, read_spec,
+                                      set_dotted)
 from relulab.probes.statistics import check_stats
 from relulab.store.weights import check_keep_weights
 from relulab.training.resume import Resume
@@ -223,7 +224,7 @@ def _variant_name(config: str, point: dict, has_configs: bool) -> str:
 def _with_dotted(sections: dict, sets: dict) -> dict:
     out = copy.deepcopy(sections)
     for key, value in sets.items():
-        _set_dotted(out, key, value)
+        set_dotted(out, key, value)
     return out
 
 
@@ -261,7 +262,7 @@ def _expand(base: dict, configs: dict, grid: dict, run_sets: dict, prefix: str, 
         cpath = f"{prefix}configs.{_check_name(config, f'{prefix}configs.{config}')}"
         patch = check_mapping(patch, cpath)
         check_keys(patch, list(SECTIONS), cpath)
-        merged = _deep_merge(base, patch)
+        merged = deep_merge(base, patch)
         build_run_spec(merged, f"{cpath}.", base_dir)
         for point in _grid_points(grid):
             spec = build_run_spec(_with_dotted(_with_dotted(merged, point), run_sets), f"{cpath}.", base_dir)
@@ -357,7 +358,7 @@ def _raw_parts(raw: dict, name: str) -> list[tuple[str, dict, str]]:
         prefix = f"parts.{_check_name(part_name, f'parts.{part_name}')}."
         part_raw = check_mapping(part_raw, prefix[:-1])
         check_keys(part_raw, PART_FIELDS, prefix[:-1])
-        parts.append((part_name, _deep_merge(defaults, part_raw), prefix))
+        parts.append((part_name, deep_merge(defaults, part_raw), prefix))
     return parts
 
 
@@ -392,7 +393,8 @@ def _check_plan_size(name: str, parts: list[tuple[str, dict, str]], yes: bool) -
     if total > PLAN_LIMIT and not yes:
         biggest = factors[max(runs, key=runs.get)]
         field = max(biggest, key=biggest.get)  # the factor most likely to be the typo
-        raise UserError(f"{field}: the plan has {total} runs (more than {PLAN_LIMIT}); pass overrides.yes to run it anyway")
+        raise UserError(f"{field}: the plan has {total} runs (more than {PLAN_LIMIT}); pass overrides.yes to run it "
+                        "anyway")
     if total > PLAN_NOTE:
         said = "; ".join((f"{part_name}: " if len(parts) > 1 else "") + _factors_text(*f.values())
                          for part_name, f in factors.items())

@@ -264,7 +264,7 @@ def apply_overrides(raw: dict, o: Overrides) -> tuple[dict, dict]:
         if key.split(".", 1)[0] in SECTIONS:
             run_sets[key] = value  # applied after configs and grid: the command line wins
         else:
-            _set_dotted(raw, key, value)
+            set_dotted(raw, key, value)
     if o.epochs is not None:
         run_sets["train.epochs"] = o.epochs
     if o.data_path is not None:
@@ -284,17 +284,17 @@ def apply_overrides(raw: dict, o: Overrides) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- mappings -> specs
 
 
-def _deep_merge(base: dict, patch: dict) -> dict:
+def deep_merge(base: dict, patch: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in patch.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):  # mappings merge; lists replace
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _set_dotted(mapping: dict, dotted: str, value) -> dict:
+def set_dotted(mapping: dict, dotted: str, value) -> dict:
     keys = dotted.split(".")
     node = mapping
     for key in keys[:-1]:
