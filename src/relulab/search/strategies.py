@@ -120,7 +120,7 @@ class Search:
                  splits, device: torch.device, sweep: Sweep, log: Callable[[str], None] = _log):
         self.exp, self.part, self.base, self.store, self.device, self.log = exp, part, base, store, device, log
         self.sweep = sweep
-        self.splits = splits  # on `device`, where the probes are measured
+        self.splits = splits  # on the host: its probe set goes to `device`, where the probes are measured
         self.seeds = list(part.seeds)
         model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
         self.slots = [s.index for s in model.slots]
@@ -128,7 +128,7 @@ class Search:
         self.sizes = probes_mod.slot_output_sizes(model, splits.input_shape)
         self.options = options.validate(self.active)
         self.probe_set = probes_mod.parse_probe_set(self.options.probe_set)
-        self.probe_x, self.probe_y = probes_mod.select_probe_set(splits, self.probe_set)
+        self.probe_x, self.probe_y = (t.to(device) for t in probes_mod.select_probe_set(splits, self.probe_set))
         self.id = self._id()
         self.trained = self.reused = self.probed_again = 0
         self.kept = KeptWeights(store, log)
@@ -486,7 +486,6 @@ def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = No
         if exp.threads:
             torch.set_num_threads(exp.threads)
         keeper = Keeper(exp.store, exp.keep_weights, {data_key(base.spec.data): splits.classes}, log)
-        splits = splits.to(device)
         with Store(exp.store) as store:
             ensure_probe_search_tables(store)
             ensure_plan(store, exp)
