@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from relulab.data import load_data  # noqa: E402
 from relulab.experiments.executors import InProcessExecutor, RayExecutor  # noqa: E402
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment  # noqa: E402
+from relulab.experiments import Overrides, load_experiment, run_experiment  # noqa: E402
 
 TINY = """\
 name: bench-tiny

@@ -98,3 +98,15 @@ def test_valid_activations_are_listed(capsys):
 def test_datasets_command(capsys):
     code, out, _ = relulab(capsys, "datasets")
     assert code == 0 and "digits" in out and "fashion-mnist" in out
+
+
+def test_the_command_shows_the_librarys_fields_as_its_options():
+    from relulab.cli.app import flag_message
+
+    assert flag_message("search.keep: expected numbers") == "--keep: expected numbers"  # not --k + "eep"
+    assert flag_message("search.k: that is 15 placements, more than search.max_placements 10") == \
+        "--k: that is 15 placements, more than --max-placements 10"
+    assert flag_message("probe.epochs: epochs run from 1 to 2 (train.epochs)") == \
+        "--epoch: epochs run from 1 to 2 (train.epochs)"  # a spec field it has no option for stays as it is
+    assert flag_message("out_dir: not a folder", {"out_dir": "--out"}) == "--out: not a folder"
+    assert flag_message("configs.search.k: x") == "configs.search.k: x"  # inside a longer name: not a field

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from relulab.core.errors import UserError
-from relulab.experiments.specs import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
+from relulab.experiments import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
                                  run_key, seeds_from_options)
 from relulab.zoo.models import ModelSpec
 from relulab.training.specs import RunSpec
@@ -238,7 +238,7 @@ def test_errors_inside_parts_name_the_part(tmp_path):
 def test_set_errors_name_the_option(tmp_path):
     with pytest.raises(UserError, match=r"^--set model\.activaton: unknown field"):
         load_experiment(str(write_spec(tmp_path)), Overrides(sets=["model.activaton=relu"]))
-    with pytest.raises(UserError, match="--part: unknown value 'nope'"):
+    with pytest.raises(UserError, match="^overrides.parts: unknown value 'nope'"):
         load_experiment("quickstart", Overrides(parts=["nope"]))
 
 

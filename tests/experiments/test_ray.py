@@ -20,7 +20,8 @@ import torch
 from relulab.core.errors import UserError
 from relulab.experiments.executors import (InProcessExecutor, RayExecutor, Task, _probe_address, cut_tasks, execute_task,
                                run_task)
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.experiments import Overrides, load_experiment, run_experiment
+from relulab.search import SearchOptions, run_search
 from relulab.data import DataSpec
 from relulab.zoo.models import ModelSpec
 from relulab.zoo.optim import OptimizerSpec
@@ -66,7 +67,20 @@ configs:
   elu: {model: {activation: elu}}
 """
 
-
+# A search's runs (its base and each placement, over two seeds) train on the cluster; their probes are measured in
+# the driver, on the final weights the workers send back.
+SEARCH = """\
+name: raysearch
+device: cpu
+threads: 1
+seeds: [0, 1]
+data: {name: synthetic, options: {n: 240, classes: 3, size: 4}}
+model: {name: deep-mlp, widths: [8, 8, 8], init: he_normal}
+train: {epochs: 2, batch_size: 32, optimizer: {name: sgd, lr: 0.05}}
+configs:
+  all-relu: {}
+baseline: all-relu
+"""
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +178,8 @@ def test_an_address_where_no_cluster_listens_is_refused_at_once(ray_module):
     with socket.socket() as s:  # a free port on this machine, closed again: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for address, message in ((f"127.0.0.1:{port}", f"^--address: no Ray cluster answers at 127.0.0.1:{port}: "),
-                             ("head-without-port", "^--address: expected HOST:PORT")):
+    for address, message in ((f"127.0.0.1:{port}", f"^executor.address: no Ray cluster answers at 127.0.0.1:{port}: "),
+                             ("head-without-port", "^executor.address: expected HOST:PORT")):
         executor = RayExecutor(address=address)
         with pytest.raises(UserError, match=message):
             if executor.ray.is_initialized():  # (this module's cluster runs) a joined Ray would be reused
@@ -199,6 +213,18 @@ def test_bad_executor_options_are_one_line_exit_2_and_nothing_written(capsys, tm
     code, out, err = relulab(capsys, "run", str(write_spec(tmp_path, SWEEP)), "--store", str(store), *argv)
     assert code == 2 and err.startswith(message) and err.count("\n") == 1 and out == "", err
     assert not store.exists()
+
+
+def test_executor_errors_name_fields_and_the_command_shows_its_options():
+    from relulab.cli.app import flag_message
+    from relulab.experiments import make_executor
+
+    with pytest.raises(UserError, match="^executor.address: only with executor.name ray$") as error:
+        make_executor("in-process", address="head:6379")
+    assert flag_message(str(error.value)) == "--address: only with --executor ray"
+    with pytest.raises(UserError, match="^executor.name: unknown value 'slurm'") as error:
+        make_executor("slurm")
+    assert flag_message(str(error.value)).startswith("--executor: unknown value 'slurm'")
 
 
 # ---------------------------------------------------------------- cutting work into tasks
@@ -345,8 +371,54 @@ def test_the_share_of_a_task_follows_the_cluster_and_the_options(ray_module):
     with pytest.raises(UserError, match=r"^device: cuda asked for, but the Ray tasks get no GPU \(the Ray cluster "
                                         r"has none\)"):
         RayExecutor()._shares("cuda", [{"CPU": 2}])
-    with pytest.raises(UserError, match="^--gpus-per-task: the Ray cluster has no GPU"):
+    with pytest.raises(UserError, match="^executor.gpus_per_task: the Ray cluster has no GPU"):
         RayExecutor(gpus_per_task=1)._shares("auto", [{"CPU": 2}])
+
+
+def _probes(path) -> dict:
+    """{(run key, probe set, epoch, stat, slot, class): value} of a store's run_probes."""
+    db = sqlite3.connect(path)
+    try:
+        return {tuple(r[:-1]): r[-1] for r in db.execute(
+            "SELECT run_key, probe_set, epoch, stat, slot, class, value FROM run_probes")}
+    finally:
+        db.close()
+
+
+def test_a_search_through_ray_stores_what_the_in_process_search_stores(cluster, tmp_path, one_thread):
+    spec = write_spec(tmp_path, SEARCH)
+    options = SearchOptions("oracle", budget=1)
+    stores = {name: tmp_path / f"{name}.sqlite" for name in ("local", "ray")}
+    local = run_search(load_experiment(str(spec), Overrides(store=str(stores["local"]))), options, log=quiet)
+    remote = run_search(load_experiment(str(spec), Overrides(store=str(stores["ray"]))), options, log=quiet,
+                        executor=RayExecutor())
+    assert (remote.id, remote.result["final"], remote.trained) == (local.id, local.result["final"], 8)
+    assert remote.result["mean"] == pytest.approx(local.result["mean"], abs=1e-6)  # 8: the base, 3 changes, 2 seeds
+    runs = {name: _runs(path) for name, path in stores.items()}
+    assert len(runs["ray"]) == 8
+    _assert_same(runs["local"], runs["ray"])
+    probes = {name: _probes(path) for name, path in stores.items()}
+    assert probes["ray"].keys() == probes["local"].keys() and probes["ray"]
+    for key, value in probes["local"].items():
+        assert probes["ray"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def test_relulab_search_and_probe_run_on_ray(cluster, tmp_path, capsys, one_thread):
+    spec, store = write_spec(tmp_path, SEARCH), tmp_path / "s.sqlite"
+    code, out, err = relulab(capsys, "search", str(spec), "--strategy", "greedy", "--budget", "1", "--store",
+                             str(store), "--no-report", "--executor", "ray", "--address", cluster)
+    assert code == 0, err
+    assert "executor ray:" in err and "4 runs trained, 0 already in the store" in err  # base + one proposal
+    before = _runs(store)
+    assert len(before) == 4
+    # Probed at an epoch whose weights are not kept: a copy is retrained, on the cluster, with the probe attached.
+    code, out, err = relulab(capsys, "probe", str(spec), "--seed", "1", "--epoch", "1", "--store", str(store),
+                             "--no-report", "--out", str(tmp_path / "probes"), "--executor", "ray")
+    assert code == 0, err
+    assert "statistics of a copy of run" in err and "retrained for probing" in err
+    runs = _runs(store)
+    (copy,) = [key for key, run in runs.items() if run["seed"] == 1 and key not in before]
+    assert len(runs) == 5 and {key[2] for key in _probes(store) if key[0] == copy} == {1}
 
 
 # ---------------------------------------------------------------- failures

@@ -245,7 +245,7 @@ def test_slot_probe_measures_the_initialised_model_as_epoch_0_and_resumes_with_i
     (epoch 0), on the very weights training starts from, and a resumed run keeps those numbers."""
     import copy
 
-    from relulab.experiments.executors import SlotProbe
+    from relulab.probes.callbacks import SlotProbe
     from relulab.training.loop import train_model
     from relulab.training.specs import TrainSpec
 

@@ -11,7 +11,7 @@ import pytest
 
 from relulab.cli import main
 from relulab.core.errors import UserError
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.experiments import Overrides, load_experiment, run_experiment
 from relulab.report import build_report
 from specs import TINY, write_spec
 

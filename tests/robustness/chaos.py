@@ -159,7 +159,7 @@ def check_complete(store: Path, expected_keys: set[str], campaign: Campaign) -> 
 
 
 def expected_keys(spec: Path, store: Path) -> set[str]:
-    from relulab.experiments.specs import Overrides, load_experiment
+    from relulab.experiments import Overrides, load_experiment
 
     return {p.key for p in load_experiment(str(spec), Overrides(store=str(store))).planned()}
 

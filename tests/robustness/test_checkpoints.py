@@ -178,7 +178,7 @@ configs:
 def kept_stores(tmp_path_factory) -> dict[str, bytes]:
     """Two swept stores, `s.sqlite` with its kept weights in s.weights/ and `n.sqlite` that kept none, as
     {relative path: bytes} for run_cli."""
-    from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+    from relulab.experiments import Overrides, load_experiment, run_experiment
 
     folder = tmp_path_factory.mktemp("kept")
     (folder / "spec.yaml").write_text(KEPT_SPEC)

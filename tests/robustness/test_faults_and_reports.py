@@ -6,7 +6,7 @@ import sqlite3
 import torch
 
 from relulab.packing import pack
-from relulab.experiments.specs import load_experiment, run_experiment
+from relulab.experiments import load_experiment, run_experiment
 from specs import write_spec
 from conftest import image_folder_files
 from runner import run_cli

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import relulab
-from relulab.experiments import specs as experiments
+import relulab.experiments as experiments
+import relulab.experiments.plan as plan
 from runner import assert_refused, run_cli
 from specs import TINY
 
@@ -163,8 +164,8 @@ def test_a_plan_of_millions_of_runs_is_refused_before_it_is_enumerated(monkeypat
     def never(*args, **kwargs):
         raise AssertionError("the plan was enumerated or validated before it was counted")
 
-    monkeypatch.setattr(experiments, "_grid_points", never)
-    monkeypatch.setattr(experiments, "build_run_spec", never)
+    monkeypatch.setattr(plan, "_grid_points", never)
+    monkeypatch.setattr(plan, "build_run_spec", never)
     code, err, left = run_cli(["run", "spec.yaml", "--no-report"], GRID_40_4)
     assert_refused(code, err, left, "grid: the plan has 10240000 runs (more than 20000); pass --yes to run it "
                                     "anyway")
@@ -172,7 +173,7 @@ def test_a_plan_of_millions_of_runs_is_refused_before_it_is_enumerated(monkeypat
 
 @pytest.mark.parametrize("command", ["run", "search", "probe"])
 def test_yes_lets_a_large_plan_through(monkeypatch, command):
-    monkeypatch.setattr(experiments, "PLAN_LIMIT", 100)
+    monkeypatch.setattr(plan, "PLAN_LIMIT", 100)
     grid = TINY + "grid: {train.optimizer.lr: [" + ", ".join(str(0.001 * (i + 1)) for i in range(30)) + "]}\n"
     argv = [command, "spec.yaml", "--no-report", "--override" if command == "probe" else "--set",
             "model.activation=nope"]

@@ -15,8 +15,10 @@ import pytest
 from scipy import stats as sps
 
 from relulab.core.errors import UserError
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment, run_key
-from relulab.search.strategies import Measured, Search, SearchOptions, probe_configuration, run_search
+from relulab.experiments import Overrides, load_experiment, run_experiment, run_key
+from relulab.search import SearchOptions, probe_configuration, run_search
+from relulab.search.measured import Measured
+from relulab.search.strategies import Search
 from relulab.store import Store
 from specs import quiet, relulab, stored_runs, write_spec
 
@@ -334,8 +336,33 @@ def test_probe_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path
 
 
 def test_a_statistic_undefined_everywhere_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="--stat: saturation is undefined at every active slot of all-relu"):
+    with pytest.raises(UserError, match="^search.stat: saturation is undefined at every active slot of all-relu"):
         run_search(mlp(tmp_path), SearchOptions("greedy", stat="saturation"), log=quiet)
+
+
+@pytest.mark.parametrize("options,field,flag", [
+    (dict(strategy="beam"), "search.strategy: unknown value 'beam'", "--strategy: unknown value 'beam'"),
+    (dict(strategy="exhaustive", k=3, max_placements=10), "search.k: that is 15 placements of 4 slots (each over "
+     "every seed), more than search.max_placements 10; ask for fewer or raise search.max_placements",
+     "--k: that is 15 placements of 4 slots (each over every seed), more than --max-placements 10; ask for fewer or "
+     "raise --max-placements"),
+    (dict(strategy="budget", keep="0-99999999999"), "search.keep: 0-99999999999 is", "--keep: 0-99999999999 is"),
+])
+def test_library_errors_name_the_field_and_the_command_the_option(capsys, tmp_path, options, field, flag):
+    """A Python user reads the field of SearchOptions; the command's user the option that sets it."""
+    with pytest.raises(UserError, match=f"^{re.escape(field)}"):
+        run_search(mlp(tmp_path), SearchOptions(**options), log=quiet)
+    argv = [text for name, value in options.items() for text in (f"--{name.replace('_', '-')}", str(value))]
+    code, out, err = relulab(capsys, "search", str(write_spec(tmp_path, MLP)), "--store", str(tmp_path / "x.sqlite"),
+                             *argv)
+    assert code == 2 and err.startswith(f"error: {flag}") and "search." not in err, err
+
+
+def test_every_strategy_says_which_options_shape_its_path():
+    from relulab.search.options import PATH_OPTIONS
+    from relulab.search.strategies import STRATEGIES
+
+    assert sorted(PATH_OPTIONS) == sorted(STRATEGIES)
 
 
 # ---------------------------------------------------------------- judged on held-out data
@@ -364,7 +391,7 @@ def test_holm_and_the_chance_of_a_false_positive():
 
 
 def _per_seed(off, seed_accs, seed_heuristics=None):
-    from relulab.search.strategies import _finite_mean
+    from relulab.search.measured import _finite_mean
 
     seed_heuristics = seed_heuristics or {}
     heuristics = {stat: {slot: _finite_mean(v) for slot, v in by.items()} for stat, by in seed_heuristics.items()}
@@ -379,7 +406,7 @@ def test_judgement_bootstrap_resamples_slots_then_seeds_deterministically():
     seeds (the same seeds for the model and its changes); checked against a plain loop over the same draws."""
     import numpy as np
 
-    from relulab.search.strategies import judge
+    from relulab.search.judgement import judge
 
     rng = np.random.default_rng(0)
     slots, seeds = [1, 2, 3, 4, 5, 6], 3
@@ -413,7 +440,7 @@ def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(c
     show the same judgement (one code path), with bootstrap intervals; candidates carry their test accuracy."""
     from relulab.cli.search import print_search
     from relulab.report import build_report
-    from relulab.search.strategies import load_search_views
+    from relulab.search import load_search_views
 
     exp = mlp(tmp_path)
     never = 1e-12  # an acceptance level no difference over 2 seeds reaches: every proposal is rejected

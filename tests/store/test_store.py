@@ -13,7 +13,7 @@ from relulab.store import connection, database as store_mod
 from relulab.training import loop as train_mod
 from relulab.data import DataSpec, load_data
 from relulab.core.errors import UserError
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment
+from relulab.experiments import Overrides, load_experiment, run_experiment
 from relulab.zoo.models import ModelSpec
 from relulab.store import Finished, Store
 from relulab.packing.pack import train_many

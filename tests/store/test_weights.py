@@ -15,8 +15,8 @@ from relulab.training import loop as train
 from relulab.store import weights
 from relulab.data import load_data
 from relulab.core.errors import UserError
-from relulab.experiments.specs import Overrides, load_experiment, run_experiment
-from relulab.search.strategies import SearchOptions, probe_configuration, run_search
+from relulab.experiments import Overrides, load_experiment, run_experiment
+from relulab.search import SearchOptions, probe_configuration, run_search
 from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, retrained_key
 from specs import quiet, relulab, write_spec
 

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module here and registers itself on `app`
 (cli/app.py). `main` is the console entry point: it turns every user mistake (a
 `UserError` from the library, or a usage error from the option parser) into one
-line on stderr and exit code 2, never a traceback.
+line on stderr and exit code 2, never a traceback; the library's errors name spec fields,
+which it shows as the options that set them (cli/app.py's FIELD_FLAGS).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import typer
 
 from relulab.core.errors import UserError
-from relulab.cli.app import app
+from relulab.cli.app import app, flag_message
 
 # Importing the command modules registers their commands on `app`.
 from relulab.cli import train as _train  # noqa: E402,F401
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=argv, standalone_mode=False)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # the library names fields (search.strategy); the user typed options (--strategy)
+        print(f"error: {flag_message(str(e))}", file=sys.stderr)
         sys.exit(2)
     except USAGE_ERRORS as e:  # bad option, missing argument, wrong type
         if not e.format_message():  # `relulab` alone: the help was printed, nothing went wrong

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from relulab.experiments import specs as experiments
+import relulab.experiments as experiments
 from relulab.core.errors import UserError
 from relulab.cli.app import app
 

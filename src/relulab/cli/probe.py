@@ -10,12 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from relulab.experiments import specs as experiments
+import relulab.experiments as experiments
 from relulab.core.errors import UserError
 from relulab.probes.statistics import class_table, degenerate_columns, degenerate_text, parse_stats
 from relulab.core.util import check_output_dir
 from relulab.cli.app import app, option_names
-from relulab.cli.run import check_outputs, report_dir
+from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
+                             report_dir)
 
 console = Console(stderr=True, soft_wrap=True)
 DEFAULT_STATS = "ratio_num,ratio_sum"
@@ -48,6 +49,10 @@ def probe_command(
                                           "report: by default next to the store, but with --out only when asked, "
                                           "and then into OUT/report."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    executor: ExecutorName = "in-process",
+    address: Address = None,
+    gpus_per_task: GpusPerTask = None,
+    cpus_per_task: CpusPerTask = None,
     yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Probe statistics of a configuration's model, per slot and class: from the store, the run's kept weights,
@@ -55,9 +60,11 @@ def probe_command(
 
     Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
     them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
+    from relulab.experiments.executors import make_executor
     from relulab.report import write_probe_tables
-    from relulab.search.strategies import probe_configuration
+    from relulab.search import probe_configuration
 
+    runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     names = parse_stats(stats, "--stats")
     seed_number = _one_seed(seed)
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
@@ -70,7 +77,8 @@ def probe_command(
     report_folder = folder / "report" if out else None  # None: the experiment's report next to the store
     check_outputs(exp.store, report_dir(exp.store, exp.name, report_folder) if want_report else None)
     folder = check_output_dir(folder, "--out")
-    pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config)
+    with failed_tasks_exit():  # the run trains (there: on Ray) only where the store has no statistics of it
+        pr = probe_configuration(exp, seed_number, probe_set, epoch, part, config, executor=runner)
     if not pr.results:
         console.print(f"{pr.variant} seed {seed_number}: no model to probe")
         raise typer.Exit(1)

@@ -2,19 +2,47 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from relulab.experiments import specs as experiments
+import relulab.experiments as experiments
 from relulab.core.errors import UserError
 from relulab.core.util import check_output_file
 from relulab.cli.app import app, option_names
 
 console = Console(stderr=True, soft_wrap=True)
+
+# Where runs train: the options of every command that trains (run, search, probe), defined once here.
+ExecutorName = Annotated[str, typer.Option(
+    "--executor", help="Where runs train: in-process (this process) or ray (a Ray cluster; needs the ray extra). The "
+    "store is written by this process either way.")]
+Address = Annotated[Optional[str], typer.Option(
+    help="With --executor ray: the cluster to join, HOST:6379, or auto for one started with `ray start` on this "
+    "machine (default: start a local Ray with this machine's GPUs and CPUs).")]
+GpusPerTask = Annotated[Optional[float], typer.Option(
+    help="With --executor ray: GPUs per task, 0 to 1 (0.5: two tasks share a GPU; 0: train on CPUs). Default: 1 "
+    "when the cluster has GPUs.")]
+CpusPerTask = Annotated[Optional[int], typer.Option(
+    help="With --executor ray: CPU cores per task, also its torch threads unless the spec sets threads "
+    "(default 1).")]
+
+
+@contextmanager
+def failed_tasks_exit():
+    """Ray tasks that failed for good end the command with one line and exit code 1: the finished runs are
+    stored, and running the command again retries the rest."""
+    from relulab.experiments.executors import TaskFailed
+
+    try:
+        yield
+    except TaskFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command("run")
@@ -36,16 +64,10 @@ def run_command(
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here (needs the "
                                                "tensorboard extra)."),
-    executor: str = typer.Option("in-process", help="Where runs train: in-process (this process) or ray (a Ray "
-                                 "cluster; needs the ray extra). The store is written by this process either way."),
-    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster to join, HOST:6379, or auto "
-                                          "for one started with `ray start` on this machine (default: start a local "
-                                          "Ray with this machine's GPUs and CPUs)."),
-    gpus_per_task: Optional[float] = typer.Option(None, help="With --executor ray: GPUs per task, 0 to 1 (0.5: two "
-                                                  "tasks share a GPU; 0: train on CPUs). Default: 1 when the cluster "
-                                                  "has GPUs."),
-    cpus_per_task: Optional[int] = typer.Option(None, help="With --executor ray: CPU cores per task, also its torch "
-                                                "threads unless the spec sets threads (default 1)."),
+    executor: ExecutorName = "in-process",
+    address: Address = None,
+    gpus_per_task: GpusPerTask = None,
+    cpus_per_task: CpusPerTask = None,
     keep_weights: Optional[bool] = typer.Option(None, "--keep-weights/--no-keep-weights", help="Keep each finished "
                                                 "run's final and best-epoch weights beside the store (the spec's "
                                                 "keep_weights; default auto: where a run's take at most 256 MiB)."),
@@ -56,7 +78,7 @@ def run_command(
 
     Re-running the same command after an interruption (even kill -9) finishes what is missing.
     With --executor ray the runs train on a Ray cluster, a pack of models per task."""
-    from relulab.experiments.executors import TaskFailed, make_executor
+    from relulab.experiments.executors import make_executor
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     overrides = experiments.Overrides(
@@ -67,11 +89,8 @@ def run_command(
     if tensorboard is not None and not report:
         raise UserError("--tensorboard: the logs are written with the report; drop --no-report")
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
-    try:
+    with failed_tasks_exit():
         summary = experiments.run_experiment(exp, executor=runner)
-    except TaskFailed as e:  # the finished runs are stored; re-running the command retries the rest
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1)
     _print_summary(summary)
     if report:
         from relulab.report import build_report

@@ -9,19 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from relulab.experiments import specs as experiments
-from relulab.core.ranges import parse_ranges
+import relulab.experiments as experiments
 from relulab.cli.app import app, option_names
-from relulab.cli.run import check_outputs, report_dir
+from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
+                             report_dir)
 
 console = Console(stderr=True, soft_wrap=True)
-
-
-def parse_counts(text: Optional[str], field: str = "--keep") -> Optional[list[int]]:
-    """'0,2,4' or '0-10' (or a mix) -> the integers; None -> None."""
-    if text is None or not text.strip():
-        return None
-    return parse_ranges(text, field)
 
 
 @app.command("search")
@@ -70,24 +63,31 @@ def search_command(
     keep_weights: Optional[bool] = typer.Option(None, "--keep-weights/--no-keep-weights", help="Keep each finished "
                                                 "run's final and best-epoch weights beside the store (the spec's "
                                                 "keep_weights; default auto: where a run's take at most 256 MiB)."),
+    executor: ExecutorName = "in-process",
+    address: Address = None,
+    gpus_per_task: GpusPerTask = None,
+    cpus_per_task: CpusPerTask = None,
     yes: bool = typer.Option(False, "--yes", help=f"Accept a spec of more than {experiments.PLAN_LIMIT} runs."),
 ):
     """Search which activation slots to switch off; results go to the store and the experiment's report.
 
     Runs already in the store (from relulab run, another search or a killed one) are reused, never retrained:
     run the same command again after an interruption and it goes on where it stopped."""
-    from relulab.search.strategies import SearchOptions, load_search_views, run_search
+    from relulab.experiments.executors import make_executor
+    from relulab.search import SearchOptions, load_search_views, run_search
     from relulab.store import Store
 
-    options = SearchOptions(strategy, stat, order, budget, patience, k, parse_counts(keep, "--keep"), choose,
-                            plain_rule, alpha, metric, probe_set, max_placements)
+    runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
+    options = SearchOptions(strategy, stat, order, budget, patience, k, keep, choose, plain_rule, alpha, metric,
+                            probe_set, max_placements)
     overrides = experiments.Overrides(
         seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
-    outcome = run_search(exp, options, part, config)
+    with failed_tasks_exit():
+        outcome = run_search(exp, options, part, config, executor=runner)
     with Store(exp.store, create=False) as s:
         found = next(x for x in load_search_views(s, exp.name) if x["id"] == outcome.id)
     print_search(found)
@@ -131,7 +131,7 @@ def _rho(value, low, high) -> str:
 def print_judgement(out: Console, rows: list[dict], step: int) -> None:
     """A judgement's table: each statistic's rank correlations with their bootstrap intervals, raw and
     Holm-adjusted p-values, and the note on comparing many statistics at once."""
-    from relulab.search.strategies import false_positive_note
+    from relulab.search import false_positive_note
 
     rows = [c for c in rows if c["step"] == step and c["spearman"] is not None and c["spearman"] == c["spearman"]]
     if not rows:

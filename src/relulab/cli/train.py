@@ -14,7 +14,7 @@ from relulab import data as data_mod
 from relulab.data import DataSpec
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError
-from relulab.experiments.specs import seeds_from_options
+from relulab.experiments import seeds_from_options
 from relulab.zoo.models import MODELS, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many

@@ -1,8 +1,8 @@
 """Executors: where a sweep's runs are trained.
 
-The sweep driver (`experiments.run_experiment`) decides *what* to train: the run keys
-the store does not hold yet, claimed there so that no other driver trains them. An
-executor decides *where*:
+The sweep driver (relulab.experiments.sweep: for sweeps, searches and probes) decides
+*what* to train: the run keys the store does not hold yet, claimed there so that no other
+driver trains them. An executor decides *where*:
 
     run_experiment(exp)                                            # InProcessExecutor: this process
     run_experiment(exp, executor=RayExecutor())                    # a local Ray with this machine's GPUs
@@ -18,7 +18,7 @@ the dataset's `DataSpec` (paths already absolute: Ray workers do not run in the
 driver's folder), probe settings, the device and thread count. `run_task` is the one
 function that trains a task, in the driver's process or in a Ray worker: it loads the
 data itself (cached per process, one dataset at a time), attaches the probes and calls
-`train.train_many`, which packs what it can.
+`packing.pack.train_many`, which packs what it can.
 
 `InProcessExecutor` makes one task per dataset of a claimed batch and runs it here:
 exactly what the driver did before executors existed. `RayExecutor` cuts the batch
@@ -29,7 +29,7 @@ worker dies (killed, out of memory, node lost) is retried by Ray (`max_retries`)
 exception raised by the training code is not retried (`retry_exceptions=False`): a
 missing dataset or a bad shape fails the same way every time. Results travel back as
 numbers (history, summary, probe statistics, provenance) and the final and best-epoch
-weights as CPU tensors (the driver keeps them beside the store: relulab.weights), never
+weights as CPU tensors (the driver keeps them beside the store: relulab.store.weights), never
 models.
 
 Ray is an optional extra (`pip install "relulab[ray]"`), imported only when a Ray
@@ -46,12 +46,12 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
-from relulab.probes import statistics as probes_mod
 from relulab.data import DataSpec, Splits, data_key, load_data
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError, unknown_choice
 from relulab.training.resume import Resume
 from relulab.packing.pack import train_many
+from relulab.probes.callbacks import EpochProbeRequest, slot_probe
 from relulab.training.callbacks import Callback
 from relulab.training.specs import Job, RunResult
 
@@ -75,6 +75,8 @@ class Task:
     probes: dict = field(default_factory=dict)  # job key -> (statistics, probe set size); such jobs train alone
     threads: Optional[int] = None  # torch CPU threads in the worker
     resume: Optional[Resume] = None  # where training in progress is saved (relulab.resume); None: not saved
+    # job key -> EpochProbeRequest: every statistic at chosen epochs (relulab probe); such jobs train alone too
+    epoch_probes: dict[str, EpochProbeRequest] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]:
@@ -90,36 +92,11 @@ class Outcome:
     slot_stats: dict = field(default_factory=dict)  # {epoch: {stat: {slot: value}}}
     # The final model's weights (CPU tensors) when the model itself stayed where it trained (a Ray worker)
     final_state: Optional[dict] = None
+    probe_results: dict = field(default_factory=dict)  # {epoch: ProbeResult} of the task's epoch_probes
 
     def final_weights(self) -> Optional[dict]:
         """The final model's state dict, wherever the run trained (None: not known)."""
         return self.result.model.state_dict() if self.result.model is not None else self.final_state
-
-
-class SlotProbe(Callback):
-    """Per-slot statistics on a fixed probe set before training (epoch 0: the model as initialised) and after
-    every epoch (reduced on the device)."""
-
-    def __init__(self, x: torch.Tensor, stats: Sequence[str], y: Optional[torch.Tensor] = None):
-        self.x, self.y, self.stats, self.by_epoch = x, y, list(stats), {}
-
-    def _measure(self, model) -> dict:
-        # With labels, gradient statistics (grad_norm...) are measured too; without, they are NaN.
-        return probes_mod.probe(model, self.x, self.y, stats=self.stats)
-
-    def on_train_begin(self, model, spec) -> None:
-        # Seed 002's premise (SELU keeps each layer near mean 0, variance 1) is about the initialised network.
-        self.by_epoch[0] = self._measure(model)
-
-    def on_epoch_end(self, model, record) -> None:
-        self.by_epoch[record.epoch] = self._measure(model)
-
-    def state(self) -> dict:
-        # A resumed run restores the epochs measured before the interruption (epoch 0 included).
-        return {"by_epoch": self.by_epoch}
-
-    def restore(self, state: dict) -> None:
-        self.by_epoch = dict(state.get("by_epoch", {}))
 
 
 # ---------------------------------------------------------------- running a task (driver or worker)
@@ -149,20 +126,20 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
         splits = process_splits(task.data, device)
     elif splits.x_train.device != device:
         splits = splits.to(device)
-    probes: dict[str, SlotProbe] = {}
+    probes: dict[str, Callback] = {}
 
     def callbacks(job: Job) -> list[Callback]:
         # Only probed runs get a callback: a job with callbacks trains alone, the others may be packed.
-        if job.key not in task.probes:
-            return []
-        stats, size = task.probes[job.key]
-        probes[job.key] = SlotProbe(splits.x_val[:size], stats, splits.y_val[:size])
-        return [probes[job.key]]
+        if job.key in task.probes:
+            probes[job.key] = slot_probe(task.probes[job.key], splits)
+        elif job.key in task.epoch_probes:
+            probes[job.key] = task.epoch_probes[job.key].callback(splits)
+        return [probes[job.key]] if job.key in probes else []
 
     for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack,
                                   still_wanted=still_wanted, resume=task.resume):
         probe = probes.pop(job.key, None)
-        yield Outcome(job, result, probe.by_epoch if probe else {})
+        yield Outcome(job, result, getattr(probe, "by_epoch", {}), probe_results=getattr(probe, "results", {}))
 
 
 def execute_task(task: Task) -> list[Outcome]:
@@ -192,7 +169,7 @@ def _chunks(items: list, n: int) -> list[list]:
 
 def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Optional[dict] = None,
               threads: Optional[int] = None, slots: int = 1, max_models: int = MAX_MODELS_PER_TASK,
-              resume: Optional[Resume] = None) -> list[Task]:
+              resume: Optional[Resume] = None, epoch_probes: Optional[dict] = None) -> list[Task]:
     """Jobs -> tasks of one pack each, for workers whose device is `device` (cpu or cuda).
 
     Jobs that can train together (same dataset and `pack.pack_key` on that device) form a
@@ -203,11 +180,12 @@ def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Op
     order of first appearance."""
     from relulab.packing import rules as packing
 
-    probes = probes or {}
+    probes, epoch_probes = probes or {}, epoch_probes or {}
     kind = torch.device("cuda" if str(device).startswith("cuda") else "cpu")
     groups: dict[tuple, list[Job]] = {}
     for position, job in enumerate(jobs):
-        key = packing.pack_key(job, kind) if pack and job.key not in probes else None
+        probed = job.key in probes or job.key in epoch_probes
+        key = packing.pack_key(job, kind) if pack and not probed else None
         groups.setdefault((data_key(job.spec.data), key) if key is not None else ("alone", position), []).append(job)
     packable = sum(len(members) for key, members in groups.items() if key[0] != "alone")
     size = max(1, min(max_models, math.ceil(packable / max(1, slots))))
@@ -219,9 +197,14 @@ def cut_tasks(jobs: Sequence[Job], device: str, *, pack: bool = True, probes: Op
                 stacks.setdefault(str(packing.stack_key(job)), []).append(job)
             members = [job for stack in stacks.values() for job in stack]
         for chunk in _chunks(members, math.ceil(len(members) / size)):
-            tasks.append(Task(chunk, chunk[0].spec.data, str(device), pack,
-                              {j.key: probes[j.key] for j in chunk if j.key in probes}, threads, resume))
+            tasks.append(Task(chunk, chunk[0].spec.data, str(device), pack, _of(probes, chunk), threads, resume,
+                              _of(epoch_probes, chunk)))
     return tasks
+
+
+def _of(requests: dict, jobs: Sequence[Job]) -> dict:
+    """The probe requests of `jobs`."""
+    return {job.key: requests[job.key] for job in jobs if job.key in requests}
 
 
 # ---------------------------------------------------------------- executors
@@ -243,7 +226,7 @@ class Executor(Protocol):
         """Where the driver itself computes (the analyses)."""
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool, probes: dict, threads: Optional[int],
-              resume: Optional[Resume] = None) -> list[Task]: ...
+              resume: Optional[Resume] = None, epoch_probes: Optional[dict] = None) -> list[Task]: ...
 
     def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
         """Run the tasks; yield each run's Outcome as it finishes (in any order). `still_wanted(jobs)` returns
@@ -274,13 +257,13 @@ class InProcessExecutor:
         return self.device
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool = True, probes: Optional[dict] = None,
-              threads: Optional[int] = None, resume: Optional[Resume] = None) -> list[Task]:
+              threads: Optional[int] = None, resume: Optional[Resume] = None,
+              epoch_probes: Optional[dict] = None) -> list[Task]:
         by_data: dict[str, list[Job]] = {}
         for job in jobs:
             by_data.setdefault(data_key(job.spec.data), []).append(job)
-        probes = probes or {}
-        return [Task(group, group[0].spec.data, str(self.device), pack,
-                     {j.key: probes[j.key] for j in group if j.key in probes}, threads, resume)
+        return [Task(group, group[0].spec.data, str(self.device), pack, _of(probes or {}, group), threads, resume,
+                     _of(epoch_probes or {}, group))
                 for group in by_data.values()]
 
     def _device_splits(self, spec: DataSpec) -> Splits:
@@ -311,7 +294,7 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise UserError(f"--executor ray needs Ray: {RAY_HINT}") from None
+        raise UserError(f"executor.name ray needs Ray: {RAY_HINT}") from None
     return ray
 
 
@@ -340,13 +323,13 @@ class RayExecutor:
         if gpus_per_task is not None and (isinstance(gpus_per_task, bool) or
                                           not isinstance(gpus_per_task, (int, float)) or
                                           not 0 <= gpus_per_task <= 1):
-            raise UserError(f"--gpus-per-task: expected a number from 0 to 1 (a task trains on one GPU), got "
+            raise UserError(f"executor.gpus_per_task: expected a number from 0 to 1 (a task trains on one GPU), got "
                             f"{gpus_per_task!r}")
         if cpus_per_task is not None and (isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int)
                                           or cpus_per_task < 1):
-            raise UserError(f"--cpus-per-task: expected a positive integer, got {cpus_per_task!r}")
+            raise UserError(f"executor.cpus_per_task: expected a positive integer, got {cpus_per_task!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
-            raise UserError(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+            raise UserError(f"executor.max_retries: expected an integer >= 0, got {max_retries!r}")
         self.ray = require_ray()
         self.address, self.max_retries, self.max_models = address, max_retries, max_models_per_task
         self.gpus_asked, self.cpus = gpus_per_task, cpus_per_task or 1
@@ -387,7 +370,7 @@ class RayExecutor:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = "" if address in ("auto", "local") or os.environ.get("RAY_AUTH_MODE") else \
                 " (a cluster with token authentication needs RAY_AUTH_MODE=token here, and its token)"
-            raise UserError(f"--address: could not start or join a Ray cluster {where}: {first}{hint}") from None
+            raise UserError(f"executor.address: could not start or join a Ray cluster {where}: {first}{hint}") from None
         self._started = True
         return "a local Ray" if address == "local" else f"Ray at {address}"
 
@@ -423,21 +406,21 @@ class RayExecutor:
         total_cpus = sum(n.get("CPU", 0) for n in nodes)
         if device == "cpu":
             if self.gpus_asked:
-                raise UserError("--gpus-per-task: the experiment's device is cpu; leave --gpus-per-task out or "
-                                "set it to 0")
+                raise UserError("executor.gpus_per_task: the experiment's device is cpu; leave executor.gpus_per_task "
+                                "out or set it to 0")
             gpus = 0.0
         elif self.gpus_asked is not None:
             gpus = float(self.gpus_asked)
             if gpus > 0 and total_gpus == 0:
-                raise UserError("--gpus-per-task: the Ray cluster has no GPU (use 0 to train on CPUs)")
+                raise UserError("executor.gpus_per_task: the Ray cluster has no GPU (use 0 to train on CPUs)")
         else:
             gpus = 1.0 if total_gpus > 0 else 0.0
         if gpus == 0 and device.startswith("cuda"):
-            why = "the Ray cluster has none" if total_gpus == 0 else "--gpus-per-task is 0"
+            why = "the Ray cluster has none" if total_gpus == 0 else "executor.gpus_per_task is 0"
             raise UserError(f"device: {device} asked for, but the Ray tasks get no GPU ({why}); use cpu or auto")
         if max((n.get("CPU", 0) for n in nodes), default=0) < self.cpus:
-            raise UserError(f"--cpus-per-task: {self.cpus} asked for, but no node of the Ray cluster has that many "
-                            f"CPUs ({total_cpus:g} in all)")
+            raise UserError(f"executor.cpus_per_task: {self.cpus} asked for, but no node of the Ray cluster has that "
+                            f"many CPUs ({total_cpus:g} in all)")
         slots = sum(min(int(n.get("CPU", 0) // self.cpus),
                         math.floor(n.get("GPU", 0) / gpus + 1e-6) if gpus > 0 else 1 << 30) for n in nodes)
         return gpus, max(1, slots)
@@ -449,9 +432,10 @@ class RayExecutor:
     # ------------------------------------------------------------ work
 
     def tasks(self, jobs: Sequence[Job], *, pack: bool = True, probes: Optional[dict] = None,
-              threads: Optional[int] = None, resume: Optional[Resume] = None) -> list[Task]:
+              threads: Optional[int] = None, resume: Optional[Resume] = None,
+              epoch_probes: Optional[dict] = None) -> list[Task]:
         return cut_tasks(jobs, self.worker_device, pack=pack, probes=probes, threads=threads or self.cpus,
-                         slots=self.slots, max_models=self.max_models, resume=resume)
+                         slots=self.slots, max_models=self.max_models, resume=resume, epoch_probes=epoch_probes)
 
     def submit(self, tasks: Sequence[Task], still_wanted: Optional[StillWanted] = None) -> Iterator[Outcome]:
         """Submit every task, then yield outcomes task by task as they complete. A task that failed for good
@@ -536,26 +520,27 @@ def _probe_address(address: str, what: str = "", timeout_s: float = 10.0) -> Non
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address: expected HOST:PORT (the head node's address, port 6379 by default) or auto, "
-                        f"got {address!r}")
+        raise UserError(f"executor.address: expected HOST:PORT (the head node's address, port 6379 by default) or "
+                        f"auto, got {address!r}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
         what = f" ({what})" if what else ""
-        raise UserError(f"--address: no Ray cluster answers at {hostport}{what}: {e.strerror or e}; start one "
+        raise UserError(f"executor.address: no Ray cluster answers at {hostport}{what}: {e.strerror or e}; start one "
                         f"with `ray start --head` there") from None
 
 
 def make_executor(name: str = "in-process", address: Optional[str] = None, gpus_per_task: Optional[float] = None,
                   cpus_per_task: Optional[int] = None) -> "Executor":
-    """An executor from the command line's options (errors name the option)."""
+    """An executor by name (`executor.name`: in-process or ray), with the Ray options; errors name the fields
+    (`executor.address`), which the command line shows as its options (--address)."""
     if name not in EXECUTORS:
-        raise unknown_choice("--executor", name, EXECUTORS)
+        raise unknown_choice("executor.name", name, EXECUTORS)
     if name != "ray":
-        for option, value in (("--address", address), ("--gpus-per-task", gpus_per_task),
-                              ("--cpus-per-task", cpus_per_task)):
+        for option, value in (("executor.address", address), ("executor.gpus_per_task", gpus_per_task),
+                              ("executor.cpus_per_task", cpus_per_task)):
             if value is not None:
-                raise UserError(f"{option}: only with --executor ray")
+                raise UserError(f"{option}: only with executor.name ray")
         return InProcessExecutor()
     return RayExecutor(address=address, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task)
 

@@ -71,7 +71,7 @@ def number_or_nan(value) -> float:
 
 
 def collect(store: Store, name: str) -> ExperimentData:
-    from relulab.experiments.specs import analysis_key
+    from relulab.experiments.run import analysis_key
 
     exp = store.load_experiment(name)
     keys = [row["run_key"] for row in exp["plan"]]
@@ -123,7 +123,7 @@ def _fill_stats(parts: list[PartData]) -> None:
 
 
 def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:
-    from relulab.search.strategies import load_search_views
+    from relulab.search.judgement import load_search_views
 
     searches = load_search_views(store, name)  # with test accuracies and judgements from the stored runs
     for part in parts:

@@ -142,7 +142,7 @@ def search_sections(s: dict, svg: bool) -> list[Section]:
 
 
 def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Section]:
-    from relulab.search.strategies import false_positive_note
+    from relulab.search.judgement import false_positive_note
 
     corr = _stat_order([c for c in s.get("judgements", []) if c["step"] == step])
     if not corr:

@@ -47,17 +47,19 @@ shows its mean test accuracy (95% interval over seeds) beside the validation acc
 that chose it.
 
 Efficiency and resumption: every run is keyed exactly as `relulab run` keys it
-(`experiments.run_key` of the resolved config and seed), so a placement trained before
-(by a sweep, by another strategy or another search) is never retrained, and all the
-runs a step needs train together in one `train.train_many` call (packed and run
-concurrently where the hardware allows). Runs are claimed in the store before they
+(`relulab.experiments.plan.run_key` of the resolved config and seed), so a placement trained
+before (by a sweep, by another strategy or another search) is never retrained, and all the
+runs a step needs train together through the sweep driver (relulab.experiments.sweep) and
+its executor: in this process, packed and run concurrently where the hardware allows, or on
+a Ray cluster (`run_search(..., executor=RayExecutor())`, `relulab search --executor ray`);
+the probes are measured in this process, on the final weights. Runs are claimed in the store before they
 train, as sweeps do, and committed as each finishes; a killed search, run again,
 recomputes its path from the stored runs in seconds and goes on where it stopped.
 The probe statistics of every model a search trains are computed on its final
 weights (all statistics, on the probe set) and stored in `run_probes`. A search's
 *current* models need them (greedy's heuristics, the judgement's base); one found in the
 store without them (trained by `relulab run`) is probed from its kept weights
-(relulab.weights), without training. Only where no weights were kept is it trained
+(relulab.store.weights), without training. Only where no weights were kept is it trained
 again, and that copy is another model (packed and alone, floating point sums differ, and
 training amplifies it): it is stored as its own record, marked retrained for probing,
 and its statistics go under its own key (`store.retrained_key`), never the stored run's.
@@ -70,128 +72,28 @@ import itertools
 import json
 import math
 import sys
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional
 
-import numpy as np
 import torch
 
+from relulab.core.errors import UserError
+from relulab.core.stats import compare
+from relulab.data import data_key, load_data
+from relulab.experiments.executors import Executor, InProcessExecutor
+from relulab.experiments.plan import Experiment, Part, Variant, canonical_spec, run_key
+from relulab.experiments.sweep import Recorded, Sweep, SweepRun, run_line
 from relulab.probes import statistics as probes_mod
-from relulab.data import load_data
-from relulab.core.env import resolve_device
-from relulab.core.errors import UserError, unknown_choice
-from relulab.data import data_key
-from relulab.experiments.specs import Experiment, Part, Variant, canonical_spec, run_key
-from relulab.zoo.models import build_model
-from relulab.core.ranges import parse_ranges
-from relulab.core.stats import (Summary, chance_of_a_false_positive, compare, holm, kendall_rows, percentile_interval,
-                    spearman_rows, summarize)
-from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, retrained_key
-from relulab.packing.pack import train_many
-from relulab.training.callbacks import Callback
+from relulab.search.judgement import judge
+from relulab.search.measured import Measured, stored_measurement
+from relulab.search.options import SearchOptions
+from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
+from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
 from relulab.training.specs import Job, RunSpec
 from relulab.store.weights import Keeper, KeptWeights
+from relulab.zoo.models import build_model
 
-METRICS = ("best_val_acc", "final_val_acc", "test_acc")
-ORDERS = ("highest", "lowest")
-CHOICES = ("stat", "exhaustive")
-OFF = "identity"
-
-
-@dataclass
-class SearchOptions:
-    """How to search. A plain record for the CLI; `validate` checks it against the model's slots."""
-
-    strategy: str = "greedy"
-    stat: str = "ratio_num"  # greedy's ranking; budget's when choose = stat
-    order: str = "highest"  # switch off the slot with the highest (or lowest) value first
-    budget: Optional[int] = None  # greedy, oracle: slots switched off at most (default 20% of the active ones)
-    patience: int = 1  # greedy: stop after this many rejected proposals in a row
-    k: int = 2  # exhaustive: placements with up to k slots off
-    keep: Optional[list[int]] = None  # budget: numbers of slots kept on (default: every number)
-    choose: str = "stat"  # budget: stat | exhaustive
-    plain_rule: bool = False  # accept when the mean improves (the seed's rule) instead of Welch's test
-    alpha: float = 0.05
-    metric: str = "best_val_acc"
-    probe_set: str = "first"
-    max_placements: int = 100  # exhaustive / budget: refuse to plan more placements than this
-
-    def validate(self, active: list[int]) -> "SearchOptions":
-        """A copy with defaults resolved; UserErrors name the command's options."""
-        o = copy.deepcopy(self)
-        if o.strategy not in STRATEGIES:
-            raise unknown_choice("--strategy", o.strategy, STRATEGIES)
-        probes_mod.check_stats([o.stat], "--stat")
-        if o.order not in ORDERS:
-            raise unknown_choice("--order", o.order, ORDERS)
-        if o.metric not in METRICS:
-            raise unknown_choice("--metric", o.metric, METRICS)
-        if o.choose not in CHOICES:
-            raise unknown_choice("--choose", o.choose, CHOICES)
-        o.probe_set = probes_mod.parse_probe_set(o.probe_set, "--probe-set").name
-        if not (isinstance(o.alpha, (int, float)) and 0 < o.alpha < 1):
-            raise UserError(f"--alpha: expected a number between 0 and 1, got {o.alpha!r}")
-        n = len(active)
-        if o.budget is None:
-            o.budget = max(1, round(0.2 * n))
-        if not 1 <= o.budget <= n:
-            raise UserError(f"--budget: expected 1 to {n} (the slots that are on), got {o.budget}")
-        if o.patience < 1:
-            raise UserError(f"--patience: expected a positive integer, got {o.patience}")
-        if o.max_placements < 1:
-            raise UserError(f"--max-placements: expected a positive integer, got {o.max_placements}")
-        if not 1 <= o.k <= n:
-            raise UserError(f"--k: expected 1 to {n} (the slots that are on), got {o.k}")
-        if o.keep is None:
-            o.keep = list(range(n, -1, -1))
-        bad = [k for k in o.keep if not 0 <= k <= n]
-        if bad or not o.keep:
-            raise UserError(f"--keep: expected numbers of slots kept on from 0 to {n}, got {o.keep}")
-        o.keep = sorted(set(o.keep), reverse=True)
-        count = {"exhaustive": sum(math.comb(n, j) for j in range(o.k + 1)),
-                 "budget": (sum(math.comb(n, k) for k in o.keep) if o.choose == "exhaustive" else len(o.keep) + 1)
-                 }.get(o.strategy, 0)
-        if count > o.max_placements:
-            what = "--k" if o.strategy == "exhaustive" else "--keep"
-            raise UserError(f"{what}: that is {count} placements of {n} slots (each over every seed), more than "
-                            f"--max-placements {o.max_placements}; ask for fewer or raise --max-placements")
-        return o
-
-    def identity(self) -> dict:
-        """The options that shape the search's path (what its id hashes)."""
-        keys = {"greedy": ("stat", "order", "budget", "patience", "plain_rule", "alpha"),
-                "oracle": ("budget", "plain_rule", "alpha"),
-                "exhaustive": ("k", "alpha"),
-                "budget": ("keep", "choose", "stat", "order", "alpha")}[self.strategy]
-        return {"strategy": self.strategy, "metric": self.metric, "probe_set": self.probe_set,
-                **{k: getattr(self, k) for k in keys}}
-
-
-@dataclass
-class Measured:
-    """One placement over the seeds."""
-
-    off: frozenset
-    label: str
-    keys: list[str]
-    accs: list[float]  # the metric of each finished (not diverged) run
-    diverged: int
-    relu_count: int
-    heuristics: dict[str, dict[int, float]] = field(default_factory=dict)  # stat -> slot -> mean over seeds
-    # The same per seed (in the order of `keys`; NaN where a run is missing, diverged or unprobed): what the
-    # judgement's bootstrap resamples.
-    seed_accs: list[float] = field(default_factory=list)
-    seed_heuristics: dict[str, dict[int, list[float]]] = field(default_factory=dict)
-
-    @property
-    def summary(self):
-        return summarize(self.accs)
-
-    @property
-    def mean(self) -> float:
-        return self.summary.mean if self.accs else math.nan
+OFF = "identity"  # what a slot switched off becomes
 
 
 @dataclass
@@ -208,104 +110,15 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def pick_variant(part: Part, config: Optional[str]) -> Variant:
-    """The configuration a search or probe starts from: `config` (a configuration or variant name), else the
-    part's baseline, else its first configuration."""
-    if config is None:
-        config = part.baseline or part.variants[0].name
-    exact = [v for v in part.variants if v.name == config]
-    if exact:
-        return exact[0]
-    by_config = [v for v in part.variants if v.config == config]
-    if len(by_config) == 1:
-        return by_config[0]
-    if len(by_config) > 1:
-        raise UserError(f"--config: {config} has several grid points ({', '.join(v.name for v in by_config)}); "
-                        "name one")
-    raise unknown_choice("--config", config, [v.name for v in part.variants])
-
-
-def pick_part(exp: Experiment, name: Optional[str]) -> Part:
-    if name is None:
-        if len(exp.parts) > 1:
-            raise UserError(f"--part: {exp.name} has several parts ({', '.join(p.name for p in exp.parts)}); "
-                            "name one")
-        return exp.parts[0]
-    for part in exp.parts:
-        if part.name == name:
-            return part
-    raise unknown_choice("--part", name, [p.name for p in exp.parts])
-
-
-def ensure_plan(store: Store, exp: Experiment) -> None:
-    """Save the experiment's plan if the store has none yet, so that `relulab report` can render the results
-    of a search or probe run before any sweep; a sweep's plan, once there, is left alone."""
-    if exp.name not in store.experiment_names():
-        store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
-                        exp.run_overrides)
-
-
-def probe_rows(result: probes_mod.ProbeResult) -> list[tuple]:
-    """A ProbeResult as store rows: (stat, slot, class, class name, images, value)."""
-    return [(stat, slot, cls, name, result.counts[cls] if cls >= 0 else result.images, value)
-            for stat, slot, cls, name, value in result.rows()]
-
-
-# ---------------------------------------------------------------- what the store holds about a placement
-
-
-def _finite_mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def stored_heuristics(store: Store, keys: list[str], probe_set: str) -> dict[str, dict[int, list[float]]]:
-    """stat -> slot -> the all-images value at each run's last probed epoch, one value per key in the order of
-    `keys` (NaN for a run without probes)."""
-    column = {key: i for i, key in enumerate(keys)}
-    # A run's own statistics, or those of its copy retrained for probing (row["of"]: the run it stands in for).
-    rows = [r for r in store.probes_or_copies(keys, probe_set) if r["class"] == -1]
-    last: dict[str, int] = {}
-    for r in rows:
-        last[r["run_key"]] = max(last.get(r["run_key"], 0), r["epoch"])
-    out: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        if r["epoch"] == last[r["run_key"]]:
-            out.setdefault(r["stat"], {}).setdefault(r["slot"], [math.nan] * len(keys))[column[r["of"]]] = \
-                r["value"]
-    return out
-
-
-def stored_measurement(store: Store, off: Iterable[int], label: str, keys: list[str], metric: str, probe_set: str,
-                       relu_count: int) -> Measured:
-    """A placement as the store has it: the metric of its runs (`keys`, one per seed) and their probe
-    statistics, averaged over the seeds and kept per seed."""
-    runs = store.runs(keys)
-    accs, seed_accs, diverged = [], [], 0
-    for key in keys:
-        row = runs.get(key)
-        value = math.nan
-        if row is not None and row["status"] != "done":
-            diverged += 1
-        elif row is not None and row[metric] is not None and math.isfinite(row[metric]):
-            value = row[metric]
-            accs.append(value)
-        seed_accs.append(value)
-    per_seed = stored_heuristics(store, keys, probe_set)
-    heuristics = {stat: {slot: _finite_mean(values) for slot, values in by_slot.items()}
-                  for stat, by_slot in per_seed.items()}
-    return Measured(frozenset(off), label, list(keys), accs, diverged, relu_count, heuristics, seed_accs, per_seed)
-
-
 class Search:
-    """Measures placements for a strategy: trains what the store lacks (one `train_many` call per batch),
-    probes what it trains, records steps."""
+    """Measures placements for a strategy: trains what the store lacks through the sweep driver (and its
+    executor), probes what it trains, records steps."""
 
     def __init__(self, exp: Experiment, part: Part, base: Variant, options: SearchOptions, store: Store,
-                 splits, device: torch.device, log: Callable[[str], None] = _log, poll_s: float = 2.0):
+                 splits, device: torch.device, sweep: Sweep, log: Callable[[str], None] = _log):
         self.exp, self.part, self.base, self.store, self.device, self.log = exp, part, base, store, device, log
-        self.poll_s = poll_s
-        self.splits = splits
+        self.sweep = sweep
+        self.splits = splits  # on the host: its probe set goes to `device`, where the probes are measured
         self.seeds = list(part.seeds)
         model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
         self.slots = [s.index for s in model.slots]
@@ -313,10 +126,9 @@ class Search:
         self.sizes = probes_mod.slot_output_sizes(model, splits.input_shape)
         self.options = options.validate(self.active)
         self.probe_set = probes_mod.parse_probe_set(self.options.probe_set)
-        self.probe_x, self.probe_y = probes_mod.select_probe_set(splits, self.probe_set)
+        self.probe_x, self.probe_y = (t.to(device) for t in probes_mod.select_probe_set(splits, self.probe_set))
         self.id = self._id()
         self.trained = self.reused = self.probed_again = 0
-        self.keeper = Keeper(exp.store, exp.keep_weights, {data_key(base.spec.data): splits.classes}, log)
         self.kept = KeptWeights(store, log)
         self._seen_keys: set[str] = set()
         self._cache: dict[frozenset, Measured] = {}
@@ -351,41 +163,37 @@ class Search:
         the runs' kept weights, else from copies retrained for probing (stored as records of their own)."""
         placements = list(dict.fromkeys(frozenset(p) for p in placements))
         want_probes = {frozenset(p) for p in probes_for}
-        jobs: dict[str, tuple[frozenset, Job]] = {}
+        runs: dict[str, tuple[frozenset, SweepRun]] = {}
         for off in placements:
             spec = self.spec(off)
             for seed in self.seeds:
                 key = run_key(spec, seed)
-                jobs.setdefault(key, (off, Job(spec, seed, key)))
-        done = self.store.done_keys(jobs)
+                runs.setdefault(key, (off, SweepRun(Job(spec, seed, key), self.exp.name, self.part.name,
+                                                    self.label(off))))
+        done = self.store.done_keys(runs)
         fresh = [k for k in done if k not in self._seen_keys]
         self.reused += len(fresh)
-        self._seen_keys |= set(jobs)
-        have = self._probed_keys([k for k in done if jobs[k][0] in want_probes])
-        again = self._probe_kept([k for k in done if jobs[k][0] in want_probes and k not in have])
+        self._seen_keys |= set(runs)
+        have = self._probed_keys([k for k in done if runs[k][0] in want_probes])
+        again = self._probe_kept([k for k in done if runs[k][0] in want_probes and k not in have])
         if again:
             self.log(f"{len(again)} runs are in the store without their probe statistics or weights: training a "
                      "copy of each to probe it (stored as its own record, retrained for probing; the stored runs "
                      "are kept as they are)")
-            self._train([jobs[k][1] for k in again], jobs, claimed=False)
+            self._probe_trained(self.sweep.retrain([self._copy(runs[k][1]) for k in again]))
             self.probed_again += len(again)
-        pending = [k for k in jobs if k not in done]
-        waiting_said = False
-        while pending:
-            claimed = self.store.claim(pending)
-            if not claimed:
-                busy = self.store.claimed_by_others(pending)
-                if busy and not waiting_said:
-                    self.log(f"waiting for {len(busy)} runs that another relulab process is running")
-                    waiting_said = True
-                time.sleep(self.poll_s if busy else 0)
-            else:
-                self._train([jobs[k][1] for k in claimed], jobs, claimed=True)
-            finished = self.store.done_keys(pending)
-            pending = [k for k in pending if k not in finished]
+        self._probe_trained(self.sweep.run([run for key, (_, run) in runs.items() if key not in done]))
         for off in placements:
             self._cache.pop(off, None)
         return {off: self.measured(off) for off in placements}
+
+    @staticmethod
+    def _copy(run: SweepRun) -> SweepRun:
+        """The copy of a stored run retrained only to be probed: another model (packed and alone, training
+        differs), so a record of its own (`retrained_key`, marked retrained for probing, with its own accuracy)
+        whose statistics go under its key, never under the stored run's."""
+        job = Job(run.job.spec, run.job.seed, retrained_key(run.key))
+        return SweepRun(job, run.experiment, run.part, run.variant, data={RETRAINED_FOR_PROBING: run.key})
 
     def _probe_kept(self, keys: list[str]) -> list[str]:
         """Probe the kept final weights of the stored runs `keys` (or, where a run kept none, of its copy
@@ -409,47 +217,28 @@ class Search:
             self.log(f"{probed} runs are in the store without their probe statistics: probed their kept weights")
         return rest
 
-    def _train(self, batch: list[Job], jobs: dict, claimed: bool) -> None:
-        """Train `batch` and probe each final model. Claimed jobs are the runs themselves: stored under their keys
-        with their statistics and weights. Unclaimed ones are copies of stored runs that have no weights to
-        probe, trained again only to be probed: another model (packed and alone, training differs), so each is
-        stored as a record of its own (`retrained_key`, marked retrained for probing, with its own accuracy) and
-        its statistics go under that key, never under the stored run's."""
-        of = {job.key if claimed else retrained_key(job.key): job.key for job in batch}
-        todo = [job if claimed else Job(job.spec, job.seed, retrained_key(job.key)) for job in batch]
-        try:
-            for job, result in train_many(todo, self.splits, self.device, pack=self.exp.pack,
-                                          resume=self.exp.resume):
-                off = jobs[of[job.key]][0]
-                probed = probes_mod.measure(result.model, self.probe_x, self.probe_y, probes_mod.stat_names(),
-                                            classes=self.splits.classes)
-                self.store.save_run_probes(job.key, self.probe_set.name, len(result.history.epochs),
-                                           probe_rows(probed))
-                staged = self.keeper.stage(job.key, result, result.model.state_dict())
-                result.model = None
-                if not claimed:
-                    result.data = {**result.data, RETRAINED_FOR_PROBING: of[job.key]}
-                stored = self.store.record(Finished(job.key, self.exp.name, self.part.name, self.label(off),
-                                                    result, {}, staged))
-                if claimed:
-                    self.trained += stored
-                self.log(self._run_line(off, job, result, stored, claimed))
-        finally:
-            if claimed:
-                self.store.release([job.key for job in batch])
+    def _probe_trained(self, recorded: Iterable[Recorded]) -> None:
+        """Probe each model the driver trained and recorded, storing its statistics under its key."""
+        for done in recorded:
+            job, result, copy_of = done.run.job, done.result, done.run.data.get(RETRAINED_FOR_PROBING)
+            probed = probes_mod.measure(self._final_model(done), self.probe_x, self.probe_y, probes_mod.stat_names(),
+                                        classes=self.splits.classes)
+            self.store.save_run_probes(job.key, self.probe_set.name, len(result.history.epochs),
+                           probe_rows(probed))
+            if copy_of is None:
+                self.trained += done.stored
+            head = f"[{self.options.strategy}] {done.run.variant} seed {job.seed}" + (
+                "" if copy_of is None else f" (a copy retrained for probing, run {job.key}; the stored run is kept "
+                                           "as it is)")
+            self.log(run_line(head, result, done.stored))
 
-    def _run_line(self, off, job: Job, result, stored: bool, claimed: bool) -> str:
-        h = result.history
-        head = f"[{self.options.strategy}] {self.label(off)} seed {job.seed}"
-        if not claimed:
-            return f"{head}: probed a copy retrained for probing (run {job.key}, best val acc {h.best_val_acc:.4f}; " \
-                   "the stored run is kept as it is)"
-        if not stored:
-            return f"{head}: another process stored this run first; result dropped"
-        if h.diverged_at is not None:
-            return f"{head}: DIVERGED at epoch {h.diverged_at}"
-        return f"{head}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), final {h.final_val_acc:.4f}, " \
-               f"{h.seconds:.1f} s"
+    def _final_model(self, done: Recorded) -> torch.nn.Module:
+        """The trained model: as it trained here, or rebuilt from the final weights a Ray worker sent back."""
+        if done.result.model is not None:
+            return done.result.model
+        model = build_model(done.run.job.spec.model, self.splits.input_shape, self.splits.num_classes)
+        model.load_state_dict(done.outcome.final_state)
+        return model.to(self.device)
 
     def _probed_keys(self, keys: list[str]) -> set[str]:
         """The runs of `keys` whose statistics are stored: their own, or their copies' retrained for probing."""
@@ -501,7 +290,7 @@ class Search:
     def require_stat(self, current: Measured) -> None:
         values = current.heuristics.get(self.options.stat, {})
         if not any(math.isfinite(values.get(s, math.nan)) for s in self.active if s not in current.off):
-            raise UserError(f"--stat: {self.options.stat} is undefined at every active slot of {current.label} "
+            raise UserError(f"search.stat: {self.options.stat} is undefined at every active slot of {current.label} "
                             "(saturation is measured for sigmoid and tanh slots only)")
 
     def judge(self, current: Measured, singles: dict[int, Measured]) -> list[dict]:
@@ -536,160 +325,6 @@ class Search:
         s = m.summary
         return {"final": m.label, "off": sorted(m.off), "mean": s.mean, "ci_low": s.low, "ci_high": s.high,
                 "n": s.n, "relu_count": m.relu_count}
-
-
-# ---------------------------------------------------------------- the heuristic judgement
-#
-# For a model and some of its single-slot changes (switch one more slot off), does a probe statistic of the model
-# rank the slots the way the measured changes in accuracy do? Spearman's rho and Kendall's tau-b over the slots,
-# with scipy's p-values. Over few slots and seeds a correlation is noisy, so each gets a bootstrap interval:
-# resample the slots (with replacement) and, within each resample, the seeds (the same seeds for the model and
-# its changes, so their pairing is kept), and recompute the correlation from the resampled means. And since the
-# ~15 statistics are judged at once, some will look significant by luck alone: Holm-adjusted p-values go beside
-# the raw ones.
-
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0  # fixed: a report shows the same intervals every time it is built
-MIN_JUDGED = 3  # single-slot changes a model needs before a rank correlation says anything
-
-
-def judge(current: Measured, singles: dict[int, Measured], resamples: int = 0,
-          seed: int = BOOTSTRAP_SEED) -> list[dict]:
-    """For every statistic of `current`, its rank correlation (over the slots of `singles`) with the measured
-    change in accuracy of switching that slot off, the changes the highest-first and lowest-first picks got and
-    the best change there was; with `resamples`, bootstrap 95% intervals of both correlations. Holm-adjusted
-    p-values over the statistics judged (`compared` of them) are always given."""
-    from scipy import stats as sps
-
-    diffs = {slot: m.mean - current.mean for slot, m in singles.items()}
-    out = []
-    for stat in probes_mod.stat_names():
-        values = current.heuristics.get(stat)
-        if not values:
-            continue
-        slots = [s for s, d in diffs.items() if math.isfinite(values.get(s, math.nan)) and math.isfinite(d)]
-        pairs = [(values[s], diffs[s]) for s in slots]
-        row = {"stat": stat, "n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None,
-               "kendall_p": None, "highest_pick_diff": None, "lowest_pick_diff": None,
-               "best_diff": max((d for _, d in pairs), default=None), "spearman_low": None, "spearman_high": None,
-               "kendall_low": None, "kendall_high": None, "resamples": 0}
-        if pairs:
-            row["highest_pick_diff"] = max(pairs, key=lambda p: p[0])[1]
-            row["lowest_pick_diff"] = min(pairs, key=lambda p: p[0])[1]
-        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-        if len(pairs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
-            rho, rho_p = sps.spearmanr(xs, ys)
-            tau, tau_p = sps.kendalltau(xs, ys)
-            row.update(spearman=float(rho), spearman_p=float(rho_p), kendall=float(tau), kendall_p=float(tau_p))
-            if resamples:
-                row.update(_bootstrap(current, singles, stat, slots, resamples, seed))
-        out.append(row)
-    return _with_holm(out)
-
-
-def _with_holm(rows: list[dict]) -> list[dict]:
-    for name in ("spearman_p", "kendall_p"):
-        for row, adjusted in zip(rows, holm([r[name] for r in rows])):
-            row[f"{name}_holm"] = adjusted
-    compared = sum(r["spearman_p"] is not None for r in rows)
-    for row in rows:
-        row["compared"] = compared
-    return rows
-
-
-def _bootstrap(current: Measured, singles: dict[int, Measured], stat: str, slots: list[int], resamples: int,
-               seed: int) -> dict:
-    """Percentile intervals of rho and tau over `resamples` resamples of (slots, then seeds)."""
-    by_slot = current.seed_heuristics.get(stat, {})
-    seeds = len(current.seed_accs)
-    if not seeds or any(len(by_slot.get(s, ())) != seeds or len(singles[s].seed_accs) != seeds for s in slots):
-        return {}  # no per-seed numbers (a Measured built by hand): no interval
-    h = np.array([by_slot[s] for s in slots], dtype=float)  # (slots, seeds): the statistic on the current model
-    a = np.array([singles[s].seed_accs for s in slots], dtype=float)  # the accuracy with that slot off
-    c = np.array(current.seed_accs, dtype=float)  # the current model's accuracy
-    rng = np.random.default_rng(seed)
-    pick_slots = rng.integers(0, len(slots), (resamples, len(slots)))[:, :, None]
-    pick_seeds = rng.integers(0, seeds, (resamples, seeds))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only missing seeds: NaN, dropped below
-        x = np.nanmean(h[pick_slots, pick_seeds[:, None, :]], axis=2)
-        y = np.nanmean(a[pick_slots, pick_seeds[:, None, :]], axis=2) - np.nanmean(c[pick_seeds], axis=1)[:, None]
-    valid = np.isfinite(x).all(1) & np.isfinite(y).all(1)
-    x, y = np.where(valid[:, None], x, 0.0), np.where(valid[:, None], y, 0.0)
-    rho = np.where(valid, spearman_rows(x, y), np.nan)
-    tau = np.where(valid, kendall_rows(x, y), np.nan)
-    (rho_low, rho_high), (tau_low, tau_high) = percentile_interval(rho), percentile_interval(tau)
-    return {"spearman_low": rho_low, "spearman_high": rho_high, "kendall_low": tau_low, "kendall_high": tau_high,
-            "resamples": resamples}
-
-
-def judgement_groups(s: dict) -> list[tuple[int, dict, dict[int, dict]]]:
-    """(step, the current model's candidate row, {slot: the row with that slot switched off too}) for every
-    model of a stored search that had at least MIN_JUDGED of its single-slot changes measured: an oracle step,
-    exhaustive's first level, greedy's proposals from one current model (rejected and accepted, over the
-    consecutive steps that started from it; `step` is the last of them), budget's placements with one slot off
-    (choose exhaustive, n - 1 kept)."""
-    groups = []
-    for label, steps in itertools.groupby(s["steps"], key=lambda st: st["current"]):
-        numbers = {st["step"] for st in steps}
-        rows = [c for c in s["candidates"] if c["step"] in numbers]
-        current = next((c for c in rows if c["placement"] == label), None)
-        if current is None:
-            continue
-        off = set(current["off"])
-        singles: dict[int, dict] = {}
-        for c in rows:
-            extra = set(c["off"]) - off
-            if len(extra) == 1 and len(c["off"]) == len(off) + 1:
-                singles.setdefault(extra.pop(), c)
-        if len(singles) >= MIN_JUDGED:
-            groups.append((max(numbers), current, singles))
-    return groups
-
-
-def judge_stored(store: Store, s: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
-    """The judgement of every model of a stored search that allows one (`judgement_groups`), from its stored runs
-    and probes, by the same `judge` as the oracle's steps; rows carry their `step` and `current`."""
-    def measured(c: dict) -> Measured:
-        return stored_measurement(store, c["off"], c["placement"], c["run_keys"], s["metric"], s["probe_set"],
-                                  c["relu_count"])
-
-    out = []
-    for step, current, singles in judgement_groups(s):
-        rows = judge(measured(current), {slot: measured(c) for slot, c in singles.items()}, resamples)
-        out += [{**r, "step": step, "current": current["placement"]} for r in rows]
-    return out
-
-
-def held_out_accuracy(runs: dict[str, dict], keys: list[str]) -> Summary:
-    """Mean test accuracy of the finished runs `keys` with its 95% interval over seeds: the held-out number
-    beside the validation accuracy that chose a placement."""
-    return summarize([runs[k]["test_acc"] for k in keys if k in runs and runs[k]["status"] == "done"
-                      and runs[k]["test_acc"] is not None])
-
-
-def load_search_views(store: Store, experiment: Optional[str] = None) -> list[dict]:
-    """`Store.searches`, with what is computed from the stored runs when a search is shown: every
-    candidate's test accuracy (`test_mean`, `test_ci_low`, `test_ci_high`, `test_n`) and the heuristic
-    judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them)."""
-    searches = [s.as_dict() for s in store.searches(experiment)]
-    runs = store.runs(sorted({k for s in searches for c in s["candidates"] for k in c["run_keys"]}))
-    for s in searches:
-        for c in s["candidates"]:
-            t = held_out_accuracy(runs, c["run_keys"])
-            c.update(test_mean=t.mean, test_ci_low=t.low, test_ci_high=t.high, test_n=t.n)
-        s["judgements"] = judge_stored(store, s)
-    return searches
-
-
-def false_positive_note(compared: int, alpha: float = 0.05) -> str:
-    """What comparing many statistics at once means for their p-values (the judgement tables' note)."""
-    if compared < 2:
-        return ""
-    return (f"{compared} statistics are compared at once: even if none is related to the change in accuracy, the "
-            f"chance that at least one looks significant at p < {alpha:g} by luck alone is 1 - {1 - alpha:g}^"
-            f"{compared} = {chance_of_a_false_positive(compared, alpha) * 100:.0f}%; the Holm columns adjust the "
-            "p-values for that.")
 
 
 # ---------------------------------------------------------------- strategies
@@ -821,8 +456,8 @@ STRATEGIES: dict[str, Callable[[Search], dict]] = {
 def prepare_search(exp: Experiment, options: SearchOptions, part: Optional[str] = None,
                    config: Optional[str] = None):
     """Everything checked before the store is touched: (part, base variant, splits, resolved options)."""
-    p = pick_part(exp, part)
-    base = pick_variant(p, config)
+    p = pick_part(exp, part, "search.part")
+    base = pick_variant(p, config, "search.config")
     splits = load_data(base.spec.data)
     try:
         model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
@@ -830,242 +465,45 @@ def prepare_search(exp: Experiment, options: SearchOptions, part: Optional[str] 
         raise UserError(f"configs.{base.config}: {e}") from None
     active = [s.index for s in model.slots if not s.off]
     if not active:
-        raise UserError(f"--config: {base.name} has no slot switched on; start from a configuration with "
+        raise UserError(f"search.config: {base.name} has no slot switched on; start from a configuration with "
                         "activations")
     return p, base, splits, options.validate(active)
 
 
 def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = None, config: Optional[str] = None,
-               log: Callable[[str], None] = _log, poll_s: float = 2.0) -> SearchOutcome:
-    """Run (or resume) one search on `exp`; every step is stored as it completes."""
+               log: Callable[[str], None] = _log, poll_s: float = 2.0,
+               executor: Optional[Executor] = None) -> SearchOutcome:
+    """Run (or resume) one search on `exp`; every step is stored as it completes. `executor` says where its
+    runs train (relulab.experiments.executors: in this process by default, or on a Ray cluster); the probes
+    are measured here, on the final weights, and this process alone writes the store."""
     p, base, splits, options = prepare_search(exp, options, part, config)
-    device = resolve_device(exp.device)
-    if exp.threads:
-        torch.set_num_threads(exp.threads)
-    splits = splits.to(device)
-    with Store(exp.store) as store:
-        store.ensure_probe_search_tables()
-        ensure_plan(store, exp)
-        s = Search(exp, p, base, options, store, splits, device, log, poll_s)
-        store.begin_search({"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
-                            "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
-                            "seeds_json": json.dumps(s.seeds), "epochs": base.spec.train.epochs,
-                            "metric": options.metric, "probe_set": s.probe_set.name,
-                            "val_is_test": int(base.spec.data.split == "test"),
-                            "spec_json": json.dumps(base.spec.to_dict(), sort_keys=True, default=str),
-                            "slot_sizes_json": json.dumps({str(k): v for k, v in s.sizes.items()
-                                                           if k in s.active})})
-        log(f"search {s.id} ({options.strategy}) on {exp.name}/{p.name}, from {base.name}: {len(s.active)} active "
-            f"slots, seeds {s.seeds}, {base.spec.train.epochs} epochs, device {device}; store {exp.store}")
-        store.start_heartbeat()
-        result = STRATEGIES[options.strategy](s)
-        store.finish_search(s.id, result)
-    return SearchOutcome(s.id, options.strategy, result, s.trained, s.reused, s.probed_again)
-
-
-# ---------------------------------------------------------------- probing one configuration (relulab probe)
-
-
-@dataclass
-class ProbeRun:
-    """The probe statistics of one run's model at some epochs, and which model they describe."""
-
-    experiment: str
-    part: str
-    variant: str
-    seed: int
-    key: str  # the run's key (as relulab run keys it)
-    probe_set: str
-    results: dict[int, probes_mod.ProbeResult]  # epoch -> every statistic
-    trained: bool  # False: nothing was trained
-    run: Optional[dict] = None  # the stored run row
-    # Where the statistics came from: store (found there), weights (the kept weights, probed now), trained (the
-    # run itself, not in the store before, trained now with the probe attached) or retrained (a copy of the stored
-    # run, trained now for probing and stored as its own record); and the key of the model they describe: `key`,
-    # or that of the run's copy retrained for probing, whose row is `copy`.
-    source: str = "store"
-    probed_key: str = ""
-    copy: Optional[dict] = None
-
-
-def parse_epoch_list(text: Optional[str], total: int, field: str = "--epoch") -> Optional[list[int]]:
-    """None or 'last': the final epoch (None); 'all': every epoch; '1,10,50' or '1-5': those epochs."""
-    if text is None or str(text).strip() in ("", "last"):
-        return None
-    text = str(text).strip()
-    if text == "all":
-        return list(range(1, total + 1))
-    epochs = parse_ranges(text, field, noun="epochs", expected="last, all, or epochs like 1,10,50 or 1-5",
-                          minimum=1, maximum=total, bounds=" (train.epochs)")
-    return sorted(set(epochs))
-
-
-class EpochProbe(Callback):
-    """A training callback: every statistic on the probe set after the chosen epochs (and the last one)."""
-
-    def __init__(self, x, y, classes, epochs: Optional[Iterable[int]]):
-        self.x, self.y, self.classes = x, y, classes
-        self.epochs = set(epochs or ())
-        self.final = epochs is None
-        self.results: dict[int, probes_mod.ProbeResult] = {}
-
-    def _measure(self, model) -> probes_mod.ProbeResult:
-        return probes_mod.measure(model, self.x, self.y, probes_mod.stat_names(), classes=self.classes)
-
-    def on_epoch_end(self, model, record) -> None:
-        if record.epoch in self.epochs:
-            self.results[record.epoch] = self._measure(model)
-
-    def on_train_end(self, model, history) -> None:
-        last = len(history.epochs)
-        if self.final and last not in self.results:
-            self.results[last] = self._measure(model)
-
-
-def result_from_rows(rows: list[dict]) -> probes_mod.ProbeResult:
-    """A ProbeResult back from the store rows of one run, probe set and epoch."""
-    classes: dict[int, tuple[str, int]] = {}
-    overall: dict = {}
-    by_class: dict = {}
-    for r in rows:
-        if r["class"] < 0:
-            overall.setdefault(r["stat"], {})[r["slot"]] = r["value"]
-        else:
-            classes[r["class"]] = (r["class_name"], r["images"])
-            by_class.setdefault(r["stat"], {}).setdefault(r["slot"], {})[r["class"]] = r["value"]
-    order = sorted(classes)
-    stats = [s for s in probes_mod.stat_names() if s in overall] + sorted(s for s in overall
-                                                                          if s not in probes_mod.STATS)
-    slots = sorted({slot for by in overall.values() for slot in by})
-    result = probes_mod.ProbeResult(stats, slots, [classes[c][0] for c in order], [classes[c][1] for c in order])
-    result.overall = overall
-    result.by_class = {s: {slot: [by.get(slot, {}).get(c, math.nan) for c in order] for slot in slots}
-                       for s, by in by_class.items()}
-    return result
-
-
-def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first", epochs: Optional[str] = None,
-                        part: Optional[str] = None, config: Optional[str] = None,
-                        log: Callable[[str], None] = _log) -> ProbeRun:
-    """Probe statistics of one configuration's model (one seed) at the final epoch, or at `epochs`.
-
-    Taken, first that serves: from the store; from the run's kept final weights (relulab.weights: no training);
-    where the run is not in the store, by training it (alone, with a callback probing it) and storing it like
-    any run, with its statistics and weights. A run in the store with no weights to probe (or probed at earlier
-    epochs, whose weights are not kept) is trained again, and that copy is another model: it is stored as its
-    own record (`store.retrained_key`, marked retrained for probing, with its own accuracy), and the
-    statistics are its, never stored under the run's key."""
-    p = pick_part(exp, part)
-    v = pick_variant(p, config)
-    wanted = parse_epoch_list(epochs, v.spec.train.epochs)
-    ps = probes_mod.parse_probe_set(probe_set, "--probe-set")
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"--seed: expected an integer >= 0, got {seed!r}")
-    splits = load_data(v.spec.data)
+    executor = executor if executor is not None else InProcessExecutor()
     try:
-        build_model(v.spec.model, splits.input_shape, splits.num_classes)
-    except UserError as e:
-        raise UserError(f"configs.{v.config}: {e}") from None
-    device = resolve_device(exp.device)
-    if exp.threads:
-        torch.set_num_threads(exp.threads)
-    key = run_key(v.spec, seed)
-    with Store(exp.store) as store:
-        store.ensure_probe_search_tables()
-        ensure_plan(store, exp)
-        prober = _Prober(exp, p, v, seed, ps, wanted, splits, device, store, log)
-        row = store.runs([key]).get(key)
-        if row is None:
-            log(f"{v.name} seed {seed}: not in the store yet: training it, with the probe attached")
-            return prober.result(key, "trained", prober.train(key))
-        need = wanted if wanted is not None else [row["epochs"]]
-        copy_key = retrained_key(key)
-        for target in (key, copy_key):  # the run's own model first; then its copy, if one was retrained before
-            target_row = row if target == key else store.runs([copy_key]).get(copy_key)
-            if target_row is None:
-                continue
-            if prober.stored(target, need):
-                return prober.result(key, "store", target_row, target)
-            if set(need) <= {target_row["epochs"]} and prober.probe_kept(target):
-                return prober.result(key, "weights", target_row, target)
-        log(f"{v.name} seed {seed}: in the store, but "
-            + ("probed at epochs whose weights are not kept" if set(need) - {row["epochs"]} else "without weights to "
-               "probe") + ": training a copy to probe it (stored as its own record, retrained for probing)")
-        return prober.result(key, "retrained", prober.train(copy_key, copy_of=key), copy_key)
-
-
-@dataclass
-class _Prober:
-    """What probe_configuration probes, and with which store: trains or loads one model and stores its
-    statistics under the key of that model."""
-
-    exp: Experiment
-    part: Part
-    variant: Variant
-    seed: int
-    probe_set: probes_mod.ProbeSet
-    wanted: Optional[list[int]]  # epochs (None: the final one)
-    splits: object
-    device: torch.device
-    store: Store
-    log: Callable[[str], None]
-
-    def stored(self, key: str, need: list[int]) -> bool:
-        """Whether every statistic of run `key` at the epochs `need` is in the store."""
-        rows = self.store.run_probes([key], self.probe_set.name)
-        have = {e for e in {r["epoch"] for r in rows}
-                if {r["stat"] for r in rows if r["epoch"] == e} >= set(probes_mod.stat_names())}
-        return set(need) <= have
-
-    def probe_kept(self, key: str) -> bool:
-        """Probe run `key`'s kept final weights and store the statistics; False where it kept none."""
-        ckpt = KeptWeights(self.store, self.log).checkpoint(key)
-        if ckpt is None:
-            return False
-        x, y = probes_mod.select_probe_set(self.splits, self.probe_set)
-        measured = probes_mod.measure(ckpt.model.to(self.device), x.to(self.device), y.to(self.device),
-                                      probes_mod.stat_names(), classes=self.splits.classes)
-        epoch = ckpt.epoch or self.store.runs([key])[key]["epochs"]
-        self.store.save_run_probes(key, self.probe_set.name, epoch, probe_rows(measured))
-        return True
-
-    def train(self, key: str, copy_of: Optional[str] = None) -> dict:
-        """Train the run alone with the probe attached and store it under `key` with its statistics and weights
-        (`copy_of`: the run it is a copy of, retrained for probing); its stored row."""
-        splits = self.splits.to(self.device)
-        x, y = probes_mod.select_probe_set(splits, self.probe_set)
-        callback = EpochProbe(x, y, splits.classes, self.wanted)
-        keeper = Keeper(self.exp.store, self.exp.keep_weights, {data_key(self.variant.spec.data): splits.classes},
-                        self.log)
-        job = Job(copy.deepcopy(self.variant.spec), self.seed, key)
-        for _, result in train_many([job], splits, self.device, callbacks=lambda j: [callback]):
-            for epoch, res in callback.results.items():
-                self.store.save_run_probes(key, self.probe_set.name, epoch, probe_rows(res))
-            staged = keeper.stage(key, result, result.model.state_dict())
-            result.model = None
-            if copy_of is not None:
-                result.data = {**result.data, RETRAINED_FOR_PROBING: copy_of}
-            self.store.record(Finished(key, self.exp.name, self.part.name, self.variant.name, result, {}, staged))
-            h = result.history
-            self.log(f"{self.variant.name} seed {self.seed}{' (the copy retrained for probing)' if copy_of else ''}: "
-                     f"best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), {h.seconds:.1f} s")
-        return self.store.runs([key])[key]
-
-    def result(self, key: str, source: str, row: dict, probed_key: Optional[str] = None) -> ProbeRun:
-        """The ProbeRun of run `key` whose statistics are those of `probed_key` (default `key`), at the epochs
-        asked for (the final one by default), from the store."""
-        probed_key = probed_key or key
-        need = self.wanted if self.wanted is not None else [row["epochs"]]
-        stored = self.store.run_probes([probed_key], self.probe_set.name)
-        results = {}
-        for epoch in need:
-            rows = [r for r in stored if r["epoch"] == epoch]
-            if rows:
-                results[epoch] = result_from_rows(rows)
-            else:
-                self.log(f"{self.variant.name} seed {self.seed}: no model at epoch {epoch} (the run diverged at "
-                         f"epoch {row['diverged_at']})")
-        run = self.store.runs([key]).get(key)
-        copy_row = row if probed_key != key else None
-        return ProbeRun(self.exp.name, self.part.name, self.variant.name, self.seed, key, self.probe_set.name,
-                        results, source in ("trained", "retrained"), run, source, probed_key, copy_row)
+        where = executor.open(exp.device, {data_key(base.spec.data): splits})  # may refuse: nothing written yet
+        device = executor.driver_device
+        if exp.threads:
+            torch.set_num_threads(exp.threads)
+        keeper = Keeper(exp.store, exp.keep_weights, {data_key(base.spec.data): splits.classes}, log)
+        with Store(exp.store) as store:
+            store.ensure_probe_search_tables()
+            ensure_plan(store, exp)
+            # Claims every run a step needs at once: they train together, packed as the hardware allows.
+            sweep = Sweep(store, executor, keeper, log, pack=exp.pack, threads=exp.threads, resume=exp.resume,
+                          poll_s=poll_s)
+            s = Search(exp, p, base, options, store, splits, device, sweep, log)
+            store.begin_search({"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
+                                "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
+                                "seeds_json": json.dumps(s.seeds), "epochs": base.spec.train.epochs,
+                                "metric": options.metric, "probe_set": s.probe_set.name,
+                                "val_is_test": int(base.spec.data.split == "test"),
+                                "spec_json": json.dumps(base.spec.to_dict(), sort_keys=True, default=str),
+                                "slot_sizes_json": json.dumps({str(k): v for k, v in s.sizes.items()
+                                                               if k in s.active})})
+            log(f"search {s.id} ({options.strategy}) on {exp.name}/{p.name}, from {base.name}: {len(s.active)} "
+                f"active slots, seeds {s.seeds}, {base.spec.train.epochs} epochs, {where}; store {exp.store}")
+            store.start_heartbeat()
+            result = STRATEGIES[options.strategy](s)
+            store.finish_search(s.id, result)
+    finally:
+        executor.close()
+    return SearchOutcome(s.id, options.strategy, result, s.trained, s.reused, s.probed_again)
