@@ -27,9 +27,8 @@ from relulab.data import Splits, data_key, load_data
 from relulab.experiments.analyses import ANALYSES
 from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, PlannedRun, config_json
-from relulab.experiments.sweep import Sweep, SweepRun, run_line
+from relulab.experiments.sweep import Sweep, SweepRun, run_line, sweeping
 from relulab.store import Store, timing_key
-from relulab.store.weights import Keeper
 from relulab.training.loop import time_alone
 from relulab.training.resume import discard_finished
 from relulab.training.specs import Job
@@ -117,23 +116,20 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
     splits_by_data = prepare(exp)
     try:
         where = executor.open(exp.device, splits_by_data)  # may refuse (no GPU, no cluster): nothing written yet
-        keeper = Keeper(exp.store, exp.keep_weights, {key: s.classes for key, s in splits_by_data.items()}, log)
+        classes = {key: s.classes for key, s in splits_by_data.items()}
         timing_data = splits_by_data if exp.pack and exp.time_alone else {}  # for time_packed_configs
         del splits_by_data
         device = executor.driver_device
-        if exp.threads:
-            torch.set_num_threads(exp.threads)
         planned = _unique(exp.planned())
         summary = SweepSummary(exp.store, planned=len(planned))
         claim = claim_size if claim_size is not None else executor.claim_size
-        with Store(exp.store) as store:
+        with sweeping(exp, executor, classes, log, pack=exp.pack, resume=exp.resume, claim_size=claim,
+                      poll_s=poll_s) as (store, sweep):
             store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
                             exp.run_overrides)
             run_analyses(exp, store, device, echo)
             summary.already_done = len(store.done_keys(p.key for p in planned))
             log(f"{exp.name}: {len(planned)} runs ({summary.already_done} already in {exp.store}), {where}")
-            sweep = Sweep(store, executor, keeper, log, pack=exp.pack, threads=exp.threads, resume=exp.resume,
-                          claim_size=claim, poll_s=poll_s)
             groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
             for group in groups:
                 _sweep_group(sweep, exp, group, summary, log)

@@ -17,10 +17,13 @@ and a copy already stored is dropped as `Store.record` drops any run stored twic
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
+
+import torch
 
 from relulab.experiments.executors import Executor, Outcome
 from relulab.probes.callbacks import EpochProbeRequest
@@ -28,6 +31,9 @@ from relulab.store.database import Finished, Store
 from relulab.store.weights import Keeper
 from relulab.training.resume import Resume
 from relulab.training.specs import Job, RunResult
+
+if TYPE_CHECKING:
+    from relulab.experiments.plan import Experiment
 
 
 @dataclass
@@ -137,3 +143,19 @@ def run_line(head: str, result: RunResult, stored: bool) -> str:
         return f"{head}: DIVERGED at epoch {h.diverged_at} (loss not finite), {h.seconds:.1f} s"
     return f"{head}: best val acc {h.best_val_acc:.4f} (epoch {h.best_epoch}), final {h.final_val_acc:.4f}, " \
            f"{h.seconds:.1f} s"
+
+
+
+@contextlib.contextmanager
+def sweeping(exp: "Experiment", executor: Executor, classes: dict[str, list[str]], log: Callable[[str], None], *,
+             pack: bool, resume: Optional[Resume] = None, claim_size: Optional[int] = None, poll_s: float = 2.0
+             ) -> Iterator[tuple[Store, Sweep]]:
+    """The experiment's store opened for writing and a Sweep over it, for a sweep, a search or a probe: torch's
+    threads as the spec asks, and weights kept where `exp.keep_weights` says (`classes`: each dataset's class
+    names by data key, which the kept checkpoints hold). The executor is opened and closed by the caller."""
+    if exp.threads:
+        torch.set_num_threads(exp.threads)
+    keeper = Keeper(exp.store, exp.keep_weights, classes, log)
+    with Store(exp.store) as store:
+        yield store, Sweep(store, executor, keeper, log, pack=pack, threads=exp.threads, resume=resume,
+                           claim_size=claim_size, poll_s=poll_s)

@@ -15,12 +15,12 @@ from relulab.core.ranges import parse_ranges
 from relulab.data import data_key, load_data
 from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, Variant, run_key
-from relulab.experiments.sweep import Sweep, SweepRun, run_line
+from relulab.experiments.sweep import Sweep, SweepRun, run_line, sweeping
 from relulab.probes import statistics as probes_mod
 from relulab.probes.callbacks import EpochProbeRequest
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
-from relulab.store.weights import Keeper, KeptWeights
+from relulab.store.weights import KeptWeights
 from relulab.training.specs import Job
 from relulab.zoo.models import build_model
 
@@ -111,14 +111,10 @@ def probe_configuration(exp: Experiment, seed: int = 0, probe_set: str = "first"
     executor = executor if executor is not None else InProcessExecutor()
     try:
         executor.open(exp.device, {data_key(v.spec.data): splits})  # may refuse: nothing written yet
-        if exp.threads:
-            torch.set_num_threads(exp.threads)
-        keeper = Keeper(exp.store, exp.keep_weights, {data_key(v.spec.data): splits.classes}, log)
-        with Store(exp.store) as store:
+        # Alone and never resumed: the probe's statistics of the epochs before a save would be lost.
+        with sweeping(exp, executor, {data_key(v.spec.data): splits.classes}, log, pack=False) as (store, sweep):
             store.ensure_probe_search_tables()
             ensure_plan(store, exp)
-            # Alone and never resumed: the probe's statistics of the epochs before a save would be lost.
-            sweep = Sweep(store, executor, keeper, log, pack=False, threads=exp.threads)
             prober = _Prober(exp, p, v, seed, ps, wanted, splits, executor.driver_device, store, sweep, log)
             return prober.probe(run_key(v.spec, seed))
     finally:

@@ -82,7 +82,7 @@ from relulab.core.stats import compare
 from relulab.data import data_key, load_data
 from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, Variant, canonical_spec, run_key
-from relulab.experiments.sweep import Recorded, Sweep, SweepRun, run_line
+from relulab.experiments.sweep import Recorded, Sweep, SweepRun, run_line, sweeping
 from relulab.probes import statistics as probes_mod
 from relulab.search.judgement import judge
 from relulab.search.measured import Measured, stored_measurement
@@ -90,7 +90,7 @@ from relulab.search.options import SearchOptions
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
 from relulab.training.specs import Job, RunSpec
-from relulab.store.weights import Keeper, KeptWeights
+from relulab.store.weights import KeptWeights
 from relulab.zoo.models import build_model
 
 OFF = "identity"  # what a slot switched off becomes
@@ -481,15 +481,11 @@ def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = No
     try:
         where = executor.open(exp.device, {data_key(base.spec.data): splits})  # may refuse: nothing written yet
         device = executor.driver_device
-        if exp.threads:
-            torch.set_num_threads(exp.threads)
-        keeper = Keeper(exp.store, exp.keep_weights, {data_key(base.spec.data): splits.classes}, log)
-        with Store(exp.store) as store:
+        # Claims every run a step needs at once: they train together, packed as the hardware allows.
+        with sweeping(exp, executor, {data_key(base.spec.data): splits.classes}, log, pack=exp.pack,
+                      resume=exp.resume, poll_s=poll_s) as (store, sweep):
             store.ensure_probe_search_tables()
             ensure_plan(store, exp)
-            # Claims every run a step needs at once: they train together, packed as the hardware allows.
-            sweep = Sweep(store, executor, keeper, log, pack=exp.pack, threads=exp.threads, resume=exp.resume,
-                          poll_s=poll_s)
             s = Search(exp, p, base, options, store, splits, device, sweep, log)
             store.begin_search({"id": s.id, "experiment": exp.name, "part": p.name, "base": base.name,
                                 "strategy": options.strategy, "options_json": json.dumps(asdict(options)),
