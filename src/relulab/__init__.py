@@ -4,3 +4,7 @@ The pieces, one module per concept: `activations`, `init`, `optim`, `data`, `mod
 `train`, and the `relulab` command in `cli`.
 """
 __version__ = "0.1.0"
+
+from relulab.zoo.slotify import describe, slotify  # noqa: E402  (the Python API's entry points)
+
+__all__ = ["describe", "slotify"]
