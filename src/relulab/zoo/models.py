@@ -12,6 +12,8 @@ relulab decides by model (how it packs with others, whether it is convolutional)
 is writing its builder and adding its entry.
 
 Slots are numbered from 1 in the order the data meets them, as in the seed's tables.
+`SlottedModel` is what the rest of relulab needs of a model with slots (the slots in order, one by number or
+name, the placement, the input shape): SlotNet is one, and relulab.zoo.slotify makes one of any nn.Module.
 Models return logits; the loss applies the softmax (same maths as Keras' softmax
 layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
 (BatchNorm's running mean and variance included).
