@@ -25,5 +25,20 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `cli`         | the `relulab` command: parse, call the library, print                  | everything          |
 
 Each package's own docstring says what its modules hold.
+
+The Python API's entry points for any network: `relulab.slotify(model, example_input)` makes the activations
+of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify).
 """
 __version__ = "0.1.0"
+
+__all__ = ["describe", "slotify"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so that `import relulab` (and the CLI's start, and core.env reading __version__)
+    # does not import torch and the model zoo.
+    if name in __all__:
+        from relulab.zoo import slotify as slotify_module
+
+        return getattr(slotify_module, name)
+    raise AttributeError(f"module 'relulab' has no attribute {name!r}")

@@ -255,7 +255,8 @@ def parse_stats(text: Optional[str], field: str = "--stats") -> list[str]:
 
 
 def slots_of(model: nn.Module) -> list[Slot]:
-    return [m for m in model.modules() if isinstance(m, Slot)]
+    """The model's slots by number: the order the data meets them, whatever order the model's modules are in."""
+    return sorted((m for m in model.modules() if isinstance(m, Slot)), key=lambda s: s.index)
 
 
 @dataclass
@@ -461,12 +462,13 @@ def class_table(result: ProbeResult, stat: str) -> tuple[list[str], list[list[fl
 
 
 def slot_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, int]:
-    """Activations each slot computes per image (its output's elements for one image)."""
+    """Activations each slot computes per image (its output's elements for one image, summed over its uses where
+    one slot is called more than once: relulab.zoo.slotify's module-only fallback)."""
     slots = slots_of(model)
     sizes: dict[int, int] = {}
 
     def hook(slot, inputs, output):
-        sizes[slot.index] = int(output[0].numel())
+        sizes[slot.index] = sizes.get(slot.index, 0) + int(output[0].numel())
 
     handles = [s.register_forward_hook(hook) for s in slots]
     was_training = model.training

@@ -5,6 +5,8 @@
 - `init`: `INITIALIZERS`, Keras' initializers by name;
 - `models`: `MODELS`, name -> `ModelEntry` (the builder, how the model packs with others, whether it is
   convolutional), and `ModelSpec`, the record a run names its model with;
+- `slotify`: `slotify`, any nn.Module with its activations as named, switchable slots (a `SlottedModel`, as
+  SlotNet is), and `describe`, its slots, parameters and multiply-accumulates;
 - `optim`: optimizers by name in PyTorch's and Keras' flavours, Keras-style weight penalties, and
   `StackedOptimizer`, the same rules for stacked weights.
 
@@ -12,8 +14,10 @@ The zoo imports only `relulab.core`.
 """
 from relulab.zoo.activations import ACTIVATIONS, Activation, get_activation
 from relulab.zoo.init import INITIALIZERS, init_layer
-from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, SlotNet, build_model
+from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, Slot, SlotNet, SlottedModel, build_model
 from relulab.zoo.optim import OptimizerSpec, StackedOptimizer, build_optimizer
+from relulab.zoo.slotify import ModelReport, describe, slotify
 
-__all__ = ["ACTIVATIONS", "Activation", "INITIALIZERS", "MODELS", "ModelEntry", "ModelSpec", "OptimizerSpec", "SlotNet",
-           "StackedOptimizer", "build_model", "build_optimizer", "get_activation", "init_layer"]
+__all__ = ["ACTIVATIONS", "Activation", "INITIALIZERS", "MODELS", "ModelEntry", "ModelReport", "ModelSpec",
+           "OptimizerSpec", "Slot", "SlotNet", "SlottedModel", "StackedOptimizer", "build_model", "build_optimizer",
+           "describe", "get_activation", "init_layer", "slotify"]

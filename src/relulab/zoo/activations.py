@@ -12,6 +12,10 @@ output (ReLU, sigmoid, tanh, identity), the record holds it in that form
 is written once: the fused MLP step (relulab.packing.fused), which keeps only the
 layers' outputs, takes it from here, and the Triton kernels switch on the record's
 `kernel_code` (relulab.kernels.activation_code holds their Triton form).
+
+`TORCH_MODULES`, `TORCH_FUNCTIONS` and `TORCH_METHODS` are how PyTorch code spells the registry's activations
+(`nn.LeakyReLU(0.2)`, `F.gelu`, `x.relu()`): `relulab.zoo.slotify` reads them to find the activations of any
+model, through `module_activation` and `call_activation`.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from relulab.core.registry import Registry, canonical, lookup
@@ -174,3 +179,88 @@ def activation_grad(spec: str) -> Callable[[Tensor], Tensor]:
 def is_off(spec: str) -> bool:
     """True when the slot computes nothing (identity)."""
     return parse_activation(spec)[0].name == "identity"
+
+
+# ---------------------------------------------------------------- PyTorch's spellings
+
+
+@dataclass(frozen=True)
+class TorchSpelling:
+    """One way PyTorch code writes a registry activation (`nn.LeakyReLU`, `F.leaky_relu`, `x.relu()`)."""
+
+    name: str  # the registry's name
+    # The registry's numeric parameter: the module's attribute, the function's keyword (or its second positional
+    # argument), both spelled the same in PyTorch (negative_slope, alpha). None: the activation takes none.
+    param: Optional[str] = None
+    # Settings that must hold for PyTorch's function to be the registry's (GELU's tanh approximation is another
+    # function): attribute or keyword -> value; an absent keyword has PyTorch's default, which is this value.
+    fixed: tuple[tuple[str, object], ...] = ()
+
+
+_GELU = TorchSpelling("gelu", fixed=(("approximate", "none"),))
+
+# Module classes, matched by exact type: a subclass may compute something else in its own forward. PReLU is not
+# here: its slope is a weight of the model (one per channel, if it likes), which a slot would replace.
+TORCH_MODULES: dict[type, TorchSpelling] = {
+    nn.ReLU: TorchSpelling("relu"), nn.LeakyReLU: TorchSpelling("leaky_relu", "negative_slope"),
+    nn.ELU: TorchSpelling("elu", "alpha"), nn.SELU: TorchSpelling("selu"), nn.GELU: _GELU,
+    nn.SiLU: TorchSpelling("silu"), nn.Mish: TorchSpelling("mish"), nn.Sigmoid: TorchSpelling("sigmoid"),
+    nn.Tanh: TorchSpelling("tanh"),
+}
+
+# Functions, by the name a reader finds in the code (the slot names use it). In-place variants compute the same.
+TORCH_FUNCTIONS: dict[str, tuple[Callable, TorchSpelling]] = {
+    # (F.relu_ is torch.relu_ itself, so a call of it reads as torch.relu_.)
+    "F.relu": (F.relu, TorchSpelling("relu")),
+    "torch.relu": (torch.relu, TorchSpelling("relu")), "torch.relu_": (torch.relu_, TorchSpelling("relu")),
+    "F.leaky_relu": (F.leaky_relu, TorchSpelling("leaky_relu", "negative_slope")),
+    "F.elu": (F.elu, TorchSpelling("elu", "alpha")), "F.selu": (F.selu, TorchSpelling("selu")),
+    "torch.selu": (torch.selu, TorchSpelling("selu")), "F.gelu": (F.gelu, _GELU),
+    "F.silu": (F.silu, TorchSpelling("silu")), "F.mish": (F.mish, TorchSpelling("mish")),
+    "torch.sigmoid": (torch.sigmoid, TorchSpelling("sigmoid")), "F.sigmoid": (F.sigmoid, TorchSpelling("sigmoid")),
+    "torch.tanh": (torch.tanh, TorchSpelling("tanh")), "F.tanh": (F.tanh, TorchSpelling("tanh")),
+}
+FUNCTION_NAMES: dict[Callable, str] = {fn: name for name, (fn, _) in TORCH_FUNCTIONS.items()}
+
+# Tensor methods: x.relu(), x.sigmoid_(), ...
+TORCH_METHODS: dict[str, TorchSpelling] = {
+    m: TorchSpelling(m.rstrip("_")) for m in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_")
+}
+
+
+def _spelled(spelling: TorchSpelling, setting: Callable[[str, object], object]) -> Optional[str]:
+    """The registry spec of `spelling` with its settings read through `setting(name, default)`; None where the
+    settings are not the registry's function (tanh-approximate GELU) or the parameter is not a number known now
+    (a value computed in forward)."""
+    if any(setting(key, value) != value for key, value in spelling.fixed):
+        return None
+    if spelling.param is None:
+        return spelling.name
+    value = setting(spelling.param, None)
+    if value is None:
+        return spelling.name
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return canonical(ACTIVATIONS[spelling.name], float(value))
+
+
+def module_activation(module: nn.Module) -> Optional[str]:
+    """The registry spec an activation module computes (`nn.LeakyReLU(0.2)` -> 'leaky_relu:0.2'), or None."""
+    spelling = TORCH_MODULES.get(type(module))
+    return None if spelling is None else _spelled(spelling, lambda key, default: getattr(module, key, default))
+
+
+def call_activation(kind: str, target, args: tuple, kwargs: dict) -> Optional[str]:
+    """The registry spec of a call (`kind` 'function' with the function, or 'method' with the method's name) with
+    its arguments after the input, or None where the call is not a registry activation."""
+    if kind == "method":
+        spelling = TORCH_METHODS.get(target) if isinstance(target, str) else None
+    else:
+        name = FUNCTION_NAMES.get(target) if callable(target) else None
+        spelling = TORCH_FUNCTIONS[name][1] if name else None
+    if spelling is None:
+        return None
+    values = dict(kwargs)
+    if spelling.param is not None and len(args) > 1:
+        values.setdefault(spelling.param, args[1])
+    return _spelled(spelling, values.get)

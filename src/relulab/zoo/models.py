@@ -12,6 +12,8 @@ relulab decides by model (how it packs with others, whether it is convolutional)
 is writing its builder and adding its entry.
 
 Slots are numbered from 1 in the order the data meets them, as in the seed's tables.
+`SlottedModel` is what the rest of relulab needs of a model with slots (the slots in order, one by number or
+name, the placement, the input shape): SlotNet is one, and relulab.zoo.slotify makes one of any nn.Module.
 Models return logits; the loss applies the softmax (same maths as Keras' softmax
 layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
 (BatchNorm's running mean and variance included).
@@ -101,16 +103,25 @@ class ModelSpec:
 
 
 class Slot(nn.Module):
-    """A named place for an activation function; probes hook it, searches switch it."""
+    """A named place for an activation function; probes hook it, searches switch it.
 
-    def __init__(self, index: int, spec: str):
+    `index` numbers the slots of a model from 1 in the order the data meets them; `name`, where the model has
+    one for it (relulab.zoo.slotify: `layer2.0.relu`), says where it sits in the model's code."""
+
+    def __init__(self, index: int, spec: str, name: Optional[str] = None):
         super().__init__()
         self.index = index
+        self.name = name
         self.set(spec)
 
+    @property
+    def label(self) -> str:
+        """How messages name the slot: its number, and its name where it has one."""
+        return f"slot {self.index}" + (f" ({self.name})" if self.name else "")
+
     def set(self, spec: str) -> None:
-        self.spec = canonical_name(spec, f"slot {self.index}")
-        self.act = get_activation(self.spec, f"slot {self.index}")
+        self.spec = canonical_name(spec, self.label)
+        self.act = get_activation(self.spec, self.label)
 
     @property
     def off(self) -> bool:
@@ -120,10 +131,49 @@ class Slot(nn.Module):
         return self.act(x)
 
     def extra_repr(self) -> str:
-        return f"index={self.index}, spec={self.spec!r}"
+        return f"index={self.index}, spec={self.spec!r}" + (f", name={self.name!r}" if self.name else "")
 
 
-class SlotNet(nn.Module):
+class SlottedModel(nn.Module):
+    """What the rest of relulab (training, probes, searches) needs of a model whose activations are `Slot`s: the
+    slots in forward order, one by number or name, the placement, and the shapes it takes and gives. SlotNet
+    (relulab's own models) and the models `relulab.zoo.slotify` makes from any nn.Module are ones.
+
+    `input_shape`: one example's shape (no batch dimension); `num_classes`: the width of the output, where the
+    model gives one row of logits per example (else None)."""
+
+    input_shape: tuple[int, ...] = ()
+    num_classes: Optional[int] = None
+
+    @property
+    def slots(self) -> list[Slot]:
+        return sorted((m for m in self.modules() if isinstance(m, Slot)), key=lambda s: s.index)
+
+    def slot(self, key: int | str) -> Slot:
+        """The slot numbered `key` (from 1), or named `key`."""
+        slots = self.slots
+        for s in slots:
+            if s.index == key or (s.name is not None and s.name == key):
+                return s
+        if isinstance(key, str):
+            raise unknown_choice("slot", key, [s.name for s in slots if s.name])
+        raise UserError(f"slot {key}: the model has slots 1..{len(slots)}")
+
+    def placement(self) -> list[str]:
+        """The activation in each slot, slot 1 first."""
+        return [s.spec for s in self.slots]
+
+    def set_slots(self, slots: dict, field: str = "model.slots") -> None:
+        """Put activations in slots: {slot number or name: activation}, e.g. {7: 'identity', 'fc.relu': 'tanh'}."""
+        for key, spec in slots.items():
+            try:
+                slot = self.slot(key)
+            except UserError as e:
+                raise UserError(f"{field}: {e}") from None
+            slot.set(canonical_name(spec, f"{field}.{key}"))
+
+
+class SlotNet(SlottedModel):
     """A sequential model whose activations are `Slot`s."""
 
     def __init__(self, layers: list[nn.Module], spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int):
@@ -132,20 +182,6 @@ class SlotNet(nn.Module):
         self.spec = spec
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
-
-    @property
-    def slots(self) -> list[Slot]:
-        return [m for m in self.body if isinstance(m, Slot)]
-
-    def slot(self, index: int) -> Slot:
-        for s in self.slots:
-            if s.index == index:
-                return s
-        raise UserError(f"slot {index}: the model has slots 1..{len(self.slots)}")
-
-    def placement(self) -> list[str]:
-        """The activation in each slot, slot 1 first."""
-        return [s.spec for s in self.slots]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
