@@ -29,16 +29,15 @@ Each package's own docstring says what its modules hold.
 The Python API's entry points for any network: `relulab.slotify(model, example_input)` makes the activations
 of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify).
 """
-__version__ = "0.1.0"
+from relulab.core.version import __version__
 
-__all__ = ["describe", "slotify"]
+__all__ = ["__version__", "describe", "slotify"]
 
 
 def __getattr__(name: str):
-    # Loaded on first use, so that `import relulab` (and the CLI's start, and core.env reading __version__)
-    # does not import torch and the model zoo.
-    if name in __all__:
-        from relulab.zoo import slotify as slotify_module
+    # Loaded on first use, so that `import relulab` (and the CLI's start) does not import torch and the zoo.
+    if name in ("describe", "slotify"):
+        from relulab.zoo.slotify import describe, slotify
 
-        return getattr(slotify_module, name)
+        return {"describe": describe, "slotify": slotify}[name]
     raise AttributeError(f"module 'relulab' has no attribute {name!r}")

@@ -89,7 +89,8 @@ def test_bad_model_specs(spec, field):
 def test_a_model_entry_names_how_it_packs():
     with pytest.raises(ValueError, match="packs"):
         ModelEntry(build_deep_mlp, packs="stacked")
-    assert [name for name, entry in MODELS.items() if entry.conv] == ["seed-cnn"]
+    assert [name for name, entry in MODELS.items() if entry.conv] == ["seed-cnn", "resnet20", "resnet18-cifar",
+                                                                       "vgg16-bn"]
     with pytest.raises(UserError, match="did you mean 'deep-mlp'"):
         ModelSpec("deep-mpl").validate()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relulab import __version__
+from relulab.core.version import __version__
 from relulab.core.errors import UserError
 
 

@@ -4,6 +4,8 @@
     splits = load_data(DataSpec("fashion-mnist", split="first:5000"))   # seed 001
     splits = load_data(DataSpec("cifar10", path="cifar10-jpeg.tar.gz", split="test"))  # seed 000
 
+    splits = Splits.from_datasets(train_dataset, test=test_dataset)   # any map-style Dataset, or (x, y) arrays
+
 A loader returns a `RawDataset` of uint8 N x C x H x W images; `load_data` then
 carves out the validation split, resizes or pads, scales, and hands back float32
 tensors in a `Splits`. Validation and test are separate by default; `split="test"`
@@ -34,6 +36,7 @@ from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.core.util import check_fits
 from relulab.data import formats, sources
+from relulab.data.datasets import to_tensors
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -100,6 +103,9 @@ def data_key(spec: DataSpec) -> str:
     return json.dumps(asdict(spec), sort_keys=True, default=str)
 
 
+DATASETS_TEST_SPLIT = 0.2  # Splits.from_datasets without a test set holds out this much of train, as digits does
+
+
 @dataclass
 class Splits:
     """Float32 tensors ready to train on, plus what they are."""
@@ -138,6 +144,21 @@ class Splits:
         return {"dataset": self.spec.name, "source": self.source, "input_shape": list(self.input_shape),
                 "classes": len(self.classes), "train": len(self.y_train), "val": len(self.y_val),
                 "test": len(self.y_test), "val_is_test": self.val_is_test, "cache": self.cache}
+
+    @classmethod
+    def from_datasets(cls, train, val=None, test=None, *, classes: Optional[list[str]] = None,
+                      val_split: float = 0.1, split_seed: int = 0, test_split: float = DATASETS_TEST_SPLIT,
+                      image_size: Optional[int] = None, fit: str = "resize", name: str = "datasets") -> "Splits":
+        """Splits of the user's own data: each of `train`, `val`, `test` a map-style Dataset yielding (image,
+        label) or an (x, y) pair of arrays or tensors (relulab.data.datasets), stacked into tensors once.
+
+        Without `val`, a stratified `val_split` of train (a fraction, or a count: the rule of `split:
+        stratified:0.1`, drawn with `split_seed`) is the validation set; without `test`, a fixed stratified
+        `test_split` of train (seed 0) is held out as the test set first, as the loaders do for datasets that
+        have none (digits), and `source` says so. `val` and `test` the same object: validation is the test set
+        (`val_is_test`). `classes`: the class names; by default the train dataset's `classes` attribute, or
+        0..the largest label. `image_size`, `fit`: as data.image_size and data.fit."""
+        return _from_datasets(train, val, test, classes, val_split, split_seed, test_split, image_size, fit, name)
 
 
 # ---------------------------------------------------------------- loaders
@@ -523,12 +544,13 @@ def parse_split(text: str, field: str = "split") -> tuple[str, float]:
     return kind, value
 
 
-def _stratified_indices(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_indices(labels: np.ndarray, holdout: float, seed: int, field: str = "split"
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out) with `holdout` (a fraction, or a count if >= 1) per class, deterministic."""
     rng = np.random.default_rng(seed)
     n_holdout = int(round(holdout * len(labels))) if holdout < 1 else int(holdout)
     if not 0 < n_holdout < len(labels):
-        raise UserError(f"split: cannot hold out {n_holdout} of {len(labels)} examples")
+        raise UserError(f"{field}: cannot hold out {n_holdout} of {len(labels)} examples")
     held = []
     classes, counts = np.unique(labels, return_counts=True)
     # Largest-remainder allocation keeps the per-class shares and the exact total.
@@ -640,6 +662,92 @@ def load_data(spec: DataSpec) -> Splits:
     y_test = to_labels(raw.y_test)
     return Splits(x_train, to_labels(y_tr), x_val, y_test if val_is_test else to_labels(y_va), x_test, y_test,
                   raw.classes, val_is_test, raw.source, spec, raw.cache)
+
+
+# ---------------------------------------------------------------- the user's own datasets
+
+
+def _from_datasets(train, val, test, classes, val_split, split_seed, test_split, image_size, fit, name) -> Splits:
+    val_kind, val_amount = _holdout(val_split, "val_split")
+    _, test_amount = _holdout(test_split, "test_split")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or not 1 <= image_size <= INT64_MAX):
+        raise UserError(f"image_size: expected a positive integer, got {image_size!r}")
+    if fit not in ("resize", "pad"):
+        raise unknown_choice("fit", fit, ["resize", "pad"])
+    x_tr, y_tr = to_tensors(train, "train")
+    given = {field: to_tensors(source, field) for field, source in (("val", val), ("test", test))
+             if source is not None}
+    for part, (x, _) in given.items():
+        if x.shape[1:] != x_tr.shape[1:]:
+            raise UserError(f"{part}: examples of shape {_dims(x.shape[1:])}, train's are {_dims(x_tr.shape[1:])}; "
+                            "they must be the same")
+    classes = _class_names(classes, train, {"train": y_tr, **{part: y for part, (_, y) in given.items()}})
+    source = "Splits.from_datasets"
+    if "test" in given:
+        x_te, y_te = given["test"]
+    else:
+        keep, held = _stratified_indices(y_tr.numpy(), test_amount, 0, "test_split")
+        (x_tr, y_tr), (x_te, y_te) = (x_tr[keep], y_tr[keep]), (x_tr[held], y_tr[held])
+        source += f" (no test set given: a stratified {test_split} of train, seed 0, held out as the test set)"
+    val_is_test = val is not None and val is test
+    if val_is_test:
+        x_va, y_va = x_te, y_te
+    elif "val" in given:
+        x_va, y_va = given["val"]
+    else:
+        keep, held = _stratified_indices(y_tr.numpy(), val_amount, split_seed, "val_split")
+        (x_tr, y_tr), (x_va, y_va) = (x_tr[keep], y_tr[keep]), (x_tr[held], y_tr[held])
+    if len(torch.unique(y_tr)) < 2:
+        raise UserError(f"train: only one class ({classes[int(y_tr[0])]}) in the training data; a classifier needs "
+                        "at least 2")
+    if image_size is not None:
+        x_tr, x_va, x_te = _resized([x_tr, x_va, x_te], image_size, fit, val_is_test)
+    spec = DataSpec(name=name, split=f"{val_kind}:{val_amount}" if val is None else "given", image_size=image_size,
+                    fit=fit, split_seed=split_seed)
+    return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, classes, val_is_test, source, spec)
+
+
+def _holdout(amount, field: str) -> tuple[str, float]:
+    """A stratified hold-out of `amount` (a fraction below 1 or a whole count), checked as data.split checks it."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise UserError(f"{field}: expected a fraction below 1 or a whole count, got {amount!r}")
+    return parse_split(f"stratified:{amount}", field)
+
+
+def _class_names(classes, train, labels: dict[str, torch.Tensor]) -> list[str]:
+    """The class names (given, the train dataset's `classes`, or 0..the largest label), every label among them."""
+    if classes is None:
+        classes = getattr(train, "classes", None)
+        if classes is None:
+            classes = [str(c) for c in range(max(int(y.max()) for y in labels.values()) + 1)]
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or not len(classes):
+        raise UserError(f"classes: expected a list of class names, got {classes!r}")
+    names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise UserError(f"classes: names appear twice in {names}")
+    for part, y in labels.items():
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= len(names):
+            raise UserError(f"{part}: labels run {low}..{high}; expected 0..{len(names) - 1} for {len(names)} "
+                            "classes")
+    return names
+
+
+def _resized(xs: list[torch.Tensor], size: int, fit: str, val_is_test: bool) -> list[torch.Tensor]:
+    if xs[0].ndim != 4:
+        raise UserError(f"image_size: resizing needs images of channels x height x width, got examples of shape "
+                        f"{_dims(xs[0].shape[1:])}")
+    images = sum(len(x) for x in xs) - (len(xs[1]) if val_is_test else 0)
+    channels = xs[0].shape[1]
+    check_fits(images * channels * size * size * 4, "image_size", f"{images} images of {channels}x{size}x{size} "
+               "float32")
+    train, test = _fit_size(xs[0], size, fit), _fit_size(xs[2], size, fit)
+    return [train, test if val_is_test else _fit_size(xs[1], size, fit), test]
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def describe_datasets(path: Optional[str] = None) -> list[dict]:

@@ -6,6 +6,9 @@
   BatchNorm, Dense 10; the batch norms are optional.
 - `seed-cnn` (seed 000): nine 3x3 valid convs and a 1x1 conv to the classes, each
   followed by its slot and then BatchNorm, max-pools after convs 6 and 8.
+- `resnet20`, `resnet18-cifar`, `vgg16-bn`: the literature's CIFAR networks (relulab.zoo.cifar_nets), each
+  activation a slot; built with the literature's initialization and batch norm unless the spec says otherwise
+  (`build_cifar_net`).
 
 `MODELS` is the registry: name -> `ModelEntry`, which holds the builder and what the rest of
 relulab decides by model (how it packs with others, whether it is convolutional). Adding a model
@@ -29,11 +32,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+import relulab.zoo.cifar_nets as cifar_nets
 from relulab.zoo.activations import canonical_name, get_activation, parse_activation
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.registry import Registry
 from relulab.zoo.init import canonical_name as canonical_init
-from relulab.zoo.init import init_layer
+from relulab.zoo.init import init_layer, initialize
 from relulab.core.ranges import INT64_MAX, MAX_ITEMS, show_int
 from relulab.core.util import check_fits
 
@@ -280,6 +284,36 @@ def build_seed_cnn(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     return SlotNet(layers, spec, input_shape, num_classes)
 
 
+CIFAR_NETS = {"resnet20": cifar_nets.resnet20, "resnet18-cifar": cifar_nets.resnet18_cifar,
+              "vgg16-bn": cifar_nets.vgg16_bn}
+_DEFAULTS = ModelSpec()
+
+
+def build_cifar_net(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
+    """One of CIFAR_NETS, its slots from `spec`. Where the spec leaves a field at relulab's default, the net
+    takes the literature's: `init` (convs He normal on fan_out, zero biases), `output_init` (PyTorch's default
+    Linear), `bn_flavour` (PyTorch's batch norm, momentum 0.1, eps 1e-5; BN weights 1, biases 0). Any other value
+    applies as for seed-cnn: `init` and `bias_init` to every conv, `output_init` to the classifier."""
+    channels = cifar_nets.image_channels(spec.name, input_shape)
+    _check_slots(spec, cifar_nets.SLOT_COUNTS[spec.name])
+    if spec.batchnorm is False:
+        raise UserError(f"model.batchnorm: {spec.name} is built with batch norm, as in the literature; leave "
+                        "model.batchnorm out")
+    flavour = "torch" if spec.bn_flavour == _DEFAULTS.bn_flavour else spec.bn_flavour
+    net = CIFAR_NETS[spec.name](channels, num_classes, lambda index: Slot(index, spec.slot_activation(index)),
+                                lambda features: nn.BatchNorm2d(features, **BN_FLAVOURS[flavour]), spec.widths)
+    cifar_nets.literature_init(net)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            if spec.init != _DEFAULTS.init:
+                initialize(module.weight, spec.kernel_init(), "model.init")
+            if module.bias is not None and spec.bias_init != _DEFAULTS.bias_init:
+                initialize(module.bias, spec.bias_init, "model.bias_init")
+        elif isinstance(module, nn.Linear) and spec.output_init != _DEFAULTS.output_init:
+            init_layer(module, spec.output_init, "zeros")
+    return SlotNet([net], spec, input_shape, num_classes)
+
+
 # How a model trains beside others (relulab.packing.rules reads it):
 # - "stack": models of one shape run as one stacked model, each layer one batched kernel (StackedMLP);
 # - "fuse": as "stack", and through the fused hand-written step where the job allows (relulab.packing.fused);
@@ -306,6 +340,7 @@ MODELS: Registry[ModelEntry] = Registry({
     "deep-mlp": ModelEntry(build_deep_mlp, packs="fuse"),
     "bn-mlp": ModelEntry(build_bn_mlp, packs="stack"),
     "seed-cnn": ModelEntry(build_seed_cnn, packs="conv-stack", conv=True),
+    **{name: ModelEntry(build_cifar_net, packs="alone", conv=True) for name in CIFAR_NETS},
 })
 
 
