@@ -290,3 +290,13 @@ def test_relulab_train_takes_the_recipe_options(capsys):
 def test_relulab_train_errors_name_the_options(capsys, argv, message):
     code, out, err = relulab(capsys, "train", "--widths", "4", "-e", "2", "--device", "cpu", *argv)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_keeps_the_recipe(digits, tmp_path):
+    from relulab.training import checkpoints
+
+    spec = _spec(epochs=2, schedule=ScheduleSpec("step", milestones=[1]), label_smoothing=0.1,
+                 augment=AugmentSpec(crop_padding=1))
+    spec.train.optimizer.weight_decay = 1e-3
+    result = loop.run(spec, 0, "cpu", splits=digits)
+    assert checkpoints.load(checkpoints.save(result, tmp_path / "m.pt")).spec == spec
