@@ -300,3 +300,20 @@ def test_a_checkpoint_keeps_the_recipe(digits, tmp_path):
     spec.train.optimizer.weight_decay = 1e-3
     result = loop.run(spec, 0, "cpu", splits=digits)
     assert checkpoints.load(checkpoints.save(result, tmp_path / "m.pt")).spec == spec
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"epochs": 3, "schedule": {"name": "step", "milestones": [10 ** 400]}},
+     r"^train.schedule.milestones: .*got \[a number of 401 digits\]$"),
+    ({"schedule": {"name": "step", "milestones": "30,60"}}, "^train.schedule.milestones: expected a list"),
+    ({"schedule": {"name": "step", "milestones": [1.5]}}, "^train.schedule.milestones: expected a list"),
+    ({"schedule": {"warmup_epochs": 2 ** 70}}, "^train.schedule.warmup_epochs: "),
+    ({"schedule": {"gamma": "nan"}}, "^train.schedule.gamma: "),
+    ({"schedule": 5}, "^train.schedule: expected a mapping"),
+    ({"augment": {"crop_padding": 10 ** 40}}, "^train.augment.crop_padding: "),
+    ({"augment": [4]}, "^train.augment: expected a mapping"),
+])
+def test_hostile_recipe_values_get_one_short_line(train, message):
+    with pytest.raises(UserError, match=message) as error:
+        build_run_spec({"data": {"name": "digits"}, "train": train})
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from relulab.core.errors import UserError
+from relulab.core.ranges import show_int
 
 
 @dataclass
@@ -27,7 +28,8 @@ class AugmentSpec:
     def validate(self, prefix: str = "train.augment") -> "AugmentSpec":
         if not isinstance(self.crop_padding, int) or isinstance(self.crop_padding, bool) or not \
                 0 <= self.crop_padding <= 1024:
-            raise UserError(f"{prefix}.crop_padding: expected an integer from 0 to 1024, got {self.crop_padding!r}")
+            shown = show_int(self.crop_padding) if isinstance(self.crop_padding, int) else repr(self.crop_padding)
+            raise UserError(f"{prefix}.crop_padding: expected an integer from 0 to 1024, got {shown}")
         if not isinstance(self.flip, bool):
             raise UserError(f"{prefix}.flip: expected true or false, got {self.flip!r}")
         return self

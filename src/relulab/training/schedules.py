@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from relulab.core.errors import UserError, is_number, unknown_choice
+from relulab.core.ranges import show_int
 
 
 @dataclass
@@ -43,8 +44,9 @@ class ScheduleSpec:
         _check_milestones(self.milestones, epochs, f"{prefix}.milestones")
         if not (isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
                 and 0 <= self.warmup_epochs <= epochs):
+            shown = show_int(self.warmup_epochs) if isinstance(self.warmup_epochs, int) else repr(self.warmup_epochs)
             raise UserError(f"{prefix}.warmup_epochs: expected an integer from 0 to {epochs} (the run's epochs), "
-                            f"got {self.warmup_epochs!r}")
+                            f"got {shown}")
         for key in ("gamma", "div_factor", "final_div_factor"):
             value = getattr(self, key)
             if not (is_number(value) and 0 < value < math.inf):
@@ -57,10 +59,11 @@ class ScheduleSpec:
 def _check_milestones(milestones, epochs: int, path: str) -> None:
     if not isinstance(milestones, (list, tuple)) or not all(
             isinstance(m, int) and not isinstance(m, bool) for m in milestones):
-        raise UserError(f"{path}: expected a list of epochs, e.g. [30, 60], got {milestones!r}")
+        raise UserError(f"{path}: expected a list of epochs, e.g. [30, 60]")
     if list(milestones) != sorted(set(milestones)) or any(not 1 <= m < epochs for m in milestones):
+        shown = ", ".join(show_int(m) for m in milestones[:5]) + (", ..." if len(milestones) > 5 else "")
         raise UserError(f"{path}: expected increasing epochs from 1 to {epochs - 1} (before the run's last), "
-                        f"got {list(milestones)}")
+                        f"got [{shown}]")
 
 
 @dataclass(frozen=True)
