@@ -68,6 +68,8 @@ def test_one_cycle_is_onecyclelr_without_momentum_cycling():
     reference = _lrs(lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total,
                                                                      pct_start=0.25, cycle_momentum=False), total)
     assert _ours(ScheduleSpec("one-cycle", pct_start=0.25)) == pytest.approx(reference, rel=1e-9, abs=1e-15)
+    short = _lrs(lambda opt: build_scheduler(opt, ScheduleSpec("one-cycle", pct_start=0.1), 10, 1), 10)
+    assert short[0] == 0.1 and short == sorted(short, reverse=True)  # too short to rise: falls from lr
 
 
 @pytest.mark.parametrize("name,extra", [("constant", {}), ("step", {"milestones": [3]}), ("cosine", {}),

@@ -97,7 +97,7 @@ def _one_cycle(spec: ScheduleSpec, at: Timeline) -> float:
     """PyTorch's OneCycleLR (two phases, cosine annealing), as a factor of its max_lr, the optimizer's lr."""
     start, low = 1 / spec.div_factor, 1 / (spec.div_factor * spec.final_div_factor)
     rise_end = float(spec.pct_start * at.total) - 1
-    if at.step <= rise_end:
+    if 0 < rise_end and at.step <= rise_end:  # a run too short to rise (OneCycleLR divides by zero) starts at lr
         return _anneal(start, 1.0, at.step / rise_end)
     fall = (at.total - 1) - rise_end
     return _anneal(1.0, low, (at.step - rise_end) / fall) if fall > 0 else low
