@@ -242,3 +242,67 @@ def test_packed_and_alone_agree_after_one_step(opt, model, model_kw):
         for name, weight in alone.model.state_dict().items():
             if weight.is_floating_point():
                 torch.testing.assert_close(packed.model.state_dict()[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["l2", "decoupled"])
+@pytest.mark.parametrize("opt,model,model_kw", [
+    ("momentum", "deep-mlp", {}),  # a fused stack
+    ("nesterov", "deep-mlp", {"activation": "tanh", "batchnorm": True}),  # an autograd stack with batch norm
+    ("adam", "bn-mlp", {}),
+    ("sgd", "deep-mlp", {"activation": "prelu"}),  # a model unit of its own
+], ids=["fused", "stack-bn", "bn-mlp", "unit"])
+def test_weight_decay_packed_equals_alone_after_one_step(opt, model, model_kw, kind):
+    """StackedOptimizer's weight decay (each model its own rate) is the plain optimizers': every weight of a
+    packed model after a step is that of the same model trained alone, and not that of one without decay."""
+    splits = load_data(ONE_STEP)
+
+    def job(seed, rate):
+        spec = RunSpec(ONE_STEP, ModelSpec(model, init="he_normal", widths=[24, 24, 24], **model_kw),
+                       TrainSpec(1, 32, OptimizerSpec(opt, 0.05, weight_decay=rate, weight_decay_kind=kind)))
+        return Job(spec, seed, f"{seed}-{rate}")
+
+    jobs = [job(0, 0.1), job(1, 0.3), job(2, 0.0)]
+    assert all(rules.recipe_packs(j) for j in jobs)
+    for j, packed in zip(jobs, pack.train_together(jobs, splits, CPU)):
+        alone = run(j.spec, j.seed, CPU, splits=splits).model.state_dict()
+        undecayed = run(job(j.seed, 0.0).spec, j.seed, CPU, splits=splits).model.state_dict()
+        for name, weight in alone.items():
+            if weight.is_floating_point():
+                torch.testing.assert_close(packed.model.state_dict()[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+        if j.spec.train.optimizer.weight_decay:
+            assert any((alone[n] - undecayed[n]).abs().max() > 1e-4 for n in alone if alone[n].is_floating_point())
+
+
+def test_a_stack_with_weight_decay_equals_separate_runs(digits):
+    jobs = [_job(s, lr=0.02, opt="momentum", model="bn-mlp") for s in (0, 1)]
+    for j, rate in zip(jobs, (5e-3, 2e-2)):
+        j.spec.train.optimizer.weight_decay = rate
+    assert len({rules.stack_key(j) for j in jobs}) == 1
+    for j, result in zip(jobs, pack.train_together(jobs, digits, CPU)):
+        _assert_same_history(result, run(j.spec, j.seed, CPU, splits=digits), 1e-4)
+
+
+def test_schedules_label_smoothing_and_augmentation_train_alone(digits):
+    """The packed steps have none of these (packing.rules.recipe_packs): such jobs are never packed, and train
+    exactly as training.loop.run trains them."""
+    from relulab.training.augment import AugmentSpec
+    from relulab.training.schedules import ScheduleSpec
+
+    recipes = [{"schedule": ScheduleSpec("cosine")}, {"schedule": ScheduleSpec(warmup_epochs=1)},
+               {"label_smoothing": 0.1}, {"augment": AugmentSpec(flip=True)}]
+    jobs = [_job(s) for s in range(len(recipes))]
+    for j, recipe in zip(jobs, recipes):
+        for name, value in recipe.items():
+            setattr(j.spec.train, name, value)
+    plain = [_job(10), _job(11, model="bn-mlp")]
+    plain[0].spec.train.schedule = ScheduleSpec("constant")  # a constant rate is no schedule: it packs
+    for device in (CPU, torch.device("cuda")):  # on CUDA every other model would pack
+        assert [rules.pack_key(j, device) for j in jobs] == [None] * len(jobs)
+        assert all(rules.pack_key(j, device) is not None for j in plain)
+    with pytest.raises(ValueError, match="cannot be packed"):
+        pack.train_together(jobs[:2], digits, CPU)
+    results = dict((job.key, result) for job, result in train_many(jobs + plain, digits, CPU))
+    for j in jobs:
+        assert "trained_with" not in results[j.key].data
+        _assert_same_history(results[j.key], run(j.spec, j.seed, CPU, splits=digits), 0)
+    assert results[plain[0].key].data["trained_with"] == 2

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relulab.training import resume
+from relulab.training import loop, resume
+from relulab.training.augment import AugmentSpec
+from relulab.training.schedules import ScheduleSpec
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
@@ -66,6 +68,48 @@ def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_pat
     finished |= {job.key: _numbers(r) for job, r in train_many(rest, splits, "cpu", pack=pack, resume=every_epoch)}
     assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
     assert list(tmp_path.iterdir()) == []  # finished work leaves no state behind
+
+
+def _recipe_jobs() -> list[Job]:
+    """Runs with the ResNet recipes (they train alone): a cosine schedule with warm-up, weight decay, label
+    smoothing, crops and flips; and step milestones on either side of the kill."""
+    cosine = _spec(optimizer="nesterov", lr=0.05)
+    cosine.train.optimizer.weight_decay = 5e-3
+    cosine.train.schedule = ScheduleSpec("cosine", warmup_epochs=2)
+    cosine.train.label_smoothing = 0.1
+    cosine.train.augment = AugmentSpec(crop_padding=1, flip=True)
+    step = _spec(optimizer="momentum", lr=0.05)
+    step.train.schedule = ScheduleSpec("step", milestones=[2, 5], gamma=0.3)
+    return [Job(cosine, 0, "cosine"), Job(step, 1, "step")]
+
+
+def test_a_scheduled_run_stopped_after_an_epoch_goes_on_at_the_same_learning_rates(splits, tmp_path, monkeypatch):
+    rates = []
+    real_step = loop.train_step
+
+    def recording(model, optimizer, *args, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu")}
+    uninterrupted_rates, rates[:] = list(rates), []
+    every_epoch = resume.Resume(str(tmp_path), every_s=0)
+    real_save = resume.Saver.save
+
+    def killed_after_epoch_3(self, epoch, state):
+        real_save(self, epoch, state)
+        if epoch == 3:
+            raise Killed
+
+    monkeypatch.setattr(resume.Saver, "save", killed_after_epoch_3)
+    with pytest.raises(Killed):
+        list(train_many(_recipe_jobs(), splits, "cpu", resume=every_epoch))
+    monkeypatch.setattr(resume.Saver, "save", real_save)
+    finished = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu", resume=every_epoch)}
+    assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
+    assert rates == uninterrupted_rates  # every step's learning rate, the killed run's epochs 1-3 once
+    assert len(set(uninterrupted_rates)) > 10
 
 
 def test_a_state_of_other_work_or_a_damaged_one_is_not_used(splits, tmp_path):

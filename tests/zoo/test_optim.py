@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from relulab.zoo.optim import KerasAdam, KerasRMSprop, OptimizerSpec, build_optimizer, weight_penalty
+from relulab.zoo.optim import (STACKED_OPTIMIZERS, WEIGHT_DECAY_KINDS, KerasAdam, KerasRMSprop, OptimizerSpec,
+                               StackedOptimizer, build_optimizer, weight_penalty)
 from relulab.core.errors import UserError
 
 
@@ -61,5 +62,84 @@ def test_weight_penalty_is_keras_style():
                                         (OptimizerSpec("adam", lr=-1), "optimizer.lr"),
                                         (OptimizerSpec("adam", flavour="tf"), "optimizer.flavour")])
 def test_bad_specs(spec, field):
+    with pytest.raises(UserError, match=f"^{field}:"):
+        spec.validate()
+
+
+# ---------------------------------------------------------------- weight decay
+
+def _steps(optimizer_for, grads, lrs=None, dtype=torch.float32):
+    """Weights after steps with the given gradients; `lrs`: the learning rate of each step (a schedule)."""
+    w = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=dtype))
+    opt = optimizer_for([w])
+    for t, g in enumerate(grads):
+        if lrs is not None:
+            opt.param_groups[0]["lr"] = lrs[t]
+        w.grad = torch.tensor(g, dtype=dtype)
+        opt.step()
+    return w.detach().clone()
+
+
+@pytest.mark.parametrize("name,native", [
+    ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=5e-2)),
+    ("momentum", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-2)),
+    ("nesterov", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-2)),
+    ("adam", lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=5e-2)),
+    ("rmsprop", lambda p: torch.optim.RMSprop(p, lr=0.1, weight_decay=5e-2)),
+])
+def test_l2_weight_decay_is_pytorchs_weight_decay_argument(name, native):
+    ours = _steps(lambda p: build_optimizer(p, OptimizerSpec(name, lr=0.1, weight_decay=5e-2)), GRADS)
+    assert torch.equal(ours, _steps(native, GRADS))
+    assert not torch.equal(ours, _steps(lambda p: build_optimizer(p, OptimizerSpec(name, lr=0.1)), GRADS))
+
+
+def test_adamw_and_decoupled_adam_are_pytorchs_adamw_with_the_steps_learning_rate():
+    lrs = [0.1, 0.05, 0.02, 0.01]  # a schedule: decoupled decay scales with each step's rate
+    native = _steps(lambda p: torch.optim.AdamW(p, lr=0.1), GRADS, lrs)  # AdamW's default decay 0.01
+    assert torch.equal(_steps(lambda p: build_optimizer(p, OptimizerSpec("adamw", lr=0.1)), GRADS, lrs), native)
+    decoupled = OptimizerSpec("adam", lr=0.1, weight_decay=0.01, weight_decay_kind="decoupled")
+    assert torch.equal(_steps(lambda p: build_optimizer(p, decoupled), GRADS, lrs), native)
+    no_decay = OptimizerSpec("adamw", lr=0.1, weight_decay=0.0)
+    assert torch.equal(_steps(lambda p: build_optimizer(p, no_decay), GRADS, lrs),
+                       _steps(lambda p: torch.optim.Adam(p, lr=0.1), GRADS, lrs))
+
+
+def test_weight_decay_reaches_every_parameter_biases_and_batch_norm_included():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = build_optimizer(model.parameters(), OptimizerSpec("sgd", lr=0.1, weight_decay=0.5))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b * (1 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("kind", WEIGHT_DECAY_KINDS)
+@pytest.mark.parametrize("name,flavour", [(n, "torch") for n in STACKED_OPTIMIZERS] + [("adam", "keras"),
+                                                                                     ("rmsprop", "keras")])
+def test_the_stacked_optimizer_decays_as_the_plain_one(name, flavour, kind):
+    """Two models of a stack with different rates and learning rates against two plain optimizers (float64)."""
+    specs = [OptimizerSpec(name, lr=lr, flavour=flavour, weight_decay=rate, weight_decay_kind=kind)
+             for lr, rate in ((0.05, 0.1), (0.02, 0.03))]
+    start = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
+    stacked_params = start.clone()
+    stacked = StackedOptimizer(stacked_params, specs)
+    grads = torch.tensor(GRADS, dtype=torch.float64)
+    for g in grads:
+        stacked.step(stacked_params, torch.stack([g, 2 * g]))
+    for k, spec in enumerate(specs):
+        w = nn.Parameter(start[k].clone())
+        plain = build_optimizer([w], spec)
+        for g in grads:
+            w.grad = g * (k + 1)
+            plain.step()
+        torch.testing.assert_close(stacked_params[k], w.detach(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec,field", [(OptimizerSpec("sgd", weight_decay=-1e-4), "optimizer.weight_decay"),
+                                        (OptimizerSpec("sgd", weight_decay="lots"), "optimizer.weight_decay"),
+                                        (OptimizerSpec("sgd", weight_decay_kind="l1"), "optimizer.weight_decay_kind")])
+def test_bad_weight_decay(spec, field):
     with pytest.raises(UserError, match=f"^{field}:"):
         spec.validate()

@@ -18,8 +18,11 @@ from relulab.experiments import seeds_from_options
 from relulab.zoo.models import MODELS, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
+from relulab.packing.rules import recipe_packs
 from relulab.training.callbacks import ProgressBar
 from relulab.training.loop import evaluate, run
+from relulab.training.augment import AugmentSpec
+from relulab.training.schedules import SCHEDULES, ScheduleSpec
 from relulab.training.specs import Job, RunSpec, TrainSpec
 from relulab.core.util import check_output_file, write_json_atomic
 from relulab.cli.app import app, option_names
@@ -55,6 +58,23 @@ def train(
     optimizer: str = typer.Option("adam", help="sgd, momentum, nesterov, adam, adamw or rmsprop."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the optimizer's usual one)."),
     flavour: str = typer.Option("torch", help="Optimizer defaults: torch or keras (Keras 3's exact update rules)."),
+    momentum: float = typer.Option(0.9, help="Momentum of --optimizer momentum and nesterov."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay of every parameter (default: adamw 0.01, "
+                                                 "else none)."),
+    weight_decay_kind: Optional[str] = typer.Option(None, help="l2 (added to the gradient, as PyTorch's SGD "
+                                                    "weight_decay) or decoupled (AdamW's). Default: decoupled for "
+                                                    "adamw, else l2."),
+    schedule: Optional[str] = typer.Option(None, help=f"Learning-rate schedule, per batch: {', '.join(SCHEDULES)} "
+                                           "(default constant)."),
+    milestones: Optional[str] = typer.Option(None, help="--schedule step: the epochs after which the rate is "
+                                             "multiplied by --gamma, e.g. 30,60."),
+    gamma: Optional[float] = typer.Option(None, help="--schedule step: the factor at each milestone (default 0.1)."),
+    warmup_epochs: int = typer.Option(0, help="Linear learning-rate warm-up over this many epochs (any schedule)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the training cross-entropy, e.g. 0.1 (the "
+                                          "train loss shown is then the smoothed one)."),
+    crop_padding: int = typer.Option(0, help="Augment training images: random crops after padding by this many "
+                                     "zeros, e.g. 4 (on the device)."),
+    flip: bool = typer.Option(False, "--flip", help="Augment training images: random horizontal flips."),
     l1: float = typer.Option(0.0, help="L1 kernel penalty (Keras-style, added to the loss)."),
     l2: float = typer.Option(0.0, help="L2 kernel penalty (Keras-style, added to the loss)."),
     precision: str = typer.Option("auto", help="auto (on CUDA: bf16 for convolutions, else TensorFloat-32 matrix "
@@ -81,20 +101,44 @@ def train(
         data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
         model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
                         batchnorm, bn_flavour),
-        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour), l1, l2, precision=precision,
-                        compile=compile),
+        train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour, momentum, weight_decay,
+                                                          weight_decay_kind), l1, l2, precision=precision,
+                        compile=compile, label_smoothing=label_smoothing),
     )
     with option_names(OPTION_NAMES):
+        spec.train.schedule = _schedule(schedule, milestones, gamma, warmup_epochs)
+        if crop_padding or flip:
+            spec.train.augment = AugmentSpec(crop_padding, flip)
         spec.validate()
         target = resolve_device(device)
         if compile and pack is False:
             raise UserError("--compile: only packed runs compile their step; drop --no-pack")
         together = pack if pack is not None else (target.type == "cuda" or bool(compile))
+        if together and not recipe_packs(Job(spec, 0)):  # train_many would train each seed alone anyway
+            if pack:
+                console.print("--pack: runs with a schedule, label smoothing or augmentation train one by one")
+            together = False
         for path, option in ((out, "--out"), (save, "--save")):
             if path is not None:
                 check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"
         splits = data_mod.load_data(spec.data)
         _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save)
+
+
+def _schedule(name: Optional[str], milestones: Optional[str], gamma: Optional[float], warmup_epochs: int
+              ) -> Optional[ScheduleSpec]:
+    """The schedule the options ask for; None when none of them is given (a constant rate)."""
+    if name is None and milestones is None and gamma is None and not warmup_epochs:
+        return None
+    spec = ScheduleSpec(name or "constant", warmup_epochs=warmup_epochs)
+    if milestones is not None:
+        try:
+            spec.milestones = [int(m) for m in milestones.split(",")]
+        except ValueError:
+            raise UserError(f"--milestones: expected epochs such as 30,60, got {milestones!r}") from None
+    if gamma is not None:
+        spec.gamma = gamma
+    return spec
 
 
 def _trained(spec: RunSpec, splits, seeds: list[int], device, together: bool):
@@ -135,6 +179,11 @@ OPTION_NAMES = {
     "train.batch_size": "--batch-size", "train.l1": "--l1", "train.l2": "--l2", "train.precision": "--precision",
     "train.compile": "--compile",
     "train.optimizer.name": "--optimizer", "train.optimizer.lr": "--lr", "train.optimizer.flavour": "--flavour",
+    "train.optimizer.momentum": "--momentum", "train.optimizer.weight_decay": "--weight-decay",
+    "train.optimizer.weight_decay_kind": "--weight-decay-kind", "train.schedule.name": "--schedule",
+    "train.schedule.milestones": "--milestones", "train.schedule.gamma": "--gamma",
+    "train.schedule.warmup_epochs": "--warmup-epochs", "train.label_smoothing": "--label-smoothing",
+    "train.augment.crop_padding": "--crop-padding", "train.augment": "--crop-padding/--flip",
 }
 
 

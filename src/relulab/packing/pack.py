@@ -40,7 +40,7 @@ import torch
 
 from relulab.core.env import provenance, resolve_device
 from relulab.data import Splits
-from relulab.packing.rules import pack_key, schedule_key, stacks_cnns
+from relulab.packing.rules import pack_key, recipe_packs, schedule_key, stacks_cnns
 from relulab.packing.units import Unit, form_units
 from relulab.training import loop, resume
 from relulab.training.loop import epoch_batches
@@ -60,6 +60,9 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     own streams, so the GPU works on several small models at once. `saver` (relulab.training.resume): save the pack's
     state at epoch boundaries on its schedule, and go on from a saved state of these jobs if there is one."""
     assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
+    if not all(recipe_packs(job) for job in jobs):
+        raise ValueError("a job's training recipe (schedule, label smoothing, augmentation) cannot be packed: "
+                         "train_many trains it alone")
     spec = jobs[0].spec.train
     setup_started = _now(device)
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)

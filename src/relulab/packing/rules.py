@@ -5,7 +5,8 @@ whether it is convolutional (`conv`); an activation's entry (`relulab.zoo.activa
 the kernels have it (`kernel_code`) and whether it holds weights of its own (`learned`); the optimizers a
 stack can run are `relulab.zoo.optim.STACKED_OPTIMIZERS`. From those, here: which jobs share a stack
 (`stack_key`, `cnn_stack_key`, `fusable`), which share a pack (`pack_key`), which steps are compiled
-(`compiles`, `compiles_stack`), and how many models go to a stack (`default_max_stack`, `stack_sizes`).
+(`compiles`, `compiles_stack`), how many models go to a stack (`default_max_stack`, `stack_sizes`), and which
+training recipes the packed steps have (`recipe_packs`).
 """
 from __future__ import annotations
 
@@ -40,20 +41,21 @@ def fusable(job: Job) -> bool:
 
 def stack_key(job: Job) -> Optional[tuple]:
     """MLP jobs with equal keys can share a stack: everything that shapes the computation
-    matches (widths, activations, batch norm, optimizer rule, penalties, precision); seeds,
-    initializers and learning rates may differ, and so may activations in a fused stack
+    matches (widths, activations, batch norm, optimizer rule and weight decay kind, penalties, precision);
+    seeds, initializers, learning rates and weight decay rates may differ, and so may activations in a fused stack
     (`relulab.packing.fused`). None: not stackable (the model's entry says so, or `learns_activations`)."""
     spec, opt = job.spec, job.spec.train.optimizer
     if model_entry(spec.model.name).packs not in ("stack", "fuse") or opt.name not in STACKED_OPTIMIZERS:
         return None
     if fusable(job):
-        return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum, spec.train.l1,
-                spec.train.l2, float32_products(spec))
+        return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum,
+                opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2, float32_products(spec))
     if learns_activations(spec.model):
         return None
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
             tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
-            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision)
+            opt.flavour, opt.momentum, opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2,
+            spec.train.precision)
 
 
 def cnn_stack_key(job: Job) -> Optional[tuple]:
@@ -66,7 +68,8 @@ def cnn_stack_key(job: Job) -> Optional[tuple]:
     if learns_activations(spec.model):
         return None
     return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
-            opt.flavour, opt.momentum, spec.train.l1, spec.train.l2, spec.train.precision, spec.train.compile)
+            opt.flavour, opt.momentum, opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2,
+            spec.train.precision, spec.train.compile)
 
 
 def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
@@ -74,6 +77,18 @@ def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
     if device.type != "cuda" or any(autocast_dtype(job.spec, device) != torch.bfloat16 for job in jobs):
         return False
     return importlib.util.find_spec("triton") is not None  # CUDA builds of torch bring it
+
+
+def recipe_packs(job: Job) -> bool:
+    """Whether the packed steps (relulab.packing.steps) train as `job.spec.train` says. They have weight decay
+    (StackedOptimizer's, tested against the plain optimizers) but not a learning-rate schedule (their learning
+    rates are constant tensors captured in CUDA graphs), label smoothing (the fused step's gradient is of the
+    plain cross-entropy) or augmentation (it would need each model's generator inside the graphed step); a job
+    with one of those trains alone through relulab.training.loop."""
+    train = job.spec.train
+    scheduled = train.schedule is not None and (train.schedule.name != "constant" or train.schedule.warmup_epochs)
+    augmented = train.augment is not None and (train.augment.crop_padding or train.augment.flip)
+    return not (scheduled or augmented or train.label_smoothing)
 
 
 def schedule_key(job: Job) -> tuple:
@@ -85,8 +100,9 @@ def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
     """Jobs with equal keys can train together (`relulab.packing.train_together`); None: this job trains alone.
 
     On CUDA any job whose optimizer the graphed step supports can join (its step becomes a
-    CUDA graph); on the CPU only stackable MLPs gain from it."""
-    if job.spec.train.optimizer.name not in STACKED_OPTIMIZERS:
+    CUDA graph); on the CPU only stackable MLPs gain from it. A recipe the packed steps lack (`recipe_packs`)
+    trains alone."""
+    if job.spec.train.optimizer.name not in STACKED_OPTIMIZERS or not recipe_packs(job):
         return None
     if device.type != "cuda" and stack_key(job) is None:
         return None

@@ -10,6 +10,11 @@ once per epoch in eval mode. Data is held on the device as tensors and batches a
 cut by indexing, so no DataLoader or host copy sits inside an epoch; the loop reads
 a number back from the device only once per epoch.
 
+The recipes of `TrainSpec` act here: a learning-rate schedule stepped after every batch
+(relulab.training.schedules), label smoothing in the training cross-entropy (validation and
+test losses stay the plain cross-entropy), and crops and flips of each training batch on
+the device from the run's generator (relulab.training.augment).
+
 Callbacks (fastai-style, one job each) see the model and each epoch's record: a
 progress bar, probes, the results store.
 """
@@ -26,8 +31,10 @@ from torch import nn
 
 from relulab.core.env import matmul_precision, provenance, resolve_device, seed_everything
 from relulab.data import Splits, load_data
+from relulab.training.augment import AugmentSpec, augment_batch
 from relulab.training.callbacks import BestWeights, Callback
 from relulab.training.resume import Saver
+from relulab.training.schedules import build_scheduler
 from relulab.training.specs import (EpochRecord, History, RunResult, RunSpec, TrainSpec, arithmetic, autocast_dtype,
                                     float32_products)
 from relulab.zoo.models import SlotNet, build_model, keras_param_count
@@ -65,25 +72,34 @@ def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds[:-1] if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1 else bounds
 
 
-def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2, amp=None
+def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2, amp=None, scheduler=None,
+                label_smoothing: float = 0.0, augment: Optional[AugmentSpec] = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over (x, y) in a fresh random order; returns device tensors (loss sum, correct count)."""
+    """One pass over (x, y) in a fresh random order; returns device tensors (loss sum, correct count).
+    `scheduler` is stepped after every batch; `augment` transforms every batch with draws from `generator`."""
     model.train()
     order = torch.randperm(len(x), device=x.device, generator=generator)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for start, stop in epoch_batches(len(x), batch_size):
-        train_step(model, optimizer, x, y, order[start:stop], kernels, l1, l2, amp, (loss_sum, correct))
+        train_step(model, optimizer, x, y, order[start:stop], kernels, l1, l2, amp, (loss_sum, correct),
+                   label_smoothing, (augment, generator) if augment is not None else None)
+        if scheduler is not None:
+            scheduler.step()
     return loss_sum, correct
 
 
-def train_step(model, optimizer, x, y, idx, kernels, l1, l2, amp, totals: tuple[torch.Tensor, torch.Tensor]) -> None:
+def train_step(model, optimizer, x, y, idx, kernels, l1, l2, amp, totals: tuple[torch.Tensor, torch.Tensor],
+               label_smoothing: float = 0.0, augment: Optional[tuple[AugmentSpec, torch.Generator]] = None) -> None:
     """One optimizer step on the examples `idx` of (x, y); adds its loss sum and correct count to `totals`
-    (device tensors, so that nothing is read back from the device)."""
+    (device tensors, so that nothing is read back from the device). `augment`: (spec, generator) to crop and
+    flip the batch with."""
     xb, yb = x[idx], y[idx]
+    if augment is not None:
+        xb = augment_batch(xb, *augment)
     with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(xb)
-    loss = F.cross_entropy(logits.float(), yb)
+    loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
     total = loss + weight_penalty(kernels, l1, l2) if (l1 or l2) else loss
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -102,19 +118,25 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     device = splits.x_train.device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
+    if spec.augment is not None:
+        spec.augment.check_data(tuple(splits.x_train.shape))
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    batches = epoch_batches(len(splits.x_train), spec.batch_size)
+    scheduler = build_scheduler(optimizer, spec.schedule, len(batches), spec.epochs) \
+        if spec.schedule is not None else None
     kernels = kernel_weights(model)
     history = History()
     for cb in callbacks:
         cb.on_train_begin(model, spec)
     saver = saver if saver is not None and all(cb.resumable for cb in callbacks) else None
-    done = _resume_run(saver, model, optimizer, generator, history, callbacks)
-    n = epoch_batches(len(splits.x_train), spec.batch_size)[-1][1]  # examples seen per epoch
+    done = _resume_run(saver, model, optimizer, scheduler, generator, history, callbacks)
+    n = batches[-1][1]  # examples seen per epoch
     for epoch in range(done + 1, spec.epochs + 1):
         _sync(device)
         started = time.perf_counter()
         loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
-                                        generator, kernels, spec.l1, spec.l2, amp)
+                                        generator, kernels, spec.l1, spec.l2, amp, scheduler, spec.label_smoothing,
+                                        spec.augment)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
         val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, spec.eval_batch_size, amp)
         _sync(device)
@@ -127,6 +149,7 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
             break
         if saver is not None and epoch < spec.epochs and saver.due():
             saver.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                "generator": generator.get_state(), "history": history.state(),
                                "callbacks": [cb.state() for cb in callbacks]})
     if history.diverged_at is None:
@@ -139,13 +162,16 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     return history
 
 
-def _resume_run(saver, model, optimizer, generator, history, callbacks) -> int:
-    """Put a saved state of this run back (weights, optimizer, generator, history, callbacks); the epochs done."""
+def _resume_run(saver, model, optimizer, scheduler, generator, history, callbacks) -> int:
+    """Put a saved state of this run back (weights, optimizer, learning-rate schedule, generator, history,
+    callbacks); the epochs done."""
     state = saver.load() if saver is not None else None
     if state is None:
         return 0
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(state["optimizer"])  # its learning rates too: the schedule's of the saved step
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     history.restore(state["history"])
     for cb, saved in zip(callbacks, state["callbacks"]):

@@ -3,10 +3,10 @@
 A sweep commits a run only when it has finished, so without this a kill loses every epoch of the runs in
 progress: for a pack of 16 seed-cnns at 50 epochs, minutes of GPU time. With a `Resume` (a folder and a
 period), `train.train_model` and `pack.train_together` write their whole state (weights, optimizer state,
-batch norm statistics, each run's random generator, the histories so far, the best-epoch weights) after an
-epoch whenever `every_s` seconds have passed since the last write, and read it back when they start the
-same work again: the same run keys, so the same runs. What they then compute is what they would have
-computed without the kill (on the CPU to the bit; a test checks it).
+the learning-rate schedule's step, batch norm statistics, each run's random generator, the histories so far,
+the best-epoch weights) after an epoch whenever `every_s` seconds have passed since the last write, and read
+it back when they start the same work again: the same run keys, so the same runs. What they then compute is
+what they would have computed without the kill (on the CPU to the bit; a test checks it).
 
 The file of a piece of work is named by a hash of its run keys, written atomically (a kill mid-write leaves
 the previous one), read with `torch.load(weights_only=True)`, and deleted when the work finishes. A file
@@ -68,8 +68,8 @@ class Saver:
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION \
                 or state.get("keys") != self.keys:
             return None
-        runs = f"{len(self.keys)} runs" if len(self.keys) > 1 else "a run"
-        print(f"relulab: {runs} go on from epoch {state['epoch']}, saved {time.ctime(self.path.stat().st_mtime)}",
+        runs = f"{len(self.keys)} runs go" if len(self.keys) > 1 else "a run goes"
+        print(f"relulab: {runs} on from epoch {state['epoch']}, saved {time.ctime(self.path.stat().st_mtime)}",
               file=sys.stderr, flush=True)
         return state
 

@@ -13,6 +13,8 @@ from relulab.core.errors import UserError, is_number
 from relulab.core.mapping import check_mapping, from_mapping
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.data import DataSpec
+from relulab.training.augment import AugmentSpec
+from relulab.training.schedules import ScheduleSpec
 from relulab.zoo.models import (MODEL_EXTRAS, ModelSpec, SlotNet, combine_slots, model_entry, parse_off, parse_slots,
                                parse_widths)
 from relulab.zoo.optim import OptimizerSpec
@@ -36,6 +38,10 @@ class TrainSpec:
     # torch.compile the training step of unstacked models (the conv models): true | false | None (auto:
     # where enough model-epochs share one compiled graph to pay for compiling it; see packing.rules.compiles)
     compile: Optional[bool] = None
+    # The recipes of the ResNet papers. Unset (None, 0) they change nothing, and keys leave them out.
+    schedule: Optional[ScheduleSpec] = None  # learning-rate schedule, stepped per batch (training.schedules)
+    label_smoothing: float = 0.0  # into the training cross-entropy: the train loss reported is the smoothed one
+    augment: Optional[AugmentSpec] = None  # crop and flip of training batches on the device (training.augment)
 
     def validate(self, prefix: str = "train") -> "TrainSpec":
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -51,7 +57,13 @@ class TrainSpec:
             raise UserError(f"{prefix}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.compile is not None and not isinstance(self.compile, bool):
             raise UserError(f"{prefix}.compile: expected true, false or null (auto), got {self.compile!r}")
+        if not (is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise UserError(f"{prefix}.label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
         self.optimizer.validate(f"{prefix}.optimizer")
+        if self.schedule is not None:
+            self.schedule.validate(self.epochs, f"{prefix}.schedule")
+        if self.augment is not None:
+            self.augment.validate(f"{prefix}.augment")
         return self
 
 
@@ -187,11 +199,16 @@ def build_run_spec(sections: dict, prefix: str = "", base_dir: Optional[Path] = 
         model_map["widths"] = parse_widths(model_map["widths"], f"{prefix}model.widths")
     model = from_mapping(ModelSpec, model_map, f"{prefix}model", MODEL_EXTRAS)
     train_map = dict(check_mapping(sections.get("train"), f"{prefix}train"))
-    optimizer = train_map.pop("optimizer", None)
-    if isinstance(optimizer, str):
-        optimizer = {"name": optimizer}  # `optimizer: sgd`
+    nested = {key: train_map.pop(key, None) for key in ("optimizer", "schedule", "augment")}
+    for key in ("optimizer", "schedule"):
+        if isinstance(nested[key], str):
+            nested[key] = {"name": nested[key]}  # `optimizer: sgd`, `schedule: cosine`
     train = from_mapping(TrainSpec, train_map, f"{prefix}train")
-    train.optimizer = from_mapping(OptimizerSpec, optimizer, f"{prefix}train.optimizer")
+    train.optimizer = from_mapping(OptimizerSpec, nested["optimizer"], f"{prefix}train.optimizer")
+    if nested["schedule"] is not None:
+        train.schedule = from_mapping(ScheduleSpec, nested["schedule"], f"{prefix}train.schedule")
+    if nested["augment"] is not None:
+        train.augment = from_mapping(AugmentSpec, nested["augment"], f"{prefix}train.augment")
     data.validate(f"{prefix}data")
     model.validate(f"{prefix}model")
     train.validate(f"{prefix}train")
