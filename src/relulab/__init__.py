@@ -12,7 +12,7 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `kernels`     | the Triton code (fused MLP step, stacked convolutions)                  | core, zoo           |
 | `data`        | datasets by name, formats, sources, splits, `data_key`                 | core                |
 | `training`    | specs (RunSpec, Job, History, RunResult), the one-model loop,          | core, zoo, data     |
-|               | callbacks, progress saves (resume), checkpoints                        |                     |
+|               | schedules, augmentation, callbacks, progress saves, checkpoints        |                     |
 | `probes`      | per-slot statistics, hooks, probe sets, probe callbacks                | + training          |
 | `packing`     | what trains with what (read from the model registry), `train_many`,    | + kernels, training |
 |               | stacked MLPs and CNNs, graphed steps                                   |                     |

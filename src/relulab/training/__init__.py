@@ -5,6 +5,8 @@
   mapping, naming the field of any error.
 - `loop`: `run` (data, model, training, result) and `train_model`, Keras `fit`'s loop on device-resident tensors;
   `evaluate`; `time_alone` (one configuration's own time per epoch).
+- `schedules`: learning-rate schedules by name (constant, step, cosine, one-cycle), with linear warm-up.
+- `augment`: random crop and flip of image batches on the device, drawn from the run's generator.
 - `callbacks`: `Callback` and the small hooks with one job each: `BestWeights`, `ProgressBar`.
 - `resume`: progress saves of runs and packs in progress (`Resume`, `Saver`).
 - `checkpoints`: a finished run's weights with its spec, loaded with `torch.load(..., weights_only=True)`.
