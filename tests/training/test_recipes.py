@@ -12,7 +12,8 @@ from torch import nn
 
 from relulab.core.errors import UserError
 from relulab.data import DataSpec, load_data
-from relulab.experiments.specs import canonical_spec, load_experiment, run_key
+from relulab.experiments import load_experiment
+from relulab.experiments.plan import canonical_spec, run_key
 from relulab.training import loop
 from relulab.training.augment import AugmentSpec, augment_batch
 from relulab.training.schedules import ScheduleSpec, build_scheduler
