@@ -463,9 +463,10 @@ def class_table(result: ProbeResult, stat: str) -> tuple[list[str], list[list[fl
 
 def slot_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, int]:
     """Activations each slot computes per image (its output's elements for one image, summed over its uses where
-    one slot is called more than once: relulab.zoo.slotify's module-only fallback)."""
+    one slot is called more than once: relulab.zoo.slotify's module-only fallback; 0 where the example does not
+    reach the slot, as an activation module the forward never calls)."""
     slots = slots_of(model)
-    sizes: dict[int, int] = {}
+    sizes: dict[int, int] = {s.index: 0 for s in slots}
 
     def hook(slot, inputs, output):
         sizes[slot.index] = sizes.get(slot.index, 0) + int(output[0].numel())
