@@ -514,4 +514,4 @@ def stored_slot_names(data) -> dict[int, str]:
     for key, name in found.items():
         if isinstance(name, str) and str(key).isdigit():
             names[int(key)] = name
-    return names
+    return dict(sorted(names.items()))  # slot order (the JSON has them in its keys' text order: 1, 10, 11, ...)
