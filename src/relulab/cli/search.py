@@ -11,9 +11,9 @@ from rich.table import Table
 
 import relulab.experiments as experiments
 from relulab.cli.app import app, option_names
-from relulab.report.format import slot_text, slots_text
 from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
                              report_dir)
+from relulab.report.format import slot_text, slots_text
 
 console = Console(stderr=True, soft_wrap=True)
 

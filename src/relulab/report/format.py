@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from relulab.core.stats import Comparison, Summary
-from relulab.probes.statistics import slot_text  # noqa: F401  (the report's tables and figures name slots so)
+from relulab.probes.statistics import slot_text  # how every table, figure and command names a slot
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
 

@@ -17,8 +17,10 @@ a block, the one after the first conv, then the one after the sum), and created 
 `model.modules()` meets them in the same order. This module is only the architectures: the registry entries
 (relulab.zoo.models) pass in the activation slots, the batch norm and the initializers.
 
-The modules are named as in torchvision and kuangliu/pytorch-cifar, so that a slot's module path reads back to the
-code and the literature (relulab.zoo.models names each slot by its path, as relulab.slotify does):
+The modules are named after torchvision's and kuangliu/pytorch-cifar's (`layer1`, ..., and in a block `conv1`,
+`bn1`, `conv2`, `bn2`, `shortcut`), with the first conv in a `stem` and each activation a module of its own, so
+that a slot's module path reads back to the code (relulab.zoo.models names each slot by its path, as
+relulab.slotify does):
 
 - ResNets: `stem.relu` (after the 3x3 stem conv), then per block `layer<stage>.<block>.relu1` (after the first
   conv) and `layer<stage>.<block>.relu2` (after the sum): resnet20's 19 are `stem.relu`, `layer1.0.relu1`,
