@@ -60,6 +60,24 @@ def test_slots_are_numbered_in_the_order_forward_meets_them(name):
     assert model.placement() == ["relu"] * SLOTS[name]
 
 
+RESNET20_NAMES = ["stem.relu"] + [f"layer{stage}.{block}.relu{k}" for stage in (1, 2, 3) for block in (0, 1, 2)
+                                    for k in (1, 2)]
+
+
+def test_slot_names_are_the_module_paths_in_forward_order():
+    names = {name: [s.name for s in build(name).slots] for name in NETS}
+    assert names["resnet20"] == RESNET20_NAMES
+    assert names["resnet18-cifar"][:3] == ["stem.relu", "layer1.0.relu1", "layer1.0.relu2"]
+    assert names["resnet18-cifar"][-1] == "layer4.1.relu2"
+    assert names["vgg16-bn"] == [f"features.conv{n}.relu" for n in range(1, 14)]
+    for name in NETS:  # each name is where the slot sits in the net's code, and finds it
+        model = build(name)
+        net = model.body[0]
+        for s in model.slots:
+            assert net.get_submodule(s.name) is s and model.slot(s.name) is s
+    assert dict(build("vgg16-bn").body[0].features.named_children())["pool2"].kernel_size == 2
+
+
 @pytest.mark.parametrize("name, channels, classes", [("resnet20", 1, 7), ("resnet18-cifar", 3, 10),
                                                      ("vgg16-bn", 1, 3)])
 def test_a_forward_pass_gives_one_row_of_logits_per_image(name, channels, classes):
@@ -70,9 +88,9 @@ def test_a_forward_pass_gives_one_row_of_logits_per_image(name, channels, classe
 
 # (slot, the module that holds it in the net): slot 4 of resnet20 is stage 1, block 2's first activation;
 # slot 17 of resnet18-cifar is the last block's activation after the sum; slot 6 of vgg16-bn is the sixth conv's.
-BY_HAND = {"resnet20": (4, lambda net: (net.layers[0][1], "act1")),
-           "resnet18-cifar": (17, lambda net: (net.layers[3][1], "act2")),
-           "vgg16-bn": (6, lambda net: (net.features, "19"))}  # conv, bn, act per conv; a pool after convs 2, 4
+BY_HAND = {"resnet20": (4, lambda net: (net.layer1[1], "relu1")),
+           "resnet18-cifar": (17, lambda net: (net.layer4[1], "relu2")),
+           "vgg16-bn": (6, lambda net: (net.features.conv6, "relu"))}
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -91,7 +109,7 @@ def test_switching_a_slot_off_changes_exactly_that_activation(name):
 
 def test_literature_initialization_by_default():
     model = build("resnet18-cifar")
-    conv = model.body[0].layers[3][1].conv2  # 512 x 512 x 3 x 3
+    conv = model.body[0].layer4[1].conv2  # 512 x 512 x 3 x 3
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (512 * 9)), rel=0.01)  # He normal, fan_out
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(bool((b.weight == 1).all() and (b.bias == 0).all()) for b in bns)
@@ -104,13 +122,13 @@ def test_literature_initialization_by_default():
 
 def test_init_fields_apply_as_for_seed_cnn_when_given():
     model = build("resnet18-cifar", init="he_uniform", output_init="zeros")
-    conv = model.body[0].layers[3][1].conv2
+    conv = model.body[0].layer4[1].conv2
     assert conv.weight.var().item() == pytest.approx(2 / (512 * 9), rel=0.02)  # he_uniform: var 2 / fan_in
     assert conv.weight.abs().max().item() <= math.sqrt(6 / (512 * 9))
     fc = model.body[0].fc
     assert bool((fc.weight == 0).all() and (fc.bias == 0).all())
     vgg = build("vgg16-bn", bias_init="constant:0.1")
-    first = vgg.body[0].features[0]
+    first = vgg.body[0].features.conv1.conv
     assert bool((first.bias == 0.1).all()) and first.weight.std().item() == pytest.approx(
         math.sqrt(2 / (64 * 9)), rel=0.1)  # bias given, kernels still the literature's
 

@@ -13,6 +13,7 @@ from rich.table import Table
 import relulab.experiments as experiments
 from relulab.core.errors import UserError
 from relulab.probes.statistics import class_table, degenerate_columns, degenerate_text, parse_stats
+from relulab.report.format import slot_text
 from relulab.core.util import check_output_dir
 from relulab.cli.app import app, option_names
 from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
@@ -136,21 +137,22 @@ def print_tables(pr, names: list[str], epoch: int) -> None:
         header, rows = class_table(result, name)
         table = Table(title=f"{name}: {pr.variant} seed {pr.seed}, epoch {epoch}, probe set {pr.probe_set} "
                             f"({result.images} images)", title_justify="left")
-        for column in header:
-            table.add_column(str(column), justify="right")
+        for i, column in enumerate(header):
+            table.add_column(str(column), justify="left" if i == 0 else "right")
         marked = degenerate_columns(result, name)
         counts = [*result.counts, result.images]
         for row in rows:
-            table.add_row(str(row[0]), *[f"[dim]{degenerate_text(n)}[/dim]" if m else _cell(v)
+            table.add_row(slot_text(row[0], pr.slot_names), *[f"[dim]{degenerate_text(n)}[/dim]" if m else _cell(v)
                                          for v, n, m in zip(row[1:], counts, marked)])
         out.print(table)
     if len(pr.results) > 1:
         epochs = sorted(pr.results)
         for name in names:
             table = Table(title=f"{name} over epochs (average over the probe images)", title_justify="left")
-            table.add_column("slot", justify="right")
+            table.add_column("slot", justify="left")
             for e in epochs:
                 table.add_column(str(e), justify="right")
             for slot in result.slots:
-                table.add_row(str(slot), *[_cell(pr.results[e].overall.get(name, {}).get(slot)) for e in epochs])
+                table.add_row(slot_text(slot, pr.slot_names),
+                              *[_cell(pr.results[e].overall.get(name, {}).get(slot)) for e in epochs])
             out.print(table)

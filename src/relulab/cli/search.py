@@ -13,6 +13,7 @@ import relulab.experiments as experiments
 from relulab.cli.app import app, option_names
 from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
                              report_dir)
+from relulab.report.format import slot_text, slots_text
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -155,6 +156,7 @@ def print_judgement(out: Console, rows: list[dict], step: int) -> None:
 def print_search(s: dict) -> None:
     """Each step's candidates (validation-chosen and test accuracy), decision and judgement, then the result."""
     out = Console(width=None if sys.stdout.isatty() else 160)
+    names = s.get("slot_names") or {}
     judged = {c["step"] for c in s.get("judgements", [])}
     for step in s["steps"]:
         cands = [c for c in s["candidates"] if c["step"] == step["step"]]
@@ -165,7 +167,7 @@ def print_search(s: dict) -> None:
         shown = cands if len(cands) <= 30 else cands[:30]
         for c in shown:
             diff = "-" if c["diff"] is None or c["diff"] != c["diff"] else f"{c['diff'] * 100:+.2f}"
-            table.add_row(c["placement"], "-" if c["slot"] is None else str(c["slot"]), _acc(c), _test(c),
+            table.add_row(c["placement"], "-" if c["slot"] is None else slot_text(c["slot"], names), _acc(c), _test(c),
                           c["reference"] or "-", diff, _number(c["p"], ".2g"), _number(c["heuristic"], ".4g"))
         out.print(table)
         if step["note"]:
@@ -177,5 +179,5 @@ def print_search(s: dict) -> None:
         acc = _interval_text(r["mean"], r["ci_low"], r["ci_high"])
         final = next((c for c in s["candidates"] if c["placement"] == r["final"]), None)
         held_out = f", test acc {_test(final)}%" if final is not None and s["metric"] != "test_acc" else ""
-        out.print(f"result: {r['final']} (slots off: {', '.join(map(str, r['off'])) or 'none'}), {s['metric']} "
+        out.print(f"result: {r['final']} (slots off: {slots_text(r['off'], names)}), {s['metric']} "
                   f"{acc}%{held_out}, {r['relu_count']:,} activations per image")

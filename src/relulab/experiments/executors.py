@@ -52,6 +52,7 @@ from relulab.core.errors import UserError, unknown_choice
 from relulab.training.resume import Resume
 from relulab.packing.pack import train_many
 from relulab.probes.callbacks import EpochProbeRequest, slot_probe
+from relulab.probes.statistics import SLOT_NAMES, slot_names
 from relulab.training.callbacks import Callback
 from relulab.training.specs import Job, RunResult
 
@@ -139,6 +140,9 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
     for job, result in train_many(task.jobs, splits, device, callbacks=callbacks, pack=task.pack,
                                   still_wanted=still_wanted, resume=task.resume):
         probe = probes.pop(job.key, None)
+        names = slot_names(result.model) if result.model is not None else {}
+        if names:  # stored with the run, so that reports name the slots (relulab's own models have numbers only)
+            result.data[SLOT_NAMES] = {str(index): name for index, name in names.items()}
         yield Outcome(job, result, getattr(probe, "by_epoch", {}), probe_results=getattr(probe, "results", {}))
 
 

@@ -463,9 +463,10 @@ def class_table(result: ProbeResult, stat: str) -> tuple[list[str], list[list[fl
 
 def slot_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, int]:
     """Activations each slot computes per image (its output's elements for one image, summed over its uses where
-    one slot is called more than once: relulab.zoo.slotify's module-only fallback)."""
+    one slot is called more than once: relulab.zoo.slotify's module-only fallback; 0 where the example does not
+    reach the slot, as an activation module the forward never calls)."""
     slots = slots_of(model)
-    sizes: dict[int, int] = {}
+    sizes: dict[int, int] = {s.index: 0 for s in slots}
 
     def hook(slot, inputs, output):
         sizes[slot.index] = sizes.get(slot.index, 0) + int(output[0].numel())
@@ -483,3 +484,34 @@ def slot_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> dict[int,
             h.remove()
         model.train(was_training)
     return sizes
+
+
+# ---------------------------------------------------------------- slot names
+
+SLOT_NAMES = "slot_names"  # the key of a run's data summary that holds its model's slot names
+
+
+def slot_names(model: nn.Module) -> dict[int, str]:
+    """{slot number: name} of the model's named slots (relulab.slotify's, the CIFAR nets': `layer1.0.relu2`);
+    empty for relulab's seed models, whose slots have numbers only."""
+    return {s.index: s.name for s in slots_of(model) if s.name}
+
+
+def slot_text(slot, names: dict[int, str], prefix: str = "") -> str:
+    """A slot as the report names it: its number, and its name where the model has one ('3 (layer1.0.relu2)';
+    `prefix` 'slot ': 'slot 3 (layer1.0.relu2)'). relulab's seed models' slots have numbers only: '3'."""
+    name = names.get(slot) if slot is not None else None
+    return f"{prefix}{slot}" + (f" ({name})" if name else "")
+
+
+def stored_slot_names(data) -> dict[int, str]:
+    """The slot names a run's data summary holds (`SLOT_NAMES`, JSON keys are strings); {} where it holds none,
+    or holds something else than slot numbers and names (a damaged store shows numbers, it does not fail)."""
+    found = data.get(SLOT_NAMES) if isinstance(data, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    names = {}
+    for key, name in found.items():
+        if isinstance(name, str) and str(key).isdigit():
+            names[int(key)] = name
+    return dict(sorted(names.items()))  # slot order (the JSON has them in its keys' text order: 1, 10, 11, ...)

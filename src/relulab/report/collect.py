@@ -14,6 +14,7 @@ from typing import Optional
 
 from relulab.core.errors import UserError
 from relulab.core.stats import ConfigStats, RunNumbers, describe_runs, with_baseline
+from relulab.probes.statistics import stored_slot_names
 from relulab.store import Store, StoredTiming, retrained_key, timing_key
 
 
@@ -29,6 +30,12 @@ class VariantData:
     slot_stats: dict[str, dict]  # run key -> {stat: {epoch: {slot: value}}}
     stats: Optional[ConfigStats] = None
     alone: Optional[StoredTiming] = None  # the configuration's timed pass alone on its runs' device
+
+    @property
+    def slot_names(self) -> dict[int, str]:
+        """{slot: name} of the configuration's model, as its runs stored them; {} where its slots have numbers only
+        (relulab's seed models)."""
+        return runs_slot_names(self.runs)
 
     def numbers(self) -> list[RunNumbers]:
         return [RunNumbers(r["seed"], r["status"], number_or_nan(r["best_val_acc"]), number_or_nan(r["final_val_acc"]),
@@ -48,6 +55,13 @@ class PartData:
     run_probes: dict[str, list[dict]] = field(default_factory=dict)  # issue 4: variant -> final-model probe rows
     # issue 19: (variant, stored run row, row of its copy retrained for probing) where the probe rows are a copy's
     retrained: list[tuple[str, dict, dict]] = field(default_factory=list)
+
+    @property
+    def slot_names(self) -> dict[int, str]:
+        """{slot: name} for tables and figures of the whole part: the names its configurations' models agree on
+        (a part whose configurations are different models, with other slots, shows numbers)."""
+        named = [v.slot_names for v in self.variants if v.slot_names]
+        return named[0] if named and all(n == named[0] for n in named) else {}
 
 
 @dataclass
@@ -145,6 +159,13 @@ def _retrained_probes(store: Store, part: PartData, v: VariantData, probed: set[
     for key in sorted({r["run_key"] for r in rows}, key=lambda k: unprobed[k]["seed"]):
         part.retrained.append((v.name, unprobed[key], copies[key]))
     return rows
+
+
+def runs_slot_names(runs: list[dict]) -> dict[int, str]:
+    """The slot names stored with `runs` (relulab.probes.statistics.SLOT_NAMES in each run's data summary); {}
+    where they have none, or where runs of one configuration disagree."""
+    named = [n for n in (stored_slot_names(r.get("data")) for r in runs) if n]
+    return named[0] if named and all(n == named[0] for n in named) else {}
 
 
 def trained_packed(run: dict) -> bool:

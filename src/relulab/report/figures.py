@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from relulab.zoo import activations
 from relulab.report.collect import PartData
-from relulab.report.format import PCT
+from relulab.report.format import PCT, slot_text
 from relulab.report.measures import DEPTH_EVAL_NOTE, DEPTH_TARGET, curve, last_probed_epoch, sparsity_by_slot
 
 
@@ -50,6 +50,22 @@ def save_figure(fig, slug: str, title: str, caption: str, svg: bool) -> FigureOu
         fig.savefig(buf, format="svg", metadata={"Date": None})
         svg_bytes = buf.getvalue()
     return FigureOut(slug, title, caption, png.getvalue(), svg_bytes)
+
+
+MAX_NAMED_TICKS = 40  # slots an axis labels by name; more would not be legible, and the axis keeps numbers
+
+
+def slot_ticks(ax, slots, names: dict[int, str], axis: str = "x") -> None:
+    """Label a slot axis with the slots' names ('3 layer1.0.relu2') where the model has them, else integers."""
+    slots = sorted(set(slots))
+    if not names or not slots or len(slots) > MAX_NAMED_TICKS:
+        getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+        return
+    labels = [f"{s} {names[s]}" if s in names else str(s) for s in slots]
+    if axis == "x":
+        ax.set_xticks(slots, labels, rotation=60, ha="right", fontsize=6.5)
+    else:
+        ax.set_yticks(slots, labels, fontsize=6.5)
 
 
 def colors(n: int) -> list:
@@ -142,7 +158,7 @@ def sparsity_figure(part: PartData, svg: bool) -> Optional[FigureOut]:
         if by_slot:
             ax.plot(list(by_slot), list(by_slot.values()), color=color, marker="o", label=name)
     ax.set_xlabel("slot (layer)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    slot_ticks(ax, [slot for by_slot in table.values() for slot in by_slot], part.slot_names)
     ax.set_ylabel("fraction of exact zeros")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -195,7 +211,8 @@ def depth_figure(part: PartData, table: dict[str, dict], svg: bool) -> FigureOut
             ax.grid(alpha=0.3)
             if row == 1:
                 ax.set_xlabel("slot (depth)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            slot_ticks(ax, [s for profiles in table.values() if when in profiles
+                            for s in profiles[when][what].slots], part.slot_names)
         axes[row][0].set_ylabel(what)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
@@ -244,7 +261,7 @@ def cost_figure(value: dict, svg: bool) -> FigureOut:
 
 
 def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[list, list]]]], ylabel: str,
-                            slug: str, caption: str, svg: bool) -> FigureOut:
+                            slug: str, caption: str, svg: bool, names: Optional[dict[int, str]] = None) -> FigureOut:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = new_figure(3.8 * cols + 1.2, 2.9 * rows + 0.4)
@@ -252,7 +269,8 @@ def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[
     for ax, (name, curves) in zip(axes.flat, panels):
         palette = colors(max(1, len(curves)))
         for color, (slot, (epochs, values)) in zip(palette, curves.items()):
-            ax.plot(epochs, values, color=color, marker="o", markersize=2.5, label=f"slot {slot}")
+            ax.plot(epochs, values, color=color, marker="o", markersize=2.5,
+                    label=slot_text(slot, names or {}, "slot "))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -267,14 +285,16 @@ def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[
 
 
 def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, caption: str,
-                   svg: bool, degenerate: Optional[list[bool]] = None) -> FigureOut:
+                   svg: bool, degenerate: Optional[list[bool]] = None,
+                   names: Optional[dict[int, str]] = None) -> FigureOut:
     """Seed 000's heatmap: a row per slot, a column per class and the average, each cell annotated. Columns marked
     in `degenerate` (relulab.probes.statistics.degenerate_columns: a class of one image for a statistic taken
-    across images) are grey and say n/a: they are not data, and they do not set the colour scale."""
+    across images) are grey and say n/a: they are not data, and they do not set the colour scale. `names`: the
+    slots' names, where the model has them (the rows' labels)."""
     values = np.array([[np.nan if v is None else float(v) for v in row[1:]] for row in rows], dtype=float)
     marked = np.zeros(values.shape[1], dtype=bool) if degenerate is None else np.asarray(degenerate, dtype=bool)
     values[:, marked] = np.nan
-    fig = new_figure(1.0 + 0.72 * len(header), 0.9 + 0.42 * len(rows))
+    fig = new_figure(1.0 + 0.72 * len(header) + (1.2 if names else 0), 0.9 + 0.42 * len(rows))
     ax = fig.add_subplot()
     finite = values[np.isfinite(values)]
     if marked.any():
@@ -283,7 +303,7 @@ def heatmap_figure(header: list[str], rows: list[list], title: str, slug: str, c
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis",
                       vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
     ax.set_xticks(range(len(header) - 1), header[1:], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"slot {row[0]}" for row in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [slot_text(row[0], names or {}, "slot ") for row in rows], fontsize=8)
     ax.axvline(len(header) - 2.5, color="white", linewidth=2)  # the average column stands apart
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i in range(values.shape[0]):

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from relulab.core.stats import Comparison, Summary
+from relulab.probes.statistics import slot_text  # how every table, figure and command names a slot
 
 PCT = 100.0  # accuracies are shown in percent, as in the seeds' tables
 
@@ -95,3 +96,8 @@ def md_escape(text) -> str:
 def safe_name(text: str) -> str:
     """`text` as a part of a file name: runs of other characters than letters, digits, _ . - become one -."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
+
+
+def slots_text(slots, names: dict[int, str]) -> str:
+    """Several slots: '7, 10', or with names '7 (layer2.0.relu2), 10 (layer2.2.relu1)'; 'none' for no slot."""
+    return ", ".join(slot_text(s, names) for s in slots) or "none"

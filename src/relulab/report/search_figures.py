@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from relulab.report.figures import FigureOut, new_figure, save_figure
+from relulab.report.figures import MAX_NAMED_TICKS, FigureOut, new_figure, save_figure
 from relulab.report.format import PCT
 from relulab.report.measures import step_candidates
 
@@ -117,7 +117,12 @@ def oracle_figure(s: dict, step: int, svg: bool) -> Optional[FigureOut]:
     ax.bar(xs, ys, yerr=[lo, hi], capsize=3, color=["tab:green" if v > 0 else "tab:red" for v in ys])
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("slot switched off")
-    ax.set_xticks(xs)
+    names = s.get("slot_names") or {}
+    if names and len(xs) <= MAX_NAMED_TICKS:
+        ax.set_xticks(xs, [f"{x} {names[x]}" if x in names else str(x) for x in xs], rotation=60, ha="right",
+                      fontsize=6.5)
+    else:
+        ax.set_xticks(xs)
     ax.set_ylabel("change in accuracy (points)")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, f"search-{s['id'][:8]}-oracle-{step}", f"Oracle step {step}: every single-slot change",

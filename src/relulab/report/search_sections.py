@@ -4,7 +4,8 @@ over seeds, Welch comparisons, test accuracies), and the heuristic judgement of 
 """
 from __future__ import annotations
 
-from relulab.report.format import difference, interval, p_value, points, rank_correlation, significant
+from relulab.report.format import (difference, interval, p_value, points, rank_correlation, significant, slot_text,
+                                   slots_text)
 from relulab.report.measures import step_candidates
 from relulab.report.search_figures import correlation_figure, oracle_figure, relu_count_figure, search_path_figure
 from relulab.report.sections import Section
@@ -69,14 +70,15 @@ def _test_text(c: dict) -> str:
 
 
 def _greedy_rows(s: dict) -> list[list[str]]:
-    rows = []
+    rows, names = [], s.get("slot_names") or {}
     for step in s["steps"]:
         cands = step_candidates(s, step["step"])
         cur = next((c for c in cands if c["position"] == 0), None)
         prop = next((c for c in cands if c["position"] == 1), None)
         if prop is None:
             continue
-        rows.append([str(step["step"]), step["current"], f"{prop['placement']} (slot {prop['slot']})",
+        proposal = f"{prop['placement']} ({slot_text(prop['slot'], names, 'slot ')})"
+        rows.append([str(step["step"]), step["current"], proposal,
                      significant(prop["heuristic"]), interval(prop["mean"], prop["ci_low"], prop["ci_high"]),
                      _test_text(prop), interval(cur["mean"], cur["ci_low"], cur["ci_high"]) if cur else "-",
                      _test_text(cur) if cur else "-", difference(prop), p_value(prop["p"]), step["decision"]])
@@ -91,19 +93,18 @@ def correlation_rows(corr: list[dict]) -> list[list[str]]:
              points(c["best_diff"])] for c in corr]
 
 
-def _placement_rows(cands: list[dict], kept: bool = False) -> list[list[str]]:
+def _placement_rows(cands: list[dict], names: dict[int, str], kept: bool = False) -> list[list[str]]:
     rows = []
     for c in cands:
-        off = c["off"]
         rows.append(([str(c.get("kept", "-"))] if kept else []) + [
-            c["placement"], ", ".join(map(str, off)) or "none", f"{c['relu_count']:,}",
+            c["placement"], slots_text(c["off"], names), f"{c['relu_count']:,}",
             interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c), difference(c), p_value(c["p"]),
             c["verdict"] or "-"])
     return rows
 
 
 def search_sections(s: dict, svg: bool) -> list[Section]:
-    title, note = _search_title(s), _search_note(s)
+    title, note, names = _search_title(s), _search_note(s), s.get("slot_names") or {}
     sections = []
     if s["strategy"] == "greedy":
         sections.append(Section(title, GREEDY_HEADER, _greedy_rows(s), note=note, figure=search_path_figure(s, svg)))
@@ -116,7 +117,8 @@ def search_sections(s: dict, svg: bool) -> list[Section]:
                                 figure=search_path_figure(s, svg)))
         for st in s["steps"]:
             cands = [c for c in step_candidates(s, st["step"]) if c["position"] > 0]
-            rows = [[str(c["slot"]), c["placement"], interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c),
+            rows = [[slot_text(c["slot"], names), c["placement"], interval(c["mean"], c["ci_low"], c["ci_high"]),
+                     _test_text(c),
                      difference(c), p_value(c["p"]), significant(c["heuristic"])] for c in cands]
             stat = s["options"]["stat"]
             sections.append(Section(f"Oracle step {st['step']}: every single-slot change of {st['current']}",
@@ -127,7 +129,7 @@ def search_sections(s: dict, svg: bool) -> list[Section]:
         shown = cands[:MAX_EXHAUSTIVE_ROWS]
         extra = f" The {len(shown)} best of {len(cands)} placements are shown; the search CSV has all." \
             if len(cands) > len(shown) else ""
-        sections.append(Section(title, PLACEMENT_HEADER, _placement_rows(shown), note=note + extra,
+        sections.append(Section(title, PLACEMENT_HEADER, _placement_rows(shown, names), note=note + extra,
                                 figure=relu_count_figure(s, svg)))
         sections += _judgement_sections(s, 1, s["base"], svg)
     elif s["strategy"] == "budget":
@@ -135,7 +137,7 @@ def search_sections(s: dict, svg: bool) -> list[Section]:
         total = len(s["slot_sizes"])
         for c in cands:
             c["kept"] = total - len(c["off"])
-        sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, kept=True),
+        sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, names, kept=True),
                                 note=note, figure=relu_count_figure(s, svg)))
         sections += _all_judgement_sections(s, svg)
     return sections

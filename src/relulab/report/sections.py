@@ -15,7 +15,7 @@ from relulab.report.collect import PartData, VariantData, number_or_nan, trained
 from relulab.report.figures import (FigureOut, accuracy_figure, activations_figure, cost_figure, curves_figure,
                                     depth_figure, epoch_time_figure, heatmap_figure, sparsity_figure,
                                     stat_over_epochs_figure)
-from relulab.report.format import PCT, fixed, percent, safe_name, significant, seconds
+from relulab.report.format import PCT, fixed, percent, safe_name, seconds, significant, slot_text
 from relulab.report.measures import (DEPTH_EVAL_NOTE, DepthProfile, alone_seconds_per_epoch, depth_profiles,
                                      epoch_stat_curves, has_data, last_probed_epoch, mean_seconds_per_epoch,
                                      packed_runs, probe_means, representative_slots, sparsity_by_slot)
@@ -117,7 +117,7 @@ def sparsity_rows(part: PartData) -> tuple[list[str], list[list[str]]]:
     slots = sorted({s for by_slot in table.values() for s in by_slot})
     if not slots:
         return [], []
-    header = ["configuration"] + [f"slot {s}" for s in slots]
+    header = ["configuration"] + [slot_text(s, part.slot_names, "slot ") for s in slots]
     return header, [[name] + [fixed(by_slot.get(s), 3) for s in slots] for name, by_slot in table.items() if by_slot]
 
 
@@ -183,7 +183,7 @@ def depth_rows(part: PartData, table: dict[str, dict]) -> tuple[list[str], list[
     columns = [(name, when) for name, profiles in table.items() for when in ("init", "trained") if when in profiles]
     header = ["slot"] + [f"{name} {'init' if when == 'init' else f'epoch {last}'}" for name, when in columns]
     slots = sorted({s for profiles in table.values() for p in profiles.values() for s in p["mean"].slots})
-    rows = [[str(slot)] + [_depth_cell(table[name][when], slot) for name, when in columns]
+    rows = [[slot_text(slot, part.slot_names)] + [_depth_cell(table[name][when], slot) for name, when in columns]
             for slot in representative_slots(slots)]
     return header, rows
 
@@ -235,7 +235,7 @@ def epoch_sections(part: PartData, svg: bool) -> list[Section]:
         sections.append(Section(f"{stat} over epochs", note=" ".join(notes), figure=stat_over_epochs_figure(
             f"{stat} per slot over epochs", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{safe_name(stat)}",
             f"{description}; measured on the probe set after every epoch (epoch 0: before training), mean over "
-            "seeds.", svg)))
+            "seeds.", svg, part.slot_names)))
     return sections
 
 
@@ -252,7 +252,9 @@ def probe_sections(part: PartData, svg: bool) -> list[Section]:
     sections = []
     retrained = {copy["key"] for _, _, copy in part.retrained}
     baseline = part.baseline if part.baseline in part.run_probes else next(iter(part.run_probes), None)
+    names_of = {v.name: v.slot_names for v in part.variants}
     for name, rows in part.run_probes.items():
+        names = names_of.get(name, {})
         for probe_set in sorted({r["probe_set"] for r in rows}):
             overall, per_class, classes, runs, images = probe_means(rows, probe_set)
             stats = [s for s in STATS if s in overall] + sorted(s for s in overall if s not in STATS)
@@ -261,7 +263,8 @@ def probe_sections(part: PartData, svg: bool) -> list[Section]:
                             else significant(overall[s].get(slot)) for slot in slots] for s in stats]
             copies = len({r["run_key"] for r in rows if r["probe_set"] == probe_set} & retrained)
             sections.append(Section(
-                f"Probe statistics of {name} (probe set {probe_set})", ["statistic"] + [f"slot {k}" for k in slots],
+                f"Probe statistics of {name} (probe set {probe_set})",
+                ["statistic"] + [slot_text(k, names, "slot ") for k in slots],
                 table, note=f"The final model of each of {runs} runs, on the probe set {probe_set}; value over all "
                             "probe images (the average column of the per-class tables), mean over the runs. "
                             "Statistics of the slot's input (pre-activation) unless named _out; relulab.probes "
@@ -278,12 +281,13 @@ def probe_sections(part: PartData, svg: bool) -> list[Section]:
                 slug = f"probes-{safe_name(name)}-{safe_name(probe_set)}-{stat}"
                 sections.append(Section(
                     f"{stat} per layer and class: {name} (probe set {probe_set})", header,
-                    [[str(r[0])] + [degenerate_text(n) if m else significant(x, 3)
+                    [[slot_text(r[0], names)] + [degenerate_text(n) if m else significant(x, 3)
                                     for x, n, m in zip(r[1:], counts, marked)] for r in body],
                     note="Seed 000's layout: a row per slot, a column per class, and the average over the probe "
                          f"images; mean over {runs} runs.",
                     figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
-                                          f"{STATS[stat].description}; probe set {probe_set}.", svg, marked)))
+                                          f"{STATS[stat].description}; probe set {probe_set}.", svg, marked,
+                                          names)))
     if part.retrained:
         sections.append(_retrained_section(part.retrained))
     return sections

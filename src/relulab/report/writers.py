@@ -134,7 +134,8 @@ def runs_csv(data: ExperimentData) -> str:
 
 
 SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "position", "placement", "slots_off", "slot",
-                      "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high", "reference",
+                      "slot_name", "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high",
+                      "reference",
                       "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys",
                       "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_runs"]
 CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "current", "stat", "n", "spearman", "spearman_low",
@@ -158,9 +159,11 @@ def search_csvs(data: ExperimentData) -> dict[str, str]:
             writer.writerow(SEARCH_CSV_COLUMNS)
             for c in s["candidates"]:
                 st = steps.get(c["step"], {})
+                slot_name = (s.get("slot_names") or {}).get(c["slot"], "")
                 writer.writerow([csv_number(x) for x in [
                     s["id"], s["strategy"], c["step"], st.get("decision"), st.get("chosen"), c["position"],
-                    c["placement"], " ".join(map(str, c["off"])), c["slot"], c["relu_count"], c["seeds"], c["runs"],
+                    c["placement"], " ".join(map(str, c["off"])), c["slot"], slot_name, c["relu_count"], c["seeds"],
+                    c["runs"],
                     c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
                     c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
                     " ".join(c["run_keys"]), c.get("test_mean"), c.get("test_ci_low"), c.get("test_ci_high"),
@@ -245,12 +248,13 @@ def write_probe_tables(pr, names: list[str], folder: Path, svg: bool) -> list[Pa
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["experiment", "part", "configuration", "seed", "run_key", "probe_set", "epoch", "stat", "slot",
-                     "class", "class_name", "images", "value"])
+                     "slot_name", "class", "class_name", "images", "value"])
     for epoch, result in sorted(pr.results.items()):
         for stat, slot, cls, class_name, value in result.rows():
             images = result.counts[cls] if cls >= 0 else result.images
             writer.writerow([pr.experiment, pr.part, pr.variant, pr.seed, pr.probed_key, pr.probe_set, epoch, stat,
-                             slot, cls, class_name, images, "" if not math.isfinite(value) else repr(float(value))])
+                             slot, pr.slot_names.get(slot, ""), cls, class_name, images,
+                             "" if not math.isfinite(value) else repr(float(value))])
     written = [write_atomic(folder / f"{stem}.csv", buf.getvalue())]
     last = max(pr.results)
     for name in names:
@@ -260,7 +264,7 @@ def write_probe_tables(pr, names: list[str], folder: Path, svg: bool) -> list[Pa
         header, rows = class_table(result, name)
         fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
                              f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg,
-                             degenerate_columns(result, name))
+                             degenerate_columns(result, name), pr.slot_names)
         written.append(write_bytes_atomic(folder / f"{stem}-{name}.png", fig.png))
         if fig.svg:
             written.append(write_bytes_atomic(folder / f"{stem}-{name}.svg", fig.svg))
@@ -271,6 +275,6 @@ def write_probe_tables(pr, names: list[str], folder: Path, svg: bool) -> list[Pa
             if not has_data(curves):  # saturation of a ReLU model: no empty figure
                 continue
             fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
-                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg)
+                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg, pr.slot_names)
             written.append(write_bytes_atomic(folder / f"{stem}-{name}-epochs.png", fig.png))
     return written

@@ -154,7 +154,9 @@ def held_out_accuracy(runs: dict[str, dict], keys: list[str]) -> Summary:
 def load_search_views(store: Store, experiment: Optional[str] = None) -> list[dict]:
     """`Store.searches`, with what is computed from the stored runs when a search is shown: every
     candidate's test accuracy (`test_mean`, `test_ci_low`, `test_ci_high`, `test_n`) and the heuristic
-    judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them)."""
+    judgements of every step that allows one (`judgements`, rows as `judge_stored` gives them), and the names of
+    the model's slots where it has them (`slot_names`: {slot: name}, as its runs stored them; {} for relulab's
+    seed models)."""
     searches = [s.as_dict() for s in store.searches(experiment)]
     runs = store.runs(sorted({k for s in searches for c in s["candidates"] for k in c["run_keys"]}))
     for s in searches:
@@ -162,6 +164,8 @@ def load_search_views(store: Store, experiment: Optional[str] = None) -> list[di
             t = held_out_accuracy(runs, c["run_keys"])
             c.update(test_mean=t.mean, test_ci_low=t.low, test_ci_high=t.high, test_n=t.n)
         s["judgements"] = judge_stored(store, s)
+        keys = [k for c in s["candidates"] for k in c["run_keys"] if k in runs]
+        s["slot_names"] = next((n for n in (probes_mod.stored_slot_names(runs[k]["data"]) for k in keys) if n), {})
     return searches
 
 

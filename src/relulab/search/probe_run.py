@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -49,6 +49,7 @@ class ProbeRun:
     source: str = "store"
     probed_key: str = ""
     copy: Optional[dict] = None
+    slot_names: dict[int, str] = field(default_factory=dict)  # {slot: name} where the model has them
 
 
 def parse_epoch_list(text: Optional[str], total: int, field: str = "probe.epochs") -> Optional[list[int]]:
@@ -214,5 +215,6 @@ class _Prober:
                          f"epoch {row['diverged_at']})")
         run = self.store.runs([key]).get(key)
         copy_row = row if probed_key != key else None
+        names = probes_mod.stored_slot_names(row.get("data")) or probes_mod.stored_slot_names((run or {}).get("data"))
         return ProbeRun(self.exp.name, self.part.name, self.variant.name, self.seed, key, self.probe_set.name,
-                        results, source in ("trained", "retrained"), run, source, probed_key, copy_row)
+                        results, source in ("trained", "retrained"), run, source, probed_key, copy_row, names)

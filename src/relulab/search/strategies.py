@@ -124,6 +124,7 @@ class Search:
         self.slots = [s.index for s in model.slots]
         self.active = [s.index for s in model.slots if not s.off]
         self.sizes = probes_mod.slot_output_sizes(model, splits.input_shape)
+        self.names = probes_mod.slot_names(model)  # {} for relulab's seed models: their slots have numbers only
         self.options = options.validate(self.active)
         self.probe_set = probes_mod.parse_probe_set(self.options.probe_set)
         self.probe_x, self.probe_y = (t.to(device) for t in probes_mod.select_probe_set(splits, self.probe_set))
@@ -344,7 +345,8 @@ def greedy(s: Search) -> dict:
         candidate = s.measure([off])[off]
         ok, why = s.accepts(candidate, current)
         step += 1
-        note = f"{o.stat} {value:.4g} at slot {slot}, the {o.order} of {len(ranking)} untried active slots; {why}"
+        note = (f"{o.stat} {value:.4g} at {probes_mod.slot_text(slot, s.names, 'slot ')}, the {o.order} of "
+                f"{len(ranking)} untried active slots; {why}")
         s.save_step(step, "greedy", current, "accepted" if ok else "rejected",
                     [s.row(current, 0), s.row(candidate, 1, current, slot, value)], candidate if ok else None, note)
         if ok:
@@ -379,7 +381,8 @@ def oracle(s: Search) -> dict:
         rows = [s.row(current, 0)] + [s.row(m, n + 1, current, i, current.heuristics.get(o.stat, {}).get(i))
                                       for n, (i, m) in enumerate(cands.items())]
         s.save_step(step, "oracle", current, "accepted" if ok else "rejected", rows, best if ok else None,
-                    f"best single change: slot {best_slot} ({best.label}); {why}", s.judge(current, cands))
+                    f"best single change: {probes_mod.slot_text(best_slot, s.names, 'slot ')} ({best.label}); {why}",
+                    s.judge(current, cands))
         if not ok:
             break
         off, current = best.off, best

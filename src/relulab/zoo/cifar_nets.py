@@ -17,11 +17,22 @@ a block, the one after the first conv, then the one after the sum), and created 
 `model.modules()` meets them in the same order. This module is only the architectures: the registry entries
 (relulab.zoo.models) pass in the activation slots, the batch norm and the initializers.
 
+The modules are named after torchvision's and kuangliu/pytorch-cifar's (`layer1`, ..., and in a block `conv1`,
+`bn1`, `conv2`, `bn2`, `shortcut`), with the first conv in a `stem` and each activation a module of its own, so
+that a slot's module path reads back to the code (relulab.zoo.models names each slot by its path, as
+relulab.slotify does):
+
+- ResNets: `stem.relu` (after the 3x3 stem conv), then per block `layer<stage>.<block>.relu1` (after the first
+  conv) and `layer<stage>.<block>.relu2` (after the sum): resnet20's 19 are `stem.relu`, `layer1.0.relu1`,
+  `layer1.0.relu2`, ..., `layer3.2.relu2`;
+- VGG: `features.conv<n>.relu` after the n-th conv (1..13); `features.pool<g>` ends group g.
+
 Where the final feature map is larger than 1x1 (inputs above 32x32), an adaptive average pool takes it to 1x1,
 as ResNet's global pool does; at 32x32 VGG's map is already 1x1 and the pool does nothing.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import torch
@@ -68,23 +79,36 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
 
 
+class ConvBN(nn.Module):
+    """conv3x3 - BN - act: the ResNets' stem and every VGG layer (one slot, `relu`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, slot: _Counter, norm: Norm, bias: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+        self.bn = norm(out_channels)
+        self.relu = slot()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
 class BasicBlock(nn.Module):
-    """conv3x3 - BN - act - conv3x3 - BN, plus the shortcut, then act: two slots."""
+    """conv3x3 - BN - act - conv3x3 - BN, plus the shortcut, then act: two slots, `relu1` and `relu2`."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, slot: _Counter, norm: Norm,
                  shortcut: str):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = norm(out_channels)
-        self.act1 = slot()
+        self.relu1 = slot()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = norm(out_channels)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm, shortcut)
-        self.act2 = slot()
+        self.relu2 = slot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: Norm, kind: str) -> nn.Module:
@@ -96,46 +120,49 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, norm: Norm, kind
 
 
 class CifarResNet(nn.Module):
-    """A 3x3 stem, stages of basic blocks (every stage after the first halves the size), pool, Linear."""
+    """A 3x3 stem, stages of basic blocks (`layer1`, `layer2`, ...; every stage after the first halves the size),
+    pool, Linear."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: list[int], blocks: int, act: Act, norm: Norm,
                  shortcut: str):
         super().__init__()
         slot = _Counter(act)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = norm(widths[0])
-        self.act1 = slot()
-        stages, channels = [], widths[0]
-        for stage, width in enumerate(widths):
-            strides = [1 if stage == 0 else 2] + [1] * (blocks - 1)
+        self.stem = ConvBN(in_channels, widths[0], slot, norm, bias=False)
+        self.stages, channels = [], widths[0]
+        for stage, width in enumerate(widths, start=1):
+            strides = [1 if stage == 1 else 2] + [1] * (blocks - 1)
             layers = []
             for stride in strides:
                 layers.append(BasicBlock(channels, width, stride, slot, norm, shortcut))
                 channels = width
-            stages.append(nn.Sequential(*layers))
-        self.layers = nn.Sequential(*stages)
+            self.stages.append(f"layer{stage}")
+            self.add_module(f"layer{stage}", nn.Sequential(*layers))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(self.act1(self.bn1(self.conv1(x))))
+        out = self.stem(x)
+        for name in self.stages:
+            out = getattr(self, name)(out)
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
 class VGG(nn.Module):
-    """Groups of conv3x3 (with bias) - BN - act, a 2x2 max-pool after each group, pool to 1x1, Linear."""
+    """Groups of conv3x3 (with bias) - BN - act (`features.conv1`, ...), a 2x2 max-pool after each group
+    (`features.pool1`, ...), pool to 1x1, Linear."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: list[int], groups: list[int], act: Act,
                  norm: Norm):
         super().__init__()
-        slot, layers, convs = _Counter(act), [], iter(widths)
-        for size in groups:
+        slot, layers, convs = _Counter(act), OrderedDict(), 0
+        for group, size in enumerate(groups, start=1):
             for _ in range(size):
-                width = next(convs)
-                layers += [nn.Conv2d(in_channels, width, 3, padding=1), norm(width), slot()]
+                width = widths[convs]
+                convs += 1
+                layers[f"conv{convs}"] = ConvBN(in_channels, width, slot, norm, bias=True)
                 in_channels = width
-            layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
+            layers[f"pool{group}"] = nn.MaxPool2d(2)
+        self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_channels, num_classes)
 

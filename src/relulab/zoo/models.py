@@ -302,6 +302,9 @@ def build_cifar_net(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     flavour = "torch" if spec.bn_flavour == _DEFAULTS.bn_flavour else spec.bn_flavour
     net = CIFAR_NETS[spec.name](channels, num_classes, lambda index: Slot(index, spec.slot_activation(index)),
                                 lambda features: nn.BatchNorm2d(features, **BN_FLAVOURS[flavour]), spec.widths)
+    for path, module in net.named_modules():  # named by where each sits in the code: stem.relu, layer1.0.relu2
+        if isinstance(module, Slot):
+            module.name = path
     cifar_nets.literature_init(net)
     for module in net.modules():
         if isinstance(module, nn.Conv2d):

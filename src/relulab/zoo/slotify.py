@@ -296,6 +296,8 @@ def _check_same(reference, output, name: str, trace: bool) -> None:
     """The slotified model must compute what the model did (a traced copy might not where the code reads a
     tensor an in-place activation overwrote through another name, a view of it)."""
     ref, out = list(_tensors(reference)), list(_tensors(output))
+    if any(t.is_meta for t in ref + out):  # built on the meta device (relulab counting parameters): no values
+        return
     same = len(ref) == len(out) and all(
         r.shape == o.shape and torch.allclose(r.float(), o.float(), rtol=1e-4, atol=1e-5, equal_nan=True)
         for r, o in zip(ref, out))
