@@ -168,6 +168,8 @@ BAD = [
     ({"target": "nets/model.py:build", "widths": [3]}, "model.widths: a model by reference is shaped by its own"),
     ({"target": "nets/model.py:build", "slots": {"nope": "tanh"}}, "model.slots: slot: unknown value 'nope'"),
     ({"target": "nets/model.py:build", "slots": {9: "tanh"}}, "model.slots: slot 9: the model has slots 1..6"),
+    ({"target": "nets/model.py:build", "slots": {1: "identity", "relu": "tanh"}}, "model.slots: slot 1 (relu) is "
+                                                                                  "both identity (as 1) and tanh"),
     ({"target": "nets/model.py:build", "source_sha256": "0" * 64}, "model.source_sha256: "),
     ({}, "model.target: a model by reference (name: python) needs a target"),
 ]

@@ -96,8 +96,22 @@ def build_python_model(spec: ModelSpec, input_shape: tuple, num_classes: int) ->
                         "takes num_classes is given it)")
     if spec.activation != KEEP:
         slotted.set_slots({s.index: spec.activation for s in slotted.slots}, "model.activation")
+    check_one_activation_a_slot(slotted, spec.slots)
     slotted.set_slots(spec.slots, "model.slots")
     return slotted
+
+
+def check_one_activation_a_slot(model: SlottedModel, slots: dict) -> None:
+    """A slot given by its number and by its name must get one activation (`{1: identity, act: tanh}` is a typo)."""
+    given: dict[int, tuple] = {}
+    for key, act in slots.items():
+        try:
+            slot = model.slot(key)
+        except UserError as e:
+            raise UserError(f"model.slots: {e}") from None
+        if given.setdefault(slot.index, (key, act))[1] != act:
+            raise UserError(f"model.slots: {slot.label} is both {given[slot.index][1]} (as {given[slot.index][0]!r}) "
+                            f"and {act} (as {key!r})")
 
 
 MODELS[PYTHON] = ModelEntry(build_python_model, packs="alone", by_reference=True, validate=validate_reference)
