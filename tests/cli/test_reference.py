@@ -74,6 +74,18 @@ def test_train_your_own_model_file(capsys, project, monkeypatch):
     assert result["provenance"]["model_source"]["target"] == f"{project / 'models' / 'net.py'}:build"
 
 
+def test_a_checkpoint_of_your_own_model_evaluates_until_the_model_file_changes(capsys, project, monkeypatch):
+    monkeypatch.chdir(project)
+    code, _, err = relulab(capsys, "train", "--model", "models/net.py:build", "-e", "1", "--train-size", "200",
+                           "--device", "cpu", "--off", "act", "--save", "m.pt")
+    assert code == 0, err
+    code, out, err = relulab(capsys, "evaluate", "m.pt", "--device", "cpu", "--json")
+    assert code == 0, err
+    (project / "models" / "net.py").write_text(MODEL + "# edited\n")
+    code, out, err = relulab(capsys, "evaluate", "m.pt", "--device", "cpu")
+    assert code == 2 and "model.source_sha256: net.py:build is not the source" in err and err.count("\n") == 1
+
+
 def test_inspect_your_own_model(capsys, project):
     code, out, err = relulab(capsys, "inspect", "--model", str(project / "models" / "net.py") + ":build",
                              "--model-kwargs", '{"width": 5}', "--json")

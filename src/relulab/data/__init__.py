@@ -5,6 +5,7 @@
     splits = load_data(DataSpec("cifar10", path="cifar10-jpeg.tar.gz", split="test"))  # seed 000
 
     splits = Splits.from_datasets(train_dataset, test=test_dataset)   # any map-style Dataset, or (x, y) arrays
+    splits = load_data(DataSpec("python", target="my_data.py:datasets"))   # the same, by reference in a spec
 
 A loader returns a `RawDataset` of uint8 N x C x H x W images; `load_data` then
 carves out the validation split, resizes or pads, scales, and hands back float32
@@ -635,8 +636,9 @@ def _validate_reference(spec: DataSpec, prefix: str) -> None:
 
 def _check_unchanged(spec: DataSpec, sha: Optional[str], prefix: str = "data") -> None:
     if spec.source_sha256 is not None and spec.source_sha256 != sha:
-        raise UserError(f"{prefix}.source_sha256: {spec.target} is not the source this spec was made from (it "
-                        "changed since); read the spec again (relulab fills this field in, leave it out)")
+        raise UserError(f"{prefix}.source_sha256: {spec.target} is not the source this spec was made from: the file "
+                        "changed since, and what was planned or saved from the old source is not the new one's; read "
+                        "the spec again (relulab fills this field in: leave it out)")
 
 
 def _load_python(spec: DataSpec) -> Splits:

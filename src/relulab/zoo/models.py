@@ -9,6 +9,8 @@
 - `resnet20`, `resnet18-cifar`, `vgg16-bn`: the literature's CIFAR networks (relulab.zoo.cifar_nets), each
   activation a slot; built with the literature's initialization and batch norm unless the spec says otherwise
   (`build_cifar_net`).
+- `python`: the user's own network by reference (`target: "nets.py:build"`), built by the user's code and
+  slotified (relulab.zoo.reference registers it).
 
 `MODELS` is the registry: name -> `ModelEntry`, which holds the builder and what the rest of
 relulab decides by model (how it packs with others, whether it is convolutional). Adding a model

@@ -67,8 +67,9 @@ def validate_reference(spec: ModelSpec, prefix: str) -> None:
 def check_unchanged(spec: ModelSpec, sha: Optional[str], prefix: str = "model") -> None:
     if spec.source_sha256 is not None and spec.source_sha256 != sha:
         raise UserError(f"{prefix}.source_sha256: {short_name(spec.target)} is not the source this spec was made "
-                        f"from (its SHA-256 is now {str(sha)[:12]}..., the spec's {spec.source_sha256[:12]}...): "
-                        "the file changed since; read the spec again (relulab fills this field in, leave it out)")
+                        f"from (its SHA-256 is now {str(sha)[:12]}..., the spec's {spec.source_sha256[:12]}...): the "
+                        "file changed since, and what was planned or saved from the old source is not the new one's; "
+                        "read the spec again (relulab fills this field in: leave it out)")
 
 
 def short_name(target: str) -> str:
