@@ -102,12 +102,17 @@ def test_a_module_target_and_its_file_hash(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     (package / "nets.py").write_text(MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("relulab.core.reference._IMPORTED", {})
     spec = spec_of(tmp_path, {"target": "userpkg.nets:no_classes", "kwargs": {"width": 5}},
                    {"name": "synthetic", "options": {"classes": 3, "n": 60}})
     assert spec.model.target == "userpkg.nets:no_classes"  # a module is not a path: left as it is
     assert spec.model.source_sha256 == hashlib.sha256(MODEL.encode()).hexdigest()
     model = build_model(spec.model, (1, 8, 8), 3)
     assert [s.name for s in model.slots] == ["2"]  # nn.Sequential's ReLU is its module path
+    (package / "nets.py").write_text(MODEL + "# edited\n")  # imported already: the old code would run on
+    with pytest.raises(UserError, match=r"^model\.target: .*nets\.py changed since this process imported "
+                                        r"'userpkg\.nets'"):
+        spec_of(tmp_path, {"target": "userpkg.nets:no_classes"})
     monkeypatch.delitem(sys.modules, "userpkg.nets")
     monkeypatch.delitem(sys.modules, "userpkg")
 

@@ -27,6 +27,7 @@ from relulab.core.errors import UserError
 EXPECTED = "expected 'module:function' or 'file.py:function'"
 RELULAB_DIR = str(Path(__file__).resolve().parent.parent)
 _LOADED: dict[tuple[str, str], object] = {}  # (file, sha256) -> its module
+_IMPORTED: dict[str, Optional[str]] = {}  # module target -> the SHA-256 of its file when first imported
 
 
 def split_target(target, field: str) -> tuple[str, str]:
@@ -85,7 +86,12 @@ def _import(module_name: str, field: str):
     except Exception as e:  # ImportError, or whatever the module's own code raises on import
         raise UserError(f"{field}: cannot import '{module_name}' ({_reason(e)})") from None
     file = getattr(module, "__file__", None)
-    return module, _sha256(Path(file)) if file and Path(file).is_file() else None
+    sha = _sha256(Path(file)) if file and Path(file).is_file() else None
+    # Python imports a module once a process: an edited file would hash anew while the old code ran on.
+    if _IMPORTED.setdefault(module_name, sha) != sha:
+        raise UserError(f"{field}: {file} changed since this process imported '{module_name}'; its new code "
+                        "runs only in a new process (start it again)")
+    return module, sha
 
 
 def _load_file(where: str, field: str):
