@@ -27,7 +27,8 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 Each package's own docstring says what its modules hold.
 
 The Python API's entry points for any network: `relulab.slotify(model, example_input)` makes the activations
-of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify).
+of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify); a spec names the user's
+network by reference (`model: {name: python, target: "nets.py:build"}`, relulab.zoo.reference).
 """
 from relulab.core.version import __version__
 

@@ -15,7 +15,10 @@ from torch import nn
 from relulab import data as data_mod
 from relulab.cli.app import app, option_names
 from relulab.data import DataSpec
-from relulab.zoo.models import MODELS, ModelSpec, build_model
+from relulab.cli.reference import KWARGS_HELP, MODEL_HELP, model_fields
+from relulab.cli.reference import OPTION_NAMES as REFERENCE_OPTION_NAMES
+from relulab.zoo.models import KEEP, ModelSpec, build_model
+from relulab.zoo.reference import PYTHON
 from relulab.zoo.slotify import ModelReport, describe
 
 OPTION_NAMES = {"model.name": "--model", "model": "--model", "data.name": "--dataset", "data.path": "--data-path",
@@ -24,7 +27,8 @@ OPTION_NAMES = {"model.name": "--model", "model": "--model", "data.name": "--dat
 
 @app.command("inspect")
 def inspect_command(
-    model: str = typer.Option(..., "--model", "-m", help=f"The model: one of {', '.join(MODELS)}."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help=KWARGS_HELP),
     dataset: str = typer.Option("digits", "--dataset", "-d", help="The dataset whose examples the model takes "
                                 "(its input shape and classes): digits, mnist, fashion-mnist, cifar10, "
                                 "image-folder, synthetic."),
@@ -34,9 +38,9 @@ def inspect_command(
 ):
     """List a model's activation slots, with each one's output shape and activations per example (the ReLU count
     private inference pays for), and the model's parameters and multiply-accumulates per example."""
-    with option_names(OPTION_NAMES):
+    with option_names({**OPTION_NAMES, **REFERENCE_OPTION_NAMES}):
         splits = data_mod.load_data(DataSpec(dataset, data_path, image_size=image_size))
-        built = model_for(model, splits.input_shape, splits.num_classes)
+        built = model_for(model, splits.input_shape, splits.num_classes, model_kwargs)
         report = describe(built, torch.zeros(1, *splits.input_shape), name=model)
     if as_json:
         print(json.dumps({**report.to_dict(), "dataset": dataset}, indent=2))
@@ -44,10 +48,13 @@ def inspect_command(
         print_report(report, dataset)
 
 
-def model_for(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
+def model_for(name: str, input_shape: tuple, num_classes: int, kwargs: Optional[str] = None) -> nn.Module:
     """The model `--model` names, for inputs of `input_shape` and `num_classes` outputs: a built-in model
-    (relulab.zoo.models.MODELS) by name."""
-    return build_model(ModelSpec(name), input_shape, num_classes)
+    (relulab.zoo.models.MODELS) by name, or your own by reference (MODULE:FUNCTION or FILE.py:FUNCTION, called with
+    `kwargs`, a JSON object), with its own activations."""
+    fields = model_fields(name, kwargs)
+    activation = {"activation": KEEP} if fields["name"] == PYTHON else {}
+    return build_model(ModelSpec(**fields, **activation), input_shape, num_classes)
 
 
 def print_report(report: ModelReport, dataset: str) -> None:

@@ -15,7 +15,8 @@ from relulab.data import DataSpec
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError
 from relulab.experiments import seeds_from_options
-from relulab.zoo.models import MODELS, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.zoo.models import KEEP, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
+from relulab.zoo.reference import PYTHON
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
 from relulab.packing.rules import recipe_packs
@@ -26,6 +27,8 @@ from relulab.training.schedules import SCHEDULES, ScheduleSpec
 from relulab.training.specs import Job, RunSpec, TrainSpec
 from relulab.core.util import check_output_file, write_json_atomic
 from relulab.cli.app import app, option_names
+from relulab.cli.reference import KWARGS_HELP, MODEL_HELP, model_fields
+from relulab.cli.reference import OPTION_NAMES as REFERENCE_OPTION_NAMES
 
 console = Console(stderr=True)
 
@@ -42,8 +45,10 @@ def train(
     fit: str = typer.Option("resize", help="How --image-size is reached: resize or pad."),
     train_size: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     download: bool = typer.Option(True, help="Download missing datasets from their canonical source."),
-    model: str = typer.Option("deep-mlp", "--model", "-m", help=f"One of: {', '.join(MODELS)}."),
-    activation: str = typer.Option("relu", "--activation", "-a", help="Activation of every slot."),
+    model: str = typer.Option("deep-mlp", "--model", "-m", help=MODEL_HELP),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help=KWARGS_HELP),
+    activation: Optional[str] = typer.Option(None, "--activation", "-a", help="Activation of every slot "
+                                             "(default: relu; your own --model keeps its own)."),
     slot: list[str] = typer.Option([], help="Per-slot activation, e.g. --slot 7=identity (repeatable)."),
     off: Optional[str] = typer.Option(None, help="Slots switched off, e.g. 7,10."),
     init: str = typer.Option("glorot_uniform", help="Kernel initializer (Keras names), or auto: the "
@@ -96,16 +101,21 @@ def train(
 ):
     """Train one model configuration (per seed) and print its history."""
     run_seeds = seeds_from_options(seeds, seed) or [0]
-    slots = combine_slots(parse_slots(",".join(slot), "--slot"), parse_off(off, "--off"), "--slot/--off")
+    fields = model_fields(model, model_kwargs)
+    by_reference = fields["name"] == PYTHON
+    slots = combine_slots(parse_slots(",".join(slot), "--slot", by_reference), parse_off(off, "--off", by_reference),
+                          "--slot/--off")
+    if activation is None:  # your own model keeps its activations unless --activation says otherwise
+        activation = KEEP if by_reference else "relu"
     spec = RunSpec(
         data=DataSpec(dataset, data_path, split, scaling, image_size, fit, train_size, download=download),
-        model=ModelSpec(model, activation, slots, init, bias_init, output_init, parse_widths(widths, "--widths"),
-                        batchnorm, bn_flavour),
+        model=ModelSpec(activation=activation, slots=slots, init=init, bias_init=bias_init, output_init=output_init,
+                        widths=parse_widths(widths, "--widths"), batchnorm=batchnorm, bn_flavour=bn_flavour, **fields),
         train=TrainSpec(epochs, batch_size, OptimizerSpec(optimizer, lr, flavour, momentum, weight_decay,
                                                           weight_decay_kind), l1, l2, precision=precision,
                         compile=compile, label_smoothing=label_smoothing),
     )
-    with option_names(OPTION_NAMES):
+    with option_names({**OPTION_NAMES, **REFERENCE_OPTION_NAMES}):
         spec.train.schedule = _schedule(schedule, milestones, gamma, warmup_epochs)
         if crop_padding or flip:
             spec.train.augment = AugmentSpec(crop_padding, flip)

@@ -5,6 +5,7 @@
     splits = load_data(DataSpec("cifar10", path="cifar10-jpeg.tar.gz", split="test"))  # seed 000
 
     splits = Splits.from_datasets(train_dataset, test=test_dataset)   # any map-style Dataset, or (x, y) arrays
+    splits = load_data(DataSpec("python", target="my_data.py:datasets"))   # the same, by reference in a spec
 
 A loader returns a `RawDataset` of uint8 N x C x H x W images; `load_data` then
 carves out the validation split, resizes or pads, scales, and hands back float32
@@ -23,7 +24,7 @@ import stat
 import sys
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
+from relulab.core.reference import call_target, check_kwargs, load_target
 from relulab.core.util import check_fits
 from relulab.data import formats, sources
 from relulab.data.datasets import to_tensors
@@ -72,10 +74,23 @@ class DataSpec:
     split_seed: int = 0  # the split is the same for every run seed
     download: bool = True
     options: dict = field(default_factory=dict)  # loader-specific (synthetic: n, classes, size, channels)
+    # name: python (data by reference): the function that returns the datasets, its arguments, and the SHA-256 of
+    # its source, which validate() fills in (the run key holds it: edited data code is a new configuration)
+    target: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
+    source_sha256: Optional[str] = None
 
     def validate(self, prefix: str = "data") -> "DataSpec":
-        if self.name not in LOADERS:
-            raise unknown_choice(f"{prefix}.name", self.name, LOADERS)
+        if self.name not in LOADERS and self.name not in BY_REFERENCE:
+            raise unknown_choice(f"{prefix}.name", self.name, [*LOADERS, *BY_REFERENCE])
+        if self.name in BY_REFERENCE:
+            _validate_reference(self, prefix)
+        else:
+            for key in ("target", "source_sha256"):
+                if getattr(self, key) is not None:
+                    raise UserError(f"{prefix}.{key}: only data by reference (name: python) has a {key}")
+            if self.kwargs:
+                raise UserError(f"{prefix}.kwargs: only data by reference (name: python) takes kwargs")
         if self.path is not None and self.name in BUILT_IN:
             raise UserError(f"{prefix}.path: {self.name} is built in and reads no files; leave {prefix}.path out")
         parse_split(self.split, f"{prefix}.split")
@@ -593,6 +608,80 @@ def _to_float(x: np.ndarray, spec: DataSpec) -> torch.Tensor:
     return _fit_size(torch.from_numpy(np.ascontiguousarray(x)).float(), spec.image_size, spec.fit)
 
 
+# ---------------------------------------------------------------- data by reference
+
+PYTHON = "python"
+# DataSpec fields that only relulab's own loaders read (with the value data by reference must leave them at)
+LOADER_FIELDS = {"path": None, "scaling": "255", "train_size": None, "options": {}}
+DATASETS_PARTS = ("train", "val", "test", "classes")
+
+
+def _validate_reference(spec: DataSpec, prefix: str) -> None:
+    """Check data by reference's fields and fill in `source_sha256` (importing the target)."""
+    if spec.target is None:
+        raise UserError(f"{prefix}.target: data by reference (name: python) needs a target, 'module:function' or "
+                        "'file.py:function'")
+    for key, neutral in LOADER_FIELDS.items():
+        if getattr(spec, key) != neutral:
+            raise UserError(f"{prefix}.{key}: data by reference is made by its own code; leave {prefix}.{key} out "
+                            f"and pass the function what it takes in {prefix}.kwargs")
+    if parse_split(spec.split, f"{prefix}.split")[0] == "first":
+        raise UserError(f"{prefix}.split: data by reference takes stratified:N, stratified:FRACTION or test; got "
+                        f"{spec.split!r}")
+    check_kwargs(spec.kwargs, f"{prefix}.kwargs")
+    _, sha = load_target(spec.target, f"{prefix}.target")
+    _check_unchanged(spec, sha, prefix)
+    spec.source_sha256 = sha
+
+
+def _check_unchanged(spec: DataSpec, sha: Optional[str], prefix: str = "data") -> None:
+    if spec.source_sha256 is not None and spec.source_sha256 != sha:
+        raise UserError(f"{prefix}.source_sha256: {spec.target} is not the source this spec was made from: the file "
+                        "changed since, and what was planned or saved from the old source is not the new one's; read "
+                        "the spec again (relulab fills this field in: leave it out)")
+
+
+def _load_python(spec: DataSpec) -> Splits:
+    """The datasets the target returns, as Splits.from_datasets makes them (the split, image_size and fit from
+    `spec`). The target returns (train, val, test) (val or test may be None), a dict of those (and `classes`), or
+    the train dataset alone; each a map-style Dataset or an (x, y) pair of arrays."""
+    function, sha = load_target(spec.target, "data.target")
+    _check_unchanged(spec, sha)
+    parts = _datasets_parts(call_target(function, spec.kwargs, {}, spec.target, "data.target", "data.kwargs"),
+                            spec.target)
+    kind, amount = parse_split(spec.split, "data.split")
+    if kind == "test":
+        if parts["test"] is None:
+            raise UserError(f"data.split: test uses the test set as validation; {spec.target} gives no test set")
+        parts["val"] = parts["test"]
+    try:
+        splits = Splits.from_datasets(parts["train"], parts["val"], parts["test"], classes=parts["classes"],
+                                      val_split=amount if kind == "stratified" else 0.1, split_seed=spec.split_seed,
+                                      image_size=spec.image_size, fit=spec.fit, name=PYTHON)
+    except UserError as e:
+        raise UserError(f"data.target: {e}") from None
+    return replace(splits, spec=spec, source=f"{spec.target}: {splits.source}")
+
+
+def _datasets_parts(result, target: str) -> dict:
+    if isinstance(result, dict):
+        unknown = [k for k in result if k not in DATASETS_PARTS]
+        if unknown or "train" not in result:
+            raise UserError(f"data.target: {target} returned a dict with keys {sorted(map(str, result))}; expected "
+                            "train and any of val, test, classes")
+        return {part: result.get(part) for part in DATASETS_PARTS}
+    if isinstance(result, tuple) and len(result) == 3:
+        return dict(zip(DATASETS_PARTS, (*result, None)))
+    if isinstance(result, tuple) and len(result) == 2 and not all(isinstance(a, (np.ndarray, torch.Tensor))
+                                                                  for a in result):
+        raise UserError(f"data.target: {target} returned 2 values; expected (train, val, test) (None for a part not "
+                        "given), a dict of them, or the train dataset alone")
+    return {"train": result, "val": None, "test": None, "classes": None}
+
+
+BY_REFERENCE: dict[str, Callable[[DataSpec], Splits]] = {PYTHON: _load_python}  # loaders that make Splits themselves
+
+
 def load_raw(spec: DataSpec) -> RawDataset:
     spec.validate()
     raw = LOADERS[spec.name](spec)
@@ -635,6 +724,9 @@ def _disagreement(raw: RawDataset) -> Optional[str]:
 
 def load_data(spec: DataSpec) -> Splits:
     """Load, split, resize/pad and scale a dataset; tensors stay on the CPU until `.to(device)`."""
+    if spec.name in BY_REFERENCE:
+        spec.validate()
+        return BY_REFERENCE[spec.name](spec)
     raw = load_raw(spec)
     (x_tr, y_tr), (x_va, y_va), val_is_test = _carve_validation(raw, spec)
     if spec.train_size is not None:
@@ -764,4 +856,6 @@ def describe_datasets(path: Optional[str] = None) -> list[dict]:
         hits = [str(d) for d in searched if _idx_paths(d) or any(c.exists() for c in _cifar_candidates(d)[:4])]
         rows.append({"dataset": name, "found": bool(hits),
                      "where": hits[0] if hits else "searched " + ", ".join(str(d) for d in searched)})
+    rows.append({"dataset": PYTHON, "found": None, "where": "data by reference: a spec's data.target "
+                 "('module:function' or 'file.py:function') returns the datasets"})
     return rows

@@ -44,7 +44,7 @@ from relulab.store.weights import check_keep_weights
 from relulab.training.resume import Resume
 from relulab.training.specs import RunSpec, TrainSpec, build_run_spec
 from relulab.zoo.activations import canonical_name as canonical_activation
-from relulab.zoo.models import ModelSpec
+from relulab.zoo.models import KEEP, ModelSpec
 from relulab.zoo.optim import OptimizerSpec
 
 PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "grid", "baseline", "probes",
@@ -71,9 +71,12 @@ def canonical_spec(spec: RunSpec) -> dict:
     new option with a neutral default does not orphan the runs already stored), nothing cosmetic."""
     d = spec.to_dict()
     d["data"].pop("download", None)  # where files come from does not change the run
-    d["model"]["activation"] = canonical_activation(spec.model.activation)
+    if spec.model.activation != KEEP:
+        d["model"]["activation"] = canonical_activation(spec.model.activation)
     d["model"]["init"] = spec.model.kernel_init()
-    d["model"]["slots"] = {str(k): canonical_activation(v) for k, v in sorted(spec.model.slots.items())}
+    d["model"]["slots"] = {str(k): canonical_activation(v) for k, v in spec.model.slots.items()}
+    # A model or data by reference: its target and kwargs are fields, and so is its source's hash (`source_sha256`,
+    # filled in by validation): an edited builder is a new configuration, not the old one's runs.
     d["train"]["optimizer"] = _without_defaults({**d["train"]["optimizer"],
                                                  "lr": spec.train.optimizer.resolved_lr()}, OptimizerSpec)
     return {"data": _without_defaults(d["data"], DataSpec), "model": _without_defaults(d["model"], ModelSpec),

@@ -33,7 +33,7 @@ from relulab.training.loop import time_alone
 from relulab.training.resume import discard_finished
 from relulab.training.specs import Job
 from relulab.zoo.activations import canonical_name as canonical_activation
-from relulab.zoo.models import build_model
+from relulab.zoo.models import KEEP, build_model
 
 def prepare(exp: Experiment) -> dict[str, Splits]:
     """Load every dataset the experiment uses and build every model once, so that a bad
@@ -82,6 +82,8 @@ def used_activations(part: Part) -> list[str]:
     names: list[str] = []
     for v in part.variants:
         for act in [v.spec.model.activation, *v.spec.model.slots.values()]:
+            if act == KEEP:  # a model by reference's own activations: what they are, its slots say
+                continue
             name = canonical_activation(act)
             if name not in names:
                 names.append(name)

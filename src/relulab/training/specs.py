@@ -13,10 +13,11 @@ from relulab.core.errors import UserError, is_number
 from relulab.core.mapping import check_mapping, from_mapping
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.data import DataSpec
+from relulab.core.reference import resolve_target
 from relulab.training.augment import AugmentSpec
 from relulab.training.schedules import ScheduleSpec
-from relulab.zoo.models import (MODEL_EXTRAS, ModelSpec, SlotNet, combine_slots, model_entry, parse_off, parse_slots,
-                               parse_widths)
+from relulab.zoo.models import (KEEP, MODEL_EXTRAS, MODELS, ModelSpec, SlotNet, combine_slots, model_entry, parse_off,
+                               parse_slots, parse_widths)
 from relulab.zoo.optim import OptimizerSpec
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
@@ -172,10 +173,20 @@ class RunResult:
     # The weights at the best epoch (by validation accuracy), on the CPU, where that is not the last epoch.
     best_state: Optional[dict[str, torch.Tensor]] = None
 
+    def __post_init__(self):
+        self.provenance = {**self.provenance, **code_by_reference(self.spec)}
+
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "seed": self.seed, "params": self.params, "data": self.data,
                 "provenance": self.provenance, **self.history.summary(),
                 "history": [asdict(e) for e in self.history.epochs]}
+
+
+def code_by_reference(spec: RunSpec) -> dict:
+    """The user's code a run was built from, for its provenance: {"model_source" / "data_source": {"target",
+    "sha256"}} for a model or data by reference (name: python), else nothing."""
+    return {f"{section}_source": {"target": part.target, "sha256": part.source_sha256}
+            for section, part in (("model", spec.model), ("data", spec.data)) if part.target is not None}
 
 
 @dataclass
@@ -192,11 +203,20 @@ def build_run_spec(sections: dict, prefix: str = "", base_dir: Optional[Path] = 
     data = from_mapping(DataSpec, sections.get("data"), f"{prefix}data")
     if data.path:
         data.path = str((base_dir or Path.cwd()).joinpath(Path(data.path).expanduser()).resolve())
+    if data.target is not None:  # a file target is relative to the spec's folder, as data.path is
+        data.target = resolve_target(data.target, base_dir, f"{prefix}data.target")
     model_map = dict(check_mapping(sections.get("model"), f"{prefix}model"))
-    model_map["slots"] = combine_slots(parse_slots(model_map.get("slots"), f"{prefix}model.slots"),
-                                       parse_off(model_map.get("off"), f"{prefix}model.off"), f"{prefix}model.off")
+    entry = MODELS.get(model_map.get("name", ModelSpec.name))
+    by_reference = entry is not None and entry.by_reference
+    model_map["slots"] = combine_slots(parse_slots(model_map.get("slots"), f"{prefix}model.slots", by_reference),
+                                       parse_off(model_map.get("off"), f"{prefix}model.off", by_reference),
+                                       f"{prefix}model.off")
     if "widths" in model_map:
         model_map["widths"] = parse_widths(model_map["widths"], f"{prefix}model.widths")
+    if by_reference:
+        model_map.setdefault("activation", KEEP)  # a model by reference keeps its own activations unless told
+        if model_map.get("target") is not None:
+            model_map["target"] = resolve_target(model_map["target"], base_dir, f"{prefix}model.target")
     model = from_mapping(ModelSpec, model_map, f"{prefix}model", MODEL_EXTRAS)
     train_map = dict(check_mapping(sections.get("train"), f"{prefix}train"))
     nested = {key: train_map.pop(key, None) for key in ("optimizer", "schedule", "augment")}

@@ -7,6 +7,8 @@
   convolutional), and `ModelSpec`, the record a run names its model with;
 - `slotify`: `slotify`, any nn.Module with its activations as named, switchable slots (a `SlottedModel`, as
   SlotNet is), and `describe`, its slots, parameters and multiply-accumulates;
+- `reference`: the model registry's `python` entry, the user's own network built by a function named in the spec
+  (`target: "nets.py:build"`) and slotified;
 - `optim`: optimizers by name in PyTorch's and Keras' flavours, Keras-style weight penalties, and
   `StackedOptimizer`, the same rules for stacked weights.
 
@@ -17,7 +19,8 @@ from relulab.zoo.init import INITIALIZERS, init_layer
 from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, Slot, SlotNet, SlottedModel, build_model
 from relulab.zoo.optim import OptimizerSpec, StackedOptimizer, build_optimizer
 from relulab.zoo.slotify import ModelReport, describe, slotify
+from relulab.zoo.reference import python_model  # registers MODELS["python"]
 
 __all__ = ["ACTIVATIONS", "Activation", "INITIALIZERS", "MODELS", "ModelEntry", "ModelReport", "ModelSpec",
            "OptimizerSpec", "Slot", "SlotNet", "SlottedModel", "StackedOptimizer", "build_model", "build_optimizer",
-           "describe", "get_activation", "init_layer", "slotify"]
+           "describe", "get_activation", "init_layer", "python_model", "slotify"]

@@ -9,6 +9,8 @@
 - `resnet20`, `resnet18-cifar`, `vgg16-bn`: the literature's CIFAR networks (relulab.zoo.cifar_nets), each
   activation a slot; built with the literature's initialization and batch norm unless the spec says otherwise
   (`build_cifar_net`).
+- `python`: the user's own network by reference (`target: "nets.py:build"`), built by the user's code and
+  slotified (relulab.zoo.reference registers it).
 
 `MODELS` is the registry: name -> `ModelEntry`, which holds the builder and what the rest of
 relulab decides by model (how it packs with others, whether it is convolutional). Adding a model
@@ -42,6 +44,7 @@ from relulab.core.ranges import INT64_MAX, MAX_ITEMS, show_int
 from relulab.core.util import check_fits
 
 OFF = "identity"  # a slot switched off computes nothing
+KEEP = "keep"  # model.activation of a model by reference: every slot keeps the model's own activation
 BN_FLAVOURS = {
     # Keras' momentum 0.99 weights the old running value; PyTorch's momentum weights the new one.
     "keras": dict(momentum=0.01, eps=1e-3),
@@ -55,21 +58,36 @@ class ModelSpec:
 
     name: str = "deep-mlp"
     activation: str = "relu"  # every slot, unless `slots` says otherwise
-    slots: dict[int, str] = field(default_factory=dict)  # per-slot overrides, e.g. {7: "identity", 10: "identity"}
+    # per-slot overrides, e.g. {7: "identity", 10: "identity"}; a model by reference's slots by name too
+    slots: dict[int | str, str] = field(default_factory=dict)
     init: str = "glorot_uniform"  # kernels of the hidden layers; "auto": the activation's recommended one
     bias_init: str = "zeros"
     output_init: str = "glorot_uniform"  # the classifier layer (the sources left it at Keras' default)
     widths: Optional[list[int]] = None  # None: the source's widths
     batchnorm: Optional[bool] = None  # None: the model's default (bn-mlp, seed-cnn: on; deep-mlp: off)
     bn_flavour: str = "keras"
+    # name: python (a model by reference, relulab.zoo.reference): the builder, its arguments, and the SHA-256 of
+    # its source, which validate() fills in (the run key holds it: an edited builder is a new configuration)
+    target: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
+    source_sha256: Optional[str] = None
 
     def validate(self, prefix: str = "model") -> "ModelSpec":
-        MODELS.entry(self.name, f"{prefix}.name")
-        parse_activation(self.activation, f"{prefix}.activation")
+        entry = MODELS.entry(self.name, f"{prefix}.name")
+        if entry.by_reference:
+            entry.validate(self, prefix)
+        else:
+            self._refuse_reference_fields(prefix)
+        if self.activation != KEEP:
+            parse_activation(self.activation, f"{prefix}.activation")
+        elif not entry.by_reference:
+            raise UserError(f"{prefix}.activation: {KEEP} (the model's own activations) is for models by reference "
+                            "(name: python); give an activation")
         if not isinstance(self.slots, dict):
             raise UserError(f"{prefix}.slots: expected a mapping of slot number to activation, got {self.slots!r}")
         for index, act in self.slots.items():
-            if not isinstance(index, int) or isinstance(index, bool) or index < 1:
+            named = entry.by_reference and isinstance(index, str) and bool(index)  # a slotified model's slot name
+            if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
                 raise UserError(f"{prefix}.slots: slot numbers start at 1, got {index!r}")
             parse_activation(act, f"{prefix}.slots.{index}")
         canonical_init(self.kernel_init(), f"{prefix}.init")
@@ -92,6 +110,13 @@ class ModelSpec:
         too_wide = [w for w in self.widths if w > INT64_MAX]
         if too_wide:
             raise UserError(f"{field}: {show_int(too_wide[0])} is beyond a 64-bit integer")
+
+    def _refuse_reference_fields(self, prefix: str) -> None:
+        for key in ("target", "source_sha256"):
+            if getattr(self, key) is not None:
+                raise UserError(f"{prefix}.{key}: only a model by reference (name: python) has a {key}")
+        if self.kwargs:
+            raise UserError(f"{prefix}.kwargs: only a model by reference (name: python) takes kwargs")
 
     def kernel_init(self) -> str:
         """The hidden layers' initializer, with "auto" resolved (He for ReLU, LeCun for SELU, ...)."""
@@ -333,6 +358,11 @@ class ModelEntry:
     packs: str = "alone"  # one of PACKS
     # Convolutional: by default bf16 on CUDA (training.specs.autocast_dtype), its step compiled where that pays.
     conv: bool = False
+    # Built from the user's code (relulab.zoo.reference): `validate(spec, prefix)` checks the spec's target and
+    # fills in its source's hash, and the size is not checked on the meta device first (the user's code decides
+    # what it allocates, and slotify runs the model).
+    by_reference: bool = False
+    validate: Optional[Callable[[ModelSpec, str], None]] = None
 
     def __post_init__(self):
         if self.packs not in PACKS:
@@ -355,7 +385,8 @@ def model_entry(name: str, field: str = "model.name") -> ModelEntry:
 def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     """Build the model `spec` names for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
     spec.validate()
-    check_model_fits(spec, tuple(input_shape), num_classes)
+    if not MODELS[spec.name].by_reference:
+        check_model_fits(spec, tuple(input_shape), num_classes)
     return MODELS[spec.name].build(spec, tuple(input_shape), num_classes)
 
 
@@ -392,9 +423,10 @@ def keras_param_count(model: nn.Module) -> int:
 MODEL_EXTRAS = ("off",)  # spec-only conveniences: `off: [7, 10]` switches those slots to identity
 
 
-def parse_slots(value, field: str = "model.slots") -> dict[int, str]:
+def parse_slots(value, field: str = "model.slots", names: bool = False) -> dict:
     """Per-slot overrides from a mapping (YAML keys may be strings) or text like '7=identity,10=none'. A slot
-    given twice must get the same activation both times."""
+    given twice must get the same activation both times. `names`: a key that is not a number may be a slot's
+    name (`layer1.0.relu=identity`: slotified models name their slots)."""
     if value is None or value == "":
         return {}
     if isinstance(value, str):
@@ -406,19 +438,26 @@ def parse_slots(value, field: str = "model.slots") -> dict[int, str]:
         items = list(value.items())  # {3: tanh, "3": relu} names slot 3 twice
     else:
         raise UserError(f"{field}: expected a mapping of slot number to activation, got {value!r}")
-    return _slots_from_pairs(items, field)
+    return _slots_from_pairs(items, field, names)
 
 
-def _slots_from_pairs(items: list[tuple], field: str) -> dict[int, str]:
-    slots: dict[int, str] = {}
+def _slots_from_pairs(items: list[tuple], field: str, names: bool = False) -> dict:
+    slots: dict = {}
     for key, act in items:
-        index = _slot_number(key, field)
+        index = _slot_key(key, field, names)
         if not isinstance(act, str):
             raise UserError(f"{field}.{index}: expected an activation name, got {act!r}")
         act = canonical_name(act, f"{field}.{index}")
         if slots.setdefault(index, act) != act:
             raise UserError(f"{field}: slot {index} is both {slots[index]} and {act}")
     return slots
+
+
+def _slot_key(key, field: str, names: bool):
+    """A slot's number, or (with `names`) its name: a key that does not read as a number."""
+    if names and isinstance(key, str) and key.strip() and not key.strip().lstrip("+-").isdigit():
+        return key.strip()
+    return _slot_number(key, field)
 
 
 def _slot_number(key, field: str) -> int:
@@ -431,7 +470,7 @@ def _slot_number(key, field: str) -> int:
     return index
 
 
-def combine_slots(slots: dict[int, str], off: dict[int, str], field: str) -> dict[int, str]:
+def combine_slots(slots: dict, off: dict, field: str) -> dict:
     """`slots` with the `off` ones switched to identity; a slot both given an activation and off is refused."""
     for index in off:
         if slots.get(index, OFF) != OFF:
@@ -439,14 +478,14 @@ def combine_slots(slots: dict[int, str], off: dict[int, str], field: str) -> dic
     return {**slots, **off}
 
 
-def parse_off(value, field: str = "off") -> dict[int, str]:
-    """'7,10' (or [7, 10]) -> {7: 'identity', 10: 'identity'}: the slots switched off."""
+def parse_off(value, field: str = "off", names: bool = False) -> dict:
+    """'7,10' (or [7, 10]) -> {7: 'identity', 10: 'identity'}: the slots switched off (`names`: as parse_slots)."""
     if value is None or value == "":
         return {}
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise UserError(f"{field}: expected slot numbers like 7,10, got {value!r}")
-    return _slots_from_pairs([(str(i).strip(), OFF) for i in items], field)
+    return _slots_from_pairs([(str(i).strip(), OFF) for i in items], field, names)
 
 
 def parse_widths(value, field: str = "model.widths") -> Optional[list[int]]:
