@@ -130,7 +130,9 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
             store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
                             exp.run_overrides)
             run_analyses(exp, store, device, echo)
-            summary.already_done = len(store.done_keys(p.key for p in planned))
+            # Decoding the stored runs now, not after the first lines of output, makes a damaged value in one
+            # (JSON that no longer parses) the command's one line of error rather than its last.
+            summary.already_done = len(store.runs(p.key for p in planned))
             log(f"{exp.name}: {len(planned)} runs ({summary.already_done} already in {exp.store}), {where}")
             groups = _by_data(planned).values() if executor.one_dataset_at_a_time else [planned]
             for group in groups:
