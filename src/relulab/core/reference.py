@@ -168,3 +168,19 @@ def _where(error: Exception) -> str:
     """' at file:line' of the innermost frame outside relulab: the line of the user's code that raised."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(RELULAB_DIR)]
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def short_name(target: str, field: str = "target") -> str:
+    """`nets.py:build` for `/home/me/project/nets.py:build`: how messages name a target."""
+    where, name = split_target(target, field)
+    return f"{Path(where).name if where.endswith('.py') else where}:{name}"
+
+
+def check_same_source(target: str, recorded: Optional[str], current: Optional[str], field: str) -> None:
+    """Refuse a spec (or checkpoint) whose recorded source hash is not the target's hash now: what was planned or
+    saved from the old source would be filed under the new one. `field` names the hash field."""
+    if recorded is not None and recorded != current:
+        raise UserError(f"{field}: {short_name(target)} is not the source this spec was made from (its SHA-256 is "
+                        f"now {str(current)[:12]}..., the spec's {recorded[:12]}...): the file changed since, and what "
+                        "was planned or saved from the old source is not the new one's; read the spec again (relulab "
+                        "fills this field in: leave it out)")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
-from relulab.core.reference import call_target, check_kwargs, load_target
+from relulab.core.reference import call_target, check_kwargs, check_same_source, load_target
 from relulab.core.util import check_fits
 from relulab.data import formats, sources
 from relulab.data.datasets import to_tensors
@@ -630,15 +630,8 @@ def _validate_reference(spec: DataSpec, prefix: str) -> None:
                         f"{spec.split!r}")
     check_kwargs(spec.kwargs, f"{prefix}.kwargs")
     _, sha = load_target(spec.target, f"{prefix}.target")
-    _check_unchanged(spec, sha, prefix)
+    check_same_source(spec.target, spec.source_sha256, sha, f"{prefix}.source_sha256")
     spec.source_sha256 = sha
-
-
-def _check_unchanged(spec: DataSpec, sha: Optional[str], prefix: str = "data") -> None:
-    if spec.source_sha256 is not None and spec.source_sha256 != sha:
-        raise UserError(f"{prefix}.source_sha256: {spec.target} is not the source this spec was made from: the file "
-                        "changed since, and what was planned or saved from the old source is not the new one's; read "
-                        "the spec again (relulab fills this field in: leave it out)")
 
 
 def _load_python(spec: DataSpec) -> Splits:
@@ -646,7 +639,7 @@ def _load_python(spec: DataSpec) -> Splits:
     `spec`). The target returns (train, val, test) (val or test may be None), a dict of those (and `classes`), or
     the train dataset alone; each a map-style Dataset or an (x, y) pair of arrays."""
     function, sha = load_target(spec.target, "data.target")
-    _check_unchanged(spec, sha)
+    check_same_source(spec.target, spec.source_sha256, sha, "data.source_sha256")
     parts = _datasets_parts(call_target(function, spec.kwargs, {}, spec.target, "data.target", "data.kwargs"),
                             spec.target)
     kind, amount = parse_split(spec.split, "data.split")

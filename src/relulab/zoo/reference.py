@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from relulab.core.errors import UserError
-from relulab.core.reference import call_target, check_kwargs, load_target, resolve_target, split_target
+from relulab.core.reference import (call_target, check_kwargs, check_same_source, load_target, resolve_target,
+                                    short_name)
 from relulab.zoo.models import KEEP, MODELS, ModelEntry, ModelSpec, SlottedModel
 from relulab.zoo.slotify import slotify
 
@@ -60,28 +61,14 @@ def validate_reference(spec: ModelSpec, prefix: str) -> None:
                             f"out and pass the builder what it takes in {prefix}.kwargs")
     check_kwargs(spec.kwargs, f"{prefix}.kwargs")
     _, sha = load_target(spec.target, f"{prefix}.target")
-    check_unchanged(spec, sha, prefix)
+    check_same_source(spec.target, spec.source_sha256, sha, f"{prefix}.source_sha256")
     spec.source_sha256 = sha
-
-
-def check_unchanged(spec: ModelSpec, sha: Optional[str], prefix: str = "model") -> None:
-    if spec.source_sha256 is not None and spec.source_sha256 != sha:
-        raise UserError(f"{prefix}.source_sha256: {short_name(spec.target)} is not the source this spec was made "
-                        f"from (its SHA-256 is now {str(sha)[:12]}..., the spec's {spec.source_sha256[:12]}...): the "
-                        "file changed since, and what was planned or saved from the old source is not the new one's; "
-                        "read the spec again (relulab fills this field in: leave it out)")
-
-
-def short_name(target: str) -> str:
-    """`nets.py:build` for `/home/me/project/nets.py:build`: how messages name a target."""
-    where, name = split_target(target, "model.target")
-    return f"{Path(where).name if where.endswith('.py') else where}:{name}"
 
 
 def build_python_model(spec: ModelSpec, input_shape: tuple, num_classes: int) -> SlottedModel:
     """The user's model: built by its target, slotified, with the spec's activations in its slots."""
     build, sha = load_target(spec.target, "model.target")
-    check_unchanged(spec, sha)
+    check_same_source(spec.target, spec.source_sha256, sha, "model.source_sha256")
     name = short_name(spec.target)
     model = call_target(build, spec.kwargs, {"num_classes": num_classes, "input_shape": tuple(input_shape)}, name,
                         "model.target", "model.kwargs")
