@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.core.reference import call_target, check_kwargs, check_same_source, load_target
-from relulab.core.util import check_fits
+from relulab.core.util import check_fits, memory_available
 from relulab.data import formats, sources
-from relulab.data.datasets import to_tensors
+from relulab.data.datasets import StreamedExamples, resident_bytes, streamed_labels, to_tensors
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -123,9 +123,11 @@ DATASETS_TEST_SPLIT = 0.2  # Splits.from_datasets without a test set holds out t
 
 @dataclass
 class Splits:
-    """Float32 tensors ready to train on, plus what they are."""
+    """Float32 tensors ready to train on, plus what they are. A streamed training set (Splits.from_datasets'
+    `stream`) has no `x_train` (None): its examples stay in `train_dataset`, fetched a batch at a time by the
+    training loop; its labels are still `y_train`."""
 
-    x_train: torch.Tensor
+    x_train: Optional[torch.Tensor]
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
@@ -136,10 +138,27 @@ class Splits:
     source: str
     spec: DataSpec
     cache: Optional[dict] = None  # RawDataset.cache: whether the decoded-data cache served these images
+    train_dataset: Optional[StreamedExamples] = None  # a streamed training set's examples (x_train is None)
+    loader_workers: int = 0  # the DataLoader's num_workers for a streamed training set
+
+    @property
+    def streamed(self) -> bool:
+        return self.train_dataset is not None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are (a streamed training set's batches are moved here)."""
+        return self.x_val.device
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
+        return tuple(self.x_val.shape[1:] if self.streamed else self.x_train.shape[1:])
+
+    def train_examples(self, index: torch.Tensor) -> torch.Tensor:
+        """The training images at `index` (a probe set), on the device of the splits."""
+        if not self.streamed:
+            return self.x_train[index]
+        return self.train_dataset.stacked(index.tolist(), "data")[0].to(self.device)
 
     @property
     def num_classes(self) -> int:
@@ -147,23 +166,27 @@ class Splits:
 
     def to(self, device: torch.device | str) -> "Splits":
         """Move every tensor to `device` once (the training loop then never copies data)."""
-        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        moved = {k: getattr(self, k).to(device) for k in ("y_train", "x_test", "y_test")}
+        moved["x_train"] = None if self.streamed else self.x_train.to(device)  # streamed: batches move in the loop
         if self.val_is_test:
             moved["x_val"], moved["y_val"] = moved["x_test"], moved["y_test"]
         else:
             moved["x_val"], moved["y_val"] = self.x_val.to(device), self.y_val.to(device)
         return Splits(**moved, classes=self.classes, val_is_test=self.val_is_test, source=self.source, spec=self.spec,
-                      cache=self.cache)
+                      cache=self.cache, train_dataset=self.train_dataset, loader_workers=self.loader_workers)
 
     def summary(self) -> dict:
-        return {"dataset": self.spec.name, "source": self.source, "input_shape": list(self.input_shape),
-                "classes": len(self.classes), "train": len(self.y_train), "val": len(self.y_val),
-                "test": len(self.y_test), "val_is_test": self.val_is_test, "cache": self.cache}
+        summary = {"dataset": self.spec.name, "source": self.source, "input_shape": list(self.input_shape),
+                   "classes": len(self.classes), "train": len(self.y_train), "val": len(self.y_val),
+                   "test": len(self.y_test), "val_is_test": self.val_is_test, "cache": self.cache}
+        return {**summary, "streamed": True} if self.streamed else summary
 
     @classmethod
     def from_datasets(cls, train, val=None, test=None, *, classes: Optional[list[str]] = None,
                       val_split: float = 0.1, split_seed: int = 0, test_split: float = DATASETS_TEST_SPLIT,
-                      image_size: Optional[int] = None, fit: str = "resize", name: str = "datasets") -> "Splits":
+                      image_size: Optional[int] = None, fit: str = "resize", name: str = "datasets",
+                      stream: Optional[bool] = None, max_resident_bytes: Optional[int] = None,
+                      loader_workers: int = 0) -> "Splits":
         """Splits of the user's own data: each of `train`, `val`, `test` a map-style Dataset yielding (image,
         label) or an (x, y) pair of arrays or tensors (relulab.data.datasets), stacked into tensors once.
 
@@ -172,7 +195,26 @@ class Splits:
         `test_split` of train (seed 0) is held out as the test set first, as the loaders do for datasets that
         have none (digits), and `source` says so. `val` and `test` the same object: validation is the test set
         (`val_is_test`). `classes`: the class names; by default the train dataset's `classes` attribute, or
-        0..the largest label. `image_size`, `fit`: as data.image_size and data.fit."""
+        0..the largest label. `image_size`, `fit`: as data.image_size and data.fit.
+
+        `stream`: True keeps the training set in its dataset (`train_dataset`; `x_train` is None), read once for
+        its labels and then fetched a batch at a time through a DataLoader (`loader_workers` workers, pinned
+        memory on CUDA); False stacks it; None (the default) streams it when its stacked tensors would take more
+        than `max_resident_bytes`, or, without that limit, more memory than this machine has available.
+        Validation and test sets are always stacked (every epoch reads them whole), and refused if they would
+        not fit."""
+        if stream is not None and not isinstance(stream, bool):
+            raise UserError(f"stream: expected true, false or None (stream when too big), got {stream!r}")
+        if max_resident_bytes is not None and (isinstance(max_resident_bytes, bool)
+                                               or not isinstance(max_resident_bytes, int) or max_resident_bytes < 0):
+            raise UserError(f"max_resident_bytes: expected a number of bytes, got {max_resident_bytes!r}")
+        if isinstance(loader_workers, bool) or not isinstance(loader_workers, int) or loader_workers < 0:
+            raise UserError(f"loader_workers: expected a whole number of worker processes, got {loader_workers!r}")
+        if stream is None:
+            stream = _too_big(resident_bytes(train, "train"), max_resident_bytes)
+        if stream:
+            return _streamed_from_datasets(train, val, test, classes, val_split, split_seed, test_split, image_size,
+                                           name, loader_workers)
         return _from_datasets(train, val, test, classes, val_split, split_seed, test_split, image_size, fit, name)
 
 
@@ -791,6 +833,57 @@ def _from_datasets(train, val, test, classes, val_split, split_seed, test_split,
     spec = DataSpec(name=name, split=f"{val_kind}:{val_amount}" if val is None else "given", image_size=image_size,
                     fit=fit, split_seed=split_seed)
     return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, classes, val_is_test, source, spec)
+
+
+def _too_big(nbytes: int, limit: Optional[int]) -> bool:
+    """Whether a training set of `nbytes` stacked is to be streamed: over `limit`, or over the memory available."""
+    if limit is not None:
+        return nbytes > limit
+    available = memory_available()
+    return available is not None and nbytes > available
+
+
+def _streamed_from_datasets(train, val, test, classes, val_split, split_seed, test_split, image_size, name,
+                            loader_workers) -> Splits:
+    """from_datasets with the training set streamed: the same splits (the same stratified hold-outs, drawn from
+    the labels), the held-out parts stacked, the rest left in the dataset."""
+    val_kind, val_amount = _holdout(val_split, "val_split")
+    _, test_amount = _holdout(test_split, "test_split")
+    if image_size is not None:
+        raise UserError("image_size: a streamed training set is not resized; give the dataset images of the size "
+                        "to train on, or stream=False")
+    examples = StreamedExamples(train, "train")
+    y_tr = streamed_labels(examples)
+    given = {field: to_tensors(source, field) for field, source in (("val", val), ("test", test))
+             if source is not None}
+    for part, (x, _) in given.items():
+        if x.shape[1:] != examples.shape:
+            raise UserError(f"{part}: examples of shape {_dims(x.shape[1:])}, train's are {_dims(examples.shape)}; "
+                            "they must be the same")
+    classes = _class_names(classes, train, {"train": y_tr, **{part: y for part, (_, y) in given.items()}})
+    source = "Splits.from_datasets"
+    if "test" in given:
+        x_te, y_te = given["test"]
+    else:
+        keep, held = _stratified_indices(y_tr.numpy(), test_amount, 0, "test_split")
+        x_te, y_te = examples.stacked(held, "test_split")
+        examples, y_tr = examples.subset(keep), y_tr[keep]
+        source += f" (no test set given: a stratified {test_split} of train, seed 0, held out as the test set)"
+    val_is_test = val is not None and val is test
+    if val_is_test:
+        x_va, y_va = x_te, y_te
+    elif "val" in given:
+        x_va, y_va = given["val"]
+    else:
+        keep, held = _stratified_indices(y_tr.numpy(), val_amount, split_seed, "val_split")
+        x_va, y_va = examples.stacked(held, "val_split")
+        examples, y_tr = examples.subset(keep), y_tr[keep]
+    if len(torch.unique(y_tr)) < 2:
+        raise UserError(f"train: only one class ({classes[int(y_tr[0])]}) in the training data; a classifier needs "
+                        "at least 2")
+    spec = DataSpec(name=name, split=f"{val_kind}:{val_amount}" if val is None else "given", split_seed=split_seed)
+    return Splits(None, y_tr, x_va, y_va, x_te, y_te, classes, val_is_test, source, spec,
+                  train_dataset=examples, loader_workers=loader_workers)
 
 
 def _holdout(amount, field: str) -> tuple[str, float]:

@@ -9,6 +9,7 @@ Errors name the argument (`train`, `val`, `test`) and, for a dataset, the index 
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -117,3 +118,83 @@ def _scaled(x: torch.Tensor) -> torch.Tensor:
 
 def _shape(shape) -> str:
     return "x".join(str(d) for d in shape) or "a scalar"
+
+
+# ---------------------------------------------------------------- a training set streamed rather than stacked
+
+
+def resident_bytes(source: Any, field: str) -> int:
+    """What stacking `source` as float32 examples and int64 labels would take (reads one example); 0 for what
+    to_tensors refuses (empty, not a dataset), so that its error is the one given."""
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(_is_array(a) for a in source):
+        x = source[0]
+        return (x.size if isinstance(x, np.ndarray) else x.numel()) * 4 + len(source[1]) * 8
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")) or len(source) == 0:
+        return 0
+    first, _ = _example(source, 0, field)
+    return len(source) * (first.numel() * 4 + 8)
+
+
+class StreamedExamples(torch.utils.data.Dataset):
+    """The examples of `source` (those at `indices`, if given) one at a time, as `to_tensors` stacks them:
+    float32, uint8 pixels divided by 255, the label an int. A DataLoader fetches the batches from it."""
+
+    def __init__(self, source: Any, field: str, indices: Any = None):
+        self.source, self.field = _as_dataset(source, field), field
+        self.indices = None if indices is None else [int(i) for i in indices]
+        image, _ = _example(self.source, self._at(0), field)
+        self.shape, self.dtype = image.shape, image.dtype
+
+    def _at(self, i: int) -> int:
+        return i if self.indices is None else self.indices[i]
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self._at(i)
+        image, label = _example(self.source, j, self.field)
+        if image.shape != self.shape or image.dtype != self.dtype:
+            raise UserError(f"{self.field}[{j}]: an example of {image.dtype} {_shape(image.shape)}, expected "
+                            f"{self.dtype} {_shape(self.shape)} like the first")
+        return _scaled(image), label
+
+    def subset(self, keep: torch.Tensor) -> "StreamedExamples":
+        """These examples at positions `keep` (a stratified split's part)."""
+        return StreamedExamples(self.source, self.field, [self._at(int(i)) for i in keep])
+
+    def stacked(self, positions: Any, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples at `positions`, stacked (a held-out split, a probe set): refused if they would not fit."""
+        positions = [int(i) for i in positions]
+        check_fits(len(positions) * (math.prod(self.shape) * 4 + 8), field,
+                   f"{len(positions)} examples of {_shape(self.shape)} as float32")
+        if not positions:
+            return torch.zeros((0, *self.shape)), torch.zeros(0, dtype=torch.int64)
+        items = [self[i] for i in positions]
+        return torch.stack([x for x, _ in items]), torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+def streamed_labels(examples: StreamedExamples) -> torch.Tensor:
+    """Every label, read once (one pass over the dataset, which also checks every example's shape), as int64."""
+    if isinstance(examples.source, torch.utils.data.TensorDataset) and examples.indices is None:
+        y = examples.source.tensors[1]
+        if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise UserError(f"{examples.field}: labels are {y.dtype} of shape {tuple(y.shape)}; expected one integer "
+                            "per example")
+        return y.long()
+    return torch.tensor([examples[i][1] for i in range(len(examples))], dtype=torch.int64)
+
+
+def _as_dataset(source: Any, field: str):
+    """`source` as a map-style dataset: an (x, y) pair of arrays becomes a TensorDataset."""
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(_is_array(a) for a in source):
+        x, y = torch.as_tensor(source[0]), torch.as_tensor(source[1])
+        if len(y) != len(x) or x.ndim < 2 or len(x) == 0:
+            return _from_arrays(x, y, field)  # its one-line error
+        return torch.utils.data.TensorDataset(x, y)
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        raise UserError(f"{field}: expected a map-style Dataset (with __len__ and __getitem__) or an (x, y) pair "
+                        f"of arrays, got {type(source).__name__}")
+    if len(source) == 0:
+        raise UserError(f"{field}: the dataset is empty")
+    return source

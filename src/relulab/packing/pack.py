@@ -39,8 +39,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from relulab.core.env import provenance, resolve_device
+from relulab.core.errors import UserError
 from relulab.data import Splits
-from relulab.packing.rules import pack_key, recipe_packs, schedule_key, stacks_cnns
+from relulab.packing.rules import data_packs, pack_key, recipe_packs, schedule_key, stacks_cnns
 from relulab.packing.units import Unit, form_units
 from relulab.training import loop, resume
 from relulab.training.loop import epoch_batches
@@ -63,6 +64,8 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     if not all(recipe_packs(job) for job in jobs):
         raise ValueError("a job's training recipe (schedule, label smoothing, augmentation) cannot be packed: "
                          "train_many trains it alone")
+    if not data_packs(splits):
+        raise UserError("data: a streamed training set cannot train packed; train_many trains its runs alone")
     spec = jobs[0].spec.train
     setup_started = _now(device)
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)
@@ -191,12 +194,12 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
     from such a save where one is found.
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    if splits.x_train.device != device:
+    if splits.device != device:
         splits = splits.to(device)
     groups: dict = {}
     for job in jobs:
         extra = callbacks(job) if callbacks else ()
-        key = pack_key(job, device) if pack and not extra else None
+        key = pack_key(job, device) if pack and not extra and data_packs(splits) else None
         groups.setdefault(key if key is not None else ("alone", id(job)), []).append((job, extra))
     wanted = still_wanted or list
     for key, members in groups.items():

@@ -91,6 +91,13 @@ def recipe_packs(job: Job) -> bool:
     return not (scheduled or augmented or train.label_smoothing)
 
 
+def data_packs(splits) -> bool:
+    """Whether runs on `splits` can train packed. The packed steps cut batches from device-resident tensors
+    (relulab.packing.units); a streamed training set (Splits.from_datasets' `stream`) is fetched a batch at a time
+    through a DataLoader, which only the one-model loop does, so its runs train alone."""
+    return not splits.streamed
+
+
 def schedule_key(job: Job) -> tuple:
     train = job.spec.train
     return (train.batch_size, train.epochs, train.eval_batch_size)

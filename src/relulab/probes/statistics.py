@@ -430,7 +430,7 @@ def select_probe_set(splits, probe_set: ProbeSet) -> tuple[Tensor, Tensor]:
         where = torch.nonzero(labels == c).flatten()[:probe_set.n]
         picks.append(where)
     index = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
-    return splits.x_train[index], labels[index]
+    return splits.train_examples(index), labels[index]
 
 
 # ---------------------------------------------------------------- tables

@@ -28,8 +28,10 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from relulab.core.env import matmul_precision, provenance, resolve_device, seed_everything
+from relulab.core.errors import UserError
 from relulab.data import Splits, load_data
 from relulab.training.augment import AugmentSpec, augment_batch
 from relulab.training.callbacks import BestWeights, Callback
@@ -94,18 +96,46 @@ def train_step(model, optimizer, x, y, idx, kernels, l1, l2, amp, totals: tuple[
     """One optimizer step on the examples `idx` of (x, y); adds its loss sum and correct count to `totals`
     (device tensors, so that nothing is read back from the device). `augment`: (spec, generator) to crop and
     flip the batch with."""
-    xb, yb = x[idx], y[idx]
+    batch_step(model, optimizer, x[idx], y[idx], kernels, l1, l2, amp, totals, label_smoothing, augment)
+
+
+def batch_step(model, optimizer, xb, yb, kernels, l1, l2, amp, totals: tuple[torch.Tensor, torch.Tensor],
+               label_smoothing: float = 0.0, augment: Optional[tuple[AugmentSpec, torch.Generator]] = None) -> None:
+    """train_step on the batch (xb, yb) itself, on the device: the step of resident and streamed data alike."""
     if augment is not None:
         xb = augment_batch(xb, *augment)
-    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    with torch.autocast(xb.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(xb)
     loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
     total = loss + weight_penalty(kernels, l1, l2) if (l1 or l2) else loss
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    totals[0].add_(loss.detach() * len(idx))
+    totals[0].add_(loss.detach() * len(yb))
     totals[1].add_((logits.detach().argmax(1) == yb).sum())
+
+
+def train_streamed_epoch(model, optimizer, splits: Splits, spec: TrainSpec, generator, kernels, amp=None,
+                         scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """train_epoch for a streamed training set (`splits.train_dataset`): the same order from `generator`, cut into
+    the same batches, each fetched through a DataLoader (pinned memory on CUDA, `splits.loader_workers`
+    workers) and moved to the device without blocking; the step after that is train_epoch's."""
+    model.train()
+    device = splits.device
+    n = len(splits.y_train)
+    order = torch.randperm(n, device=device, generator=generator).tolist()
+    batches = [order[start:stop] for start, stop in epoch_batches(n, spec.batch_size)]
+    loader = DataLoader(splits.train_dataset, batch_sampler=batches, num_workers=splits.loader_workers,
+                        pin_memory=device.type == "cuda")
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    augment = (spec.augment, generator) if spec.augment is not None else None
+    for xb, yb in loader:
+        batch_step(model, optimizer, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), kernels,
+                   spec.l1, spec.l2, amp, (loss_sum, correct), spec.label_smoothing, augment)
+        if scheduler is not None:
+            scheduler.step()
+    return loss_sum, correct
 
 
 def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0,
@@ -115,13 +145,13 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     `amp`: a dtype to autocast the forward pass to (see `autocast_dtype`). `saver` (relulab.resume): save the
     state at epoch boundaries on its schedule, and go on from a saved state of this run if there is one."""
     spec.validate()
-    device = splits.x_train.device
+    device = splits.device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     if spec.augment is not None:
-        spec.augment.check_data(tuple(splits.x_train.shape))
+        spec.augment.check_data((len(splits.y_train), *splits.input_shape))
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
-    batches = epoch_batches(len(splits.x_train), spec.batch_size)
+    batches = epoch_batches(len(splits.y_train), spec.batch_size)
     scheduler = build_scheduler(optimizer, spec.schedule, len(batches), spec.epochs) \
         if spec.schedule is not None else None
     kernels = kernel_weights(model)
@@ -134,9 +164,13 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     for epoch in range(done + 1, spec.epochs + 1):
         _sync(device)
         started = time.perf_counter()
-        loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
-                                        generator, kernels, spec.l1, spec.l2, amp, scheduler, spec.label_smoothing,
-                                        spec.augment)
+        if splits.streamed:
+            loss_sum, correct = train_streamed_epoch(model, optimizer, splits, spec, generator, kernels, amp,
+                                                     scheduler)
+        else:
+            loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
+                                            generator, kernels, spec.l1, spec.l2, amp, scheduler,
+                                            spec.label_smoothing, spec.augment)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
         val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, spec.eval_batch_size, amp)
         _sync(device)
@@ -193,7 +227,7 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     device = resolve_device(device) if isinstance(device, str) else device
     if splits is None:
         splits = load_data(spec.data)
-    if splits.x_train.device != device:
+    if splits.device != device:
         splits = splits.to(device)
     model = build_for(spec, splits, seed, device)
     best = BestWeights()
@@ -245,7 +279,10 @@ def time_alone(spec: RunSpec, splits: Splits, device: torch.device, seed: int = 
     `run` (what a run that is not packed does), for `steps` steps after `warmup` (at most an epoch's worth each),
     then one validation pass. On CUDA the device is synchronised around each timed region."""
     spec.validate()
-    if splits.x_train.device != device:
+    if splits.streamed:
+        raise UserError("data: time_alone times steps on a device-resident training set; this one is streamed "
+                        "(Splits.from_datasets stream), and its runs train alone, timed by their own epochs")
+    if splits.device != device:
         splits = splits.to(device)
     model = build_for(spec, splits, seed, device)
     optimizer = build_optimizer(model.parameters(), spec.train.optimizer)
