@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+import relulab.data
 from relulab.core.errors import UserError
 from relulab.data import Splits
 from relulab.packing import train_many
@@ -81,6 +82,14 @@ def test_stream_none_streams_only_over_max_resident_bytes():
     assert not Splits.from_datasets(Pairs(x, y), max_resident_bytes=15_200).streamed
     assert Splits.from_datasets(Pairs(x, y), max_resident_bytes=15_199).streamed
     assert not Splits.from_datasets(Pairs(x, y)).streamed  # far below this machine's memory
+
+
+def test_stream_none_streams_what_would_not_fit_in_memory(monkeypatch):
+    x, y = blobs(n=100)
+    monkeypatch.setattr(relulab.data, "memory_available", lambda: 15_199)  # the stacked training set's 15,200 bytes
+    assert Splits.from_datasets(Pairs(x, y)).streamed
+    monkeypatch.setattr(relulab.data, "memory_available", lambda: 15_200)
+    assert not Splits.from_datasets(Pairs(x, y)).streamed
 
 
 def test_given_validation_and_test_sets_are_stacked_and_checked():

@@ -125,7 +125,7 @@ def run_task(task: Task, splits: Optional[Splits] = None, device: Optional[torch
         torch.set_num_threads(task.threads)
     if splits is None:
         splits = process_splits(task.data, device)
-    elif splits.x_train.device != device:
+    elif splits.device != device:
         splits = splits.to(device)
     probes: dict[str, Callback] = {}
 
