@@ -204,7 +204,7 @@ def test_unknown_stat_names_the_field_and_gradients_need_labels():
     # the per-epoch entry point must not stop a training run: without labels the gradient statistics are NaN
     lenient = probe(model, torch.randn(2, 1, 4, 4), stats=["grad_norm", "sparsity"])
     assert math.isnan(lenient["grad_norm"][1]) and 0 <= lenient["sparsity"][1] <= 1
-    with pytest.raises(UserError, match="--stats: unknown value 'ratio'"):
+    with pytest.raises(UserError, match="probe.stats: unknown value 'ratio'"):
         parse_stats("ratio_num,ratio")
     assert parse_stats("all") == list(STATS) and parse_stats("std, mean") == ["std", "mean"]
 
@@ -221,7 +221,7 @@ def test_probe_sets():
     assert torch.equal(x, splits.x_val[:50]) and torch.equal(y, splits.y_val[:50])
     assert parse_probe_set("per-class:2").name == "per-class:2" and ProbeSet("first").name == "first"
     for bad in ("all", "val:0", "per-class", "val:x", ""):
-        with pytest.raises(UserError, match="--probe-set: expected first, per-class:N or val:N"):
+        with pytest.raises(UserError, match="probe.probe_set: expected first, per-class:N or val:N"):
             parse_probe_set(bad)
 
 

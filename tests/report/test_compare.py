@@ -149,7 +149,7 @@ def test_a_store_of_several_experiments_asks_which(stores, tmp_path):
     both = tmp_path / "both.sqlite"
     both.write_bytes(stores["b"].read_bytes())
     _relulab_run(tmp_path, TINY.replace("name: tiny", "name: other"), "both.sqlite", "--seeds", "0")
-    with pytest.raises(UserError, match="--experiment-a: .* holds several experiments"):
+    with pytest.raises(UserError, match="compare.experiment_a: .* holds several experiments"):
         compare_stores(both, stores["a"])
     # B's experiment defaults to A's name where B holds it
     assert compare_stores(stores["a"], both).b.experiment == "tiny"

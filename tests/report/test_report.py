@@ -107,7 +107,7 @@ def test_a_partial_store_reports_what_is_missing(tmp_path):
 def test_tensorboard_is_optional(tmp_path, monkeypatch):
     store = _make_store(tmp_path, TINY, seeds=[0])
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
-    with pytest.raises(UserError, match=r"--tensorboard: .*pip install relulab\[tensorboard\]"):
+    with pytest.raises(UserError, match=r"report.tensorboard: .*pip install relulab\[tensorboard\]"):
         build_report(store, tensorboard=tmp_path / "tb")
     assert not (tmp_path / "tb").exists()
 

@@ -278,7 +278,7 @@ def test_export_model_writes_the_runs_checkpoint(tmp_path, capsys):
     assert done.weights == "best" and done.epoch == runs[key]["best_epoch"]
     assert evaluated(capsys, tmp_path / "best.pt") == runs[key]["best_val_acc"]
     last_is_best = next(k for k in runs if k not in best)
-    with pytest.raises(UserError, match="--best: the best epoch of .* is its last .* its final weights are the best"):
+    with pytest.raises(UserError, match="export.best: the best epoch of .* is its last .* its final weights are the best"):
         weights.export_run(tmp_path / "s.sqlite", tmp_path / "x.pt", runs[last_is_best]["variant"],
                            runs[last_is_best]["seed"], best=True)
     assert not (tmp_path / "x.pt").exists()
@@ -289,3 +289,20 @@ def test_export_model_finds_a_searchs_placement(tmp_path):
     run_search(exp, SearchOptions("exhaustive", k=1), log=quiet)
     done = weights.export_run(exp.store, tmp_path / "off.pt", "off-2", 1)
     assert done.variant == "off-2" and checkpoints.load(tmp_path / "off.pt").spec.model.slots == {2: "identity"}
+
+
+def test_export_errors_name_fields_in_python_and_options_on_the_command_line(tmp_path, capsys):
+    """The library names what was wrong by field (export.config, export.seed); relulab export-model shows the
+    options that set them (--config, --seed)."""
+    swept(tmp_path)
+    with pytest.raises(UserError, match=r"^export\.config: unknown value 'nope'"):
+        weights.export_run(tmp_path / "s.sqlite", tmp_path / "x.pt", "nope", 0)
+    with pytest.raises(UserError, match=r"^export\.seed: relu seed 7 is not in the store"):
+        weights.export_run(tmp_path / "s.sqlite", tmp_path / "x.pt", "relu", 7)
+    code, _, err = relulab(capsys, "export-model", str(tmp_path / "s.sqlite"), "--config", "nope", "--seed", "0",
+                           "-o", str(tmp_path / "x.pt"))
+    assert code == 2 and err.startswith("error: --config: unknown value 'nope'"), err
+    code, _, err = relulab(capsys, "export-model", str(tmp_path / "s.sqlite"), "--config", "relu", "--seed", "7",
+                           "-o", str(tmp_path / "x.pt"))
+    assert code == 2 and err.startswith("error: --seed: relu seed 7 is not in the store"), err
+    assert not (tmp_path / "x.pt").exists()

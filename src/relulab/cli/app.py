@@ -36,6 +36,14 @@ FIELD_FLAGS = {
     "probe.seed": "--seed",
     "probe.epochs": "--epoch",
     "probe.probe_set": "--probe-set",
+    "probe.stats": "--stats",
+    **{f"export.{name}": f"--{name}" for name in ("out", "best", "part", "seed", "experiment", "config", "epochs")},
+    "compare.metric": "--metric",
+    "compare.experiment_a": "--experiment-a",
+    "compare.experiment_b": "--experiment-b",
+    "compare.config": "--config",
+    "report.experiment": "--experiment",
+    "report.tensorboard": "--tensorboard",
     "overrides.parts": "--part",  # relulab.experiments.Overrides: what the command line changes in a spec
     "overrides.yes": "--yes",
 }

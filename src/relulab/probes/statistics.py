@@ -247,7 +247,7 @@ def check_stats(names: Iterable[str], field: str = "probes") -> list[str]:
     return names
 
 
-def parse_stats(text: Optional[str], field: str = "--stats") -> list[str]:
+def parse_stats(text: Optional[str], field: str = "probe.stats") -> list[str]:
     """'ratio_num,ratio_sum' -> the names, checked; None, '' or 'all' -> every statistic."""
     if text is None or text.strip() in ("", "all"):
         return stat_names()
@@ -409,7 +409,7 @@ class ProbeSet:
 PROBE_SET_HELP = "first, per-class:N or val:N"
 
 
-def parse_probe_set(text, field: str = "--probe-set") -> ProbeSet:
+def parse_probe_set(text, field: str = "probe.probe_set") -> ProbeSet:
     text = str(text).strip() if text is not None else ""
     if text == "first":
         return ProbeSet("first", 1)

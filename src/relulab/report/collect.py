@@ -179,5 +179,5 @@ def pick_experiment(store: Store, name: Optional[str]) -> str:
     if not names:
         raise UserError(f"store: {store.path} holds no experiment yet")
     if len(names) > 1:
-        raise UserError(f"--experiment: {store.path} holds several experiments ({', '.join(names)}); name one")
+        raise UserError(f"report.experiment: {store.path} holds several experiments ({', '.join(names)}); name one")
     return names[0]

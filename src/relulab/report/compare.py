@@ -51,7 +51,7 @@ class Side:
 
 def read_side(path: str | Path, experiment: Optional[str], option: str, prefer: Optional[str] = None) -> Side:
     """The runs of `experiment` of the store at `path`, opened read-only; when None, the store's only experiment,
-    or `prefer` where the store holds it among several. `option` names the experiment's option in errors."""
+    or `prefer` where the store holds it among several. `option` names the experiment's field in errors."""
     store = Store(path, create=False)
     try:
         name = _pick_experiment(store, experiment, option, prefer)
@@ -148,11 +148,11 @@ def compare_stores(store_a: str | Path, store_b: Optional[str | Path] = None, co
     """Compare the configurations two experiments share (by name; only `configs` where given), or, where both
     sides are one experiment of one store, the two `configs` named (A, then B). Differences are B - A."""
     if metric not in METRICS:
-        raise unknown_choice("--metric", metric, METRICS)
-    a = read_side(store_a, experiment_a, "--experiment-a")
+        raise unknown_choice("compare.metric", metric, METRICS)
+    a = read_side(store_a, experiment_a, "compare.experiment_a")
     b_path = Path(store_a if store_b is None else store_b).expanduser().resolve()
     one_experiment = b_path == a.store and experiment_b in (None, a.experiment)
-    b = a if one_experiment else read_side(b_path, experiment_b, "--experiment-b", prefer=a.experiment)
+    b = a if one_experiment else read_side(b_path, experiment_b, "compare.experiment_b", prefer=a.experiment)
     pairs = _config_pairs(a, b, list(configs))
     rows = [_row(a, b, name_a, name_b, metric) for name_a, name_b in pairs]
     return StoreComparison(a, b, metric, rows, _differences(a, b, rows))
@@ -162,7 +162,7 @@ def _config_pairs(a: Side, b: Side, configs: list[str]) -> list[tuple[str, str]]
     """(config of A, config of B) of each row."""
     if a is b:
         if len(configs) != 2:
-            raise UserError(f"--config: comparing within one experiment ({a.label}) takes two configurations, "
+            raise UserError(f"compare.config: comparing within one experiment ({a.label}) takes two configurations, "
                             f"--config A --config B; got {len(configs)}")
         for name in configs:
             _check_config(name, a, "A and B")

@@ -209,7 +209,7 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("--tensorboard: the tensorboard package is not installed; "
+        raise UserError("report.tensorboard: the tensorboard package is not installed; "
                         "pip install relulab[tensorboard]") from None
     return SummaryWriter
 

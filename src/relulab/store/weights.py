@@ -263,7 +263,7 @@ def export_run(store_path: str | Path, out: str | Path, config: str, seed: int, 
     as a checkpoint: its final model, or with `best` its best epoch's. Refused in one line, writing nothing:
     an unknown experiment, part or configuration, a run not in the store, weights not kept or not intact,
     `best` where the final model is the best."""
-    out = check_output_file(out, "--out")
+    out = check_output_file(out, "export.out")
     with Store(store_path, create=False) as store:
         run = find_run(store, config, seed, part, experiment, epochs)
         key, label = run["key"], f"{run['variant']} seed {seed}"
@@ -274,8 +274,8 @@ def export_run(store_path: str | Path, out: str | Path, config: str, seed: int, 
         weights = "best" if best else "final"
         if weights not in kinds:
             accuracy = "-" if run["best_val_acc"] is None else f"{run['best_val_acc']:.4f}"
-            raise UserError(f"--best: the best epoch of {label} is its last (epoch {run['best_epoch']}, validation "
-                            f"accuracy {accuracy}): its final weights are the best; export without --best")
+            raise UserError(f"export.best: the best epoch of {label} is its last (epoch {run['best_epoch']}, validation "
+                            f"accuracy {accuracy}): its final weights are the best; export without export.best")
         path, why = kept.check(key, weights)
         if path is None:
             raise UserError(f"the kept {weights} weights of {label} are not intact ({why}); not exported")
@@ -296,7 +296,7 @@ def find_run(store: Store, config: str, seed: int, part: Optional[str] = None, e
     runs = [r for r in store.experiment_runs(name) if RETRAINED_FOR_PROBING not in r["data"]]
     parts = sorted({r["part"] for r in plan} | {r["part"] for r in runs})
     if part is not None and part not in parts:
-        raise unknown_choice("--part", part, parts)
+        raise unknown_choice("export.part", part, parts)
     plan = [r for r in plan if part is None or r["part"] == part]
     runs = [r for r in runs if part is None or r["part"] == part]
     variant_part = _pick_variant(config, plan, runs)
@@ -304,7 +304,7 @@ def find_run(store: Store, config: str, seed: int, part: Optional[str] = None, e
     found = [r for r in mine if r["seed"] == seed]
     if not found:
         stored = ", ".join(str(s) for s in sorted({r["seed"] for r in mine})) or "none"
-        raise UserError(f"--seed: {variant_part[1]} seed {seed} is not in the store {store.path} (not trained, or "
+        raise UserError(f"export.seed: {variant_part[1]} seed {seed} is not in the store {store.path} (not trained, or "
                         f"not finished; seeds stored: {stored})")
     return _one_run(found, plan, variant_part, seed, epochs)
 
@@ -313,12 +313,12 @@ def _pick_experiment(store: Store, experiment: Optional[str]) -> str:
     names = store.experiment_names()
     if experiment is not None:
         if experiment not in names:
-            raise unknown_choice("--experiment", experiment, names)
+            raise unknown_choice("export.experiment", experiment, names)
         return experiment
     if not names:
         raise UserError(f"store: {store.path} holds no experiment yet (run one first: relulab run ...)")
     if len(names) > 1:
-        raise UserError(f"--experiment: {store.path} holds several experiments ({', '.join(sorted(names))}); "
+        raise UserError(f"export.experiment: {store.path} holds several experiments ({', '.join(sorted(names))}); "
                         "name one")
     return names[0]
 
@@ -331,12 +331,12 @@ def _pick_variant(config: str, plan: list[dict], runs: list[dict]) -> tuple[str,
     if not exact:
         exact = sorted({(r["part"], r["variant"]) for r in plan if r["config"] == config})
         if len({pv[0] for pv in exact}) == 1 and len(exact) > 1:
-            raise UserError(f"--config: {config} has several grid points ({', '.join(v for _, v in exact)}); "
+            raise UserError(f"export.config: {config} has several grid points ({', '.join(v for _, v in exact)}); "
                             "name one")
     if not exact:
-        raise unknown_choice("--config", config, sorted({v for _, v in pairs} | {r["config"] for r in plan}))
+        raise unknown_choice("export.config", config, sorted({v for _, v in pairs} | {r["config"] for r in plan}))
     if len(exact) > 1:
-        raise UserError(f"--part: {config} is in several parts ({', '.join(p for p, _ in exact)}); name one")
+        raise UserError(f"export.part: {config} is in several parts ({', '.join(p for p, _ in exact)}); name one")
     return exact[0]
 
 
@@ -352,7 +352,7 @@ def _one_run(found: list[dict], plan: list[dict], variant_part: tuple[str, str],
     if epochs is not None:
         found = [r for r in found if _epochs(r) == epochs]
         if not found:
-            raise UserError(f"--epochs: no run of {variant_part[1]} seed {seed} trained for {epochs} epochs in the "
+            raise UserError(f"export.epochs: no run of {variant_part[1]} seed {seed} trained for {epochs} epochs in the "
                             "store")
     if len(found) == 1:
         return found[0]
@@ -361,5 +361,5 @@ def _one_run(found: list[dict], plan: list[dict], variant_part: tuple[str, str],
     if len(ours) == 1:
         return ours[0]
     lengths = sorted({_epochs(r) for r in found})
-    raise UserError(f"--epochs: {len(found)} runs of {variant_part[1]} seed {seed} are in the store, trained for "
-                    f"{' and '.join(map(str, lengths))} epochs; pick one with --epochs")
+    raise UserError(f"export.epochs: {len(found)} runs of {variant_part[1]} seed {seed} are in the store, trained for "
+                    f"{' and '.join(map(str, lengths))} epochs; pick one with export.epochs")
