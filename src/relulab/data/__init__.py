@@ -803,12 +803,7 @@ def _from_datasets(train, val, test, classes, val_split, split_seed, test_split,
     if fit not in ("resize", "pad"):
         raise unknown_choice("fit", fit, ["resize", "pad"])
     x_tr, y_tr = to_tensors(train, "train")
-    given = {field: to_tensors(source, field) for field, source in (("val", val), ("test", test))
-             if source is not None}
-    for part, (x, _) in given.items():
-        if x.shape[1:] != x_tr.shape[1:]:
-            raise UserError(f"{part}: examples of shape {_dims(x.shape[1:])}, train's are {_dims(x_tr.shape[1:])}; "
-                            "they must be the same")
+    given = _given_parts(val, test, x_tr.shape[1:])
     classes = _class_names(classes, train, {"train": y_tr, **{part: y for part, (_, y) in given.items()}})
     source = "Splits.from_datasets"
     if "test" in given:
@@ -825,9 +820,7 @@ def _from_datasets(train, val, test, classes, val_split, split_seed, test_split,
     else:
         keep, held = _stratified_indices(y_tr.numpy(), val_amount, split_seed, "val_split")
         (x_tr, y_tr), (x_va, y_va) = (x_tr[keep], y_tr[keep]), (x_tr[held], y_tr[held])
-    if len(torch.unique(y_tr)) < 2:
-        raise UserError(f"train: only one class ({classes[int(y_tr[0])]}) in the training data; a classifier needs "
-                        "at least 2")
+    _check_two_classes(y_tr, classes)
     if image_size is not None:
         x_tr, x_va, x_te = _resized([x_tr, x_va, x_te], image_size, fit, val_is_test)
     spec = DataSpec(name=name, split=f"{val_kind}:{val_amount}" if val is None else "given", image_size=image_size,
@@ -854,12 +847,7 @@ def _streamed_from_datasets(train, val, test, classes, val_split, split_seed, te
                         "to train on, or stream=False")
     examples = StreamedExamples(train, "train")
     y_tr = streamed_labels(examples)
-    given = {field: to_tensors(source, field) for field, source in (("val", val), ("test", test))
-             if source is not None}
-    for part, (x, _) in given.items():
-        if x.shape[1:] != examples.shape:
-            raise UserError(f"{part}: examples of shape {_dims(x.shape[1:])}, train's are {_dims(examples.shape)}; "
-                            "they must be the same")
+    given = _given_parts(val, test, examples.shape)
     classes = _class_names(classes, train, {"train": y_tr, **{part: y for part, (_, y) in given.items()}})
     source = "Splits.from_datasets"
     if "test" in given:
@@ -878,12 +866,27 @@ def _streamed_from_datasets(train, val, test, classes, val_split, split_seed, te
         keep, held = _stratified_indices(y_tr.numpy(), val_amount, split_seed, "val_split")
         x_va, y_va = examples.stacked(held, "val_split")
         examples, y_tr = examples.subset(keep), y_tr[keep]
-    if len(torch.unique(y_tr)) < 2:
-        raise UserError(f"train: only one class ({classes[int(y_tr[0])]}) in the training data; a classifier needs "
-                        "at least 2")
+    _check_two_classes(y_tr, classes)
     spec = DataSpec(name=name, split=f"{val_kind}:{val_amount}" if val is None else "given", split_seed=split_seed)
     return Splits(None, y_tr, x_va, y_va, x_te, y_te, classes, val_is_test, source, spec,
                   train_dataset=examples, loader_workers=loader_workers)
+
+
+def _given_parts(val, test, train_shape) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The validation and test sets given, as tensors, each checked to hold examples of train's shape."""
+    given = {field: to_tensors(source, field) for field, source in (("val", val), ("test", test))
+             if source is not None}
+    for part, (x, _) in given.items():
+        if x.shape[1:] != tuple(train_shape):
+            raise UserError(f"{part}: examples of shape {_dims(x.shape[1:])}, train's are {_dims(train_shape)}; "
+                            "they must be the same")
+    return given
+
+
+def _check_two_classes(y_train: torch.Tensor, classes: list[str]) -> None:
+    if len(torch.unique(y_train)) < 2:
+        raise UserError(f"train: only one class ({classes[int(y_train[0])]}) in the training data; a classifier "
+                        "needs at least 2")
 
 
 def _holdout(amount, field: str) -> tuple[str, float]:
