@@ -46,18 +46,25 @@ class Killed(Exception):
     pass
 
 
+def kill_after_saving_epoch(monkeypatch, last: int):
+    """Make every progress save raise Killed once epoch `last` is saved, as a kill just after that save would;
+    returns the real Saver.save, to put back."""
+    real_save = resume.Saver.save
+
+    def killed_after(self, epoch, state):
+        real_save(self, epoch, state)
+        if epoch == last:
+            raise Killed
+
+    monkeypatch.setattr(resume.Saver, "save", killed_after)
+    return real_save
+
+
 @pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
 def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_path, monkeypatch, pack):
     uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=pack)}
     every_epoch = resume.Resume(str(tmp_path), every_s=0)
-    real_save = resume.Saver.save
-
-    def killed_after_epoch_3(self, epoch, state):
-        real_save(self, epoch, state)
-        if epoch == 3:
-            raise Killed
-
-    monkeypatch.setattr(resume.Saver, "save", killed_after_epoch_3)
+    real_save = kill_after_saving_epoch(monkeypatch, 3)
     finished = {}
     with pytest.raises(Killed):
         for job, r in train_many(_jobs(), splits, "cpu", pack=pack, resume=every_epoch):
@@ -95,14 +102,7 @@ def test_a_scheduled_run_stopped_after_an_epoch_goes_on_at_the_same_learning_rat
     uninterrupted = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu")}
     uninterrupted_rates, rates[:] = list(rates), []
     every_epoch = resume.Resume(str(tmp_path), every_s=0)
-    real_save = resume.Saver.save
-
-    def killed_after_epoch_3(self, epoch, state):
-        real_save(self, epoch, state)
-        if epoch == 3:
-            raise Killed
-
-    monkeypatch.setattr(resume.Saver, "save", killed_after_epoch_3)
+    real_save = kill_after_saving_epoch(monkeypatch, 3)
     with pytest.raises(Killed):
         list(train_many(_recipe_jobs(), splits, "cpu", resume=every_epoch))
     monkeypatch.setattr(resume.Saver, "save", real_save)

@@ -184,3 +184,12 @@ def check_same_source(target: str, recorded: Optional[str], current: Optional[st
                         f"now {str(current)[:12]}..., the spec's {recorded[:12]}...): the file changed since, and what "
                         "was planned or saved from the old source is not the new one's; read the spec again (relulab "
                         "fills this field in: leave it out)")
+
+
+def record_source(spec, prefix: str) -> None:
+    """Check a by-reference spec's `kwargs`, import its `target`, and fill in `source_sha256` (refusing a spec
+    made from another version of the source): the part a model and data by reference share."""
+    check_kwargs(spec.kwargs, f"{prefix}.kwargs")
+    _, sha = load_target(spec.target, f"{prefix}.target")
+    check_same_source(spec.target, spec.source_sha256, sha, f"{prefix}.source_sha256")
+    spec.source_sha256 = sha

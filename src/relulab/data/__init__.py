@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
-from relulab.core.reference import call_target, check_kwargs, check_same_source, load_target
+from relulab.core.reference import call_target, check_same_source, load_target, record_source
 from relulab.core.util import check_fits, memory_available
 from relulab.data import formats, sources
 from relulab.data.datasets import StreamedExamples, resident_bytes, streamed_labels, to_tensors
@@ -670,10 +670,7 @@ def _validate_reference(spec: DataSpec, prefix: str) -> None:
     if parse_split(spec.split, f"{prefix}.split")[0] == "first":
         raise UserError(f"{prefix}.split: data by reference takes stratified:N, stratified:FRACTION or test; got "
                         f"{spec.split!r}")
-    check_kwargs(spec.kwargs, f"{prefix}.kwargs")
-    _, sha = load_target(spec.target, f"{prefix}.target")
-    check_same_source(spec.target, spec.source_sha256, sha, f"{prefix}.source_sha256")
-    spec.source_sha256 = sha
+    record_source(spec, prefix)
 
 
 def _load_python(spec: DataSpec) -> Splits:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from relulab.core.errors import UserError
-from relulab.core.reference import (call_target, check_kwargs, check_same_source, load_target, resolve_target,
+from relulab.core.reference import (call_target, check_same_source, load_target, record_source, resolve_target,
                                     short_name)
 from relulab.zoo.models import KEEP, MODELS, ModelEntry, ModelSpec, SlottedModel
 from relulab.zoo.slotify import slotify
@@ -59,10 +59,7 @@ def validate_reference(spec: ModelSpec, prefix: str) -> None:
         if getattr(spec, key) != getattr(_DEFAULTS, key):
             raise UserError(f"{prefix}.{key}: a model by reference is shaped by its own code; leave {prefix}.{key} "
                             f"out and pass the builder what it takes in {prefix}.kwargs")
-    check_kwargs(spec.kwargs, f"{prefix}.kwargs")
-    _, sha = load_target(spec.target, f"{prefix}.target")
-    check_same_source(spec.target, spec.source_sha256, sha, f"{prefix}.source_sha256")
-    spec.source_sha256 = sha
+    record_source(spec, prefix)
 
 
 def build_python_model(spec: ModelSpec, input_shape: tuple, num_classes: int) -> SlottedModel:
