@@ -262,7 +262,6 @@ def test_weight_decay_packed_equals_alone_after_one_step(opt, model, model_kw, k
         return Job(spec, seed, f"{seed}-{rate}")
 
     jobs = [job(0, 0.1), job(1, 0.3), job(2, 0.0)]
-    assert all(rules.recipe_packs(j) for j in jobs)
     for j, packed in zip(jobs, pack.train_together(jobs, splits, CPU)):
         alone = run(j.spec, j.seed, CPU, splits=splits).model.state_dict()
         undecayed = run(job(j.seed, 0.0).spec, j.seed, CPU, splits=splits).model.state_dict()
@@ -282,27 +281,27 @@ def test_a_stack_with_weight_decay_equals_separate_runs(digits):
         _assert_same_history(result, run(j.spec, j.seed, CPU, splits=digits), 1e-4)
 
 
-def test_schedules_label_smoothing_and_augmentation_train_alone(digits):
-    """The packed steps have none of these (packing.rules.recipe_packs): such jobs are never packed, and train
-    exactly as training.loop.run trains them."""
+def test_schedules_label_smoothing_and_augmentation_pack_and_equal_separate_runs(digits):
+    """The packed steps train every recipe as training.loop.run does: a schedule through each model's row of
+    learning rates, label smoothing in the loss, augmentation drawn from each model's generator before the step.
+    Models with different schedules and augmentation share a stack; label smoothing is part of the stack key
+    (and keeps deep-mlp off the fused step, whose gradient is the plain cross-entropy's)."""
     from relulab.training.augment import AugmentSpec
     from relulab.training.schedules import ScheduleSpec
 
     recipes = [{"schedule": ScheduleSpec("cosine")}, {"schedule": ScheduleSpec(warmup_epochs=1)},
                {"label_smoothing": 0.1}, {"augment": AugmentSpec(flip=True)}]
-    jobs = [_job(s) for s in range(len(recipes))]
+    jobs = [_job(s, model="bn-mlp") for s in range(len(recipes))]
     for j, recipe in zip(jobs, recipes):
         for name, value in recipe.items():
             setattr(j.spec.train, name, value)
-    plain = [_job(10), _job(11, model="bn-mlp")]
-    plain[0].spec.train.schedule = ScheduleSpec("constant")  # a constant rate is no schedule: it packs
-    for device in (CPU, torch.device("cuda")):  # on CUDA every other model would pack
-        assert [rules.pack_key(j, device) for j in jobs] == [None] * len(jobs)
-        assert all(rules.pack_key(j, device) is not None for j in plain)
-    with pytest.raises(ValueError, match="cannot be packed"):
-        pack.train_together(jobs[:2], digits, CPU)
-    results = dict((job.key, result) for job, result in train_many(jobs + plain, digits, CPU))
+    assert all(rules.pack_key(j, CPU) is not None for j in jobs)
+    keys = [rules.stack_key(j) for j in jobs]
+    assert keys[0] == keys[1] == keys[3] != keys[2]  # label smoothing stacks apart
+    smoothed = _job(9)
+    smoothed.spec.train.label_smoothing = 0.1
+    assert not rules.fusable(smoothed) and rules.fusable(_job(10))
+    results = dict((job.key, result) for job, result in train_many(jobs, digits, CPU))
     for j in jobs:
-        assert "trained_with" not in results[j.key].data
-        _assert_same_history(results[j.key], run(j.spec, j.seed, CPU, splits=digits), 0)
-    assert results[plain[0].key].data["trained_with"] == 2
+        assert results[j.key].data["trained_with"] == len(jobs)
+        _assert_same_history(results[j.key], run(j.spec, j.seed, CPU, splits=digits), 1e-4)

@@ -11,7 +11,7 @@ from relulab.data import DataSpec, Splits
 from relulab.probes.statistics import probe
 from relulab.training.loop import train_model
 from relulab.training.specs import Job, RunSpec, TrainSpec
-from relulab.packing.rules import cnn_stack_key, pack_key, stack_key
+from relulab.packing.rules import cnn_stack_key, functional_stack_key, pack_key, stack_key
 from relulab.zoo import cifar_nets
 from relulab.zoo.models import MODELS, ModelSpec, Slot, build_model
 
@@ -156,7 +156,7 @@ def test_widths_set_the_stage_widths():
 
 def test_registered_to_train_alone_in_bf16_on_cuda():
     for name in NETS:
-        assert MODELS[name].packs == "alone" and MODELS[name].conv
+        assert MODELS[name].packs == "vmap" and MODELS[name].conv
         job = Job(RunSpec(model=ModelSpec(name)), 0)
         assert stack_key(job) is None and cnn_stack_key(job) is None
         assert pack_key(job, torch.device("cpu")) is None  # on the CPU: each run through training.loop alone

@@ -19,7 +19,6 @@ from relulab.zoo.models import KEEP, ModelSpec, combine_slots, parse_off, parse_
 from relulab.zoo.reference import PYTHON
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
-from relulab.packing.rules import recipe_packs
 from relulab.training.callbacks import ProgressBar
 from relulab.training.loop import evaluate, run
 from relulab.training.augment import AugmentSpec
@@ -124,10 +123,6 @@ def train(
         if compile and pack is False:
             raise UserError("--compile: only packed runs compile their step; drop --no-pack")
         together = pack if pack is not None else (target.type == "cuda" or bool(compile))
-        if together and not recipe_packs(Job(spec, 0)):  # train_many would train each seed alone anyway
-            if pack:
-                console.print("--pack: runs with a schedule, label smoothing or augmentation train one by one")
-            together = False
         for path, option in ((out, "--out"), (save, "--save")):
             if path is not None:
                 check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"

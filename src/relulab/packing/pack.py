@@ -41,7 +41,7 @@ import torch
 from relulab.core.env import provenance, resolve_device
 from relulab.core.errors import UserError
 from relulab.data import Splits
-from relulab.packing.rules import data_packs, pack_key, recipe_packs, schedule_key, stacks_cnns
+from relulab.packing.rules import data_packs, pack_key, schedule_key, stacks_cnns, stacks_functional
 from relulab.packing.units import Unit, form_units
 from relulab.training import loop, resume
 from relulab.training.loop import epoch_batches
@@ -52,18 +52,15 @@ from relulab.zoo.models import keras_param_count
 
 def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, graphs: Optional[bool] = None,
                    max_stack: Optional[int] = None, stack_cnns: Optional[bool] = None,
-                   saver: Optional[resume.Saver] = None) -> list[RunResult]:
+                   saver: Optional[resume.Saver] = None, stack_functional: Optional[bool] = None) -> list[RunResult]:
     """Train jobs that share a schedule (batch size, epochs) at the same time; one RunResult per job, in order.
 
     MLPs are stacked (`max_stack` to a stack), and so are seed-cnns with `stack_cnns` (by default where
-    `stacks_cnns` says); other models run one per unit; on CUDA each
+    `stacks_cnns` says) and "vmap" models with `stack_functional` (`stacks_functional`); other models run one per unit; on CUDA each
     unit's step is a CUDA graph and the units' graphs are replayed side by side on their
     own streams, so the GPU works on several small models at once. `saver` (relulab.training.resume): save the pack's
     state at epoch boundaries on its schedule, and go on from a saved state of these jobs if there is one."""
     assert len({schedule_key(j) for j in jobs}) == 1, "jobs must share batch size and epochs"
-    if not all(recipe_packs(job) for job in jobs):
-        raise ValueError("a job's training recipe (schedule, label smoothing, augmentation) cannot be packed: "
-                         "train_many trains it alone")
     if not data_packs(splits):
         raise UserError("data: a streamed training set cannot train packed; train_many trains its runs alone")
     spec = jobs[0].spec.train
@@ -71,7 +68,12 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)
     if stack_cnns is None:
         stack_cnns = stacks_cnns(jobs, device)
-    units = form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack, stack_cnns)
+    if stack_functional is None:
+        stack_functional = stacks_functional(device)
+    units = form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack, stack_cnns,
+                       stack_functional)
+    for unit in units:
+        unit.schedule(len(bounds))
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
@@ -103,6 +105,7 @@ def _run_epochs(units: list[Unit], splits: Splits, device: torch.device, bounds,
     for unit in units:
         for job in unit.jobs:
             generators[id(job)] = torch.Generator(device=device).manual_seed(job.seed)  # same order as alone
+        unit.augment_with([generators[id(job)] for job in unit.jobs], splits.input_shape)
     histories = {id(unit): [History() for _ in unit.jobs] for unit in units}
     done = _resume_pack(saver, units, generators, histories)
     seen, n = bounds[-1][1], len(splits.x_train)
@@ -116,9 +119,9 @@ def _run_epochs(units: list[Unit], splits: Splits, device: torch.device, bounds,
                 t.zero_()
             if unit.stream is not None:
                 unit.stream.wait_stream(torch.cuda.current_stream(device))
-        for a, b in bounds:
+        for i, (a, b) in enumerate(bounds):
             for unit in live:  # one step of every unit; on CUDA they run concurrently
-                unit.step(orders[id(unit)], a, b)
+                unit.step(orders[id(unit)], a, b, (epoch - 1) * len(bounds) + i)
         for unit in live:
             if unit.stream is not None:
                 torch.cuda.current_stream(device).wait_stream(unit.stream)

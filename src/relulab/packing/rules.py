@@ -1,12 +1,12 @@
 """What trains with what: every packing decision, read from the registries' entries.
 
-A model's entry (`relulab.zoo.models.MODELS`) says how it packs (`packs`: stack, fuse, conv-stack, alone) and
+A model's entry (`relulab.zoo.models.MODELS`) says how it packs (`packs`: stack, fuse, conv-stack, vmap, alone) and
 whether it is convolutional (`conv`); an activation's entry (`relulab.zoo.activations.ACTIVATIONS`) whether
 the kernels have it (`kernel_code`) and whether it holds weights of its own (`learned`); the optimizers a
 stack can run are `relulab.zoo.optim.STACKED_OPTIMIZERS`. From those, here: which jobs share a stack
-(`stack_key`, `cnn_stack_key`, `fusable`), which share a pack (`pack_key`), which steps are compiled
-(`compiles`, `compiles_stack`), how many models go to a stack (`default_max_stack`, `stack_sizes`), and which
-training recipes the packed steps have (`recipe_packs`).
+(`stack_key`, `cnn_stack_key`, `functional_stack_key`, `fusable`), which share a pack (`pack_key`), which steps
+are compiled (`compiles`, `compiles_stack`), and how many models go to a stack (`default_max_stack`,
+`stack_sizes`).
 """
 from __future__ import annotations
 
@@ -31,12 +31,22 @@ def learns_activations(model: ModelSpec) -> bool:
 
 def fusable(job: Job) -> bool:
     """Whether a job's model can train through the fused step (relulab.packing.fused): a model whose entry
-    says "fuse", without batch norm, at most fused.MAX_BATCH a batch, not in bf16, and every activation one
-    the kernels have."""
+    says "fuse", without batch norm, at most fused.MAX_BATCH a batch, not in bf16, every activation one
+    the kernels have, and no label smoothing (the fused step's gradient is the plain cross-entropy's)."""
     model, train = job.spec.model, job.spec.train
     acts = {canonical_name(a) for a in [model.activation, *model.slots.values()]}
     return (model_entry(model.name).packs == "fuse" and not model.batchnorm and train.batch_size <= MAX_BATCH
-            and train.precision != "bf16" and acts <= KERNEL_CODES.keys())
+            and train.precision != "bf16" and acts <= KERNEL_CODES.keys() and not train.label_smoothing)
+
+
+def _recipe_key(job: Job) -> tuple:
+    """What a stack's models must share of the training recipe: the optimizer's rule and weight decay kind,
+    the penalties and label smoothing (and the precision, which each kind of stack keys in its own way).
+    Learning rates, weight decay rates, schedules and augmentation may differ (each model has its own
+    learning-rate row, generator and augmentation)."""
+    train, opt = job.spec.train, job.spec.train.optimizer
+    return (opt.name, opt.flavour, opt.momentum, opt.resolved_weight_decay_kind(), train.l1, train.l2,
+            train.label_smoothing)
 
 
 def stack_key(job: Job) -> Optional[tuple]:
@@ -48,13 +58,11 @@ def stack_key(job: Job) -> Optional[tuple]:
     if model_entry(spec.model.name).packs not in ("stack", "fuse") or opt.name not in STACKED_OPTIMIZERS:
         return None
     if fusable(job):
-        return ("fused", tuple(spec.model.widths or ()), opt.name, opt.flavour, opt.momentum,
-                opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2, float32_products(spec))
+        return ("fused", tuple(spec.model.widths or ()), *_recipe_key(job), float32_products(spec))
     if learns_activations(spec.model):
         return None
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
-            tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
-            opt.flavour, opt.momentum, opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2,
+            tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, *_recipe_key(job),
             spec.train.precision)
 
 
@@ -67,9 +75,30 @@ def cnn_stack_key(job: Job) -> Optional[tuple]:
         return None
     if learns_activations(spec.model):
         return None
-    return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, opt.name,
-            opt.flavour, opt.momentum, opt.resolved_weight_decay_kind(), spec.train.l1, spec.train.l2,
+    return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, *_recipe_key(job),
             spec.train.precision, spec.train.compile)
+
+
+def functional_stack_key(job: Job) -> Optional[tuple]:
+    """Jobs of a "vmap" model (relulab's CIFAR nets, models by reference) with equal keys can share a
+    `FunctionalStack`: one architecture (the model spec but for its activations and initializers) and recipe;
+    seeds, initializers, learning rates, schedules, augmentation and the activation in each slot may differ."""
+    spec, opt = job.spec, job.spec.train.optimizer
+    if model_entry(spec.model.name).packs != "vmap" or opt.name not in STACKED_OPTIMIZERS:
+        return None
+    if learns_activations(spec.model):
+        return None
+    model = spec.model
+    return ("vmap", model.name, tuple(model.widths or ()), model.batchnorm, model.bn_flavour, model.target,
+            repr(sorted(model.kwargs.items())), model.source_sha256, *_recipe_key(job), spec.train.precision,
+            spec.train.compile)
+
+
+def stacks_functional(device: torch.device) -> bool:
+    """Whether "vmap" models train in functional stacks by default: on CUDA, where K models' layers as one
+    grouped kernel fill a GPU that one small model leaves idle. On the CPU one model already keeps the cores
+    busy, and a stack only adds vmap's bookkeeping."""
+    return device.type == "cuda"
 
 
 def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
@@ -77,18 +106,6 @@ def stacks_cnns(jobs: Sequence[Job], device: torch.device) -> bool:
     if device.type != "cuda" or any(autocast_dtype(job.spec, device) != torch.bfloat16 for job in jobs):
         return False
     return importlib.util.find_spec("triton") is not None  # CUDA builds of torch bring it
-
-
-def recipe_packs(job: Job) -> bool:
-    """Whether the packed steps (relulab.packing.steps) train as `job.spec.train` says. They have weight decay
-    (StackedOptimizer's, tested against the plain optimizers) but not a learning-rate schedule (their learning
-    rates are constant tensors captured in CUDA graphs), label smoothing (the fused step's gradient is of the
-    plain cross-entropy) or augmentation (it would need each model's generator inside the graphed step); a job
-    with one of those trains alone through relulab.training.loop."""
-    train = job.spec.train
-    scheduled = train.schedule is not None and (train.schedule.name != "constant" or train.schedule.warmup_epochs)
-    augmented = train.augment is not None and (train.augment.crop_padding or train.augment.flip)
-    return not (scheduled or augmented or train.label_smoothing)
 
 
 def data_packs(splits) -> bool:
@@ -107,9 +124,8 @@ def pack_key(job: Job, device: torch.device) -> Optional[tuple]:
     """Jobs with equal keys can train together (`relulab.packing.train_together`); None: this job trains alone.
 
     On CUDA any job whose optimizer the graphed step supports can join (its step becomes a
-    CUDA graph); on the CPU only stackable MLPs gain from it. A recipe the packed steps lack (`recipe_packs`)
-    trains alone."""
-    if job.spec.train.optimizer.name not in STACKED_OPTIMIZERS or not recipe_packs(job):
+    CUDA graph); on the CPU only stackable MLPs gain from it."""
+    if job.spec.train.optimizer.name not in STACKED_OPTIMIZERS:
         return None
     if device.type != "cuda" and stack_key(job) is None:
         return None
@@ -135,9 +151,10 @@ def compiles(job: Job, group: Sequence[Job], device: torch.device) -> bool:
 
 
 def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
-    """Whether a stack's step is compiled: as train.compile says, else for seed-cnn stacks on CUDA with at
-    least COMPILE_MIN_MODEL_EPOCHS model-epochs (one compilation per stack). MLP stacks are not compiled."""
-    if cnn_stack_key(jobs[0]) is None:
+    """Whether a stack's step is compiled: as train.compile says, else for conv stacks (seed-cnn, functional)
+    on CUDA with at least COMPILE_MIN_MODEL_EPOCHS model-epochs (one compilation per stack). MLP stacks are not
+    compiled."""
+    if cnn_stack_key(jobs[0]) is None and functional_stack_key(jobs[0]) is None:
         return False
     if jobs[0].spec.train.compile is not None:  # equal across the stack (part of cnn_stack_key)
         return jobs[0].spec.train.compile
@@ -153,6 +170,7 @@ def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
 DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16
+DEFAULT_MAX_FUNCTIONAL_STACK = 16
 
 
 def stack_sizes(count: int, most: int) -> list[int]:
@@ -166,4 +184,6 @@ def default_max_stack(job: Job) -> int:
     """Models to a stack of `job`'s when the caller does not say (the numbers above)."""
     if fusable(job):
         return DEFAULT_MAX_FUSED_STACK
+    if functional_stack_key(job) is not None:
+        return DEFAULT_MAX_FUNCTIONAL_STACK
     return DEFAULT_MAX_CNN_STACK if cnn_stack_key(job) is not None else DEFAULT_MAX_STACK

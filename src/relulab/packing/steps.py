@@ -1,9 +1,14 @@
 """The training steps of a pack's units, for one batch size each: eager, or captured once in a CUDA graph.
 
-`PackStep` is one step of a whole stack (StackedMLP or StackedCNN) under autograd, `FusedPackStep` the same
-through the fused MLP step (`relulab.packing.fused`), `ModelStep` one step of one ordinary model; all update
-through `relulab.zoo.optim.StackedOptimizer`. A step writes everything it changes in place, so a CUDA graph
-of it can be replayed.
+`PackStep` is one step of a whole stack (StackedMLP, StackedCNN or FunctionalStack) under autograd,
+`FusedPackStep` the same through the fused MLP step (`relulab.packing.fused`), `ModelStep` one step of one
+ordinary model; all update through `relulab.zoo.optim.StackedOptimizer`. A step writes everything it changes
+in place, so a CUDA graph of it can be replayed.
+
+The training recipe (`TrainSpec`) acts as in the one-model loop (relulab.training.loop): label smoothing in
+the loss; a learning-rate schedule through the optimizer's learning-rate tensor, which the unit overwrites
+before each step (relulab.packing.units); augmentation before the step, outside any graph, with each model's
+own generator (`augment_batch`, drawn in the order the loop draws), into a fixed input buffer the graph reads.
 """
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relulab.packing.functional import FunctionalStack
 from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacked_mlp import StackedMLP
+from relulab.training.augment import augment_batch
 from relulab.training.specs import Job, autocast_dtype
 from relulab.zoo.optim import StackedOptimizer, kernel_weights, weight_penalty
 
@@ -25,11 +32,34 @@ COMPILE_BACKEND = "inductor"  # a test swaps in a recording backend, which needs
 class GraphedStep:
     """A training step for a fixed batch size: eager, or captured once in a CUDA graph and replayed.
 
-    Subclasses implement `_step()` (reading the batch indices from `self.index`) and
-    `state()` (every tensor the step changes in place)."""
+    Subclasses implement `_step()` (reading the batch from `_batch()`) and `state()` (every tensor the step
+    changes in place). With augmentation (`augments`: one (AugmentSpec or None, generator, image shape) per
+    model, set by the unit),
+    each model's batch is augmented into `self.input` before the step: the generators' draws stay out of the
+    graph, so they advance exactly as a lone run's."""
 
     graph: Optional[torch.cuda.CUDAGraph] = None
     index: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    augments: Optional[list] = None
+    input: Optional[torch.Tensor] = None
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = self.input if self.augments is not None else self.x[self.index]
+        return xb, self.y[self.index]
+
+    @torch.no_grad()
+    def _augment(self) -> None:
+        rows = self.index if self.index.dim() == 2 else self.index.unsqueeze(0)
+        if self.input is None:
+            self.input = torch.empty(*rows.shape, *self.x.shape[1:], device=self.x.device, dtype=self.x.dtype)
+        view = self.input if self.index.dim() == 2 else self.input.unsqueeze(0)
+        for k, (spec, generator, image_shape) in enumerate(self.augments):
+            batch = self.x[rows[k]]
+            if spec is not None:  # a stack of MLPs reads flattened images: crop and flip the images themselves
+                batch = augment_batch(batch.view(-1, *image_shape), spec, generator).view(batch.shape)
+            view[k].copy_(batch)
 
     def _step(self) -> None:
         raise NotImplementedError
@@ -40,6 +70,8 @@ class GraphedStep:
     def capture(self, pool=None, stream: Optional[torch.cuda.Stream] = None) -> None:
         """Record the step in a CUDA graph. Capture needs warm-up steps first; they are undone."""
         saved = [t.detach().clone() for t in self.state()]
+        if self.augments is not None and self.input is None:  # the buffer the graph reads, filled with something
+            self.input = self.x[self.index].clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -55,6 +87,8 @@ class GraphedStep:
 
     def __call__(self, index: torch.Tensor) -> None:
         self.index.copy_(index)
+        if self.augments is not None:
+            self._augment()
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -64,7 +98,7 @@ class GraphedStep:
 class PackStep(GraphedStep):
     """One step of a whole MLP pack: each model its own batch, all models in one set of kernels."""
 
-    def __init__(self, stack: StackedMLP | StackedCNN, optimizer: StackedOptimizer, x, y, batch: int,
+    def __init__(self, stack: StackedMLP | StackedCNN | FunctionalStack, optimizer: StackedOptimizer, x, y, batch: int,
                  jobs: Sequence[Job], totals: tuple[torch.Tensor, torch.Tensor], compiled: bool = False):
         self.stack, self.optimizer, self.x, self.y = stack, optimizer, x, y
         # The update too: eager, Adam is about ten passes over the stack's weights (0.27 ms of a seed-cnn
@@ -75,6 +109,7 @@ class PackStep(GraphedStep):
         self.update = compile_static(optimizer.step) if compiled else optimizer.step
         self.index = torch.zeros(stack.k, batch, dtype=torch.long, device=x.device)
         self.l1, self.l2 = jobs[0].spec.train.l1, jobs[0].spec.train.l2
+        self.smoothing = jobs[0].spec.train.label_smoothing  # equal across a stack (part of the stack keys)
         self.amp = autocast_dtype(jobs[0].spec, x.device)  # equal for the whole stack (part of stack_key)
         self.loss_total, self.correct_total = totals
 
@@ -83,10 +118,11 @@ class PackStep(GraphedStep):
 
     def _step(self) -> None:
         k, batch = self.index.shape
-        xb, yb = self.x[self.index], self.y[self.index]  # (K, B, features), (K, B)
+        xb, yb = self._batch()  # (K, B, features), (K, B)
         with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             logits = self.forward(self.stack.params, xb, training=True).float()
-        losses = F.cross_entropy(logits.reshape(k * batch, -1), yb.reshape(-1), reduction="none").view(k, batch)
+        losses = F.cross_entropy(logits.reshape(k * batch, -1), yb.reshape(-1), reduction="none",
+                                 label_smoothing=self.smoothing).view(k, batch)
         per_model = losses.mean(1)
         # Summing the models' losses gives each model exactly its own gradient.
         total = per_model.sum()
@@ -106,7 +142,7 @@ class FusedPackStep(PackStep):
     """A PackStep through the stack's hand-written forward and backward (`relulab.packing.fused`) instead of autograd."""
 
     def _step(self) -> None:
-        xb, yb = self.x[self.index], self.y[self.index]
+        xb, yb = self._batch()
         params = self.stack.params.detach()
         grad = torch.empty_like(params)
         per_model, logits = self.stack.fused.gradient(params, xb, yb, grad)
@@ -143,6 +179,7 @@ class ModelStep(GraphedStep):
         self.params = list(model.parameters())
         self.kernels = kernel_weights(model)
         self.l1, self.l2 = job.spec.train.l1, job.spec.train.l2
+        self.smoothing = job.spec.train.label_smoothing
         self.index = torch.zeros(batch, dtype=torch.long, device=x.device)
         self.totals = totals
         self.loss_total, self.correct_total = totals[0][slot], totals[1][slot]  # this model's entries
@@ -151,12 +188,12 @@ class ModelStep(GraphedStep):
         return [self.flat, *self.model.buffers(), *self.optimizer.state_tensors(), *self.totals]
 
     def _step(self) -> None:
-        xb, yb = self.x[self.index], self.y[self.index]
+        xb, yb = self._batch()
         if xb.dim() == 4 and xb.is_cuda:
             xb = xb.contiguous(memory_format=torch.channels_last)  # what cuDNN's fastest bf16 kernels want
         with torch.autocast(xb.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             logits = self.forward(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=self.smoothing)
         total = loss + weight_penalty(self.kernels, self.l1, self.l2) if (self.l1 or self.l2) else loss
         grads = torch.autograd.grad(total, self.params)
         self.optimizer.step(self.flat, torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0))

@@ -16,19 +16,24 @@ import torch.nn.functional as F
 from relulab.core.env import matmul_precision
 from relulab.data import Splits
 import relulab.packing.rules as rules  # as a module: benchmarks swap rules in it (bench_speed.fused_path)
+from relulab.packing.functional import FunctionalStack
 from relulab.packing.fused import FusedMLP
 from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacked_mlp import StackedMLP
 from relulab.packing.steps import FusedPackStep, GraphedStep, ModelStep, PackStep, flatten_parameters
 from relulab.training import resume
 from relulab.training.loop import build_for, evaluate
+from relulab.training.schedules import learning_rates
 from relulab.training.specs import Job, autocast_dtype, float32_products
-from relulab.zoo.models import SlotNet
+from relulab.zoo.models import SlotNet, model_entry
 from relulab.zoo.optim import StackedOptimizer
+
+# The stack class for each kind of model entry (relulab.zoo.models.ModelEntry.packs) that stacks.
+STACKS = {"stack": StackedMLP, "fuse": StackedMLP, "conv-stack": StackedCNN, "vmap": FunctionalStack}
 
 
 @torch.no_grad()
-def evaluate_stack(stack: StackedMLP | StackedCNN, x: torch.Tensor, y: torch.Tensor, batch: int,
+def evaluate_stack(stack: StackedMLP | StackedCNN | FunctionalStack, x: torch.Tensor, y: torch.Tensor, batch: int,
                    amp: Optional[torch.dtype] = None) -> tuple[list[float], list[float]]:
     """Per-model (loss, accuracy) on shared inputs, one read-back at the end."""
     loss = torch.zeros(stack.k, device=x.device)
@@ -57,7 +62,9 @@ class Unit:
         self.totals = (torch.zeros(len(jobs), device=device), torch.zeros(len(jobs), device=device))
         self.steps: dict[int, GraphedStep] = {}
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.stack: Optional[StackedMLP | StackedCNN] = None
+        self.stack: Optional[StackedMLP | StackedCNN | FunctionalStack] = None
+        self.optimizer: Optional[StackedOptimizer] = None
+        self.learning_rates: Optional[torch.Tensor] = None  # (steps, K, 1): each step's rates, where scheduled
         self.compiled = False  # whether the unit's full-batch step went through torch.compile
         self.best: list[Optional[tuple[int, object]]] = [None] * len(jobs)  # (epoch, snapshot) per model
 
@@ -68,10 +75,32 @@ class Unit:
                 step.capture(pool, self.stream)
             pool = step.graph.pool()
 
-    def step(self, order: torch.Tensor, start: int, stop: int) -> None:
+    def schedule(self, steps_per_epoch: int) -> None:
+        """Give the unit its models' learning rate at every step, where one of them has a schedule: a table on
+        the device, a row of which is copied into the optimizer's rates before each step (no host sync)."""
+        jobs = self.jobs
+        if all(job.spec.train.schedule is None for job in jobs):
+            return
+        rates = [learning_rates(job.spec.train.optimizer.resolved_lr(), job.spec.train.schedule, steps_per_epoch,
+                                job.spec.train.epochs) for job in jobs]
+        self.learning_rates = torch.tensor(rates, dtype=self.optimizer.lr.dtype,
+                                           device=self.optimizer.lr.device).T.unsqueeze(2).contiguous()
+
+    def augment_with(self, generators: list[torch.Generator], image_shape: tuple) -> None:
+        """Augment each model's batches with its own generator, where its recipe says (train.augment)."""
+        specs = [job.spec.train.augment for job in self.jobs]
+        specs = [spec if spec is not None and (spec.crop_padding or spec.flip) else None for spec in specs]
+        if any(spec is not None for spec in specs):
+            for step in self.steps.values():
+                step.augments = [(spec, g, image_shape) for spec, g in zip(specs, generators)]
+
+    def step(self, order: torch.Tensor, start: int, stop: int, number: int = 0) -> None:
+        """Train on the batch [start, stop) of `order`; `number` counts the run's steps from 0 (the schedule's)."""
         index = order[:, start:stop] if self.stack is not None else order[0, start:stop]
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext(), \
                 matmul_precision(self.products):
+            if self.learning_rates is not None:
+                self.optimizer.lr.copy_(self.learning_rates[number])
             self.steps[stop - start](index)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> list[tuple[float, float]]:
@@ -128,22 +157,26 @@ def _snapshot_tensors(snapshot) -> list[torch.Tensor]:
     if isinstance(snapshot, dict):
         return list(snapshot.values())
     params, running = snapshot
+    if isinstance(running, dict):  # a FunctionalStack's buffers
+        return [params, *running.values()]
     return [params, *(t for pair in running for t in pair)]
 
 
 def stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int]) -> Unit:
-    """A stack's unit: jobs of one stack key (`rules.stack_key` or `rules.cnn_stack_key`), as one stacked model."""
+    """A stack's unit: jobs of one stack key (`rules.stack_key`, `rules.cnn_stack_key` or
+    `rules.functional_stack_key`), as one stacked model of the class the model's entry packs as (STACKS)."""
     unit = Unit(jobs, [build_for(job.spec, splits, job.seed, device) for job in jobs], device)
-    if rules.cnn_stack_key(jobs[0]) is not None:
+    kind = STACKS[model_entry(jobs[0].spec.model.name).packs]
+    if kind is StackedCNN:
         unit.stack = StackedCNN(unit.models, triton_kernels=device.type == "cuda" and unit.amp[0] == torch.bfloat16)
     else:
-        unit.stack = StackedMLP(unit.models)
+        unit.stack = kind(unit.models)
     step = PackStep
     if rules.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
         linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
         unit.stack.fused = FusedMLP(unit.models, unit.stack.sizes, linear, device, precision=unit.products)
         step = FusedPackStep
-    optimizer = StackedOptimizer(unit.stack.params, [job.spec.train.optimizer for job in jobs])
+    optimizer = unit.optimizer = StackedOptimizer(unit.stack.params, [job.spec.train.optimizer for job in jobs])
     x = splits.x_train.flatten(1) if unit.stack.flat_input else splits.x_train
     unit.compiled = step is PackStep and rules.compiles_stack(jobs, device)
     # As for single models, only the full batch is compiled; the epoch's short last batch runs as it is.
@@ -157,7 +190,7 @@ def model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int],
     runs uncompiled rather than pay a second compilation for another shape)."""
     unit = Unit([job], [build_for(job.spec, splits, job.seed, device)], device)
     flat = flatten_parameters(unit.models[0])
-    optimizer = StackedOptimizer(flat, [job.spec.train.optimizer])
+    optimizer = unit.optimizer = StackedOptimizer(flat, [job.spec.train.optimizer])
     unit.steps = {size: ModelStep(unit.models[0], flat, optimizer, splits.x_train, splits.y_train, size, job,
                                   unit.totals, 0, unit.amp[0], compiled and size == max(sizes)) for size in sizes}
     unit.compiled = compiled
@@ -165,13 +198,16 @@ def model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int],
 
 
 def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
-               max_stack: Optional[int] = None, stack_cnns: bool = False) -> list[Unit]:
+               max_stack: Optional[int] = None, stack_cnns: bool = False, stack_functional: bool = False
+               ) -> list[Unit]:
     """Stack MLPs that can share a stack (up to `max_stack` each, by default as `rules.default_max_stack`
-    says), and seed-cnns too with `stack_cnns`; every other job is a unit of its own."""
+    says), seed-cnns too with `stack_cnns`, and "vmap" models with `stack_functional`; every other job is a
+    unit of its own."""
     stacks: dict[tuple, list[Job]] = {}
     units = []
     for job in jobs:
-        key = rules.stack_key(job) or (rules.cnn_stack_key(job) if stack_cnns else None)
+        key = rules.stack_key(job) or (rules.cnn_stack_key(job) if stack_cnns else None) or \
+            (rules.functional_stack_key(job) if stack_functional else None)
         if key is None:
             units.append(model_unit(job, splits, device, sizes, rules.compiles(job, jobs, device)))
         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -122,6 +122,15 @@ def factor(spec: ScheduleSpec, at: Timeline) -> float:
     value = SCHEDULES[spec.name].factor(spec, at)
     warmup_steps = spec.warmup_epochs * at.steps_per_epoch
     return value * min(1.0, (at.step + 1) / warmup_steps) if warmup_steps else value
+
+
+def learning_rates(lr: float, spec: Optional[ScheduleSpec], steps_per_epoch: int, epochs: int) -> list[float]:
+    """The learning rate of every step of a run, as `build_scheduler`'s LambdaLR sets it (lr x factor): packed
+    runs read theirs from a table of these on the device (relulab.packing.units)."""
+    total = steps_per_epoch * epochs
+    if spec is None:
+        return [lr] * total
+    return [lr * factor(spec, Timeline(step, steps_per_epoch, total)) for step in range(total)]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, steps_per_epoch: int,

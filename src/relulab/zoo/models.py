@@ -347,7 +347,7 @@ def build_cifar_net(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
 # - "fuse": as "stack", and through the fused hand-written step where the job allows (relulab.packing.fused);
 # - "conv-stack": seed-cnn-like convolution stacks (StackedCNN), on CUDA in bf16;
 # - "alone": never stacked: a unit of its own (on CUDA still beside others in a pack, its step a CUDA graph).
-PACKS = ("stack", "fuse", "conv-stack", "alone")
+PACKS = ("stack", "fuse", "conv-stack", "vmap", "alone")
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ MODELS: Registry[ModelEntry] = Registry({
     "deep-mlp": ModelEntry(build_deep_mlp, packs="fuse"),
     "bn-mlp": ModelEntry(build_bn_mlp, packs="stack"),
     "seed-cnn": ModelEntry(build_seed_cnn, packs="conv-stack", conv=True),
-    **{name: ModelEntry(build_cifar_net, packs="alone", conv=True) for name in CIFAR_NETS},
+    **{name: ModelEntry(build_cifar_net, packs="vmap", conv=True) for name in CIFAR_NETS},
 })
 
 

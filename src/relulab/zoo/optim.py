@@ -191,8 +191,8 @@ class StackedOptimizer:
     """The optimizers above, written once for stacked (K, n) weights (K models, or one model's parameters
     flattened) with a per-model learning rate and weight decay; `specs`: the K models' optimizers, which differ
     at most in learning rate and weight decay rate. The rules match torch.optim (flavour torch) and Keras 3
-    (flavour keras), and weight decay is `WeightDecay`'s (the learning rate is constant here: runs with a
-    schedule do not pack, relulab.packing.rules.recipe_packs)."""
+    (flavour keras), and weight decay is `WeightDecay`'s (`lr` is a (K, 1) tensor: a packed run's schedule overwrites it before
+    each step, relulab.packing.units)."""
 
     def __init__(self, params: torch.Tensor, specs: Sequence[OptimizerSpec]):
         opt = specs[0]

@@ -1,0 +1,125 @@
+"""FunctionalStack (relulab.packing.functional): K residual models with batch norm trained as one through
+torch.func give the histories, weights and running statistics of K separate runs of training.loop.run, with
+different seeds, initializers, learning rates, schedules, augmentation and slot placements in one stack."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relulab.data import DataSpec, load_data
+from relulab.packing import rules
+from relulab.packing.functional import FunctionalStack
+from relulab.packing.pack import train_together
+from relulab.training.augment import AugmentSpec
+from relulab.training.loop import run
+from relulab.training.schedules import ScheduleSpec
+from relulab.training.specs import Job, RunSpec, TrainSpec
+from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_model
+from relulab.zoo.optim import OptimizerSpec
+from relulab.zoo.slotify import slotify
+
+CPU = torch.device("cpu")
+DATA = DataSpec(name="digits", image_size=12, train_size=96, split="stratified:64")
+
+
+class Block(nn.Module):
+    """A residual block with batch norm and one ReLU module used twice (as torchvision's BasicBlock)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+class UserNet(nn.Module):
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
+        self.layer1 = nn.Sequential(Block(6), Block(6))
+        self.out = nn.Linear(6, classes)
+
+    def forward(self, x):
+        x = self.layer1(F.relu(self.conv(x)))
+        return self.out(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_user_net(spec: ModelSpec, input_shape, num_classes: int):
+    model = slotify(UserNet(input_shape[0], num_classes), torch.zeros(2, *input_shape))
+    model.set_slots(spec.slots)
+    return model
+
+
+@pytest.fixture
+def user_model(monkeypatch):
+    monkeypatch.setitem(MODELS, "user-resnet", ModelEntry(build_user_net, packs="vmap", conv=True))
+
+
+def _job(seed, slots=None, lr=0.05, schedule=None, augment=None, opt="momentum", model="user-resnet"):
+    train = TrainSpec(3, 32, OptimizerSpec(opt, lr), schedule=schedule, augment=augment, label_smoothing=0.1)
+    return Job(RunSpec(DATA, ModelSpec(model, slots=slots or {}), train), seed, key=f"{seed}-{slots}-{lr}")
+
+
+def _assert_same_run(packed, alone, tol=1e-4):
+    assert len(packed.history.epochs) == len(alone.history.epochs) == 3
+    for p, s in zip(packed.history.epochs, alone.history.epochs):
+        assert p.train_loss == pytest.approx(s.train_loss, abs=tol)
+        assert p.val_loss == pytest.approx(s.val_loss, abs=tol)
+        assert abs(p.val_acc - s.val_acc) <= 1 / 32 + 1e-9  # at most one validation example flips
+    assert packed.history.test_loss == pytest.approx(alone.history.test_loss, abs=tol)
+    mine, theirs = packed.model.state_dict(), alone.model.state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, value in theirs.items():
+        if value.is_floating_point():  # weights and batch norm's running statistics
+            torch.testing.assert_close(mine[name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_functional_stack_of_residual_bn_models_equals_separate_runs(user_model):
+    splits = load_data(DATA)
+    jobs = [_job(0), _job(1, slots={2: "identity"}, lr=0.1), _job(2, slots={1: "identity", 5: "tanh"},
+                                                                   schedule=ScheduleSpec("cosine", warmup_epochs=1)),
+            _job(3, augment=AugmentSpec(crop_padding=2, flip=True))]
+    assert len({rules.functional_stack_key(j) for j in jobs}) == 1  # one stack: placements and recipes differ
+    packed = train_together(jobs, splits, CPU, stack_functional=True)
+    assert all(r.data["stacked"] for r in packed)
+    for job, result in zip(jobs, packed):
+        alone = run(job.spec, job.seed, CPU, splits=splits)
+        _assert_same_run(result, alone)
+        assert result.model.placement() == alone.model.placement()
+
+
+def test_a_functional_stack_of_resnet20s_steps_as_each_model_alone():
+    """One training step of three resnet20s (one with two slots off) as one stack: each model's loss
+    gradient and batch norm statistics are its own."""
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("resnet20", slots=slots), (3, 32, 32), 10) for slots in ({}, {3: "identity",
+                                                                                              19: "identity"}, {})]
+    stack = FunctionalStack(models)
+    x, y = torch.randn(3, 4, 3, 32, 32), torch.randint(0, 10, (3, 4))
+    logits = stack.forward(stack.params, x, training=True)
+    loss = F.cross_entropy(logits.reshape(12, 10), y.reshape(-1), reduction="none").view(3, 4).mean(1).sum()
+    (grad,) = torch.autograd.grad(loss, stack.params)
+    for k, model in enumerate(models):
+        model.train()
+        own = F.cross_entropy(model(x[k]), y[k])
+        grads = torch.autograd.grad(own, list(model.parameters()))
+        torch.testing.assert_close(grad[k], torch.cat([g.reshape(-1) for g in grads]), rtol=1e-4, atol=1e-6)
+        for name, value in model.named_buffers():
+            if value.is_floating_point():
+                torch.testing.assert_close(stack.buffers[name][k], value, msg=name)
+    placements = [m.placement() for m in models]
+    stack.unstack_into(models)
+    assert [m.placement() for m in models] == placements  # the blend lives in the stack only
+
+
+def test_models_that_learn_their_activations_or_use_other_optimizers_do_not_stack():
+    assert rules.functional_stack_key(_job(0, model="resnet20")) is not None
+    assert rules.functional_stack_key(Job(RunSpec(DATA, ModelSpec("resnet20", activation="prelu"),
+                                                  TrainSpec(1, 32)), 0)) is None
+    assert rules.functional_stack_key(_job(0, model="deep-mlp")) is None
+    assert rules.functional_stack_key(_job(0, model="resnet20")) != rules.functional_stack_key(
+        _job(0, model="resnet20", opt="adam"))
