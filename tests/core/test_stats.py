@@ -68,3 +68,40 @@ def test_diverged_runs_are_counted_and_left_out_of_accuracy():
     assert s.seconds_per_epoch.n == 3 and s.seconds_per_epoch.mean == pytest.approx((2 + 2 + 2) / 3)
     with_baseline(s, runs, [_run(0, 0.8), _run(1, 0.81)])
     assert s.vs_baseline.diff == pytest.approx(0.91 - 0.805)
+
+
+# ---------------------------------------------------------------- the numbers through scipy equal the earlier ones
+#
+# These values came from the pre-scipy implementation of summarize and compare (the Welch statistic, its
+# Welch-Satterthwaite degrees of freedom and interval computed by hand; commit c1ed512), printed with repr
+# before core/stats.py went through scipy.stats.ttest_ind: the report's numbers must not move.
+
+PRE_SCIPY_SUMMARIES = [
+    ([0.851, 0.848, 0.860, 0.839, 0.855], (5, 0.8506, 0.007893034904268454, 0.8407995027228042, 0.8604004972771958)),
+    ([0.91, 0.93], (2, 0.92, 0.014142135623730963, 0.792937952638253, 1.0470620473617471)),
+    ([0.9, 0.9, 0.9], (3, 0.9, 0.0, 0.9, 0.9)),
+]
+PRE_SCIPY_COMPARISONS = [  # (values, baseline) -> (diff, low, high, p, distinguishable)
+    (([0.80, 0.81, 0.79, 0.82], [0.85, 0.86, 0.84]),
+     (-0.04499999999999993, -0.06731711481338779, -0.022682885186612073, 0.0035620633854220518, True)),
+    (([0.851, 0.848, 0.860, 0.839, 0.855], [0.853, 0.850, 0.849, 0.861, 0.844]),
+     (-0.0007999999999999119, -0.01128839807484905, 0.009688398074849227, 0.8637704896910408, False)),
+    (([0.5, 0.7], [0.52, 0.9, 0.31]),
+     (0.023333333333333317, -0.6227003963477149, 0.6693670630143815, 0.914502892803906, False)),
+    (([0.9, 0.9], [0.8, 0.8]), (0.09999999999999998, 0.09999999999999998, 0.09999999999999998, 0.0, True)),
+    (([0.9, 0.9], [0.9, 0.9]), (0.0, 0.0, 0.0, 1.0, False)),
+    (([0.1, 0.2, 0.3], [0.2, 0.2, 0.2]), (0.0, -0.24841377117503297, 0.24841377117503297, 1.0, False)),
+]
+
+
+@pytest.mark.parametrize("values, expected", PRE_SCIPY_SUMMARIES)
+def test_summaries_equal_the_pre_scipy_numbers(values, expected):
+    s = summarize(values)
+    assert (s.n, s.mean, s.std, s.low, s.high) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("pair, expected", PRE_SCIPY_COMPARISONS)
+def test_comparisons_equal_the_pre_scipy_numbers(pair, expected):
+    c = compare(*pair)
+    assert (c.diff, c.low, c.high, c.p) == pytest.approx(expected[:4], rel=1e-12, abs=1e-15)
+    assert c.distinguishable is expected[4]
