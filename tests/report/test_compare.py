@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from relulab.cli import main
@@ -89,14 +90,15 @@ def test_the_numbers_are_the_stats_of_the_stored_accuracies_from_python_and_json
     for row, typed in zip(shown["rows"], c.rows):
         d = typed.comparison
         assert row["a"]["values"] == list(typed.values_a) and row["b"]["n"] == 3
-        assert row["b_minus_a"] == {"diff": d.diff, "low": d.low, "high": d.high, "p": d.p,
+        assert row["b_minus_a"] == {"diff": d.diff, "low": d.low, "high": d.high, "p": d.p, "p_adjusted": None,
                                     "distinguishable": d.distinguishable}
         assert row["verdict"] == d.verdict
+    assert shown["correction"] == "none"
     text = (tmp_path / "c.csv").read_text()
-    assert text.startswith("# differs: epochs: A 2; B 3 (every configuration)\n")
-    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
-    assert [(r["config_a"], float(r["diff"]), float(r["p_value"])) for r in rows] == \
-        [(t.config_a, t.comparison.diff, t.comparison.p) for t in c.rows]
+    rows = list(csv.DictReader(io.StringIO(text)))  # a plain table: what differs is a column
+    assert [(r["config_a"], float(r["diff"]), float(r["p_value"]), r["differs"]) for r in rows] == \
+        [(t.config_a, t.comparison.diff, t.comparison.p, "epochs: A 2, B 3") for t in c.rows]
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 2
 
 
 def test_two_configurations_of_one_store(stores, capsys):

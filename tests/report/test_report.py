@@ -62,15 +62,15 @@ def test_markdown_has_the_seeds_table_extended(report):
 
 def test_csv_is_machine_readable_and_flags_the_test_set(report):
     text = report.summary_csv.read_text()
-    assert text.startswith("# warning: validation data is the test set")
-    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+    assert text.startswith("experiment,part,configuration,")  # the warning is a column, not a comment line
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["configuration"] for r in rows] == ["relu", "tanh"]
     tanh = rows[1]
     assert tanh["baseline"] == "relu" and tanh["val_is_test"] == "true" and tanh["runs_done"] == "3"
     low, mean, high = (float(tanh[k]) for k in ("best_val_acc_ci_low", "best_val_acc_mean", "best_val_acc_ci_high"))
     assert low <= mean <= high and tanh["distinguishable"] in ("true", "false")
-    runs = list(csv.DictReader(line for line in io.StringIO(report.runs_csv.read_text()) if not line.startswith("#")))
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
+    runs = list(csv.DictReader(io.StringIO(report.runs_csv.read_text())))
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"} and {r["val_is_test"] for r in runs} == {"true"}
 
 
 def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
@@ -87,7 +87,7 @@ def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
 def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
     files = build_report(_make_store(tmp_path, TINY, seeds=[0]), out_dir=tmp_path / "out")
     assert "validation data is the test set" not in files.html.read_text()
-    assert not files.summary_csv.read_text().startswith("#")
+    assert {r["val_is_test"] for r in csv.DictReader(io.StringIO(files.summary_csv.read_text()))} == {"false"}
     md = files.markdown.read_text()
     assert "(n=1)" in md and "too few seeds to tell" in md
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from relulab.core.errors import UserError
-from relulab.core.stats import ConfigStats, RunNumbers, check_correction, describe_runs, with_baseline, with_correction
+from relulab.core.stats import (ConfigStats, RunNumbers, check_correction, describe_runs, with_baseline,
+                                with_correction)
 from relulab.probes.statistics import stored_slot_names
 from relulab.store import Store, StoredTiming, retrained_key, timing_key
 

@@ -38,18 +38,11 @@ def experiment_names(store: Store, experiment: Optional[str]) -> list[str]:
 
 
 def plan_configs(exp: dict) -> dict[tuple[str, str], dict]:
-    """{(part, variant): {config, grid, baseline, seeds_planned}} of an experiment as the store's plan has it."""
-    out: dict[tuple[str, str], dict] = {}
-    for part in exp["parts"]:
-        for v in part["variants"]:
-            out[(part["name"], v["name"])] = {"config": v["config"], "grid": json_text(v["grid"]) if v["grid"] else None,
-                                              "baseline": None, "seeds_planned": 0}
-    for row in exp["plan"]:
-        entry = out.setdefault((row["part"], row["variant"]), {"config": row["config"], "grid": None, "baseline": None,
-                                                               "seeds_planned": 0})
-        entry["baseline"] = row["baseline"]
-        entry["seeds_planned"] += 1
-    return out
+    """{(part, variant): {config, grid (JSON text, None for none), baseline}} of an experiment, as its plan has it."""
+    baselines = {(r["part"], r["variant"]): r["baseline"] for r in exp["plan"]}
+    return {(part["name"], v["name"]): {"config": v["config"], "grid": json_text(v["grid"]) if v["grid"] else None,
+                                        "baseline": baselines.get((part["name"], v["name"]))}
+            for part in exp["parts"] for v in part["variants"]}
 
 
 def json_text(value) -> str:

@@ -143,12 +143,12 @@ def slot_stats(store, experiment: Optional[str] = None) -> pd.DataFrame:
                     rows += [{**_short(ident), "source": "slot_stats", "probe_set": None, "epoch": epoch, "stat": stat,
                               "slot": slot, "slot_name": names.get(slot), "class": -1, "class_name": None,
                               "images": None, "value": value} for slot, value in sorted(by_slot.items())]
-        idents = {run["key"]: (run, ident) for run, ident in found}
+        idents = {run["key"]: (ident, stored_slot_names(run["data"])) for run, ident in found}
         for p in probed:
-            run, ident = idents[p["run_key"]]
+            ident, names = idents[p["run_key"]]
             rows.append({**_short(ident), "source": "run_probes", "probe_set": p["probe_set"], "epoch": p["epoch"],
-                         "stat": p["stat"], "slot": p["slot"], "slot_name": stored_slot_names(run["data"]).get(p["slot"]),
-                         "class": p["class"], "class_name": p["class_name"], "images": p["images"], "value": p["value"]})
+                         "stat": p["stat"], "slot": p["slot"], "slot_name": names.get(p["slot"]), "class": p["class"],
+                         "class_name": p["class_name"], "images": p["images"], "value": p["value"]})
     return frame(rows, [*SHORT_ID_COLUMNS, *HPARAM_COLUMNS, *SLOT_COLUMNS])
 
 
