@@ -157,3 +157,23 @@ def test_a_store_of_several_experiments_asks_which(stores, tmp_path):
     assert compare_stores(stores["a"], both).b.experiment == "tiny"
     other = compare_stores(both, both, experiment_a="tiny", experiment_b="other")
     assert [(r.config, r.a.n, r.b.n) for r in other.rows] == [("relu", 3, 1), ("tanh", 3, 1)]
+
+
+def test_a_correction_adjusts_the_rows_together(stores, capsys):
+    from relulab.core.stats import holm
+
+    plain = compare_stores(stores["a"], stores["b"])
+    c = compare_stores(stores["a"], stores["b"], correction="holm")
+    expected = holm([row.comparison.p for row in plain.rows])
+    assert [d.p_adjusted for d in c.comparisons] == pytest.approx(expected)
+    assert [d.distinguishable for d in c.comparisons] == [p < 0.05 for p in expected]
+    assert [d.p for d in c.comparisons] == [row.comparison.p for row in plain.rows]  # Welch's p kept beside it
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "holm")
+    assert code == 0, err
+    assert out.splitlines()[3].split()[-4:] == ["(Welch)", "p", "(Holm)", "verdict"]
+    assert "Holm-adjusted p = " in out
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "bh", "--json")
+    shown = json.loads(out)
+    assert shown["correction"] == "bh" and all(r["b_minus_a"]["p_adjusted"] is not None for r in shown["rows"])
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "sidak")
+    assert code == 2 and err == ("error: --correction: unknown value 'sidak'; expected one of: bh, holm, none\n")
