@@ -159,3 +159,14 @@ def test_bad_input_is_one_line_naming_what_is_wrong(store, tmp_path):
     with pytest.raises(UserError, match=r"is not a SQLite file"):
         results.summary(tmp_path / "notes.txt")
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_the_readmes_pandas_example_runs(store):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("### pandas", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert example.count('"runs/quickstart.sqlite"') == 3
+    scope = {}
+    exec(example.replace('"runs/quickstart.sqlite"', repr(str(store))), scope)
+    assert len(scope["runs"]) == len(results.runs(store))
