@@ -42,7 +42,7 @@ INTEGERS = {"seed", "best_epoch", "diverged_at", "epochs_trained", "params", "tr
             "images", "step", "position", "relu_count", "seeds", "runs", "diverged", "batch_size", "epochs",
             "seeds_planned", "runs_done", "runs_diverged", *(f"{m}_n" for m in MEASURES)}
 BOOLEANS = {"in_plan", "val_is_test", "distinguishable", "final_distinguishable"}
-# SQLite's rows for the runs' and searches' own numbers: everything but what is decoded or renamed
+# The runs table's columns that `runs` keeps as stored (the others are decoded, renamed or derived there)
 _RUN_NUMBERS = ["status", "best_val_acc", "best_epoch", "final_val_acc", "test_acc", "test_loss", "diverged_at",
                 "seconds", "params", "device", "host", "code_version", "torch_version", "python_version"]
 
