@@ -26,7 +26,8 @@ MAY_IMPORT = {
     "experiments": _BELOW_EXPERIMENTS,
     "search": _BELOW_EXPERIMENTS | {"experiments"},
     "report": _BELOW_EXPERIMENTS | {"experiments", "search"},
-    "cli": _BELOW_EXPERIMENTS | {"experiments", "search", "report"},
+    "results": _BELOW_EXPERIMENTS | {"experiments", "search", "report"},
+    "cli": _BELOW_EXPERIMENTS | {"experiments", "search", "report", "results"},
 }
 
 

@@ -22,6 +22,7 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 |               | executors (in-process, Ray), analyses                                  |                     |
 | `search`      | search options and strategies (greedy, oracle, exhaustive, budget)     | + experiments       |
 | `report`      | collect, one formatter, figures, sections, writers; `compare`          | + search            |
+| `results`     | the store's tables as pandas DataFrames, and their export              | + report            |
 | `cli`         | the `relulab` command: parse, call the library, print                  | everything          |
 
 Each package's own docstring says what its modules hold.

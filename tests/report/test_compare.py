@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from relulab.cli import main
@@ -89,14 +90,15 @@ def test_the_numbers_are_the_stats_of_the_stored_accuracies_from_python_and_json
     for row, typed in zip(shown["rows"], c.rows):
         d = typed.comparison
         assert row["a"]["values"] == list(typed.values_a) and row["b"]["n"] == 3
-        assert row["b_minus_a"] == {"diff": d.diff, "low": d.low, "high": d.high, "p": d.p,
+        assert row["b_minus_a"] == {"diff": d.diff, "low": d.low, "high": d.high, "p": d.p, "p_adjusted": None,
                                     "distinguishable": d.distinguishable}
         assert row["verdict"] == d.verdict
+    assert shown["correction"] == "none"
     text = (tmp_path / "c.csv").read_text()
-    assert text.startswith("# differs: epochs: A 2; B 3 (every configuration)\n")
-    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
-    assert [(r["config_a"], float(r["diff"]), float(r["p_value"])) for r in rows] == \
-        [(t.config_a, t.comparison.diff, t.comparison.p) for t in c.rows]
+    rows = list(csv.DictReader(io.StringIO(text)))  # a plain table: what differs is a column
+    assert [(r["config_a"], float(r["diff"]), float(r["p_value"]), r["differs"]) for r in rows] == \
+        [(t.config_a, t.comparison.diff, t.comparison.p, "epochs: A 2, B 3") for t in c.rows]
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 2
 
 
 def test_two_configurations_of_one_store(stores, capsys):
@@ -155,3 +157,23 @@ def test_a_store_of_several_experiments_asks_which(stores, tmp_path):
     assert compare_stores(stores["a"], both).b.experiment == "tiny"
     other = compare_stores(both, both, experiment_a="tiny", experiment_b="other")
     assert [(r.config, r.a.n, r.b.n) for r in other.rows] == [("relu", 3, 1), ("tanh", 3, 1)]
+
+
+def test_a_correction_adjusts_the_rows_together(stores, capsys):
+    from relulab.core.stats import holm
+
+    plain = compare_stores(stores["a"], stores["b"])
+    c = compare_stores(stores["a"], stores["b"], correction="holm")
+    expected = holm([row.comparison.p for row in plain.rows])
+    assert [d.p_adjusted for d in c.comparisons] == pytest.approx(expected)
+    assert [d.distinguishable for d in c.comparisons] == [p < 0.05 for p in expected]
+    assert [d.p for d in c.comparisons] == [row.comparison.p for row in plain.rows]  # Welch's p kept beside it
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "holm")
+    assert code == 0, err
+    assert out.splitlines()[3].split()[-4:] == ["(Welch)", "p", "(Holm)", "verdict"]
+    assert "Holm-adjusted p = " in out
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "bh", "--json")
+    shown = json.loads(out)
+    assert shown["correction"] == "bh" and all(r["b_minus_a"]["p_adjusted"] is not None for r in shown["rows"])
+    code, out, err = relulab(capsys, "compare", str(stores["a"]), str(stores["b"]), "--correction", "sidak")
+    assert code == 2 and err == ("error: --correction: unknown value 'sidak'; expected one of: bh, holm, none\n")

@@ -62,15 +62,15 @@ def test_markdown_has_the_seeds_table_extended(report):
 
 def test_csv_is_machine_readable_and_flags_the_test_set(report):
     text = report.summary_csv.read_text()
-    assert text.startswith("# warning: validation data is the test set")
-    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+    assert text.startswith("experiment,part,configuration,")  # the warning is a column, not a comment line
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["configuration"] for r in rows] == ["relu", "tanh"]
     tanh = rows[1]
     assert tanh["baseline"] == "relu" and tanh["val_is_test"] == "true" and tanh["runs_done"] == "3"
     low, mean, high = (float(tanh[k]) for k in ("best_val_acc_ci_low", "best_val_acc_mean", "best_val_acc_ci_high"))
     assert low <= mean <= high and tanh["distinguishable"] in ("true", "false")
-    runs = list(csv.DictReader(line for line in io.StringIO(report.runs_csv.read_text()) if not line.startswith("#")))
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"}
+    runs = list(csv.DictReader(io.StringIO(report.runs_csv.read_text())))
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"done"} and {r["val_is_test"] for r in runs} == {"true"}
 
 
 def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
@@ -87,7 +87,7 @@ def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
 def test_no_flag_when_validation_is_held_out_and_one_seed_says_so(tmp_path):
     files = build_report(_make_store(tmp_path, TINY, seeds=[0]), out_dir=tmp_path / "out")
     assert "validation data is the test set" not in files.html.read_text()
-    assert not files.summary_csv.read_text().startswith("#")
+    assert {r["val_is_test"] for r in csv.DictReader(io.StringIO(files.summary_csv.read_text()))} == {"false"}
     md = files.markdown.read_text()
     assert "(n=1)" in md and "too few seeds to tell" in md
 
@@ -274,3 +274,92 @@ def test_every_analysis_has_a_renderer_and_a_renderer_without_one_is_refused():
         checked_renderers({k: v for k, v in RENDERERS.items() if k != "relu_demo"})
     with pytest.raises(RuntimeError, match=r"renderers of no analysis \['unknown'\]"):
         checked_renderers({**RENDERERS, "unknown": RENDERERS["relu_demo"]})
+
+
+# ---------------------------------------------------------------- CSVs for pandas, and corrected comparisons
+
+DIGITS = """\
+name: digits-csv
+description: Three placements of a 4-slot MLP on digits, and a search over them.
+device: cpu
+threads: 1
+seeds: [0, 1]
+data: {name: digits, split: test}
+model: {name: deep-mlp, widths: [16, 16, 16, 16], init: he_normal}
+train: {epochs: 2, batch_size: 32, optimizer: {name: adam}}
+configs:
+  all-relu: {}
+  off-4: {model: {off: [4]}}
+  off-1: {model: {off: [1]}}
+baseline: all-relu
+"""
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A digits store whose validation data is the test set, with a search: every kind of CSV a report writes."""
+    from relulab.search import SearchOptions, run_search
+
+    folder = tmp_path_factory.mktemp("digits")
+    exp = load_experiment(str(write_spec(folder, DIGITS)), Overrides(store=str(folder / "s.sqlite")))
+    run_experiment(exp, log=quiet, echo=quiet)
+    run_search(exp, SearchOptions("oracle", budget=1), log=quiet)
+    return exp.store
+
+
+def test_every_csv_of_a_report_loads_with_a_plain_read_csv(digits, tmp_path):
+    import sqlite3
+
+    import pandas as pd
+
+    files = build_report(digits, out_dir=tmp_path / "r")
+    written = sorted((tmp_path / "r").glob("*.csv"))
+    assert {p.name for p in written} >= {"summary.csv", "runs.csv", "epochs.csv"} and len(written) == 5  # + search's
+    for path in written:
+        table = pd.read_csv(path)  # no comment lines, no options: the header is the first line
+        assert len(table) and not any(str(c).startswith("#") for c in table.columns), path.name
+        if not path.name.endswith("-correlations.csv"):
+            assert table["val_is_test"].tolist() == [True] * len(table), path.name  # split: test, said per row
+    epochs = pd.read_csv(files.epochs_csv)
+    db = sqlite3.connect(digits)
+    plan = db.execute("SELECT run_key FROM plan").fetchall()
+    stored = db.execute("SELECT e.run_key, e.epoch, e.val_acc FROM epochs e JOIN plan p ON p.run_key = e.run_key "
+                        "ORDER BY e.run_key, e.epoch").fetchall()
+    db.close()
+    assert len(epochs) == len(stored) == 2 * len(plan)
+    assert sorted(zip(epochs["key"], epochs["epoch"], epochs["val_acc"])) == sorted(stored)
+    assert set(epochs.columns) >= {"configuration", "seed", "train_loss", "val_loss", "seconds"}
+
+
+def test_a_correction_adjusts_the_comparisons_together_and_says_so(digits, tmp_path, capsys):
+    import pandas as pd
+
+    from relulab.core.stats import benjamini_hochberg, holm
+
+    plain = pd.read_csv(build_report(digits, out_dir=tmp_path / "plain").summary_csv)
+    compared = plain["p_value"].notna()
+    assert compared.sum() == 2 and plain["p_adjusted"].isna().all() and set(plain["correction"]) == {"none"}
+    for name, adjust, title in (("holm", holm, "Holm"), ("bh", benjamini_hochberg, "Benjamini-Hochberg")):
+        files = build_report(digits, out_dir=tmp_path / name, correction=name)
+        summary = pd.read_csv(files.summary_csv)
+        expected = adjust(plain.loc[compared, "p_value"].tolist())
+        assert summary.loc[compared, "p_adjusted"].tolist() == pytest.approx(expected)
+        assert (summary.loc[compared, "distinguishable"] == (summary.loc[compared, "p_adjusted"] < 0.05)).all()
+        md = files.markdown.read_text()
+        assert f"| p (Welch) | p ({title}) | verdict |" in md and f"({title}-adjusted p = " in md
+        assert f"adjusted together ({title})" in md and f"adjusted together ({title})" in files.html.read_text()
+        assert f"<th>p ({title})</th>" in files.html.read_text()
+    assert "no correction for several comparisons" in (tmp_path / "plain" / "report.md").read_text()
+    code = _report_cli(capsys, digits, "--out", str(tmp_path / "cli"), "--correction", "holm")
+    assert code == 0 and "p (Holm)" in (tmp_path / "cli" / "report.md").read_text()
+    assert _report_cli(capsys, digits, "--correction", "hom") == 2
+    err = capsys.readouterr().err
+    assert err == "error: --correction: unknown value 'hom' (did you mean 'holm'?); expected one of: bh, holm, none\n"
+
+
+def _report_cli(capsys, store, *argv) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(store), *argv])
+    if info.value.code == 0:
+        capsys.readouterr()
+    return info.value.code

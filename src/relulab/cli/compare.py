@@ -9,7 +9,7 @@ import typer
 
 from relulab.report import compare as comparing
 from relulab.core.util import check_output_file, write_atomic
-from relulab.cli.app import app
+from relulab.cli.app import app, option_names
 
 
 @app.command("compare")
@@ -23,6 +23,8 @@ def compare_command(
     experiment_b: Optional[str] = typer.Option(None, help="Which experiment of STORE_B (default: the same name as "
                                                "A's where STORE_B has it, else its only one)."),
     metric: str = typer.Option("best_val_acc", help="best_val_acc, final_val_acc or test_acc."),
+    correction: str = typer.Option("none", help="Adjust the rows' p-values together: none, holm (Holm) or bh "
+                                   "(Benjamini-Hochberg)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
 ):
@@ -30,7 +32,8 @@ def compare_command(
     the difference B - A with its interval, Welch's p and the verdict; and what differs between the sides."""
     if csv is not None:
         check_output_file(csv, "--csv")  # before the stores are read: nothing is written on an error
-    result = comparing.compare_stores(store_a, store_b, config, experiment_a, experiment_b, metric)
+    with option_names({"compare.correction": "--correction"}):
+        result = comparing.compare_stores(store_a, store_b, config, experiment_a, experiment_b, metric, correction)
     if csv is not None:
         write_atomic(csv, comparing.to_csv(result))
     if as_json:

@@ -100,7 +100,7 @@ def run_command(
         print(files.html)  # the last line on stdout: the HTML report
 
 
-REPORT_OPTIONS = {"out_dir": "--out", "tensorboard": "--tensorboard"}
+REPORT_OPTIONS = {"out_dir": "--out", "tensorboard": "--tensorboard", "report.correction": "--correction"}
 
 
 def report_dir(store: Path, name: str, out: Optional[Path]) -> Path:
@@ -139,13 +139,16 @@ def report_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here."),
+    correction: str = typer.Option("none", help="Adjust each part's comparisons with the baseline together: none, "
+                                   "holm (Holm: the chance of any false positive) or bh (Benjamini-Hochberg: their "
+                                   "expected share)."),
 ):
     """Write an experiment's report (HTML, Markdown, CSV, plots) from its store."""
     from relulab.report import build_report
 
     store_path, name = _resolve_target(target, store, experiment)
     with option_names(REPORT_OPTIONS):
-        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard)
+        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard, correction=correction)
     console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV), {len(files.figures)} figures")
     if files.tensorboard:
         console.print(f"tensorboard: tensorboard --logdir {files.tensorboard}")

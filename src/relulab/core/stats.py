@@ -7,25 +7,34 @@
 The interval is Student's t interval of the mean (the seeds are the sample). A
 comparison is Welch's two-sample t-test (no equal-variance assumption), two-sided,
 alpha 0.05, with the interval of the difference from the Welch-Satterthwaite degrees
-of freedom; no correction is made for comparing several configurations with one
-baseline. With a single seed there is no interval, and the verdict says so instead of
-guessing.
+of freedom, all through scipy.stats. With a single seed there is no interval, and the
+verdict says so instead of guessing.
+
+Comparing many configurations with one baseline, one of them comes out "distinguishable"
+by luck more often than alpha says; a report or `relulab compare` can adjust the p-values
+of its comparisons at once (`CORRECTIONS`: Holm's, which bounds the chance of any false
+positive, or Benjamini-Hochberg's, which bounds their expected share). None is applied
+unless asked for.
 
 `describe_runs` turns the runs of one configuration into the numbers every report
 shows: diverged runs are counted, and left out of the accuracy statistics.
 
 For the search's heuristic judgement: Spearman's rho and Kendall's tau-b of many
 resamples at once (`spearman_rows`, `kendall_rows`, as scipy computes them), their
-percentile interval, and Holm's adjustment of p-values compared at once (`holm`).
+percentile interval, and Holm's adjustment of their p-values (`holm`, as above).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats as _scipy
+
+from relulab.core.errors import unknown_choice
 
 ALPHA = 0.05  # two-sided: 95% intervals
 
@@ -52,20 +61,26 @@ class Summary:
         return f"{text} ± {self.half_width * scale:.{digits}f}"
 
 
+def _finite(values: Sequence[float]) -> np.ndarray:
+    return np.array([float(v) for v in values if v is not None and math.isfinite(v)], dtype=float)
+
+
 def summarize(values: Sequence[float], alpha: float = ALPHA) -> Summary:
-    """Mean, sample std and Student-t interval of the mean of the finite `values`."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    """Mean, sample std and Student-t interval of the mean of the finite `values` (scipy.stats.t.interval)."""
+    xs = _finite(values)
     n = len(xs)
     if n == 0:
         return Summary(0, math.nan, math.nan, None, None)
-    mean = sum(xs) / n
-    if n < 2:
-        return Summary(1, mean, math.nan, None, None)
-    # Products, not ** 2: a float's power raises OverflowError past 1e154, a product gives inf (a damaged store's
-    # numbers can be anything finite).
-    std = math.sqrt(sum((x - mean) * (x - mean) for x in xs) / (n - 1))
-    half = float(_scipy.t.ppf(1 - alpha / 2, n - 1)) * std / math.sqrt(n)
-    return Summary(n, mean, std, mean - half, mean + half)
+    # A damaged store's numbers can be anything finite: past 1e154 a square is inf, which numpy gives quietly.
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(xs.mean())
+        if n < 2:
+            return Summary(1, mean, math.nan, None, None)
+        std = float(xs.std(ddof=1))
+        if std == 0:  # every seed gave the same number: the interval is that number (scipy's is NaN at scale 0)
+            return Summary(n, mean, 0.0, mean, mean)
+        low, high = _scipy.t.interval(1 - alpha, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Summary(n, mean, std, float(low), float(high))
 
 
 @dataclass(frozen=True)
@@ -78,13 +93,17 @@ class Comparison:
     p: Optional[float]  # Welch's two-sided p-value
     n: int
     n_baseline: int
-    distinguishable: Optional[bool]  # None: too few seeds to tell
+    distinguishable: Optional[bool]  # None: too few seeds to tell; judged on p_adjusted where there is one
+    p_adjusted: Optional[float] = None  # p adjusted with the comparisons made beside it (with_correction)
+    correction: Optional[str] = None  # the correction's name (CORRECTIONS), where p_adjusted is given
 
     @property
     def verdict(self) -> str:
         if self.distinguishable is None:
             return f"too few seeds to tell (n = {self.n} vs {self.n_baseline}; need 2 each)"
         judged = "distinguishable" if self.distinguishable else "not distinguishable"
+        if self.correction is not None:
+            return f"{judged} from seed noise ({CORRECTION_TITLES[self.correction]}-adjusted p = {self.p_adjusted:.2g})"
         return f"{judged} from seed noise (p = {self.p:.2g})"
 
     def format(self, scale: float = 1.0, digits: int = 2) -> str:
@@ -96,22 +115,25 @@ class Comparison:
 
 
 def compare(values: Sequence[float], baseline: Sequence[float], alpha: float = ALPHA) -> Optional[Comparison]:
-    """Welch's t-test of mean(values) - mean(baseline); None when either side has no finite value."""
+    """Welch's t-test of mean(values) - mean(baseline) (scipy.stats.ttest_ind, equal_var=False), with the
+    interval of the difference from the Welch-Satterthwaite degrees of freedom; None when either side has no
+    finite value."""
     a, b = summarize(values, alpha), summarize(baseline, alpha)
     if a.n == 0 or b.n == 0:
         return None
     diff = a.mean - b.mean
     if a.n < 2 or b.n < 2:
         return Comparison(diff, None, None, None, a.n, b.n, None)
-    va, vb = a.std * a.std / a.n, b.std * b.std / b.n
-    se = math.sqrt(va + vb)
-    if se == 0:  # every seed gave the same number on both sides: any difference is exact
+    if a.std == 0 and b.std == 0:  # every seed gave the same number on both sides: any difference is exact
         p = 1.0 if diff == 0 else 0.0
         return Comparison(diff, diff, diff, p, a.n, b.n, diff != 0)
-    df = (va + vb) * (va + vb) / (va * va / (a.n - 1) + vb * vb / (b.n - 1))
-    p = float(2 * _scipy.t.sf(abs(diff) / se, df))
-    half = float(_scipy.t.ppf(1 - alpha / 2, df)) * se
-    return Comparison(diff, diff - half, diff + half, p, a.n, b.n, p < alpha)
+    # Seeds that agree to many digits make scipy warn of precision loss; the numbers are still the report's.
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = _scipy.ttest_ind(_finite(values), _finite(baseline), equal_var=False)
+        interval = test.confidence_interval(1 - alpha)
+    p = float(test.pvalue)
+    return Comparison(diff, float(interval.low), float(interval.high), p, a.n, b.n, p < alpha)
 
 
 @dataclass
@@ -208,16 +230,61 @@ def percentile_interval(values: np.ndarray, alpha: float = ALPHA, least: float =
     return float(low), float(high)
 
 
+def _given(pvalues: Sequence[Optional[float]]) -> list[tuple[int, float]]:
+    return [(i, float(p)) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+
+
 def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
     """Holm's step-down adjustment of the p-values that are given (None and NaN stay None): controls the chance
     that any of them is significant by luck alone (the family-wise error), like Bonferroni but less strict."""
-    given = [(p, i) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    given = _given(pvalues)
     adjusted: list[Optional[float]] = [None] * len(pvalues)
     running = 0.0
-    for rank, (p, i) in enumerate(sorted(given)):
+    for rank, (i, p) in enumerate(sorted(given, key=lambda ip: ip[1])):
         running = max(running, min(1.0, (len(given) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def benjamini_hochberg(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Benjamini and Hochberg's adjustment of the p-values that are given (scipy.stats.false_discovery_control;
+    None and NaN stay None): controls the expected share of false discoveries among those called significant,
+    which keeps more of them than Holm's."""
+    given = _given(pvalues)
+    adjusted: list[Optional[float]] = [None] * len(pvalues)
+    if given:
+        for (i, _), q in zip(given, _scipy.false_discovery_control([p for _, p in given], method="bh")):
+            adjusted[i] = float(q)
+    return adjusted
+
+
+# The corrections for comparing many configurations with one baseline, by the name a report or `relulab compare`
+# is given (`none`: the p-values as they are, the default).
+CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
+CORRECTION_NAMES = ("none", *CORRECTIONS)
+CORRECTION_TITLES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
+
+
+def check_correction(name: Optional[str], field: str) -> Optional[str]:
+    """The correction called `name` (None for none); an unknown name is a UserError naming `field`."""
+    if name is None or name == "none":
+        return None
+    if name not in CORRECTIONS:
+        raise unknown_choice(field, name, CORRECTION_NAMES)
+    return name
+
+
+def with_correction(comparisons: Sequence[Optional[Comparison]], name: Optional[str], alpha: float = ALPHA
+                    ) -> list[Optional[Comparison]]:
+    """The comparisons made at once (many configurations with one baseline), each with its p-value adjusted by
+    the correction `name` (CORRECTIONS) and judged on it; as they are for None, and where a comparison has no
+    p-value (too few seeds)."""
+    if name is None:
+        return list(comparisons)
+    adjusted = CORRECTIONS[name]([None if c is None else c.p for c in comparisons])
+    return [c if c is None or q is None else
+            dataclasses.replace(c, p_adjusted=q, correction=name, distinguishable=q < alpha)
+            for c, q in zip(comparisons, adjusted)]
 
 
 def chance_of_a_false_positive(m: int, alpha: float = ALPHA) -> float:

@@ -22,7 +22,9 @@ seed 000's layer x class tables of ratio_num and ratio_sum with their heatmaps; 
 `relulab search` of the part: its path or placements with accuracies (mean ± 95% interval over
 seeds, Welch comparisons), the heuristic judgement (rank correlations), ReLU count against
 accuracy for `budget`. A part whose validation data is the test set is flagged at the top of
-every format. The HTML embeds its images (base64) and links nothing outside itself; jinja2's
+the HTML and the Markdown, and in a `val_is_test` column of every CSV (summary, runs, epochs, the
+searches'), which `pandas.read_csv` loads as they are. `correction=` (holm, bh) adjusts each part's
+comparisons with the baseline together. The HTML embeds its images (base64) and links nothing outside itself; jinja2's
 autoescape escapes every user-provided string.
 
 The modules, in the order a report is made:

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 from relulab.core.errors import UserError
+from relulab.core.stats import check_correction
 from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
 from relulab.report.search_sections import search_sections
-from relulab.report.sections import PartReport, comparison_rows, part_sections, summary_rows, table_header
-from relulab.report.writers import (markdown, render_html, require_tensorboard, runs_csv, search_csvs, summary_csv,
-                                    write_tensorboard)
+from relulab.report.sections import (PartReport, comparison_header, comparison_rows, part_sections, summary_rows,
+                                     table_header)
+from relulab.report.writers import (epochs_csv, markdown, render_html, require_tensorboard, runs_csv, search_csvs,
+                                    summary_csv, write_tensorboard)
 from relulab.store import Store
 
 
@@ -22,13 +24,13 @@ def _slug(index: int, name: str) -> str:
     return f"{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
 
 
-def part_report(index: int, part: PartData, svg: bool) -> PartReport:
+def part_report(index: int, part: PartData, svg: bool, correction: Optional[str] = None) -> PartReport:
     """A part's tables and sections: its own (relulab.report.sections), then each of its searches'."""
     sections = part_sections(part, svg)
     for search in part.searches:
         sections += search_sections(search, svg)
     return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
-                      comparison_rows(part), sections)
+                      comparison_rows(part, correction), sections, comparison_header(correction))
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ReportFiles:
     figures: list[Path]
     tensorboard: Optional[Path] = None
     extra: list[Path] = field(default_factory=list)  # the searches' CSVs
+    epochs_csv: Optional[Path] = None  # every run's per-epoch history
 
 
 def default_out_dir(store_path: Path, experiment: str) -> Path:
@@ -48,7 +51,7 @@ def default_out_dir(store_path: Path, experiment: str) -> Path:
 
 # What a report folder holds. The folder is replaced whole on every report (util.staged_folder), so a folder that
 # holds anything else is refused rather than replaced: `--out .` must never take the user's files with it.
-REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|figures|search-[0-9a-f]+"
+REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|epochs\.csv|figures|search-[0-9a-f]+"
                             r"(?:-correlations)?\.csv)$")
 
 
@@ -73,22 +76,25 @@ def check_tensorboard_dir(logdir: str | Path, out: Path, field: str = "tensorboa
 
 
 def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,
-                 svg: bool = False, tensorboard: Optional[str | Path] = None) -> ReportFiles:
-    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store.
+                 svg: bool = False, tensorboard: Optional[str | Path] = None,
+                 correction: Optional[str] = None) -> ReportFiles:
+    """Write report.html, report.md, summary.csv, runs.csv, epochs.csv and figures/ for one experiment of a store;
+    with `correction` (holm, bh: core.stats.CORRECTIONS) the comparisons with the baseline are adjusted together.
 
     The files are written into a staging folder beside `out_dir` and put in its place whole, so a killed
     report, or one that meets a full disk, leaves the earlier report as it was."""
+    correction = check_correction(correction, "report.correction")
     if tensorboard is not None:
         require_tensorboard()  # fail before writing anything when tensorboard is missing
     store = Store(store_path, create=False)
     try:
         name = pick_experiment(store, experiment)
-        data = collect(store, name)
+        data = collect(store, name, correction)
     finally:
         store.close()
     out = check_report_dir(Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name))
     logdir = check_tensorboard_dir(tensorboard, out) if tensorboard is not None else None
-    reports = [part_report(i, p, svg) for i, p in enumerate(data.parts)]
+    reports = [part_report(i, p, svg, correction) for i, p in enumerate(data.parts)]
     figures: dict[str, bytes] = {}
     for r in reports:
         for f in r.figures:
@@ -96,7 +102,8 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
             if f.svg:
                 figures[f"figures/{r.slug}-{f.slug}.svg"] = f.svg
     tables = {"report.html": render_html(data, reports), "report.md": markdown(data, reports),
-              "summary.csv": summary_csv(data), "runs.csv": runs_csv(data), **search_csvs(data)}
+              "summary.csv": summary_csv(data), "runs.csv": runs_csv(data), "epochs.csv": epochs_csv(data),
+              **search_csvs(data)}
     with staged_folder(out) as staging:
         for relative, blob in figures.items():
             write_bytes_atomic(staging / relative, blob)
@@ -104,7 +111,8 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
             write_atomic(staging / relative, text)
     files = ReportFiles(out / "report.html", out / "report.md", out / "summary.csv", out / "runs.csv",
                         [out / relative for relative in figures],
-                        extra=[out / relative for relative in tables if relative.startswith("search-")])
+                        extra=[out / relative for relative in tables if relative.startswith("search-")],
+                        epochs_csv=out / "epochs.csv")
     if logdir is not None:
         files.tensorboard = write_tensorboard(data, logdir)
     return files

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from relulab.core.errors import UserError
-from relulab.core.stats import ConfigStats, RunNumbers, describe_runs, with_baseline
+from relulab.core.stats import (ConfigStats, RunNumbers, check_correction, describe_runs, with_baseline,
+                                with_correction)
 from relulab.probes.statistics import stored_slot_names
 from relulab.store import Store, StoredTiming, retrained_key, timing_key
 
@@ -74,6 +75,7 @@ class ExperimentData:
     parts: list[PartData]
     planned: int
     done: int
+    correction: Optional[str] = None  # the comparisons' p-values adjusted together (core.stats.CORRECTIONS)
 
     @property
     def val_is_test_parts(self) -> list[str]:
@@ -84,8 +86,12 @@ def number_or_nan(value) -> float:
     return math.nan if value is None else value
 
 
-def collect(store: Store, name: str) -> ExperimentData:
+def collect(store: Store, name: str, correction: Optional[str] = None) -> ExperimentData:
+    """Experiment `name` of the store, with its statistics; with `correction` (holm, bh) the comparisons of each part
+    with its baseline are adjusted together, metric by metric."""
     from relulab.experiments.run import analysis_key
+
+    correction = check_correction(correction, "report.correction")
 
     exp = store.load_experiment(name)
     keys = [row["run_key"] for row in exp["plan"]]
@@ -109,9 +115,9 @@ def collect(store: Store, name: str) -> ExperimentData:
                               {n: a for n, a in found.items() if a is not None}))
     attach_probes_and_searches(store, name, parts)  # issue 4
     attach_timings(store, exp["plan"], parts)
-    _fill_stats(parts)
+    _fill_stats(parts, correction)
     return ExperimentData(name, exp["origin"], exp["spec"], exp["overrides"], store.path, parts, len(set(keys)),
-                          len(set(keys) & set(runs)))
+                          len(set(keys) & set(runs)), correction)
 
 
 def attach_timings(store: Store, plan: list[dict], parts: list[PartData]) -> None:
@@ -127,13 +133,23 @@ def attach_timings(store: Store, plan: list[dict], parts: list[PartData]) -> Non
                 v.alone = timings.get((keys[(part.name, v.name)], devices.most_common(1)[0][0]))
 
 
-def _fill_stats(parts: list[PartData]) -> None:
+def _fill_stats(parts: list[PartData], correction: Optional[str]) -> None:
     for part in parts:
         by_name = {v.name: v for v in part.variants}
         for v in part.variants:
             v.stats = describe_runs(v.numbers(), len(v.seeds))
             if v.baseline and v.baseline in by_name:
                 with_baseline(v.stats, v.numbers(), by_name[v.baseline].numbers())
+        _correct(part, correction)
+
+
+def _correct(part: PartData, correction: Optional[str]) -> None:
+    """A part's comparisons with the baseline are made together: adjust them together, one metric at a time."""
+    compared = [v.stats for v in part.variants]  # the baseline's own have none, and are left out
+    for metric in ("vs_baseline", "vs_baseline_final"):
+        adjusted = with_correction([getattr(s, metric) for s in compared], correction)
+        for stats, comparison in zip(compared, adjusted):
+            setattr(stats, metric, comparison)
 
 
 def attach_probes_and_searches(store: Store, name: str, parts: list[PartData]) -> None:

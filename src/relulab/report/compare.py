@@ -9,7 +9,9 @@ Each row summarizes one metric (best or final validation accuracy, or test accur
 of each side (diverged runs are counted and left out, as in the report) and compares them with the report's
 own statistics (`relulab.core.stats.compare`: the difference B - A, its 95% Welch interval, p and the verdict).
 What makes two sides comparable is checked too: where their runs differ in epochs, dataset, whether the
-validation data is the test set, code version or device, `differences` says so.
+validation data is the test set, code version or device, `differences` says so. With `correction` (holm, bh:
+relulab.core.stats.CORRECTIONS) the rows' p-values are adjusted together, and the verdicts judged on them
+(`StoreComparison.comparisons`).
 
 Stores are opened read-only. A configuration is a variant of the experiment's plan, named as the report names
 it (`part/variant` in an experiment of several parts).
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from relulab.core.errors import UserError, unknown_choice
-from relulab.core.stats import Comparison, Summary, compare, summarize
+from relulab.core.stats import (CORRECTION_TITLES, Comparison, Summary, check_correction, compare, summarize,
+                                with_correction)
 from relulab.report.format import PCT, csv_number
 from relulab.store import Store
 
@@ -115,8 +118,7 @@ class CompareRow:
 
     @property
     def verdict(self) -> str:
-        c = self.comparison
-        return "no finished runs to compare" if c is None else c.verdict
+        return _verdict(self.comparison)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,12 @@ class StoreComparison:
     metric: str
     rows: list[CompareRow]
     differences: list[Difference]
+    correction: Optional[str] = None  # the rows' p-values adjusted together (core.stats.CORRECTIONS)
+
+    @property
+    def comparisons(self) -> list[Optional[Comparison]]:
+        """Each row's B - A, adjusted with the others by the correction where there is one."""
+        return with_correction([row.comparison for row in self.rows], self.correction)
 
     @property
     def one_store(self) -> bool:
@@ -144,18 +152,19 @@ class StoreComparison:
 
 def compare_stores(store_a: str | Path, store_b: Optional[str | Path] = None, configs: Sequence[str] = (),
                    experiment_a: Optional[str] = None, experiment_b: Optional[str] = None,
-                   metric: str = "best_val_acc") -> StoreComparison:
+                   metric: str = "best_val_acc", correction: Optional[str] = None) -> StoreComparison:
     """Compare the configurations two experiments share (by name; only `configs` where given), or, where both
     sides are one experiment of one store, the two `configs` named (A, then B). Differences are B - A."""
     if metric not in METRICS:
         raise unknown_choice("compare.metric", metric, METRICS)
+    correction = check_correction(correction, "compare.correction")
     a = read_side(store_a, experiment_a, "compare.experiment_a")
     b_path = Path(store_a if store_b is None else store_b).expanduser().resolve()
     one_experiment = b_path == a.store and experiment_b in (None, a.experiment)
     b = a if one_experiment else read_side(b_path, experiment_b, "compare.experiment_b", prefer=a.experiment)
     pairs = _config_pairs(a, b, list(configs))
     rows = [_row(a, b, name_a, name_b, metric) for name_a, name_b in pairs]
-    return StoreComparison(a, b, metric, rows, _differences(a, b, rows))
+    return StoreComparison(a, b, metric, rows, _differences(a, b, rows), correction)
 
 
 def _config_pairs(a: Side, b: Side, configs: list[str]) -> list[tuple[str, str]]:
@@ -261,17 +270,26 @@ METRIC_NAMES = {"best_val_acc": "best val acc", "final_val_acc": "final val acc"
 
 def table(c: StoreComparison) -> tuple[list[str], list[list[str]]]:
     """The side-by-side table in the report's words: mean ± half-width of the 95% interval (percent), B - A in
-    points with its interval, Welch's p and the verdict."""
+    points with its interval, Welch's p (and the corrected one, with a correction) and the verdict."""
     metric = METRIC_NAMES[c.metric]
+    adjusted_header = [] if c.correction is None else [f"p ({CORRECTION_TITLES[c.correction]})"]
     header = ["configuration", "n A", f"A {metric} (%)", "n B", f"B {metric} (%)", "B - A (points) [95% interval]",
-              "p (Welch)", "verdict"]
+              "p (Welch)", *adjusted_header, "verdict"]
     rows = []
-    for row in c.rows:
-        comparison = row.comparison
+    for row, comparison in zip(c.rows, c.comparisons):
+        adjusted = [] if c.correction is None else [_p_text(comparison and comparison.p_adjusted)]
         rows.append([row.config, _n_text(row.a.n, row.diverged_a), row.a.format(PCT), _n_text(row.b.n, row.diverged_b),
                      row.b.format(PCT), "-" if comparison is None else comparison.format(PCT),
-                     "-" if comparison is None or comparison.p is None else f"{comparison.p:.2g}", row.verdict])
+                     _p_text(comparison and comparison.p), *adjusted, _verdict(comparison)])
     return header, rows
+
+
+def _p_text(p: Optional[float]) -> str:
+    return "-" if p is None else f"{p:.2g}"
+
+
+def _verdict(comparison: Optional[Comparison]) -> str:
+    return "no finished runs to compare" if comparison is None else comparison.verdict
 
 
 def _n_text(n: int, diverged: int) -> str:
@@ -304,38 +322,42 @@ def _summary_json(s: Summary, values: tuple[float, ...], diverged: int) -> dict:
 
 
 def to_json(c: StoreComparison) -> dict:
-    def comparison(row: CompareRow) -> Optional[dict]:
-        d = row.comparison
+    def comparison(d: Optional[Comparison]) -> Optional[dict]:
         return None if d is None else {"diff": d.diff, "low": d.low, "high": d.high, "p": d.p,
-                                       "distinguishable": d.distinguishable}
+                                       "p_adjusted": d.p_adjusted, "distinguishable": d.distinguishable}
 
-    return {"metric": c.metric,
+    return {"metric": c.metric, "correction": c.correction or "none",
             "a": {"store": str(c.a.store), "experiment": c.a.experiment},
             "b": {"store": str(c.b.store), "experiment": c.b.experiment},
             "rows": [{"config_a": r.config_a, "config_b": r.config_b,
                       "a": _summary_json(r.a, r.values_a, r.diverged_a),
                       "b": _summary_json(r.b, r.values_b, r.diverged_b),
-                      "b_minus_a": comparison(r), "verdict": r.verdict} for r in c.rows],
+                      "b_minus_a": comparison(d), "verdict": _verdict(d)} for r, d in zip(c.rows, c.comparisons)],
             "differences": [{"aspect": d.aspect, "a": d.a, "b": d.b, "configs": list(d.configs)}
                             for d in c.differences]}
 
 
 CSV_COLUMNS = ["config_a", "config_b", "metric", "n_a", "mean_a", "ci_low_a", "ci_high_a", "diverged_a", "n_b",
                "mean_b", "ci_low_b", "ci_high_b", "diverged_b", "diff", "diff_ci_low", "diff_ci_high", "p_value",
-               "distinguishable", "verdict"]
+               "p_adjusted", "correction", "distinguishable", "verdict", "differs"]
 
 
 def to_csv(c: StoreComparison) -> str:
-    """One line per row, in fractions (as summary.csv); the differences first, as `# differs:` lines."""
+    """One line per row, in fractions (as summary.csv), a plain table for `pandas.read_csv`: what differs between
+    the sides where the row is (`differs`: aspect, A's and B's values; ... ) is a column of its own."""
+    differs = {}
+    for d in c.differences:
+        for config in d.configs:
+            differs.setdefault(config, []).append(f"{d.aspect}: A {d.a}, B {d.b}")
     buf = io.StringIO()
-    for line in differences_text(c):
-        buf.write(f"# differs: {line}\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for r in c.rows:
-        a, b, d = r.a, r.b, r.comparison
+    for r, d in zip(c.rows, c.comparisons):
+        a, b = r.a, r.b
         writer.writerow(csv_number(x) for x in [
             r.config_a, r.config_b, c.metric, a.n, a.mean, a.low, a.high, r.diverged_a, b.n, b.mean, b.low, b.high,
             r.diverged_b, d.diff if d else None, d.low if d else None, d.high if d else None, d.p if d else None,
-            "" if d is None or d.distinguishable is None else str(d.distinguishable).lower(), r.verdict])
+            d.p_adjusted if d else None, c.correction or "none",
+            "" if d is None or d.distinguishable is None else str(d.distinguishable).lower(), _verdict(d),
+            "; ".join(differs.get(r.config, []))])
     return buf.getvalue()

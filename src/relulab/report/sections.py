@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from relulab.core.stats import CORRECTION_TITLES
 from relulab.experiments.analyses import ANALYSES
 from relulab.report.collect import PartData, VariantData, number_or_nan, trained_packed
 from relulab.report.figures import (FigureOut, accuracy_figure, activations_figure, cost_figure, curves_figure,
@@ -41,6 +42,7 @@ class PartReport:
     rows: list[list[str]]
     comparisons: list[list[str]]
     sections: list[Section]
+    comparison_header: list[str] = field(default_factory=lambda: list(COMPARISON_HEADER))
 
     @property
     def figures(self) -> list[FigureOut]:
@@ -97,18 +99,37 @@ def table_header(part: PartData) -> list[str]:
     return TABLE_HEADER if part.baseline is not None else TABLE_HEADER[:-1]
 
 
-def comparison_rows(part: PartData) -> list[list[str]]:
+def comparison_header(correction: Optional[str]) -> list[str]:
+    """The comparisons' columns; with a correction, its adjusted p beside Welch's."""
+    if correction is None:
+        return list(COMPARISON_HEADER)
+    at = COMPARISON_HEADER.index("p (Welch)") + 1
+    return [*COMPARISON_HEADER[:at], f"p ({CORRECTION_TITLES[correction]})", *COMPARISON_HEADER[at:]]
+
+
+def comparisons_method(correction: Optional[str]) -> str:
+    """How the comparisons were made, in a sentence (the HTML's and the Markdown's)."""
+    done = "Comparisons: Welch's t-test against the baseline, two-sided, alpha 0.05"
+    if correction is None:
+        return f"{done}, no correction for several comparisons."
+    return (f"{done}; the p-values of each part's comparisons on a metric adjusted together "
+            f"({CORRECTION_TITLES[correction]}), and the verdicts judged on them.")
+
+
+def comparison_rows(part: PartData, correction: Optional[str] = None) -> list[list[str]]:
     rows = []
     for v in part.variants:
         if v.baseline is None:
             continue
         for metric, c in (("best val acc", v.stats.vs_baseline), ("final val acc", v.stats.vs_baseline_final)):
             if c is None:
-                rows.append([v.name, v.baseline, metric, "-", "-", "-", "no finished runs to compare"])
+                rows.append([v.name, v.baseline, metric, "-", "-", "-"] + ["-"] * (correction is not None)
+                            + ["no finished runs to compare"])
                 continue
             interval = "-" if c.low is None else f"[{c.low * PCT:+.2f}, {c.high * PCT:+.2f}]"
+            adjusted = [] if correction is None else ["-" if c.p_adjusted is None else f"{c.p_adjusted:.2g}"]
             rows.append([v.name, v.baseline, metric, f"{c.diff * PCT:+.2f}", interval,
-                         "-" if c.p is None else f"{c.p:.2g}", c.verdict])
+                         "-" if c.p is None else f"{c.p:.2g}", *adjusted, c.verdict])
     return rows
 
 

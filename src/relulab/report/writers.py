@@ -1,5 +1,5 @@
 """The report's files: the HTML page (the jinja2 template `relulab/templates/report.html`, images embedded, every
-user-provided string escaped), the Markdown, the CSVs (summary, runs, each search's candidates and
+user-provided string escaped), the Markdown, the CSVs (summary, runs, epochs, each search's candidates and
 correlations, a probe's tables) and the TensorBoard logs.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from relulab.report.collect import ExperimentData
 from relulab.report.figures import heatmap_figure, stat_over_epochs_figure
 from relulab.report.format import csv_number, md_escape, safe_name
 from relulab.report.measures import has_data
-from relulab.report.sections import COMPARISON_HEADER, PartReport
+from relulab.report.sections import PartReport, comparisons_method
 
 
 VAL_IS_TEST_WARNING = ("validation data is the test set ({parts}): best-epoch accuracies are chosen on the test "
@@ -52,7 +52,7 @@ def markdown(data: ExperimentData, reports: list[PartReport]) -> str:
     if description:
         lines += [md_escape(description), ""]
     lines += [f"Runs in the store: {data.done} of {data.planned} planned. Accuracies in percent: mean ± half-width "
-              "of the 95% interval over seeds (Student t); comparisons: Welch's t-test against the baseline.", ""]
+              f"of the 95% interval over seeds (Student t). {comparisons_method(data.correction)}", ""]
     if data.overrides:
         lines += ["Command-line overrides, applied to every run: "
                   + md_escape(", ".join(f"{k}={json.dumps(v)}" for k, v in data.overrides.items())), ""]
@@ -64,7 +64,7 @@ def markdown(data: ExperimentData, reports: list[PartReport]) -> str:
             lines += ["Validation data: **the test set**.", ""]
         lines += _md_table(r.header, r.rows) + [""]
         if r.comparisons:
-            lines += _md_table(COMPARISON_HEADER, r.comparisons) + [""]
+            lines += _md_table(r.comparison_header, r.comparisons) + [""]
         for s in r.sections:
             lines += [f"### {md_escape(s.title)}", ""]
             if s.note:
@@ -83,22 +83,22 @@ SUMMARY_COLUMNS = ["experiment", "part", "configuration", "config", "grid", "bas
                    "best_val_acc_ci_high", "final_val_acc_mean", "final_val_acc_std", "final_val_acc_ci_low",
                    "final_val_acc_ci_high", "best_epoch_mean", "seconds_mean", "seconds_std", "seconds_ci_low",
                    "seconds_ci_high", "seconds_per_epoch_mean", "test_acc_mean", "diff_vs_baseline",
-                   "diff_ci_low", "diff_ci_high", "p_value", "distinguishable", "val_is_test"]
+                   "diff_ci_low", "diff_ci_high", "p_value", "p_adjusted", "distinguishable", "correction",
+                   "val_is_test"]
 
 
-def _csv_with_header(data: ExperimentData, columns: list[str]):
-    """(buffer, csv writer) with the store's warning line, if any, and the column names written."""
+# The report's CSVs are plain tables that `pandas.read_csv` loads as they are: a part whose validation data is the
+# test set says so in each row (`val_is_test`), not in a comment line above the header.
+def _csv_with_header(columns: list[str]):
+    """(buffer, csv writer) with the column names written."""
     buf = io.StringIO()
-    warning = _warning(data)
-    if warning:
-        buf.write(f"# warning: {warning}\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     return buf, writer
 
 
 def summary_csv(data: ExperimentData) -> str:
-    buf, writer = _csv_with_header(data, SUMMARY_COLUMNS)
+    buf, writer = _csv_with_header(SUMMARY_COLUMNS)
     for part in data.parts:
         for v in part.variants:
             s, c = v.stats, v.stats.vs_baseline
@@ -109,8 +109,9 @@ def summary_csv(data: ExperimentData) -> str:
                    s.best_epoch.mean, s.seconds.mean, s.seconds.std, s.seconds.low, s.seconds.high,
                    s.seconds_per_epoch.mean, s.test_acc.mean,
                    c.diff if c else None, c.low if c else None, c.high if c else None, c.p if c else None,
+                   c.p_adjusted if c else None,
                    "" if c is None or c.distinguishable is None else str(c.distinguishable).lower(),
-                   str(part.val_is_test).lower()]
+                   data.correction or "none", str(part.val_is_test).lower()]
             writer.writerow([csv_number(x) for x in row])
     return buf.getvalue()
 
@@ -121,7 +122,7 @@ RUN_COLUMNS = ["experiment", "part", "configuration", "seed", "status", "best_va
 
 
 def runs_csv(data: ExperimentData) -> str:
-    buf, writer = _csv_with_header(data, RUN_COLUMNS)
+    buf, writer = _csv_with_header(RUN_COLUMNS)
     for part in data.parts:
         for v in part.variants:
             for r in v.runs:
@@ -133,11 +134,28 @@ def runs_csv(data: ExperimentData) -> str:
     return buf.getvalue()
 
 
+EPOCH_COLUMNS = ["experiment", "part", "configuration", "seed", "key", "epoch", "train_loss", "train_acc", "val_loss",
+                 "val_acc", "seconds", "val_is_test"]
+
+
+def epochs_csv(data: ExperimentData) -> str:
+    """Every run's per-epoch history, one line per epoch (the store's `epochs` rows, runs in the runs.csv order)."""
+    buf, writer = _csv_with_header(EPOCH_COLUMNS)
+    for part in data.parts:
+        for v in part.variants:
+            for r in v.runs:
+                for e in v.epochs[r["key"]]:
+                    writer.writerow([csv_number(x) for x in [
+                        data.name, part.name, v.name, r["seed"], r["key"], e["epoch"], e["train_loss"], e["train_acc"],
+                        e["val_loss"], e["val_acc"], e["seconds"], str(bool(r["val_is_test"])).lower()]])
+    return buf.getvalue()
+
+
 SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "position", "placement", "slots_off", "slot",
                       "slot_name", "relu_count", "seeds", "runs", "diverged", "mean", "std", "ci_low", "ci_high",
                       "reference",
                       "diff", "diff_low", "diff_high", "p", "verdict", "statistic", "accs", "run_keys",
-                      "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_runs"]
+                      "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "test_acc_runs", "val_is_test"]
 CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "current", "stat", "n", "spearman", "spearman_low",
                            "spearman_high", "spearman_p", "spearman_p_holm", "kendall", "kendall_low", "kendall_high",
                            "kendall_p", "kendall_p_holm", "compared", "resamples", "highest_pick_diff",
@@ -151,12 +169,7 @@ def search_csvs(data: ExperimentData) -> dict[str, str]:
     for part in data.parts:
         for s in part.searches:
             steps = {st["step"]: st for st in s["steps"]}
-            buf = io.StringIO()
-            warning = _warning(data)
-            if warning and s["val_is_test"]:
-                buf.write(f"# warning: {warning}\n")
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(SEARCH_CSV_COLUMNS)
+            buf, writer = _csv_with_header(SEARCH_CSV_COLUMNS)
             for c in s["candidates"]:
                 st = steps.get(c["step"], {})
                 slot_name = (s.get("slot_names") or {}).get(c["slot"], "")
@@ -167,7 +180,7 @@ def search_csvs(data: ExperimentData) -> dict[str, str]:
                     c["diverged"], c["mean"], c["std"], c["ci_low"], c["ci_high"], c["reference"], c["diff"],
                     c["diff_low"], c["diff_high"], c["p"], c["verdict"], c["heuristic"], json.dumps(c["accs"]),
                     " ".join(c["run_keys"]), c.get("test_mean"), c.get("test_ci_low"), c.get("test_ci_high"),
-                    c.get("test_n")]])
+                    c.get("test_n"), str(bool(s["val_is_test"])).lower()]])
             written[f"search-{s['id']}.csv"] = buf.getvalue()
             if s.get("judgements"):
                 buf = io.StringIO()
@@ -198,7 +211,7 @@ def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(source).render(
         data=data, reports=reports, warning=_warning(data), provenance=provenance_rows(data),
-        provenance_header=PROVENANCE_HEADER, comparison_header=COMPARISON_HEADER,
+        provenance_header=PROVENANCE_HEADER, comparisons_method=comparisons_method(data.correction),
         spec_yaml=yaml.safe_dump(data.spec, sort_keys=False, allow_unicode=True),
         overrides=[f"{k}={json.dumps(v)}" for k, v in data.overrides.items()],
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), multiple_parts=len(reports) > 1)
