@@ -27,6 +27,7 @@ MAY_IMPORT = {
     "search": _BELOW_EXPERIMENTS | {"experiments"},
     "report": _BELOW_EXPERIMENTS | {"experiments", "search"},
     "cli": _BELOW_EXPERIMENTS | {"experiments", "search", "report"},
+    "integrations": {"core", "zoo", "probes", "store"},  # nothing imports it
 }
 
 

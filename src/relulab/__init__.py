@@ -23,16 +23,20 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `search`      | search options and strategies (greedy, oracle, exhaustive, budget)     | + experiments       |
 | `report`      | collect, one formatter, figures, sections, writers; `compare`          | + search            |
 | `cli`         | the `relulab` command: parse, call the library, print                  | everything          |
+| `integrations`| relulab's probes in other libraries' loops (a Lightning callback);     | core, zoo, probes,  |
+|               | nothing imports it                                                     | store               |
 
 Each package's own docstring says what its modules hold.
 
 The Python API's entry points for any network: `relulab.slotify(model, example_input)` makes the activations
 of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify); a spec names the user's
 network by reference (`model: {name: python, target: "nets.py:build"}`, relulab.zoo.reference).
+`relulab.watch(model, every=N)` records relulab's per-slot statistics in the user's own training loop
+(relulab.probes.watch); `relulab.integrations.lightning.SlotStats` does it during a Lightning `Trainer.fit`.
 """
 from relulab.core.version import __version__
 
-__all__ = ["__version__", "describe", "slotify"]
+__all__ = ["__version__", "describe", "slotify", "watch"]
 
 
 def __getattr__(name: str):
@@ -41,4 +45,8 @@ def __getattr__(name: str):
         from relulab.zoo.slotify import describe, slotify
 
         return {"describe": describe, "slotify": slotify}[name]
+    if name == "watch":
+        from relulab.probes.watch import watch
+
+        return watch
     raise AttributeError(f"module 'relulab' has no attribute {name!r}")
