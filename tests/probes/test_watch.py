@@ -230,3 +230,20 @@ def test_save_refuses_an_experiment_relulab_run_wrote(tmp_path):
         store.save_plan("exp", "spec.yaml", {"name": "exp"}, [], [])
         with pytest.raises(UserError, match="watch.save.name: experiment exp .* was not written by relulab.watch"):
             stats.save(store, name="exp")
+
+
+def test_relulab_report_shows_the_watched_statistics_over_steps(tmp_path):
+    from relulab.report import build_report
+
+    model, data = tiny_model(), batches(5)
+    with watch(model, every=2, classes=CLASSES, stats=["ratio_num", "std"]) as stats:
+        train(model, data, stats)
+    with Store(tmp_path / "w.sqlite") as store:
+        stats.save(store, name="mine", config="tiny")
+    files = build_report(tmp_path / "w.sqlite")
+    text = files.markdown.read_text()
+    assert "### ratio_num over training steps" in text and "### std over training steps" in text
+    assert "training batch of each recorded step" in files.html.read_text()  # the figures' captions
+    assert "### ratio_num per layer and class: tiny (probe set training batch, step 4)" in text
+    # No relulab epochs: no accuracy or epoch-time figures, no eval-mode depth table
+    assert "### Validation accuracy" not in text and "Through depth" not in text

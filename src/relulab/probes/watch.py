@@ -58,6 +58,9 @@ Tensor = torch.Tensor
 Logger = Callable[[dict, int], None]
 ORIGIN = "relulab.watch"  # the origin of the experiments `SlotWatch.save` writes (relulab run's is a spec file)
 WATCH_PART = "watch"  # the one part of such an experiment
+# The key of a saved watched run's data summary that holds the watch (its `every`, the recorded steps): readers
+# (the report) tell such a run by it, and know its slot_stats "epoch" column holds training steps.
+WATCHED = "watched"
 RECORD_COLUMNS = ("step", "epoch", "stat", "slot", "slot_name", "class", "class_name", "images", "value")
 
 
@@ -459,8 +462,7 @@ def save_watched(store, watched: SlotWatch, name: str, config: str, seed: int) -
     store.save_run_probes(key, f"training batch, step {last.step}", 0, last.result.store_rows())
     param = next(watched.model.parameters(), None)
     data = {"val_is_test": False, SLOT_NAMES: {str(k): v for k, v in watched.slot_names.items()},
-            "watched": {"every": watched.every, "records": len(records), "steps": [r.step for r in records],
-                        "slot_stats_epoch_is": "step"}}
+            WATCHED: {"every": watched.every, "records": len(records), "steps": [r.step for r in records]}}
     result = _WatchedResult(spec, seed, History(), sum(p.numel() for p in watched.model.parameters()), data,
                             provenance(param.device if param is not None else torch.device("cpu")))
     slot_stats = {r.step: r.result.overall for r in records}
