@@ -13,7 +13,7 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `data`        | datasets by name, formats, sources, splits, `data_key`                 | core                |
 | `training`    | specs (RunSpec, Job, History, RunResult), the one-model loop,          | core, zoo, data     |
 |               | schedules, augmentation, callbacks, progress saves, checkpoints        |                     |
-| `probes`      | per-slot statistics, hooks, probe sets, probe callbacks                | + training          |
+| `probes`      | per-slot statistics, hooks, probe sets, probe callbacks, `watch`       | + training          |
 | `packing`     | what trains with what (read from the model registry), `train_many`,    | + kernels, training |
 |               | stacked MLPs and CNNs, graphed steps                                   |                     |
 | `store`       | one `Store` per SQLite file, a method per table; kept run weights      | core, zoo, data,    |

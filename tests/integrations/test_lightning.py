@@ -139,6 +139,6 @@ def test_without_lightning_the_import_names_the_extra(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lightning", None)  # what an environment without it gives: ImportError
     monkeypatch.delitem(sys.modules, "relulab.integrations.lightning")
-    with pytest.raises(UserError, match=r"pip install 'relulab\[lightning\]'") as raised:
+    with pytest.raises(UserError, match=r'pip install "relulab\[lightning\]"') as raised:
         importlib.import_module("relulab.integrations.lightning")
     assert "\n" not in str(raised.value)

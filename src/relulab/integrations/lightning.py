@@ -15,7 +15,7 @@ Lightning's own `self.log` would hand them over only every `log_every_n_steps`).
 relulab.store.Store opened to write) the records are written there when fitting ends, on the main process, as
 `SlotWatch.save` writes them.
 
-Needs Lightning: `pip install relulab[lightning]` (lightning==2.6.6).
+Needs Lightning: `pip install "relulab[lightning]"` (lightning==2.6.6).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from relulab.core.errors import UserError
 try:
     import lightning.pytorch as pl
 except ImportError:
-    raise UserError("relulab.integrations.lightning needs Lightning: pip install 'relulab[lightning]' "
+    raise UserError('relulab.integrations.lightning needs Lightning: pip install "relulab[lightning]" '
                     "(lightning==2.6.6)") from None
 
 import torch
