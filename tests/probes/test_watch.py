@@ -112,6 +112,24 @@ def test_a_slotified_model_is_watched_through_its_slots_functional_calls_include
     assert stats.slot_names == {1: "F.gelu"}
 
 
+def test_a_module_used_twice_is_one_slot_whose_last_use_counts_as_relulab_probes_see_it():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.act = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3), nn.ReLU()
+
+        def forward(self, x):
+            return self.c(self.act(self.b(self.act(self.a(x)))))
+
+    torch.manual_seed(0)
+    model, data, weights = Twice(), batches(2), {}
+    with watch(model, every=1, classes=CLASSES) as stats:
+        train(model, data, stats, snapshots=weights)
+    for record in stats.results:
+        x, y = data[record.step]
+        assert_same(record.result, probed(model, weights[record.step], x, y))  # slotify(trace=False): one slot
+
+
 def test_every_counts_training_forward_passes_and_record_next_adds_one():
     model = tiny_model()
     x = torch.randn(4, 6)
@@ -200,6 +218,8 @@ def test_saved_statistics_are_what_relulab_report_collects(tmp_path):
         stats.save(store, name="mine", config="tiny", seed=1)  # a second seed joins the experiment
     with pytest.raises(UserError, match="watch.save.store: expected a relulab.store.Store"):
         stats.save(str(path))
+    with Store(path) as store, pytest.raises(UserError, match="watch.save.config: expected a name"):
+        stats.save(store, name="mine", config="a/b")
     with Store(path, create=False) as store:
         data = collect(store, "mine")
     (part,) = data.parts

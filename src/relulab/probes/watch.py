@@ -48,6 +48,7 @@ from torch import nn
 
 from relulab.core.env import provenance
 from relulab.core.errors import UserError
+from relulab.core.util import check_name
 from relulab.probes.statistics import (SLOT_NAMES, STATS, ProbeResult, SlotBatch, _finish, _reduce_into,
                                        check_stats, stat_names)
 from relulab.training.specs import History
@@ -440,9 +441,8 @@ def save_watched(store, watched: SlotWatch, name: str, config: str, seed: int) -
             or getattr(store, "read_only", True):
         raise UserError(f"watch.save.store: expected a relulab.store.Store opened to write "
                         f"(Store(path)), got {type(store).__name__}")
-    for value, what in ((name, "name"), (config, "config")):
-        if not isinstance(value, str) or not value.strip():
-            raise UserError(f"watch.save.{what}: expected a non-empty name, got {value!r}")
+    check_name(name, "watch.save.name")
+    check_name(config, "watch.save.config")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"watch.save.seed: expected an integer >= 0, got {seed!r}")
     records = watched.results
