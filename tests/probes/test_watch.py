@@ -267,3 +267,22 @@ def test_relulab_report_shows_the_watched_statistics_over_steps(tmp_path):
     assert "### ratio_num per layer and class: tiny (probe set training batch, step 4)" in text
     # No relulab epochs: no accuracy or epoch-time figures, no eval-mode depth table
     assert "### Validation accuracy" not in text and "Through depth" not in text
+
+
+def test_the_readme_example_runs_as_shown(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                  if b.startswith("import relulab\nwith relulab.watch(")]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10))
+    loader = [(torch.randn(8, 6), torch.randint(0, 10, (8,))) for _ in range(3)]
+    namespace = {"model": model, "loader": loader, "F": F, "opt": torch.optim.SGD(model.parameters(), lr=0.1)}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert [r.step for r in namespace["stats"].results] == [0]
+    with Store(tmp_path / "runs" / "mine.sqlite", create=False) as store:
+        assert store.experiment_names() == ["mine"]
