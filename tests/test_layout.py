@@ -28,6 +28,7 @@ MAY_IMPORT = {
     "report": _BELOW_EXPERIMENTS | {"experiments", "search"},
     "results": _BELOW_EXPERIMENTS | {"experiments", "search", "report"},
     "cli": _BELOW_EXPERIMENTS | {"experiments", "search", "report", "results"},
+    "integrations": {"core", "zoo", "probes", "store"},  # nothing imports it
 }
 
 

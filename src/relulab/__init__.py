@@ -13,7 +13,7 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `data`        | datasets by name, formats, sources, splits, `data_key`                 | core                |
 | `training`    | specs (RunSpec, Job, History, RunResult), the one-model loop,          | core, zoo, data     |
 |               | schedules, augmentation, callbacks, progress saves, checkpoints        |                     |
-| `probes`      | per-slot statistics, hooks, probe sets, probe callbacks                | + training          |
+| `probes`      | per-slot statistics, hooks, probe sets, probe callbacks, `watch`       | + training          |
 | `packing`     | what trains with what (read from the model registry), `train_many`,    | + kernels, training |
 |               | stacked MLPs and CNNs, graphed steps                                   |                     |
 | `store`       | one `Store` per SQLite file, a method per table; kept run weights      | core, zoo, data,    |
@@ -24,16 +24,20 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `report`      | collect, one formatter, figures, sections, writers; `compare`          | + search            |
 | `results`     | the store's tables as pandas DataFrames, and their export              | + report            |
 | `cli`         | the `relulab` command: parse, call the library, print                  | everything          |
+| `integrations`| relulab's probes in other libraries' loops (a Lightning callback);     | core, zoo, probes,  |
+|               | nothing imports it                                                     | store               |
 
 Each package's own docstring says what its modules hold.
 
 The Python API's entry points for any network: `relulab.slotify(model, example_input)` makes the activations
 of any nn.Module relulab slots, and `relulab.describe` reports them (relulab.zoo.slotify); a spec names the user's
 network by reference (`model: {name: python, target: "nets.py:build"}`, relulab.zoo.reference).
+`relulab.watch(model, every=N)` records relulab's per-slot statistics in the user's own training loop
+(relulab.probes.watch); `relulab.integrations.lightning.SlotStats` does it during a Lightning `Trainer.fit`.
 """
 from relulab.core.version import __version__
 
-__all__ = ["__version__", "describe", "slotify"]
+__all__ = ["__version__", "describe", "slotify", "watch"]
 
 
 def __getattr__(name: str):
@@ -42,4 +46,8 @@ def __getattr__(name: str):
         from relulab.zoo.slotify import describe, slotify
 
         return {"describe": describe, "slotify": slotify}[name]
+    if name == "watch":
+        from relulab.probes.watch import watch
+
+        return watch
     raise AttributeError(f"module 'relulab' has no attribute {name!r}")

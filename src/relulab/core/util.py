@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -13,6 +14,16 @@ from pathlib import Path
 from typing import Iterator
 
 from relulab.core.errors import UserError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
+
+
+def check_name(value, field: str) -> str:
+    """`value` if it is a name relulab keeps (an experiment's, a part's, a configuration's), else a UserError."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise UserError(f"{field}: expected a name of letters, digits and . _ + - (starting with a letter or digit),"
+                        f" got {value!r}")
+    return value
 
 # ---------------------------------------------------------------- output locations, checked before any work
 #

@@ -25,7 +25,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -35,6 +34,7 @@ from typing import Iterator, Optional
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.mapping import check_keys, check_mapping
 from relulab.core.ranges import INT64_MAX, show_int
+from relulab.core.util import check_name
 from relulab.data import DataSpec
 from relulab.experiments.analyses import parse_analyses
 from relulab.experiments.spec import (SECTIONS, Overrides, apply_overrides, deep_merge, parse_seeds, read_spec,
@@ -52,7 +52,6 @@ PART_FIELDS = ("description", "data", "model", "train", "seeds", "configs", "gri
 TOP_FIELDS = ("name", "description", "device", "threads", "pack", "time_alone", "store", "checkpoint_every",
               "keep_weights", "parts") + PART_FIELDS[1:]
 CHECKPOINT_EVERY_S = 60.0  # the default period of saving training in progress (relulab.resume)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe in file names, tables and URLs
 
 
 
@@ -190,13 +189,6 @@ def config_json(spec: RunSpec) -> str:
     return json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def _check_name(value, path: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise UserError(f"{path}: expected a name of letters, digits and . _ + - (starting with a letter or digit),"
-                        f" got {value!r}")
-    return value
-
-
 
 def _parse_grid(value, path: str) -> dict[str, list]:
     grid = check_mapping(value, path)
@@ -262,7 +254,7 @@ def _expand(base: dict, configs: dict, grid: dict, run_sets: dict, prefix: str, 
             build_run_spec(_with_dotted(base, {key: value}), f"{prefix}grid.", base_dir)
     variants = []
     for config, patch in (configs or {"base": {}}).items():
-        cpath = f"{prefix}configs.{_check_name(config, f'{prefix}configs.{config}')}"
+        cpath = f"{prefix}configs.{check_name(config, f'{prefix}configs.{config}')}"
         patch = check_mapping(patch, cpath)
         check_keys(patch, list(SECTIONS), cpath)
         merged = deep_merge(base, patch)
@@ -306,7 +298,7 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     """Validate a raw spec and expand it. Nothing is loaded or written. A plan of more than PLAN_LIMIT runs is
     refused unless `yes`."""
     check_keys(raw, TOP_FIELDS, "")
-    name = _check_name(raw.get("name"), "name")
+    name = check_name(raw.get("name"), "name")
     run_sets = run_sets or {}
     for key in run_sets:
         section, _, rest = key.partition(".")
@@ -358,7 +350,7 @@ def _raw_parts(raw: dict, name: str) -> list[tuple[str, dict, str]]:
         raise UserError("parts: expected at least one part")
     parts = []
     for part_name, part_raw in part_specs.items():
-        prefix = f"parts.{_check_name(part_name, f'parts.{part_name}')}."
+        prefix = f"parts.{check_name(part_name, f'parts.{part_name}')}."
         part_raw = check_mapping(part_raw, prefix[:-1])
         check_keys(part_raw, PART_FIELDS, prefix[:-1])
         parts.append((part_name, deep_merge(defaults, part_raw), prefix))

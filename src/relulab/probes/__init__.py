@@ -5,10 +5,13 @@
   and the layer x class tables.
 - `relulab.probes.callbacks`: `SlotProbe` (a spec's `probes:`, after every epoch) and `EpochProbe` (every
   statistic at chosen epochs: `relulab probe`), and their requests as plain data for executors.
+- `relulab.probes.watch`: `watch` (`relulab.watch`), the statistics in the user's own training loop (hooks on
+  the slots, a sampled schedule), their records and DataFrame, and writing them to a store for the report.
 """
 from relulab.probes.callbacks import EpochProbe, EpochProbeRequest, SlotProbe
 from relulab.probes.statistics import (ProbeResult, ProbeSet, measure, parse_probe_set, probe, select_probe_set,
                                        stat_names)
+from relulab.probes.watch import SlotWatch, watch
 
-__all__ = ["EpochProbe", "EpochProbeRequest", "ProbeResult", "ProbeSet", "SlotProbe", "measure", "parse_probe_set",
-           "probe", "select_probe_set", "stat_names"]
+__all__ = ["EpochProbe", "EpochProbeRequest", "ProbeResult", "ProbeSet", "SlotProbe", "SlotWatch", "measure",
+           "parse_probe_set", "probe", "select_probe_set", "stat_names", "watch"]

@@ -284,6 +284,11 @@ class ProbeResult:
                 out.append((name, slot, -1, "average", self.overall[name][slot]))
         return out
 
+    def store_rows(self) -> list[tuple[str, int, int, str, int, float]]:
+        """The rows a store's `run_probes` table holds: (stat, slot, class, class name, images, value)."""
+        return [(stat, slot, cls, name, self.counts[cls] if cls >= 0 else self.images, value)
+                for stat, slot, cls, name, value in self.rows()]
+
 
 def _reduce_into(total: Optional[Tensor], comps: Tensor, cls: Tensor, groups: int, how: str) -> Tensor:
     if total is None:

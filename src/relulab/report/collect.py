@@ -16,6 +16,7 @@ from relulab.core.errors import UserError
 from relulab.core.stats import (ConfigStats, RunNumbers, check_correction, describe_runs, with_baseline,
                                 with_correction)
 from relulab.probes.statistics import stored_slot_names
+from relulab.probes.watch import WATCHED
 from relulab.store import Store, StoredTiming, retrained_key, timing_key
 
 
@@ -63,6 +64,13 @@ class PartData:
         (a part whose configurations are different models, with other slots, shows numbers)."""
         named = [v.slot_names for v in self.variants if v.slot_names]
         return named[0] if named and all(n == named[0] for n in named) else {}
+
+    @property
+    def watched(self) -> bool:
+        """Whether the part's runs are models watched in their own training loop (relulab.watch): no epochs of
+        relulab's, and their per-epoch statistics are by training step, on the step's training batch."""
+        runs = [r for v in self.variants for r in v.runs]
+        return bool(runs) and all(WATCHED in r["data"] for r in runs)
 
 
 @dataclass

@@ -261,7 +261,8 @@ def cost_figure(value: dict, svg: bool) -> FigureOut:
 
 
 def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[list, list]]]], ylabel: str,
-                            slug: str, caption: str, svg: bool, names: Optional[dict[int, str]] = None) -> FigureOut:
+                            slug: str, caption: str, svg: bool, names: Optional[dict[int, str]] = None,
+                            xlabel: str = "epoch") -> FigureOut:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = new_figure(3.8 * cols + 1.2, 2.9 * rows + 0.4)
@@ -272,7 +273,7 @@ def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[
             ax.plot(epochs, values, color=color, marker="o", markersize=2.5,
                     label=slot_text(slot, names or {}, "slot "))
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -210,6 +210,8 @@ def depth_rows(part: PartData, table: dict[str, dict]) -> tuple[list[str], list[
 
 
 def depth_sections(part: PartData, svg: bool) -> list[Section]:
+    if part.watched:
+        return []  # its steps are not epochs, nor measured in eval mode: mean_out and std_out are drawn over steps
     table = {v.name: depth_profiles(v) for v in part.variants}
     table = {name: profiles for name, profiles in table.items() if profiles}
     if not table:
@@ -253,10 +255,13 @@ def epoch_sections(part: PartData, svg: bool) -> list[Section]:
         if skipped:
             notes.append(f"{stat} is undefined for {', '.join(skipped)} (no panel).")
         description = STATS[stat].description if stat in STATS else stat
-        sections.append(Section(f"{stat} over epochs", note=" ".join(notes), figure=stat_over_epochs_figure(
-            f"{stat} per slot over epochs", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{safe_name(stat)}",
-            f"{description}; measured on the probe set after every epoch (epoch 0: before training), mean over "
-            "seeds.", svg, part.slot_names)))
+        over, when = (("training steps", "measured by relulab.watch on the training batch of each recorded step "
+                       "(step 0: before the first update)") if part.watched else
+                      ("epochs", "measured on the probe set after every epoch (epoch 0: before training)"))
+        sections.append(Section(f"{stat} over {over}", note=" ".join(notes), figure=stat_over_epochs_figure(
+            f"{stat} per slot over {over}", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{safe_name(stat)}",
+            f"{description}; {when}, mean over seeds.", svg, part.slot_names,
+            xlabel="step" if part.watched else "epoch")))
     return sections
 
 
@@ -367,8 +372,9 @@ RENDERERS: dict[str, Callable[[dict, bool], Section]] = checked_renderers({
 
 
 def training_sections(part: PartData, svg: bool) -> list[Section]:
-    """Accuracy, curves and time per epoch, where the part has finished runs."""
-    if not any(v.runs for v in part.variants):
+    """Accuracy, curves and time per epoch, where the part has finished runs with epochs (a watched model's have
+    none of relulab's)."""
+    if not any(v.epochs.get(r["key"]) for v in part.variants for r in v.runs):
         return []
     packed = packed_runs(part)
     header, rows = time_table(part) if packed else ([], [])
@@ -384,7 +390,8 @@ def sparsity_sections(part: PartData, svg: bool) -> list[Section]:
         return []
     return [Section("Sparsity per layer", header if len(header) <= 13 else [], rows if len(header) <= 13 else [],
                     figure=sparsity_figure(part, svg),
-                    note="Fraction of exact zeros in each slot's output (last epoch, mean over seeds).")]
+                    note="Fraction of exact zeros in each slot's output ("
+                         f"{'last recorded step' if part.watched else 'last epoch'}, mean over seeds).")]
 
 
 def part_sections(part: PartData, svg: bool) -> list[Section]:

@@ -55,6 +55,5 @@ def ensure_plan(store: Store, exp: Experiment) -> None:
 
 def probe_rows(result: probes_mod.ProbeResult) -> list[tuple]:
     """A ProbeResult as store rows: (stat, slot, class, class name, images, value)."""
-    return [(stat, slot, cls, name, result.counts[cls] if cls >= 0 else result.images, value)
-            for stat, slot, cls, name, value in result.rows()]
+    return result.store_rows()
 
