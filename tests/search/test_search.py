@@ -37,7 +37,8 @@ configs:
 baseline: all-relu
 """
 
-# The greedy-relu-cifar10 preset's scaled-down twin, shrunk further for the suite: 200 images, 1 epoch, 2 seeds, narrower.
+# The greedy-relu-cifar10 preset's scaled-down twin, shrunk further for the suite: 200 images, 1 epoch, 2 seeds,
+# narrower.
 DIGITS_CNN = ["--epochs", "1", "--seeds", "0,1", "--set", "data.train_size=200", "--set",
               "model.widths=[3,3,4,4,4,4,8,8,8]"]
 
@@ -225,8 +226,8 @@ def test_acceptance_rule_welch_or_plain():
 
 
 def test_the_greedy_relu_search_scaled_down_on_digits_cli(capsys, tmp_path):
-    """The commands the GPU runs use, on the search-digits preset (greedy-relu-cifar10's twin): oracle, then greedy reusing
-    its runs, then the probe tables from the store, then the sweep training only what is missing."""
+    """The commands the GPU runs use, on the search-digits preset (greedy-relu-cifar10's twin): oracle, then greedy
+    reusing its runs, then the probe tables from the store, then the sweep training only what is missing."""
     store = str(tmp_path / "d.sqlite")
     code, out, err = relulab(capsys, "search", "search-digits", "--strategy", "oracle", "--budget", "1",
                              *DIGITS_CNN, "--store", store)
