@@ -164,7 +164,7 @@ def _resolve_target(target: str, store: Optional[Path], experiment: Optional[str
 @app.command("presets")
 def presets_command():
     """The built-in experiments (relulab run NAME), with the former names they still answer to."""
-    table = Table("preset", "also", "description")
+    table = Table("preset", "former name", "description")
     for name in experiments.preset_names():
         raw, _, _ = experiments.read_spec(name)
         description = " ".join(str(raw.get("description", "")).split())
