@@ -28,7 +28,8 @@ def test_train_several_seeds_and_per_slot_options(capsys):
 
 @pytest.mark.parametrize("argv,seeds", [
     (["--seed", "0-2"], [0, 1, 2]),  # typer read 0-2 as the integer -2
-    (["--seeds", "3,5", "-s", "7"], [3, 5, 7]),
+    (["--seeds", "3,5"], [3, 5]),
+    (["-s", "3", "-s", "5-6"], [3, 5, 6]),
     ([], [0]),
 ])
 def test_train_takes_seeds_as_every_command_does(capsys, argv, seeds):
@@ -71,11 +72,13 @@ def test_train_compile_needs_packing(capsys):
     (["--epochs", "x"], "'--epochs'"),
     (["--dataset", "imagenet"], "--dataset: unknown value"),
     (["--split", "half"], "--split: expected"),
-    (["--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..50"),
+    (["--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..2"),
+    (["--widths", "300,100x49", "--slot", "99=relu"], "--slot/--off: deep-mlp has slots 1..50"),
     (["--slot", "3=tanh", "--slot", "3=relu"], "--slot: slot 3 is both tanh and relu"),
     (["--off", "3", "--slot", "3=tanh"], "--slot/--off: slot 3 is both tanh and off"),
     (["--seed", "1", "--seed", "0-1"], "--seed: seeds repeat: 1 is given twice"),
     (["--seed", "18446744073709551616"], "--seed: seeds run from 0 to 9223372036854775807"),
+    (["--seeds", "0,1", "--seed", "2"], "--seeds/--seed: give the seeds one way"),
     (["--widths", "1,a"], "--widths: expected widths"),
     (["--precision", "fp16"], "--precision: expected one of auto, fp32, tf32, bf16"),
     (["--model", "seed-cnn"], "seed-cnn needs images of at least 32x32"),

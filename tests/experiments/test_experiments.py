@@ -7,7 +7,7 @@ import pytest
 
 from relulab.core.errors import UserError
 from relulab.experiments import (Overrides, load_experiment, parse_seeds, parse_yaml, preset_names, run_experiment,
-                                 run_key, seeds_from_options)
+                                 run_key)
 from relulab.zoo.models import ModelSpec
 from relulab.training.specs import RunSpec
 from specs import TINY, quiet, relulab, write_spec
@@ -19,14 +19,15 @@ from specs import TINY, quiet, relulab, write_spec
 
 
 def test_every_preset_parses_and_expands():
-    assert set(preset_names()) >= {"seed000", "seed001", "seed002", "seed004", "quickstart"}
+    assert set(preset_names()) >= {"greedy-relu-cifar10", "why-relu-fmnist", "selu-vs-batchnorm", "relu-explained",
+                                   "quickstart"}
     for name in preset_names():
         exp = load_experiment(name)
         assert exp.planned() and all(p.description for p in exp.parts)
 
 
-def test_seed001_preset_is_the_authors_protocol():
-    exp = load_experiment("seed001")
+def test_why_relu_fmnist_preset_is_the_authors_protocol():
+    exp = load_experiment("why-relu-fmnist")
     (part,) = exp.parts
     assert part.seeds == [0, 1, 2, 3, 4] and part.baseline == "relu-he"
     by_name = {v.name: v.spec for v in part.variants}
@@ -39,25 +40,27 @@ def test_seed001_preset_is_the_authors_protocol():
     assert by_name["relu-he"].model.init == "he_normal" and by_name["relu-he"].train.optimizer.lr == 0.001
 
 
-def test_seed000_and_seed002_presets():
-    seed000 = {v.name: v.spec for v in load_experiment("seed000").parts[0].variants}
-    assert seed000["off-7-10"].model.slots == {7: "identity", 10: "identity"}
-    assert seed000["no-activation"].model.activation == "identity"
-    assert seed000["all-relu"].train.optimizer.flavour == "keras" and seed000["all-relu"].data.split == "test"
-    seed002 = {v.name: v.spec for v in load_experiment("seed002", Overrides(sets=["data.name=fashion-mnist"]))
-               .parts[0].variants}
-    assert seed002["relu-no-bn"].model.batchnorm is False and seed002["selu-bn-lecun"].model.init == "lecun_uniform"
-    assert all(s.data.name == "fashion-mnist" for s in seed002.values())
+def test_greedy_relu_cifar10_and_selu_vs_batchnorm_presets():
+    greedy = {v.name: v.spec for v in load_experiment("greedy-relu-cifar10").parts[0].variants}
+    assert greedy["off-7-10"].model.slots == {7: "identity", 10: "identity"}
+    assert greedy["no-activation"].model.activation == "identity"
+    assert greedy["all-relu"].train.optimizer.flavour == "keras" and greedy["all-relu"].data.split == "test"
+    assert {s.data.name for s in greedy.values()} == {"cifar10"}
+    selu = {v.name: v.spec for v in load_experiment("selu-vs-batchnorm", Overrides(sets=["data.name=fashion-mnist"]))
+            .parts[0].variants}
+    assert selu["relu-no-bn"].model.batchnorm is False and selu["selu-bn-lecun"].model.init == "lecun_uniform"
+    assert all(s.data.name == "fashion-mnist" for s in selu.values())
 
 
 def test_quickstart_has_a_part_per_source_with_several_seeds():
     exp = load_experiment("quickstart")
-    assert [p.name for p in exp.parts] == ["seed000", "seed001", "seed002", "seed004"]
+    assert [p.name for p in exp.parts] == ["greedy-relu-cifar10", "why-relu-fmnist", "selu-vs-batchnorm",
+                                           "relu-explained"]
     assert exp.device == "cpu" and all(len(p.seeds) >= 2 for p in exp.parts)
     assert all(v.spec.data.name == "digits" for p in exp.parts for v in p.variants)
-    seed004 = exp.parts[-1]
-    assert seed004.probes == ["sparsity"] and set(seed004.analyses) == {"relu_demo", "activation_plots",
-                                                                          "activation_cost"}
+    explained = exp.parts[-1]
+    assert explained.probes == ["sparsity"] and set(explained.analyses) == {"relu_demo", "activation_plots",
+                                                                            "activation_cost"}
 
 
 # ---------------------------------------------------------------- expansion
@@ -164,13 +167,6 @@ def test_seeds_are_read_one_way(value, seeds):
 def test_bad_seeds_are_refused(value, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}"):
         parse_seeds(value, "seeds")
-
-
-def test_seed_options_merge():
-    assert seeds_from_options(None, []) is None
-    assert seeds_from_options("0-1", ["5", "7-8"]) == [0, 1, 5, 7, 8]
-    with pytest.raises(UserError, match=r"^--seeds/--seed: seeds repeat: 1 is given twice"):
-        seeds_from_options("0-1", ["1"])
 
 
 def test_paths_in_a_spec_are_relative_to_its_folder(tmp_path, monkeypatch):

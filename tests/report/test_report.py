@@ -188,8 +188,8 @@ def depth(tmp_path_factory):
     return store, build_report(store)
 
 
-def test_the_seed002_preset_probes_what_its_premise_is_about():
-    exp = load_experiment("seed002", Overrides(store="/nonexistent/never-written.sqlite"))
+def test_the_selu_vs_batchnorm_preset_probes_what_its_premise_is_about():
+    exp = load_experiment("selu-vs-batchnorm", Overrides(store="/nonexistent/never-written.sqlite"))
     assert {"mean_out", "std_out"} <= set(exp.parts[0].probes)
     assert "one by one" in exp.raw["description"]  # probed runs are not packed: the preset says so
 

@@ -197,7 +197,7 @@ def _export(files: dict[str, bytes], *argv: str) -> tuple[int, str, list[str]]:
 @pytest.mark.parametrize("argv,names", [
     (["s.sqlite", "--config", "rel", "--seed", "0", "-o", "m.pt"], "--config: unknown value 'rel' (did you mean "
                                                                    "'relu'?); expected one of: relu, tanh"),
-    (["s.sqlite", "--config", "relu", "--seed", "7", "-o", "m.pt"], "--seed: relu seed 7 is not in the store"),
+    (["s.sqlite", "--config", "relu", "--seed", "7", "-o", "m.pt"], "--seeds: relu seed 7 is not in the store"),
     (["s.sqlite", "--config", "relu", "--seed", "0,1", "-o", "m.pt"], "--seed: relulab export-model writes one"),
     (["s.sqlite", "--experiment", "other", "--config", "relu", "--seed", "0", "-o", "m.pt"],
      "--experiment: unknown value 'other'"),

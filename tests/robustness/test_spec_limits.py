@@ -175,8 +175,7 @@ def test_a_plan_of_millions_of_runs_is_refused_before_it_is_enumerated(monkeypat
 def test_yes_lets_a_large_plan_through(monkeypatch, command):
     monkeypatch.setattr(plan, "PLAN_LIMIT", 100)
     grid = TINY + "grid: {train.optimizer.lr: [" + ", ".join(str(0.001 * (i + 1)) for i in range(30)) + "]}\n"
-    argv = [command, "spec.yaml", "--no-report", "--override" if command == "probe" else "--set",
-            "model.activation=nope"]
+    argv = [command, "spec.yaml", "--no-report", "--set", "model.activation=nope"]
     code, err, left = run_cli(argv, grid)
     assert_refused(code, err, left, "grid: the plan has 120 runs (more than 100); pass --yes")
     code, err, left = run_cli([*argv, "--yes"], grid)  # past the count, to the next mistake
@@ -197,12 +196,13 @@ def test_a_large_plan_says_how_large_before_validating_it(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "-e", "1", "--seed", "0-2", "--seed", "2"], "--seed: seeds repeat: 2 is given twice"),
-    (["train", "-e", "1", "--seeds", "0,1", "--seed", "1"], "--seeds/--seed: seeds repeat: 1 is given twice"),
+    (["train", "-e", "1", "--seeds", "0,1", "--seed", "2"], "--seeds/--seed: give the seeds one way"),
     (["train", "-e", "1", "--seed", "-1"], "--seed: expected seeds like 0,1,2 or 0-4, got '-1'"),
     (["train", "-e", "1", "--seed", "3-1"], "--seed: the range 3-1 runs backwards; write 1-3"),
-    (["run", "spec.yaml", "--seeds", "0-4", "--seed", "4"], "--seeds/--seed: seeds repeat: 4 is given twice"),
+    (["run", "spec.yaml", "--seeds", "0-4", "--seed", "5"], "--seeds/--seed: give the seeds one way"),
     (["search", "spec.yaml", "--seed", "1,1"], "--seed: seeds repeat: 1 is given twice"),
     (["probe", "spec.yaml", "--seed", "0-2"], "--seed: relulab probe probes one model, so one seed; got '0-2'"),
+    (["probe", "spec.yaml", "--seeds", "1,2"], "--seeds: relulab probe probes one model, so one seed; got '1,2'"),
     (["train", "-e", "1", "--slot", "3=tanh", "--slot", "3=relu"], "--slot: slot 3 is both tanh and relu"),
     (["train", "-e", "1", "--slot", "3=tanh", "--off", "3"], "--slot/--off: slot 3 is both tanh and off"),
     (["run", "spec.yaml", "--set", "model.widths="], "--set model.widths: expected a value after '=' (null resets "

@@ -37,7 +37,8 @@ configs:
 baseline: all-relu
 """
 
-# The seed000 preset's scaled-down twin, shrunk further for the suite: 200 images, 1 epoch, 2 seeds, narrower.
+# The greedy-relu-cifar10 preset's scaled-down twin, shrunk further for the suite: 200 images, 1 epoch, 2 seeds,
+# narrower.
 DIGITS_CNN = ["--epochs", "1", "--seeds", "0,1", "--set", "data.train_size=200", "--set",
               "model.widths=[3,3,4,4,4,4,8,8,8]"]
 
@@ -224,9 +225,9 @@ def test_acceptance_rule_welch_or_plain():
     assert not ok and "too few seeds" in why and "--plain-rule" in why
 
 
-def test_the_seed000_search_scaled_down_on_digits_cli(capsys, tmp_path):
-    """The commands the GPU runs use, on the search-digits preset (seed000's twin): oracle, then greedy reusing
-    its runs, then the probe tables from the store, then the sweep training only what is missing."""
+def test_the_greedy_relu_search_scaled_down_on_digits_cli(capsys, tmp_path):
+    """The commands the GPU runs use, on the search-digits preset (greedy-relu-cifar10's twin): oracle, then greedy
+    reusing its runs, then the probe tables from the store, then the sweep training only what is missing."""
     store = str(tmp_path / "d.sqlite")
     code, out, err = relulab(capsys, "search", "search-digits", "--strategy", "oracle", "--budget", "1",
                              *DIGITS_CNN, "--store", store)
@@ -237,8 +238,8 @@ def test_the_seed000_search_scaled_down_on_digits_cli(capsys, tmp_path):
                              "--plain-rule", *DIGITS_CNN, "--store", store)
     assert code == 0, err
     assert "0 runs trained, 4 already in the store" in err  # its step reuses the oracle's runs
-    code, out, err = relulab(capsys, "probe", "search-digits", "--config", "all-relu", "--seed", "0", "--epochs", "1",
-                             "--override", "data.train_size=200", "--override", "model.widths=[3,3,4,4,4,4,8,8,8]",
+    code, out, err = relulab(capsys, "probe", "search-digits", "--config", "all-relu", "--seeds", "0", "--epochs", "1",
+                             "--set", "data.train_size=200", "--set", "model.widths=[3,3,4,4,4,4,8,8,8]",
                              "--store", store)
     assert code == 0, err
     assert "probe statistics from the store" in err and "ratio_num: all-relu seed 0, epoch 1" in out
@@ -321,12 +322,13 @@ def test_search_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_pat
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--set", "all"], "--probe-set: expected first, per-class:N or val:N"),
+    (["--probe-set", "all"], "--probe-set: expected first, per-class:N or val:N"),
+    (["--set", "all"], "--set: expected KEY=VALUE such as model.widths=[64,64], got 'all'"),
     (["--epoch", "9"], "--epoch: epochs run from 1 to 2"),
     (["--epoch", "x"], "--epoch: expected last, all, or epochs"),
     (["--stats", "ratio_nu"], "--stats: unknown value 'ratio_nu' (did you mean 'ratio_num'?)"),
     (["--config", "off-3"], "--config: unknown value 'off-3'"),
-    (["--override", "train.epochs=0"], "--set train.epochs: expected a positive integer"),
+    (["--set", "train.epochs=0"], "--set train.epochs: expected a positive integer"),
 ])
 def test_probe_bad_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, argv, message):
     store = tmp_path / "x.sqlite"

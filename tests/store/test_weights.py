@@ -293,7 +293,7 @@ def test_export_model_finds_a_searchs_placement(tmp_path):
 
 def test_export_errors_name_fields_in_python_and_options_on_the_command_line(tmp_path, capsys):
     """The library names what was wrong by field (export.config, export.seed); relulab export-model shows the
-    options that set them (--config, --seed)."""
+    options that set them (--config, --seeds)."""
     swept(tmp_path)
     with pytest.raises(UserError, match=r"^export\.config: unknown value 'nope'"):
         weights.export_run(tmp_path / "s.sqlite", tmp_path / "x.pt", "nope", 0)
@@ -304,5 +304,5 @@ def test_export_errors_name_fields_in_python_and_options_on_the_command_line(tmp
     assert code == 2 and err.startswith("error: --config: unknown value 'nope'"), err
     code, _, err = relulab(capsys, "export-model", str(tmp_path / "s.sqlite"), "--config", "relu", "--seed", "7",
                            "-o", str(tmp_path / "x.pt"))
-    assert code == 2 and err.startswith("error: --seed: relu seed 7 is not in the store"), err
+    assert code == 2 and err.startswith("error: --seeds: relu seed 7 is not in the store"), err
     assert not (tmp_path / "x.pt").exists()

@@ -7,9 +7,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-import relulab.experiments as experiments
-from relulab.core.errors import UserError
-from relulab.cli.app import app
+from relulab.cli.app import OneSeed, SeedAlias, app, read_one_seed
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -18,7 +16,8 @@ console = Console(stderr=True, soft_wrap=True)
 def export_model_command(
     store: Path = typer.Argument(..., help="The store (.sqlite) holding the run."),
     config: str = typer.Option(..., help="The configuration, or a search's placement (e.g. off-7)."),
-    seed: str = typer.Option(..., "--seed", "-s", help="Which seed's run (one)."),
+    seeds: OneSeed = None,
+    seed: SeedAlias = [],
     out: Path = typer.Option(..., "--out", "-o", help="The checkpoint file to write."),
     best: bool = typer.Option(False, "--best", help="The best epoch's weights (by validation accuracy) instead of "
                               "the final model's."),
@@ -31,10 +30,8 @@ def export_model_command(
     (torch.load(..., weights_only=True), relulab.checkpoints.load) read it."""
     from relulab.store.weights import export_run
 
-    seeds = experiments.parse_seeds(seed, "--seed")
-    if len(seeds) > 1:
-        raise UserError(f"--seed: relulab export-model writes one run's model, so one seed; got {seed!r}")
-    done = export_run(store, out, config, seeds[0], part, experiment, best, epochs)
+    seed_number = read_one_seed(seeds, seed, "relulab export-model writes one run's model")
+    done = export_run(store, out, config, seed_number, part, experiment, best, epochs)
     epoch = f", epoch {done.epoch}" if done.epoch else ""
     console.print(f"wrote the {done.weights} weights{epoch} of {done.variant} seed {done.seed} (run {done.key}, "
                   f"{done.experiment}/{done.part}); read it with: relulab evaluate {done.path}")

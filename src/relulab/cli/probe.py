@@ -1,4 +1,4 @@
-"""`relulab probe`: per-slot statistics of one configuration's model, per layer and class (seed 000's tables)."""
+"""`relulab probe`: per-slot statistics of one configuration's model, per layer and class (source 000's tables)."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 import relulab.experiments as experiments
-from relulab.core.errors import UserError
 from relulab.probes.statistics import class_table, degenerate_columns, degenerate_text, parse_stats
 from relulab.report.format import slot_text
 from relulab.core.util import check_output_dir
-from relulab.cli.app import app, option_names
+from relulab.cli.app import OneSeed, SeedAlias, Sets, app, option_names, read_one_seed
 from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
                              report_dir)
 
@@ -27,11 +26,12 @@ DEFAULT_STATS = "ratio_num,ratio_sum"
 def probe_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
     config: Optional[str] = typer.Option(None, help="The configuration (default: the baseline)."),
-    seed: str = typer.Option("0", "--seed", "-s", help="Which seed's model (one)."),
+    seeds: OneSeed = None,
+    seed: SeedAlias = [],
     stats: str = typer.Option(DEFAULT_STATS, help="Statistics to print and draw, comma-separated, or all "
                               "(every statistic is computed and stored)."),
-    probe_set: str = typer.Option("first", "--probe-set", "--set", help="The images: first (the first training "
-                                  "image of each class, the seed's), per-class:N or val:N."),
+    probe_set: str = typer.Option("first", "--probe-set", help="The images: first (the first training image of "
+                                  "each class, as source 000 took them), per-class:N or val:N."),
     epoch: Optional[str] = typer.Option(None, help="Probe after these epochs: last (default), all, or a list "
                                         "like 1,10,50 (no epoch's weights but the last are kept, so the run is then "
                                         "trained with the probe attached; a run already in the store, as a copy "
@@ -40,8 +40,8 @@ def probe_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of the run."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
     data_path: Optional[str] = typer.Option(None, help="File or folder to load the dataset from."),
-    override: list[str] = typer.Option([], "--override", help="Override a spec field, KEY=VALUE as relulab run's "
-                                       "--set (repeatable)."),
+    set_: Sets = [],
+    override: list[str] = typer.Option([], "--override", hidden=True, help="The former name of --set here."),
     store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
                                          "runs/<name>.sqlite, shared with relulab run)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the CSV and heatmaps (default: <name>-probes next "
@@ -59,7 +59,7 @@ def probe_command(
     """Probe statistics of a configuration's model, per slot and class: from the store, the run's kept weights,
     or by training it.
 
-    Prints a layer x class table with the average column for each statistic (seed 000's layout), and writes
+    Prints a layer x class table with the average column for each statistic (source 000's layout), and writes
     them as CSV and heatmaps; with several --epoch values, also each statistic over the epochs."""
     from relulab.experiments.executors import make_executor
     from relulab.report import write_probe_tables
@@ -67,9 +67,9 @@ def probe_command(
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     names = parse_stats(stats, "--stats")
-    seed_number = _one_seed(seed)
+    seed_number = read_one_seed(seeds, seed, "relulab probe probes one model", default=0)
     overrides = experiments.Overrides(epochs=epochs, device=device, data_path=data_path,
-                                      store=str(store) if store else None, sets=list(override), yes=yes)
+                                      store=str(store) if store else None, sets=[*set_, *override], yes=yes)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
     folder = Path(out).expanduser().resolve() if out else exp.store.parent / f"{exp.name}-probes"
@@ -92,14 +92,6 @@ def probe_command(
 
         files = build_report(exp.store, exp.name, report_folder, svg=svg)
         print(files.html)
-
-
-def _one_seed(text: str) -> int:
-    """--seed read as every command reads seeds; a probe names one model, so one seed."""
-    seeds = experiments.parse_seeds(text, "--seed")
-    if len(seeds) > 1:
-        raise UserError(f"--seed: relulab probe probes one model, so one seed; got {text!r}")
-    return seeds[0]
 
 
 HOW_PROBED = {  # ProbeRun.source -> how its statistics were had

@@ -13,7 +13,7 @@ from rich.table import Table
 import relulab.experiments as experiments
 from relulab.core.errors import UserError
 from relulab.core.util import check_output_file
-from relulab.cli.app import app, option_names
+from relulab.cli.app import SeedAlias, Seeds, Sets, app, option_names, read_seeds
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -48,14 +48,12 @@ def failed_tasks_exit():
 @app.command("run")
 def run_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
-    seeds: Optional[str] = typer.Option(None, help="Seeds of every part, e.g. 0,1,2 or 0-4."),
-    seed: list[str] = typer.Option([], "--seed", "-s", help="A seed (or seeds, as --seeds), with --seeds or "
-                                   "instead (repeatable)."),
+    seeds: Seeds = None,
+    seed: SeedAlias = [],
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
     data_path: Optional[str] = typer.Option(None, help="File or folder to load every run's dataset from."),
-    set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set data.name=fashion-mnist or "
-                                   "--set model.widths=[64,64] (repeatable; applied to every run)."),
+    set_: Sets = [],
     part: list[str] = typer.Option([], help="Run only this part of a multi-part spec (repeatable)."),
     store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
                                          "runs/<name>.sqlite)."),
@@ -82,7 +80,7 @@ def run_command(
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     overrides = experiments.Overrides(
-        seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
+        seeds=read_seeds(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), parts=list(part), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
@@ -168,9 +166,10 @@ def _resolve_target(target: str, store: Optional[Path], experiment: Optional[str
 
 @app.command("presets")
 def presets_command():
-    """The built-in experiments (relulab run NAME)."""
-    table = Table("preset", "description")
+    """The built-in experiments (relulab run NAME), with the former names they still answer to."""
+    table = Table("preset", "former name", "description")
     for name in experiments.preset_names():
         raw, _, _ = experiments.read_spec(name)
-        table.add_row(name, " ".join(str(raw.get("description", "")).split()))
+        description = " ".join(str(raw.get("description", "")).split())
+        table.add_row(name, ", ".join(experiments.preset_aliases(name)), description)
     Console().print(table)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 import relulab.experiments as experiments
-from relulab.cli.app import app, option_names
+from relulab.cli.app import SeedAlias, Seeds, Sets, app, option_names, read_seeds
 from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
                              report_dir)
 from relulab.report.format import slot_text, slots_text
@@ -21,7 +21,7 @@ console = Console(stderr=True, soft_wrap=True)
 @app.command("search")
 def search_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
-    strategy: str = typer.Option("greedy", help="greedy (the seed's), oracle (every single-slot change, best by "
+    strategy: str = typer.Option("greedy", help="greedy (source 000's), oracle (every single-slot change, best by "
                                  "accuracy), exhaustive (every placement up to --k slots off) or budget (exactly k "
                                  "slots on, for each k of --keep)."),
     config: Optional[str] = typer.Option(None, help="The configuration to start from (default: the baseline)."),
@@ -29,33 +29,31 @@ def search_command(
     stat: str = typer.Option("ratio_num", help="greedy / budget: the probe statistic that ranks the slots "
                              "(relulab.probes: ratio_num, ratio_sum, std, dead_fraction, sign_entropy, ...)."),
     order: str = typer.Option("highest", help="greedy / budget: switch off the slot with the highest or lowest "
-                              "value first (the seed's variants B and A)."),
+                              "value first (source 000's variants B and A)."),
     budget: Optional[int] = typer.Option(None, help="greedy / oracle: slots switched off at most (default 20% of "
-                                         "the active slots, the seed's 2 of 10)."),
+                                         "the active slots, source 000's 2 of 10)."),
     patience: int = typer.Option(1, help="greedy: stop after this many rejected proposals in a row."),
     k: int = typer.Option(2, "--k", help="exhaustive: every placement with up to k slots off."),
     keep: Optional[str] = typer.Option(None, help="budget: numbers of slots kept on, e.g. 0,2,4 or 0-10 "
                                        "(default: every number)."),
     choose: str = typer.Option("stat", help="budget: which slots stay on: stat (ranked by --stat/--order on the "
                                "base model) or exhaustive (every placement)."),
-    plain_rule: bool = typer.Option(False, "--plain-rule", help="Accept a change when the mean improves (the "
-                                    "seed's rule) instead of when Welch's test says it is better beyond seed "
+    plain_rule: bool = typer.Option(False, "--plain-rule", help="Accept a change when the mean improves (source "
+                                    "000's rule) instead of when Welch's test says it is better beyond seed "
                                     "noise."),
     alpha: float = typer.Option(0.05, help="Welch's test level for accepting a change."),
-    metric: str = typer.Option("best_val_acc", help="best_val_acc (the seed's), final_val_acc or test_acc."),
+    metric: str = typer.Option("best_val_acc", help="best_val_acc (source 000's), final_val_acc or test_acc."),
     probe_set: str = typer.Option("first", help="Images the statistics are computed on: first (the first "
-                                  "training image of each class, the seed's), per-class:N or val:N."),
+                                  "training image of each class, as source 000 took them), per-class:N or val:N."),
     max_placements: int = typer.Option(100, help="exhaustive / budget: refuse to plan more placements."),
-    seeds: Optional[str] = typer.Option(None, help="Seeds of every placement, e.g. 0,1,2 or 0-4 (default: the "
-                                        "spec's)."),
-    seed: list[str] = typer.Option([], "--seed", "-s", help="A seed (or seeds, as --seeds), with --seeds or "
-                                   "instead (repeatable)."),
+    seeds: Seeds = None,
+    seed: SeedAlias = [],
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run (e.g. fewer "
                                          "for a quick oracle step; runs are keyed by it, so they are not mixed "
                                          "with runs of other lengths)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: the spec's, else auto)."),
     data_path: Optional[str] = typer.Option(None, help="File or folder to load the dataset from."),
-    set_: list[str] = typer.Option([], "--set", help="Override a spec field, as relulab run --set (repeatable)."),
+    set_: Sets = [],
     store: Optional[Path] = typer.Option(None, help="The SQLite store (default: the spec's, else "
                                          "runs/<name>.sqlite, shared with relulab run)."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
@@ -82,7 +80,7 @@ def search_command(
     options = SearchOptions(strategy, stat, order, budget, patience, k, keep, choose, plain_rule, alpha, metric,
                             probe_set, max_placements)
     overrides = experiments.Overrides(
-        seeds=experiments.seeds_from_options(seeds, seed), epochs=epochs, device=device, data_path=data_path,
+        seeds=read_seeds(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)

@@ -18,9 +18,9 @@
 from relulab.experiments.executors import InProcessExecutor, RayExecutor, make_executor
 from relulab.experiments.plan import PLAN_LIMIT, Experiment, Part, PlannedRun, Variant, load_experiment, run_key
 from relulab.experiments.run import SweepSummary, run_experiment
-from relulab.experiments.spec import (MAX_VALUES, Overrides, parse_seeds, parse_yaml, preset_names, read_spec,
-                                      seeds_from_options)
+from relulab.experiments.spec import (MAX_VALUES, PRESET_ALIASES, Overrides, parse_seeds, parse_yaml, preset_aliases,
+                                      preset_names, read_spec)
 
-__all__ = ["MAX_VALUES", "PLAN_LIMIT", "Experiment", "InProcessExecutor", "Overrides", "Part", "PlannedRun",
-           "RayExecutor", "SweepSummary", "Variant", "load_experiment", "make_executor", "parse_seeds", "parse_yaml",
-           "preset_names", "read_spec", "run_experiment", "run_key", "seeds_from_options"]
+__all__ = ["MAX_VALUES", "PLAN_LIMIT", "PRESET_ALIASES", "Experiment", "InProcessExecutor", "Overrides", "Part",
+           "PlannedRun", "RayExecutor", "SweepSummary", "Variant", "load_experiment", "make_executor", "parse_seeds",
+           "parse_yaml", "preset_aliases", "preset_names", "read_spec", "run_experiment", "run_key"]

@@ -1,4 +1,4 @@
-"""One-off analyses an experiment part can ask for besides training (seed 004's figures and numbers).
+"""One-off analyses an experiment part can ask for besides training (source 004's figures and numbers).
 
     analyses: [relu_demo, activation_plots]              # in a spec: names ...
     analyses: {activation_cost: {elements: 1000000}}     # ... or names with options
@@ -33,7 +33,7 @@ class Analysis:
 
 
 def _relu_demo(options: dict, used: list[str], device: torch.device) -> dict:
-    # Seed 004's demonstration, computed by relulab's own relu rather than restated.
+    # Source 004's demonstration, computed by relulab's own relu rather than restated.
     xs = [float(x) for x in options["inputs"]]
     ys = activations.activation_fn("relu")(torch.tensor(xs, dtype=torch.float64)).tolist()
     return {"pairs": [[x, y] for x, y in zip(xs, ys)],
@@ -98,7 +98,7 @@ ANALYSES: dict[str, Analysis] = {
     a.name: a
     for a in [
         Analysis("relu_demo", _relu_demo, {"inputs": [1.0, 1000.0, 0.0, -1.0, -1000.0]}, False,
-                 "ReLU applied to a few inputs, printed as seed 004 does"),
+                 "ReLU applied to a few inputs, printed as source 004 does"),
         Analysis("activation_plots", _activation_plots, {"activations": "auto", "range": [-10.0, 10.0]}, False,
                  "each activation with its derivative (auto: those the part uses; all: every one)"),
         Analysis("activation_cost", _activation_cost,

@@ -37,9 +37,10 @@ from relulab.core.ranges import INT64_MAX, show_int
 from relulab.core.util import check_name
 from relulab.data import DataSpec
 from relulab.experiments.analyses import parse_analyses
-from relulab.experiments.spec import (SECTIONS, Overrides, apply_overrides, deep_merge, parse_seeds, read_spec,
-                                      set_dotted)
+from relulab.experiments.spec import (SECTIONS, Overrides, apply_overrides, deep_merge, parse_seeds,
+                                      preset_aliases, read_spec, resolve_part, set_dotted)
 from relulab.probes.statistics import check_stats
+from relulab.store import Store, StoreError
 from relulab.store.weights import check_keep_weights
 from relulab.training.resume import Resume
 from relulab.training.specs import RunSpec, TrainSpec, build_run_spec
@@ -308,6 +309,7 @@ def parse_experiment(raw: dict, base_dir: Path, origin: str, run_sets: Optional[
     _check_plan_size(name, raw_parts, yes)
     parts = [parse_part(part_name, part_raw, prefix, base_dir, run_sets) for part_name, part_raw, prefix in raw_parts]
     if only_parts:
+        only_parts = tuple(resolve_part(p, [q.name for q in parts]) for p in only_parts)
         unknown = [p for p in only_parts if p not in [q.name for q in parts]]
         if unknown:
             raise unknown_choice("overrides.parts", unknown[0], [q.name for q in parts])
@@ -405,10 +407,38 @@ def _store_path(raw: dict, name: str, base_dir: Path, store: Optional[str]) -> P
     return (Path.cwd() / "runs" / f"{name}.sqlite").resolve()
 
 
+def _stored_name(raw: dict, base_dir: Path, store: Optional[str]) -> object:
+    """A renamed preset's name, or its former name where its store was made under that one (PRESET_ALIASES):
+    the store's records (plan, runs, searches) carry the experiment's name, and its default file is named after
+    it, so a store made before the rename goes on under the name it knows."""
+    name = raw.get("name")
+    if not isinstance(name, str) or _holds(_store_path(raw, name, base_dir, store), name):
+        return name
+    for former in preset_aliases(name):
+        path = _store_path(raw, former, base_dir, store)
+        if _holds(path, former):
+            _log(f"{name}: the store {path} holds it under its former name {former}; going on under that name")
+            return former
+    return name
+
+
+def _holds(path: Path, name: str) -> bool:
+    """Whether the store at `path` exists and holds an experiment `name` (a store it cannot read: no)."""
+    if not path.is_file():
+        return False
+    try:
+        with Store(path, create=False) as store:
+            return name in store.experiment_names()
+    except StoreError:
+        return False
+
+
 def load_experiment(source: str, overrides: Optional[Overrides] = None) -> Experiment:
     """Read a spec file or preset, apply command-line overrides, validate and expand it."""
     overrides = overrides or Overrides()
     raw, base_dir, origin = read_spec(source)
     raw, run_sets = apply_overrides(raw, overrides)
+    if origin.startswith("preset:"):
+        raw["name"] = _stored_name(raw, base_dir, overrides.store)
     return parse_experiment(raw, base_dir, origin, run_sets, tuple(overrides.parts), overrides.store, overrides.yes)
 

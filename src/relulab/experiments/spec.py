@@ -182,9 +182,34 @@ def _as_tree(value):
     return value
 
 
+# A preset's former name -> its name. The presets were first named after the source each reproduces (seed000:
+# source 000's protocol), which read as random seeds. The former names still work everywhere a preset is named
+# (and as quickstart's part names), and a store made under one is still found (plan.load_experiment).
+PRESET_ALIASES = {
+    "seed000": "greedy-relu-cifar10",
+    "seed001": "why-relu-fmnist",
+    "seed002": "selu-vs-batchnorm",
+    "seed004": "relu-explained",
+}
+
+
 def preset_names() -> list[str]:
     folder = resources.files("relulab") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_aliases(name: str) -> list[str]:
+    """The former names of preset `name` (PRESET_ALIASES), oldest first."""
+    return [former for former, current in PRESET_ALIASES.items() if current == name]
+
+
+def resolve_part(name: str, names: Sequence[str]) -> str:
+    """The part `name` names among `names`: itself, or the part a preset's former name stands for (quickstart's
+    seed000 is its greedy-relu-cifar10 now); unknown names are returned as given, for the caller to refuse."""
+    if name in names:
+        return name
+    current = PRESET_ALIASES.get(name)
+    return current if current in names else name
 
 
 def preset_text(name: str) -> str:
@@ -197,12 +222,12 @@ def read_spec(source: str) -> tuple[dict, Path, str]:
     if path.is_file():
         return _as_mapping(parse_yaml(read_spec_text(path), str(path)), str(path)), path.resolve().parent, \
             str(path.resolve())
-    if source in preset_names():
-        return _as_mapping(parse_yaml(preset_text(source), f"preset {source}"), source), Path.cwd(), \
-            f"preset:{source}"
+    name = PRESET_ALIASES.get(source, source)
+    if name in preset_names():
+        return _as_mapping(parse_yaml(preset_text(name), f"preset {name}"), name), Path.cwd(), f"preset:{name}"
     if path.suffix in (".yaml", ".yml") or "/" in source:
         raise UserError(f"spec: {path} does not exist")
-    raise unknown_choice("spec", source, preset_names())
+    raise unknown_choice("spec", source, [*preset_names(), *PRESET_ALIASES])
 
 
 def read_spec_text(path: Path) -> str:
@@ -329,14 +354,4 @@ def parse_seeds(value, path: str = "seeds") -> list[int]:
     if twice:
         raise UserError(f"{path}: seeds repeat: {twice[0]} is given twice")
     return list(value)
-
-
-def seeds_from_options(seeds: Optional[str], seed: Sequence[str] = ()) -> Optional[list[int]]:
-    """The command line's seeds: `--seeds 0-4` and each `--seed N` (a list or range too), merged, read by
-    parse_seeds; a seed given twice is refused. None when neither option is given."""
-    given = ([("--seeds", seeds)] if seeds is not None else []) + [("--seed", text) for text in seed]
-    if not given:
-        return None
-    merged = [s for option, text in given for s in parse_seeds(text, option)]
-    return parse_seeds(merged, "/".join(dict.fromkeys(option for option, _ in given)))
 

@@ -202,9 +202,9 @@ STATS: dict[str, Stat] = {
     for s in [
         Stat("ratio_num", _ratio_num, _defined_mean,
              description="per image count(x < 0) / count(x >= 0) of the slot's input, averaged over images "
-                         "(seed 000)"),
+                         "(source 000)"),
         Stat("ratio_sum", _ratio_sum, _defined_mean,
-             description="per image sum(x < 0) / sum(x >= 0) of the slot's input, averaged over images (seed 000)"),
+             description="per image sum(x < 0) / sum(x >= 0) of the slot's input, averaged over images (source 000)"),
         Stat("negative_fraction", lambda b: _col(_mean(b.flat(b.x) < 0)), _per_image_mean,
              description="fraction of the slot's input below zero"),
         Stat("mean", lambda b: _col(_mean(b.flat(b.x))), _per_image_mean, description="mean of the slot's input"),

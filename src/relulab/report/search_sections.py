@@ -40,7 +40,7 @@ def _search_title(s: dict) -> str:
 
 def _search_note(s: dict) -> str:
     o = s["options"]
-    rule = "the seed's plain rule (accept if the mean improves)" if o.get("plain_rule") else \
+    rule = "source 000's plain rule (accept if the mean improves)" if o.get("plain_rule") else \
         f"Welch's t-test, p < {o['alpha']} with a higher mean"
     parts = [f"{len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), {s['epochs']} epochs, "
              f"metric {s['metric']}, probe set {s['probe_set']}"]

@@ -309,7 +309,7 @@ def probe_sections(part: PartData, svg: bool) -> list[Section]:
                     f"{stat} per layer and class: {name} (probe set {probe_set})", header,
                     [[slot_text(r[0], names)] + [degenerate_text(n) if m else significant(x, 3)
                                     for x, n, m in zip(r[1:], counts, marked)] for r in body],
-                    note="Seed 000's layout: a row per slot, a column per class, and the average over the probe "
+                    note="Source 000's layout: a row per slot, a column per class, and the average over the probe "
                          f"images; mean over {runs} runs.",
                     figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
                                           f"{STATS[stat].description}; probe set {probe_set}.", svg, marked,
@@ -339,7 +339,7 @@ def _retrained_section(retrained: list[tuple[str, dict, dict]]) -> Section:
 
 def _relu_demo_section(value: dict, svg: bool) -> Section:
     return Section("ReLU's demonstration", lines=value["lines"],
-                   note="relulab's relu applied to seed 004's inputs.")
+                   note="relulab's relu applied to source 004's inputs.")
 
 
 def _activation_plots_section(value: dict, svg: bool) -> Section:

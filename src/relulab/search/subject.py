@@ -11,6 +11,7 @@ from typing import Optional
 
 from relulab.core.errors import UserError, unknown_choice
 from relulab.experiments.plan import Experiment, Part, Variant
+from relulab.experiments.spec import resolve_part
 from relulab.probes import statistics as probes_mod
 from relulab.store.database import Store
 
@@ -39,6 +40,7 @@ def pick_part(exp: Experiment, name: Optional[str], field: str = "part") -> Part
             raise UserError(f"{field}: {exp.name} has several parts ({', '.join(p.name for p in exp.parts)}); "
                             "name one")
         return exp.parts[0]
+    name = resolve_part(name, [p.name for p in exp.parts])  # quickstart's parts answer to the presets' former names
     for part in exp.parts:
         if part.name == name:
             return part
