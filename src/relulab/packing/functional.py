@@ -100,9 +100,20 @@ class FunctionalStack:
 
     def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool = True) -> torch.Tensor:
         """Logits (K, B, classes): x is (K, B, ...) (each model its own batch) or (B, ...) (one batch for all)."""
-        self.base.train(training)
-        call = self._own_call if x.dim() == len(self.base.input_shape) + 2 else self._shared_call
+        self.base.train(training)  # here, outside any compiled code: the mode is Python state of the modules
+        own = x.dim() == len(self.base.input_shape) + 2
+        if own and x.is_cuda and x.dim() == 5:
+            # cuDNN's fastest bf16 kernels want channels-last: vmap folds the K models into the channels, so
+            # (B, K, C, H, W) with C, H, W innermost in that order is what each grouped convolution reads.
+            x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last_3d).transpose(0, 1)
+        call = self._own_call if own else self._shared_call
         return call(self.views(params), self.buffers, x)
+
+    def compile(self, compiler) -> "FunctionalStack":
+        """Compile the training call (`compiler`: torch.compile with the caller's options); evaluation, on
+        other shapes, stays eager rather than pay a compilation for each."""
+        self._own_call = compiler(self._own_call)
+        return self
 
     def kernel_views(self, params: torch.Tensor) -> list[torch.Tensor]:
         views = params.split(self.sizes, dim=1)

@@ -105,7 +105,10 @@ class PackStep(GraphedStep):
         # stack's 8.2 ms step for 8 models); compiled, one (7.81 against 8.00 ms a step). dynamic=False: a
         # stack of another size gets kernels of its own rather than a recompile for any size.
         compile_static = partial(torch.compile, backend=COMPILE_BACKEND, dynamic=False)
-        self.forward = compile_static(stack.forward) if compiled else stack.forward
+        if compiled and isinstance(stack, FunctionalStack):
+            stack.compile(compile_static)  # the vmapped call only: the stack sets the modules' mode outside it
+        self.forward = compile_static(stack.forward) if compiled and not isinstance(stack, FunctionalStack) \
+            else stack.forward
         self.update = compile_static(optimizer.step) if compiled else optimizer.step
         self.index = torch.zeros(stack.k, batch, dtype=torch.long, device=x.device)
         self.l1, self.l2 = jobs[0].spec.train.l1, jobs[0].spec.train.l2

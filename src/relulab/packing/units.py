@@ -217,6 +217,10 @@ def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
         members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
         start = 0
         for size in rules.stack_sizes(len(members), max_stack or rules.default_max_stack(members[0])):
-            units.append(stack_unit(members[start:start + size], splits, device, sizes))
+            chunk = members[start:start + size]
+            if size == 1 and rules.functional_stack_key(chunk[0]) is not None:  # vmap over one model only costs
+                units.append(model_unit(chunk[0], splits, device, sizes, rules.compiles(chunk[0], jobs, device)))
+            else:
+                units.append(stack_unit(chunk, splits, device, sizes))
             start += size
     return units
