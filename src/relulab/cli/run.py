@@ -139,13 +139,15 @@ def report_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
     tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here."),
+    band: str = typer.Option("ci95", help="The figures' bands over seeds: ci95 (the tables' 95% interval of the "
+                             "mean) or minmax (the range over seeds)."),
 ):
     """Write an experiment's report (HTML, Markdown, CSV, plots) from its store."""
     from relulab.report import build_report
 
     store_path, name = _resolve_target(target, store, experiment)
     with option_names(REPORT_OPTIONS):
-        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard)
+        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard, band=band)
     console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV), {len(files.figures)} figures")
     if files.tensorboard:
         console.print(f"tensorboard: tensorboard --logdir {files.tensorboard}")

@@ -11,6 +11,7 @@ from typing import Optional
 from relulab.core.errors import UserError
 from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
+from relulab.report.measures import DEFAULT_BAND, Band, band_named
 from relulab.report.search_sections import search_sections
 from relulab.report.sections import PartReport, comparison_rows, part_sections, summary_rows, table_header
 from relulab.report.writers import (markdown, render_html, require_tensorboard, runs_csv, search_csvs, summary_csv,
@@ -22,9 +23,9 @@ def _slug(index: int, name: str) -> str:
     return f"{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
 
 
-def part_report(index: int, part: PartData, svg: bool) -> PartReport:
+def part_report(index: int, part: PartData, svg: bool, band: Band) -> PartReport:
     """A part's tables and sections: its own (relulab.report.sections), then each of its searches'."""
-    sections = part_sections(part, svg)
+    sections = part_sections(part, svg, band)
     for search in part.searches:
         sections += search_sections(search, svg)
     return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
@@ -73,11 +74,14 @@ def check_tensorboard_dir(logdir: str | Path, out: Path, field: str = "tensorboa
 
 
 def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,
-                 svg: bool = False, tensorboard: Optional[str | Path] = None) -> ReportFiles:
-    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store.
+                 svg: bool = False, tensorboard: Optional[str | Path] = None, band: str = DEFAULT_BAND
+                 ) -> ReportFiles:
+    """Write report.html, report.md, summary.csv, runs.csv and figures/ for one experiment of a store. `band`:
+    what the figures' bands over seeds are, ci95 (the tables' 95% interval of the mean) or minmax (the range).
 
     The files are written into a staging folder beside `out_dir` and put in its place whole, so a killed
     report, or one that meets a full disk, leaves the earlier report as it was."""
+    bands = band_named(band, "report.band")
     if tensorboard is not None:
         require_tensorboard()  # fail before writing anything when tensorboard is missing
     store = Store(store_path, create=False)
@@ -88,7 +92,7 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
         store.close()
     out = check_report_dir(Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name))
     logdir = check_tensorboard_dir(tensorboard, out) if tensorboard is not None else None
-    reports = [part_report(i, p, svg) for i, p in enumerate(data.parts)]
+    reports = [part_report(i, p, svg, bands) for i, p in enumerate(data.parts)]
     figures: dict[str, bytes] = {}
     for r in reports:
         for f in r.figures:
