@@ -89,11 +89,13 @@ LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-def styles(n: int) -> list[dict]:
+def styles(n: int, size: float = 6.0) -> list[dict]:
     """A colour, a line style and a marker for each of n lines, all three changing from one line to the next:
-    overlapping curves stay apart where colours alone would not (in grey, or for a reader who cannot tell them)."""
-    return [{"color": c, "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
-            for i, c in enumerate(colors(n))]
+    overlapping curves stay apart where colours alone would not (in grey, or for a reader who cannot tell them).
+    Markers shrink from one line to the next, so that a line drawn exactly over another leaves the earlier
+    line's markers showing around its own."""
+    return [{"color": c, "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)],
+             "markersize": size * (1 - 0.17 * (i % len(LINESTYLES)))} for i, c in enumerate(colors(n))]
 
 
 def part_seeds(part: PartData) -> list[int]:
@@ -103,21 +105,38 @@ def part_seeds(part: PartData) -> list[int]:
 
 def _plot_metric(ax, part: PartData, metric: str, label: str, band: Band, scale: float = 1.0,
                  legend: bool = True) -> None:
+    drawn: set[int] = set()
     for style, v in zip(styles(len(part.variants)), part.variants):
         epochs, mean, low, high = curve(v, metric, band)
         if not len(epochs):
             continue
-        ax.plot(epochs, mean * scale, markersize=3.5, linewidth=1.4, label=v.name, **style)
-        if np.isfinite(low).any():
+        drawn.update(int(e) for e in epochs)
+        ax.plot(epochs, mean * scale, linewidth=1.4, label=v.name, **style)
+        if not np.isfinite(low).any():
+            continue
+        if len(epochs) == 1:  # a band one epoch wide has no width: a whisker instead
+            ax.errorbar(epochs, mean * scale, yerr=np.abs([(mean - low) * scale, (high - mean) * scale]),
+                        color=style["color"], capsize=4, linewidth=1)
+        else:
             ax.fill_between(epochs, low * scale, high * scale, color=style["color"], alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(drawn) == 1:  # a single epoch: its number, not fractions of one around it
+        ax.set_xticks(sorted(drawn))
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     if "loss" in metric and _all_positive(ax):
         ax.set_yscale("log")
+    if "acc" in metric:
+        clamp_percent(ax)
     if legend and part.variants:
         ax.legend(fontsize=8)
+
+
+def clamp_percent(ax) -> None:
+    """Intervals over few seeds can reach past 0% or 100%: keep the axis on accuracies that exist."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, -2.0), min(high, 102.0))
 
 
 def _all_positive(ax) -> bool:
@@ -221,7 +240,7 @@ def depth_figure(part: PartData, table: dict[str, dict], band: Band, seeds: list
     axes = fig.subplots(2, len(whens), squeeze=False, sharex=True, sharey="row")
     last = last_probed_epoch(part)
     titles = {"init": "at initialisation (epoch 0)", "trained": f"after training (epoch {last})"}
-    zeros = False
+    zeros = cut = False
     for row, what in enumerate(("mean", "variance")):
         drawn = [DEPTH_TARGET[what]] + [x for profiles in table.values() for when in whens if when in profiles
                                         for p in [profiles[when][what]] for x in p.mean + p.low + p.high]
@@ -229,13 +248,14 @@ def depth_figure(part: PartData, table: dict[str, dict], band: Band, seeds: list
         log = axes[row][0].get_yscale() == "log"
         for col, when in enumerate(whens):
             ax = axes[row][col]
-            for style, (name, profiles) in zip(styles(len(table)), table.items()):
+            for style, (name, profiles) in zip(styles(len(table), 4.5), table.items()):
                 if when not in profiles:
                     continue
                 p = profiles[when][what]
                 # on a log scale a band reaching 0 is cut there (NaN), not drawn to a masked point
                 low = [x if not log or x > 0 else math.nan for x in p.low]
-                ax.plot(p.slots, p.mean, markersize=3, linewidth=1.3, label=name, **style)
+                cut |= log and any(x <= 0 for x in p.low)
+                ax.plot(p.slots, p.mean, linewidth=1.3, label=name, **style)
                 ax.fill_between(p.slots, low, p.high, color=style["color"], alpha=0.15, linewidth=0)
             ax.axhline(DEPTH_TARGET[what], color="black", linestyle=(0, (6, 2)), linewidth=0.9,
                        label="target (mean 0, variance 1)")
@@ -251,6 +271,8 @@ def depth_figure(part: PartData, table: dict[str, dict], band: Band, seeds: list
     caption = ("Mean and variance (std squared) of each slot's output over every entry of the probe set, mean over "
                f"seeds; the band is the {band.text}; black dashes: the self-normalising target (mean 0, variance "
                "1). Left: the network as initialised; right: after the last epoch. " + DEPTH_EVAL_NOTE)
+    if cut:
+        caption += " Where a band reaches 0 or below, its lower edge is off the log scale (the band stops there)."
     if zeros:
         caption += " Variances of exactly 0 (a slot whose outputs are all equal) are off the log scale."
     return save_figure(fig, "depth", "Post-activation mean and variance through depth", caption, svg,
@@ -338,9 +360,8 @@ def stat_over_epochs_figure(title: str, panels: list[tuple[str, dict[int, tuple[
     fig = new_figure(3.8 * cols + 1.2, 2.9 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, curves) in zip(axes.flat, panels):
-        for style, (slot, (epochs, values)) in zip(styles(max(1, len(curves))), curves.items()):
-            ax.plot(epochs, values, markersize=3, linewidth=1.2, label=slot_text(slot, names or {}, "slot "),
-                    **style)
+        for style, (slot, (epochs, values)) in zip(styles(max(1, len(curves)), 5.0), curves.items()):
+            ax.plot(epochs, values, linewidth=1.2, label=slot_text(slot, names or {}, "slot "), **style)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

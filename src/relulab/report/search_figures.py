@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from relulab.report.figures import MAX_NAMED_TICKS, FigureOut, new_figure, save_figure
+from relulab.report.figures import MAX_NAMED_TICKS, FigureOut, clamp_percent, new_figure, save_figure
 from relulab.report.format import PCT
 from relulab.report.measures import seeds_text, step_candidates
 
@@ -19,12 +19,6 @@ INTERVAL = "bars: 95% interval of the mean over seeds (Student t, as in the tabl
 
 def _seeds(s: dict) -> str:
     return seeds_text([len(s.get("seeds") or [])])
-
-
-def _clamp_percent(ax) -> None:
-    """Intervals over few seeds can reach past 0% or 100%: keep the axis on accuracies that exist."""
-    low, high = ax.get_ylim()
-    ax.set_ylim(max(low, -2.0), min(high, 102.0))
 
 
 def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
@@ -68,8 +62,10 @@ def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
         ax.annotate(labels[0], (0, path_y[0]), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high + 0.12 * (high - low))  # room for the last step's labels, which sit right of their points
     ax.set_ylabel(f"{s['metric']} (%)")
-    _clamp_percent(ax)
+    clamp_percent(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, f"search-{s['id'][:8]}-path", "Search path",
@@ -163,7 +159,7 @@ def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
             color="tab:orange", marker="D", markersize=5, zorder=3, label="frontier: best accuracy for its ReLU count")
     ax.set_xlabel("ReLU count (activations computed per image)")
     ax.set_ylabel(f"{s['metric']} (%)")
-    _clamp_percent(ax)
+    clamp_percent(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     place_labels(ax, [(c["relu_count"], c["mean"] * PCT, c["placement"]) for c in frontier])
