@@ -115,8 +115,9 @@ def test_the_band_is_the_tables_interval_and_the_caption_says_so(drawn, store):
     low, high = _band_at(fig.axes[1], 2)
     assert len(values) == 3 and (low, high) == pytest.approx((s.low * 100, s.high * 100))
     assert "95% interval of the mean over seeds (Student t, as in the tables)" in out.caption
-    page = drawn.files.html.read_text()
-    assert "the band is the 95% interval of the mean over seeds (Student t, as in the tables)" in page
+    for written in (drawn.files.html, drawn.files.markdown):  # the caption beside the figure in both
+        assert "the band is the 95% interval of the mean over seeds (Student t, as in the tables)" in \
+            written.read_text()
 
 
 def test_minmax_band_is_the_range_over_seeds(store, tmp_path, monkeypatch):

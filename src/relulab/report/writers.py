@@ -73,7 +73,8 @@ def markdown(data: ExperimentData, reports: list[PartReport]) -> str:
             if s.rows:
                 lines += _md_table(s.header, s.rows) + [""]
             if s.figure:
-                lines += [f"![{md_escape(s.figure.title)}](figures/{r.slug}-{s.figure.slug}.png)", ""]
+                lines += [f"![{md_escape(s.figure.title)}](figures/{r.slug}-{s.figure.slug}.png)", "",
+                          f"*{md_escape(s.figure.caption)}*", ""]
     return "\n".join(lines)
 
 
