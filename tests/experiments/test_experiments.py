@@ -298,7 +298,7 @@ def test_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_analyses_are_stored_and_the_demo_printed(tmp_path):
-    text = TINY + "analyses: {relu_demo: {}, activation_cost: {elements: 1000, repeats: 1}}\nprobes: [sparsity]\n"
+    text = TINY + "analyses: {relu_demo: {}, activation_cost: {elements: 1000, min_run_time: 0.01}}\nprobes: [sparsity]\n"
     printed = []
     exp = load_experiment(str(write_spec(tmp_path, text)), Overrides(store=str(tmp_path / "s.sqlite")))
     run_experiment(exp, log=quiet, echo=printed.append)

@@ -34,7 +34,7 @@ def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     text = TINY.replace("description: A tiny experiment for the tests.", f'description: "{EVIL}"').replace(
         "options: {n: 240", "split: test, options: {n: 240") + (
-        "probes: [sparsity]\nanalyses: {relu_demo: {}, activation_plots: {}, activation_cost: {elements: 4096}}\n")
+        "probes: [sparsity]\nanalyses: {relu_demo: {}, activation_plots: {}, activation_cost: {elements: 4096, min_run_time: 0.01}}\n")
     store = _make_store(folder, text, seeds=[0, 1, 2])
     return build_report(store, svg=True)
 
@@ -42,8 +42,8 @@ def report(tmp_path_factory):
 def test_report_files(report):
     assert report.html.name == "report.html" and report.html.parent.name == "tiny-report"
     names = {p.name for p in report.figures}
-    assert {"1-tiny-val-accuracy.png", "1-tiny-curves.png", "1-tiny-epoch-time.png", "1-tiny-sparsity.png",
-            "1-tiny-activations.png", "1-tiny-activation-cost.png", "1-tiny-curves.svg"} <= names
+    assert {"1-tiny-curves.png", "1-tiny-epoch-time.png", "1-tiny-sparsity.png", "1-tiny-activations.png",
+            "1-tiny-activation-cost.png", "1-tiny-curves.svg"} <= names
     assert all(p.stat().st_size > 5000 for p in report.figures)
 
 
@@ -80,7 +80,7 @@ def test_html_is_self_contained_escaped_and_flagged_at_the_top(report):
     assert "&lt;script&gt;alert(&#39;relulab&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing loaded from outside
     images = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    assert len(images) == 6 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "rectified(1000.0) is 1000.0" in page and "Provenance" in page
 
 

@@ -46,6 +46,7 @@ FIELD_FLAGS = {
     "compare.config": "--config",
     "report.experiment": "--experiment",
     "report.tensorboard": "--tensorboard",
+    "report.band": "--band",
     "overrides.parts": "--part",  # relulab.experiments.Overrides: what the command line changes in a spec
     "overrides.yes": "--yes",
 }

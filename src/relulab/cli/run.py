@@ -140,13 +140,16 @@ def report_command(
     correction: str = typer.Option("none", help="Adjust each part's comparisons with the baseline together: none, "
                                    "holm (Holm: the chance of any false positive) or bh (Benjamini-Hochberg: their "
                                    "expected share)."),
+    band: str = typer.Option("ci95", help="The figures' bands over seeds: ci95 (the tables' 95% interval of the "
+                             "mean) or minmax (the range over seeds)."),
 ):
     """Write an experiment's report (HTML, Markdown, CSV, plots) from its store."""
     from relulab.report import build_report
 
     store_path, name = _resolve_target(target, store, experiment)
     with option_names(REPORT_OPTIONS):
-        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard, correction=correction)
+        files = build_report(store_path, name, out, svg=svg, tensorboard=tensorboard, band=band,
+                             correction=correction)
     console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV), {len(files.figures)} figures")
     if files.tensorboard:
         console.print(f"tensorboard: tensorboard --logdir {files.tensorboard}")

@@ -11,16 +11,15 @@ provenance; the others are recomputed on every run (they are cheap and exact).
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from relulab.zoo import activations
 from relulab.core.env import device_name
-from relulab.core.errors import UserError, unknown_choice
+from relulab.core.errors import UserError, is_number, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -55,43 +54,49 @@ def _activation_plots(options: dict, used: list[str], device: torch.device) -> d
             "range": [float(options["range"][0]), float(options["range"][1])]}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+WARMUP_CALLS = 3  # untimed calls first: the allocator's and the kernels' caches, a CUDA context's first launch
 
 
-def time_activation(spec: str, elements: int, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median milliseconds of (forward, forward + backward) of activation `spec` over `elements` floats."""
+def _quartiles_ms(measurement) -> dict:
+    """Median, interquartile range and quartiles (ms) of a torch.utils.benchmark Measurement's per-call times."""
+    q25, median, q75 = (float(q) * 1e3 for q in np.quantile(measurement.times, [0.25, 0.5, 0.75]))
+    return {"median_ms": median, "iqr_ms": q75 - q25, "q25_ms": q25, "q75_ms": q75,
+            "measurements": len(measurement.times), "calls_per_measurement": measurement.number_per_run}
+
+
+def time_activation(spec: str, elements: int, min_run_time: float, threads: int, device: torch.device) -> dict:
+    """Forward, and forward + backward, of activation `spec` over `elements` floats, timed by
+    torch.utils.benchmark (Timer.blocked_autorange: blocks of calls for at least `min_run_time` seconds each, after
+    WARMUP_CALLS untimed calls, on `threads` threads; CUDA is synchronised around every block): {"forward":
+    quartiles, "forward_backward": quartiles}, as _quartiles_ms. The spread of the blocks is the noise a shared
+    machine adds, shown rather than hidden in one number."""
+    from torch.utils.benchmark import Timer
+
     layer = activations.get_activation(spec).to(device)
     x = torch.randn(elements, device=device, requires_grad=True)
     grad = torch.ones(elements, device=device)
-    forward, both = [], []
-    for i in range(repeats + 2):  # two warm-up rounds: allocator and kernel caches
-        _sync(device)
-        t0 = time.perf_counter()
-        y = layer(x)
-        _sync(device)
-        t1 = time.perf_counter()
-        y.backward(grad)
-        _sync(device)
-        t2 = time.perf_counter()
-        x.grad = None
-        if i >= 2:
-            forward.append((t1 - t0) * 1e3)
-            both.append((t2 - t0) * 1e3)
-    return statistics.median(forward), statistics.median(both)
+    scope = {"layer": layer, "x": x, "grad": grad}
+    out = {}
+    for what, stmt in (("forward", "layer(x)"), ("forward_backward", "layer(x).backward(grad); x.grad = None")):
+        timer = Timer(stmt, globals=scope, num_threads=threads, label=spec, sub_label=what)
+        timer.timeit(WARMUP_CALLS)
+        out[what] = _quartiles_ms(timer.blocked_autorange(min_run_time=min_run_time))
+    return out
 
 
 def _activation_cost(options: dict, used: list[str], device: torch.device) -> dict:
     names = _resolve_names(options["activations"], used, "activation_cost.activations")
-    elements, repeats = int(options["elements"]), int(options["repeats"])
+    elements, min_run_time = int(options["elements"]), float(options["min_run_time"])
+    threads = torch.get_num_threads() if options["threads"] == "auto" else int(options["threads"])
     rows = []
     for name in names:
-        fwd, both = time_activation(name, elements, repeats, device)
-        rows.append({"activation": name, "forward_ms": fwd, "forward_backward_ms": both})
-    return {"elements": elements, "repeats": repeats, "device": device_name(device), "rows": rows,
-            "lines": [f"{r['activation']:<11} forward {r['forward_ms']:7.2f} ms, forward+backward "
-                      f"{r['forward_backward_ms']:7.2f} ms" for r in rows]}
+        timed = time_activation(name, elements, min_run_time, threads, device)
+        rows.append({"activation": name, **{f"{what}_{k}": v for what, q in timed.items() for k, v in q.items()}})
+    return {"elements": elements, "min_run_time": min_run_time, "threads": threads, "warmup": WARMUP_CALLS,
+            "timer": "torch.utils.benchmark.Timer.blocked_autorange", "device": device_name(device), "rows": rows,
+            "lines": [f"{r['activation']:<11} forward {r['forward_median_ms']:7.3f} ms (IQR {r['forward_iqr_ms']:.3f}),"
+                      f" forward+backward {r['forward_backward_median_ms']:7.3f} ms "
+                      f"(IQR {r['forward_backward_iqr_ms']:.3f}); {threads} thread{'s' * (threads != 1)}" for r in rows]}
 
 
 ANALYSES: dict[str, Analysis] = {
@@ -102,8 +107,9 @@ ANALYSES: dict[str, Analysis] = {
         Analysis("activation_plots", _activation_plots, {"activations": "auto", "range": [-10.0, 10.0]}, False,
                  "each activation with its derivative (auto: those the part uses; all: every one)"),
         Analysis("activation_cost", _activation_cost,
-                 {"activations": "all", "elements": 1 << 22, "repeats": 5}, True,
-                 "median time of forward and forward+backward over a large tensor, per activation"),
+                 {"activations": "all", "elements": 1 << 22, "min_run_time": 0.5, "threads": "auto"}, True,
+                 "forward and forward+backward time over a large tensor, per activation (torch.utils.benchmark: "
+                 "median and interquartile range; threads: auto is torch's count)"),
     ]
 }
 
@@ -132,11 +138,18 @@ def parse_analyses(value, field: str = "analyses") -> dict[str, dict]:
     return parsed
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_options(name: str, options: dict, field: str) -> None:
-    for key in ("elements", "repeats"):
-        if key in options and (not isinstance(options[key], int) or isinstance(options[key], bool)
-                               or options[key] < 1):
-            raise UserError(f"{field}.{key}: expected a positive integer, got {options[key]!r}")
+    if "elements" in options and not _positive_int(options["elements"]):
+        raise UserError(f"{field}.elements: expected a positive integer, got {options['elements']!r}")
+    if "threads" in options and options["threads"] != "auto" and not _positive_int(options["threads"]):
+        raise UserError(f"{field}.threads: expected auto or a positive integer, got {options['threads']!r}")
+    if "min_run_time" in options and not (is_number(options["min_run_time"]) and options["min_run_time"] > 0):
+        raise UserError(f"{field}.min_run_time: expected a positive number of seconds, got "
+                        f"{options['min_run_time']!r}")
     if "range" in options:
         r = options["range"]
         if not (isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) for v in r) and r[0] < r[1]):

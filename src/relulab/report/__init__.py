@@ -9,10 +9,10 @@ including while a sweep is still running (missing runs are counted and said).
 
 Per part: the seeds' table (configuration | best val acc | time), extended with the
 95% interval over seeds, final accuracy, best epoch, seeds and the comparison with the
-baseline; accuracy and loss curves (mean over seeds, band = range over seeds), all
-configurations on one chart (seed 001's figure), time per epoch, per-slot sparsity
-when probed, post-activation mean and variance through depth at initialisation and
-after training when `mean_out` and `std_out` are probed (seed 002's premise), and the
+baseline; accuracy and loss curves (mean over seeds, band = the tables' 95% interval, or the
+range over seeds with band="minmax"), all configurations on each panel (seed 001's figure),
+time per epoch, per-slot sparsity when probed, post-activation mean and variance through
+depth at initialisation and after training when `mean_out` and `std_out` are probed (seed 002's premise), and the
 part's analyses (activation plots with derivatives, activation cost, ReLU's
 demonstration). Then three kinds of sections from probes and searches (issue 4): per-epoch
 probe statistics (`slot_stats`, the spec's `probes:`) plotted over epochs, one line per slot;

@@ -12,6 +12,7 @@ from relulab.core.errors import UserError
 from relulab.core.stats import check_correction
 from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
+from relulab.report.measures import DEFAULT_BAND, Band, band_named
 from relulab.report.search_sections import search_sections
 from relulab.report.sections import (PartReport, comparison_header, comparison_rows, part_sections, summary_rows,
                                      table_header)
@@ -24,9 +25,10 @@ def _slug(index: int, name: str) -> str:
     return f"{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
 
 
-def part_report(index: int, part: PartData, svg: bool, correction: Optional[str] = None) -> PartReport:
+def part_report(index: int, part: PartData, svg: bool, band: Band, correction: Optional[str] = None
+                ) -> PartReport:
     """A part's tables and sections: its own (relulab.report.sections), then each of its searches'."""
-    sections = part_sections(part, svg)
+    sections = part_sections(part, svg, band)
     for search in part.searches:
         sections += search_sections(search, svg)
     return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
@@ -76,13 +78,16 @@ def check_tensorboard_dir(logdir: str | Path, out: Path, field: str = "tensorboa
 
 
 def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,
-                 svg: bool = False, tensorboard: Optional[str | Path] = None,
+                 svg: bool = False, tensorboard: Optional[str | Path] = None, band: str = DEFAULT_BAND,
                  correction: Optional[str] = None) -> ReportFiles:
-    """Write report.html, report.md, summary.csv, runs.csv, epochs.csv and figures/ for one experiment of a store;
-    with `correction` (holm, bh: core.stats.CORRECTIONS) the comparisons with the baseline are adjusted together.
+    """Write report.html, report.md, summary.csv, runs.csv, epochs.csv and figures/ for one experiment of a store.
+    `band`: what the figures' bands over seeds are, ci95 (the tables' 95% interval of the mean) or minmax (the
+    range); with `correction` (holm, bh: core.stats.CORRECTIONS) the comparisons with the baseline are adjusted
+    together.
 
     The files are written into a staging folder beside `out_dir` and put in its place whole, so a killed
     report, or one that meets a full disk, leaves the earlier report as it was."""
+    bands = band_named(band, "report.band")
     correction = check_correction(correction, "report.correction")
     if tensorboard is not None:
         require_tensorboard()  # fail before writing anything when tensorboard is missing
@@ -94,7 +99,7 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
         store.close()
     out = check_report_dir(Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(data.store, name))
     logdir = check_tensorboard_dir(tensorboard, out) if tensorboard is not None else None
-    reports = [part_report(i, p, svg, correction) for i, p in enumerate(data.parts)]
+    reports = [part_report(i, p, svg, bands, correction) for i, p in enumerate(data.parts)]
     figures: dict[str, bytes] = {}
     for r in reports:
         for f in r.figures:

@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 import numpy as np
+import yaml
 
 from relulab.core.stats import Comparison, Summary
 from relulab.probes.statistics import slot_text  # how every table, figure and command names a slot
@@ -101,3 +102,36 @@ def safe_name(text: str) -> str:
 def slots_text(slots, names: dict[int, str]) -> str:
     """Several slots: '7, 10', or with names '7 (layer2.0.relu2), 10 (layer2.2.relu1)'; 'none' for no slot."""
     return ", ".join(slot_text(s, names) for s in slots) or "none"
+
+
+# ---------------------------------------------------------------- a spec as compact YAML
+
+SPEC_WIDTH = 100  # columns a spec dump's flow-style line may take before its mapping is written as a block
+
+
+def _yaml(value, flow: Optional[bool], width: float = SPEC_WIDTH) -> str:
+    return yaml.safe_dump(value, default_flow_style=flow, sort_keys=False, allow_unicode=True, width=width)
+
+
+def _spec_lines(mapping: dict, indent: int) -> list[str]:
+    lines, pad = [], " " * indent
+    for key, value in mapping.items():
+        if isinstance(value, (dict, list)):
+            flow = _yaml({key: value}, True, math.inf).strip()[1:-1]  # "key: {...}", its outer braces taken off
+            if "\n" not in flow and indent + len(flow) <= SPEC_WIDTH:
+                lines.append(pad + flow)
+                continue
+            if isinstance(value, dict) and value:
+                head = _yaml({key: None}, False).rstrip().removesuffix(" null")  # the key as YAML writes it, and its colon
+                lines += [pad + head] + _spec_lines(value, indent + 2)
+                continue
+        # a scalar (long text folded), or a long list (flow, wrapped): PyYAML's layout, shifted to this depth
+        lines += [pad + line for line in _yaml({key: value}, None if isinstance(value, list) else False).splitlines()]
+    return lines
+
+
+def spec_text(spec: dict) -> str:
+    """A spec as compact YAML, as the presets are written: a line per field, each mapping or list in flow style
+    (`model: {name: deep-mlp, widths: [8, 8]}`) where it fits in SPEC_WIDTH columns, else a block of such lines.
+    It loads back to the same spec."""
+    return "\n".join(_spec_lines(spec, 0)) + "\n"

@@ -10,11 +10,70 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from relulab.core.errors import unknown_choice
+from relulab.core.stats import summarize
 from relulab.report.collect import PartData, VariantData, trained_packed
 
 
-def curve(v: VariantData, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, mean, low, high) of `metric` over the variant's runs; band = range over seeds."""
+# ---------------------------------------------------------------- bands over seeds
+#
+# What a figure's band (or whisker) around a mean over seeds is. The default is the tables' 95% interval, from the
+# same function (relulab.core.stats.summarize), so a band and the "± half-width" beside it say the same thing.
+
+@dataclass(frozen=True)
+class Band:
+    name: str
+    text: str  # what the band is, in a caption or a figure's subtitle
+    bounds: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # (runs, points) -> (low, high) per point
+
+
+def _interval_bounds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tables' 95% interval of the mean of each column (NaN with fewer than 2 finite values: no band)."""
+    summaries = [summarize(table[:, j].tolist()) for j in range(table.shape[1])]
+    return (np.array([np.nan if s.low is None else s.low for s in summaries]),
+            np.array([np.nan if s.high is None else s.high for s in summaries]))
+
+
+def _range_bounds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not table.shape[0]:
+        return np.full(table.shape[1], np.nan), np.full(table.shape[1], np.nan)
+    finite = np.ma.masked_invalid(table)
+    return finite.min(0).filled(np.nan).astype(float), finite.max(0).filled(np.nan).astype(float)
+
+
+BANDS: dict[str, Band] = {b.name: b for b in [
+    Band("ci95", "95% interval of the mean over seeds (Student t, as in the tables)", _interval_bounds),
+    Band("minmax", "range over seeds (min to max)", _range_bounds),
+]}
+DEFAULT_BAND = "ci95"
+
+
+def band_named(name: str, field: str = "band") -> Band:
+    if name not in BANDS:
+        raise unknown_choice(field, name, BANDS)
+    return BANDS[name]
+
+
+def seeds_text(counts: list[int]) -> str:
+    """'3 seeds', '2-3 seeds per configuration' or 'no runs': how many runs each line of a figure averages."""
+    counts = [n for n in counts if n]
+    if not counts:
+        return "no runs"
+    low, high = min(counts), max(counts)
+    n = str(low) if low == high else f"{low}-{high}"
+    return f"{n} seed{'s' if high > 1 else ''}" + ("" if low == high else " per configuration")
+
+
+def band_text(band: Band, counts: list[int]) -> str:
+    """A figure's subtitle: how many seeds, and what its band is (none with a single seed for the interval)."""
+    if counts and max(counts) < 2:
+        return f"{seeds_text(counts)}: no band"
+    return f"{seeds_text(counts)}; band: {band.text}"
+
+
+def curve(v: VariantData, metric: str, band: Band = BANDS[DEFAULT_BAND]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, low, high) of `metric` over the variant's runs; low and high: the band over seeds."""
     # Columns are the epoch numbers the store holds (not 1..N): a run cut short, or a store whose numbers were
     # damaged, still draws what it has.
     numbers = sorted({row["epoch"] for rows in v.epochs.values() for row in rows})
@@ -29,7 +88,8 @@ def curve(v: VariantData, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     table = table[:, keep]
     if table.size == 0:
         return epochs, np.zeros(0), np.zeros(0), np.zeros(0)
-    return epochs, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+    low, high = band.bounds(table)
+    return epochs, np.nanmean(table, 0), low, high
 
 
 def sparsity_by_slot(v: VariantData, stat: str = "sparsity") -> dict[int, float]:
@@ -82,7 +142,7 @@ DEPTH_EVAL_NOTE = ("Measured in eval mode: batch norm applies its running statis
 
 @dataclass
 class DepthProfile:
-    """One statistic of one configuration at one epoch, by slot: mean over seeds and the seeds' range."""
+    """One statistic of one configuration at one epoch, by slot: mean over seeds and the band over seeds."""
 
     slots: list[int]
     mean: list[float]
@@ -108,25 +168,26 @@ def _depth_values(v: VariantData, epoch_of: Callable[[dict], Optional[int]]) -> 
     return out
 
 
-def _profile(by_slot: dict[int, list[float]]) -> Optional[DepthProfile]:
+def _profile(by_slot: dict[int, list[float]], band: Band) -> Optional[DepthProfile]:
     slots, mean, low, high = [], [], [], []
     for slot, values in sorted(by_slot.items()):
-        finite = [x for x in values if x is not None and math.isfinite(x)]
+        finite = np.array([[x] for x in values if x is not None and math.isfinite(x)], dtype=float).reshape(-1, 1)
         slots.append(slot)
-        mean.append(float(np.mean(finite)) if finite else math.nan)
-        low.append(min(finite) if finite else math.nan)
-        high.append(max(finite) if finite else math.nan)
+        mean.append(float(np.mean(finite)) if finite.size else math.nan)
+        bounds = band.bounds(finite)
+        low.append(float(bounds[0][0]))
+        high.append(float(bounds[1][0]))
     return DepthProfile(slots, mean, low, high) if slots else None
 
 
-def depth_profiles(v: VariantData) -> dict[str, dict[str, DepthProfile]]:
+def depth_profiles(v: VariantData, band: Band = BANDS[DEFAULT_BAND]) -> dict[str, dict[str, DepthProfile]]:
     """{"init" | "trained": {"mean" | "variance": profile}} of a configuration's slot outputs; "init" is epoch 0
     (before training; absent from stores written before it was measured), "trained" each run's last epoch."""
     pick = {"init": lambda by_epoch: 0 if 0 in by_epoch else None,
             "trained": lambda by_epoch: max((e for e in by_epoch if e > 0), default=None)}
     out = {}
     for when, epoch_of in pick.items():
-        profiles = {what: _profile(values) for what, values in _depth_values(v, epoch_of).items()}
+        profiles = {what: _profile(values, band) for what, values in _depth_values(v, epoch_of).items()}
         if all(profiles.values()):
             out[when] = profiles
     return out

@@ -9,15 +9,16 @@ from typing import Optional
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from relulab.report.figures import MAX_NAMED_TICKS, FigureOut, new_figure, save_figure
+from relulab.report.figures import MAX_NAMED_TICKS, FigureOut, clamp_percent, new_figure, save_figure
 from relulab.report.format import PCT
-from relulab.report.measures import step_candidates
+from relulab.report.measures import seeds_text, step_candidates
 
 
-def _clamp_percent(ax) -> None:
-    """Intervals over few seeds can reach past 0% or 100%: keep the axis on accuracies that exist."""
-    low, high = ax.get_ylim()
-    ax.set_ylim(max(low, -2.0), min(high, 102.0))
+INTERVAL = "bars: 95% interval of the mean over seeds (Student t, as in the tables)"
+
+
+def _seeds(s: dict) -> str:
+    return seeds_text([len(s.get("seeds") or [])])
 
 
 def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
@@ -27,6 +28,7 @@ def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
     fig = new_figure(7, 4)
     ax = fig.add_subplot()
     path_x, path_y, labels = [], [], []
+    legend = {True: "accepted candidate", False: "rejected candidate"}  # each labelled once, on its first point
     for step in s["steps"]:
         cands = step_candidates(s, step["step"])
         ref = next((c for c in cands if c["position"] == 0), None)
@@ -46,7 +48,8 @@ def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
             if c["ci_low"] is not None and math.isfinite(c["ci_low"]):
                 err = [[(c["mean"] - c["ci_low"]) * PCT], [(c["ci_high"] - c["mean"]) * PCT]]
             ax.errorbar([step["step"]], [c["mean"] * PCT], yerr=err, fmt="o" if accepted else "x",
-                        color="tab:green" if accepted else "tab:red", alpha=0.9 if accepted else 0.55, capsize=3)
+                        color="tab:green" if accepted else "tab:red", alpha=0.9 if accepted else 0.55, capsize=3,
+                        label=legend.pop(accepted, None))
             if s["strategy"] == "greedy" or accepted:
                 ax.annotate(c["placement"], (step["step"], c["mean"] * PCT), textcoords="offset points",
                             xytext=(5, 3), fontsize=7)
@@ -59,16 +62,19 @@ def search_path_figure(s: dict, svg: bool) -> Optional[FigureOut]:
         ax.annotate(labels[0], (0, path_y[0]), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high + 0.12 * (high - low))  # room for the last step's labels, which sit right of their points
     ax.set_ylabel(f"{s['metric']} (%)")
-    _clamp_percent(ax)
+    clamp_percent(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, f"search-{s['id'][:8]}-path", "Search path",
                        "Blue: the current model after each step; green: accepted candidates, red crosses: rejected "
-                       "ones; bars: 95% intervals over seeds.", svg)
+                       "ones; bars: the 95% interval of the mean over seeds (Student t, as in the tables).", svg,
+                       f"{_seeds(s)}; {INTERVAL}")
 
 
-def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Optional[FigureOut]:
+def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool, seeds: str) -> Optional[FigureOut]:
     corr = [c for c in corr if c["spearman"] is not None and math.isfinite(c["spearman"])]
     if not corr:
         return None
@@ -80,6 +86,7 @@ def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Op
     ax.barh(y + 0.2, [c["kendall"] for c in corr], height=0.4, label="Kendall tau",
             xerr=_bootstrap_errors(corr, "kendall"), error_kw={"capsize": 2, "elinewidth": 0.8})
     ax.set_yticks(y, [f"{c['stat']} (n={c['n']})" for c in corr], fontsize=8)
+    ax.set_ylabel("statistic (n: single-slot changes)")
     ax.invert_yaxis()
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlim(-1.05, 1.05)
@@ -88,7 +95,8 @@ def correlation_figure(corr: list[dict], title: str, slug: str, svg: bool) -> Op
     ax.legend(fontsize=8)
     return save_figure(fig, slug, title, "Positive: switching off the slot with the HIGHEST value first was the "
                        "right order; negative: the lowest. n = single-slot candidates with a finite value; whiskers: "
-                       "95% bootstrap intervals over slots and seeds.", svg)
+                       "95% bootstrap intervals over slots and seeds.", svg,
+                       f"{seeds}; whiskers: 95% bootstrap interval over slots and seeds")
 
 
 def _bootstrap_errors(corr: list[dict], name: str) -> Optional[np.ndarray]:
@@ -127,7 +135,8 @@ def oracle_figure(s: dict, step: int, svg: bool) -> Optional[FigureOut]:
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, f"search-{s['id'][:8]}-oracle-{step}", f"Oracle step {step}: every single-slot change",
                        "Measured change in accuracy (mean over seeds) of switching each slot off, with the 95% "
-                       "interval of the difference (Welch).", svg)
+                       "interval of the difference (Welch, as in the tables).", svg,
+                       f"{_seeds(s)}; bars: 95% interval of the difference (Welch)")
 
 
 def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
@@ -150,13 +159,13 @@ def relu_count_figure(s: dict, svg: bool) -> Optional[FigureOut]:
             color="tab:orange", marker="D", markersize=5, zorder=3, label="frontier: best accuracy for its ReLU count")
     ax.set_xlabel("ReLU count (activations computed per image)")
     ax.set_ylabel(f"{s['metric']} (%)")
-    _clamp_percent(ax)
+    clamp_percent(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     place_labels(ax, [(c["relu_count"], c["mean"] * PCT, c["placement"]) for c in frontier])
     return save_figure(fig, f"search-{s['id'][:8]}-relu-count", "ReLU count against accuracy",
-                       "Each point a placement (mean over seeds, 95% interval); the ReLU count sums the output sizes "
-                       "of the slots that are on.", svg)
+                       "Each point a placement (mean over seeds, with the 95% interval of the mean as in the tables); "
+                       "the ReLU count sums the output sizes of the slots that are on.", svg, f"{_seeds(s)}; {INTERVAL}")
 
 
 def _label_offsets(rings: int = 10) -> list[tuple[int, int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from relulab.report.format import (difference, interval, p_value, points, rank_correlation, significant, slot_text,
                                    slots_text)
-from relulab.report.measures import step_candidates
+from relulab.report.measures import seeds_text, step_candidates
 from relulab.report.search_figures import correlation_figure, oracle_figure, relu_count_figure, search_path_figure
 from relulab.report.sections import Section
 
@@ -160,7 +160,8 @@ def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Sec
     return [Section(f"Heuristic judgement, step {step}: statistics of {current} against the measured changes",
                     CORRELATION_HEADER, correlation_rows(corr), note=note + (" " + extra if extra else ""),
                     figure=correlation_figure(corr, f"Heuristic judgement, step {step}",
-                                              f"search-{s['id'][:8]}-judgement-{step}", svg))]
+                                              f"search-{s['id'][:8]}-judgement-{step}", svg,
+                                              seeds_text([len(s.get("seeds") or [])])))]
 
 
 def _all_judgement_sections(s: dict, svg: bool) -> list[Section]:

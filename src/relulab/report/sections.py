@@ -13,13 +13,13 @@ from typing import Callable, Optional
 from relulab.core.stats import CORRECTION_TITLES
 from relulab.experiments.analyses import ANALYSES
 from relulab.report.collect import PartData, VariantData, number_or_nan, trained_packed
-from relulab.report.figures import (FigureOut, accuracy_figure, activations_figure, cost_figure, curves_figure,
-                                    depth_figure, epoch_time_figure, heatmap_figure, sparsity_figure,
-                                    stat_over_epochs_figure)
+from relulab.report.figures import (FigureOut, activations_figure, cost_figure, cost_numbers, cost_text,
+                                    curves_figure, depth_figure, epoch_time_figure, heatmap_figure, sparsity_figure,
+                                    stat_over_epochs_figure, threads_text)
 from relulab.report.format import PCT, fixed, percent, safe_name, seconds, significant, slot_text
-from relulab.report.measures import (DEPTH_EVAL_NOTE, DepthProfile, alone_seconds_per_epoch, depth_profiles,
+from relulab.report.measures import (DEPTH_EVAL_NOTE, Band, DepthProfile, alone_seconds_per_epoch, depth_profiles,
                                      epoch_stat_curves, has_data, last_probed_epoch, mean_seconds_per_epoch,
-                                     packed_runs, probe_means, representative_slots, sparsity_by_slot)
+                                     packed_runs, probe_means, representative_slots, seeds_text, sparsity_by_slot)
 
 
 @dataclass
@@ -53,7 +53,8 @@ TABLE_HEADER = ["configuration", "best val acc (%)", "final val acc (%)", "best 
                 "seeds", "vs baseline (best val acc, points)"]
 COMPARISON_HEADER = ["configuration", "baseline", "metric", "difference (points)", "95% interval", "p (Welch)",
                      "verdict"]
-COST_HEADER = ["activation", "forward (ms)", "forward + backward (ms)", "vs relu"]
+COST_HEADER = ["activation", "forward median (ms)", "forward IQR (ms)", "forward + backward median (ms)",
+               "forward + backward IQR (ms)", "vs relu"]
 SEED_TABLE_STATS = ("ratio_num", "ratio_sum")  # seed 000's heuristics: shown per class
 MAX_EPOCH_PANELS = 8
 
@@ -143,10 +144,13 @@ def sparsity_rows(part: PartData) -> tuple[list[str], list[list[str]]]:
 
 
 def cost_rows(value: dict) -> list[list[str]]:
-    rows = value["rows"]
-    relu = next((r["forward_backward_ms"] for r in rows if r["activation"] == "relu"), None)
-    return [[r["activation"], f"{r['forward_ms']:.2f}", f"{r['forward_backward_ms']:.2f}",
-             f"{r['forward_backward_ms'] / relu:.2f}x" if relu else "-"] for r in rows]
+    """Median and interquartile range per activation (ms), forward and forward + backward, and the median
+    forward + backward against relu's."""
+    rows = [cost_numbers(r) for r in value["rows"]]
+    relu = next((r["forward_backward"]["median"] for r in rows if r["activation"] == "relu"), None)
+    return [[r["activation"]] + [fixed(r[what][k], 3) for what in ("forward", "forward_backward")
+                                 for k in ("median", "iqr")]
+            + [f"{r['forward_backward']['median'] / relu:.2f}x" if relu else "-"] for r in rows]
 
 
 def time_table(part: PartData) -> tuple[list[str], list[list[str]]]:
@@ -209,11 +213,13 @@ def depth_rows(part: PartData, table: dict[str, dict]) -> tuple[list[str], list[
     return header, rows
 
 
-def depth_sections(part: PartData, svg: bool) -> list[Section]:
+def depth_sections(part: PartData, svg: bool, band: Band) -> list[Section]:
     if part.watched:
         return []  # its steps are not epochs, nor measured in eval mode: mean_out and std_out are drawn over steps
-    table = {v.name: depth_profiles(v) for v in part.variants}
+    table = {v.name: depth_profiles(v, band) for v in part.variants}
     table = {name: profiles for name, profiles in table.items() if profiles}
+    seeds = [sum(bool(stats.get("mean_out")) for stats in v.slot_stats.values()) for v in part.variants
+             if v.name in table]
     if not table:
         return []
     header, rows = depth_rows(part, table)
@@ -225,7 +231,7 @@ def depth_sections(part: PartData, svg: bool) -> list[Section]:
     if not any("init" in profiles for profiles in table.values()):
         note += " This store has no measurement before training (epoch 0): it was written before relulab made one."
     return [Section("Through depth: post-activation mean and variance", header, rows, figure=depth_figure(
-        part, table, svg), note=note)]
+        part, table, band, seeds, svg), note=note)]
 
 
 def epoch_sections(part: PartData, svg: bool) -> list[Section]:
@@ -258,9 +264,11 @@ def epoch_sections(part: PartData, svg: bool) -> list[Section]:
         over, when = (("training steps", "measured by relulab.watch on the training batch of each recorded step "
                        "(step 0: before the first update)") if part.watched else
                       ("epochs", "measured on the probe set after every epoch (epoch 0: before training)"))
+        seeds = [sum(stat in stats for stats in v.slot_stats.values()) for v in part.variants]
         sections.append(Section(f"{stat} over {over}", note=" ".join(notes), figure=stat_over_epochs_figure(
             f"{stat} per slot over {over}", panels[:MAX_EPOCH_PANELS], stat, f"epochs-{safe_name(stat)}",
             f"{description}; {when}, mean over seeds.", svg, part.slot_names,
+            about=f"a panel per configuration, a line per slot; mean over {seeds_text(seeds)}; no band",
             xlabel="step" if part.watched else "epoch")))
     return sections
 
@@ -313,7 +321,8 @@ def probe_sections(part: PartData, svg: bool) -> list[Section]:
                          f"images; mean over {runs} runs.",
                     figure=heatmap_figure(header, body, f"{stat} of {name}", slug,
                                           f"{STATS[stat].description}; probe set {probe_set}.", svg, marked,
-                                          names)))
+                                          names, quantity=stat,
+                                          about=f"probe set {probe_set}; mean over {seeds_text([runs])}; no band")))
     if part.retrained:
         sections.append(_retrained_section(part.retrained))
     return sections
@@ -347,9 +356,10 @@ def _activation_plots_section(value: dict, svg: bool) -> Section:
 
 
 def _activation_cost_section(value: dict, svg: bool) -> Section:
-    return Section("Cost of each activation", COST_HEADER, cost_rows(value), figure=cost_figure(value, svg),
-                   note=f"{value['elements']:,} float32 elements on {value['device']}; median of "
-                        f"{value['repeats']} timings.")
+    threads = f", {threads_text(value)}" if "threads" in value else ""
+    return Section(f"Cost of each activation ({value['device']}{threads})", COST_HEADER, cost_rows(value),
+                   figure=cost_figure(value, svg),
+                   note=f"{value['elements']:,} float32 elements on {value['device']}. {cost_text(value)}.")
 
 
 def checked_renderers(renderers: dict[str, Callable[[dict, bool], Section]]) -> dict:
@@ -371,16 +381,15 @@ RENDERERS: dict[str, Callable[[dict, bool], Section]] = checked_renderers({
 })
 
 
-def training_sections(part: PartData, svg: bool) -> list[Section]:
-    """Accuracy, curves and time per epoch, where the part has finished runs with epochs (a watched model's have
-    none of relulab's)."""
+def training_sections(part: PartData, svg: bool, band: Band) -> list[Section]:
+    """Accuracy and loss curves and time per epoch, where the part has finished runs with epochs (a watched
+    model's have none of relulab's)."""
     if not any(v.epochs.get(r["key"]) for v in part.variants for r in v.runs):
         return []
     packed = packed_runs(part)
     header, rows = time_table(part) if packed else ([], [])
-    return [Section("Validation accuracy", figure=accuracy_figure(part, svg)),
-            Section("Curves", figure=curves_figure(part, svg)),
-            Section("Time per epoch", header, rows, figure=epoch_time_figure(part, svg),
+    return [Section("Accuracy and loss", figure=curves_figure(part, band, svg)),
+            Section("Time per epoch", header, rows, figure=epoch_time_figure(part, band, svg),
                     note=_time_note(part, packed) if packed else "")]
 
 
@@ -394,8 +403,9 @@ def sparsity_sections(part: PartData, svg: bool) -> list[Section]:
                          f"{'last recorded step' if part.watched else 'last epoch'}, mean over seeds).")]
 
 
-def part_sections(part: PartData, svg: bool) -> list[Section]:
-    """A part's sections but its searches', in the report's order."""
-    sections = training_sections(part, svg) + depth_sections(part, svg) + sparsity_sections(part, svg)
+def part_sections(part: PartData, svg: bool, band: Band) -> list[Section]:
+    """A part's sections but its searches', in the report's order; `band`: what the figures' bands over seeds
+    are (relulab.report.measures.BANDS)."""
+    sections = training_sections(part, svg, band) + depth_sections(part, svg, band) + sparsity_sections(part, svg)
     sections += [RENDERERS[name](artifact["value"], svg) for name, artifact in part.analyses.items()]
     return sections + epoch_sections(part, svg) + probe_sections(part, svg)

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Optional
 
 import jinja2
-import yaml
 
 from relulab.core.errors import UserError
 from relulab.core.util import write_atomic, write_bytes_atomic
 from relulab.probes.statistics import class_table, degenerate_columns
 from relulab.report.collect import ExperimentData
 from relulab.report.figures import heatmap_figure, stat_over_epochs_figure
-from relulab.report.format import csv_number, md_escape, safe_name
+from relulab.report.format import csv_number, md_escape, safe_name, spec_text
 from relulab.report.measures import has_data
 from relulab.report.sections import PartReport, comparisons_method
 
@@ -74,7 +73,8 @@ def markdown(data: ExperimentData, reports: list[PartReport]) -> str:
             if s.rows:
                 lines += _md_table(s.header, s.rows) + [""]
             if s.figure:
-                lines += [f"![{md_escape(s.figure.title)}](figures/{r.slug}-{s.figure.slug}.png)", ""]
+                lines += [f"![{md_escape(s.figure.title)}](figures/{r.slug}-{s.figure.slug}.png)", "",
+                          f"*{md_escape(s.figure.caption)}*", ""]
     return "\n".join(lines)
 
 
@@ -212,7 +212,7 @@ def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
     return env.from_string(source).render(
         data=data, reports=reports, warning=_warning(data), provenance=provenance_rows(data),
         provenance_header=PROVENANCE_HEADER, comparisons_method=comparisons_method(data.correction),
-        spec_yaml=yaml.safe_dump(data.spec, sort_keys=False, allow_unicode=True),
+        spec_yaml=spec_text(data.spec),
         overrides=[f"{k}={json.dumps(v)}" for k, v in data.overrides.items()],
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), multiple_parts=len(reports) > 1)
 
@@ -277,7 +277,8 @@ def write_probe_tables(pr, names: list[str], folder: Path, svg: bool) -> list[Pa
         header, rows = class_table(result, name)
         fig = heatmap_figure([str(h) for h in header], rows, f"{name} of {pr.variant}, seed {pr.seed}",
                              f"{stem}-{name}", f"epoch {last}, probe set {pr.probe_set}", svg,
-                             degenerate_columns(result, name), pr.slot_names)
+                             degenerate_columns(result, name), pr.slot_names, quantity=name,
+                             about=f"epoch {last}, probe set {pr.probe_set}; one run (seed {pr.seed}): no band")
         written.append(write_bytes_atomic(folder / f"{stem}-{name}.png", fig.png))
         if fig.svg:
             written.append(write_bytes_atomic(folder / f"{stem}-{name}.svg", fig.svg))
@@ -288,6 +289,7 @@ def write_probe_tables(pr, names: list[str], folder: Path, svg: bool) -> list[Pa
             if not has_data(curves):  # saturation of a ReLU model: no empty figure
                 continue
             fig = stat_over_epochs_figure(f"{name} over epochs", [(f"{pr.variant} seed {pr.seed}", curves)], name,
-                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg, pr.slot_names)
+                                          f"{stem}-{name}-epochs", f"probe set {pr.probe_set}", svg, pr.slot_names,
+                                          about=f"probe set {pr.probe_set}; one run (seed {pr.seed}): no band")
             written.append(write_bytes_atomic(folder / f"{stem}-{name}-epochs.png", fig.png))
     return written
