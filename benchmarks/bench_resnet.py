@@ -31,10 +31,10 @@ from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
 LR, MOMENTUM, WEIGHT_DECAY, BATCH, PADDING = 0.1, 0.9, 5e-4, 128, 4
 
 
-def relulab_spec(cifar: str, epochs: int) -> dict:
+def relulab_spec(cifar: str, epochs: int, model: str = "resnet18-cifar") -> dict:
     """The recipe as relulab spec sections (the fields a YAML spec would hold)."""
     return {"data": {"name": "cifar10", "path": cifar, "split": "test"},
-            "model": {"name": "resnet18-cifar"},
+            "model": {"name": model},
             "train": {"epochs": epochs, "batch_size": BATCH, "precision": "bf16",
                       "optimizer": {"name": "momentum", "lr": LR, "momentum": MOMENTUM,
                                     "weight_decay": WEIGHT_DECAY, "weight_decay_kind": "l2"},
@@ -69,11 +69,11 @@ def accuracy(model, x, y) -> float:
     return float(correct) / len(x)
 
 
-def plain_loop(splits, epochs: int, seed: int) -> dict:
+def plain_loop(splits, epochs: int, seed: int, name: str = "resnet18-cifar") -> dict:
     """A plain PyTorch loop, eager: what relulab is measured against."""
     torch.manual_seed(seed)
     device = torch.device("cuda")
-    model = build_model(ModelSpec("resnet18-cifar"), splits.input_shape, splits.num_classes).to(device)
+    model = build_model(ModelSpec(name), splits.input_shape, splits.num_classes).to(device)
     model = model.to(memory_format=torch.channels_last)
     x_train, y_train = splits.x_train.to(device), splits.y_train.to(device)
     x_val, y_val = splits.x_val.to(device).contiguous(memory_format=torch.channels_last), splits.y_val.to(device)

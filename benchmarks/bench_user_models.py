@@ -1,0 +1,143 @@
+"""Many copies of one network on one GPU: relulab's packs (K models through torch.func) against relulab one model
+at a time and a plain PyTorch loop, for resnet20 and resnet18-cifar on CIFAR-10 JPEG, in one call.
+
+Run on the GPU machine, from the repository root:
+
+    python benchmarks/bench_user_models.py --cifar DATA/cifar10-jpeg.tar.gz --epochs 3 --packs 1,8,16,32 --out $OUT
+
+Every side trains the standard recipe of bench_resnet.py (SGD momentum 0.9, lr 0.1, weight decay 5e-4, batch
+128, cosine schedule, random crop and flip on the GPU, bf16 autocast) on relulab's own modules. A pack of K is
+K seeds (`train_many`, `max_stack=K`: one stack); K = 1 is relulab one model at a time (its model-epochs per
+second are those of running K models one by one). The plain loop is bench_resnet.plain_loop: eager, AMP,
+channels-last, GPU tensors, no DataLoader. Throughput is model-epochs per second in the steady state (the
+median epoch after the first; relulab's epoch time is the pack's wall time per model); the first epoch also
+holds compiling and graph capture, reported as `first_epoch_s`. TFLOP/s counts the training step's FLOPs
+(torch.utils.flop_counter, forward and backward at batch 128) over the training set, against the chip's own
+bf16 matmul rate measured in the same call. Prints JSON lines, then a table; writes bench.jsonl to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_resnet import BATCH, plain_loop, relulab_spec  # noqa: E402
+from relulab.data import DataSpec, load_data  # noqa: E402
+from relulab.packing import train_many  # noqa: E402
+from relulab.training import build_run_spec  # noqa: E402
+from relulab.training.specs import Job  # noqa: E402
+from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
+
+
+def chip_bf16_tflops(size: int = 8192, repeats: int = 50) -> float:
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def train_flops_per_example(name: str, input_shape, classes: int) -> float:
+    """Forward and backward FLOPs of one training example (counted at batch BATCH)."""
+    model = build_model(ModelSpec(name), input_shape, classes).cuda()
+    x = torch.randn(BATCH, *input_shape, device="cuda")
+    y = torch.randint(0, classes, (BATCH,), device="cuda")
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / BATCH
+
+
+def steady(seconds: list[float]) -> float:
+    return statistics.median(seconds[1:] or seconds)
+
+
+def relulab_pack(splits, cifar: str, name: str, epochs: int, k: int, compile_: str) -> dict:
+    sections = relulab_spec(cifar, epochs, name)
+    if compile_ != "auto":
+        sections["train"]["compile"] = compile_ == "on"
+    jobs = [Job(build_run_spec(sections), seed, key=f"{name}-{seed}") for seed in range(k)]
+    started = time.perf_counter()
+    results = [result for _, result in train_many(jobs, splits, "cuda", max_stack=k)]
+    wall = time.perf_counter() - started
+    seconds = [e.seconds for e in results[0].history.epochs]  # the pack's epoch wall time per model
+    return {"side": "relulab", "model": name, "k": k, "compile": compile_, "wall_s": wall,
+            "first_epoch_s": seconds[0] * k, "model_epochs_per_s": 1 / steady(seconds),
+            "val_acc": [max(e.val_acc for e in r.history.epochs) for r in results],
+            "stacked": results[0].data.get("stacked"), "compiled": results[0].data.get("compiled")}
+
+
+def plain(splits, name: str, epochs: int) -> dict:
+    row = plain_loop(splits, epochs, 0, name)
+    return {"side": "plain-pytorch", "model": name, "k": 1, "compile": "off", "wall_s": sum(row["epoch_seconds"]),
+            "first_epoch_s": row["epoch_seconds"][0], "model_epochs_per_s": 1 / steady(row["epoch_seconds"]),
+            "val_acc": [max(row["val_acc"])]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cifar", required=True)
+    parser.add_argument("--models", default="resnet20,resnet18-cifar")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--packs", action="append", default=[],
+                        help="MODEL=K,K,...: the pack sizes of one model (repeatable); default 1,8,16,32 for every model")
+    parser.add_argument("--compile", default="auto", help="auto, on, off, or a list: on,off")
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    splits = load_data(DataSpec("cifar10", path=args.cifar, split="test")).to(torch.device("cuda"))
+    chip = chip_bf16_tflops()
+    print(json.dumps({"chip_bf16_tflops": chip}), flush=True)
+    packs = {name: [1, 8, 16, 32] for name in args.models.split(",")}
+    for item in args.packs:
+        name, _, sizes = item.partition("=")
+        packs[name] = [int(k) for k in sizes.split(",") if k]
+    rows = []
+    for name in args.models.split(","):
+        flops = train_flops_per_example(name, splits.input_shape, splits.num_classes) * len(splits.x_train)
+        sides = [lambda: plain(splits, name, args.epochs)]
+        sides += [lambda k=k, c=c: relulab_pack(splits, args.cifar, name, args.epochs, k, c)
+                  for k in packs.get(name, []) for c in args.compile.split(",")]
+        for side in sides:
+            try:
+                row = side()
+            except Exception as error:  # one failing variant must not lose the others' numbers
+                row = {"model": name, "error": f"{type(error).__name__}: {str(error)[:300]}",
+                       "trace": traceback.format_exc()[-1500:]}
+            row["tflops"] = row.get("model_epochs_per_s", 0) * flops / 1e12
+            row["chip_bf16_tflops"] = chip
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
+            with open(args.out / "bench.jsonl", "a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+            torch.cuda.empty_cache()
+    print(f"\n{'model':15} {'side':14} {'K':>3} {'compile':>7} {'model-epochs/s':>14} {'vs plain':>8} "
+          f"{'TFLOP/s':>8} {'first epoch s':>13} {'best val acc':>12}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['model']:15} error: {row['error'][:120]}")
+            continue
+        base = next(r for r in rows if r["model"] == row["model"] and r.get("side") == "plain-pytorch")
+        print(f"{row['model']:15} {row['side']:14} {row['k']:>3} {row['compile']:>7} "
+              f"{row['model_epochs_per_s']:>14.3f} {row['model_epochs_per_s'] / base['model_epochs_per_s']:>7.2f}x "
+              f"{row['tflops']:>8.1f} {row['first_epoch_s']:>13.1f} "
+              f"{statistics.mean(row['val_acc']) * 100:>11.2f}%")
+
+
+if __name__ == "__main__":
+    main()
