@@ -44,6 +44,8 @@ FIELD_FLAGS = {
     "compare.config": "--config",
     "report.experiment": "--experiment",
     "report.tensorboard": "--tensorboard",
+    "tracking.tensorboard": "--tensorboard",  # relulab.experiments.trackers: the live trackers
+    "tracking.mlflow": "--mlflow",
     "overrides.parts": "--part",  # relulab.experiments.Overrides: what the command line changes in a spec
     "overrides.yes": "--yes",
 }
