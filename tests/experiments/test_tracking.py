@@ -233,3 +233,17 @@ def test_search_logs_its_runs_live(tmp_path, capsys):
     folders = list(tb.glob("tiny/*/seed0"))
     assert len(folders) == len(trained) >= 2
     assert all("val_acc" in accumulator(f).Tags()["scalars"] for f in folders)
+
+
+def test_train_logs_each_seed(tmp_path, capsys, mlflow_store):
+    pytest.importorskip("tensorboard")
+    mlflow, uri = mlflow_store
+    tb = tmp_path / "tb"
+    code, _, err = relulab(capsys, "train", "-e", "2", "--widths", "8", "--seeds", "0,1", "--no-pack",
+                           "--tensorboard", str(tb), "--mlflow", uri)
+    assert code == 0, err
+    for seed in (0, 1):
+        acc = accumulator(tb / "digits" / "deep-mlp" / f"seed{seed}")
+        assert sorted(scalars(acc, "val_acc")) == [1, 2] and session_hparams(acc)["seed"] == seed
+    runs = mlflow.search_runs(experiment_names=["train"])
+    assert sorted(runs["params.seed"].dropna()) == ["0", "1"]
