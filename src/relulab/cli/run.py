@@ -135,7 +135,7 @@ def open_tracking(tensorboard: Optional[Path], mlflow: Optional[str]):
     a missing package is a usage error, said before hours of training."""
     from relulab.experiments.trackers import open_trackers
 
-    return open_trackers({"tensorboard": tensorboard, "mlflow": mlflow}, lambda line: print(line, file=sys.stderr))
+    return open_trackers({"tensorboard": tensorboard, "mlflow": mlflow})
 
 
 def print_tracking(tensorboard: Optional[Path], mlflow: Optional[str]) -> None:

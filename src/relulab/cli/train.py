@@ -136,9 +136,9 @@ def train(
             if path is not None:
                 check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"
         splits = data_mod.load_data(spec.data)
-    with open_tracking(tensorboard, mlflow) as trackers:
-        _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save, trackers)
-        print_tracking(tensorboard, mlflow)
+        with open_tracking(tensorboard, mlflow) as trackers:
+            _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save, trackers)
+            print_tracking(tensorboard, mlflow)
 
 
 def _schedule(name: Optional[str], milestones: Optional[str], gamma: Optional[float], warmup_epochs: int

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.util import check_output_dir
-from relulab.experiments.tracking import FINAL_METRICS, EpochDone, TrackedRun, Tracker, Trackers, finite, flatten
+from relulab.experiments.tracking import (FINAL_METRICS, EpochDone, TrackedRun, Tracker, Trackers, finite, flatten,
+                                          stderr_line)
 
 # ---------------------------------------------------------------- TensorBoard
 
@@ -229,8 +230,9 @@ TRACKERS = {
 }
 
 
-def open_trackers(destinations: dict[str, Optional[str]], log: Callable[[str], None] = print) -> Trackers:
-    """The trackers named in `destinations` ({name: destination}; None: not wanted), each checked and opened."""
+def open_trackers(destinations: dict[str, Optional[str]], log: Callable[[str], None] = stderr_line) -> Trackers:
+    """The trackers named in `destinations` ({name: destination}; None: not wanted), each checked and opened;
+    `log` says when one is dropped mid-sweep."""
     made = []
     try:
         for name, destination in destinations.items():

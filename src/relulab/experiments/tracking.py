@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -144,10 +145,14 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Trackers:
     """The trackers of one command, as the driver calls them: each run to all, a failing tracker dropped."""
 
-    def __init__(self, trackers: Sequence[Tracker] = (), log: Callable[[str], None] = print):
+    def __init__(self, trackers: Sequence[Tracker] = (), log: Callable[[str], None] = stderr_line):
         self.trackers, self.log = list(trackers), log
 
     def __bool__(self) -> bool:
