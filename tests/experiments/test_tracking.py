@@ -171,6 +171,8 @@ def test_mlflow_gets_each_run_with_params_metrics_tags_and_the_report(tmp_path, 
         key = child["tags.relulab.run_key"]
         assert child["tags.relulab.experiment"] == "tiny" and child["tags.relulab.seed"] == str(rows[key]["seed"])
         assert child["metrics.best_val_acc"] == pytest.approx(rows[key]["best_val_acc"])
+        assert child["metrics.run_seconds"] == pytest.approx(rows[key]["seconds"], abs=1e-3)
+        assert child["metrics.epochs"] == 2 and child["metrics.seconds"] == pytest.approx(epochs[key][-1]["seconds"])
         history = client.get_metric_history(child["run_id"], "val_acc")
         assert {m.step: m.value for m in history} == pytest.approx({e["epoch"]: e["val_acc"] for e in epochs[key]})
         assert [m.value for m in client.get_metric_history(child["run_id"], "lr")] == pytest.approx([0.05, 0.05])

@@ -106,6 +106,7 @@ def _array(values: list[float]):
 MLFLOW_HINT = "pip install relulab[mlflow]"
 MLFLOW_BATCH = {"params": 100, "metrics": 1000}  # MLflow's log_batch limits
 MLFLOW_VALUE_CHARS = 6000  # MLflow's longest param value
+MLFLOW_FINAL_NAMES = {"seconds": "run_seconds"}  # a final metric whose name a per-epoch one has: renamed
 
 
 def require_mlflow(field: str = "tracking.mlflow"):
@@ -121,7 +122,7 @@ class MlflowTracker(Tracker):
     """Each relulab run as an MLflow run in the MLflow experiment of the relulab experiment's name, a child of
     one run per command (the sweep's, named EXPERIMENT sweep): params are the run's seed and its spec's fields
     (flattened: train.optimizer.lr), metrics each epoch's (step = epoch; the slot statistics as STAT/slotNN) and
-    the final ones, tags the experiment, part, configuration, seed and run key (relulab.*). A report written
+    the final ones (the run's total seconds as run_seconds: `seconds` is each epoch's), tags the experiment, part, configuration, seed and run key (relulab.*). A report written
     after the sweep is logged as the sweep run's artifact `report/`. A new experiment on an sqlite: store keeps
     its artifacts in mlartifacts/ beside the database file (MLflow's own default is the working folder's)."""
 
@@ -173,7 +174,8 @@ class MlflowTracker(Tracker):
 
     def run_done(self, run, metrics, weights):
         run_id = self.runs.pop(run.key)
-        self._metrics(run_id, {m: metrics.get(m) for m in FINAL_METRICS}, metrics.get("epochs") or 0)
+        self._metrics(run_id, {MLFLOW_FINAL_NAMES.get(m, m): metrics.get(m) for m in FINAL_METRICS},
+                      metrics.get("epochs") or 0)
         self.client.set_terminated(run_id, "FINISHED")
 
     def report_written(self, folder, experiment):

@@ -1,7 +1,7 @@
 """Live tracking: every run the sweep driver records, handed to trackers (TensorBoard, MLflow) at once.
 
-    trackers = open_trackers({"tensorboard": "tb", "mlflow": "sqlite:///mlflow.db"}, log)   # .trackers
-    with trackers:                                   # closed however the sweep ends
+    from relulab.experiments.trackers import open_trackers   # the trackers by name (TRACKERS)
+    with open_trackers({"tensorboard": "tb", "mlflow": "sqlite:///mlflow.db"}) as trackers:   # closed however it ends
         run_experiment(exp, trackers=trackers)       # each run logged as it is recorded, not after the sweep
 
 Runs reach the driver (relulab.experiments.sweep) whole, as each finishes: a pack of models trains together and a
@@ -9,7 +9,7 @@ Ray worker sends its runs back when its task is done, so the driver's "a run was
 sees every run, whichever executor trained it. There each run goes to the trackers: `run_started`, then
 `epoch_done` for each of its epochs (losses, accuracies, the learning rate, the slot statistics probed that
 epoch), then `run_done` with its final metrics and weights. The report's TensorBoard export replays stored runs
-through the same calls (`log_stored`), so live logs and exported ones are the same files.
+through the same calls (`log_run` of `stored_epochs`), so live logs and exported ones are the same files.
 
 A tracker that fails mid-sweep (a full disk, a tracking server gone) is dropped with one line on the log: the
 store still holds every run, and `relulab report --tensorboard` writes them again.
