@@ -19,7 +19,8 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | `store`       | one `Store` per SQLite file, a method per table; kept run weights      | core, zoo, data,    |
 |               |                                                                        | training            |
 | `experiments` | YAML specs and presets, plans and run keys, the one sweep driver,      | all of the above    |
-|               | executors (in-process, Ray), analyses                                  |                     |
+|               | executors (in-process, Ray), live trackers (TensorBoard, MLflow),      |                     |
+|               | analyses                                                               |                     |
 | `search`      | search options and strategies (greedy, oracle, exhaustive, budget)     | + experiments       |
 | `report`      | collect, one formatter, figures, sections, writers; `compare`          | + search            |
 | `results`     | the store's tables as pandas DataFrames, and their export              | + report            |

@@ -315,6 +315,22 @@ def test_a_sweep_through_ray_stores_what_the_in_process_executor_stores(cluster,
     assert code == 0 and "0 runs trained, 6 already done" in err  # resumable like any sweep
 
 
+def test_runs_trained_on_ray_are_logged_live_with_the_weights_the_workers_sent(cluster, tmp_path, capsys, one_thread):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    code, _, err = relulab(capsys, "run", str(write_spec(tmp_path, SWEEP)), "--store", str(tmp_path / "s.sqlite"),
+                           "--executor", "ray", "--no-report", "--tensorboard", str(tb))
+    assert code == 0, err
+    folders = sorted(tb.glob("*/*/seed*"))
+    assert len(folders) == 6  # every run, from the outcomes the workers sent back
+    for folder in folders:
+        tags = EventAccumulator(str(folder)).Reload().Tags()
+        assert "val_acc" in tags["scalars"] and any(t.startswith("weights/") for t in tags["histograms"])
+        assert ("sparsity/slots" in tags["histograms"]) == (folder.parts[-3] == "probed")
+
+
 def test_ray_cuts_the_work_into_packs_for_every_worker(cluster, tmp_path, one_thread):
     spec = write_spec(tmp_path, SWEEP)
     exp = load_experiment(str(spec), Overrides(store=str(tmp_path / "s.sqlite")))

@@ -33,7 +33,8 @@ from specs import TINY, relulab, stored_runs, write_spec
     (["run", "spec.yaml", "--store", "sub"], "store: "),                          # a store that is a folder
     (["run", "spec.yaml", "--tensorboard", "base.yaml"], "--tensorboard: "),
     (["run", "spec.yaml", "--out", "rep", "--tensorboard", "rep/tb"], "--tensorboard: "),
-    (["run", "spec.yaml", "--no-report", "--tensorboard", "tb"], "--tensorboard: "),
+    (["run", "spec.yaml", "--no-report", "--tensorboard", "base.yaml"], "--tensorboard: "),  # live logs, no report
+    (["search", "spec.yaml", "--tensorboard", "base.yaml"], "--tensorboard: "),
     (["train", "-e", "1", "--widths", "8", "--save", "."], "--save: "),
     (["train", "-e", "1", "--widths", "8", "--out", "sub"], "--out: "),
     (["train", "-e", "1", "--widths", "8", "--save", "base.yaml/m.pt"], "--save: cannot create"),

@@ -47,6 +47,8 @@ FIELD_FLAGS = {
     "report.experiment": "--experiment",
     "report.tensorboard": "--tensorboard",
     "report.band": "--band",
+    "tracking.tensorboard": "--tensorboard",  # relulab.experiments.trackers: the live trackers
+    "tracking.mlflow": "--mlflow",
     "overrides.parts": "--part",  # relulab.experiments.Overrides: what the command line changes in a spec
     "overrides.yes": "--yes",
 }

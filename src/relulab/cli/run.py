@@ -30,6 +30,15 @@ GpusPerTask = Annotated[Optional[float], typer.Option(
 CpusPerTask = Annotated[Optional[int], typer.Option(
     help="With --executor ray: CPU cores per task, also its torch threads unless the spec sets threads "
     "(default 1).")]
+# Live tracking (relulab.experiments.trackers): the options of every command that trains a sweep (run, search).
+TensorBoardDir = Annotated[Optional[Path], typer.Option(
+    "--tensorboard", help="Log each run to TensorBoard in this folder as it finishes, while the sweep goes on: every "
+    "epoch's scalars and learning rate, slot statistics and weight histograms, hyperparameters for the HParams "
+    "tab (needs the tensorboard extra).")]
+MlflowUri = Annotated[Optional[str], typer.Option(
+    "--mlflow", help="Log each run to this MLflow tracking store as it finishes (params, per-epoch metrics, tags), "
+    "e.g. sqlite:///mlflow.db or http://host:5000; the report goes to the sweep's MLflow run as an artifact "
+    "(needs the mlflow extra).")]
 
 
 @contextmanager
@@ -60,8 +69,8 @@ def run_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: runs/<name>-report next to the store)."),
     report: bool = typer.Option(True, help="Write the report when the sweep is done."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
-    tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard logs here (needs the "
-                                               "tensorboard extra)."),
+    tensorboard: TensorBoardDir = None,
+    mlflow: MlflowUri = None,
     executor: ExecutorName = "in-process",
     address: Address = None,
     gpus_per_task: GpusPerTask = None,
@@ -84,18 +93,18 @@ def run_command(
         store=str(store) if store else None, sets=list(set_), parts=list(part), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
-    if tensorboard is not None and not report:
-        raise UserError("--tensorboard: the logs are written with the report; drop --no-report")
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
-    with failed_tasks_exit():
-        summary = experiments.run_experiment(exp, executor=runner)
-    _print_summary(summary)
-    if report:
-        from relulab.report import build_report
+    with open_tracking(tensorboard, mlflow) as trackers, failed_tasks_exit():
+        summary = experiments.run_experiment(exp, executor=runner, trackers=trackers)
+        _print_summary(summary)
+        print_tracking(tensorboard, mlflow)
+        if report:
+            from relulab.report import build_report
 
-        files = build_report(exp.store, exp.name, out, svg=svg, tensorboard=tensorboard)
-        console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV)")
-        print(files.html)  # the last line on stdout: the HTML report
+            files = build_report(exp.store, exp.name, out, svg=svg)
+            trackers.report_written(files.html.parent, exp.name)
+            console.print(f"report: {files.markdown} (Markdown), {files.summary_csv} (CSV)")
+            print(files.html)  # the last line on stdout: the HTML report
 
 
 REPORT_OPTIONS = {"out_dir": "--out", "tensorboard": "--tensorboard", "report.correction": "--correction"}
@@ -110,14 +119,29 @@ def report_dir(store: Path, name: str, out: Optional[Path]) -> Path:
 def check_outputs(store: Path, report: Optional[Path] = None, tensorboard: Optional[Path] = None) -> None:
     """Every place a command will write, checked before it trains anything (an hour of training must not end
     in "not a directory"): the store's file, the report's folder, TensorBoard's folder."""
-    from relulab.report import check_report_dir, check_tensorboard_dir, require_tensorboard
+    from relulab.report import check_report_dir, check_tensorboard_dir
 
     check_output_file(store, "store")
     if report is not None:
         check_report_dir(report, "--out")
     if tensorboard is not None:
-        require_tensorboard()  # a missing package is a usage error: say so before hours of training
         check_tensorboard_dir(tensorboard, report, "--tensorboard")
+
+
+def open_tracking(tensorboard: Optional[Path], mlflow: Optional[str]):
+    """The live trackers of --tensorboard and --mlflow, each checked (package, folder, URI) before anything trains:
+    a missing package is a usage error, said before hours of training."""
+    from relulab.experiments.trackers import open_trackers
+
+    return open_trackers({"tensorboard": tensorboard, "mlflow": mlflow})
+
+
+def print_tracking(tensorboard: Optional[Path], mlflow: Optional[str]) -> None:
+    """Where the live logs are, as the commands that show them."""
+    if tensorboard is not None:
+        console.print(f"tensorboard: tensorboard --logdir {Path(tensorboard).expanduser().absolute()}")
+    if mlflow is not None:
+        console.print(f"mlflow: mlflow ui --backend-store-uri {mlflow}")
 
 
 def _print_summary(s: experiments.SweepSummary) -> None:

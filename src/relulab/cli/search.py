@@ -11,8 +11,8 @@ from rich.table import Table
 
 import relulab.experiments as experiments
 from relulab.cli.app import SeedAlias, Seeds, Sets, app, option_names, read_seeds
-from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, check_outputs, failed_tasks_exit,
-                             report_dir)
+from relulab.cli.run import (Address, CpusPerTask, ExecutorName, GpusPerTask, MlflowUri, TensorBoardDir, check_outputs,
+                             failed_tasks_exit, open_tracking, print_tracking, report_dir)
 from relulab.report.format import slot_text, slots_text
 
 console = Console(stderr=True, soft_wrap=True)
@@ -59,6 +59,8 @@ def search_command(
     out: Optional[Path] = typer.Option(None, help="Report folder (default: <name>-report next to the store)."),
     report: bool = typer.Option(True, help="Write the experiment's report (with every search) when done."),
     svg: bool = typer.Option(False, help="Also write the plots as SVG."),
+    tensorboard: TensorBoardDir = None,
+    mlflow: MlflowUri = None,
     keep_weights: Optional[bool] = typer.Option(None, "--keep-weights/--no-keep-weights", help="Keep each finished "
                                                 "run's final and best-epoch weights beside the store (the spec's "
                                                 "keep_weights; default auto: where a run's take at most 256 MiB)."),
@@ -84,21 +86,23 @@ def search_command(
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
-    check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None)
-    with failed_tasks_exit():
-        outcome = run_search(exp, options, part, config, executor=runner)
-    with Store(exp.store, create=False) as s:
-        found = next(x for x in load_search_views(s, exp.name) if x["id"] == outcome.id)
-    print_search(found)
-    console.print(f"search {outcome.id}: {outcome.trained} runs trained, {outcome.reused} already in the store"
-                  + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
-                  + f"; store {exp.store}")
-    if report:
-        from relulab.report import build_report
+    check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
+    with open_tracking(tensorboard, mlflow) as trackers, failed_tasks_exit():
+        outcome = run_search(exp, options, part, config, executor=runner, trackers=trackers)
+        with Store(exp.store, create=False) as s:
+            found = next(x for x in load_search_views(s, exp.name) if x["id"] == outcome.id)
+        print_search(found)
+        console.print(f"search {outcome.id}: {outcome.trained} runs trained, {outcome.reused} already in the store"
+                      + (f", {outcome.probed_again} retrained to probe them" if outcome.probed_again else "")
+                      + f"; store {exp.store}")
+        print_tracking(tensorboard, mlflow)
+        if report:
+            from relulab.report import build_report
 
-        files = build_report(exp.store, exp.name, out, svg=svg)
-        console.print(f"report: {files.markdown} (Markdown), {', '.join(str(p) for p in files.extra)} (CSV)")
-        print(files.html)
+            files = build_report(exp.store, exp.name, out, svg=svg)
+            trackers.report_written(files.html.parent, exp.name)
+            console.print(f"report: {files.markdown} (Markdown), {', '.join(str(p) for p in files.extra)} (CSV)")
+            print(files.html)
 
 
 def _interval_text(mean, low, high) -> str:

@@ -14,6 +14,7 @@ from relulab import data as data_mod
 from relulab.data import DataSpec
 from relulab.core.env import resolve_device
 from relulab.core.errors import UserError
+from relulab.experiments.tracking import TrackedRun, Trackers
 from relulab.zoo.models import KEEP, ModelSpec, combine_slots, parse_off, parse_slots, parse_widths
 from relulab.zoo.reference import PYTHON
 from relulab.zoo.optim import OptimizerSpec
@@ -25,6 +26,7 @@ from relulab.training.schedules import SCHEDULES, ScheduleSpec
 from relulab.training.specs import Job, RunSpec, TrainSpec
 from relulab.core.util import check_output_file, write_json_atomic
 from relulab.cli.app import SeedAlias, Seeds, app, option_names, read_seeds
+from relulab.cli.run import MlflowUri, TensorBoardDir, open_tracking, print_tracking
 from relulab.cli.reference import KWARGS_HELP, MODEL_HELP, model_fields
 from relulab.cli.reference import OPTION_NAMES as REFERENCE_OPTION_NAMES
 
@@ -101,6 +103,8 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Write the results (with per-epoch history) to this JSON file."),
     save: Optional[Path] = typer.Option(None, help="Save the trained model to this checkpoint file (with several "
                                         "seeds: NAME-seedN.pt); `relulab evaluate` reads it."),
+    tensorboard: TensorBoardDir = None,
+    mlflow: MlflowUri = None,
 ):
     """Train one model configuration (per seed) and print its history."""
     run_seeds = read_seeds(seeds, seed) or [0]
@@ -134,7 +138,9 @@ def train(
             if path is not None:
                 check_output_file(path, option)  # before training: an hour's work must not end in "is a folder"
         splits = data_mod.load_data(spec.data)
-        _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save)
+        with open_tracking(tensorboard, mlflow) as trackers:
+            _train_seeds(spec, splits, run_seeds, target, together, as_json, out, save, trackers)
+            print_tracking(tensorboard, mlflow)
 
 
 def _schedule(name: Optional[str], milestones: Optional[str], gamma: Optional[float], warmup_epochs: int
@@ -165,10 +171,14 @@ def _trained(spec: RunSpec, splits, seeds: list[int], device, together: bool):
 
 
 def _train_seeds(spec: RunSpec, splits, seeds: list[int], device, together: bool, as_json: bool,
-                 out: Optional[Path], save: Optional[Path]) -> None:
+                 out: Optional[Path], save: Optional[Path], trackers: Trackers) -> None:
     results = []
     for result in _trained(spec, splits, seeds, device, together):
         results.append(result.to_dict())
+        if trackers:  # as `relulab run` files it: experiment train, part the dataset, configuration the model
+            run_ = TrackedRun(f"train-seed{result.seed}", "train", spec.data.name, spec.model.name, result.seed,
+                              result.spec.to_dict(), result.data)
+            trackers.log_result(run_, result, {}, result.model.state_dict())
         if save:
             where = save if len(seeds) == 1 else save.with_name(f"{save.stem}-seed{result.seed}{save.suffix}")
             checkpoints.save(result, where, splits.classes)

@@ -14,6 +14,8 @@
 - `executors`: where runs train (in this process, or on a Ray cluster).
 - `run`: `run_experiment`: the sweep of an experiment, its analyses and timings.
 - `analyses`: what an experiment computes once, beside its runs (relulab.experiments.analyses).
+- `tracking`: the `Tracker` interface the driver logs each recorded run to; `trackers`: TensorBoard and MLflow
+  (`TRACKERS`, `open_trackers`), optional extras imported only when asked for.
 """
 from relulab.experiments.executors import InProcessExecutor, RayExecutor, make_executor
 from relulab.experiments.plan import PLAN_LIMIT, Experiment, Part, PlannedRun, Variant, load_experiment, run_key

@@ -28,6 +28,7 @@ from relulab.experiments.analyses import ANALYSES
 from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, PlannedRun, config_json
 from relulab.experiments.sweep import Sweep, SweepRun, run_line, sweeping
+from relulab.experiments.tracking import Trackers
 from relulab.store import Store, timing_key
 from relulab.training.loop import time_alone
 from relulab.training.resume import discard_finished
@@ -107,12 +108,13 @@ def run_analyses(exp: Experiment, store: Store, device: torch.device, echo: Call
 
 def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Callable[[str], None] = print,
                    claim_size: Optional[int] = None, poll_s: float = 2.0,
-                   executor: Optional[Executor] = None) -> SweepSummary:
+                   executor: Optional[Executor] = None, trackers: Optional[Trackers] = None) -> SweepSummary:
     """Run every (configuration, seed) of `exp` that the store does not hold yet; results are committed as
     each run finishes. Safe to interrupt at any point and to run from several processes at once.
 
     `executor` says where runs train (relulab.experiments.executors): in this process (the default) or on a Ray
-    cluster; either way this process alone writes the store. `claim_size`: run keys claimed at a time
+    cluster; either way this process alone writes the store, and logs each run to `trackers` (TensorBoard, MLflow:
+    relulab.experiments.trackers) as it is recorded. `claim_size`: run keys claimed at a time
     (default: the executor's choice, 64 in process, all for Ray)."""
     executor = executor if executor is not None else InProcessExecutor()
     splits_by_data = prepare(exp)
@@ -126,7 +128,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
         summary = SweepSummary(exp.store, planned=len(planned))
         claim = claim_size if claim_size is not None else executor.claim_size
         with sweeping(exp, executor, classes, log, pack=exp.pack, resume=exp.resume, claim_size=claim,
-                      poll_s=poll_s) as (store, sweep):
+                      poll_s=poll_s, trackers=trackers) as (store, sweep):
             store.save_plan(exp.name, exp.origin, exp.raw, [p.meta() for p in exp.parts], exp.plan_rows(),
                             exp.run_overrides)
             run_analyses(exp, store, device, echo)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 import torch
 
 from relulab.experiments.executors import Executor, Outcome
+from relulab.experiments.tracking import TrackedRun, Trackers
 from relulab.probes.callbacks import EpochProbeRequest
 from relulab.store.database import Finished, Store
 from relulab.store.weights import Keeper
@@ -79,6 +80,7 @@ class Sweep:
     resume: Optional[Resume] = None  # where training in progress is saved (None: not saved)
     claim_size: Optional[int] = None  # run keys claimed at a time (None: all)
     poll_s: float = 2.0  # how often to look again while another process holds the runs left
+    trackers: Optional[Trackers] = None  # where each recorded run is logged at once (relulab.experiments.tracking)
 
     def run(self, runs: Sequence[SweepRun]) -> Iterator[Recorded]:
         """Every run of `runs` the store does not hold yet, claimed, trained and recorded; each as it is
@@ -101,8 +103,9 @@ class Sweep:
             pending = [r for r in pending if r.key not in done]
 
     def retrain(self, runs: Sequence[SweepRun]) -> Iterator[Recorded]:
-        """Every run of `runs` trained and recorded, unclaimed, whatever the store holds; each as it is recorded."""
-        yield from self._train(list(runs), None)
+        """Every run of `runs` trained and recorded, unclaimed, whatever the store holds; each as it is recorded.
+        Not logged to the trackers: these are copies of runs logged when they were trained."""
+        yield from self._train(list(runs), None, tracked=False)
 
     def _still_claimed(self, pack: list[Job]) -> list[Job]:
         # Asked again as each pack starts: this process may have been paused past STALE_S since it claimed
@@ -113,7 +116,7 @@ class Sweep:
                      f"process meanwhile: not training them here")
         return [job for job in pack if job.key in keep]
 
-    def _train(self, batch: list[SweepRun], still_wanted) -> Iterator[Recorded]:
+    def _train(self, batch: list[SweepRun], still_wanted, tracked: bool = True) -> Iterator[Recorded]:
         """Train `batch` through the executor; record each run as its outcome arrives, with its weights where
         the keeper keeps them (here, and only here, runs are written: whatever executor trained them)."""
         by_key = {r.key: r for r in batch}
@@ -129,6 +132,10 @@ class Sweep:
                 staged = self.keeper.stage(r.key, result, outcome.final_weights())
                 stored = self.store.record(Finished(r.key, r.experiment, r.part, r.variant, result,
                                                     outcome.slot_stats, staged))
+                if stored and tracked and self.trackers:
+                    self.trackers.log_result(TrackedRun(r.key, r.experiment, r.part, r.variant, r.job.seed,
+                                                        result.spec.to_dict(), result.data),
+                                             result, outcome.slot_stats, outcome.final_weights())
                 yield Recorded(r, outcome, stored)
         finally:
             self.store.release(by_key)  # claims of runs not finished (an error, Ctrl-C) go back at once
@@ -148,14 +155,15 @@ def run_line(head: str, result: RunResult, stored: bool) -> str:
 
 @contextlib.contextmanager
 def sweeping(exp: "Experiment", executor: Executor, classes: dict[str, list[str]], log: Callable[[str], None], *,
-             pack: bool, resume: Optional[Resume] = None, claim_size: Optional[int] = None, poll_s: float = 2.0
-             ) -> Iterator[tuple[Store, Sweep]]:
+             pack: bool, resume: Optional[Resume] = None, claim_size: Optional[int] = None, poll_s: float = 2.0,
+             trackers: Optional[Trackers] = None) -> Iterator[tuple[Store, Sweep]]:
     """The experiment's store opened for writing and a Sweep over it, for a sweep, a search or a probe: torch's
     threads as the spec asks, and weights kept where `exp.keep_weights` says (`classes`: each dataset's class
-    names by data key, which the kept checkpoints hold). The executor is opened and closed by the caller."""
+    names by data key, which the kept checkpoints hold); each recorded run is logged to `trackers`. The executor
+    is opened and closed by the caller, the trackers too."""
     if exp.threads:
         torch.set_num_threads(exp.threads)
     keeper = Keeper(exp.store, exp.keep_weights, classes, log)
     with Store(exp.store) as store:
         yield store, Sweep(store, executor, keeper, log, pack=pack, threads=exp.threads, resume=resume,
-                           claim_size=claim_size, poll_s=poll_s)
+                           claim_size=claim_size, poll_s=poll_s, trackers=trackers)

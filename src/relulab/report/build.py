@@ -69,9 +69,10 @@ def check_report_dir(out: str | Path, field: str = "out_dir") -> Path:
     return out
 
 
-def check_tensorboard_dir(logdir: str | Path, out: Path, field: str = "tensorboard") -> Path:
+def check_tensorboard_dir(logdir: str | Path, out: Optional[Path], field: str = "tensorboard") -> Path:
+    """`logdir` can take TensorBoard's files, outside the report folder `out` (None: no report is written)."""
     logdir = check_output_dir(logdir, field)
-    if logdir == out or out in logdir.parents:
+    if out is not None and (logdir == out or out in logdir.parents):
         raise UserError(f"{field}: {logdir} is inside the report folder {out}, which is replaced whole on every "
                         "report; put the logs elsewhere")
     return logdir

@@ -15,8 +15,9 @@ from typing import Optional
 
 import jinja2
 
-from relulab.core.errors import UserError
 from relulab.core.util import write_atomic, write_bytes_atomic
+from relulab.experiments import trackers
+from relulab.experiments.tracking import FINAL_METRICS, TrackedRun, log_run, stored_epochs
 from relulab.probes.statistics import class_table, degenerate_columns
 from relulab.report.collect import ExperimentData
 from relulab.report.figures import heatmap_figure, stat_over_epochs_figure
@@ -218,36 +219,25 @@ def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
 
 
 def require_tensorboard():
-    """TensorBoard's SummaryWriter, or a UserError saying how to install it."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("report.tensorboard: the tensorboard package is not installed; "
-                        "pip install relulab[tensorboard]") from None
-    return SummaryWriter
+    """TensorBoard's SummaryWriter, or a UserError (report.tensorboard) saying how to install it."""
+    return trackers.require_tensorboard("report.tensorboard")
 
 
 def write_tensorboard(data: ExperimentData, logdir: Path) -> Path:
-    """One TensorBoard run per (part, configuration, seed), from the store; rewritten on every report."""
-    SummaryWriter = require_tensorboard()
-    logdir = logdir.expanduser().resolve()
-    for part in data.parts:
-        for v in part.variants:
-            for r in v.runs:
-                folder = logdir / part.name / v.name / f"seed{r['seed']}"
-                for old in folder.glob("events.out.tfevents.*"):  # ours, from an earlier report: no duplicates
-                    old.unlink()
-                writer = SummaryWriter(str(folder))
-                for e in v.epochs[r["key"]]:
-                    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "seconds"):
-                        if e[metric] is not None and math.isfinite(e[metric]):
-                            writer.add_scalar(metric, e[metric], e["epoch"])
-                for stat, by_epoch in v.slot_stats[r["key"]].items():
-                    for epoch, by_slot in by_epoch.items():
-                        for slot, value in by_slot.items():
-                            writer.add_scalar(f"{stat}/slot{slot:02d}", value, epoch)
-                writer.close()
-    return logdir
+    """One TensorBoard run per (part, configuration, seed), from the store, written by the tracker that logs runs
+    live (relulab.experiments.trackers.TensorBoardTracker: the same files, less the weights' histograms, which
+    the store does not hold); rewritten on every report."""
+    tracker = trackers.TensorBoardTracker(logdir, "report.tensorboard")
+    try:
+        for part in data.parts:
+            for v in part.variants:
+                for r in v.runs:
+                    run = TrackedRun(r["key"], data.name, part.name, v.name, r["seed"], r["spec"], r["data"])
+                    log_run(tracker, run, stored_epochs(run, v.epochs[r["key"]], v.slot_stats[r["key"]]),
+                            {m: r[m] for m in FINAL_METRICS})
+    finally:
+        tracker.close()
+    return tracker.logdir
 
 
 # ---------------------------------------------------------------- relulab probe's files

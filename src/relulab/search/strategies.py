@@ -83,6 +83,7 @@ from relulab.data import data_key, load_data
 from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, Variant, canonical_spec, run_key
 from relulab.experiments.sweep import Recorded, Sweep, SweepRun, run_line, sweeping
+from relulab.experiments.tracking import Trackers
 from relulab.probes import statistics as probes_mod
 from relulab.search.judgement import judge
 from relulab.search.measured import Measured, stored_measurement
@@ -475,10 +476,11 @@ def prepare_search(exp: Experiment, options: SearchOptions, part: Optional[str] 
 
 def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = None, config: Optional[str] = None,
                log: Callable[[str], None] = _log, poll_s: float = 2.0,
-               executor: Optional[Executor] = None) -> SearchOutcome:
+               executor: Optional[Executor] = None, trackers: Optional[Trackers] = None) -> SearchOutcome:
     """Run (or resume) one search on `exp`; every step is stored as it completes. `executor` says where its
     runs train (relulab.experiments.executors: in this process by default, or on a Ray cluster); the probes
-    are measured here, on the final weights, and this process alone writes the store."""
+    are measured here, on the final weights, and this process alone writes the store (and logs each run it trains
+    to `trackers`: relulab.experiments.tracking)."""
     p, base, splits, options = prepare_search(exp, options, part, config)
     executor = executor if executor is not None else InProcessExecutor()
     try:
@@ -486,7 +488,7 @@ def run_search(exp: Experiment, options: SearchOptions, part: Optional[str] = No
         device = executor.driver_device
         # Claims every run a step needs at once: they train together, packed as the hardware allows.
         with sweeping(exp, executor, {data_key(base.spec.data): splits.classes}, log, pack=exp.pack,
-                      resume=exp.resume, poll_s=poll_s) as (store, sweep):
+                      resume=exp.resume, poll_s=poll_s, trackers=trackers) as (store, sweep):
             store.ensure_probe_search_tables()
             ensure_plan(store, exp)
             s = Search(exp, p, base, options, store, splits, device, sweep, log)
