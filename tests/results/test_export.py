@@ -7,6 +7,7 @@ import pytest
 import relulab.results as results
 from robustness.runner import assert_refused, run_cli
 from specs import relulab
+from results_store import store  # noqa: F401  (the fixture: a store of two experiments)
 
 READERS = {"csv": pd.read_csv, "json": pd.read_json, "parquet": pd.read_parquet}
 

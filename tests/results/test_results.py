@@ -9,6 +9,7 @@ import relulab.results as results
 from relulab.core.errors import UserError
 from relulab.core.stats import holm
 from relulab.store import Store
+from results_store import store  # noqa: F401  (the fixture: a store of two experiments)
 
 def rows(path, sql, *args):
     db = sqlite3.connect(path)
