@@ -81,8 +81,8 @@ def relulab_pack(splits, cifar: str, name: str, epochs: int, k: int, compile_: s
             "stacked": results[0].data.get("stacked"), "compiled": results[0].data.get("compiled")}
 
 
-def plain(splits, name: str, epochs: int) -> dict:
-    row = plain_loop(splits, epochs, 0, name)
+def plain(splits, name: str, epochs: int, seed: int) -> dict:
+    row = plain_loop(splits, epochs, seed, name)
     return {"side": "plain-pytorch", "model": name, "k": 1, "compile": "off", "wall_s": sum(row["epoch_seconds"]),
             "first_epoch_s": row["epoch_seconds"][0], "model_epochs_per_s": 1 / steady(row["epoch_seconds"]),
             "val_acc": [max(row["val_acc"])]}
@@ -94,8 +94,10 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,resnet18-cifar")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--packs", action="append", default=[],
-                        help="MODEL=K,K,...: the pack sizes of one model (repeatable); default 1,8,16,32 for every model")
-    parser.add_argument("--compile", default="auto", help="auto, on, off, or a list: on,off")
+                        help="MODEL=K,K[:on|off|auto],...: the pack sizes of one model, each with how its step is "
+                        "compiled (default --compile); repeatable; default 1,8,16,32 for every model")
+    parser.add_argument("--compile", default="auto", help="auto (relulab's rule), on or off")
+    parser.add_argument("--plain-seeds", default="0", help="the plain loop's seeds, e.g. 0,1")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -103,16 +105,16 @@ def main() -> None:
     splits = load_data(DataSpec("cifar10", path=args.cifar, split="test")).to(torch.device("cuda"))
     chip = chip_bf16_tflops()
     print(json.dumps({"chip_bf16_tflops": chip}), flush=True)
-    packs = {name: [1, 8, 16, 32] for name in args.models.split(",")}
+    packs = {name: [(k, args.compile) for k in (1, 8, 16, 32)] for name in args.models.split(",")}
     for item in args.packs:
         name, _, sizes = item.partition("=")
-        packs[name] = [int(k) for k in sizes.split(",") if k]
+        packs[name] = [(int(k), c or args.compile) for k, _, c in (s.partition(":") for s in sizes.split(",") if s)]
     rows = []
     for name in args.models.split(","):
         flops = train_flops_per_example(name, splits.input_shape, splits.num_classes) * len(splits.x_train)
-        sides = [lambda: plain(splits, name, args.epochs)]
+        sides = [lambda seed=seed: plain(splits, name, args.epochs, seed) for seed in map(int, args.plain_seeds.split(","))]
         sides += [lambda k=k, c=c: relulab_pack(splits, args.cifar, name, args.epochs, k, c)
-                  for k in packs.get(name, []) for c in args.compile.split(",")]
+                  for k, c in packs.get(name, [])]
         for side in sides:
             try:
                 row = side()
@@ -132,7 +134,8 @@ def main() -> None:
         if "error" in row:
             print(f"{row['model']:15} error: {row['error'][:120]}")
             continue
-        base = next(r for r in rows if r["model"] == row["model"] and r.get("side") == "plain-pytorch")
+        plains = [r for r in rows if r["model"] == row["model"] and r.get("side") == "plain-pytorch"]
+        base = {"model_epochs_per_s": statistics.mean(r["model_epochs_per_s"] for r in plains)}
         print(f"{row['model']:15} {row['side']:14} {row['k']:>3} {row['compile']:>7} "
               f"{row['model_epochs_per_s']:>14.3f} {row['model_epochs_per_s'] / base['model_epochs_per_s']:>7.2f}x "
               f"{row['tflops']:>8.1f} {row['first_epoch_s']:>13.1f} "

@@ -210,8 +210,9 @@ def test_judgement_is_scipy_rank_correlation_and_picks():
 
 
 def test_acceptance_rule_welch_or_plain():
-    welch = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=False))
-    plain = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=True))
+    welch = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=False, accept_all=False))
+    plain = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=True, accept_all=False))
+    every = SimpleNamespace(options=SimpleNamespace(alpha=0.05, plain_rule=False, accept_all=True))
     current = _measured((), [0.780, 0.785, 0.790])
     slightly = _measured((7,), [0.781, 0.792, 0.786])  # a higher mean, within seed noise
     clearly = _measured((7,), [0.810, 0.812, 0.815])
@@ -221,6 +222,10 @@ def test_acceptance_rule_welch_or_plain():
     assert Search.accepts(welch, clearly, current)[0] is True
     ok, why = Search.accepts(welch, worse, current)
     assert not ok and "(worse)" in why
+    ok, why = Search.accepts(every, worse, current)  # EASIER's rule: accepted, and the verdict still said
+    assert SearchOptions("greedy").identity() == {k: v for k, v in SearchOptions("greedy", accept_all=True).identity()
+                                                  .items() if k != "accept_all"}  # earlier ids stay as they were
+    assert ok and "-8.40 points, distinguishable" in why and "accept_all" in why
     ok, why = Search.accepts(welch, _measured((7,), [0.9]), current)
     assert not ok and "too few seeds" in why and "--plain-rule" in why
 
@@ -436,6 +441,37 @@ def test_judgement_bootstrap_resamples_slots_then_seeds_deterministically():
     assert r["compared"] == 1 and r["spearman_p_holm"] == pytest.approx(r["spearman_p"])
 
 
+def test_judgement_compares_each_pick_with_a_random_slot():
+    """Chance is the mean change over the judged slots (a slot drawn at random, on average); each pick's lead
+    over it gets the percentile interval of (pick - chance) over the same resamples as the correlations."""
+    import numpy as np
+
+    from relulab.search.judgement import judge
+
+    rng = np.random.default_rng(1)
+    slots, seeds = [1, 2, 3, 4, 5], 3
+    values = {s: list(rng.normal(s, 0.3, seeds)) for s in slots}
+    base = _per_seed((), [0.80, 0.81, 0.79], {"sign_entropy": values})
+    singles = {s: _per_seed((s,), list(0.80 - 0.01 * s + rng.normal(0, 0.002, seeds))) for s in slots}
+    r = judge(base, singles, resamples=200, seed=3)[0]
+    diffs = {s: singles[s].mean - base.mean for s in slots}
+    assert r["random_diff"] == pytest.approx(np.mean(list(diffs.values())))
+    assert r["lowest_pick_diff"] == pytest.approx(diffs[1]) and r["highest_pick_diff"] == pytest.approx(diffs[5])
+    draws = np.random.default_rng(3)
+    pick_slots, pick_seeds = draws.integers(0, 5, (200, 5)), draws.integers(0, seeds, (200, seeds))
+    leads = {"highest": [], "lowest": []}
+    for chosen, within in zip(pick_slots, pick_seeds):
+        xs = [np.mean([values[slots[i]][j] for j in within]) for i in chosen]
+        ys = [np.mean([singles[slots[i]].seed_accs[j] for j in within]) - np.mean([base.seed_accs[j] for j in within])
+              for i in chosen]
+        leads["highest"].append(ys[int(np.argmax(xs))] - np.mean(ys))
+        leads["lowest"].append(ys[int(np.argmin(xs))] - np.mean(ys))
+    for pick, values_ in leads.items():
+        expected = list(np.percentile(values_, [2.5, 97.5]))
+        assert [r[f"{pick}_vs_random_low"], r[f"{pick}_vs_random_high"]] == pytest.approx(expected)
+    assert r["lowest_vs_random_low"] > 0 > r["highest_vs_random_high"]  # the low-entropy slot beats chance here
+
+
 def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(capsys, tmp_path):
     """A greedy search whose proposals from all-relu are all rejected has measured every single-slot change of
     all-relu, as the oracle's first step does; the same for budget with every placement of 3 slots on. All three
@@ -483,7 +519,7 @@ def test_greedy_and_budget_get_the_oracles_judgement_where_their_runs_allow_it(c
     assert greedy_csv.splitlines()[0].startswith("search,strategy,step,current,stat,n,spearman,spearman_low,")
     assert f"search-{b['id']}-correlations.csv" in by_name
     assert by_name[f"search-{o['id']}.csv"].splitlines()[0].endswith(
-        "test_acc_mean,test_acc_ci_low,test_acc_ci_high,test_acc_runs")
+        "test_acc_mean,test_acc_ci_low,test_acc_ci_high,test_acc_runs,val_is_test")
 
 
 def test_probe_marks_degenerate_per_class_cells_and_out_keeps_everything_there(capsys, tmp_path):

@@ -41,6 +41,9 @@ def search_command(
     plain_rule: bool = typer.Option(False, "--plain-rule", help="Accept a change when the mean improves (source "
                                     "000's rule) instead of when Welch's test says it is better beyond seed "
                                     "noise."),
+    accept_all: bool = typer.Option(False, "--accept-all", help="greedy: accept every proposal whatever it "
+                                    "measured (EASIER's rule: switch off, retrain, go on); each step still says "
+                                    "whether its change is beyond seed noise."),
     alpha: float = typer.Option(0.05, help="Welch's test level for accepting a change."),
     metric: str = typer.Option("best_val_acc", help="best_val_acc (source 000's), final_val_acc or test_acc."),
     probe_set: str = typer.Option("first", help="Images the statistics are computed on: first (the first "
@@ -80,7 +83,7 @@ def search_command(
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     options = SearchOptions(strategy, stat, order, budget, patience, k, keep, choose, plain_rule, alpha, metric,
-                            probe_set, max_placements)
+                            probe_set, max_placements, accept_all)
     overrides = experiments.Overrides(
         seeds=read_seeds(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)

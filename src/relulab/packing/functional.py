@@ -44,6 +44,21 @@ class SlotChoice(nn.Module):
         return out
 
 
+def _normalize_in_float32(module: nn.Module) -> None:
+    """Make a batch norm take bf16 input as float32 and give back bf16. Under vmap, batch norm's batching rule
+    wants its input and running statistics in one dtype (under autocast, eager: "Expected running_mean to have
+    type BFloat16 but got Float", measured on an H200); one model alone normalizes bf16 input in float32 inside
+    cuDNN, so this computes what it computes."""
+    forward = module.forward
+
+    def in_float32(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return forward(x.float()).to(x.dtype)
+        return forward(x)
+
+    module.forward = in_float32
+
+
 def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).clone()
 
@@ -58,6 +73,9 @@ class FunctionalStack:
         self.k = len(models)
         self.base = copy.deepcopy(models[0])  # the architecture; its own tensors are never read
         self._blend_varying_slots(models)
+        for module in self.base.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                _normalize_in_float32(module)
         named = [dict(m.named_parameters()) for m in models]
         self.names = list(named[0])
         shapes = [named[0][n].shape for n in self.names]

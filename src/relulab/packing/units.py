@@ -25,7 +25,7 @@ from relulab.training import resume
 from relulab.training.loop import build_for, evaluate
 from relulab.training.schedules import learning_rates
 from relulab.training.specs import Job, autocast_dtype, float32_products
-from relulab.zoo.models import SlotNet, model_entry
+from relulab.zoo.models import SlotNet, model_entry, parameter_count
 from relulab.zoo.optim import StackedOptimizer
 
 # The stack class for each kind of model entry (relulab.zoo.models.ModelEntry.packs) that stacks.
@@ -197,6 +197,10 @@ def model_unit(job: Job, splits: Splits, device: torch.device, sizes: list[int],
     return unit
 
 
+def _stack_pays(job: Job, splits: Splits) -> bool:
+    return rules.functional_stack_pays(parameter_count(job.spec.model, splits.input_shape, splits.num_classes))
+
+
 def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
                max_stack: Optional[int] = None, stack_cnns: bool = False, stack_functional: bool = False
                ) -> list[Unit]:
@@ -207,7 +211,7 @@ def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
     units = []
     for job in jobs:
         key = rules.stack_key(job) or (rules.cnn_stack_key(job) if stack_cnns else None) or \
-            (rules.functional_stack_key(job) if stack_functional else None)
+            (rules.functional_stack_key(job) if stack_functional and _stack_pays(job, splits) else None)
         if key is None:
             units.append(model_unit(job, splits, device, sizes, rules.compiles(job, jobs, device)))
         else:

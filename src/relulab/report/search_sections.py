@@ -16,7 +16,8 @@ GREEDY_HEADER = ["step", "current", "proposal", "statistic", "proposal acc (%)",
 CANDIDATE_HEADER = ["slot off", "placement", "acc (%)", "test acc (%)", "vs current (points)", "p (Welch)",
                     "statistic"]
 CORRELATION_HEADER = ["statistic", "n", "Spearman rho [95% bootstrap]", "p", "p (Holm)", "Kendall tau [95% bootstrap]",
-                      "p", "p (Holm)", "highest-first pick", "lowest-first pick", "best change"]
+                      "p", "p (Holm)", "highest-first pick", "lowest-first pick", "best change", "random pick",
+                      "highest-first vs random [95%]", "lowest-first vs random [95%]"]
 PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "test acc (%)", "vs base (points)",
                     "p (Welch)", "verdict"]
 MAX_EXHAUSTIVE_ROWS = 25
@@ -90,7 +91,21 @@ def correlation_rows(corr: list[dict]) -> list[list[str]]:
              p_value(c["spearman_p"]), p_value(c.get("spearman_p_holm")),
              rank_correlation(c["kendall"], c.get("kendall_low"), c.get("kendall_high")), p_value(c["kendall_p"]),
              p_value(c.get("kendall_p_holm")), points(c["highest_pick_diff"]), points(c["lowest_pick_diff"]),
-             points(c["best_diff"])] for c in corr]
+             points(c["best_diff"]), points(c.get("random_diff")),
+             _lead(c["highest_pick_diff"], c.get("random_diff"), c.get("highest_vs_random_low"),
+                   c.get("highest_vs_random_high")),
+             _lead(c["lowest_pick_diff"], c.get("random_diff"), c.get("lowest_vs_random_low"),
+                   c.get("lowest_vs_random_high"))] for c in corr]
+
+
+def _lead(pick, chance, low, high) -> str:
+    """A pick's change less chance's (points), with its bootstrap interval: above 0 beats a random slot."""
+    if pick is None or chance is None:
+        return "-"
+    text = points(pick - chance)
+    if low is not None and high is not None:
+        text += f" [{points(low)}, {points(high)}]"
+    return text
 
 
 def _placement_rows(cands: list[dict], names: dict[int, str], kept: bool = False) -> list[list[str]]:
@@ -154,7 +169,9 @@ def _judgement_sections(s: dict, step: int, current: str, svg: bool) -> list[Sec
         singles += " (the proposals tried from it, rejected and accepted)"
     note = (f"For each statistic (on {current}, mean over seeds), the rank correlation with the measured change in "
             f"accuracy of switching each slot off, over {singles}; the pick columns give the change the "
-            "highest-first and lowest-first choices got, and the best there was (points). Brackets: 95% bootstrap "
+            "highest-first and lowest-first choices got, and the best there was (points); the random pick is chance, "
+            "the mean change over those slots (what switching off one drawn at random gets on average), and the "
+            "last two columns each pick's lead over it: an interval above 0 beats chance. Brackets: 95% bootstrap "
             f"intervals ({corr[0].get('resamples') or 0} resamples of the slots, then of the seeds within).")
     extra = false_positive_note(corr[0].get("compared", 0))
     return [Section(f"Heuristic judgement, step {step}: statistics of {current} against the measured changes",

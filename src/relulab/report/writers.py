@@ -160,7 +160,8 @@ SEARCH_CSV_COLUMNS = ["search", "strategy", "step", "decision", "chosen", "posit
 CORRELATION_CSV_COLUMNS = ["search", "strategy", "step", "current", "stat", "n", "spearman", "spearman_low",
                            "spearman_high", "spearman_p", "spearman_p_holm", "kendall", "kendall_low", "kendall_high",
                            "kendall_p", "kendall_p_holm", "compared", "resamples", "highest_pick_diff",
-                           "lowest_pick_diff", "best_diff"]
+                           "lowest_pick_diff", "best_diff", "random_diff", "highest_vs_random_low",
+                           "highest_vs_random_high", "lowest_vs_random_low", "lowest_vs_random_high"]
 
 
 def search_csvs(data: ExperimentData) -> dict[str, str]:

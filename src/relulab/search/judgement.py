@@ -40,8 +40,10 @@ def judge(current: Measured, singles: dict[int, Measured], resamples: int = 0,
           seed: int = BOOTSTRAP_SEED) -> list[dict]:
     """For every statistic of `current`, its rank correlation (over the slots of `singles`) with the measured
     change in accuracy of switching that slot off, the changes the highest-first and lowest-first picks got and
-    the best change there was; with `resamples`, bootstrap 95% intervals of both correlations. Holm-adjusted
-    p-values over the statistics judged (`compared` of them) are always given."""
+    the best change there was, and chance's: `random_diff`, the mean change over the slots (what switching off
+    a slot chosen at random gets, on average); with `resamples`, bootstrap 95% intervals of both correlations
+    and of each pick's lead over chance (`highest_vs_random_low/high`, `lowest_vs_random_low/high`).
+    Holm-adjusted p-values over the statistics judged (`compared` of them) are always given."""
     from scipy import stats as sps
 
     diffs = {slot: m.mean - current.mean for slot, m in singles.items()}
@@ -50,15 +52,17 @@ def judge(current: Measured, singles: dict[int, Measured], resamples: int = 0,
         values = current.heuristics.get(stat)
         if not values:
             continue
-        slots = [s for s, d in diffs.items() if math.isfinite(values.get(s, math.nan)) and math.isfinite(d)]
+        slots = sorted(s for s, d in diffs.items() if math.isfinite(values.get(s, math.nan)) and math.isfinite(d))
         pairs = [(values[s], diffs[s]) for s in slots]
         row = {"stat": stat, "n": len(pairs), "spearman": None, "spearman_p": None, "kendall": None,
                "kendall_p": None, "highest_pick_diff": None, "lowest_pick_diff": None,
                "best_diff": max((d for _, d in pairs), default=None), "spearman_low": None, "spearman_high": None,
-               "kendall_low": None, "kendall_high": None, "resamples": 0}
+               "kendall_low": None, "kendall_high": None, "resamples": 0, "random_diff": None,
+               **{f"{pick}_vs_random_{end}": None for pick in ("highest", "lowest") for end in ("low", "high")}}
         if pairs:
             row["highest_pick_diff"] = max(pairs, key=lambda p: p[0])[1]
             row["lowest_pick_diff"] = min(pairs, key=lambda p: p[0])[1]
+            row["random_diff"] = math.fsum(d for _, d in pairs) / len(pairs)  # fsum: the same in any slot order
         xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
         if len(pairs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
             rho, rho_p = sps.spearmanr(xs, ys)
@@ -82,7 +86,8 @@ def _with_holm(rows: list[dict]) -> list[dict]:
 
 def _bootstrap(current: Measured, singles: dict[int, Measured], stat: str, slots: list[int], resamples: int,
                seed: int) -> dict:
-    """Percentile intervals of rho and tau over `resamples` resamples of (slots, then seeds)."""
+    """Percentile intervals of rho and tau, and of each pick's lead over a random pick, over `resamples`
+    resamples of (slots, then seeds)."""
     by_slot = current.seed_heuristics.get(stat, {})
     seeds = len(current.seed_accs)
     if not seeds or any(len(by_slot.get(s, ())) != seeds or len(singles[s].seed_accs) != seeds for s in slots):
@@ -102,8 +107,14 @@ def _bootstrap(current: Measured, singles: dict[int, Measured], stat: str, slots
     rho = np.where(valid, spearman_rows(x, y), np.nan)
     tau = np.where(valid, kendall_rows(x, y), np.nan)
     (rho_low, rho_high), (tau_low, tau_high) = percentile_interval(rho), percentile_interval(tau)
-    return {"spearman_low": rho_low, "spearman_high": rho_high, "kendall_low": tau_low, "kendall_high": tau_high,
-            "resamples": resamples}
+    rows, chance = np.arange(len(x)), y.mean(1)  # chance: a slot drawn at random gets the mean change
+    leads = {pick: np.where(valid, y[rows, where(x, 1)] - chance, np.nan)
+             for pick, where in (("highest", np.argmax), ("lowest", np.argmin))}
+    out = {"spearman_low": rho_low, "spearman_high": rho_high, "kendall_low": tau_low, "kendall_high": tau_high,
+           "resamples": resamples}
+    for pick, lead in leads.items():
+        out[f"{pick}_vs_random_low"], out[f"{pick}_vs_random_high"] = percentile_interval(lead)
+    return out
 
 
 def judgement_groups(s: dict) -> list[tuple[int, dict, dict[int, dict]]]:

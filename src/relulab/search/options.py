@@ -42,6 +42,7 @@ class SearchOptions:
     metric: str = "best_val_acc"
     probe_set: str = "first"
     max_placements: int = 100  # exhaustive / budget: refuse to plan more placements than this
+    accept_all: bool = False  # greedy: accept every proposal, whatever it measured (EASIER's rule: remove, retrain)
 
     def validate(self, active: list[int]) -> "SearchOptions":
         """A copy with defaults resolved, checked against the `active` slots of the model it starts from;
@@ -88,8 +89,11 @@ class SearchOptions:
 
     def identity(self) -> dict:
         """The options that shape the search's path (what its id hashes)."""
-        return {"strategy": self.strategy, "metric": self.metric, "probe_set": self.probe_set,
-                **{k: getattr(self, k) for k in PATH_OPTIONS[self.strategy]}}
+        identity = {"strategy": self.strategy, "metric": self.metric, "probe_set": self.probe_set,
+                    **{k: getattr(self, k) for k in PATH_OPTIONS[self.strategy]}}
+        if self.accept_all and self.strategy == "greedy":  # only when set: the ids of earlier searches stay
+            identity["accept_all"] = True
+        return identity
 
 
 def _kept_counts(keep: Union[None, str, list[int]], n: int) -> list[int]:

@@ -265,6 +265,8 @@ class Search:
         if c is None:
             return False, "no finished runs to compare"
         points = f"{c.diff * 100:+.2f} points"
+        if self.options.accept_all:
+            return True, f"{points}, {c.verdict}; accepted whatever it measured (accept_all)"
         if self.options.plain_rule:
             ok = c.diff > 0
             return ok, f"mean {'improves' if ok else 'does not improve'} ({points}; plain rule)"

@@ -404,6 +404,21 @@ def check_model_fits(spec: ModelSpec, input_shape: tuple, num_classes: int) -> N
                "optimizer state)")
 
 
+def parameter_count(spec: ModelSpec, input_shape: tuple, num_classes: int) -> int:
+    """The model's trainable parameters: counted on the meta device for relulab's models; a model by reference
+    is the user's code, which may not run on the meta device, so it is built on the CPU."""
+    spec_json = json.dumps(spec.to_dict(), sort_keys=True, default=str)
+    if MODELS[spec.name].by_reference:
+        return _parameter_count_on_cpu(spec_json, tuple(input_shape), num_classes)
+    return _parameter_count(spec_json, tuple(input_shape), num_classes)
+
+
+@lru_cache(maxsize=64)
+def _parameter_count_on_cpu(spec_json: str, input_shape: tuple, num_classes: int) -> int:
+    model = build_model(ModelSpec(**json.loads(spec_json)), input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
 @lru_cache(maxsize=256)
 def _parameter_count(spec_json: str, input_shape: tuple, num_classes: int) -> int:
     spec = ModelSpec(**json.loads(spec_json))
