@@ -78,7 +78,7 @@ def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_pat
 
 
 def _recipe_jobs() -> list[Job]:
-    """Runs with the ResNet recipes (they train alone): a cosine schedule with warm-up, weight decay, label
+    """Runs with the ResNet recipes: a cosine schedule with warm-up, weight decay, label
     smoothing, crops and flips; and step milestones on either side of the kill."""
     cosine = _spec(optimizer="nesterov", lr=0.05)
     cosine.train.optimizer.weight_decay = 5e-3
@@ -99,17 +99,20 @@ def test_a_scheduled_run_stopped_after_an_epoch_goes_on_at_the_same_learning_rat
         return real_step(model, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", recording)
-    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu")}
-    uninterrupted_rates, rates[:] = list(rates), []
-    every_epoch = resume.Resume(str(tmp_path), every_s=0)
-    real_save = kill_after_saving_epoch(monkeypatch, 3)
-    with pytest.raises(Killed):
-        list(train_many(_recipe_jobs(), splits, "cpu", resume=every_epoch))
-    monkeypatch.setattr(resume.Saver, "save", real_save)
-    finished = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu", resume=every_epoch)}
-    assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
-    assert rates == uninterrupted_rates  # every step's learning rate, the killed run's epochs 1-3 once
-    assert len(set(uninterrupted_rates)) > 10
+    for pack in (False, True):  # alone (training.loop) and packed (each model's row of the learning-rate table)
+        rates[:] = []
+        uninterrupted = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu", pack=pack)}
+        uninterrupted_rates, rates[:] = list(rates), []
+        every_epoch = resume.Resume(str(tmp_path / str(pack)), every_s=0)
+        real_save = kill_after_saving_epoch(monkeypatch, 3)
+        with pytest.raises(Killed):
+            list(train_many(_recipe_jobs(), splits, "cpu", pack=pack, resume=every_epoch))
+        monkeypatch.setattr(resume.Saver, "save", real_save)
+        finished = {job.key: _numbers(r)
+                    for job, r in train_many(_recipe_jobs(), splits, "cpu", pack=pack, resume=every_epoch)}
+        assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
+        assert rates == uninterrupted_rates  # every step's learning rate, the killed run's epochs 1-3 once
+        assert len(set(uninterrupted_rates)) > 10 if not pack else not rates  # a pack steps without the loop
 
 
 def test_a_state_of_other_work_or_a_damaged_one_is_not_used(splits, tmp_path):
