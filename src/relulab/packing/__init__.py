@@ -4,8 +4,9 @@
 - `rules`: what trains with what, read from the model and activation registries (`stack_key`, `pack_key`,
   `fusable`, `compiles`, stack sizes);
 - `units`: a pack's units (a stack, or one model), `steps`: their (graphed) training steps;
-- `stacking`, `stacked_mlp`, `stacked_cnn`: K models' weights as one stacked model; `fused`: the hand-written
-  step of plain MLP stacks (its Triton kernels are `relulab.kernels`).
+- `stacking`, `stacked_mlp`, `stacked_cnn`: K models' weights as one stacked model; `functional`: K copies of
+  any network as one, through torch.func (vmap of functional_call); `fused`: the hand-written step of plain
+  MLP stacks (its Triton kernels are `relulab.kernels`).
 
 The modules of this package import each other by module, never through this face, so that it can
 re-export them without an import cycle.
