@@ -15,7 +15,7 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 |               | schedules, augmentation, callbacks, progress saves, checkpoints        |                     |
 | `probes`      | per-slot statistics, hooks, probe sets, probe callbacks, `watch`       | + training          |
 | `packing`     | what trains with what (read from the model registry), `train_many`,    | + kernels, training |
-|               | stacked MLPs and CNNs, any network stacked by torch.func, graphed steps |                     |
+|               | stacked MLPs, CNNs, any network (torch.func), graphed steps            |                     |
 | `store`       | one `Store` per SQLite file, a method per table; kept run weights      | core, zoo, data,    |
 |               |                                                                        | training            |
 | `experiments` | YAML specs and presets, plans and run keys, the one sweep driver,      | all of the above    |

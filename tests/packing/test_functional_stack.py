@@ -4,7 +4,6 @@ different seeds, initializers, learning rates, schedules, augmentation and slot 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from relulab.data import DataSpec, load_data
 from relulab.packing import rules
@@ -16,42 +15,10 @@ from relulab.training.schedules import ScheduleSpec
 from relulab.training.specs import Job, RunSpec, TrainSpec
 from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_model
 from relulab.zoo.optim import OptimizerSpec
-from relulab.zoo.slotify import slotify
+from user_nets import build_user_net
 
 CPU = torch.device("cpu")
 DATA = DataSpec(name="digits", image_size=12, train_size=96, split="stratified:64")
-
-
-class Block(nn.Module):
-    """A residual block with batch norm and one ReLU module used twice (as torchvision's BasicBlock)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + x)
-
-
-class UserNet(nn.Module):
-    def __init__(self, channels: int, classes: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
-        self.layer1 = nn.Sequential(Block(6), Block(6))
-        self.out = nn.Linear(6, classes)
-
-    def forward(self, x):
-        x = self.layer1(F.relu(self.conv(x)))
-        return self.out(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def build_user_net(spec: ModelSpec, input_shape, num_classes: int):
-    model = slotify(UserNet(input_shape[0], num_classes), torch.zeros(2, *input_shape))
-    model.set_slots(spec.slots)
-    return model
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from relulab.experiments import Overrides, load_experiment
 from relulab.probes.statistics import SLOT_NAMES, slot_output_sizes, stored_slot_names
@@ -15,8 +13,9 @@ from relulab.report import build_report
 from relulab.search import SearchOptions, load_search_views, probe_configuration, run_search
 from relulab.store import Store
 from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_model
-from relulab.zoo.slotify import describe, slotify
+from relulab.zoo.slotify import describe
 from specs import quiet, relulab, write_spec
+from user_nets import build_user_net
 
 # resnet20 as published (16, 32, 64 channels), on 128 digits resized to 32x32, one epoch, one seed: the search's
 # every placement is a real resnet20 run of 4 steps (about a second on one CPU thread).
@@ -82,40 +81,6 @@ def test_greedy_then_oracle_on_resnet20_on_digits_cli(capsys, tmp_path):
     assert re.search(r"\| off-\d+ \(slot \d+ \((stem|layer\d\.\d)\.relu\d?\)\) \|", md)
     csv = (report / f"search-{oracle['id']}.csv").read_text().splitlines()
     assert "slot,slot_name,relu_count" in csv[0] and any(",8,layer2.0.relu1," in line for line in csv)
-
-
-class Block(nn.Module):
-    """torchvision's BasicBlock shape: one ReLU module, in place, used after the first conv and after the sum."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + x)
-
-
-class UserNet(nn.Module):
-    """F.relu after the stem, two residual blocks (4 slots), a tanh hidden layer: 6 slots."""
-
-    def __init__(self, channels: int, classes: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 4, 3, padding=1)
-        self.layer1 = nn.Sequential(Block(4), Block(4))
-        self.fc, self.out = nn.Linear(4, 16), nn.Linear(16, classes)
-
-    def forward(self, x):
-        x = self.layer1(F.relu(self.conv(x)))
-        return self.out(torch.tanh(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))))
-
-
-def build_user_net(spec: ModelSpec, input_shape, num_classes: int):
-    model = slotify(UserNet(input_shape[0], num_classes), torch.zeros(2, *input_shape))
-    model.set_slots(spec.slots)
-    return model
 
 
 USER = """\
