@@ -24,6 +24,7 @@ from relulab.cli import export as _export  # noqa: E402,F401  (issue 19)
 from relulab.cli import compare as _compare  # noqa: E402,F401  (issue 19)
 from relulab.cli import inspect as _inspect  # noqa: E402,F401  (issue 21)
 from relulab.cli import results as _results  # noqa: E402,F401  (issue 24)
+from relulab.cli import fold as _fold  # noqa: E402,F401  (issue 23)
 
 # Recent typer vendors its own copy of click (and click may not be installed at all); older typer uses click.
 USAGE_ERRORS: tuple = ()

@@ -13,6 +13,10 @@ runs, with a one-line error naming the file.
 
 The same files hold the weights a sweep keeps of its runs (relulab.weights): `weights` says whether a file
 holds a run's final model or its best epoch's, and `epoch` which epoch that is.
+
+A folded checkpoint (`fold_file`, `relulab fold`: relulab.zoo.fold) is the same file with the folded model's
+weights and a `folded` record ({"approximate": ..., the report}); `load` builds the model from the spec, folds it
+the same way (folding depends only on the structure and the placement) and loads the weights into that.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Optional
 import torch
 
 from relulab.core.errors import UserError
+from relulab.zoo.fold import FoldReport, fold, fold_structure
 from relulab.zoo.models import SlotNet, build_model
 from relulab.training.specs import RunResult, RunSpec, build_run_spec
 from relulab.core.util import write_bytes_atomic
@@ -45,6 +50,7 @@ class Checkpoint:
     provenance: dict
     weights: str = "final"  # whose weights: the run's final model, or its best epoch's (relulab.weights)
     epoch: Optional[int] = None  # the epoch those weights are from, where the file says
+    folded: Optional[dict] = None  # a folded model's record (relulab.zoo.fold): approximate, layers, difference
 
 
 WEIGHTS = ("final", "best")
@@ -100,15 +106,45 @@ def load(path: str | Path) -> Checkpoint:
 
     seed, input_shape, classes, summary, provenance = _metadata(payload, path)
     weights, epoch = _weights_of(payload, path)
+    folded = _folded_of(payload, path)
     try:
         spec = build_run_spec(payload["spec"], prefix="checkpoint spec ")
         model = build_model(spec.model, input_shape, len(classes))
+        if folded is not None:
+            model = fold_structure(model, folded["approximate"])
         model.load_state_dict(payload["state_dict"])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing fields, shapes that do not match
         raise UserError(f"{path}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return Checkpoint(spec, seed, model.eval(), input_shape, classes, summary, provenance, weights, epoch)
+    return Checkpoint(spec, seed, model.eval(), input_shape, classes, summary, provenance, weights, epoch, folded)
+
+
+def _folded_of(payload: dict, path: Path) -> Optional[dict]:
+    folded = payload.get("folded")
+    if folded is not None and (not isinstance(folded, dict) or not isinstance(folded.get("approximate"), bool)):
+        raise UserError(f"{path}: damaged checkpoint: 'folded' should be a mapping with approximate true or false, "
+                        f"got {folded!r:.60}")
+    return folded
+
+
+def fold_file(source: str | Path, out: str | Path, approximate: bool = False) -> FoldReport:
+    """Fold the checkpoint `source`'s model (relulab.zoo.fold.fold) and write it, with the same spec, seed and
+    summary, to `out` (atomically); nothing is written if it cannot fold."""
+    source, out = Path(source), Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; expected the checkpoint file to write")
+    ckpt = load(source)
+    if ckpt.folded is not None:
+        raise UserError(f"{source}: already folded; fold the checkpoint it was folded from")
+    folded, report = fold(ckpt.model, approximate)
+    payload = _read(source)
+    payload["folded"] = _plain(report.to_dict())
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in folded.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(out, buffer.getvalue())
+    return report
 
 
 def _metadata(payload: dict, path: Path) -> tuple[int, tuple[int, ...], list[str], dict, dict]:
