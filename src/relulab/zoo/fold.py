@@ -119,10 +119,11 @@ def _fold_copy(model: nn.Module, approximate: bool) -> tuple[nn.Module, FoldRepo
     _check_foldable(model)
     folded = copy.deepcopy(model).eval()
     merges: list[Merge] = []
-    kept_off: dict[int, str] = {}  # id of an off slot still there -> why
+    kept_off: dict[int, Optional[str]] = {}  # id of an off slot still there -> why (None: a refusal says)
+    refused: list[str] = []  # layer pairs that could have merged, and why they did not
     for parent, names, paths in _chains(folded):
-        _fold_chain(parent, names, paths, approximate, merges, kept_off)
-    report = FoldReport(merges, _left_alone(folded, kept_off), layer_count(model), layer_count(folded),
+        _fold_chain(parent, names, paths, approximate, merges, kept_off, refused)
+    report = FoldReport(merges, refused + _left_alone(folded, kept_off), layer_count(model), layer_count(folded),
                         _params(model), _params(folded), approximate)
     if not merges:
         raise UserError(f"{_what(model)}: nothing to fold: expected an off (identity) slot between two dense or "
@@ -135,9 +136,10 @@ def _check_foldable(model: nn.Module) -> None:
         raise UserError(f"{_what(model)}: expected a SlotNet whose body is an nn.Sequential of layers")
     spec = getattr(model, "spec", None)
     by_reference = getattr(spec, "name", None) in MODELS and MODELS[spec.name].by_reference
-    if by_reference or not isinstance(model, (SlotNet, nn.Sequential)):
+    # an nn.Sequential subclass (a slotified one too) may run a forward of its own
+    if by_reference or not (isinstance(model, SlotNet) or type(model) is nn.Sequential):
         raise UserError(f"{_what(model)}: fold takes relulab's own models (a SlotNet whose body is a sequence of "
-                        "layers: deep-mlp, bn-mlp, seed-cnn, resnet20, ...) or an nn.Sequential; a model by "
+                        "layers: deep-mlp, bn-mlp, seed-cnn, resnet20, ...) or a plain nn.Sequential; a model by "
                         "reference runs the user's own forward, which fold cannot read")
 
 
@@ -181,7 +183,7 @@ def _transparent(module: nn.Module) -> bool:
 
 
 def _fold_chain(parent: nn.Module, names: list[str], paths: list[str], approximate: bool, merges: list[Merge],
-                kept_off: dict[int, str]) -> None:
+                kept_off: dict[int, Optional[str]], refused: list[str]) -> None:
     items = [_Item(n, parent._modules[n], [p]) for n, p in zip(names, paths)]
     order = {p: i for i, p in enumerate(paths)}
     notes: list[tuple[_Item, str]] = []
@@ -190,7 +192,8 @@ def _fold_chain(parent: nn.Module, names: list[str], paths: list[str], approxima
     items = _pass(items, lambda a, b: _merge_layers(a, b, approximate, notes), order)
     for item in items:
         if isinstance(item.module, Slot) and item.module.off:
-            kept_off[id(item.module)] = _why_kept(items, item, dict((id(i), n) for i, n in notes))
+            kept_off[id(item.module)] = _why_kept(items, item, {id(i) for i, _ in notes})
+    refused += [note for _, note in notes]
     joined = [Merge(i.sources, _describe(i.module), i.exact) for i in items if len(i.sources) > 1]
     if joined:
         merges += joined
@@ -235,16 +238,18 @@ def _left_alone(folded: nn.Module, kept_off: dict[int, str]) -> list[str]:
     for module in folded.modules():
         if isinstance(module, Slot) and module.off:
             why = kept_off.get(id(module), "not between layers that fold reads in order (e.g. after a residual sum)")
-            notes.append(f"{module.label}: {why}")
+            if why is not None:
+                notes.append(f"{module.label}: {why}")
     return notes
 
 
-def _why_kept(items: list[_Item], slot: _Item, refused: dict[int, str]) -> str:
+def _why_kept(items: list[_Item], slot: _Item, refused: set[int]) -> Optional[str]:
+    """Why an off slot is still there; None where the layers around it were refused a merge (that note says)."""
     at = items.index(slot)
     before = next((i for i in items[:at][::-1] if not _transparent(i.module)), None)
     after = next((i for i in items[at + 1:] if not _transparent(i.module)), None)
     if after is not None and id(after) in refused:
-        return refused[id(after)]
+        return None
     names = [f"{type(i.module).__name__} {i.sources[0]}" if i else "nothing" for i in (before, after)]
     return f"between {names[0]} and {names[1]}: not two dense or two convolution layers"
 
@@ -310,9 +315,9 @@ def _merge_layers(kept: _Item, item: _Item, approximate: bool, notes: list):
         problem, exact = _conv_problem(first, second)
         if problem is None and (exact or approximate):
             return _merge_convs(first, second, exact), exact
-        notes.append((item, problem or f"between Conv2d {kept.sources[0]} and Conv2d {item.sources[0]}: the "
-                      f"second pads by {_padding(second)}, so the merged convolution differs at the borders; "
-                      "merged only with approximate=True"))
+        pair = f"Conv2d {kept.sources[0]} and Conv2d {item.sources[0]}"
+        notes.append((item, f"{pair}: {problem}" if problem else f"{pair}: the second pads by {_padding(second)}, "
+                      "so one convolution for both differs at the borders; merged only with approximate=True"))
     return None
 
 
