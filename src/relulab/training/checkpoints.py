@@ -137,7 +137,10 @@ def fold_file(source: str | Path, out: str | Path, approximate: bool = False) ->
     ckpt = load(source)
     if ckpt.folded is not None:
         raise UserError(f"{source}: already folded; fold the checkpoint it was folded from")
-    folded, report = fold(ckpt.model, approximate)
+    try:
+        folded, report = fold(ckpt.model, approximate)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     payload = _read(source)
     payload["folded"] = _plain(report.to_dict())
     payload["state_dict"] = {k: v.detach().cpu() for k, v in folded.state_dict().items()}
