@@ -9,6 +9,8 @@
   SlotNet is), and `describe`, its slots, parameters and multiply-accumulates;
 - `reference`: the model registry's `python` entry, the user's own network built by a function named in the spec
   (`target: "nets.py:build"`) and slotified;
+- `fold`: `fold`, a model with the layers its off slots join merged into one (dense chains, batch norms,
+  valid convolutions; padded ones only approximately), and its `FoldReport`;
 - `optim`: optimizers by name in PyTorch's and Keras' flavours, Keras-style weight penalties, and
   `StackedOptimizer`, the same rules for stacked weights.
 
