@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from relulab.zoo.models import SlottedModel
+from relulab.zoo.models import Slot, SlottedModel
+from relulab.zoo.optim import kernel_weights
 
 
 class SlotChoice(nn.Module):
@@ -86,9 +87,8 @@ class FunctionalStack:
         model_buffers = [dict(m.named_buffers()) for m in models]
         self.buffers = {n: _stacked([b[n] for b in model_buffers]) for n in model_buffers[0]}
         self.buffers.update(self._choices)
-        kernel_names = {f"{name}.weight" for name, m in models[0].named_modules()
-                        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
-        self.kernels = [i for i, n in enumerate(self.names) if n in kernel_names]
+        kernels = {id(w) for w in kernel_weights(models[0])}  # what the l1 and l2 penalties weigh
+        self.kernels = [i for i, n in enumerate(self.names) if id(named[0][n]) in kernels]
         self._shared_call = vmap(self._one, in_dims=(0, 0, None))
         self._own_call = vmap(self._one, in_dims=(0, 0, 0))
 
@@ -96,7 +96,7 @@ class FunctionalStack:
         """Where the models' activations in a slot differ, the base's slot blends them (SlotChoice)."""
         self._choices: dict[str, torch.Tensor] = {}
         per_model = [{s.index: s for s in m.slots} for m in models]
-        for path, slot in [(n, m) for n, m in self.base.named_modules() if hasattr(m, "spec") and hasattr(m, "act")]:
+        for path, slot in [(n, m) for n, m in self.base.named_modules() if isinstance(m, Slot)]:
             specs = [slots[slot.index].spec for slots in per_model]
             distinct = list(dict.fromkeys(specs))
             if len(distinct) == 1:
