@@ -470,6 +470,21 @@ def test_a_worker_killed_mid_task_is_retried_and_every_run_stored_once(cluster, 
     assert all(len(r["history"]) == 2 for r in runs.values())
 
 
+def test_a_worker_killed_mid_search_loses_nothing(cluster, tmp_path, one_thread):
+    """An oracle step on Ray whose first task's worker dies after training a run: the task is retried, the
+    search ends as the in-process one does, and every run is stored once."""
+    spec, marker = write_spec(tmp_path, SEARCH), tmp_path / "killed.pid"
+    stores = {name: tmp_path / f"{name}.sqlite" for name in ("local", "ray")}
+    options = SearchOptions("oracle", budget=1)
+    local = run_search(load_experiment(str(spec), Overrides(store=str(stores["local"]))), options, log=quiet)
+    remote = run_search(load_experiment(str(spec), Overrides(store=str(stores["ray"]))), options, log=quiet,
+                        executor=RayExecutor(task_fn=_killed_once(str(marker))))
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(marker.read_text()), 0)  # the worker really died
+    assert (remote.id, remote.result["final"], remote.trained) == (local.id, local.result["final"], 8)
+    assert _runs(stores["ray"]).keys() == _runs(stores["local"]).keys()  # every run, none twice
+
+
 def test_an_error_in_a_task_is_not_retried_and_the_other_tasks_are_kept(cluster, tmp_path, one_thread):
     spec, store, attempts = write_spec(tmp_path, SWEEP), tmp_path / "s.sqlite", tmp_path / "attempts"
     attempts.mkdir()
