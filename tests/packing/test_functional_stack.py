@@ -107,3 +107,17 @@ def test_small_networks_stack_and_big_ones_train_in_units_of_their_own():
                      stack_functional=True)
     assert [type(u.stack).__name__ for u in small] == ["FunctionalStack"]
     assert [u.stack for u in big] == [None, None]
+
+
+def test_augmentation_is_set_up_before_the_steps_are_captured(user_model, monkeypatch):
+    """A CUDA graph replays what it captured: a step captured before its augmentation is set would train on
+    unaugmented batches (as it once did). Capture is recorded here (the CPU has no graphs), and every step of an
+    augmenting unit must already read its augmented input buffer when it is captured."""
+    from relulab.packing.units import Unit
+
+    seen = []
+    monkeypatch.setattr(Unit, "capture", lambda unit: seen.extend(step.augments for step in unit.steps.values()))
+    splits = load_data(DATA)
+    jobs = [_job(0, augment=AugmentSpec(crop_padding=2, flip=True)), _job(1)]
+    train_together(jobs, splits, CPU, graphs=True, stack_functional=True)
+    assert seen and all(a is not None and a[0][0] is not None and a[1][0] is None for a in seen)

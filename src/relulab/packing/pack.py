@@ -72,12 +72,17 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
         stack_functional = stacks_functional(device)
     units = form_units(jobs, splits, device, sorted({b - a for a, b in bounds}), max_stack, stack_cnns,
                        stack_functional)
+    generators = {}
     for unit in units:
+        for job in unit.jobs:
+            generators[id(job)] = torch.Generator(device=device).manual_seed(job.seed)  # same order as alone
+        # Before capture: a graph captured without augmentation would replay unaugmented batches.
+        unit.augment_with([generators[id(job)] for job in unit.jobs], splits.input_shape)
         unit.schedule(len(bounds))
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
-    histories = _run_epochs(units, splits, device, bounds, setup_started, saver)
+    histories = _run_epochs(units, splits, device, bounds, setup_started, generators, saver)
     by_job: dict[int, RunResult] = {}
     info = provenance(device)
     for unit in units:
@@ -97,15 +102,11 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
 
 
 def _run_epochs(units: list[Unit], splits: Splits, device: torch.device, bounds, setup_started: float,
-                saver: Optional[resume.Saver] = None) -> dict[int, list[History]]:
-    """Train every unit epoch by epoch. The first epoch's time starts at `setup_started`, so that building the
-    models, compiling and capturing graphs count in the runs' seconds."""
+                generators: dict, saver: Optional[resume.Saver] = None) -> dict[int, list[History]]:
+    """Train every unit epoch by epoch, each model's batches drawn from its generator (`generators`, by id of its
+    job). The first epoch's time starts at `setup_started`, so that building the models, compiling and capturing
+    graphs count in the runs' seconds."""
     spec = units[0].jobs[0].spec.train
-    generators = {}
-    for unit in units:
-        for job in unit.jobs:
-            generators[id(job)] = torch.Generator(device=device).manual_seed(job.seed)  # same order as alone
-        unit.augment_with([generators[id(job)] for job in unit.jobs], splits.input_shape)
     histories = {id(unit): [History() for _ in unit.jobs] for unit in units}
     done = _resume_pack(saver, units, generators, histories)
     seen, n = bounds[-1][1], len(splits.x_train)
