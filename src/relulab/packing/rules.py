@@ -80,8 +80,8 @@ def cnn_stack_key(job: Job) -> Optional[tuple]:
 
 
 def functional_stack_key(job: Job) -> Optional[tuple]:
-    """Jobs of a "vmap" model (relulab's CIFAR nets, models by reference) with equal keys can share a
-    `FunctionalStack`: one architecture (the model spec but for its activations and initializers) and recipe;
+    """Jobs of a "vmap" model (relulab's CIFAR nets; models by reference train alone, as their code may not run
+    under vmap) with equal keys can share a `FunctionalStack`: one architecture (the model spec but for its activations and initializers) and recipe;
     seeds, initializers, learning rates, schedules, augmentation and the activation in each slot may differ."""
     spec, opt = job.spec, job.spec.train.optimizer
     if model_entry(spec.model.name).packs != "vmap" or opt.name not in STACKED_OPTIMIZERS:
