@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_resnet import BATCH, plain_loop, relulab_spec  # noqa: E402
 from relulab.data import DataSpec, load_data  # noqa: E402
-from relulab.packing import train_many  # noqa: E402
+from relulab.packing import train_many, train_together  # noqa: E402
 from relulab.training import build_run_spec  # noqa: E402
 from relulab.training.specs import Job  # noqa: E402
 from relulab.zoo.models import ModelSpec, build_model  # noqa: E402
@@ -67,12 +67,17 @@ def steady(seconds: list[float]) -> float:
 
 
 def relulab_pack(splits, cifar: str, name: str, epochs: int, k: int, compile_: str) -> dict:
+    """K seeds as one pack: one stack (on, off, auto: how its step is compiled), or with `streams` K units of
+    one model each, their CUDA graphs side by side on K streams (the alternative to stacking)."""
     sections = relulab_spec(cifar, epochs, name)
-    if compile_ != "auto":
+    if compile_ in ("on", "off"):
         sections["train"]["compile"] = compile_ == "on"
     jobs = [Job(build_run_spec(sections), seed, key=f"{name}-{seed}") for seed in range(k)]
     started = time.perf_counter()
-    results = [result for _, result in train_many(jobs, splits, "cuda", max_stack=k)]
+    if compile_ == "streams":
+        results = train_together(jobs, splits, torch.device("cuda"), stack_functional=False)
+    else:
+        results = [result for _, result in train_many(jobs, splits, "cuda", max_stack=k)]
     wall = time.perf_counter() - started
     seconds = [e.seconds for e in results[0].history.epochs]  # the pack's epoch wall time per model
     return {"side": "relulab", "model": name, "k": k, "compile": compile_, "wall_s": wall,
@@ -94,8 +99,9 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,resnet18-cifar")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--packs", action="append", default=[],
-                        help="MODEL=K,K[:on|off|auto],...: the pack sizes of one model, each with how its step is "
-                        "compiled (default --compile); repeatable; default 1,8,16,32 for every model")
+                        help="MODEL=K,K[:on|off|auto|streams],...: the pack sizes of one model, each with how its "
+                        "step is compiled (default --compile), or streams: K units side by side instead of a stack; "
+                        "repeatable; default 1,8,16,32 for every model")
     parser.add_argument("--compile", default="auto", help="auto (relulab's rule), on or off")
     parser.add_argument("--plain-seeds", default="0", help="the plain loop's seeds, e.g. 0,1")
     parser.add_argument("--out", type=Path, default=Path("."))
