@@ -45,6 +45,12 @@ class GraphedStep:
     augments: Optional[list] = None
     input: Optional[torch.Tensor] = None
 
+    def use_augmentation(self, augments: list) -> None:
+        """Augment each model's batches (`augments`, as above) into a fixed buffer, the one a graph reads: set
+        before capture, since a graph replays what it captured."""
+        self.augments = augments
+        self.input = self.x[self.index].clone()
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         xb = self.input if self.augments is not None else self.x[self.index]
         return xb, self.y[self.index]
@@ -52,8 +58,6 @@ class GraphedStep:
     @torch.no_grad()
     def _augment(self) -> None:
         rows = self.index if self.index.dim() == 2 else self.index.unsqueeze(0)
-        if self.input is None:
-            self.input = torch.empty(*rows.shape, *self.x.shape[1:], device=self.x.device, dtype=self.x.dtype)
         view = self.input if self.index.dim() == 2 else self.input.unsqueeze(0)
         for k, (spec, generator, image_shape) in enumerate(self.augments):
             batch = self.x[rows[k]]
@@ -70,8 +74,6 @@ class GraphedStep:
     def capture(self, pool=None, stream: Optional[torch.cuda.Stream] = None) -> None:
         """Record the step in a CUDA graph. Capture needs warm-up steps first; they are undone."""
         saved = [t.detach().clone() for t in self.state()]
-        if self.augments is not None and self.input is None:  # the buffer the graph reads, filled with something
-            self.input = self.x[self.index].clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

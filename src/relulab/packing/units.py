@@ -92,7 +92,7 @@ class Unit:
         specs = [spec if spec is not None and (spec.crop_padding or spec.flip) else None for spec in specs]
         if any(spec is not None for spec in specs):
             for step in self.steps.values():
-                step.augments = [(spec, g, image_shape) for spec, g in zip(specs, generators)]
+                step.use_augmentation([(spec, g, image_shape) for spec, g in zip(specs, generators)])
 
     def step(self, order: torch.Tensor, start: int, stop: int, number: int = 0) -> None:
         """Train on the batch [start, stop) of `order`; `number` counts the run's steps from 0 (the schedule's)."""

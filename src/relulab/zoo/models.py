@@ -398,7 +398,7 @@ def check_model_fits(spec: ModelSpec, input_shape: tuple, num_classes: int) -> N
     """Refuse a model whose weights and training state cannot fit in memory (`widths: [100000000, 100000000]`),
     before any of it is allocated: the model is first built on PyTorch's meta device, which has shapes but no
     storage, so the count costs milliseconds whatever the size."""
-    params = _parameter_count(json.dumps(spec.to_dict(), sort_keys=True, default=str), input_shape, num_classes)
+    params = parameter_count(spec, input_shape, num_classes)
     field = "model.widths" if spec.widths is not None else "model"
     check_fits(params * 4 * TRAINING_COPIES, field, f"a {spec.name} of {params:,} parameters (weights, gradients and "
                "optimizer state)")
