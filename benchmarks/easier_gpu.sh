@@ -15,10 +15,10 @@ mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 probe_set=per-class:100  # 1,000 training images for the statistics (sign entropy over more than one batch)
 
-time timeout "${EASIER_R20_LIMIT:-330}" python -m relulab search easier-resnet20 --strategy oracle --budget 1 \
+time timeout "${EASIER_R20_LIMIT:-400}" python -m relulab search easier-resnet20 --strategy oracle --budget 1 \
     --probe-set "$probe_set" --data-path "$cifar" --store "$work/easier-resnet20.sqlite" --no-report
 cp "$work/easier-resnet20.sqlite" "$out/"
-time timeout "${EASIER_R18_LIMIT:-200}" python -m relulab search easier-resnet18 --strategy greedy \
+time timeout "${EASIER_R18_LIMIT:-170}" python -m relulab search easier-resnet18 --strategy greedy \
     --stat sign_entropy --order lowest --accept-all --budget 3 --probe-set "$probe_set" --data-path "$cifar" \
     --store "$work/easier-resnet18.sqlite" --no-report
 cp "$work/easier-resnet18.sqlite" "$out/"
