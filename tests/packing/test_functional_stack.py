@@ -121,3 +121,18 @@ def test_augmentation_is_set_up_before_the_steps_are_captured(user_model, monkey
     jobs = [_job(0, augment=AugmentSpec(crop_padding=2, flip=True)), _job(1)]
     train_together(jobs, splits, CPU, graphs=True, stack_functional=True)
     assert seen and all(a is not None and a[0][0] is not None and a[1][0] is None for a in seen)
+
+
+def test_on_cuda_a_functional_stack_is_formed_only_where_its_step_compiles():
+    """An eager functional stack is slower on CUDA than its models as one-model units side by side (BENCHMARKS.md):
+    relulab stacks them only where the stack's step is compiled, unless train.compile says otherwise."""
+    cuda = torch.device("cuda")  # the rule only reads the device's type: no GPU needed
+
+    def jobs(k, epochs, compile_=None):
+        train = TrainSpec(epochs, 128, OptimizerSpec("momentum", 0.1), compile=compile_)
+        return [Job(RunSpec(DATA, ModelSpec("resnet20"), train), seed, key=str(seed)) for seed in range(k)]
+
+    assert not rules.functional_stack_runs(jobs(16, 2), cuda)  # 32 model-epochs: not compiled, so units
+    assert rules.functional_stack_runs(jobs(16, 20), cuda)  # 320 >= COMPILE_MIN_MODEL_EPOCHS: a compiled stack
+    assert rules.functional_stack_runs(jobs(16, 2, compile_=False), cuda)  # the eager stack asked for
+    assert rules.functional_stack_runs(jobs(16, 2), CPU)  # off CUDA a stack is only formed when asked for

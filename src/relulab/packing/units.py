@@ -216,6 +216,10 @@ def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
             units.append(model_unit(job, splits, device, sizes, rules.compiles(job, jobs, device)))
         else:
             stacks.setdefault(key, []).append(job)
+    for key, members in list(stacks.items()):
+        if not rules.functional_stack_runs(members, device):
+            del stacks[key]
+            units += [model_unit(job, splits, device, sizes, rules.compiles(job, jobs, device)) for job in members]
     for members in stacks.values():
         # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
         members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
