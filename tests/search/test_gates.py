@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relulab.core.errors import UserError
-from relulab.data import DataSpec, load_data
+from relulab.data import DataSpec, Splits, load_data
 from relulab.search.gates import (GateTraining, Gates, fill_budget, full_count, gate_layout, layout_costs,
                                   learn_gates, placement, random_kept)
 from relulab.training.specs import RunSpec, TrainSpec
@@ -247,6 +247,19 @@ def test_gate_training_takes_the_recipe_augmentation_and_smoothing(digits):
         flat = copy.copy(digits)
         flat.x_train = digits.x_train.flatten(1)
         _learn(flat, "layer", 16, training, augment=AugmentSpec(flip=True))
+
+
+def test_a_streamed_training_set_gives_the_gates_of_the_same_set_held_on_the_device(digits):
+    parts = [(digits.x_train, digits.y_train), (digits.x_val, digits.y_val), (digits.x_test, digits.y_test)]
+    spec, training = _digits_run(), GateTraining(epochs=1, lasso=0.5, gate_lr=0.05)
+    gates = []
+    for stream in (False, True):
+        splits = Splits.from_datasets(*parts, stream=stream)
+        assert splits.streamed == stream
+        torch.manual_seed(0)
+        model = build_model(MLP, splits.input_shape, 10)
+        gates.append(learn_gates(model, splits, spec, "unit", 8, training, 0, "cpu"))
+    assert all(torch.equal(gates[0][i], gates[1][i]) for i in gates[0])
 
 
 def test_learned_gates_refuse_a_masked_model_and_a_budget_beyond_the_model(digits):
