@@ -165,16 +165,21 @@ class GateTraining:
     # to close. No weight decay on gates: the lasso is their only push toward 0.
     gate_lr: float = 0.01
 
-    def validate(self, prefix: str = "search.learned") -> "GateTraining":
+    def validate(self, prefix: str = "search.learned", names: Optional[dict[str, str]] = None) -> "GateTraining":
+        """Check the fields; errors name them as `prefix.field`, or as `prefix.names[field]` (the search options
+        that carry them: search.gate_epochs)."""
+        def field(key: str) -> str:
+            return f"{prefix}.{(names or {}).get(key, key)}"
+
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= 10_000:
-            raise UserError(f"{prefix}.epochs: expected a whole number of epochs from 1 to 10000, got "
+            raise UserError(f"{field('epochs')}: expected a whole number of epochs from 1 to 10000, got "
                             f"{self.epochs!r}")
-        for key, low, what in (("lasso", 0.0, "a positive number"), ("gate_lr", 0.0, "a positive number")):
+        for key in ("lasso", "gate_lr"):
             value = getattr(self, key)
-            if not (is_number(value) and low < value < math.inf):
-                raise UserError(f"{prefix}.{key}: expected {what}, got {value!r}")
+            if not (is_number(value) and 0 < value < math.inf):
+                raise UserError(f"{field(key)}: expected a positive number, got {value!r}")
         if not (is_number(self.growth) and 1 <= self.growth < math.inf):
-            raise UserError(f"{prefix}.growth: expected a number >= 1 (1: the lasso stays), got {self.growth!r}")
+            raise UserError(f"{field('growth')}: expected a number >= 1 (1: the lasso stays), got {self.growth!r}")
         return self
 
 

@@ -171,7 +171,8 @@ class Slot(nn.Module):
 
     @property
     def off(self) -> bool:
-        return self.spec == "identity"
+        """Whether the slot computes the identity: switched off, or masked with no element kept."""
+        return self.spec == "identity" or (self.keep is not None and not bool(self.keep.any()))
 
     def set_keep(self, keep: Optional[torch.Tensor]) -> None:
         """Keep only these elements nonlinear (a bool tensor broadcastable over the batch), or all (None)."""
