@@ -103,7 +103,7 @@ from relulab.experiments.tracking import Trackers
 from relulab.probes import statistics as probes_mod
 from relulab.search.judgement import judge
 from relulab.search.measured import Measured, stored_measurement
-from relulab.search import gates
+import relulab.search.gates as gates
 from relulab.search.options import SearchOptions
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
