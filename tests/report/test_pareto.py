@@ -34,7 +34,7 @@ def add_search(store, part, sid, options, steps, base="relu"):
     for n, (kind, current, decision, chosen, rows) in enumerate(steps, 1):
         store.save_search_step(sid, {"step": n, "kind": kind, "current": current, "decision": decision,
                                      "chosen": chosen, "note": ""}, [{**r, "step": n} for r in rows])
-    store.finish_search(sid, {})
+    store.finish_search(sid, {"budgets": options["budgets"]} if "budgets" in options else {})
 
 
 def slot_path(kind):
@@ -146,8 +146,8 @@ def test_html_escapes_the_base_and_shows_the_figure(stores):
 # ---------------------------------------------------------------- the table's logic on known numbers
 
 
-def series(name, points, kind="greedy", options=None):
-    return Series(name, kind, "layer", {"id": name, "options": options or {}},
+def series(name, points, kind="greedy", budgets=None):
+    return Series(name, kind, "layer", {"id": name, "options": {}, "result": {"budgets": budgets or []}},
                   [Point(f"{name}-{n}", n, m, m - 0.01, m + 0.01, 3, (m - 0.01, m, m + 0.01), False)
                    for n, m in points], True)
 
@@ -175,7 +175,7 @@ def test_budget_rows_mark_the_best_and_its_lead():
 def test_budget_levels_are_the_asked_budgets_else_the_counts():
     slot = series("s", [(n, 0.5) for n in range(1, 31)])
     assert budget_levels([slot]) == [30, 27, 25, 22, 19, 17, 14, 12, 9, 6, 4, 1]  # 12, spread
-    learned = series("l", [(7, 0.5)], kind="learned", options={"budgets": [5, 10, 20]})
+    learned = series("l", [(7, 0.5)], kind="learned", budgets=[5, 10, 20])
     assert budget_levels([slot, learned]) == [20.0, 10.0, 5.0]
 
 

@@ -148,8 +148,10 @@ def _spread(values: list[float], most: int) -> list[float]:
     return [values[i] for i in sorted({round(j * (len(values) - 1) / (most - 1)) for j in range(most)})]
 
 
-def _budgets(options: dict) -> list[float]:
-    budgets = options.get("budgets") or []
+def _budgets(search: dict) -> list[float]:
+    """A learned or random search's budgets as ReLU counts: its result's (the options may hold fractions of the
+    base's count, which the search resolved)."""
+    budgets = (search.get("result") or {}).get("budgets") or []
     return [float(b) for b in (budgets if isinstance(budgets, (list, tuple)) else [])
             if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)]
 
@@ -157,7 +159,7 @@ def _budgets(options: dict) -> list[float]:
 def budget_levels(series: list[Series], most: int = MAX_LEVELS) -> list[float]:
     """The table's budgets, largest first: those the learned and random searches were asked for where there are
     any, else the distinct ReLU counts of every point; at most `most`."""
-    asked = {b for x in series if x.kind in BUDGETED_KINDS for b in _budgets(x.search.get("options") or {})}
+    asked = {b for x in series if x.kind in BUDGETED_KINDS for b in _budgets(x.search)}
     levels = asked or {p.relu_count for x in series for p in x.points}
     return _spread(sorted(levels, reverse=True), most)
 
@@ -331,7 +333,7 @@ def pareto_sections(searches: list[dict], svg: bool) -> list[Section]:
         slug = f"pareto-{safe_name(base)}"
         slug = slug if slug not in slugs else f"{slug}-{len(sections) + 1}"  # two bases that write alike
         slugs.add(slug)
-        from_budgets = any(_budgets(x.search.get("options") or {}) for x in series if x.kind in BUDGETED_KINDS)
+        from_budgets = any(_budgets(x.search) for x in series if x.kind in BUDGETED_KINDS)
         header = ["ReLU budget"] + [f"{x.name} acc (%)" for x in series] + ["best", "best vs next best (points)"]
         about = f"{seeds_text([len(group[0].get('seeds') or [])])}; bars: 95% interval of the mean over seeds"
         figure = pareto_figure(series, base, _all_on_count(group), slug, svg, group[0]["metric"], about,

@@ -610,7 +610,8 @@ def random_baseline(s: Search) -> dict:
     note = f"{s.options.granularity} granularity, a random placement per seed at each budget; " + "; ".join(
         f"{b:,} ReLUs: {measured[n].mean * 100:.2f}%" for b, n in zip(budgets, names))
     s.save_step(1, "random", base, "measured", _budget_rows(s, base, measured, names, {}), None, note)
-    return {**s.summary_of(base), "by_budget": {str(b): s.summary_of(measured[n]) for b, n in zip(budgets, names)}}
+    return {**s.summary_of(base), "budgets": budgets,
+            "by_budget": {str(b): s.summary_of(measured[n]) for b, n in zip(budgets, names)}}
 
 
 def learned(s: Search) -> dict:
@@ -632,7 +633,7 @@ def learned(s: Search) -> dict:
                 f"{o.granularity} gates, {o.gate_epochs} epochs from each seed's base model; " + "; ".join(leads))
     s.save_step(2, "random", base, "measured", _budget_rows(s, base, measured, chance_names, {}), None,
                 f"chance: a random {o.granularity} placement per seed at each budget")
-    return {**s.summary_of(best),
+    return {**s.summary_of(best), "budgets": budgets,
             "by_budget": {str(b): {"learned": s.summary_of(measured[n]), "random": s.summary_of(measured[c])}
                           for b, n, c in zip(budgets, names, chance_names)}}
 
