@@ -314,7 +314,8 @@ def test_every_csv_of_a_report_loads_with_a_plain_read_csv(digits, tmp_path):
 
     files = build_report(digits, out_dir=tmp_path / "r")
     written = sorted((tmp_path / "r").glob("*.csv"))
-    assert {p.name for p in written} >= {"summary.csv", "runs.csv", "epochs.csv"} and len(written) == 5  # + search's
+    assert {p.name for p in written} >= {"summary.csv", "runs.csv", "epochs.csv", "pareto.csv"}
+    assert len(written) == 6  # + the search's and pareto.csv
     for path in written:
         table = pd.read_csv(path)  # no comment lines, no options: the header is the first line
         assert len(table) and not any(str(c).startswith("#") for c in table.columns), path.name

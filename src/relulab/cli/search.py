@@ -22,8 +22,9 @@ console = Console(stderr=True, soft_wrap=True)
 def search_command(
     spec: str = typer.Argument(..., help="A YAML spec file, or a preset name (relulab presets)."),
     strategy: str = typer.Option("greedy", help="greedy (source 000's), oracle (every single-slot change, best by "
-                                 "accuracy), exhaustive (every placement up to --k slots off) or budget (exactly k "
-                                 "slots on, for each k of --keep)."),
+                                 "accuracy), exhaustive (every placement up to --k slots off), budget (exactly k "
+                                 "slots on, for each k of --keep), learned (gates trained with an L1 push to each "
+                                 "of --budgets, SNL's method) or random (chance at each of --budgets)."),
     config: Optional[str] = typer.Option(None, help="The configuration to start from (default: the baseline)."),
     part: Optional[str] = typer.Option(None, help="The part of a multi-part spec."),
     stat: str = typer.Option("ratio_num", help="greedy / budget: the probe statistic that ranks the slots "
@@ -49,6 +50,14 @@ def search_command(
     probe_set: str = typer.Option("first", help="Images the statistics are computed on: first (the first "
                                   "training image of each class, as source 000 took them), per-class:N or val:N."),
     max_placements: int = typer.Option(100, help="exhaustive / budget: refuse to plan more placements."),
+    granularity: str = typer.Option("channel", help="learned / random: what is switched off: layer (whole slots), "
+                                    "channel, or unit (each channel x position, SNL's setting)."),
+    budgets: Optional[str] = typer.Option(None, help="learned / random: the ReLU counts to reach, fractions of the "
+                                          "base's (0.5,0.25,0.1, the default) or counts (40000)."),
+    gate_epochs: Optional[int] = typer.Option(None, help="learned: epochs of gate training from each seed's base "
+                                              "model (relulab.search.gates)."),
+    lasso: Optional[float] = typer.Option(None, help="learned: the starting weight of the L1 push of the gates "
+                                          "toward 0 (it grows each epoch the soft ReLU count is above the budget)."),
     seeds: Seeds = None,
     seed: SeedAlias = [],
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run (e.g. fewer "
@@ -83,7 +92,8 @@ def search_command(
 
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     options = SearchOptions(strategy, stat, order, budget, patience, k, keep, choose, plain_rule, alpha, metric,
-                            probe_set, max_placements, accept_all)
+                            probe_set, max_placements, accept_all, granularity=granularity, budgets=budgets,
+                            gate_epochs=gate_epochs, lasso=lasso)
     overrides = experiments.Overrides(
         seeds=read_seeds(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)
@@ -167,12 +177,14 @@ def print_search(s: dict) -> None:
         cands = [c for c in s["candidates"] if c["step"] == step["step"]]
         table = Table(title=f"{s['strategy']} step {step['step']}: from {step['current']}, {step['decision']}"
                             + (f" {step['chosen']}" if step["chosen"] else ""), title_justify="left")
-        for column in ("placement", "slot", "acc (%)", "test acc (%)", "vs", "diff (points)", "p", "statistic"):
+        for column in ("placement", "ReLUs", "slot", "acc (%)", "test acc (%)", "vs", "diff (points)", "p",
+                       "statistic"):
             table.add_column(column, justify="right")
         shown = cands if len(cands) <= 30 else cands[:30]
         for c in shown:
             diff = "-" if c["diff"] is None or c["diff"] != c["diff"] else f"{c['diff'] * 100:+.2f}"
-            table.add_row(c["placement"], "-" if c["slot"] is None else slot_text(c["slot"], names), _acc(c), _test(c),
+            slot = "-" if c["slot"] is None else slot_text(c["slot"], names)
+            table.add_row(c["placement"], _number(c["relu_count"], ","), slot, _acc(c), _test(c),
                           c["reference"] or "-", diff, _number(c["p"], ".2g"), _number(c["heuristic"], ".4g"))
         out.print(table)
         if step["note"]:

@@ -92,7 +92,7 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
             if history.diverged_at is None:
                 history.test_loss, history.test_acc = test
             data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
-                    "compiled": unit.compiled, "stacked": unit.stack is not None}
+                    "compiled": unit.compiled, "stacked": unit.stack is not None, "relu_count": model.relu_count()}
             last = history.epochs[-1].epoch if history.epochs else None
             by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model,
                                         unit.best_state(k, last))

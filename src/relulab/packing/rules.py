@@ -29,13 +29,21 @@ def learns_activations(model: ModelSpec) -> bool:
     return any(parse_activation(a)[0].learned for a in [model.activation, *model.slots.values()])
 
 
+def mask_layout(model: ModelSpec) -> tuple:
+    """Which slots of the model have masks, at what granularity and shape (relulab.zoo.masks): the masks are
+    buffers of the slots, so models whose layouts match can share a functional stack (each its own masks); the
+    MLP and CNN stacks and the fused step compute every element of a slot alike, so they take no masked model."""
+    return tuple(sorted((str(slot), *text.split(":")[:2]) for slot, text in model.masks.items()))
+
+
 def fusable(job: Job) -> bool:
     """Whether a job's model can train through the fused step (relulab.packing.fused): a model whose entry
     says "fuse", without batch norm, at most fused.MAX_BATCH a batch, not in bf16, every activation one
     the kernels have, and no label smoothing (the fused step's gradient is the plain cross-entropy's)."""
     model, train = job.spec.model, job.spec.train
     acts = {canonical_name(a) for a in [model.activation, *model.slots.values()]}
-    return (model_entry(model.name).packs == "fuse" and not model.batchnorm and train.batch_size <= MAX_BATCH
+    return (model_entry(model.name).packs == "fuse" and not model.batchnorm and not model.masks
+            and train.batch_size <= MAX_BATCH
             and train.precision != "bf16" and acts <= KERNEL_CODES.keys() and not train.label_smoothing)
 
 
@@ -59,7 +67,7 @@ def stack_key(job: Job) -> Optional[tuple]:
         return None
     if fusable(job):
         return ("fused", tuple(spec.model.widths or ()), *_recipe_key(job), float32_products(spec))
-    if learns_activations(spec.model):
+    if learns_activations(spec.model) or spec.model.masks:
         return None
     return (spec.model.name, tuple(spec.model.widths or ()), spec.model.activation,
             tuple(sorted(spec.model.slots.items())), spec.model.batchnorm, spec.model.bn_flavour, *_recipe_key(job),
@@ -73,7 +81,7 @@ def cnn_stack_key(job: Job) -> Optional[tuple]:
     spec, opt = job.spec, job.spec.train.optimizer
     if model_entry(spec.model.name).packs != "conv-stack" or opt.name not in STACKED_OPTIMIZERS:
         return None
-    if learns_activations(spec.model):
+    if learns_activations(spec.model) or spec.model.masks:
         return None
     return ("cnn", tuple(spec.model.widths or ()), spec.model.batchnorm, spec.model.bn_flavour, *_recipe_key(job),
             spec.train.precision, spec.train.compile)
@@ -90,8 +98,8 @@ def functional_stack_key(job: Job) -> Optional[tuple]:
         return None
     model = spec.model
     return ("vmap", model.name, tuple(model.widths or ()), model.batchnorm, model.bn_flavour, model.target,
-            repr(sorted(model.kwargs.items())), model.source_sha256, *_recipe_key(job), spec.train.precision,
-            spec.train.compile)
+            repr(sorted(model.kwargs.items())), model.source_sha256, mask_layout(model), *_recipe_key(job),
+            spec.train.precision, spec.train.compile)
 
 
 # Up to how many parameters a model trains faster in a functional stack than alone (on an H200, 2 epochs of the

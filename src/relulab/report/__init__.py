@@ -21,11 +21,13 @@ a slot x statistic table per probed configuration (mean over seeds) and, for the
 seed 000's layer x class tables of ratio_num and ratio_sum with their heatmaps; and each
 `relulab search` of the part: its path or placements with accuracies (mean ± 95% interval over
 seeds, Welch comparisons), the heuristic judgement (rank correlations), ReLU count against
-accuracy for `budget`. A part whose validation data is the test set is flagged at the top of
-the HTML and the Markdown, and in a `val_is_test` column of every CSV (summary, runs, epochs, the
-searches'), which `pandas.read_csv` loads as they are. `correction=` (holm, bh) adjusts each part's
-comparisons with the baseline together. The HTML embeds its images (base64) and links nothing outside itself; jinja2's
-autoescape escapes every user-provided string.
+accuracy for `budget`, and every strategy's ReLU count against accuracy side by side (per base:
+one figure, and a table of the best accuracy within each budget). A part whose validation data
+is the test set is flagged at the top of the HTML and the Markdown, and in a `val_is_test`
+column of every CSV (summary, runs, epochs, the searches', pareto.csv), which `pandas.read_csv`
+loads as they are. `correction=` (holm, bh) adjusts each part's comparisons with the baseline together.
+The HTML embeds its images (base64) and links nothing outside itself; jinja2's autoescape escapes every
+user-provided string.
 
 The modules, in the order a report is made:
 
@@ -36,6 +38,8 @@ The modules, in the order a report is made:
 - `figures`: the part's matplotlib figures; `search_figures`: the searches' figures.
 - `sections`: the part's sections and the renderers of the analyses (`RENDERERS`, one per name of
   `relulab.experiments.analyses.ANALYSES`); `search_sections`: the searches' sections.
+- `pareto`: every strategy's ReLU count against accuracy per base of a part's searches (figure, best
+  accuracy within each budget, `pareto.csv`).
 - `writers`: HTML (jinja2 template), Markdown, the CSVs, TensorBoard logs, and a probe's tables and figures.
 - `build`: `build_report`, which puts a report together and writes its folder whole.
 - `compare`: two experiments or two configurations side by side (`relulab compare`).

@@ -13,11 +13,12 @@ from relulab.core.stats import check_correction
 from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
 from relulab.report.measures import DEFAULT_BAND, Band, band_named
+from relulab.report.pareto import pareto_sections
 from relulab.report.search_sections import search_sections
 from relulab.report.sections import (PartReport, comparison_header, comparison_rows, part_sections, summary_rows,
                                      table_header)
-from relulab.report.writers import (epochs_csv, markdown, render_html, require_tensorboard, runs_csv, search_csvs,
-                                    summary_csv, write_tensorboard)
+from relulab.report.writers import (epochs_csv, markdown, pareto_csv, render_html, require_tensorboard, runs_csv,
+                                    search_csvs, summary_csv, write_tensorboard)
 from relulab.store import Store
 
 
@@ -27,10 +28,12 @@ def _slug(index: int, name: str) -> str:
 
 def part_report(index: int, part: PartData, svg: bool, band: Band, correction: Optional[str] = None
                 ) -> PartReport:
-    """A part's tables and sections: its own (relulab.report.sections), then each of its searches'."""
+    """A part's tables and sections: its own (relulab.report.sections), then each of its searches', then every
+    strategy's ReLU count against accuracy per base (relulab.report.pareto)."""
     sections = part_sections(part, svg, band)
     for search in part.searches:
         sections += search_sections(search, svg)
+    sections += pareto_sections(part.searches, svg)
     return PartReport(part, _slug(index, part.name), table_header(part), summary_rows(part),
                       comparison_rows(part, correction), sections, comparison_header(correction))
 
@@ -43,7 +46,7 @@ class ReportFiles:
     runs_csv: Path
     figures: list[Path]
     tensorboard: Optional[Path] = None
-    extra: list[Path] = field(default_factory=list)  # the searches' CSVs
+    extra: list[Path] = field(default_factory=list)  # the searches' CSVs and pareto.csv
     epochs_csv: Optional[Path] = None  # every run's per-epoch history
 
 
@@ -53,8 +56,8 @@ def default_out_dir(store_path: Path, experiment: str) -> Path:
 
 # What a report folder holds. The folder is replaced whole on every report (util.staged_folder), so a folder that
 # holds anything else is refused rather than replaced: `--out .` must never take the user's files with it.
-REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|epochs\.csv|figures|search-[0-9a-f]+"
-                            r"(?:-correlations)?\.csv)$")
+REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|epochs\.csv|pareto\.csv|figures|"
+                            r"search-[0-9a-f]+(?:-correlations)?\.csv)$")
 
 
 def check_report_dir(out: str | Path, field: str = "out_dir") -> Path:
@@ -109,7 +112,7 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
                 figures[f"figures/{r.slug}-{f.slug}.svg"] = f.svg
     tables = {"report.html": render_html(data, reports), "report.md": markdown(data, reports),
               "summary.csv": summary_csv(data), "runs.csv": runs_csv(data), "epochs.csv": epochs_csv(data),
-              **search_csvs(data)}
+              **search_csvs(data), **pareto_csv(data)}
     with staged_folder(out) as staging:
         for relative, blob in figures.items():
             write_bytes_atomic(staging / relative, blob)
@@ -117,7 +120,8 @@ def build_report(store_path: str | Path, experiment: Optional[str] = None, out_d
             write_atomic(staging / relative, text)
     files = ReportFiles(out / "report.html", out / "report.md", out / "summary.csv", out / "runs.csv",
                         [out / relative for relative in figures],
-                        extra=[out / relative for relative in tables if relative.startswith("search-")],
+                        extra=[out / relative for relative in tables
+                               if relative.startswith("search-") or relative == "pareto.csv"],
                         epochs_csv=out / "epochs.csv")
     if logdir is not None:
         files.tensorboard = write_tensorboard(data, logdir)

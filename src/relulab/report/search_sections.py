@@ -1,12 +1,14 @@
 """The sections of a `relulab search` in the report: its path or placements with accuracies (mean ± 95% interval
 over seeds, Welch comparisons, test accuracies), and the heuristic judgement of every step that allows one
-(rank correlations of each statistic with the measured changes).
+(rank correlations of each statistic with the measured changes); the learned and random strategies' points at
+their ReLU budgets. Every strategy's points side by side: relulab.report.pareto.
 """
 from __future__ import annotations
 
 from relulab.report.format import (difference, interval, p_value, points, rank_correlation, significant, slot_text,
                                    slots_text)
 from relulab.report.measures import seeds_text, step_candidates
+from relulab.report.pareto import count_text
 from relulab.report.search_figures import correlation_figure, oracle_figure, relu_count_figure, search_path_figure
 from relulab.report.sections import Section
 
@@ -20,6 +22,8 @@ CORRELATION_HEADER = ["statistic", "n", "Spearman rho [95% bootstrap]", "p", "p 
                       "highest-first vs random [95%]", "lowest-first vs random [95%]"]
 PLACEMENT_HEADER = ["placement", "slots off", "ReLU count", "acc (%)", "test acc (%)", "vs base (points)",
                     "p (Welch)", "verdict"]
+POINT_HEADER = ["placement", "ReLU count", "acc (%)", "test acc (%)", "vs reference (points)", "p (Welch)",
+                "verdict"]
 MAX_EXHAUSTIVE_ROWS = 25
 
 
@@ -30,19 +34,32 @@ def _stat_order(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.index(r["stat"]) if r["stat"] in order else len(order), r["stat"]))
 
 
+def _budgets_text(o: dict) -> str:
+    budgets = o.get("budgets")
+    return ", ".join(map(str, budgets)) if isinstance(budgets, (list, tuple)) else str(budgets)
+
+
+# strategy -> what its title calls it, from its options; a strategy not named here is called by its name
+TITLES = {
+    "greedy": lambda o: f"greedy by {o['stat']} ({o['order']} first)",
+    "oracle": lambda o: "oracle (every single-slot change)",
+    "exhaustive": lambda o: f"exhaustive, up to {o['k']} slots off",
+    "budget": lambda o: f"budget (slots kept on: {', '.join(map(str, o['keep']))})",
+    "learned": lambda o: f"learned ({o.get('granularity')}, ReLU budgets {_budgets_text(o)})",
+    "random": lambda o: f"random ({o.get('granularity')}, ReLU budgets {_budgets_text(o)})",
+}
+
+
 def _search_title(s: dict) -> str:
-    o = s["options"]
-    what = {"greedy": f"greedy by {o['stat']} ({o['order']} first)",
-            "oracle": "oracle (every single-slot change)",
-            "exhaustive": f"exhaustive, up to {o['k']} slots off",
-            "budget": f"budget (slots kept on: {', '.join(map(str, o['keep']))})"}[s["strategy"]]
+    title = TITLES.get(s["strategy"])
+    what = title(s["options"] or {}) if title else s["strategy"]
     return f"Search: {what}, from {s['base']}"
 
 
 def _search_note(s: dict) -> str:
-    o = s["options"]
+    o = s["options"] or {}
     rule = "source 000's plain rule (accept if the mean improves)" if o.get("plain_rule") else \
-        f"Welch's t-test, p < {o['alpha']} with a higher mean"
+        f"Welch's t-test, p < {o.get('alpha')} with a higher mean"
     parts = [f"{len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}), {s['epochs']} epochs, "
              f"metric {s['metric']}, probe set {s['probe_set']}"]
     if s["strategy"] in ("greedy", "oracle"):
@@ -54,7 +71,7 @@ def _search_note(s: dict) -> str:
     result = s.get("result") or {}
     if s["status"] != "done":
         parts.append("NOT FINISHED (run the same command again to resume)")
-    elif result:
+    elif "final" in result:  # the slot strategies' summary (relulab.search.strategies.Search.summary_of)
         final = next((c for c in s["candidates"] if c["placement"] == result["final"] and "test_mean" in c), None)
         held_out = f", test accuracy {_test_text(final)}%" if final is not None and s["metric"] != "test_acc" else ""
         parts.append(f"result: {result['final']} at {interval(result['mean'], result['ci_low'], result['ci_high'])}"
@@ -155,6 +172,22 @@ def search_sections(s: dict, svg: bool) -> list[Section]:
         sections.append(Section(title, ["slots on"] + PLACEMENT_HEADER, _placement_rows(cands, names, kept=True),
                                 note=note, figure=relu_count_figure(s, svg)))
         sections += _all_judgement_sections(s, svg)
+    else:  # learned, random, and any strategy that stores points at ReLU budgets: a table per step
+        sections += _point_sections(s, title, note)
+    return sections
+
+
+def _point_sections(s: dict, title: str, note: str) -> list[Section]:
+    """A table of every row of each step (the learned points, the random baseline's): ReLU count reached and
+    accuracy over seeds; the ReLU count against accuracy section draws them beside the other strategies."""
+    sections = []
+    for st in s["steps"]:
+        rows = [[c["placement"], "-" if c["relu_count"] is None else count_text(c["relu_count"]),
+                 interval(c["mean"], c["ci_low"], c["ci_high"]), _test_text(c), difference(c), p_value(c["p"]),
+                 c["verdict"] or "-"] for c in step_candidates(s, st["step"])]
+        what = f"{title}: {st['kind']} (step {st['step']})" if len(s["steps"]) > 1 else title
+        text = " ".join(x for x in (note if not sections else "", st["note"] or "") if x)
+        sections.append(Section(what, POINT_HEADER, rows, note=text))
     return sections
 
 

@@ -1,6 +1,7 @@
 """The report's files: the HTML page (the jinja2 template `relulab/templates/report.html`, images embedded, every
 user-provided string escaped), the Markdown, the CSVs (summary, runs, epochs, each search's candidates and
-correlations, a probe's tables) and the TensorBoard logs.
+correlations, the points of every strategy's ReLU count against accuracy, a probe's tables) and the TensorBoard
+logs.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from relulab.report.collect import ExperimentData
 from relulab.report.figures import heatmap_figure, stat_over_epochs_figure
 from relulab.report.format import csv_number, md_escape, safe_name, spec_text
 from relulab.report.measures import has_data
+from relulab.report.pareto import CSV_COLUMNS as PARETO_CSV_COLUMNS, csv_rows as pareto_rows
 from relulab.report.sections import PartReport, comparisons_method
 
 
@@ -193,6 +195,18 @@ def search_csvs(data: ExperimentData) -> dict[str, str]:
                                      [c[k] for k in CORRELATION_CSV_COLUMNS[2:]]])
                 written[f"search-{s['id']}-correlations.csv"] = buf.getvalue()
     return written
+
+
+def pareto_csv(data: ExperimentData) -> dict[str, str]:
+    """{"pareto.csv": text}: every point of the Pareto sections (relulab.report.pareto), one row each; {} where no
+    search has a point."""
+    rows = [row for part in data.parts for row in pareto_rows(part.name, part.searches)]
+    if not rows:
+        return {}
+    buf, writer = _csv_with_header(PARETO_CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([csv_number(x) for x in row])
+    return {"pareto.csv": buf.getvalue()}
 
 
 def provenance_rows(data: ExperimentData) -> list[list[str]]:

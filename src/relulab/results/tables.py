@@ -22,8 +22,8 @@ from relulab.results.source import (HPARAM_COLUMNS, experiment_names, flat_spec,
 ID_COLUMNS = ["experiment", "part", "configuration", "config", "grid", "baseline", "in_plan", "seed", "key"]
 SHORT_ID_COLUMNS = [c for c in ID_COLUMNS if c != "in_plan"]  # epochs' and statistics' rows: join runs on key
 RESULT_COLUMNS = ["status", "best_val_acc", "best_epoch", "final_val_acc", "test_acc", "test_loss", "diverged_at",
-                  "epochs_trained", "seconds", "seconds_per_epoch", "params", "val_is_test", "trained_with",
-                  "retrained_for", "device", "host", "code_version", "torch_version", "python_version", "finished"]
+                  "epochs_trained", "seconds", "seconds_per_epoch", "params", "relu_count", "val_is_test",
+                  "trained_with", "retrained_for", "device", "host", "code_version", "torch_version", "python_version", "finished"]
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 SLOT_COLUMNS = ["source", "probe_set", "epoch", "stat", "slot", "slot_name", "class", "class_name", "images", "value"]
 SEARCH_COLUMNS = ["search", "experiment", "part", "base", "strategy", "metric", "probe_set", "epochs", "search_seeds",
@@ -109,6 +109,7 @@ def runs(store, experiment: Optional[str] = None) -> pd.DataFrame:
             trained = run["epochs"]
             result.update(epochs_trained=trained, seconds_per_epoch=run["seconds"] / trained if trained else None,
                           val_is_test=bool(run["val_is_test"]), trained_with=(run["data"] or {}).get("trained_with", 1),
+                          relu_count=(run["data"] or {}).get("relu_count"),
                           retrained_for=retrained_for(run), finished=run["finished"])
             rows.append({**ident, **result, **flat_spec(run["spec"])})
     df = frame(rows, [*ID_COLUMNS, *HPARAM_COLUMNS, *RESULT_COLUMNS])

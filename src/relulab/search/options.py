@@ -13,6 +13,7 @@ from typing import Optional, Union
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.ranges import parse_ranges
 from relulab.probes import statistics as probes_mod
+from relulab.zoo.masks import GRANULARITIES
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc")
 ORDERS = ("highest", "lowest")
@@ -22,7 +23,10 @@ CHOICES = ("stat", "exhaustive")
 PATH_OPTIONS = {"greedy": ("stat", "order", "budget", "patience", "plain_rule", "alpha"),
                 "oracle": ("budget", "plain_rule", "alpha"),
                 "exhaustive": ("k", "alpha"),
-                "budget": ("keep", "choose", "stat", "order", "alpha")}
+                "budget": ("keep", "choose", "stat", "order", "alpha"),
+                "learned": ("granularity", "budgets", "gate_epochs", "lasso", "lasso_growth", "gate_lr", "alpha"),
+                "random": ("granularity", "budgets", "alpha")}
+DEFAULT_BUDGETS = [0.5, 0.25, 0.1]  # learned, random: fractions of the base model's ReLU count
 
 
 @dataclass
@@ -43,6 +47,15 @@ class SearchOptions:
     probe_set: str = "first"
     max_placements: int = 100  # exhaustive / budget: refuse to plan more placements than this
     accept_all: bool = False  # greedy: accept every proposal, whatever it measured (EASIER's rule: remove, retrain)
+    # learned, random: what is switched off (layer: whole slots; channel; unit: channel x position, SNL's setting)
+    granularity: str = "channel"
+    # learned, random: ReLU counts to reach, each a fraction of the base's (0.25) or a count (40000); '0.5,0.25'
+    budgets: Union[None, str, list[float]] = None
+    # learned: how the gates train (relulab.search.gates.GateTraining; None: its defaults)
+    gate_epochs: Optional[int] = None
+    lasso: Optional[float] = None
+    lasso_growth: Optional[float] = None
+    gate_lr: Optional[float] = None
 
     def validate(self, active: list[int]) -> "SearchOptions":
         """A copy with defaults resolved, checked against the `active` slots of the model it starts from;
@@ -62,7 +75,25 @@ class SearchOptions:
             raise UserError(f"search.k: expected 1 to {n} (the slots that are on), got {o.k}")
         o.keep = _kept_counts(o.keep, n)
         o._check_placements(n)
+        if o.granularity not in GRANULARITIES:
+            raise unknown_choice("search.granularity", o.granularity, GRANULARITIES)
+        o.budgets = _budgets(o.budgets)
+        if o.strategy == "learned":
+            o._resolve_gate_training()
         return o
+
+    def gate_training(self):
+        """The learned strategy's gate training (relulab.search.gates.GateTraining) from these options."""
+        from relulab.search.gates import GateTraining
+
+        return GateTraining(**{f: getattr(self, o) for o, f in GATE_FIELDS.items()
+                               if getattr(self, o) is not None}).validate("search", {f: o for o, f in
+                                                                                      GATE_FIELDS.items()})
+
+    def _resolve_gate_training(self) -> None:
+        training = self.gate_training()  # checks the values, naming search.gate_epochs and so on
+        for option, name in GATE_FIELDS.items():
+            setattr(self, option, getattr(training, name))
 
     def _check_names(self) -> None:
         """The options that name something (a strategy, a statistic...), the probe set and alpha."""
@@ -94,6 +125,28 @@ class SearchOptions:
         if self.accept_all and self.strategy == "greedy":  # only when set: the ids of earlier searches stay
             identity["accept_all"] = True
         return identity
+
+
+# The learned strategy's options -> GateTraining's fields.
+GATE_FIELDS = {"gate_epochs": "epochs", "lasso": "lasso", "lasso_growth": "growth", "gate_lr": "gate_lr"}
+
+
+def _budgets(budgets: Union[None, str, list]) -> list[float]:
+    """learned / random budgets, largest first: fractions of the base's ReLU count in (0, 1), or counts >= 1;
+    a list, or text such as '0.5,0.25,0.1'."""
+    if budgets is None:
+        return list(DEFAULT_BUDGETS)
+    if isinstance(budgets, str):
+        try:
+            budgets = [float(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise UserError(f"search.budgets: expected numbers such as 0.5,0.25,0.1 (fractions of the base's ReLU "
+                            f"count) or 40000 (a count), got {budgets!r}") from None
+    if not isinstance(budgets, list) or not budgets or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0
+            and (b < 1 or float(b).is_integer()) for b in budgets):
+        raise UserError(f"search.budgets: expected fractions in (0, 1) or whole counts >= 1, got {budgets!r}")
+    return sorted(set(budgets), reverse=True)
 
 
 def _kept_counts(keep: Union[None, str, list[int]], n: int) -> list[int]:

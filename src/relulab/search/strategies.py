@@ -30,6 +30,21 @@ Strategies (`STRATEGIES`, keyed by name; each a small function of a `Search`):
   placements) or by trying every placement (`choose: exhaustive`). Reports plot the
   ReLU count (activations computed per image = the summed output sizes of the slots
   that are on) against accuracy.
+- `learned`: SNL's and AutoReP's idea, at a `granularity` (layer: whole slots; channel;
+  unit: each channel x position). For each seed, the base model that seed trained (its
+  kept weights: the model that was measured) gets a trainable gate a in [0, 1] on every
+  element, computing a * act(x) + (1 - a) * x, and trains on with an L1 push of the gates
+  toward 0 that grows until the soft ReLU count reaches the budget
+  (relulab.search.gates); the gates are then binarised to meet each of `budgets` (the
+  highest gates stay nonlinear; at unit granularity exactly, else as close below as
+  whole channels or slots allow). Each seed's placement is then trained by the
+  experiment's recipe at that seed, like every placement of every strategy, so that
+  strategies are compared on equal training (SNL fine-tunes the gate-trained weights
+  instead; relulab measures the placement). Beside it, chance: `random` at the same
+  budgets and granularity.
+- `random`: the baseline every strategy is judged against. For each budget and seed, a
+  placement of that many nonlinear elements chosen at random (reproducible by seed),
+  trained at that seed.
 
 Heuristic judgement (`judge`): for a model and its single-slot changes, every probe
 statistic of that model is set against the measured change in accuracy of switching
@@ -72,6 +87,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional
 
@@ -87,6 +103,7 @@ from relulab.experiments.tracking import Trackers
 from relulab.probes import statistics as probes_mod
 from relulab.search.judgement import judge
 from relulab.search.measured import Measured, stored_measurement
+import relulab.search.gates as gates
 from relulab.search.options import SearchOptions
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
@@ -147,6 +164,13 @@ class Search:
         spec.model.slots = {**spec.model.slots, **{i: OFF for i in sorted(off)}}
         return spec
 
+    def spec_with(self, model: dict) -> RunSpec:
+        """The base's spec with a found placement: {"slots": overrides, "masks": masks} (relulab.search.gates)."""
+        spec = copy.deepcopy(self.base.spec)
+        spec.model.slots = {**spec.model.slots, **{int(k): v for k, v in model.get("slots", {}).items()}}
+        spec.model.masks = {**spec.model.masks, **{int(k): v for k, v in model.get("masks", {}).items()}}
+        return spec
+
     def label(self, off: Iterable[int]) -> str:
         off = sorted(off)
         return self.base.name if not off else "off-" + "-".join(map(str, off))
@@ -188,6 +212,78 @@ class Search:
         for off in placements:
             self._cache.pop(off, None)
         return {off: self.measured(off) for off in placements}
+
+    def measure_found(self, found: dict[str, dict[int, dict]]) -> dict[str, Measured]:
+        """Placements found from each seed's runs (learned, random): {label: {seed: {"model": {"slots",
+        "masks"}, "relu_count"}}}; each seed's placement trains at that seed (runs in the store are reused, the
+        rest trained together), and is measured as one placement over the seeds, its ReLU count their mean."""
+        runs: dict[str, SweepRun] = {}
+        keys: dict[str, list[str]] = {}
+        for label, by_seed in found.items():
+            for seed in self.seeds:
+                spec = self.spec_with(by_seed[seed]["model"])
+                key = run_key(spec, seed)
+                runs.setdefault(key, SweepRun(Job(spec, seed, key), self.exp.name, self.part.name, label))
+                keys.setdefault(label, []).append(key)
+        done = self.store.done_keys(runs)
+        self.reused += len([k for k in done if k not in self._seen_keys])
+        self._seen_keys |= set(runs)
+        self._probe_trained(self.sweep.run([run for key, run in runs.items() if key not in done]))
+        measured = {}
+        for label, by_seed in found.items():
+            count = round(sum(by_seed[seed]["relu_count"] for seed in self.seeds) / len(self.seeds))
+            off = self._slots_off(by_seed[self.seeds[0]]["model"])
+            measured[label] = stored_measurement(self.store, off, label, keys[label], self.options.metric,
+                                                 self.probe_set.name, count)
+        return measured
+
+    @staticmethod
+    def _slots_off(model: dict) -> frozenset:
+        return frozenset(int(k) for k, v in model.get("slots", {}).items() if v == OFF)
+
+    def budgets(self) -> list[int]:
+        """learned / random: the budgets as ReLU counts, largest first (fractions of the base's count resolved)."""
+        full = self.relu_count(())
+        counts = sorted({round(b * full) if b < 1 else int(b) for b in self.options.budgets}, reverse=True)
+        too_big = [c for c in counts if not 1 <= c <= full]
+        if too_big:
+            raise UserError(f"search.budgets: {too_big[0]:,} ReLUs; the base {self.base.name} has {full:,} (a budget "
+                            "is at most that, and at least 1)")
+        return counts
+
+    def device_splits(self):
+        """The data on the search's device (for the learned strategy's gate training), moved there once."""
+        if getattr(self, "_device_splits", None) is None:
+            self._device_splits = self.splits.to(self.device)
+        return self._device_splits
+
+    def base_models(self, seeds: Iterable[int]) -> dict[int, torch.nn.Module]:
+        """The base model each of `seeds` measured, on the search's device: from its run's kept final weights,
+        else from those of its copy retrained for probing; where neither is kept (a store copied without its
+        weights folder), such a copy is trained now and stored as its own record, as `measure` does to probe."""
+        keys = {seed: run_key(self.spec(()), seed) for seed in seeds}
+        missing = [seed for seed, key in keys.items() if self._kept_model(key) is None]
+        if missing:
+            self.log(f"{len(missing)} base runs kept no weights to start gates from: training a copy of each "
+                     "(stored as its own record, retrained for probing; the stored runs are kept as they are)")
+            runs = [SweepRun(Job(self.spec(()), seed, keys[seed]), self.exp.name, self.part.name, self.label(()))
+                    for seed in missing]
+            self._probe_trained(self.sweep.retrain([self._copy(run) for run in runs]))
+            self.probed_again += len(missing)
+        models = {seed: self._kept_model(key) for seed, key in keys.items()}
+        lacking = [seed for seed, model in models.items() if model is None]
+        if lacking:
+            raise UserError(f"search.strategy: learned trains its gates from the base's weights, and its runs at seeds "
+                            f"{lacking} keep none (keep_weights false); run it with keep_weights (--keep-weights)")
+        return models
+
+    def _kept_model(self, key: str) -> Optional[torch.nn.Module]:
+        """Run `key`'s model from its kept final weights, or from its copy's retrained for probing; None."""
+        for target in (key, retrained_key(key)):
+            ckpt = self.kept.checkpoint(target)
+            if ckpt is not None:
+                return ckpt.model.to(self.device)
+        return None
 
     @staticmethod
     def _copy(run: SweepRun) -> SweepRun:
@@ -448,11 +544,107 @@ def budget(s: Search) -> dict:
     return {**s.summary_of(top), "best_by_kept": {str(k): s.summary_of(m) for k, m in best_by_k.items()}}
 
 
+def _found_name(kind: str, granularity: str, count: int) -> str:
+    return f"{kind}-{granularity}-{count}"
+
+
+def _found(s: Search, kept: dict, granularity: str, seconds: float = 0.0) -> dict:
+    """A placement found at one seed, as measure_found takes it: its slots and masks, and its ReLU count (of
+    the model built with them)."""
+    slots, masks = gates.placement(kept, granularity)
+    model = {"slots": {str(k): v for k, v in slots.items()}, "masks": {str(k): v for k, v in masks.items()}}
+    spec = s.spec_with(model)
+    count = build_model(spec.model, s.splits.input_shape, s.splits.num_classes).relu_count()
+    return {"model": model, "relu_count": count, "seconds": seconds}
+
+
+def random_placements(s: Search, budgets: list[int]) -> dict[str, dict[int, dict]]:
+    """Chance at each budget: for every seed a placement of that many nonlinear elements drawn at random
+    (relulab.search.gates.random_kept, reproducible by seed)."""
+    granularity = s.options.granularity
+    model = build_model(s.base.spec.model, s.splits.input_shape, s.splits.num_classes)
+    return {_found_name("random", granularity, b): {seed: _found(s, gates.random_kept(model, granularity, b, seed),
+                                                                 granularity) for seed in s.seeds}
+            for b in budgets}
+
+
+def learned_placements(s: Search, budgets: list[int]) -> dict[str, dict[int, dict]]:
+    """For every seed and budget: the gates trained from that seed's measured base model, binarised to the
+    budget. Each is stored as it is found (store.search_placements): a resumed search reuses it."""
+    o = s.options
+    training = o.gate_training()
+    stored = s.store.search_placements(s.id)
+    names = {b: _found_name("learned", o.granularity, b) for b in budgets}
+    to_find = sorted({seed for seed in s.seeds for b in budgets if (names[b], seed) not in stored})
+    bases = s.base_models(to_find) if to_find else {}
+    found: dict[str, dict[int, dict]] = {}
+    for seed in s.seeds:
+        for b in budgets:
+            name = names[b]
+            if (name, seed) not in stored:
+                started = time.perf_counter()
+                model = copy.deepcopy(bases[seed])
+                costs = {slot: cost for slot, (_, cost) in gates.gate_layout(model, o.granularity).items()}
+                values = gates.learn_gates(model, s.device_splits(), s.base.spec, o.granularity, b, training, seed,
+                                           s.device)
+                one = _found(s, gates.fill_budget(values, costs, b), o.granularity, time.perf_counter() - started)
+                s.store.save_search_placement(s.id, name, seed, one["model"], one["relu_count"], one["seconds"])
+                s.log(f"[learned] seed {seed}, budget {b:,}: gates trained {training.epochs} epochs in "
+                      f"{one['seconds']:.1f} s, {one['relu_count']:,} ReLUs kept")
+                stored[(name, seed)] = one
+            found.setdefault(name, {})[seed] = stored[(name, seed)]
+    return found
+
+
+def _budget_rows(s: Search, base: Measured, measured: dict[str, Measured], names: list[str],
+                 references: dict[str, Measured]) -> list[dict]:
+    return [s.row(base, 0)] + [s.row(measured[n], i + 1, references.get(n, base)) for i, n in enumerate(names)]
+
+
+def random_baseline(s: Search) -> dict:
+    budgets = s.budgets()
+    base = s.measure([()])[frozenset()]
+    found = random_placements(s, budgets)
+    measured = s.measure_found(found)
+    names = list(found)
+    note = f"{s.options.granularity} granularity, a random placement per seed at each budget; " + "; ".join(
+        f"{b:,} ReLUs: {measured[n].mean * 100:.2f}%" for b, n in zip(budgets, names))
+    s.save_step(1, "random", base, "measured", _budget_rows(s, base, measured, names, {}), None, note)
+    return {**s.summary_of(base), "budgets": budgets,
+            "by_budget": {str(b): s.summary_of(measured[n]) for b, n in zip(budgets, names)}}
+
+
+def learned(s: Search) -> dict:
+    o = s.options
+    budgets = s.budgets()
+    base = s.measure([()])[frozenset()]  # the models the gates start from (their kept weights)
+    found = learned_placements(s, budgets)
+    chance = random_placements(s, budgets)
+    measured = s.measure_found({**found, **chance})  # one sweep: the learned and random runs train together
+    names, chance_names = list(found), list(chance)
+    against = {n: measured[c] for n, c in zip(names, chance_names)}
+    leads = []
+    for b, n, c in zip(budgets, names, chance_names):
+        cmp = compare(measured[n].accs, measured[c].accs, o.alpha)
+        leads.append(f"{b:,} ReLUs: learned {measured[n].mean * 100:.2f}% vs random {measured[c].mean * 100:.2f}%"
+                     + (f" ({cmp.diff * 100:+.2f} points, {cmp.verdict})" if cmp else ""))
+    best = max((measured[n] for n in names), key=lambda m: m.mean if math.isfinite(m.mean) else -math.inf)
+    s.save_step(1, "learned", base, "measured", _budget_rows(s, base, measured, names, against), best,
+                f"{o.granularity} gates, {o.gate_epochs} epochs from each seed's base model; " + "; ".join(leads))
+    s.save_step(2, "random", base, "measured", _budget_rows(s, base, measured, chance_names, {}), None,
+                f"chance: a random {o.granularity} placement per seed at each budget")
+    return {**s.summary_of(best), "budgets": budgets,
+            "by_budget": {str(b): {"learned": s.summary_of(measured[n]), "random": s.summary_of(measured[c])}
+                          for b, n, c in zip(budgets, names, chance_names)}}
+
+
 STRATEGIES: dict[str, Callable[[Search], dict]] = {
     "greedy": greedy,
     "oracle": oracle,
     "exhaustive": exhaustive,
     "budget": budget,
+    "learned": learned,
+    "random": random_baseline,
 }
 
 

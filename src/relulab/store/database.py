@@ -489,6 +489,22 @@ class Store:
             db.execute("UPDATE searches SET status = 'done', result_json = ?, updated = ? WHERE id = ?",
                        (json.dumps(result, default=str), time.time(), search_id))
 
+    def save_search_placement(self, search_id: str, name: str, seed: int, model: dict, relu_count: int,
+                              seconds: float) -> None:
+        """A placement a search found from one seed's runs: model is {"slots": ..., "masks": ...}."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO search_placements VALUES (?, ?, ?, ?, ?, ?)",
+                       (search_id, name, seed, json.dumps(model, sort_keys=True), relu_count, seconds))
+
+    def search_placements(self, search_id: str) -> dict[tuple[str, int], dict]:
+        """{(name, seed): {"model": {"slots", "masks"}, "relu_count", "seconds"}} of a search's found placements."""
+        if not self.has_table("search_placements"):
+            return {}
+        rows = self.db.execute("SELECT * FROM search_placements WHERE search_id = ?", (search_id,)).fetchall()
+        return {(r["name"], r["seed"]): {"model": loads(r["model_json"], self.path, f"a placement of search "
+                                                                                  f"{search_id}"),
+                                         "relu_count": r["relu_count"], "seconds": r["seconds"]} for r in rows}
+
     def searches(self, experiment: Optional[str] = None) -> list[StoredSearch]:
         """Every search of the store (of one experiment, if given), oldest first, each with its steps, candidates
         and correlations; [] when none was ever stored."""

@@ -75,7 +75,10 @@ STORE_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 # - `search_steps`: each step's current placement and decision; `search_candidates`: the placements a step
 #   measured (accuracy over seeds with its 95% interval, the Welch comparison with the step's reference, the
 #   heuristic value that proposed it); `search_correlations`: for a step's single-slot candidates, the rank
-#   correlation of each statistic with the measured change in accuracy.
+#   correlation of each statistic with the measured change in accuracy; `search_placements`: the placements a
+#   strategy found from one seed's runs (learned: the binarised gates trained from that seed's base model; its
+#   `model_json` the slots and masks), written as each is found, so that a killed search resumes with the same
+#   placements instead of training its gates again to different ones.
 # A search's steps are recomputed from the cached runs when it is run again, and rewritten identically.
 
 PROBE_SEARCH_SCHEMA = """
@@ -102,6 +105,11 @@ CREATE TABLE IF NOT EXISTS search_candidates (
     mean REAL, std REAL, ci_low REAL, ci_high REAL, reference TEXT, diff REAL, diff_low REAL, diff_high REAL,
     p REAL, verdict TEXT, heuristic REAL, accs_json TEXT NOT NULL, run_keys_json TEXT NOT NULL,
     PRIMARY KEY (search_id, step, placement)
+);
+CREATE TABLE IF NOT EXISTS search_placements (
+    search_id TEXT NOT NULL, name TEXT NOT NULL, seed INTEGER NOT NULL, model_json TEXT NOT NULL,
+    relu_count INTEGER NOT NULL, seconds REAL,
+    PRIMARY KEY (search_id, name, seed)
 );
 CREATE TABLE IF NOT EXISTS search_correlations (
     search_id TEXT NOT NULL, step INTEGER NOT NULL, stat TEXT NOT NULL, n INTEGER NOT NULL,

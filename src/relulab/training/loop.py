@@ -234,7 +234,8 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
     with matmul_precision(float32_products(spec)):
         history = train_model(model, splits, spec.train, seed, [*callbacks, best], autocast_dtype(spec, device),
                               saver)
-    data = {**splits.summary(), "arithmetic": arithmetic(spec, device), "compiled": False}
+    data = {**splits.summary(), "arithmetic": arithmetic(spec, device), "compiled": False,
+            "relu_count": model.relu_count()}
     return RunResult(spec, seed, history, keras_param_count(model), data, provenance(device), model,
                      best.best_state(history))
 

@@ -40,6 +40,7 @@ from relulab.core.errors import UserError, unknown_choice
 from relulab.core.registry import Registry
 from relulab.zoo.init import canonical_name as canonical_init
 from relulab.zoo.init import init_layer, initialize
+from relulab.zoo.masks import Mask, broadcast_keep, parse_mask
 from relulab.core.ranges import INT64_MAX, MAX_ITEMS, show_int
 from relulab.core.util import check_fits
 
@@ -71,6 +72,9 @@ class ModelSpec:
     target: Optional[str] = None
     kwargs: dict = field(default_factory=dict)
     source_sha256: Optional[str] = None
+    # per-slot masks of the elements that stay nonlinear, {slot: "channel:16:<bits>"} (relulab.zoo.masks): a
+    # channel or unit placement, as a learned or random search at those granularities makes them
+    masks: dict[int | str, str] = field(default_factory=dict)
 
     def validate(self, prefix: str = "model") -> "ModelSpec":
         entry = MODELS.entry(self.name, f"{prefix}.name")
@@ -90,6 +94,7 @@ class ModelSpec:
             if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
                 raise UserError(f"{prefix}.slots: slot numbers start at 1, got {index!r}")
             parse_activation(act, f"{prefix}.slots.{index}")
+        self._validate_masks(entry.by_reference, f"{prefix}.masks")
         canonical_init(self.kernel_init(), f"{prefix}.init")
         canonical_init(self.bias_init, f"{prefix}.bias_init")
         canonical_init(self.output_init, f"{prefix}.output_init")
@@ -110,6 +115,15 @@ class ModelSpec:
         too_wide = [w for w in self.widths if w > INT64_MAX]
         if too_wide:
             raise UserError(f"{field}: {show_int(too_wide[0])} is beyond a 64-bit integer")
+
+    def _validate_masks(self, by_reference: bool, field: str) -> None:
+        if not isinstance(self.masks, dict):
+            raise UserError(f"{field}: expected a mapping of slot number to mask, got {self.masks!r}")
+        for index, text in self.masks.items():
+            named = by_reference and isinstance(index, str) and bool(index)
+            if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
+                raise UserError(f"{field}: slot numbers start at 1, got {index!r}")
+            parse_mask(text, f"{field}.{index}")
 
     def _refuse_reference_fields(self, prefix: str) -> None:
         for key in ("target", "source_sha256"):
@@ -142,6 +156,9 @@ class Slot(nn.Module):
         self.index = index
         self.name = name
         self.set(spec)
+        # Which elements stay nonlinear where the slot has a mask (relulab.zoo.masks), broadcastable over a batch of
+        # its outputs; a buffer, so it is saved with the weights and stacked per model in a functional stack.
+        self.register_buffer("keep", None)
 
     @property
     def label(self) -> str:
@@ -154,13 +171,21 @@ class Slot(nn.Module):
 
     @property
     def off(self) -> bool:
-        return self.spec == "identity"
+        """Whether the slot computes the identity: switched off, or masked with no element kept."""
+        return self.spec == "identity" or (self.keep is not None and not bool(self.keep.any()))
+
+    def set_keep(self, keep: Optional[torch.Tensor]) -> None:
+        """Keep only these elements nonlinear (a bool tensor broadcastable over the batch), or all (None)."""
+        self.keep = None if keep is None else keep.to(torch.bool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x)
+        if self.keep is None:
+            return self.act(x)
+        return torch.where(self.keep, self.act(x), x)  # a masked-off element is the identity, value and gradient
 
     def extra_repr(self) -> str:
-        return f"index={self.index}, spec={self.spec!r}" + (f", name={self.name!r}" if self.name else "")
+        masked = f", keeps {int(self.keep.sum())} of {self.keep.numel()}" if self.keep is not None else ""
+        return f"index={self.index}, spec={self.spec!r}" + (f", name={self.name!r}" if self.name else "") + masked
 
 
 class SlottedModel(nn.Module):
@@ -200,6 +225,63 @@ class SlottedModel(nn.Module):
             except UserError as e:
                 raise UserError(f"{field}: {e}") from None
             slot.set(canonical_name(spec, f"{field}.{key}"))
+
+    def slot_shapes(self) -> dict[int, tuple[int, ...]]:
+        """Each slot's output shape for one example (from a forward pass of one zero example); a slot the
+        example meets more than once (relulab.zoo.slotify's module-only fallback) is left out, one the example
+        never meets too."""
+        seen: dict[int, list[tuple[int, ...]]] = {}
+
+        def hook(slot, inputs, output):
+            seen.setdefault(slot.index, []).append(tuple(output.shape[1:]))
+
+        handles = [s.register_forward_hook(hook) for s in self.slots]
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            with torch.no_grad():
+                self(torch.zeros(1, *self.input_shape, device=device))
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        return {index: shapes[0] for index, shapes in seen.items() if len(shapes) == 1}
+
+    def set_masks(self, masks: dict, field: str = "model.masks") -> None:
+        """Keep only some elements of slots nonlinear: {slot number or name: Mask or its text}."""
+        shapes = self.slot_shapes()
+        for key, mask in masks.items():
+            try:
+                slot = self.slot(key)
+            except UserError as e:
+                raise UserError(f"{field}: {e}") from None
+            if slot.index not in shapes:
+                raise UserError(f"{field}.{key}: {slot.label} is called more than once, or never, per example; "
+                                "only a slot with one output per example can be masked")
+            mask = mask if isinstance(mask, Mask) else parse_mask(mask, f"{field}.{key}")
+            keep = broadcast_keep(mask, shapes[slot.index], f"{field}.{key}")
+            param = next(self.parameters(), None)
+            slot.set_keep(keep if param is None else keep.to(param.device))
+
+    def relu_counts(self) -> dict[int, int]:
+        """Each slot's ReLU count: the activation elements per example that stay nonlinear (0 where the slot is
+        off; its output's elements where it has no mask; the kept ones where it has)."""
+        counts = {}
+        for index, shape in self.slot_shapes().items():
+            slot = self.slot(index)
+            if slot.off:
+                counts[index] = 0
+            elif slot.keep is None:
+                counts[index] = math.prod(shape)
+            else:
+                counts[index] = int(slot.keep.expand(shape).sum())  # a channel mask counts each position
+        return counts
+
+    def relu_count(self) -> int:
+        """The model's ReLU count: its slots' (relu_counts), summed."""
+        return sum(self.relu_counts().values())
 
 
 class SlotNet(SlottedModel):
@@ -387,7 +469,10 @@ def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     spec.validate()
     if not MODELS[spec.name].by_reference:
         check_model_fits(spec, tuple(input_shape), num_classes)
-    return MODELS[spec.name].build(spec, tuple(input_shape), num_classes)
+    model = MODELS[spec.name].build(spec, tuple(input_shape), num_classes)
+    if spec.masks:
+        model.set_masks(spec.masks)
+    return model
 
 
 # Training holds each parameter four times over: the weight, its gradient and (Adam, RMSprop) up to two moments.
