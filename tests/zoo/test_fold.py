@@ -194,3 +194,17 @@ def test_fold_structure_of_a_fresh_model_takes_the_folded_weights():
     fresh = fold_structure(build_model(spec, (1, 8, 8), 10).double())
     fresh.load_state_dict(folded.state_dict())
     same_outputs(model, fresh.eval(), (1, 8, 8))
+
+
+def test_a_slot_masked_with_no_element_kept_is_off_and_folds_like_one():
+    """A mask that keeps nothing nonlinear (relulab.zoo.masks) makes the slot the identity: it counts as off, no
+    ReLUs, and its two dense layers fold; a mask that keeps some elements leaves the slot alone."""
+    from relulab.zoo.masks import Mask
+    nothing = Mask("unit", torch.zeros(16, dtype=torch.bool)).text()
+    some = Mask("unit", torch.arange(16) % 2 == 0).text()
+    model = made(ModelSpec(widths=[16] * 4, masks={2: nothing, 3: some}))
+    assert model.slot(2).off and not model.slot(3).off
+    assert model.relu_counts()[2] == 0 and model.relu_counts()[3] == 8
+    folded, report = fold(model)
+    same_outputs(model, folded, (1, 8, 8))
+    assert layer_count(folded) == layer_count(model) - 1

@@ -79,7 +79,7 @@ from torch import nn
 
 from relulab.zoo.activations import parse_activation
 from relulab.core.errors import UserError, unknown_choice
-from relulab.zoo.models import Slot
+from relulab.zoo.models import Slot, slot_outputs
 
 Tensor = torch.Tensor
 SATURATION_MARGIN = 0.01
@@ -470,25 +470,8 @@ def slot_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> dict[int,
     """Activations each slot computes per image (its output's elements for one image, summed over its uses where
     one slot is called more than once: relulab.zoo.slotify's module-only fallback; 0 where the example does not
     reach the slot, as an activation module the forward never calls)."""
-    slots = slots_of(model)
-    sizes: dict[int, int] = {s.index: 0 for s in slots}
-
-    def hook(slot, inputs, output):
-        sizes[slot.index] = sizes.get(slot.index, 0) + int(output[0].numel())
-
-    handles = [s.register_forward_hook(hook) for s in slots]
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return sizes
+    return {index: sum(math.prod(shape) for shape in shapes)
+            for index, shapes in slot_outputs(model, input_shape).items()}
 
 
 # ---------------------------------------------------------------- slot names

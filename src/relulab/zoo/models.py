@@ -230,24 +230,8 @@ class SlottedModel(nn.Module):
         """Each slot's output shape for one example (from a forward pass of one zero example); a slot the
         example meets more than once (relulab.zoo.slotify's module-only fallback) is left out, one the example
         never meets too."""
-        seen: dict[int, list[tuple[int, ...]]] = {}
-
-        def hook(slot, inputs, output):
-            seen.setdefault(slot.index, []).append(tuple(output.shape[1:]))
-
-        handles = [s.register_forward_hook(hook) for s in self.slots]
-        was_training = self.training
-        self.eval()
-        try:
-            param = next(self.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
-            with torch.no_grad():
-                self(torch.zeros(1, *self.input_shape, device=device))
-        finally:
-            for h in handles:
-                h.remove()
-            self.train(was_training)
-        return {index: shapes[0] for index, shapes in seen.items() if len(shapes) == 1}
+        outputs = slot_outputs(self, self.input_shape)
+        return {index: shapes[0] for index, shapes in outputs.items() if len(shapes) == 1}
 
     def set_masks(self, masks: dict, field: str = "model.masks") -> None:
         """Keep only some elements of slots nonlinear: {slot number or name: Mask or its text}."""
@@ -282,6 +266,32 @@ class SlottedModel(nn.Module):
     def relu_count(self) -> int:
         """The model's ReLU count: its slots' (relu_counts), summed."""
         return sum(self.relu_counts().values())
+
+
+def slot_outputs(model: nn.Module, input_shape) -> dict[int, list[tuple[int, ...]]]:
+    """The output shape of every call of each of the model's slots (by slot number; per example, without the batch
+    dimension) as one zero example of `input_shape` passes through it in eval mode; [] for a slot it never meets.
+    The model's mode is put back after."""
+    slots = [m for m in model.modules() if isinstance(m, Slot)]
+    seen: dict[int, list[tuple[int, ...]]] = {s.index: [] for s in slots}
+
+    def hook(slot, inputs, output):
+        seen[slot.index].append(tuple(output.shape[1:]))
+
+    handles = [s.register_forward_hook(hook) for s in slots]
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return seen
 
 
 class SlotNet(SlottedModel):
