@@ -105,3 +105,30 @@ def test_the_command_runs_a_learned_search_and_refuses_a_bad_granularity(tmp_pat
     code, out, err = relulab(capsys, "search", str(spec), "--strategy", "random", "--granularity", "rows",
                              "--store", str(tmp_path / "c.sqlite"), "--no-report")
     assert code == 2 and err.strip().count("\n") == 0 and "search.granularity" in err
+
+
+def test_learned_with_fine_tuning_records_each_seeds_tuned_model_as_a_run_of_its_own(tmp_path):
+    """SNL's protocol beside relulab's: each seed's gate-trained model, its placement fixed, trained on for
+    search.finetune_epochs and recorded under a key of its own, marked with the run it started from; a third step
+    sets each fine-tuned point against chance; run again, nothing trains."""
+    exp = mlp(tmp_path)
+    options = SearchOptions("learned", granularity="channel", budgets="0.5", gate_epochs=1, finetune_epochs=1)
+    outcome = run_search(exp, options, log=quiet)
+    assert outcome.id != run_search(exp, SearchOptions("learned", granularity="channel", budgets="0.5",
+                                                       gate_epochs=1), log=quiet).id
+    with Store(tmp_path / "s.sqlite") as store:
+        search = next(s for s in store.searches("mlp") if s.id == outcome.id)
+        assert [s.kind for s in search.steps] == ["learned", "random", "finetuned"]
+        tuned = [c for c in search.candidates if c.step == 3 and c.position > 0]
+        learned = [c for c in search.candidates if c.step == 1 and c.position > 0]
+        assert len(tuned) == 1 and tuned[0].relu_count == learned[0].relu_count == 32
+        assert tuned[0].reference == "random-channel-32" and len(tuned[0].accs) == 2
+        runs = store.runs(tuned[0].run_keys)
+        for key, run in runs.items():
+            assert key.endswith(f"-finetuned-{outcome.id}") and run["epochs"] == 1
+            assert run["data"]["finetuned_from"] and run["data"]["relu_count"] == 32
+            assert len(run["spec"]["model"]["masks"]) == 4
+    again = run_search(exp, options, log=quiet)
+    assert again.trained == 0 and again.result == outcome.result
+    with pytest.raises(UserError, match="search.finetune_epochs"):
+        run_search(exp, SearchOptions("learned", finetune_epochs=-1), log=quiet)

@@ -58,6 +58,9 @@ def search_command(
                                               "model (relulab.search.gates)."),
     lasso: Optional[float] = typer.Option(None, help="learned: the starting weight of the L1 push of the gates "
                                           "toward 0 (it grows each epoch the soft ReLU count is above the budget)."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="learned: also fine-tune each seed's gate-trained "
+                                                  "model with its binarised placement for this many epochs "
+                                                  "(SNL's protocol), beside the placement trained by the recipe."),
     seeds: Seeds = None,
     seed: SeedAlias = [],
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs of every run (e.g. fewer "
@@ -93,7 +96,7 @@ def search_command(
     runner = make_executor(executor, address, gpus_per_task, cpus_per_task)  # before anything is read or written
     options = SearchOptions(strategy, stat, order, budget, patience, k, keep, choose, plain_rule, alpha, metric,
                             probe_set, max_placements, accept_all, granularity=granularity, budgets=budgets,
-                            gate_epochs=gate_epochs, lasso=lasso)
+                            gate_epochs=gate_epochs, lasso=lasso, finetune_epochs=finetune_epochs)
     overrides = experiments.Overrides(
         seeds=read_seeds(seeds, seed), epochs=epochs, device=device, data_path=data_path,
         store=str(store) if store else None, sets=list(set_), yes=yes, keep_weights=keep_weights)

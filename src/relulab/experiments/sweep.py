@@ -141,6 +141,17 @@ class Sweep:
             self.store.release(by_key)  # claims of runs not finished (an error, Ctrl-C) go back at once
 
 
+    def record_trained(self, run: SweepRun, result: RunResult) -> bool:
+        """Record a run this process trained itself, outside the executor (the learned strategy's fine-tuned
+        models: trained from weights no spec reproduces), with its weights where the keeper keeps them; False
+        if the store had it already."""
+        if run.data:
+            result.data = {**result.data, **run.data}
+        final = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        return self.store.record(Finished(run.key, run.experiment, run.part, run.variant, result, {},
+                                          self.keeper.stage(run.key, result, final)))
+
+
 def run_line(head: str, result: RunResult, stored: bool) -> str:
     """The log line of a recorded run: `head` (which run), then what became of it."""
     h = result.history

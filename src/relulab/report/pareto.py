@@ -22,7 +22,7 @@ from relulab.report.sections import Section
 
 MAX_LEVELS = 12  # budget rows of the table at most
 BEST = " \u2605"  # marks the best series of a table row (the report's cells are plain, escaped text)
-BUDGETED_KINDS = ("learned", "random")  # kinds whose searches name their budgets (options "budgets")
+BUDGETED_KINDS = ("learned", "random", "finetuned")  # kinds whose searches name their budgets (options "budgets")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h")
 DODGE_POINTS = 3.0  # how far apart sideways (points) series are drawn where two have a point at one count
 
@@ -101,6 +101,7 @@ KINDS: dict[str, Kind] = {
     "exhaustive": Kind(lambda o: f"exhaustive (k <= {o.get('k')})", every_row, joined=False),
     "learned": Kind(lambda o: f"learned ({granularity(o)})", every_row),
     "random": Kind(lambda o: f"random ({granularity(o)})", every_row),
+    "finetuned": Kind(lambda o: f"learned, fine-tuned ({granularity(o)})", every_row),
 }
 
 
@@ -297,9 +298,13 @@ def comparable_text(searches: list[dict]) -> str:
     metrics = {s.get("metric") for s in searches}
     if len(seeds) == len(epochs) == len(metrics) == 1:
         (one,) = seeds
+        tuned = any(step.get("kind") == "finetuned" for s in searches for step in s.get("steps") or ())
         return (f"Points of different strategies are comparable because each placement is trained by the same "
                 f"recipe ({next(iter(epochs))} epochs of the base's training) over the same seeds "
-                f"({', '.join(map(str, one))}).")
+                f"({', '.join(map(str, one))})" + (
+                    "; the fine-tuned series is the exception: its models go on from the gate-trained weights (the "
+                    "base's training, the gates', then the fine-tuning: more training in all), as SNL's do."
+                    if tuned else "."))
     differ = [what for what, values in (("seeds", seeds), ("epochs", epochs), ("metric", metrics))
               if len(values) > 1]
     return (f"These searches differ in {', '.join(differ)}: their points were not trained or measured alike, and "

@@ -56,6 +56,9 @@ class SearchOptions:
     lasso: Optional[float] = None
     lasso_growth: Optional[float] = None
     gate_lr: Optional[float] = None
+    # learned: also fine-tune each seed's gate-trained model with its binarised placement for this many epochs
+    # (SNL's protocol), beside the placement trained by the recipe; None or 0: not
+    finetune_epochs: Optional[int] = None
 
     def validate(self, active: list[int]) -> "SearchOptions":
         """A copy with defaults resolved, checked against the `active` slots of the model it starts from;
@@ -80,6 +83,10 @@ class SearchOptions:
         o.budgets = _budgets(o.budgets)
         if o.strategy == "learned":
             o._resolve_gate_training()
+        if o.finetune_epochs is not None and (isinstance(o.finetune_epochs, bool) or not isinstance(
+                o.finetune_epochs, int) or not 0 <= o.finetune_epochs <= 10_000):
+            raise UserError(f"search.finetune_epochs: expected a whole number of epochs from 0 to 10000, got "
+                            f"{o.finetune_epochs!r}")
         return o
 
     def gate_training(self):
@@ -124,6 +131,8 @@ class SearchOptions:
                     **{k: getattr(self, k) for k in PATH_OPTIONS[self.strategy]}}
         if self.accept_all and self.strategy == "greedy":  # only when set: the ids of earlier searches stay
             identity["accept_all"] = True
+        if self.finetune_epochs and self.strategy == "learned":  # the same
+            identity["finetune_epochs"] = self.finetune_epochs
         return identity
 
 

@@ -107,6 +107,7 @@ import relulab.search.gates as gates
 from relulab.search.options import SearchOptions
 from relulab.search.subject import ensure_plan, pick_part, pick_variant, probe_rows
 from relulab.store import RETRAINED_FOR_PROBING, Store, retrained_key
+from relulab.training.loop import run_model
 from relulab.training.specs import Job, RunSpec
 from relulab.store.weights import KeptWeights
 from relulab.zoo.models import build_model
@@ -588,12 +589,33 @@ def learned_placements(s: Search, budgets: list[int]) -> dict[str, dict[int, dic
                 values = gates.learn_gates(model, s.device_splits(), s.base.spec, o.granularity, b, training, seed,
                                            s.device)
                 one = _found(s, gates.fill_budget(values, costs, b), o.granularity, time.perf_counter() - started)
-                s.store.save_search_placement(s.id, name, seed, one["model"], one["relu_count"], one["seconds"])
                 s.log(f"[learned] seed {seed}, budget {b:,}: gates trained {training.epochs} epochs in "
                       f"{one['seconds']:.1f} s, {one['relu_count']:,} ReLUs kept")
+                if o.finetune_epochs:  # before the placement is stored: a resumed search has both or neither
+                    one["model"]["finetuned"] = finetune(s, model, one["model"], name, seed)
+                s.store.save_search_placement(s.id, name, seed, one["model"], one["relu_count"], one["seconds"])
                 stored[(name, seed)] = one
             found.setdefault(name, {})[seed] = stored[(name, seed)]
     return found
+
+
+def finetune(s: Search, model: torch.nn.Module, found: dict, name: str, seed: int) -> str:
+    """SNL's last step: the gate-trained `model` with its binarised placement fixed (`found`: slots and masks)
+    trained on for search.finetune_epochs by the recipe, and recorded as a run of its own (its key: the
+    placement's run key, marked fine-tuned by this search; its spec the placement's at those epochs, though no
+    spec reproduces its starting weights, which its data names). Returns its key."""
+    spec = s.spec_with(found)
+    spec.train.epochs = s.options.finetune_epochs
+    model.set_slots(spec.model.slots)
+    model.set_masks(spec.model.masks)
+    key = f"{run_key(s.spec_with(found), seed)}-finetuned-{s.id}"
+    if key not in s.store.done_keys([key]):
+        result = run_model(spec, model, seed, s.device_splits())
+        run = SweepRun(Job(spec, seed, key), s.exp.name, s.part.name, f"{name}-finetuned",
+                       data={"finetuned_from": run_key(s.spec(()), seed), "search": s.id})
+        stored = s.sweep.record_trained(run, result)
+        s.log(run_line(f"[learned] {name} seed {seed}, fine-tuned {spec.train.epochs} epochs", result, stored))
+    return key
 
 
 def _budget_rows(s: Search, base: Measured, measured: dict[str, Measured], names: list[str],
@@ -617,6 +639,9 @@ def random_baseline(s: Search) -> dict:
 def learned(s: Search) -> dict:
     o = s.options
     budgets = s.budgets()
+    schedule = s.base.spec.train.schedule
+    if o.finetune_epochs and schedule is not None:  # before any gates train: the fine-tuning's schedule must fit
+        copy.deepcopy(schedule).validate(o.finetune_epochs, "search.finetune_epochs")
     base = s.measure([()])[frozenset()]  # the models the gates start from (their kept weights)
     found = learned_placements(s, budgets)
     chance = random_placements(s, budgets)
@@ -633,6 +658,14 @@ def learned(s: Search) -> dict:
                 f"{o.granularity} gates, {o.gate_epochs} epochs from each seed's base model; " + "; ".join(leads))
     s.save_step(2, "random", base, "measured", _budget_rows(s, base, measured, chance_names, {}), None,
                 f"chance: a random {o.granularity} placement per seed at each budget")
+    if o.finetune_epochs:
+        tuned = {n: stored_measurement(s.store, measured[n].off, f"{n}-finetuned",
+                                       [found[n][seed]["model"]["finetuned"] for seed in s.seeds], o.metric,
+                                       s.probe_set.name, measured[n].relu_count) for n in names}
+        s.save_step(3, "finetuned", base, "measured",
+                    [s.row(base, 0)] + [s.row(tuned[n], i + 1, against[n]) for i, n in enumerate(names)], None,
+                    f"each seed's gate-trained model with its placement, fine-tuned {o.finetune_epochs} epochs "
+                    "(SNL's protocol), against chance at the same budget")
     return {**s.summary_of(best), "budgets": budgets,
             "by_budget": {str(b): {"learned": s.summary_of(measured[n]), "random": s.summary_of(measured[c])}
                           for b, n, c in zip(budgets, names, chance_names)}}

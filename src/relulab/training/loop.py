@@ -229,7 +229,15 @@ def run(spec: RunSpec, seed: int = 0, device: str | torch.device = "auto", split
         splits = load_data(spec.data)
     if splits.device != device:
         splits = splits.to(device)
-    model = build_for(spec, splits, seed, device)
+    return run_model(spec, build_for(spec, splits, seed, device), seed, splits, callbacks, saver)
+
+
+def run_model(spec: RunSpec, model: SlotNet, seed: int, splits: Splits, callbacks: Sequence[Callback] = (),
+              saver: Optional["Saver"] = None) -> RunResult:
+    """Train `model` (built for `spec`, on the device of `splits`) by `spec`'s recipe from the weights it has, with
+    batches from `seed`, and return the result: `run`'s second half, and the fine-tuning of a model a search
+    has already trained (relulab.search: the learned strategy's gate-trained weights)."""
+    device = splits.device
     best = BestWeights()
     with matmul_precision(float32_products(spec)):
         history = train_model(model, splits, spec.train, seed, [*callbacks, best], autocast_dtype(spec, device),
