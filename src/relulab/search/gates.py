@@ -272,6 +272,8 @@ def _train_gates(model, gates: Gates, splits: Splits, spec: RunSpec, budget: int
         for xb, yb in _batches(splits, t.batch_size, generator):
             if t.augment is not None:
                 xb = augment_batch(xb, t.augment, generator)
+            if xb.dim() == 4 and xb.is_cuda:
+                xb = xb.contiguous(memory_format=torch.channels_last)  # as the packed steps feed cuDNN (steps.py)
             with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
