@@ -18,6 +18,7 @@ import torch
 from relulab.packing.fused import MAX_BATCH
 from relulab.training.specs import Job, autocast_dtype, float32_products
 from relulab.zoo.activations import KERNEL_CODES, canonical_name, parse_activation
+from relulab.zoo.masks import parse_mask
 from relulab.zoo.models import ModelSpec, model_entry
 from relulab.zoo.optim import STACKED_OPTIMIZERS
 
@@ -33,7 +34,8 @@ def mask_layout(model: ModelSpec) -> tuple:
     """Which slots of the model have masks, at what granularity and shape (relulab.zoo.masks): the masks are
     buffers of the slots, so models whose layouts match can share a functional stack (each its own masks); the
     MLP and CNN stacks and the fused step compute every element of a slot alike, so they take no masked model."""
-    return tuple(sorted((str(slot), *text.split(":")[:2]) for slot, text in model.masks.items()))
+    masks = {str(slot): parse_mask(text) for slot, text in model.masks.items()}
+    return tuple(sorted((slot, m.granularity, tuple(m.keep.shape)) for slot, m in masks.items()))
 
 
 def fusable(job: Job) -> bool:

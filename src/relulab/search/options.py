@@ -13,7 +13,7 @@ from typing import Optional, Union
 from relulab.core.errors import UserError, unknown_choice
 from relulab.core.ranges import parse_ranges
 from relulab.probes import statistics as probes_mod
-from relulab.zoo.masks import GRANULARITIES
+from relulab.search.gates import GateTraining, check_granularity
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc")
 ORDERS = ("highest", "lowest")
@@ -78,8 +78,7 @@ class SearchOptions:
             raise UserError(f"search.k: expected 1 to {n} (the slots that are on), got {o.k}")
         o.keep = _kept_counts(o.keep, n)
         o._check_placements(n)
-        if o.granularity not in GRANULARITIES:
-            raise unknown_choice("search.granularity", o.granularity, GRANULARITIES)
+        check_granularity(o.granularity, "search.granularity")
         o.budgets = _budgets(o.budgets)
         if o.strategy == "learned":
             o._resolve_gate_training()
@@ -89,10 +88,8 @@ class SearchOptions:
                             f"{o.finetune_epochs!r}")
         return o
 
-    def gate_training(self):
+    def gate_training(self) -> GateTraining:
         """The learned strategy's gate training (relulab.search.gates.GateTraining) from these options."""
-        from relulab.search.gates import GateTraining
-
         return GateTraining(**{f: getattr(self, o) for o, f in GATE_FIELDS.items()
                                if getattr(self, o) is not None}).validate("search", {f: o for o, f in
                                                                                       GATE_FIELDS.items()})

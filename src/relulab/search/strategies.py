@@ -138,6 +138,7 @@ class Search:
         self.exp, self.part, self.base, self.store, self.device, self.log = exp, part, base, store, device, log
         self.sweep = sweep
         self.splits = splits  # on the host: its probe set goes to `device`, where the probes are measured
+        self._device_splits = None  # all of it on `device`, for the learned strategy's gates (device_splits)
         self.seeds = list(part.seeds)
         model = build_model(base.spec.model, splits.input_shape, splits.num_classes)
         self.slots = [s.index for s in model.slots]
@@ -197,10 +198,7 @@ class Search:
                 key = run_key(spec, seed)
                 runs.setdefault(key, (off, SweepRun(Job(spec, seed, key), self.exp.name, self.part.name,
                                                     self.label(off))))
-        done = self.store.done_keys(runs)
-        fresh = [k for k in done if k not in self._seen_keys]
-        self.reused += len(fresh)
-        self._seen_keys |= set(runs)
+        done = self._stored(runs)
         have = self._probed_keys([k for k in done if runs[k][0] in want_probes])
         again = self._probe_kept([k for k in done if runs[k][0] in want_probes and k not in have])
         if again:
@@ -226,9 +224,7 @@ class Search:
                 key = run_key(spec, seed)
                 runs.setdefault(key, SweepRun(Job(spec, seed, key), self.exp.name, self.part.name, label))
                 keys.setdefault(label, []).append(key)
-        done = self.store.done_keys(runs)
-        self.reused += len([k for k in done if k not in self._seen_keys])
-        self._seen_keys |= set(runs)
+        done = self._stored(runs)
         self._probe_trained(self.sweep.run([run for key, run in runs.items() if key not in done]))
         measured = {}
         for label, by_seed in found.items():
@@ -237,6 +233,14 @@ class Search:
             measured[label] = stored_measurement(self.store, off, label, keys[label], self.options.metric,
                                                  self.probe_set.name, count)
         return measured
+
+    def _stored(self, keys: Iterable[str]) -> set[str]:
+        """The runs of `keys` already in the store, counted as reused the first time this search meets them."""
+        keys = list(keys)
+        done = self.store.done_keys(keys)
+        self.reused += len([k for k in done if k not in self._seen_keys])
+        self._seen_keys |= set(keys)
+        return done
 
     @staticmethod
     def _slots_off(model: dict) -> frozenset:
@@ -254,7 +258,7 @@ class Search:
 
     def device_splits(self):
         """The data on the search's device (for the learned strategy's gate training), moved there once."""
-        if getattr(self, "_device_splits", None) is None:
+        if self._device_splits is None:
             self._device_splits = self.splits.to(self.device)
         return self._device_splits
 
@@ -280,11 +284,17 @@ class Search:
 
     def _kept_model(self, key: str) -> Optional[torch.nn.Module]:
         """Run `key`'s model from its kept final weights, or from its copy's retrained for probing; None."""
+        _, ckpt = self._kept_checkpoint(key)
+        return None if ckpt is None else ckpt.model.to(self.device)
+
+    def _kept_checkpoint(self, key: str):
+        """(the key whose weights were found, their checkpoint): run `key`'s kept final weights, else those of its
+        copy retrained for probing; (None, None) where neither kept any."""
         for target in (key, retrained_key(key)):
             ckpt = self.kept.checkpoint(target)
             if ckpt is not None:
-                return ckpt.model.to(self.device)
-        return None
+                return target, ckpt
+        return None, None
 
     @staticmethod
     def _copy(run: SweepRun) -> SweepRun:
@@ -300,11 +310,8 @@ class Search:
         with no weights to probe."""
         rest, probed = [], 0
         for key in keys:
-            for target in (key, retrained_key(key)):
-                ckpt = self.kept.checkpoint(target)
-                if ckpt is not None:
-                    break
-            else:
+            target, ckpt = self._kept_checkpoint(key)
+            if ckpt is None:
                 rest.append(key)
                 continue
             result = probes_mod.measure(ckpt.model.to(self.device), self.probe_x, self.probe_y,
@@ -605,10 +612,10 @@ def finetune(s: Search, model: torch.nn.Module, found: dict, name: str, seed: in
     placement's run key, marked fine-tuned by this search; its spec the placement's at those epochs, though no
     spec reproduces its starting weights, which its data names). Returns its key."""
     spec = s.spec_with(found)
+    key = f"{run_key(spec, seed)}-finetuned-{s.id}"  # the placement's key, before the epochs change
     spec.train.epochs = s.options.finetune_epochs
     model.set_slots(spec.model.slots)
     model.set_masks(spec.model.masks)
-    key = f"{run_key(s.spec_with(found), seed)}-finetuned-{s.id}"
     if key not in s.store.done_keys([key]):
         result = run_model(spec, model, seed, s.device_splits())
         run = SweepRun(Job(spec, seed, key), s.exp.name, s.part.name, f"{name}-finetuned",
