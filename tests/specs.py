@@ -52,5 +52,15 @@ def store_value(store: Path, sql: str):
         db.close()
 
 
+def store_rows(store: Path, sql: str, args=()) -> list[dict]:
+    """The rows of a query on a store file, as dicts."""
+    db = sqlite3.connect(store)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(sql, args)]
+    finally:
+        db.close()
+
+
 def stored_runs(store: Path) -> int:
     return store_value(store, "SELECT count(*) FROM runs") or 0

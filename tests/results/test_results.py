@@ -1,6 +1,5 @@
 """relulab.results: the store's tables as DataFrames, their columns and values checked against the store itself."""
 import math
-import sqlite3
 
 import pandas as pd
 import pytest
@@ -10,14 +9,7 @@ from relulab.core.errors import UserError
 from relulab.core.stats import holm
 from relulab.store import Store
 from results_store import store  # noqa: F401  (the fixture: a store of two experiments)
-
-def rows(path, sql, *args):
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql, args)]
-    finally:
-        db.close()
+from specs import store_rows as rows
 
 
 def same(a, b) -> bool:

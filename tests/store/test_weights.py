@@ -19,6 +19,7 @@ from relulab.experiments import Overrides, load_experiment, run_experiment
 from relulab.search import SearchOptions, probe_configuration, run_search
 from relulab.store import RETRAINED_FOR_PROBING, Finished, Store, retrained_key
 from specs import quiet, relulab, write_spec
+from specs import store_rows as rows
 
 # Three epochs of SGD on 240 synthetic images: the seeds differ in where their best epoch falls, so some runs
 # keep a best-epoch file beside their final one. Two seeds of each configuration train packed.
@@ -35,15 +36,6 @@ configs:
   tanh: {model: {activation: tanh}}
 baseline: relu
 """
-
-
-def rows(store, sql, args=()):
-    db = sqlite3.connect(store)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql, args)]
-    finally:
-        db.close()
 
 
 def experiment(tmp_path, text=SPEC, store="s.sqlite", **overrides):
