@@ -90,9 +90,7 @@ class ModelSpec:
         if not isinstance(self.slots, dict):
             raise UserError(f"{prefix}.slots: expected a mapping of slot number to activation, got {self.slots!r}")
         for index, act in self.slots.items():
-            named = entry.by_reference and isinstance(index, str) and bool(index)  # a slotified model's slot name
-            if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
-                raise UserError(f"{prefix}.slots: slot numbers start at 1, got {index!r}")
+            _check_slot_key(index, entry.by_reference, f"{prefix}.slots")
             parse_activation(act, f"{prefix}.slots.{index}")
         self._validate_masks(entry.by_reference, f"{prefix}.masks")
         canonical_init(self.kernel_init(), f"{prefix}.init")
@@ -120,9 +118,7 @@ class ModelSpec:
         if not isinstance(self.masks, dict):
             raise UserError(f"{field}: expected a mapping of slot number to mask, got {self.masks!r}")
         for index, text in self.masks.items():
-            named = by_reference and isinstance(index, str) and bool(index)
-            if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
-                raise UserError(f"{field}: slot numbers start at 1, got {index!r}")
+            _check_slot_key(index, by_reference, field)
             parse_mask(text, f"{field}.{index}")
 
     def _refuse_reference_fields(self, prefix: str) -> None:
@@ -143,6 +139,13 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_slot_key(index, by_reference: bool, field: str) -> None:
+    """A key of model.slots or model.masks: a slot number from 1, or a slotified model's slot name."""
+    named = by_reference and isinstance(index, str) and bool(index)
+    if not named and (not isinstance(index, int) or isinstance(index, bool) or index < 1):
+        raise UserError(f"{field}: slot numbers start at 1, got {index!r}")
 
 
 class Slot(nn.Module):
@@ -236,6 +239,7 @@ class SlottedModel(nn.Module):
     def set_masks(self, masks: dict, field: str = "model.masks") -> None:
         """Keep only some elements of slots nonlinear: {slot number or name: Mask or its text}."""
         shapes = self.slot_shapes()
+        param = next(self.parameters(), None)
         for key, mask in masks.items():
             try:
                 slot = self.slot(key)
@@ -246,7 +250,6 @@ class SlottedModel(nn.Module):
                                 "only a slot with one output per example can be masked")
             mask = mask if isinstance(mask, Mask) else parse_mask(mask, f"{field}.{key}")
             keep = broadcast_keep(mask, shapes[slot.index], f"{field}.{key}")
-            param = next(self.parameters(), None)
             slot.set_keep(keep if param is None else keep.to(param.device))
 
     def relu_counts(self) -> dict[int, int]:
