@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # ReLU budgets, every strategy against chance, on one GPU (BENCHMARKS.md, "ReLU budgets: learned placements
-# against chance"):
-#   1. resnet20 (easier-resnet20: 4 epochs, 3 seeds), learned at channel granularity: SNL's gates from each seed's
-#      base model, binarised to 50%, 25% and 10% of the ReLUs, each placement trained by the recipe at its seed,
-#      beside a random channel placement at each budget;
-#   2. the same at layer granularity (whole slots);
-#   3. resnet20, budget: the slots of lowest sign entropy (EASIER's statistic) switched off first, 14, 9, 4 kept;
-#   4. seed-cnn (greedy-relu-cifar10 at 5 epochs, 3 seeds, tf32: its bf16 stacks' Triton kernels would spend a
-#      minute tuning on a fresh machine), learned at channel granularity with chance beside it;
-#   5. folding latency on the GPU (benchmarks/fold_latency.py).
+# against chance"). Each step is a search on a store; a step cut short by its time limit resumes from its store
+# when the script runs again (found placements and finished runs are stored as they come).
+#   resnet20 (easier-resnet20: 4 epochs, 3 seeds):
+#     1. learned at channel granularity: SNL's gates from each seed's base model, binarised to 50%, 25% and 10%
+#        of the ReLUs, each placement trained by the recipe at its seed, beside a random placement per budget;
+#     2. the same at layer granularity (whole slots);
+#     3. budget: the slots of lowest sign entropy (EASIER's statistic) switched off first, 14, 9, 4 kept.
+#   seed-cnn (greedy-relu-cifar10 at 5 epochs, 3 seeds, tf32 products):
+#     4. learned at channel granularity, 5. at layer granularity, both with chance beside them;
+#     6. budget by lowest sign entropy, 7, 4, 2 slots kept; 7. the oracle (every single slot off).
+#   8. a report of each store (the Pareto section compares every strategy at each budget).
 # The resnet20 store may already hold the easier-resnet20 oracle (benchmarks/easier_gpu.sh): its base runs are
 # reused, and where their weights were not copied with it the learned strategy trains a copy of each to start from.
-# Each step has its own time limit; a search cut short resumes from its store when run again.
 # Usage (repository root): bash benchmarks/relu_budgets_gpu.sh CIFAR_ARCHIVE RESNET20_STORE SEEDCNN_STORE OUT_DIR
+# Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT.
 set -uo pipefail
 cifar=$1
 r20=$2
@@ -21,14 +23,29 @@ out=$4
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 probes=(--probe-set per-class:100 --data-path "$cifar" --no-report)
-for granularity in channel layer; do
-    time timeout "${R20_LIMIT:-150}" python -m relulab search easier-resnet20 --strategy learned \
-        --granularity "$granularity" --budgets 0.5,0.25,0.1 --store "$r20" "${probes[@]}"
+search() {  # search LIMIT ARGS...: one search, timed, cut at LIMIT seconds
+    local limit=$1
+    shift
+    echo "== relulab search $*"
+    time timeout "$limit" python -m relulab search "$@" "${probes[@]}"
+}
+learned=(--strategy learned --budgets 0.5,0.25,0.1)
+cnn_recipe=(greedy-relu-cifar10 --epochs 5 --set train.precision=tf32)
+search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
+search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
+search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy --order lowest \
+    --store "$r20"
+search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity channel --store "$cnn"
+search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity layer --store "$cnn"
+search "${SMALL_LIMIT:-40}" "${cnn_recipe[@]}" --strategy budget --keep 7,4,2 --stat sign_entropy --order lowest \
+    --store "$cnn"
+search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
+for store in "$r20" "$cnn"; do
+    python - "$store" <<'PY'
+import sqlite3, sys
+sqlite3.connect(sys.argv[1]).execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a killed search leaves rows in the WAL
+PY
+    name=$(basename "$store" .sqlite)
+    gzip -c "$store" > "$out/$name.sqlite.gz"
+    time timeout 60 python -m relulab report "$store" --out "$out/report-$name"
 done
-time timeout "${BUDGET_LIMIT:-60}" python -m relulab search easier-resnet20 --strategy budget --keep 14,9,4 \
-    --stat sign_entropy --order lowest --store "$r20" "${probes[@]}"
-gzip -c "$r20" > "$out/$(basename "$r20").gz"
-time timeout "${CNN_LIMIT:-150}" python -m relulab search greedy-relu-cifar10 --epochs 5 --strategy learned \
-    --set train.precision=tf32 --granularity channel --budgets 0.5,0.25,0.1 --store "$cnn" "${probes[@]}"
-gzip -c "$cnn" > "$out/$(basename "$cnn").gz"
-time timeout 50 python benchmarks/fold_latency.py --device cuda --min-run-time 1 --out "$out/fold-latency"
