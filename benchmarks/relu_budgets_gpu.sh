@@ -14,7 +14,8 @@
 # The resnet20 store may already hold the easier-resnet20 oracle (benchmarks/easier_gpu.sh): its base runs are
 # reused, and where their weights were not copied with it the learned strategy trains a copy of each to start from.
 # Usage (repository root): bash benchmarks/relu_budgets_gpu.sh CIFAR_ARCHIVE RESNET20_STORE SEEDCNN_STORE OUT_DIR
-# Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT.
+# Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT, ORACLE_LIMIT (0: no oracle); SKIP_R20=1 skips
+# the resnet20 steps.
 set -uo pipefail
 cifar=$1
 r20=$2
@@ -31,21 +32,27 @@ search() {  # search LIMIT ARGS...: one search, timed, cut at LIMIT seconds
 }
 learned=(--strategy learned --budgets 0.5,0.25,0.1)
 cnn_recipe=(greedy-relu-cifar10 --epochs 5 --set train.precision=tf32)
-search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
-search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
-search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy --order lowest \
-    --store "$r20"
+if [ -z "${SKIP_R20:-}" ]; then
+    search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
+    search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
+    search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy \
+        --order lowest --store "$r20"
+fi
 search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity channel --store "$cnn"
 search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity layer --store "$cnn"
 search "${SMALL_LIMIT:-40}" "${cnn_recipe[@]}" --strategy budget --keep 7,4,2 --stat sign_entropy --order lowest \
     --store "$cnn"
-search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
-for store in "$r20" "$cnn"; do
+[ "${ORACLE_LIMIT:-110}" -gt 0 ] && search "${ORACLE_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
+stores=("$cnn")
+[ -z "${SKIP_R20:-}" ] && stores=("$r20" "$cnn")
+for store in "${stores[@]}"; do
     python - "$store" <<'PY'
 import sqlite3, sys
 sqlite3.connect(sys.argv[1]).execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a killed search leaves rows in the WAL
 PY
     name=$(basename "$store" .sqlite)
     gzip -c "$store" > "$out/$name.sqlite.gz"
+    # a pack cut short saved its state here (every minute): carried back, a later call resumes it
+    [ -d "${store%.sqlite}.progress" ] && tar czf "$out/$name.progress.tar.gz" -C "$(dirname "$store")" "$name.progress"
     time timeout 60 python -m relulab report "$store" --out "$out/report-$name"
 done
