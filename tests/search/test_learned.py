@@ -132,3 +132,26 @@ def test_learned_with_fine_tuning_records_each_seeds_tuned_model_as_a_run_of_its
     assert again.trained == 0 and again.result == outcome.result
     with pytest.raises(UserError, match="search.finetune_epochs"):
         run_search(exp, SearchOptions("learned", finetune_epochs=-1), log=quiet)
+
+
+def test_a_store_copied_without_its_weights_still_gives_gates_a_base_to_start_from(tmp_path):
+    """A store carried to another machine without its weights folder: the learned strategy trains a copy of each
+    base run to start from, stored as its own record. Carried once more, without weights again, that copy's
+    record is there but its weights are not: the copy trained again is used as it trained (the store drops the
+    duplicate record), rather than the search failing for want of weights."""
+    import shutil
+
+    exp = mlp(tmp_path)
+    weights = tmp_path / "s.weights"
+
+    def search(budgets):
+        shutil.rmtree(weights, ignore_errors=True)
+        lines = []
+        run_search(exp, SearchOptions("learned", granularity="unit", budgets=budgets, gate_epochs=1), log=lines.append)
+        return lines
+
+    search("0.5")
+    assert any("training a copy of each" in line for line in search("0.5,0.25"))
+    lines = search("0.5,0.25,0.125")
+    assert any("training a copy of each" in line for line in lines)
+    assert sum("gates trained" in line for line in lines) == 3 * 2  # another search: every budget, each seed

@@ -267,15 +267,20 @@ class Search:
         else from those of its copy retrained for probing; where neither is kept (a store copied without its
         weights folder), such a copy is trained now and stored as its own record, as `measure` does to probe."""
         keys = {seed: run_key(self.spec(()), seed) for seed in seeds}
-        missing = [seed for seed, key in keys.items() if self._kept_model(key) is None]
+        models = {seed: self._kept_model(key) for seed, key in keys.items()}
+        missing = [seed for seed, model in models.items() if model is None]
         if missing:
             self.log(f"{len(missing)} base runs kept no weights to start gates from: training a copy of each "
                      "(stored as its own record, retrained for probing; the stored runs are kept as they are)")
             runs = [SweepRun(Job(self.spec(()), seed, keys[seed]), self.exp.name, self.part.name, self.label(()))
                     for seed in missing]
-            self._probe_trained(self.sweep.retrain([self._copy(run) for run in runs]))
+            recorded = list(self.sweep.retrain([self._copy(run) for run in runs]))
+            self._probe_trained(recorded)
             self.probed_again += len(missing)
-        models = {seed: self._kept_model(key) for seed, key in keys.items()}
+            # The models as they trained here: the store may keep no weights of them (keep_weights false), or
+            # hold an earlier record of the same copy whose weights did not travel with it (then it drops this one).
+            for done in recorded:
+                models[done.run.job.seed] = self._final_model(done).to(self.device)
         lacking = [seed for seed, model in models.items() if model is None]
         if lacking:
             raise UserError(f"search.strategy: learned trains its gates from the base's weights, and its runs at seeds "
