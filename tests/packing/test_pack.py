@@ -305,3 +305,20 @@ def test_schedules_label_smoothing_and_augmentation_pack_and_equal_separate_runs
     for j in jobs:
         assert results[j.key].data["trained_with"] == len(jobs)
         _assert_same_history(results[j.key], run(j.spec, j.seed, CPU, splits=digits), 1e-4)
+
+
+def test_recording_a_units_kernels_leaves_its_state_as_it_was(digits):
+    """A unit records its kernels by running one step of each batch size and an evaluation (relulab.kernels.launches):
+    weights, optimizer state and totals are put back bit for bit, so training afterwards is training as if it had not."""
+    jobs = [_job(s, opt="adam", epochs=1) for s in (0, 1)]
+    (unit,) = units.form_units(jobs, digits, CPU, [32, 5], max_stack=8)
+    before = [t.clone() for t in unit.state_tensors()]
+    noted = unit.record_kernels(digits.x_test[:16], digits.y_test[:16])
+    assert noted == []  # on the CPU no step launches a Triton kernel
+    assert all(torch.equal(a, b) for a, b in zip(before, unit.state_tensors()))
+    assert len(unit.steps) == 2 and any(not torch.equal(a, b) for a, b in zip(before, _after_one_step(unit)))
+
+
+def _after_one_step(unit):
+    unit.steps[32](torch.arange(32).unsqueeze(0).expand(unit.stack.k, -1).contiguous())
+    return unit.state_tensors()

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from relulab.kernels.activation_code import activate, activation_grad_columns
+from relulab.kernels.launches import launch
 
 
 @triton.jit
@@ -359,7 +360,7 @@ def _forward(x, w, b, codes, stats: bool, cfg):
     grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K)
     # Without codes or stats the kernel never reads those pointers (ACT, STATS are off); b stands in for them.
     sums = torch.empty(2, grid[0], K, COUT, device=x.device, dtype=torch.float32) if stats else b
-    _fprop_kernel[grid](x, w, b, y, b if codes is None else codes, sums, NB, H, W, K, CIN, COUT, KS, **cfg,
+    launch(_fprop_kernel, grid, x, w, b, y, b if codes is None else codes, sums, NB, H, W, K, CIN, COUT, KS, **cfg,
                         ACT=codes is not None, STATS=stats)
     return y, sums if stats else None
 
@@ -402,7 +403,7 @@ def activation_backward_partial(da, a, dsums, codes, block_m: int = ACT_BACKWARD
     check_indexable(a)
     dpre = torch.empty_like(a)
     part = torch.empty(grid[0], K, C, device=a.device, dtype=torch.float32)
-    _act_backward_kernel[grid](da, a, dsums, codes, dpre, part, M, K * C, C, BLOCK_M=block_m, BLOCK_C=block_c)
+    launch(_act_backward_kernel, grid, da, a, dsums, codes, dpre, part, M, K * C, C, BLOCK_M=block_m, BLOCK_C=block_c)
     return dpre, part
 
 
@@ -421,7 +422,7 @@ def conv_dgrad(dy, w, H, W, cfg=None):
     dx = dy.new_empty(NB, H, W, K, CIN)
     check_indexable(dy, dx)
     grid = (triton.cdiv(NB * H * W, cfg["BLOCK_M"]), _column_tiles(CIN, cfg), K)
-    _dgrad_kernel[grid](dy, w, dx, NB, H, W, K, CIN, COUT, KS, **cfg)
+    launch(_dgrad_kernel, grid, dy, w, dx, NB, H, W, K, CIN, COUT, KS, **cfg)
     return dx
 
 
@@ -441,7 +442,7 @@ def conv_wgrad_partial(x, dy, KS, cfg=None):
     part = torch.empty(K * split, COUT, KS, KS, CIN, device=x.device, dtype=torch.float32)
     check_indexable(x, dy)
     grid = (triton.cdiv(KS * KS * CIN, cfg["BLOCK_M"]), _column_tiles(COUT, cfg), K * split)
-    _wgrad_kernel[grid](x, dy, part, NB, H, W, K, CIN, COUT, KS, **cfg)
+    launch(_wgrad_kernel, grid, x, dy, part, NB, H, W, K, CIN, COUT, KS, **cfg)
     return part.view(K, split, COUT, KS, KS, CIN)
 
 

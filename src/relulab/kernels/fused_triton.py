@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from relulab.kernels.activation_code import activate, activation_grad
+from relulab.kernels.launches import launch
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def linear_forward(x, w, b, layer, out, precision: str = "ieee") -> None:
     k, batch, fan_in = x.shape
     fan_out = out.shape[2]
     config = FORWARD_CONFIG[precision]
-    _forward_kernel[(k, triton.cdiv(fan_out, config["BLOCK_OUT"]))](
+    launch(_forward_kernel, (k, triton.cdiv(fan_out, config["BLOCK_OUT"])),
         x, w, b, out, layer.codes, batch, fan_in, fan_out, w.stride(0), BLOCK_B=_block_b(batch), PRECISION=precision,
         **config)
 
@@ -101,6 +102,6 @@ def linear_backward(g, y, x, w, layer, dw, db, dx, precision: str = "ieee") -> N
     fan_out = y.shape[2]
     assert dw.stride(0) == w.stride(0) == db.stride(0)  # all views of (K, n) tensors of one n
     config = BACKWARD_CONFIG[precision]
-    _backward_kernel[(k, triton.cdiv(fan_in, config["BLOCK_IN"]))](
+    launch(_backward_kernel, (k, triton.cdiv(fan_in, config["BLOCK_IN"])),
         g, y, x, w, layer.codes, dw, db, dx if dx is not None else x, batch, fan_in, fan_out, w.stride(0),
         BLOCK_B=_block_b(batch), WRITE_DX=dx is not None, PRECISION=precision, **config)

@@ -33,6 +33,7 @@ ordinary `SlotNet`s, so results look the same as single runs.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -41,6 +42,7 @@ import torch
 from relulab.core.env import provenance, resolve_device
 from relulab.core.errors import UserError
 from relulab.data import Splits
+from relulab.kernels import launches
 from relulab.packing.rules import data_packs, pack_key, schedule_key, stacks_cnns, stacks_functional
 from relulab.packing.units import Unit, form_units
 from relulab.training import loop, resume
@@ -79,6 +81,8 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
         # Before capture: a graph captured without augmentation would replay unaugmented batches.
         unit.augment_with([generators[id(job)] for job in unit.jobs], splits.input_shape)
         unit.schedule(len(bounds))
+    if device.type == "cuda":
+        compile_kernels(units, splits)
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
@@ -99,6 +103,30 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     if saver is not None:
         saver.discard()
     return [by_job[id(job)] for job in jobs]
+
+
+COMPILE_NOTICE_S = 2.0  # a compile shorter than this (Triton's caches were warm) goes unsaid
+
+
+def compile_kernels(units: list[Unit], splits: Splits) -> Optional[launches.Compiled]:
+    """Compile every Triton kernel the units will launch, all at once on several threads, before their first step
+    (relulab.kernels.launches): on a machine whose cache is cold that costs seconds rather than a minute, and
+    says so once. None where no unit runs Triton kernels, or $RELULAB_COMPILE_THREADS is 0."""
+    with_triton = [unit for unit in units if unit.launches_triton]
+    if not with_triton or launches.compile_threads() == 0:
+        return None
+    few = slice(0, min(len(splits.x_test), 64))  # evaluation's kernels do not depend on its batch size
+    try:
+        noted = [one for unit in with_triton for one in unit.record_kernels(splits.x_test[few], splits.y_test[few])]
+        done = launches.compile_all(noted, device=splits.x_train.device)
+    except Exception as e:  # noqa: BLE001 - only a head start: the kernels still compile when first launched
+        print(f"relulab: warning: compiling the GPU kernels ahead of the first step failed ({type(e).__name__}: "
+              f"{e}); each compiles when first launched", file=sys.stderr)
+        return None
+    if done.seconds >= COMPILE_NOTICE_S:
+        print(f"relulab: compiled {done.kernels} GPU kernels in {done.seconds:.0f} s on {done.threads} threads, "
+              f"once per machine (Triton's cache: {launches.cache_dir()})", file=sys.stderr)
+    return done
 
 
 def _run_epochs(units: list[Unit], splits: Splits, device: torch.device, bounds, setup_started: float,

@@ -68,6 +68,11 @@ class GraphedStep:
     def _step(self) -> None:
         raise NotImplementedError
 
+    def dry_run(self) -> None:
+        """One step as `_step`, through the eager path where the step is compiled: the unit runs it while
+        `relulab.kernels.launches.recording()` notes the kernels it would launch, and puts back what it changed."""
+        self._step()
+
     def state(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
@@ -120,6 +125,14 @@ class PackStep(GraphedStep):
 
     def state(self) -> list[torch.Tensor]:
         return self.stack.state_tensors() + self.optimizer.state_tensors() + [self.loss_total, self.correct_total]
+
+    def dry_run(self) -> None:
+        compiled = self.forward, self.update
+        self.forward, self.update = self.stack.forward, self.optimizer.step  # not torch.compile's tracing now
+        try:
+            self._step()
+        finally:
+            self.forward, self.update = compiled
 
     def _step(self) -> None:
         k, batch = self.index.shape

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from relulab.core.env import matmul_precision
 from relulab.data import Splits
+from relulab.kernels import launches
 import relulab.packing.rules as rules  # as a module: benchmarks swap rules in it (bench_speed.fused_path)
 from relulab.packing.functional import FunctionalStack
 from relulab.packing.fused import FusedMLP
@@ -74,6 +75,26 @@ class Unit:
             with matmul_precision(self.products):  # the graph keeps the kernels chosen now
                 step.capture(pool, self.stream)
             pool = step.graph.pool()
+
+    @property
+    def launches_triton(self) -> bool:
+        """Whether the unit runs relulab's Triton kernels: a seed-cnn stack on them, or the fused MLP step."""
+        return bool(getattr(self.stack, "triton_kernels", False)) or getattr(self.stack, "fused", None) is not None
+
+    def record_kernels(self, x: torch.Tensor, y: torch.Tensor) -> list[launches.Launch]:
+        """The kernel launches of one step of each batch size and of an evaluation on (x, y), noted and not made
+        (`relulab.kernels.launches.recording`); everything the steps change is put back as it was."""
+        saved = [t.detach().clone() for t in self.state_tensors()]
+        try:
+            with matmul_precision(self.products), launches.recording() as noted:
+                for step in self.steps.values():
+                    step.dry_run()
+                self.evaluate(x, y, len(x))
+        finally:
+            with torch.no_grad():
+                for t, value in zip(self.state_tensors(), saved):
+                    t.copy_(value)
+        return noted
 
     def schedule(self, steps_per_epoch: int) -> None:
         """Give the unit its models' learning rate at every step, where one of them has a schedule: a table on

@@ -1,0 +1,114 @@
+"""Launching relulab's Triton kernels, and compiling all the kernels a training step needs at once, before it runs.
+
+Triton compiles a kernel the first time it is launched with a new set of constants: about a second each, one after
+another, as a step reaches them. A stack of seed-cnns launches a few dozen distinct kernels (every layer's
+forward, input and weight gradients and activation backward, each with its own tile sizes), so on a machine with a
+cold cache its first step waited most of a minute (BENCHMARKS.md, "The first run"). Nothing is tuned then: the tile
+sizes were chosen ahead of time (`conv_triton.CONFIGS`); the minute is compiling.
+
+So every launch goes through `launch`. Inside `recording()` a launch is noted instead of made; a unit records one
+step and one evaluation that way (their outputs are garbage and are thrown away, relulab.packing.units), and
+`compile_all` compiles the distinct kernels on a thread pool: Triton's compiler and ptxas release the GIL, so the
+compiles run side by side. Compiled kernels go to Triton's on-disk cache (`TRITON_CACHE_DIR`, by default
+~/.triton/cache), so later runs on the machine only load them; the step then finds them compiled in memory.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+# Launches noted while recording; None: launch. A module-level list, not a context variable: autograd runs the
+# backward's kernels on its own thread. One process records while it trains nothing else (a unit's set-up).
+_recorded: Optional[list["Launch"]] = None
+
+
+@dataclass
+class Launch:
+    kernel: Any  # a triton.JITFunction
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    def signature(self) -> tuple:
+        """What Triton compiles this launch for: its constants, and each argument's type; tensors by dtype and
+        16-byte alignment, and the integers Triton does not specialize on (`do_not_specialize`) by nothing at all,
+        so that the same kernel at another batch size is compiled once."""
+        loose = set(getattr(self.kernel, "do_not_specialize", ()) or ())
+        names = getattr(self.kernel, "arg_names", [None] * len(self.args))
+        described = tuple("any" if name in loose else _describe(value) for name, value in zip(names, self.args))
+        return (self.kernel, described, tuple(sorted((k, _describe(v)) for k, v in self.kwargs.items())))
+
+    def compile(self) -> None:
+        self.kernel.warmup(*self.args, grid=self.grid, **self.kwargs)
+
+
+def _describe(value):
+    if hasattr(value, "data_ptr"):
+        return (str(value.dtype), value.data_ptr() % 16 == 0)
+    return value
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs); inside `recording()`, noted instead."""
+    if _recorded is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        _recorded.append(Launch(kernel, tuple(grid), args, kwargs))
+
+
+@contextmanager
+def recording() -> Iterator[list[Launch]]:
+    """Note the kernels launched inside instead of launching them; the list fills as they are reached."""
+    global _recorded
+    if _recorded is not None:
+        raise RuntimeError("kernel launches are already being recorded")
+    _recorded = []
+    try:
+        yield _recorded
+    finally:
+        _recorded = None
+
+
+def compile_threads() -> int:
+    """Threads to compile on: $RELULAB_COMPILE_THREADS (1: one after another; 0: none ahead of time, each kernel
+    compiles when first launched), else one a CPU core, at most 16."""
+    value = os.environ.get("RELULAB_COMPILE_THREADS")
+    if value is not None and value.strip().isdigit():
+        return int(value)
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+@dataclass
+class Compiled:
+    kernels: int  # distinct kernels compiled (or found in Triton's caches)
+    seconds: float
+    threads: int
+
+
+def compile_all(launches: list[Launch], threads: Optional[int] = None, device=None) -> Compiled:
+    """Compile the distinct kernels of `launches`, `threads` at a time (default `compile_threads()`), for `device`
+    (a CUDA torch.device: Triton compiles for each thread's current device, and a new thread's is the first GPU)."""
+    threads = compile_threads() if threads is None else threads
+    unique = list({launch.signature(): launch for launch in launches}.values())
+    started = time.perf_counter()
+    if threads > 0 and unique:
+        on_device = (_set_device, (device,)) if getattr(device, "type", None) == "cuda" else (None, ())
+        with ThreadPoolExecutor(max_workers=threads, initializer=on_device[0], initargs=on_device[1]) as pool:
+            for _ in pool.map(Launch.compile, unique):  # map re-raises a compile's error here
+                pass
+    return Compiled(len(unique), time.perf_counter() - started, threads)
+
+
+def _set_device(device) -> None:
+    import torch  # only here: the module itself imports nothing heavy
+
+    torch.cuda.set_device(device)
+
+
+def cache_dir() -> str:
+    """Where Triton keeps compiled kernels (for the message that says what a first run paid for)."""
+    return os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")

@@ -1,0 +1,57 @@
+"""relulab.kernels.launches: kernel launches noted instead of made while recording, and the distinct kernels of
+what was noted compiled once each (a fake kernel stands in for a triton.JITFunction: this machine has no GPU)."""
+import pytest
+import torch
+
+from relulab.kernels import launches
+
+
+class FakeKernel:
+    """Records launches (`kernel[grid](...)`) and compiles (`kernel.warmup(...)`) as a JITFunction takes them."""
+
+    do_not_specialize = ["NB"]
+    arg_names = ["x_ptr", "NB", "C"]
+
+    def __init__(self):
+        self.launched, self.compiled = [], []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launched.append((grid, args, kwargs))
+
+    def warmup(self, *args, grid, **kwargs):
+        self.compiled.append((args[1:], kwargs))
+
+
+def test_a_launch_is_made_outside_recording_and_noted_inside():
+    kernel, x = FakeKernel(), torch.zeros(4)
+    launches.launch(kernel, (2, 1), x, 128, 16, BLOCK=32)
+    assert kernel.launched == [((2, 1), (x, 128, 16), {"BLOCK": 32})]
+    with launches.recording() as noted:
+        launches.launch(kernel, (2, 1), x, 128, 16, BLOCK=32)
+        with pytest.raises(RuntimeError, match="already being recorded"):
+            with launches.recording():
+                pass
+    assert len(kernel.launched) == 1 and len(noted) == 1 and noted[0].kwargs == {"BLOCK": 32}
+    launches.launch(kernel, (2, 1), x, 128, 16)  # recording is over: launched again
+    assert len(kernel.launched) == 2
+
+
+def test_each_distinct_kernel_compiles_once_whatever_the_batch_size():
+    kernel, x = FakeKernel(), torch.zeros(4)
+    with launches.recording() as noted:
+        launches.launch(kernel, (2,), x, 128, 16, BLOCK=32)
+        launches.launch(kernel, (9,), x, 2048, 16, BLOCK=32)  # another batch (NB is not specialized on)
+        launches.launch(kernel, (2,), x, 128, 48, BLOCK=32)  # another channel count: another kernel
+        launches.launch(kernel, (2,), x.double(), 128, 16, BLOCK=32)  # another dtype: another kernel
+        launches.launch(kernel, (2,), x, 128, 16, BLOCK=64)  # another tile: another kernel
+    done = launches.compile_all(noted, threads=3)
+    assert (done.kernels, done.threads) == (4, 3) and len(kernel.compiled) == 4
+    assert not kernel.launched  # compiled, never run
+    assert launches.compile_all(noted, threads=0).kernels == 4 and len(kernel.compiled) == 4  # 0: none ahead
+
+
+def test_compile_threads_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RELULAB_COMPILE_THREADS", "1")
+    assert launches.compile_threads() == 1
+    monkeypatch.setenv("RELULAB_COMPILE_THREADS", "many")  # not a number: the default
+    assert 1 <= launches.compile_threads() <= 16
