@@ -75,6 +75,10 @@ LAYERS = [("c1", 32, 3, 48), ("c2", 30, 48, 48), ("c3", 28, 48, 96), ("c4", 26, 
           ("c6", 22, 96, 96), ("c7", 10, 96, 192), ("c8", 8, 192, 192), ("c9", 3, 192, 192)]
 KS = 3
 RECORDS = []  # this run's lines, for the tables at the end
+# What a variant is expected to take (seconds), so that none starts that would run far past --budget: a layer's
+# (Triton's compilation of its kernels, a CUDA graph, the repeats), an eager step's (graph capture, the steps),
+# a compiled step's (a cold torch.compile of seed-cnn took about 25 s on an H100, BENCHMARKS.md).
+LAYER_SECONDS, STEP_SECONDS, COMPILED_STEP_SECONDS = 2, 10, 45
 
 
 def emit(rec: dict) -> None:
@@ -97,8 +101,9 @@ class Setting:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
 
-    def out_of_time(self) -> bool:
-        return time.perf_counter() > self.deadline
+    def out_of_time(self, needs: float = 0) -> bool:
+        """Whether a variant expected to take `needs` seconds would end past the budget."""
+        return time.perf_counter() + needs > self.deadline
 
 
 # ---------------------------------------------------------------------------------------------------- timing
@@ -164,15 +169,16 @@ class Problem:
 
 
 def make_problem(size: int, cin: int, cout: int, k: int, s: Setting) -> Problem:
-    generator = torch.Generator().manual_seed(size * 1000 + cin + cout + k)
+    # drawn on the device: on the host, a 16-stack's activations take seconds of the budget to draw
+    generator = torch.Generator(s.device).manual_seed(size * 1000 + cin + cout + k)
     dtype = s.amp or torch.float32
     ho = size - KS + 1
 
     def randn(*shape):
-        return torch.randn(*shape, generator=generator).to(s.device)
+        return torch.randn(*shape, generator=generator, device=s.device)
 
     first = cin == 3  # c1 reads images in [0, 1); the others read activations (ReLU's: half of them 0)
-    x = torch.rand(s.batch, size, size, k, cin, generator=generator).to(s.device) if first \
+    x = torch.rand(s.batch, size, size, k, cin, generator=generator, device=s.device) if first \
         else randn(s.batch, size, size, k, cin).relu()
     return Problem(x=x.to(dtype), w=randn(k, cout, cin, KS, KS) / (KS * KS * cin) ** 0.5, b=randn(k, cout) * 0.1,
                    dy=randn(s.batch, ho, ho, k, cout).to(dtype), dsums=randn(2, k, cout) * 1e-3,
@@ -323,7 +329,7 @@ def measure_layer(name: str, size: int, cin: int, cout: int, k: int, s: Setting,
         for mode in modes:
             rec = {"part": "layer", "layer": name, "path": path, "work": kind, "K": k, "batch": s.batch,
                    "mode": mode, "compile": False}
-            if s.out_of_time():
+            if s.out_of_time(LAYER_SECONDS):
                 emit({**rec, "skipped": "budget"})
                 continue
             try:
@@ -438,7 +444,7 @@ def measure_step(path: str, k: int, compiled: bool, splits, s: Setting, steps: i
            "graph": s.device.type == "cuda"}
     if needs_triton and not s.triton:
         return
-    if s.out_of_time():
+    if s.out_of_time(COMPILED_STEP_SECONDS if compiled else STEP_SECONDS):
         emit({**rec, "skipped": "budget"})
         return
     units = None
@@ -468,9 +474,9 @@ def measure_step(path: str, k: int, compiled: bool, splits, s: Setting, steps: i
 
 def random_splits(s: Setting, images: int):
     """CIFAR-shaped random data on the device (timing only), as the training loop holds it."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(images, 3, 32, 32, generator=generator).to(s.device)
-    y = torch.randint(0, 10, (images,), generator=generator).to(s.device)
+    generator = torch.Generator(s.device).manual_seed(0)
+    x = torch.rand(images, 3, 32, 32, generator=generator, device=s.device)
+    y = torch.randint(0, 10, (images,), generator=generator, device=s.device)
     return SimpleNamespace(x_train=x, y_train=y, input_shape=(3, 32, 32), num_classes=10)
 
 
@@ -504,11 +510,11 @@ def step_table() -> list[str]:
     paths = [p for p in STEP_PATHS if any(r["path"] == p for r in rows)]
     lines = ["\nPer training step of K seed-cnns: ms per step (ratio to the Triton stack), model-epochs/s:",
              "| K | compiled | " + " | ".join(paths) + " |", "|---" * (len(paths) + 2) + "|"]
-    for k, compiled in sorted({(r["K"], r["compile"]) for r in rows}, reverse=True):
+    for k, compiled in sorted({(r["K"], r["compile"]) for r in rows}, key=lambda key: (-key[0], key[1])):
         mine = {r["path"]: r for r in rows if r["K"] == k and r["compile"] == compiled}
         base = mine.get("triton-stack", {}).get("step_ms")
         lines.append(f"| {k} | {compiled} | " + " | ".join(
-            f"{_cell(mine[p]['step_ms'], base, 'ms')}, {mine[p]['model_epochs_s']:.2f}" if p in mine else "-"
+            f"{_cell(mine[p]['step_ms'], base, 'ms')}, {mine[p]['model_epochs_s']:.3g}" if p in mine else "-"
             for p in paths) + " |")
     return lines
 
@@ -524,56 +530,71 @@ def print_tables(modes) -> None:
 
 # ------------------------------------------------------------------------------------------- main
 
-def flags(text: str) -> list[bool]:
-    values = {"on": True, "off": False}
-    try:
-        return [values[v] for v in text.split(",")]
-    except KeyError:
-        raise SystemExit(f"error: --compile: expected on, off or on,off, got {text!r}")
+def listed(text: str, allowed, flag: str) -> list[str]:
+    """The comma-separated values of a flag, each one of `allowed`, or a one-line error naming the flag."""
+    values = text.split(",")
+    wrong = [v for v in values if v not in allowed]
+    if wrong or not values:
+        raise SystemExit(f"error: {flag}: expected a comma-separated list of {', '.join(allowed)}, got {text!r}")
+    return values
+
+
+def measure_part(part: str, k: int, s: Setting, args, splits) -> None:
+    if part == "layers":
+        for name, size, cin, cout in LAYERS:
+            if name in args.layers:
+                measure_layer(name, size, cin, cout, k, s, args.modes)
+        return
+    for compiled in args.compile:
+        for path in STEP_PATHS:
+            measure_step(path, k, compiled, splits, replace(s, repeats=args.step_repeats), args.steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="16", help="stack sizes K, comma-separated (e.g. 16,8)")
     parser.add_argument("--compile", default="off", help="the steps eager (off), compiled (on), or both: off,on")
-    parser.add_argument("--budget", type=float, default=240, help="start no new variant after this many seconds")
-    parser.add_argument("--parts", default="layers,steps", help="layers, steps or both")
+    parser.add_argument("--budget", type=float, default=240, help="start no variant that would end past this many seconds")
+    parser.add_argument("--parts", default="layers,steps", help="layers, steps or both, measured in this order")
     parser.add_argument("--layers", default=",".join(n for n, *_ in LAYERS), help="which of c1-c9")
     parser.add_argument("--modes", default="graph,eager", help="per-layer timing: from a CUDA graph, eager, or both")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per layer variant (median)")
     parser.add_argument("--step-repeats", type=int, default=5, help="timed blocks of steps per step variant (median)")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms (torch.backends.cudnn.benchmark; relulab leaves it off)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU, float32, K=2, batch 4, 2 repeats, no Triton: that the script runs end to end")
     args = parser.parse_args()
-    compiles = flags(args.compile)
+    args.compile = [flag == "on" for flag in listed(args.compile, ("off", "on"), "--compile")]
+    args.parts = listed(args.parts, ("layers", "steps"), "--parts")
+    args.layers = listed(args.layers, [n for n, *_ in LAYERS], "--layers")
+    args.modes = listed(args.modes, ("graph", "eager"), "--modes")
+    try:
+        models = [int(k) for k in args.models.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --models: expected comma-separated stack sizes, got {args.models!r}")
+    images = IMAGES
     if args.smoke:
         models, images = [2], 64
         s = Setting(torch.device("cpu"), None, 4, 2, triton=False, deadline=T0 + args.budget)
-        modes, steps, step_repeats = ["eager"], 2, 2
+        args.modes, args.steps, args.step_repeats = ["eager"], 2, 2
+    elif not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device: run on the GPU machine, or pass --smoke for the CPU check")
     else:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: no CUDA device: run on the GPU machine, or pass --smoke for the CPU check")
-        models, images = [int(k) for k in args.models.split(",")], IMAGES
         s = Setting(torch.device("cuda"), torch.bfloat16, args.batch, args.repeats, triton=True,
                     deadline=T0 + args.budget)
-        modes, steps, step_repeats = args.modes.split(","), args.steps, args.step_repeats
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     os.makedirs(OUT, exist_ok=True)
-    parts, wanted = args.parts.split(","), args.layers.split(",")
     emit({"part": "setup", "device": torch.cuda.get_device_name() if s.device.type == "cuda" else "cpu",
-          "torch": torch.__version__, "models": models, "batch": s.batch, "amp": str(s.amp), "modes": modes,
-          "compile": compiles, "budget_s": args.budget})
-    splits = random_splits(s, images) if "steps" in parts else None
+          "torch": torch.__version__, "models": models, "batch": s.batch, "amp": str(s.amp), "modes": args.modes,
+          "compile": args.compile, "cudnn_benchmark": args.cudnn_benchmark, "budget_s": args.budget})
+    splits = random_splits(s, images) if "steps" in args.parts else None
     for k in models:
-        if "layers" in parts:
-            for name, size, cin, cout in LAYERS:
-                if name in wanted:
-                    measure_layer(name, size, cin, cout, k, s, modes)
-        for compiled in compiles if "steps" in parts else ():
-            for path in STEP_PATHS:
-                measure_step(path, k, compiled, splits, replace(s, repeats=step_repeats), steps)
-    print_tables(modes)
+        for part in args.parts:
+            measure_part(part, k, s, args, splits)
+    print_tables(args.modes)
 
 
 if __name__ == "__main__":
