@@ -79,6 +79,7 @@ RECORDS = []  # this run's lines, for the tables at the end
 # (Triton's compilation of its kernels, a CUDA graph, the repeats), an eager step's (graph capture, the steps),
 # a compiled step's (a cold torch.compile of seed-cnn took about 25 s on an H100, BENCHMARKS.md).
 LAYER_SECONDS, STEP_SECONDS, COMPILED_STEP_SECONDS = 2, 10, 45
+WARM_UP_STEPS = 3  # after capture, before the timed steps
 
 
 def emit(rec: dict) -> None:
@@ -455,8 +456,9 @@ def measure_step(path: str, k: int, compiled: bool, splits, s: Setting, steps: i
         if s.device.type == "cuda":  # as train_together does on CUDA: warm-up (compiling) then capture
             for unit in units:
                 unit.capture()
-        _step_all(units, [torch.stack([torch.randperm(len(splits.x_train), device=s.device) for _ in u.jobs])
-                          for u in units], 0, s.batch, len(splits.x_train))
+        orders = [torch.stack([torch.randperm(len(splits.x_train), device=s.device) for _ in u.jobs]) for u in units]
+        for i in range(WARM_UP_STEPS if s.device.type == "cuda" else 1):  # on the CPU: the compiling one
+            _step_all(units, orders, i, s.batch, len(splits.x_train))
         _wait_for(units, s.device)
         setup = time.perf_counter() - started
         seconds = time_steps(units, splits, s, steps)
