@@ -20,7 +20,8 @@ Two parts:
   Each is timed eagerly and replayed from a CUDA graph (no launch cost: what the library's graphed step
   sees), median of --repeats after warm-up, in microseconds per model; each path's result is compared
   with an fp32 (TF32 off) reference: `err` is the largest of max|got - want| / max|want| over the output,
-  the sums and the gradients.
+  the sums and the gradients. Layers are not compiled: what torch.compile fuses around cuDNN's
+  convolutions (activation, sums, casts) shows in the steps.
 - steps: one whole training step (forward, loss, backward, Adam update) of K seed-cnns through the
   library's own units (relulab.packing.units, as train_together builds them, captured in CUDA graphs as it
   does on CUDA): StackedCNN with the Triton kernels (shipped), StackedCNN with triton_kernels=False (cuDNN
@@ -29,8 +30,8 @@ Two parts:
   models). Eager and compiled (--compile off,on), in ms per step and model-epochs/s (50,000 images at
   batch 128: 391 steps an epoch). setup_s: building, compiling and capturing, before the first timed step.
 
-Run from the repository root on the GPU machine (about 4 minutes; --budget stops starting new variants
-past that many seconds):
+Run from the repository root on the GPU machine (about 4 minutes: --budget starts no variant that would
+end past that many seconds, a compiled step being given 45; --parts steps,layers measures the steps first):
 
     OUT=out python benchmarks/conv_paths.py --models 16 --compile off,on --budget 240
 
