@@ -289,6 +289,28 @@ def test_a_rewritten_archive_is_a_cache_miss_even_with_its_size_and_mtime(tmp_pa
     np.testing.assert_array_equal(again.x_train[again.y_train == 0], first.x_train[dogs])
 
 
+def test_idx_files_are_cached_and_a_rewritten_file_is_decoded_again(tmp_path, private_cache):
+    folder = tmp_path / "fm"
+    write_idx_dataset(folder)
+    spec = DataSpec("fashion-mnist", path=str(folder), split="first:10")
+    fresh, cached = load_data(spec), load_data(spec)
+    assert fresh.cache["hit"] is False and Path(fresh.cache["file"]).parent == private_cache
+    assert cached.cache == {"file": fresh.cache["file"], "hit": True}
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        assert torch.equal(getattr(fresh, name), getattr(cached, name)), name
+    assert cached.classes == fresh.classes and cached.source == fresh.source == str(folder)
+    # The same folder as MNIST: other class names, another cache file.
+    assert load_raw(DataSpec("mnist", path=str(folder))).cache["file"] != fresh.cache["file"]
+    new = write_idx_dataset(folder, seed=1)  # same sizes (random bytes do not compress), other pixels
+    for file in folder.iterdir():  # a later mtime, as a rewrite has, even where the file clock is coarse
+        info = file.stat()
+        os.utime(file, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    again = load_data(spec)
+    assert again.cache["hit"] is False
+    expected = torch.from_numpy(new["train-images-idx3-ubyte"][:10].astype(np.float32) / 255)
+    torch.testing.assert_close(again.x_val[:, 0], expected)
+
+
 def test_the_run_summary_says_whether_the_cache_was_used(tmp_path, private_cache):
     archive = write_zip(tmp_path / "imgs.zip", image_folder_files())
     spec = DataSpec("image-folder", path=str(archive), split="test")
