@@ -24,6 +24,27 @@ def test_digits_is_the_offline_default():
     assert 0.0 <= splits.x_train.min() and splits.x_train.max() <= 1.0
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    import subprocess
+    import sys
+
+    import relulab
+    from sklearn.datasets import load_digits
+
+    from relulab.data import _digits_arrays
+
+    gray, target = _digits_arrays()
+    digits = load_digits()
+    assert gray.dtype == digits.images.dtype and target.dtype == digits.target.dtype
+    np.testing.assert_array_equal(gray, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
+    src = str(Path(relulab.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", "import sys; from relulab.data import DataSpec, load_data; "
+                           "load_data(DataSpec()); print('sklearn' in sys.modules)"],
+                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": src})
+    assert done.stdout.strip() == "False"  # scikit-learn's import (about a second, scipy with it) is not paid
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_load_with_the_first_n_split(tmp_path, gz):
     arrays = write_idx_dataset(tmp_path / "fm", gz=gz)

@@ -15,7 +15,9 @@ which every report flags.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -222,16 +224,31 @@ class Splits:
 
 
 def _load_digits(spec: DataSpec) -> RawDataset:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    gray, target = _digits_arrays()
     # 0..16 gray levels -> 0..255, so that "pixels / 255" means the same as for MNIST.
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    labels = digits.target.astype(np.int64)
+    images = np.rint(gray * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = target.astype(np.int64)
     # Digits has no test set: hold out a fixed, stratified 20% (seed 0) as one.
     train_idx, test_idx = _stratified_indices(labels, 0.2, seed=0)
     return RawDataset(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_CLASSES,
                       "sklearn.datasets.load_digits")
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: the 8x8 images (0..16, float64) and their labels, read from the file and in the way
+    `sklearn.datasets.load_digits` reads them, without importing scikit-learn, which takes about a second (it
+    loads scipy); through load_digits itself where the file is not where scikit-learn keeps it."""
+    found = importlib.util.find_spec("sklearn")  # finds the package without running it
+    folders = found.submodule_search_locations if found is not None else None
+    csv = Path(list(folders)[0]) / "datasets" / "data" / "digits.csv.gz" if folders else None
+    if csv is None or not csv.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(csv, mode="rt", encoding="utf-8") as text:
+        data = np.loadtxt(text, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
 
 
 def _find_idx_dir(name: str, spec: DataSpec) -> Path:
