@@ -113,3 +113,21 @@ def test_the_command_shows_the_librarys_fields_as_its_options():
         "--epoch: epochs run from 1 to 2 (train.epochs)"  # a spec field it has no option for stays as it is
     assert flag_message("out_dir: not a folder", {"out_dir": "--out"}) == "--out: not a folder"
     assert flag_message("configs.search.k: x") == "configs.search.k: x"  # inside a longer name: not a field
+
+
+def test_the_command_starts_without_the_reports_heavy_imports():
+    """scipy.stats (about half a second), matplotlib and jinja2 load where a statistic, a figure or the HTML is
+    made, not at every start of `relulab` (its --help, train, ...)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import relulab
+
+    src = str(Path(relulab.__file__).resolve().parents[1])  # the relulab under test, not another installed one
+    heavy = ("scipy.stats", "matplotlib", "jinja2")
+    done = subprocess.run([sys.executable, "-c", "import sys, relulab.cli; "
+                           f"print([m for m in {heavy!r} if m in sys.modules])"],
+                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": src})
+    assert done.stdout.strip() == "[]"

@@ -25,6 +25,27 @@ def test_digits_is_the_offline_default():
     assert 0.0 <= splits.x_train.min() and splits.x_train.max() <= 1.0
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    import subprocess
+    import sys
+
+    import relulab
+    from sklearn.datasets import load_digits
+
+    from relulab.data import _digits_arrays
+
+    gray, target = _digits_arrays()
+    digits = load_digits()
+    assert gray.dtype == digits.images.dtype and target.dtype == digits.target.dtype
+    np.testing.assert_array_equal(gray, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
+    src = str(Path(relulab.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", "import sys; from relulab.data import DataSpec, load_data; "
+                           "load_data(DataSpec()); print('sklearn' in sys.modules)"],
+                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": src})
+    assert done.stdout.strip() == "False"  # scikit-learn's import (about a second, scipy with it) is not paid
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_load_with_the_first_n_split(tmp_path, gz):
     arrays = write_idx_dataset(tmp_path / "fm", gz=gz)
@@ -288,6 +309,28 @@ def test_a_rewritten_archive_is_a_cache_miss_even_with_its_size_and_mtime(tmp_pa
     cats, dogs = (first.y_train == 0), (first.y_train == 1)
     np.testing.assert_array_equal(again.x_train[again.y_train == 1], first.x_train[cats])
     np.testing.assert_array_equal(again.x_train[again.y_train == 0], first.x_train[dogs])
+
+
+def test_idx_files_are_cached_and_a_rewritten_file_is_decoded_again(tmp_path, private_cache):
+    folder = tmp_path / "fm"
+    write_idx_dataset(folder)
+    spec = DataSpec("fashion-mnist", path=str(folder), split="first:10")
+    fresh, cached = load_data(spec), load_data(spec)
+    assert fresh.cache["hit"] is False and Path(fresh.cache["file"]).parent == private_cache
+    assert cached.cache == {"file": fresh.cache["file"], "hit": True}
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        assert torch.equal(getattr(fresh, name), getattr(cached, name)), name
+    assert cached.classes == fresh.classes and cached.source == fresh.source == str(folder)
+    # The same folder as MNIST: other class names, another cache file.
+    assert load_raw(DataSpec("mnist", path=str(folder))).cache["file"] != fresh.cache["file"]
+    new = write_idx_dataset(folder, seed=1)  # same sizes (random bytes do not compress), other pixels
+    for file in folder.iterdir():  # a later mtime, as a rewrite has, even where the file clock is coarse
+        info = file.stat()
+        os.utime(file, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    again = load_data(spec)
+    assert again.cache["hit"] is False
+    expected = torch.from_numpy(new["train-images-idx3-ubyte"][:10].astype(np.float32) / 255)
+    torch.testing.assert_close(again.x_val[:, 0], expected)
 
 
 def test_the_run_summary_says_whether_the_cache_was_used(tmp_path, private_cache):

@@ -32,9 +32,17 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import stats as _scipy
 
 from relulab.core.errors import unknown_choice
+
+
+def _scipy():
+    """scipy.stats, imported at the first statistic rather than with this module: its import costs about half a
+    second, which every `relulab` command paid at start (the CLI imports the report's formatters) though most
+    compute no statistic."""
+    from scipy import stats
+
+    return stats
 
 ALPHA = 0.05  # two-sided: 95% intervals
 
@@ -79,7 +87,7 @@ def summarize(values: Sequence[float], alpha: float = ALPHA) -> Summary:
         std = float(xs.std(ddof=1))
         if std == 0:  # every seed gave the same number: the interval is that number (scipy's is NaN at scale 0)
             return Summary(n, mean, 0.0, mean, mean)
-        low, high = _scipy.t.interval(1 - alpha, n - 1, loc=mean, scale=std / math.sqrt(n))
+        low, high = _scipy().t.interval(1 - alpha, n - 1, loc=mean, scale=std / math.sqrt(n))
     return Summary(n, mean, std, float(low), float(high))
 
 
@@ -130,7 +138,7 @@ def compare(values: Sequence[float], baseline: Sequence[float], alpha: float = A
     # Seeds that agree to many digits make scipy warn of precision loss; the numbers are still the report's.
     with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        test = _scipy.ttest_ind(_finite(values), _finite(baseline), equal_var=False)
+        test = _scipy().ttest_ind(_finite(values), _finite(baseline), equal_var=False)
         interval = test.confidence_interval(1 - alpha)
     p = float(test.pvalue)
     return Comparison(diff, float(interval.low), float(interval.high), p, a.n, b.n, p < alpha)
@@ -200,7 +208,7 @@ def with_baseline(config: ConfigStats, runs: Sequence[RunNumbers], baseline: Seq
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman's rho of each row pair of x, y (shape (rows, n); ties get average ranks, as scipy's); NaN for a
     row where either side is constant."""
-    rx, ry = _scipy.rankdata(x, axis=1), _scipy.rankdata(y, axis=1)
+    rx, ry = _scipy().rankdata(x, axis=1), _scipy().rankdata(y, axis=1)
     rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
     den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -253,7 +261,7 @@ def benjamini_hochberg(pvalues: Sequence[Optional[float]]) -> list[Optional[floa
     given = _given(pvalues)
     adjusted: list[Optional[float]] = [None] * len(pvalues)
     if given:
-        for (i, _), q in zip(given, _scipy.false_discovery_control([p for _, p in given], method="bh")):
+        for (i, _), q in zip(given, _scipy().false_discovery_control([p for _, p in given], method="bh")):
             adjusted[i] = float(q)
     return adjusted
 
