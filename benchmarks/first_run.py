@@ -39,9 +39,12 @@ CASES = {
 def run_case(name: str, data: str, root: Path, out: Path) -> dict:
     data_warm, kernels_warm, threads = CASES[name]
     env = dict(os.environ, PYTHONPATH=str(Path("src").resolve()))
-    # Filled folders are those the "cold" case filled; fresh ones are new and empty.
-    env["RELULAB_CACHE"] = str(root / "data") if data_warm else tempfile.mkdtemp(dir=root)
-    kernels = root / "kernels" if kernels_warm else Path(tempfile.mkdtemp(dir=root))
+    # The "cold" case fills root/data and root/kernels, which the warm cases read; the other cold cases get new,
+    # empty folders. (Not a fresh folder renamed afterwards: Triton's cache records its files by absolute path,
+    # and a moved cache misses.)
+    fills = name == "cold"
+    env["RELULAB_CACHE"] = str(root / "data") if data_warm or fills else tempfile.mkdtemp(dir=root)
+    kernels = root / "kernels" if kernels_warm or fills else Path(tempfile.mkdtemp(dir=root))
     env["TRITON_CACHE_DIR"], env["TORCHINDUCTOR_CACHE_DIR"] = str(kernels / "triton"), str(kernels / "inductor")
     env.pop("RELULAB_COMPILE_THREADS", None)
     if threads is not None:
@@ -50,10 +53,6 @@ def run_case(name: str, data: str, root: Path, out: Path) -> dict:
     command = [*COMMAND, "--data-path", data] if data else COMMAND
     done = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if name == "cold":  # keep what it filled for the warm cases
-        for kind, folder in (("data", Path(env["RELULAB_CACHE"])), ("kernels", kernels)):
-            if not (root / kind).exists():
-                folder.rename(root / kind)
     said = [line for line in done.stderr.splitlines() if line.startswith("relulab:")]
     row = {"case": name, "wall_s": round(wall, 2), "rc": done.returncode, "data_cache_warm": data_warm,
            "kernel_cache_warm": kernels_warm, "compile_threads": threads or "default", "said": said,

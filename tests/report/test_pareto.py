@@ -13,7 +13,9 @@ from relulab.store import Store
 from specs import TINY, quiet, write_spec
 
 HOSTILE_BASE = "<i>relu</i> & co"
-GREEDY = {"strategy": "greedy", "stat": "ratio_num", "order": "highest", "budget": 2, "patience": 1, "alpha": 0.05}
+# as stored: SearchOptions' default granularity is in every search's options, though greedy switches whole slots
+GREEDY = {"strategy": "greedy", "stat": "ratio_num", "order": "highest", "budget": 2, "patience": 1, "alpha": 0.05,
+          "granularity": "channel"}
 ORACLE = {"strategy": "oracle", "stat": "ratio_num", "order": "highest", "budget": 2, "alpha": 0.05}
 LEARNED = {"strategy": "learned", "granularity": "unit", "budgets": [12, 6, 2], "alpha": 0.05}
 RANDOM = {"strategy": "random", "granularity": "channel", "budgets": [8, 4], "alpha": 0.05}
@@ -130,6 +132,7 @@ def test_pareto_csv_holds_every_point(stores):
     greedy = by_series[("relu", "greedy by ratio_num (highest first)")]
     assert [(r["placement"], r["relu_count"], r["is_base"]) for r in greedy] == [("relu", "16", "true"),
                                                                                ("off-1", "8", "false")]
+    assert {r["granularity"] for r in greedy} == {"layer"}  # whole slots, whatever the options' granularity
     unit = by_series[("relu", "random (unit)")][0]
     assert (unit["strategy"], unit["granularity"], unit["search_strategy"], unit["seeds"]) == \
         ("random", "unit", "learned", "2")

@@ -92,6 +92,7 @@ class Kind:
     name: Callable[[dict], str]
     rows: Callable[[dict, list[dict]], list[dict]]
     joined: bool = True
+    granular: bool = False  # placements at the search's granularity; otherwise whole slots (layer)
 
 
 KINDS: dict[str, Kind] = {
@@ -99,9 +100,9 @@ KINDS: dict[str, Kind] = {
     "oracle": Kind(lambda o: "oracle", path_rows),
     "budget": Kind(_budget_name, every_row),
     "exhaustive": Kind(lambda o: f"exhaustive (k <= {o.get('k')})", every_row, joined=False),
-    "learned": Kind(lambda o: f"learned ({granularity(o)})", every_row),
-    "random": Kind(lambda o: f"random ({granularity(o)})", every_row),
-    "finetuned": Kind(lambda o: f"learned, fine-tuned ({granularity(o)})", every_row),
+    "learned": Kind(lambda o: f"learned ({granularity(o)})", every_row, granular=True),
+    "random": Kind(lambda o: f"random ({granularity(o)})", every_row, granular=True),
+    "finetuned": Kind(lambda o: f"learned, fine-tuned ({granularity(o)})", every_row, granular=True),
 }
 
 
@@ -135,7 +136,7 @@ def pareto_series(searches: list[dict]) -> list[Series]:
             if name in names:
                 name += f" (search {s['id'][:8]})"
             names.add(name)
-            out.append(Series(name, kind, granularity(options), s, points, how.joined))
+            out.append(Series(name, kind, granularity(options) if how.granular else "layer", s, points, how.joined))
     return out
 
 
