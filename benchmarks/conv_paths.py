@@ -257,7 +257,9 @@ def vmapped(p: Problem, s: Setting):
     x = p.x.permute(3, 0, 4, 1, 2).detach().requires_grad_(p.input_grad)
     w, b = _leaf(p.w), _leaf(p.b)
     inputs = [x, w, b] if p.input_grad else [w, b]
-    conv = vmap(F.conv2d)
+    # autocast does not reach inside vmap's batched convolution (it failed: bf16 input, fp32 bias), so the
+    # weights are cast to the input's dtype by hand, as autocast would (their gradients stay fp32)
+    conv = vmap(lambda xk, wk, bk: F.conv2d(xk, wk.to(xk.dtype), bk.to(xk.dtype)))
     run = _fwd_bwd(s, lambda: conv(x, w, b), inputs, p.dy.permute(3, 0, 4, 1, 2))
 
     def canonical(out, grads):
