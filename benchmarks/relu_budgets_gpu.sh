@@ -6,15 +6,17 @@
 #     1. learned at channel granularity: SNL's gates from each seed's base model, binarised to 50%, 25% and 10%
 #        of the ReLUs, each placement trained by the recipe at its seed, beside a random placement per budget;
 #     2. the same at layer granularity (whole slots);
-#     3. budget: the slots of lowest sign entropy (EASIER's statistic) switched off first, 14, 9, 4 kept.
+#     3. budget: the slots of lowest sign entropy (EASIER's statistic) switched off first, 14, 9, 4 kept;
+#     3b. greedy by lowest sign entropy, every step accepted, 17 slots off at most (the same budgets on its path).
 #   seed-cnn (greedy-relu-cifar10 at 5 epochs, 3 seeds, tf32 products):
 #     4. learned at channel granularity, 5. at layer granularity, both with chance beside them;
-#     6. budget by lowest sign entropy, 7, 4, 2 slots kept; 7. the oracle (every single slot off).
+#     6. budget by lowest sign entropy, 7, 4, 2 slots kept; 6b. greedy by it, 8 slots off at most;
+#     7. the oracle (every single slot off).
 #   8. a report of each store (the Pareto section compares every strategy at each budget).
 # The resnet20 store may already hold the easier-resnet20 oracle (benchmarks/easier_gpu.sh): its base runs are
 # reused, and where their weights were not copied with it the learned strategy trains a copy of each to start from.
 # Usage (repository root): bash benchmarks/relu_budgets_gpu.sh CIFAR_ARCHIVE RESNET20_STORE SEEDCNN_STORE OUT_DIR
-# Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT, ORACLE_LIMIT (0: no oracle); SKIP_R20=1 skips
+# Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT, GREEDY_LIMIT, ORACLE_LIMIT (0: no oracle); SKIP_R20=1 skips
 # the resnet20 steps.
 set -uo pipefail
 cifar=$1
@@ -31,17 +33,21 @@ search() {  # search LIMIT ARGS...: one search, timed, cut at LIMIT seconds
     time timeout "$limit" python -m relulab search "$@" "${probes[@]}"
 }
 learned=(--strategy learned --budgets 0.5,0.25,0.1)
+greedy=(--strategy greedy --stat sign_entropy --order lowest --accept-all)
 cnn_recipe=(greedy-relu-cifar10 --epochs 5 --set train.precision=tf32)
 if [ -z "${SKIP_R20:-}" ]; then
     search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
     search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
     search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy \
         --order lowest --store "$r20"
+    # EASIER's greedy path by sign entropy, every proposal accepted, down past a tenth of the ReLUs
+    search "${GREEDY_LIMIT:-200}" easier-resnet20 "${greedy[@]}" --budget 17 --store "$r20"
 fi
 search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity channel --store "$cnn"
 search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity layer --store "$cnn"
 search "${SMALL_LIMIT:-40}" "${cnn_recipe[@]}" --strategy budget --keep 7,4,2 --stat sign_entropy --order lowest \
     --store "$cnn"
+search "${GREEDY_LIMIT:-200}" "${cnn_recipe[@]}" "${greedy[@]}" --budget 8 --store "$cnn"
 [ "${ORACLE_LIMIT:-110}" -gt 0 ] && search "${ORACLE_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
 stores=("$cnn")
 [ -z "${SKIP_R20:-}" ] && stores=("$r20" "$cnn")
