@@ -322,3 +322,33 @@ def test_recording_a_units_kernels_leaves_its_state_as_it_was(digits):
 def _after_one_step(unit):
     unit.steps[32](torch.arange(32).unsqueeze(0).expand(unit.stack.k, -1).contiguous())
     return unit.state_tensors()
+
+
+class _TritonUnit:
+    """A unit that says it runs Triton kernels, whose recorded launches compile through `compile`."""
+
+    launches_triton = True
+
+    def __init__(self, compile):
+        self.compile = compile
+
+    def record_kernels(self, x, y):
+        from relulab.kernels.launches import Launch
+
+        kernel = type("Kernel", (), {"warmup": lambda _, *a, grid, **k: self.compile()})()
+        return [Launch(kernel, (1,), (len(x),), {})]
+
+
+def test_kernels_compiled_ahead_are_said_once_and_a_failure_only_costs_the_head_start(digits, monkeypatch, capsys):
+    monkeypatch.setattr(pack, "COMPILE_NOTICE_S", 0.0)
+    done = pack.compile_kernels([_TritonUnit(lambda: None)], digits)
+    assert done.kernels == 1
+    assert "relulab: compiled 1 GPU kernels in" in capsys.readouterr().err
+
+    def broken():
+        raise RuntimeError("no ptxas")
+    assert pack.compile_kernels([_TritonUnit(broken)], digits) is None  # training goes on: kernels compile at launch
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compiling the GPU kernels ahead of the first step failed" in err and "no ptxas" in err
+    monkeypatch.setenv("RELULAB_COMPILE_THREADS", "0")
+    assert pack.compile_kernels([_TritonUnit(broken)], digits) is None and not capsys.readouterr().err
