@@ -406,21 +406,31 @@ def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> 
         raise UserError(f"{source}: expected images laid out as train/<class>/<file> (and test/<class>/<file>)")
     classes = sorted({label for label, _, _ in by_split["train"]})
     test_split = next((s for s in ("test", "val", "valid", "validation") if s in by_split), None)
-    x_train, y_train = _decode_split(by_split["train"], classes, source)
-    if test_split is None:  # no test folder: hold out a fixed stratified sixth
+    splits = [_sorted_split(by_split[name], classes, source) for name in ("train", test_split) if name]
+    # Both splits in one call: decoding many images starts worker processes, once
+    decoded = iter(formats.decode_images([(blob, f"{source}:{label}/{filename}")
+                                          for items in splits for label, filename, blob in items]))
+    (x_train, y_train), *test = [_stack_split(items, [next(decoded) for _ in items], classes, source)
+                                 for items in splits]
+    if not test:  # no test folder: hold out a fixed stratified sixth
         train_idx, test_idx = _stratified_indices(y_train, 1 / 6, seed=0)
         return RawDataset(x_train[train_idx], y_train[train_idx], x_train[test_idx], y_train[test_idx], classes,
                           str(source))
-    x_test, y_test = _decode_split(by_split[test_split], classes, source)
+    (x_test, y_test), = test
     return RawDataset(x_train, y_train, x_test, y_test, classes, str(source))
 
 
-def _decode_split(items: list[tuple[str, str, bytes]], classes: list[str], source: Path):
-    items = sorted(items, key=lambda item: (item[0], item[1]))  # by class, then file name
+def _sorted_split(items: list[tuple[str, str, bytes]], classes: list[str], source: Path):
+    """A split's (label, file name, bytes) by class, then file name; its classes must be the training set's."""
+    items = sorted(items, key=lambda item: (item[0], item[1]))
     unknown = sorted({label for label, _, _ in items} - set(classes))
     if unknown:
         raise UserError(f"{source}: classes {unknown} appear in a test split but not in train")
-    decoded = formats.decode_images([(blob, f"{source}:{label}/{filename}") for label, filename, blob in items])
+    return items
+
+
+def _stack_split(items: list[tuple[str, str, bytes]], decoded: list[np.ndarray], classes: list[str], source: Path):
+    """A split's decoded images as (N, C, H, W) uint8 and its labels; every image must have the first's shape."""
     images, labels, first_shape = [], [], None
     for (label, filename, _), image in zip(items, decoded):
         first_shape = first_shape or image.shape
