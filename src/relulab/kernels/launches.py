@@ -8,9 +8,11 @@ sizes were chosen ahead of time (`conv_triton.CONFIGS`); the minute is compiling
 
 So every launch goes through `launch`. Inside `recording()` a launch is noted instead of made; a unit records one
 step and one evaluation that way (their outputs are garbage and are thrown away, relulab.packing.units), and
-`compile_all` compiles the distinct kernels on a thread pool: Triton's compiler and ptxas release the GIL, so the
-compiles run side by side. Compiled kernels go to Triton's on-disk cache (`TRITON_CACHE_DIR`, by default
-~/.triton/cache), so later runs on the machine only load them; the step then finds them compiled in memory.
+`compile_all` compiles the distinct kernels on a thread pool: Triton's compiler passes and ptxas release the GIL,
+so the compiles run side by side (on the H200 machine's 16 cores, 38 kernels in 8-10 s against about 50 s one
+after another; Triton's Python front end holds the GIL, hence not 16x). Compiled kernels go to Triton's on-disk
+cache (`TRITON_CACHE_DIR`, by default ~/.triton/cache), so later runs on the machine only load them; the step then
+finds them compiled in memory.
 """
 from __future__ import annotations
 
