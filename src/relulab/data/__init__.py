@@ -286,16 +286,14 @@ def _idx_loader(name: str, classes: list[str]) -> Callable[[DataSpec], RawDatase
         # cached as an image folder is, keyed on the four files' paths, sizes and mtimes and the class names.
         cache_file = _cache_file(folder, [(p.name, p, p.stat()) for p in paths], f"{name} IDX files "
                                  f"{json.dumps(classes)}")
-        cached = _read_cache(cache_file, folder)
-        if cached is not None:
-            return cached
-        train_images, train_labels, test_images, test_labels = paths
-        x_train, y_train = formats.read_idx_pair(train_images, train_labels)
-        x_test, y_test = formats.read_idx_pair(test_images, test_labels)
-        raw = RawDataset(x_train, y_train, x_test, y_test, classes, str(folder))
-        check_raw(raw)  # what a later load would refuse is never cached
-        raw.cache = {"file": str(cache_file) if _write_cache(cache_file, raw) else None, "hit": False}
-        return raw
+
+        def read() -> RawDataset:
+            train_images, train_labels, test_images, test_labels = paths
+            x_train, y_train = formats.read_idx_pair(train_images, train_labels)
+            x_test, y_test = formats.read_idx_pair(test_images, test_labels)
+            return RawDataset(x_train, y_train, x_test, y_test, classes, str(folder))
+
+        return _through_cache(cache_file, folder, read)
 
     return load
 
@@ -361,13 +359,22 @@ def load_image_folder(path: Path) -> RawDataset:
     """Images laid out as split/class/*.ext in a folder or archive. The decoded arrays are cached, keyed on what
     was read: every member's path, size and mtime for a folder, the content for an archive."""
     members = None if path.is_file() else _folder_members(path)
-    cache_file = _cache_file(path, members)
-    cached = _read_cache(cache_file, path)
+
+    def read() -> RawDataset:
+        files = formats.iter_archive(path) if path.is_file() else _read_members(members)
+        return _assemble_image_folder(files, path)
+
+    return _through_cache(_cache_file(path, members), path, read)
+
+
+def _through_cache(cache_file: Path, source: Path, read: Callable[[], RawDataset]) -> RawDataset:
+    """The dataset cached in `cache_file`, else `read()`'s, checked and then cached (what a later load would
+    refuse is never cached); its `cache` says which."""
+    cached = _read_cache(cache_file, source)
     if cached is not None:
         return cached
-    files = formats.iter_archive(path) if path.is_file() else _read_members(members)
-    raw = _assemble_image_folder(files, path)
-    check_raw(raw)  # what a later load would refuse is never cached
+    raw = read()
+    check_raw(raw)
     raw.cache = {"file": str(cache_file) if _write_cache(cache_file, raw) else None, "hit": False}
     return raw
 

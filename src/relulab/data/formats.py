@@ -193,14 +193,15 @@ def decode_images(items: list[tuple[bytes, str]], processes: Optional[int] = Non
     if processes is None:
         processes = min(16, cores) if len(items) >= PROCESS_MIN_IMAGES and cores >= PROCESS_MIN_CORES else 0
     if processes > 0:
-        chunks = [items[i::processes * 4] for i in range(processes * 4)]  # interleaved: equal work per chunk
+        parts = processes * 4
+        chunks = [items[i::parts] for i in range(parts)]  # interleaved: equal work per chunk
         # spawn, not fork: the caller may hold CUDA or threads, which a forked child must not inherit
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
             decoded = list(pool.map(_decode_strictly, chunks))
         out: list = [None] * len(items)
         for i, chunk in enumerate(decoded):
-            out[i::processes * 4] = chunk
+            out[i::parts] = chunk
         return out
     return _decode_strictly(items, threads=min(16, cores))
 
