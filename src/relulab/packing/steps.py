@@ -12,8 +12,9 @@ own generator (`augment_batch`, drawn in the order the loop draws), into a fixed
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,19 @@ from relulab.training.specs import Job, autocast_dtype
 from relulab.zoo.optim import StackedOptimizer, kernel_weights, weight_penalty
 
 COMPILE_BACKEND = "inductor"  # a test swaps in a recording backend, which needs no C++ or Triton compiler
+
+
+@contextmanager
+def put_back(tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Whatever runs inside may change `tensors` in place: on leaving, they hold again what they held on entering
+    (steps run only to be captured or to note their kernels change no weight)."""
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, value in zip(tensors, saved):
+                t.copy_(value)
 
 
 class GraphedStep:
@@ -78,19 +92,16 @@ class GraphedStep:
 
     def capture(self, pool=None, stream: Optional[torch.cuda.Stream] = None) -> None:
         """Record the step in a CUDA graph. Capture needs warm-up steps first; they are undone."""
-        saved = [t.detach().clone() for t in self.state()]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
+        with put_back(self.state()):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream):
                 self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool, stream=stream):
-            self._step()
-        with torch.no_grad():
-            for t, value in zip(self.state(), saved):
-                t.copy_(value)
 
     def __call__(self, index: torch.Tensor) -> None:
         self.index.copy_(index)

@@ -21,7 +21,7 @@ from relulab.packing.functional import FunctionalStack
 from relulab.packing.fused import FusedMLP
 from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacked_mlp import StackedMLP
-from relulab.packing.steps import FusedPackStep, GraphedStep, ModelStep, PackStep, flatten_parameters
+from relulab.packing.steps import FusedPackStep, GraphedStep, ModelStep, PackStep, flatten_parameters, put_back
 from relulab.training import resume
 from relulab.training.loop import build_for, evaluate
 from relulab.training.schedules import learning_rates
@@ -84,16 +84,10 @@ class Unit:
     def record_kernels(self, x: torch.Tensor, y: torch.Tensor) -> list[launches.Launch]:
         """The kernel launches of one step of each batch size and of an evaluation on (x, y), noted and not made
         (`relulab.kernels.launches.recording`); everything the steps change is put back as it was."""
-        saved = [t.detach().clone() for t in self.state_tensors()]
-        try:
-            with matmul_precision(self.products), launches.recording() as noted:
-                for step in self.steps.values():
-                    step.dry_run()
-                self.evaluate(x, y, len(x))
-        finally:
-            with torch.no_grad():
-                for t, value in zip(self.state_tensors(), saved):
-                    t.copy_(value)
+        with put_back(self.state_tensors()), matmul_precision(self.products), launches.recording() as noted:
+            for step in self.steps.values():
+                step.dry_run()
+            self.evaluate(x, y, len(x))
         return noted
 
     def schedule(self, steps_per_epoch: int) -> None:
