@@ -17,8 +17,11 @@
 # reused, and where their weights were not copied with it the learned strategy trains a copy of each to start from.
 # Usage (repository root): bash benchmarks/relu_budgets_gpu.sh CIFAR_ARCHIVE RESNET20_STORE SEEDCNN_STORE OUT_DIR
 # Limits per step (seconds): R20_LIMIT, CNN_LIMIT, SMALL_LIMIT, GREEDY_LIMIT, ORACLE_LIMIT (0: no oracle); SKIP_R20=1 skips
-# the resnet20 steps.
+# the resnet20 steps. STEPS (default "learned-channel learned-layer budget greedy oracle") names the steps to run: a
+# finished step resumed still loads the data and plans (about 13 s), which a call short of time can skip.
 set -uo pipefail
+steps=" ${STEPS:-learned-channel learned-layer budget greedy oracle} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 cifar=$1
 r20=$2
 cnn=$3
@@ -36,19 +39,19 @@ learned=(--strategy learned --budgets 0.5,0.25,0.1)
 greedy=(--strategy greedy --stat sign_entropy --order lowest --accept-all)
 cnn_recipe=(greedy-relu-cifar10 --epochs 5 --set train.precision=tf32)
 if [ -z "${SKIP_R20:-}" ]; then
-    search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
-    search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
-    search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy \
+    want learned-channel && search "${R20_LIMIT:-170}" easier-resnet20 "${learned[@]}" --granularity channel --store "$r20"
+    want learned-layer && search "${SMALL_LIMIT:-40}" easier-resnet20 "${learned[@]}" --granularity layer --store "$r20"
+    want budget && search "${SMALL_LIMIT:-40}" easier-resnet20 --strategy budget --keep 14,9,4 --stat sign_entropy \
         --order lowest --store "$r20"
     # EASIER's greedy path by sign entropy, every proposal accepted, down past a tenth of the ReLUs
-    search "${GREEDY_LIMIT:-200}" easier-resnet20 "${greedy[@]}" --budget 17 --store "$r20"
+    want greedy && search "${GREEDY_LIMIT:-200}" easier-resnet20 "${greedy[@]}" --budget 17 --store "$r20"
 fi
-search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity channel --store "$cnn"
-search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity layer --store "$cnn"
-search "${SMALL_LIMIT:-40}" "${cnn_recipe[@]}" --strategy budget --keep 7,4,2 --stat sign_entropy --order lowest \
+want learned-channel && search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity channel --store "$cnn"
+want learned-layer && search "${CNN_LIMIT:-110}" "${cnn_recipe[@]}" "${learned[@]}" --granularity layer --store "$cnn"
+want budget && search "${SMALL_LIMIT:-40}" "${cnn_recipe[@]}" --strategy budget --keep 7,4,2 --stat sign_entropy --order lowest \
     --store "$cnn"
-search "${GREEDY_LIMIT:-200}" "${cnn_recipe[@]}" "${greedy[@]}" --budget 8 --store "$cnn"
-[ "${ORACLE_LIMIT:-110}" -gt 0 ] && search "${ORACLE_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
+want greedy && search "${GREEDY_LIMIT:-200}" "${cnn_recipe[@]}" "${greedy[@]}" --budget 8 --store "$cnn"
+want oracle && [ "${ORACLE_LIMIT:-110}" -gt 0 ] && search "${ORACLE_LIMIT:-110}" "${cnn_recipe[@]}" --strategy oracle --store "$cnn"
 stores=("$cnn")
 [ -z "${SKIP_R20:-}" ] && stores=("$r20" "$cnn")
 for store in "${stores[@]}"; do
