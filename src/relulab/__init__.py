@@ -6,7 +6,8 @@ table (tests/test_layout.py checks it, lazy imports included, and that there is 
 | package       | holds                                                                  | may import          |
 |---------------|------------------------------------------------------------------------|---------------------|
 | `core`        | errors, the `Registry`, one range parser, dataclasses from mappings,   | nothing of relulab  |
-|               | files and memory checks, environment and provenance, statistics        |                     |
+|               | files and memory checks, environment and provenance, statistics,       |                     |
+|               | image decoding (its worker processes start without torch)              |                     |
 | `zoo`         | activations (function, derivative, init, kernel code), initializers,   | core                |
 |               | models (each entry says how it packs), optimizers (plain and stacked)  |                     |
 | `kernels`     | the Triton code (fused MLP step, stacked convolutions)                  | core, zoo           |

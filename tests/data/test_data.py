@@ -1,17 +1,21 @@
 import gzip
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 
 from relulab.data import CIFAR10_CLASSES, DataSpec, load_data, load_raw
-from relulab.data import formats
 from relulab.data.formats import read_idx
+from relulab.core import images
 from relulab.core.errors import UserError
+from relulab.core.images import decode_images
 
 from conftest import (cifar_batch_bytes, idx_bytes, image_folder_files, write_cifar_tar, write_idx_dataset,
                       write_tar_gz, write_zip)
@@ -194,6 +198,28 @@ def test_corrupt_archive_and_corrupt_image(tmp_path):
     archive = write_zip(tmp_path / "c.zip", files)
     with pytest.raises(UserError, match="cat/broken.png: not a readable image"):
         load_raw(DataSpec("image-folder", path=str(archive)))
+
+
+def test_an_explicit_path_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    """A --data-path that does not hold the files is an error naming it, even where the standard places hold
+    them: never a quiet fall back to another copy of the data."""
+    monkeypatch.setenv("RELULAB_DATA", str(tmp_path / "data"))
+    write_idx_dataset(tmp_path / "data" / "fashion-mnist")
+    assert len(load_raw(DataSpec("fashion-mnist")).y_train) > 0  # found in $RELULAB_DATA without a path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=f"files not found in {tmp_path / 'empty'};"):
+        load_raw(DataSpec("fashion-mnist", path=str(tmp_path / "empty")))
+    with pytest.raises(UserError, match=f"^data.path: {tmp_path / 'missing'} does not exist$"):
+        load_raw(DataSpec("cifar10", path=str(tmp_path / "missing")))
+
+
+def test_a_broken_image_in_a_split_left_unused_does_not_stop_the_load(tmp_path):
+    """Images decode as the archive is read, before it is known which test-like split is used; test wins over
+    val, so val's broken image is never looked at, as before decoding streamed."""
+    files = image_folder_files()
+    files["val/cat/broken.png"] = b"\x89PNG garbage"
+    raw = load_raw(DataSpec("image-folder", path=str(write_tar_gz(tmp_path / "v.tar.gz", files))))
+    assert len(raw.y_test) == 9
 
 
 def test_stratified_split_keeps_class_shares():
@@ -554,14 +580,28 @@ def test_a_path_for_a_built_in_dataset_is_refused(name):
     assert str(err.value) == f"data.path: {name} is built in and reads no files; leave data.path out"
 
 
+def test_the_decoding_workers_start_without_torch():
+    """A spawned worker imports the module its function is in, with its packages: relulab.core.images must not
+    bring torch (1.7 s a process)."""
+    code = "import sys, relulab.core.images; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_images_decode_the_same_on_worker_processes_and_errors_still_name_the_file():
-    """Many images decode on worker processes (formats.decode_images; threads barely help small JPEGs): the
-    same arrays, in the same order, as on threads, and a bad image's error crosses back naming the file."""
+    """Many images decode on worker processes (relulab.core.images; threads barely help small JPEGs), in chunks
+    sent as an iterator yields them: the same arrays, in the same order, as on threads, and a bad image's error
+    crosses back naming the file, raised or returned in its place."""
     files = image_folder_files()
     items = [(blob, name) for name, blob in sorted(files.items())]
-    on_threads = formats.decode_images(items, processes=0)
-    on_processes = formats.decode_images(items, processes=2)
-    assert len(on_processes) == len(items)
-    assert all(np.array_equal(a, b) for a, b in zip(on_threads, on_processes))
-    with pytest.raises(UserError, match="x/broken.png: not a readable image"):
-        formats.decode_images(items + [(b"\x89PNG garbage", "x/broken.png")], processes=2)
+    on_threads = decode_images(items, processes=0)
+    with patch.object(images, "CHUNK_IMAGES", 3):  # several chunks from the few test images
+        on_processes = decode_images(iter(items), processes=2)
+        assert len(on_processes) == len(items)
+        assert all(np.array_equal(a, b) for a, b in zip(on_threads, on_processes))
+        broken = items[:4] + [(b"\x89PNG garbage", "x/broken.png")] + items[4:]
+        with pytest.raises(UserError, match="x/broken.png: not a readable image"):
+            decode_images(broken, processes=2)
+        returned = decode_images(iter(broken), processes=2, errors="return")
+    assert isinstance(returned[4], UserError) and "x/broken.png" in str(returned[4])
+    assert all(np.array_equal(a, b) for a, b in zip(returned[:4] + returned[5:], on_threads))

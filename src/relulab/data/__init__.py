@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from relulab.core.images import decode_images
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.core.reference import call_target, check_same_source, load_target, record_source
@@ -402,22 +404,32 @@ def _read_members(members: list[tuple[str, Path, os.stat_result]]) -> Iterator[t
             raise UserError(f"{file}: cannot be read ({e.strerror or e})") from None
 
 
+# The splits an image folder can use: train, and the first of the others that is there
+_TEST_SPLITS = ("test", "val", "valid", "validation")
+
+
 def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> RawDataset:
-    by_split: dict[str, list[tuple[str, str, bytes]]] = {}
-    for name, blob in files:
-        parts = name.split("/")
-        if len(parts) >= 3 and parts[-1].lower().endswith(formats.IMAGE_EXTENSIONS):
-            split, label = parts[-3].lower(), parts[-2]
-            by_split.setdefault(split, []).append((label, parts[-1], blob))
+    by_split: dict[str, list[tuple[str, str, int]]] = {}  # split: (label, file name, its place in `decoded`)
+
+    place = itertools.count()
+
+    def image_files() -> Iterator[tuple[bytes, str]]:
+        # Decoded as they are read (the workers start while the archive is still being walked); an image that
+        # turns out unused (in a second test-like split) is decoded for nothing, and its errors are not raised.
+        for name, blob in files:
+            parts = name.split("/")
+            split = parts[-3].lower() if len(parts) >= 3 else None
+            if (split == "train" or split in _TEST_SPLITS) and parts[-1].lower().endswith(formats.IMAGE_EXTENSIONS):
+                by_split.setdefault(split, []).append((parts[-2], parts[-1], next(place)))
+                yield blob, f"{source}:{parts[-2]}/{parts[-1]}"
+
+    decoded = decode_images(image_files(), errors="return")
     if "train" not in by_split:
         raise UserError(f"{source}: expected images laid out as train/<class>/<file> (and test/<class>/<file>)")
     classes = sorted({label for label, _, _ in by_split["train"]})
-    test_split = next((s for s in ("test", "val", "valid", "validation") if s in by_split), None)
+    test_split = next((s for s in _TEST_SPLITS if s in by_split), None)
     splits = [_sorted_split(by_split[name], classes, source) for name in ("train", test_split) if name]
-    # Both splits in one call: decoding many images starts worker processes, once
-    decoded = iter(formats.decode_images([(blob, f"{source}:{label}/{filename}")
-                                          for items in splits for label, filename, blob in items]))
-    (x_train, y_train), *test = [_stack_split(items, [next(decoded) for _ in items], classes, source)
+    (x_train, y_train), *test = [_stack_split(items, [_image(decoded[i]) for _, _, i in items], classes, source)
                                  for items in splits]
     if not test:  # no test folder: hold out a fixed stratified sixth
         train_idx, test_idx = _stratified_indices(y_train, 1 / 6, seed=0)
@@ -427,8 +439,14 @@ def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> 
     return RawDataset(x_train, y_train, x_test, y_test, classes, str(source))
 
 
-def _sorted_split(items: list[tuple[str, str, bytes]], classes: list[str], source: Path):
-    """A split's (label, file name, bytes) by class, then file name; its classes must be the training set's."""
+def _image(decoded: np.ndarray | UserError) -> np.ndarray:
+    if isinstance(decoded, UserError):
+        raise decoded
+    return decoded
+
+
+def _sorted_split(items: list[tuple[str, str, int]], classes: list[str], source: Path):
+    """A split's (label, file name, place) by class, then file name; its classes must be the training set's."""
     items = sorted(items, key=lambda item: (item[0], item[1]))
     unknown = sorted({label for label, _, _ in items} - set(classes))
     if unknown:
@@ -436,7 +454,7 @@ def _sorted_split(items: list[tuple[str, str, bytes]], classes: list[str], sourc
     return items
 
 
-def _stack_split(items: list[tuple[str, str, bytes]], decoded: list[np.ndarray], classes: list[str], source: Path):
+def _stack_split(items: list[tuple[str, str, int]], decoded: list[np.ndarray], classes: list[str], source: Path):
     """A split's decoded images as (N, C, H, W) uint8 and its labels; every image must have the first's shape."""
     images, labels, first_shape = [], [], None
     for (label, filename, _), image in zip(items, decoded):

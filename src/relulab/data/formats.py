@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
-import struct
 import tarfile
-import warnings
 import zipfile
 import zlib
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -139,7 +134,8 @@ def check_member_name(name: str, archive: Path) -> str:
 
 
 def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) for every regular file of a .zip or .tar(.gz); names checked first."""
+    """(member name, bytes) for every regular file of a .zip or .tar(.gz); a name that escapes the archive, or a
+    link or device, is refused with a UserError."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -150,15 +146,16 @@ def iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
             return
         # Gunzip the whole stream first: tarfile stops reading at the end-of-archive blocks and would
         # accept a file whose gzip trailer (CRC, length) was cut off or damaged.
+        # Members are checked as they come, not all first: walking CIFAR-10's 60,000 headers takes seconds, which
+        # the caller's decoding can use, and a bad member still raises before the caller has a dataset (nothing
+        # read from an archive is written anywhere until all of it was read).
         with tarfile.open(fileobj=io.BytesIO(open_maybe_gzip(path))) as tf:
-            members = tf.getmembers()
-            for m in members:
-                check_member_name(m.name, path)
+            for m in tf:
+                name = check_member_name(m.name, path)
                 if m.issym() or m.islnk() or m.isdev():
                     raise UserError(f"{path}: member '{m.name}' is a link or device; refusing the archive")
-            for m in members:
                 if m.isfile():
-                    yield check_member_name(m.name, path), tf.extractfile(m).read()
+                    yield name, tf.extractfile(m).read()
     except UserError:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
@@ -172,86 +169,4 @@ def is_archive(path: Path) -> bool:
 
 # ---------------------------------------------------------------- images
 
-
-# Where decoding moves to processes: Pillow releases the GIL only inside the decoder, and for a 32x32 JPEG the
-# Python around it (opening, converting, the array) is most of the time, so threads decode CIFAR-10's 60,000 images
-# little faster than one (about 15 s on the GPU machine's 16 cores). Processes pay for starting (each imports
-# relulab's data package, torch with it: about 1.5 s, side by side), so only for many images on several cores.
-PROCESS_MIN_IMAGES = 8192
-PROCESS_MIN_CORES = 4
-
-
-def decode_images(items: list[tuple[bytes, str]], processes: Optional[int] = None) -> list[np.ndarray]:
-    """Decode image files, each given as (bytes, the name errors use), to uint8 H x W x C arrays, in parallel:
-    on `processes` worker processes (by default one a core, where there are PROCESS_MIN_IMAGES images or more and
-    PROCESS_MIN_CORES cores; 0: threads).
-
-    An image that declares more pixels than Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is
-    refused by name before its pixels are read. Pillow itself raises only above twice the limit and merely
-    warns between one and two times it; here the warning is an error too."""
-    cores = os.cpu_count() or 1
-    if processes is None:
-        processes = min(16, cores) if len(items) >= PROCESS_MIN_IMAGES and cores >= PROCESS_MIN_CORES else 0
-    if processes > 0:
-        parts = processes * 4
-        chunks = [items[i::parts] for i in range(parts)]  # interleaved: equal work per chunk
-        # spawn, not fork: the caller may hold CUDA or threads, which a forked child must not inherit
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-            decoded = list(pool.map(_decode_strictly, chunks))
-        out: list = [None] * len(items)
-        for i, chunk in enumerate(decoded):
-            out[i::parts] = chunk
-        return out
-    return _decode_strictly(items, threads=min(16, cores))
-
-
-def _decode_strictly(items: list[tuple[bytes, str]], threads: int = 1) -> list[np.ndarray]:
-    """decode_image of each item with Pillow's decompression-bomb warning an error, on `threads` threads."""
-    from PIL import Image
-
-    # The warnings filter is process-wide, not per thread: set it once around the pool, not in each worker
-    # (catch_warnings entered and left by several threads at once would restore each other's filters).
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if threads <= 1:
-            return [decode_image(*item) for item in items]
-        # Pillow releases the GIL while decoding, so threads decode side by side while it does.
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(lambda item: decode_image(*item), items))
-
-
-def decode_image(blob: bytes, source: str) -> np.ndarray:
-    """Decode one image file to uint8 H x W x C (C = 1 for grayscale, else 3). Called alone, Pillow's
-    decompression-bomb warning stays a warning: `decode_images` makes it an error."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("L") if img.mode in ("L", "1", "I;16", "I") else img.convert("RGB")
-            array = np.asarray(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"{source}: {_too_many_pixels(blob, e)}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{source}: not a readable image ({e})") from None
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def _too_many_pixels(blob: bytes, error: Exception) -> str:
-    """What to say of an image over the pixel limit. Pillow's error gives only the pixel count, so the width and
-    height are read from the header again, with the format plugins Image.open uses but without its size check
-    (a plugin's constructor parses the header; the pixels are read only on load)."""
-    from PIL import Image
-
-    prefix = blob[:16]  # what Image.open shows each plugin's `accept`
-    for factory, accept in Image.OPEN.values():  # the plugins loaded so far, in the order Image.open tries them
-        accepted = not accept or accept(prefix)  # as Image.open asks: text is a reason for refusing
-        if isinstance(accepted, str) or not accepted:
-            continue
-        try:
-            width, height = factory(io.BytesIO(blob), "").size
-        except (SyntaxError, IndexError, TypeError, struct.error, OSError, ValueError):
-            continue
-        return (f"image of {width} x {height} pixels exceeds the decompression-bomb limit of "
-                f"{Image.MAX_IMAGE_PIXELS} pixels")
-    return f"image exceeds the decompression-bomb limit ({error})"
+# Decoding them lives in relulab.core.images, so that its worker processes start without importing torch.

@@ -1,6 +1,7 @@
 """Where dataset files are looked for, and how missing ones are fetched.
 
-Search order for a dataset called NAME: the explicit path the user gave, then
+An explicit path (`data.path`, `--data-path`) is the only place looked at: a path that does not hold the files is
+an error, never a quiet fall back to another copy. Without one, the search order for a dataset called NAME is
 `$RELULAB_DATA/NAME` (and `$RELULAB_DATA` itself), the user cache dir
 (`$RELULAB_CACHE`, else `$XDG_CACHE_HOME/relulab`, else `~/.cache/relulab`) /NAME,
 then `/usr/share/datasets/NAME` (Debian's `dataset-fashion-mnist` puts its files
@@ -67,10 +68,13 @@ def cache_dir() -> Path:
 
 
 def search_dirs(name: str, explicit: Optional[str | Path] = None) -> list[Path]:
-    """The folders (or files) looked at for dataset `name`, in order."""
-    dirs: list[Path] = []
+    """The folders (or files) looked at for dataset `name`, in order: the explicit path alone, where one is given."""
     if explicit:
-        dirs.append(Path(explicit).expanduser().resolve())
+        path = Path(explicit).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"data.path: {path} does not exist")
+        return [path]
+    dirs: list[Path] = []
     if os.environ.get("RELULAB_DATA"):
         root = Path(os.environ["RELULAB_DATA"]).expanduser()
         dirs += [root / name, root]
