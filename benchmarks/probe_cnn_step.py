@@ -11,6 +11,7 @@ models side by side on streams as `train_together` runs them. Run from the repos
     OUT=out python benchmarks/probe_cnn_step.py cupdate  # the same, optimizer update compiled or not
     OUT=out python benchmarks/probe_cnn_step.py cstack16 # compiled stacks of 16, then of 8
     OUT=out python benchmarks/probe_cnn_step.py cstackprof16 eval16  # compiled 16-stack: profile, evaluation time
+    OUT=out python benchmarks/probe_cnn_step.py step16 evalc16        # its step; its evaluation eager and compiled
 
 Writes probe_cnn.jsonl and profile_*.txt (PyTorch profiler tables) under $OUT. The numbers it gave are
 in BENCHMARKS.md ("New defaults").
@@ -119,12 +120,18 @@ def eval_time(units):
 def stack_unit(k, compiled=False, fold=True):
     """relulab.packing's stack of k models; fold=False: with batch norms as their own kernels (before the folding)."""
     from relulab.packing.stacked_cnn import StackedCNN
+
+    class Stack(StackedCNN):  # the class stack_unit builds for seed-cnn (units.STACKS), with `fold` as asked
+        def __init__(self, models, triton_kernels=False):
+            super().__init__(models, triton_kernels, fold_batchnorm=fold)
+
     run_spec = replace(spec, train=replace(spec.train, compile=compiled))
-    pack_units.StackedCNN = lambda models, triton_kernels: StackedCNN(models, triton_kernels, fold_batchnorm=fold)
+    stacks = pack_units.STACKS
+    pack_units.StackedCNN, pack_units.STACKS = Stack, {**stacks, "conv-stack": Stack}
     try:
         return pack_units.stack_unit([Job(run_spec, s) for s in range(k)], splits, dev, [128])
     finally:
-        pack_units.StackedCNN = StackedCNN
+        pack_units.StackedCNN, pack_units.STACKS = StackedCNN, stacks
 
 
 def measure_stack(k, steps=60, compiled=False, fold=True, eager_update=False):
@@ -170,6 +177,31 @@ def eval_stack(k, batch=2048, images=10000):
         unit.evaluate(xv, yv, batch)
     emit({"variant": "stack-eval", "pack": k, "images": images, "batch": batch,
           "seconds": round((time.perf_counter() - t) / 3, 4)})
+
+
+def eval_stack_compiled(k, batch=2048, images=10000):
+    """The same evaluation with the stack's forward (training=False) through torch.compile, as a compiled
+    evaluation would run it: the first evaluation's seconds (compiling for the full and the short last batch)
+    and the steady seconds, beside the eager evaluation of the same unit."""
+    unit = stack_unit(k, compiled=True)
+    xv, yv = x[:images], y[:images]
+    timings = {}
+    for mode in ("eager", "compiled"):
+        if mode == "compiled":
+            unit.stack.forward = torch.compile(type(unit.stack).forward.__get__(unit.stack), dynamic=False)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        first = unit.evaluate(xv, yv, batch)
+        torch.cuda.synchronize()
+        timings[f"{mode}_first_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        for _ in range(5):
+            again = unit.evaluate(xv, yv, batch)
+        torch.cuda.synchronize()
+        timings[f"{mode}_s"] = round((time.perf_counter() - t) / 5, 4)
+        timings[f"{mode}_loss_acc_model0"] = again[0]
+        timings[f"{mode}_repeatable"] = first == again
+    emit({"variant": "stack-eval-compiled", "pack": k, "images": images, "batch": batch, **timings})
 
 
 def stack_gradient_check(k=4):
@@ -218,6 +250,10 @@ if "cstackprof16" in which:
     profile_stack(16, compiled=True)
 if "eval16" in which:
     eval_stack(16)
+if "evalc16" in which:  # the evaluation eager and through torch.compile
+    eval_stack_compiled(16)
+if "step16" in which:  # the compiled 16-stack's step, for the evaluation's share of an epoch
+    measure_stack(16, compiled=True)
 if "profile" in which:
     profile_one()
 if "base" in which:
