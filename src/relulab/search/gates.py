@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from relulab.core.env import matmul_precision
 from relulab.core.errors import UserError, is_number, unknown_choice
 from relulab.data import Splits
 from relulab.training.augment import augment_batch
-from relulab.training.loop import epoch_batches
+from relulab.training.loop import epoch_data
 from relulab.training.specs import RunSpec, autocast_dtype, float32_products
 from relulab.zoo.masks import GRANULARITIES, Mask, element_cost, gate_shape
 from relulab.zoo.models import OFF, SlottedModel
@@ -269,7 +268,7 @@ def _train_gates(model, gates: Gates, splits: Splits, spec: RunSpec, budget: int
     model.train()
     for epoch in range(1, training.epochs + 1):
         loss_sum, examples = torch.zeros((), device=device), 0
-        for xb, yb in _batches(splits, t.batch_size, generator):
+        for xb, yb in epoch_data(splits, t.batch_size, generator):
             if t.augment is not None:
                 xb = augment_batch(xb, t.augment, generator)
             if xb.dim() == 4 and xb.is_cuda:
@@ -294,20 +293,3 @@ def _train_gates(model, gates: Gates, splits: Splits, spec: RunSpec, budget: int
             trace.append({"epoch": epoch, "lasso": lasso, "soft_count": soft, "loss": loss_sum.item() / examples})
         if soft > budget:
             lasso *= training.growth
-
-
-def _batches(splits: Splits, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
-    """One epoch of the recipe's batches: a fresh order from `generator`, cut as training.loop cuts it; a
-    streamed training set's batches come through a DataLoader, as in training.loop.train_streamed_epoch."""
-    order = torch.randperm(len(splits.y_train), device=splits.device, generator=generator)
-    bounds = epoch_batches(len(splits.y_train), batch_size)
-    if not splits.streamed:
-        for start, stop in bounds:
-            idx = order[start:stop]
-            yield splits.x_train[idx], splits.y_train[idx]
-        return
-    order = order.tolist()
-    loader = DataLoader(splits.train_dataset, batch_sampler=[order[a:b] for a, b in bounds],
-                        num_workers=splits.loader_workers, pin_memory=splits.device.type == "cuda")
-    for xb, yb in loader:
-        yield xb.to(splits.device, non_blocking=True), yb.to(splits.device, non_blocking=True)

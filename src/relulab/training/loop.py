@@ -115,24 +115,36 @@ def batch_step(model, optimizer, xb, yb, kernels, l1, l2, amp, totals: tuple[tor
     totals[1].add_((logits.detach().argmax(1) == yb).sum())
 
 
-def train_streamed_epoch(model, optimizer, splits: Splits, spec: TrainSpec, generator, kernels, amp=None,
-                         scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """train_epoch for a streamed training set (`splits.train_dataset`): the same order from `generator`, cut into
-    the same batches, each fetched through a DataLoader (pinned memory on CUDA, `splits.loader_workers`
-    workers) and moved to the device without blocking; the step after that is train_epoch's."""
-    model.train()
+def epoch_data(splits: Splits, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One epoch's (inputs, labels) batches on the device: a fresh order from `generator`, cut by epoch_batches,
+    indexed from the resident training set, or for a streamed one (`splits.train_dataset`) fetched through a
+    DataLoader (pinned memory on CUDA, `splits.loader_workers` workers) and moved without blocking."""
     device = splits.device
     n = len(splits.y_train)
-    order = torch.randperm(n, device=device, generator=generator).tolist()
-    batches = [order[start:stop] for start, stop in epoch_batches(n, spec.batch_size)]
-    loader = DataLoader(splits.train_dataset, batch_sampler=batches, num_workers=splits.loader_workers,
-                        pin_memory=device.type == "cuda")
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    augment = (spec.augment, generator) if spec.augment is not None else None
+    order = torch.randperm(n, device=device, generator=generator)
+    bounds = epoch_batches(n, batch_size)
+    if not splits.streamed:
+        for start, stop in bounds:
+            yield splits.x_train[order[start:stop]], splits.y_train[order[start:stop]]
+        return
+    order = order.tolist()
+    loader = DataLoader(splits.train_dataset, batch_sampler=[order[start:stop] for start, stop in bounds],
+                        num_workers=splits.loader_workers, pin_memory=device.type == "cuda")
     for xb, yb in loader:
-        batch_step(model, optimizer, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), kernels,
-                   spec.l1, spec.l2, amp, (loss_sum, correct), spec.label_smoothing, augment)
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def train_streamed_epoch(model, optimizer, splits: Splits, spec: TrainSpec, generator, kernels, amp=None,
+                         scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """train_epoch for a streamed training set: the same order from `generator`, cut into the same batches, each
+    fetched as epoch_data fetches it; the step after that is train_epoch's."""
+    model.train()
+    loss_sum = torch.zeros((), device=splits.device)
+    correct = torch.zeros((), device=splits.device, dtype=torch.long)
+    augment = (spec.augment, generator) if spec.augment is not None else None
+    for xb, yb in epoch_data(splits, spec.batch_size, generator):
+        batch_step(model, optimizer, xb, yb, kernels, spec.l1, spec.l2, amp, (loss_sum, correct),
+                   spec.label_smoothing, augment)
         if scheduler is not None:
             scheduler.step()
     return loss_sum, correct
