@@ -121,8 +121,10 @@ class FunctionalStack:
         self.base.train(training)  # here, outside any compiled code: the mode is Python state of the modules
         own = x.dim() == len(self.base.input_shape) + 2
         if own and x.is_cuda and x.dim() == 5:
-            # cuDNN's fastest bf16 kernels want channels-last: vmap folds the K models into the channels, so
-            # (B, K, C, H, W) with C, H, W innermost in that order is what each grouped convolution reads.
+            # Meant as channels-last for cuDNN's bf16 kernels. What it makes: (K, B, C, H, W) stored in the order
+            # B, C, H, W, K (K innermost). vmap's convolution rule folds K into the channels as (B, K*C, H, W),
+            # which from this order is not a view, so the first convolution reads a copy; a true channels-last
+            # (B, H, W, K, C) order was never measured against it, so this stays as it was timed.
             x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last_3d).transpose(0, 1)
         call = self._own_call if own else self._shared_call
         return call(self.views(params), self.buffers, x)
