@@ -1,5 +1,6 @@
 """Many models at once give the same histories as the same models trained one by one."""
 import math
+import os
 import time
 
 import pytest
@@ -99,6 +100,20 @@ def test_a_compiled_step_trains_as_the_uncompiled_one(small_images, recording_co
         for a, b in zip(c.history.epochs, p.history.epochs):
             assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5)
             assert a.val_loss == pytest.approx(b.val_loss, abs=1e-5)
+
+
+def test_compiled_steps_keep_their_artefacts_in_relulabs_cache(tmp_path, monkeypatch):
+    """Inductor's default cache, /tmp/torchinductor_$USER, is lost at a reboot: relulab's compiles point it into
+    its own cache folder, unless the user chose a folder."""
+    from relulab.packing import steps
+
+    monkeypatch.setenv("RELULAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    steps.compiler(dynamic=False)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    steps.compiler()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_compiling_is_chosen_where_enough_model_epochs_share_a_graph():

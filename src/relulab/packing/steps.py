@@ -12,6 +12,7 @@ own generator (`augment_batch`, drawn in the order the loop draws), into a fixed
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import partial
 from typing import Iterator, Optional, Sequence
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relulab.data.sources import cache_dir
 from relulab.packing.functional import FunctionalStack
 from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacked_mlp import StackedMLP
@@ -28,6 +30,15 @@ from relulab.training.specs import Job, autocast_dtype
 from relulab.zoo.optim import StackedOptimizer, kernel_weights, weight_penalty
 
 COMPILE_BACKEND = "inductor"  # a test swaps in a recording backend, which needs no C++ or Triton compiler
+
+
+def compiler(**options):
+    """torch.compile with relulab's backend and `options`, its artefacts kept in relulab's cache folder
+    (`$TORCHINDUCTOR_CACHE_DIR` where the user set none): Inductor's default, /tmp/torchinductor_$USER, is lost at
+    a reboot, and with it the 20-40 s a compiled stack's step takes to compile. Set before the process's first
+    compile; Inductor reads it then and keeps it."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+    return partial(torch.compile, backend=COMPILE_BACKEND, **options)
 
 
 @contextmanager
@@ -122,7 +133,7 @@ class PackStep(GraphedStep):
         # The update too: eager, Adam is about ten passes over the stack's weights (0.27 ms of a seed-cnn
         # stack's 8.2 ms step for 8 models); compiled, one (7.81 against 8.00 ms a step). dynamic=False: a
         # stack of another size gets kernels of its own rather than a recompile for any size.
-        compile_static = partial(torch.compile, backend=COMPILE_BACKEND, dynamic=False)
+        compile_static = compiler(dynamic=False)
         if compiled and isinstance(stack, FunctionalStack):
             stack.compile(compile_static)  # the vmapped call only: the stack sets the modules' mode outside it
         self.forward = compile_static(stack.forward) if compiled and not isinstance(stack, FunctionalStack) \
@@ -204,7 +215,7 @@ class ModelStep(GraphedStep):
                  compiled: bool = False):
         self.model, self.flat, self.optimizer, self.x, self.y, self.amp = model, flat, optimizer, x, y, amp
         # The compiled module shares the model's parameters; it is traced on the first (warm-up) step.
-        self.forward = torch.compile(model, backend=COMPILE_BACKEND) if compiled else model
+        self.forward = compiler()(model) if compiled else model
         self.params = list(model.parameters())
         self.kernels = kernel_weights(model)
         self.l1, self.l2 = job.spec.train.l1, job.spec.train.l2
