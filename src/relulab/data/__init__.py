@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relulab.core.images import decode_images
 from relulab.core.errors import UserError, is_number, unknown_choice
+from relulab.core.images import decode_images
 from relulab.core.ranges import INT64_MAX, show_int
 from relulab.core.reference import call_target, check_same_source, load_target, record_source
 from relulab.core.util import check_fits, memory_available

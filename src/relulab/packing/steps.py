@@ -133,7 +133,7 @@ class PackStep(GraphedStep):
         # The update too: eager, Adam is about ten passes over the stack's weights (0.27 ms of a seed-cnn
         # stack's 8.2 ms step for 8 models); compiled, one (7.81 against 8.00 ms a step). dynamic=False: a
         # stack of another size gets kernels of its own rather than a recompile for any size.
-        compile_static = compiler(dynamic=False)
+        compile_static = compiler(dynamic=False) if compiled else None
         if compiled and isinstance(stack, FunctionalStack):
             stack.compile(compile_static)  # the vmapped call only: the stack sets the modules' mode outside it
         self.forward = compile_static(stack.forward) if compiled and not isinstance(stack, FunctionalStack) \
