@@ -588,6 +588,33 @@ def test_the_decoding_workers_start_without_torch():
     assert out.stdout.strip() == "False"
 
 
+CONSOLE_SCRIPT_MAIN = """
+import sys
+from relulab.__main__ import main  # what the `relulab` console script imports
+import multiprocessing
+
+
+def torch_in_worker():
+    return "torch" in sys.modules
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(pool.apply(torch_in_worker))
+"""
+
+
+def test_workers_spawned_under_the_console_script_start_without_torch(tmp_path):
+    """A spawned worker re-runs the main script's imports: the console entry point (pyproject's
+    relulab.__main__:main) imports the CLI, and torch with it, only when it runs."""
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '\nrelulab = "relulab.__main__:main"\n' in pyproject  # [project.scripts] (tomllib is 3.11's only)
+    script = tmp_path / "relulab_script.py"
+    script.write_text(CONSOLE_SCRIPT_MAIN)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_images_decode_the_same_on_worker_processes_and_errors_still_name_the_file():
     """Many images decode on worker processes (relulab.core.images; threads barely help small JPEGs), in chunks
     sent as an iterator yields them: the same arrays, in the same order, as on threads, and a bad image's error
