@@ -351,10 +351,7 @@ def _cifar_from_batches(blobs: dict[str, bytes], source: Path) -> RawDataset:
 def _load_image_folder_spec(spec: DataSpec) -> RawDataset:
     if not spec.path:
         raise UserError("data.path: the image-folder dataset needs a folder or a .zip / .tar.gz archive")
-    path = Path(spec.path).expanduser().resolve()
-    if not path.exists():
-        raise UserError(f"data.path: {path} does not exist")
-    return load_image_folder(path)
+    return load_image_folder(sources.given_path(spec.path))
 
 
 def load_image_folder(path: Path) -> RawDataset:
@@ -410,7 +407,6 @@ _TEST_SPLITS = ("test", "val", "valid", "validation")
 
 def _assemble_image_folder(files: Iterator[tuple[str, bytes]], source: Path) -> RawDataset:
     by_split: dict[str, list[tuple[str, str, int]]] = {}  # split: (label, file name, its place in `decoded`)
-
     place = itertools.count()
 
     def image_files() -> Iterator[tuple[bytes, str]]:

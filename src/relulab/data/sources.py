@@ -67,13 +67,18 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "relulab"
 
 
+def given_path(explicit: str | Path) -> Path:
+    """The user's data.path, resolved; refused by name where nothing is there."""
+    path = Path(explicit).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"data.path: {path} does not exist")
+    return path
+
+
 def search_dirs(name: str, explicit: Optional[str | Path] = None) -> list[Path]:
     """The folders (or files) looked at for dataset `name`, in order: the explicit path alone, where one is given."""
     if explicit:
-        path = Path(explicit).expanduser().resolve()
-        if not path.exists():
-            raise UserError(f"data.path: {path} does not exist")
-        return [path]
+        return [given_path(explicit)]
     dirs: list[Path] = []
     if os.environ.get("RELULAB_DATA"):
         root = Path(os.environ["RELULAB_DATA"]).expanduser()

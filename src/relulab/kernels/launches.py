@@ -111,6 +111,6 @@ def _set_device(device) -> None:
     torch.cuda.set_device(device)
 
 
-def cache_dir() -> str:
+def triton_cache_dir() -> str:
     """Where Triton keeps compiled kernels (for the message that says what a first run paid for)."""
     return os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")

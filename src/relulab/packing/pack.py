@@ -125,7 +125,7 @@ def compile_kernels(units: list[Unit], splits: Splits) -> Optional[launches.Comp
         return None
     if done.seconds >= COMPILE_NOTICE_S:
         print(f"relulab: compiled {done.kernels} GPU kernels in {done.seconds:.0f} s on {done.threads} threads, "
-              f"once per machine (Triton's cache: {launches.cache_dir()})", file=sys.stderr)
+              f"once per machine (Triton's cache: {launches.triton_cache_dir()})", file=sys.stderr)
     return done
 
 
