@@ -93,20 +93,29 @@ def test_models_that_learn_their_activations_or_use_other_optimizers_do_not_stac
 
 
 def test_small_networks_stack_and_big_ones_train_in_units_of_their_own():
-    """rules.functional_stack_pays, measured: resnet20s (270K parameters) train faster stacked; resnet18-cifars
-    (11.2M) faster alone, so form_units gives each its own unit even where stacking is on."""
+    """rules.functional_stack_pays, measured: resnet20s (270K parameters) train faster stacked; resnet20s of widths
+    32-64-128 (1.08M) and resnet18-cifars (11.2M) faster as units, so form_units gives each its own unit even where
+    stacking is on."""
     from relulab.packing.units import form_units
     from relulab.zoo.models import parameter_count
 
     splits = load_data(DataSpec(name="digits", image_size=32, train_size=64, split="stratified:32"))
     assert parameter_count(ModelSpec("resnet20"), splits.input_shape, 10) < rules.FUNCTIONAL_STACK_MAX_PARAMS < \
-        parameter_count(ModelSpec("resnet18-cifar"), splits.input_shape, 10)
+        parameter_count(ModelSpec("resnet20", widths=[32, 64, 128]), splits.input_shape, 10)
     small = form_units([_job(0, model="resnet20"), _job(1, model="resnet20")], splits, CPU, [32],
                        stack_functional=True)
     big = form_units([_job(0, model="resnet18-cifar"), _job(1, model="resnet18-cifar")], splits, CPU, [32],
                      stack_functional=True)
     assert [type(u.stack).__name__ for u in small] == ["FunctionalStack"]
     assert [u.stack for u in big] == [None, None]
+
+
+def test_a_functional_stack_holds_at_most_32_models_whatever_the_caller_asks():
+    # One stack of 64 resnet20s failed in cuDNN's batch norm on an H200 where 32 ran: 40 asked as one stack form two.
+    jobs = [_job(seed, model="resnet20") for seed in range(40)]
+    assert rules.stack_sizes(len(jobs), rules.most_to_a_stack(jobs[0], 64)) == [20, 20]
+    assert rules.most_to_a_stack(jobs[0], 8) == 8 and rules.most_to_a_stack(jobs[0]) == 32
+    assert rules.most_to_a_stack(_job(0, model="deep-mlp"), 64) == 64  # the fused MLP step: no such limit
 
 
 def test_augmentation_is_set_up_before_the_steps_are_captured(user_model, monkeypatch):

@@ -123,3 +123,27 @@ def test_the_timed_pass_trains_the_runs_own_model_alone():
     assert (timing.steps, timing.warmup, timing.steps_per_epoch) == (TIME_ALONE_STEPS, TIME_ALONE_WARMUP, per_epoch)
     assert timing.step_seconds > 0 and timing.eval_seconds > 0
     assert timing.epoch_seconds == timing.step_seconds * per_epoch + timing.eval_seconds
+
+
+def test_on_cuda_a_configuration_is_timed_in_a_unit_of_its_own_without_torch_optim(monkeypatch):
+    # What train_many does with a lone run on CUDA: a unit of its own, updated by the stacked optimizer. The unit
+    # path runs here on the CPU (no graphs); building a torch.optim optimizer would import torch._dynamo, seconds
+    # of a whole command, so the timed pass must not build one.
+    from relulab.packing.pack import time_alone as packed_time_alone, time_unit
+    from relulab.training.specs import Job
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a torch.optim optimizer was built")
+
+    spec = RunSpec(DataSpec("synthetic", options={"n": 600, "classes": 3, "size": 4}),
+                   ModelSpec("deep-mlp", activation="tanh", widths=[8, 8]),
+                   TrainSpec(epochs=1, batch_size=16, optimizer=OptimizerSpec("sgd", lr=0.05)))
+    splits = load_data(spec.data)
+    per_epoch = math.ceil(len(splits.x_train) / 16)
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", refuse)
+    timing = time_unit(Job(spec, 3), splits, torch.device("cpu"), steps=per_epoch + 7, warmup=4, graphs=False)
+    assert (timing.steps, timing.warmup, timing.steps_per_epoch) == (per_epoch, 4, per_epoch)  # at most an epoch
+    assert timing.step_seconds > 0 and timing.eval_seconds > 0
+    monkeypatch.undo()
+    # Off CUDA a lone run trains through train.run's loop, and so is timed through it
+    assert packed_time_alone(spec, splits, torch.device("cpu"), seed=3).steps == min(TIME_ALONE_STEPS, per_epoch)

@@ -65,3 +65,35 @@ def test_bad_initializers(bad):
     with pytest.raises(UserError) as err:
         init.initialize(torch.empty(3, 3), bad, "model.init")
     assert str(err.value).startswith("model.init:")
+
+
+def test_truncated_normals_are_the_inverse_cdf_of_the_same_uniforms():
+    # One method under every torch (nn.init.trunc_normal_ changed its algorithm in 2.13): the seed's uniforms
+    # over [-erf(sqrt 2), erf(sqrt 2)] through erfinv, computed here independently in float64 by scipy.
+    from scipy.special import erfinv
+
+    std = 0.07
+    edge = math.erf(math.sqrt(2.0))
+    torch.manual_seed(5)
+    uniforms = torch.empty(FAN_OUT, FAN_IN).uniform_(-edge, edge).double().numpy()
+    torch.manual_seed(5)
+    w = init.truncated_normal_(torch.empty(FAN_OUT, FAN_IN), std)
+    expected = torch.from_numpy(erfinv(uniforms) * std * math.sqrt(2.0)).float()
+    assert torch.allclose(w, expected, rtol=1e-5, atol=1e-7)
+    assert w.abs().max().item() <= 2 * std
+    assert w.std().item() == pytest.approx(std * 0.87962566103423978, rel=0.02)
+
+
+def test_initializing_imports_no_compiler():
+    # torch._dynamo takes seconds to import, and the meta device's in-place ops (erfinv_ among them) import it on
+    # their first call: parameter counts build models there, so initializers leave meta tensors alone.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from relulab.zoo import init; from relulab.zoo.models import ModelSpec, "
+            "parameter_count; [init.initialize(torch.empty(30, 20), n) for n in ('he_normal', 'glorot_normal', "
+            "'truncated_normal', 'orthogonal')]; print(parameter_count(ModelSpec('deep-mlp', init='he_normal'), "
+            "(784,), 10), parameter_count(ModelSpec('seed-cnn', init='lecun_normal'), (3, 32, 32), 10)); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[1] == "False", out.stdout

@@ -29,12 +29,12 @@ from relulab.experiments.executors import Executor, InProcessExecutor
 from relulab.experiments.plan import Experiment, Part, PlannedRun, config_json
 from relulab.experiments.sweep import Sweep, SweepRun, run_line, sweeping
 from relulab.experiments.tracking import Trackers
+from relulab.packing.pack import time_alone
 from relulab.store import Store, timing_key
-from relulab.training.loop import time_alone
 from relulab.training.resume import discard_finished
 from relulab.training.specs import Job
 from relulab.zoo.activations import canonical_name as canonical_activation
-from relulab.zoo.models import KEEP, build_model
+from relulab.zoo.models import KEEP, check_model
 
 def prepare(exp: Experiment) -> dict[str, Splits]:
     """Load every dataset the experiment uses and build every model once, so that a bad
@@ -50,7 +50,7 @@ def prepare(exp: Experiment) -> dict[str, Splits]:
             if signature in built:
                 continue
             try:
-                build_model(v.spec.model, splits[key].input_shape, splits[key].num_classes)
+                check_model(v.spec.model, splits[key].input_shape, splits[key].num_classes)
             except UserError as e:
                 where = f"parts.{part.name}." if len(exp.parts) > 1 or part.name != exp.name else ""
                 raise UserError(f"{where}configs.{v.config}: {e}") from None
@@ -150,7 +150,7 @@ def run_experiment(exp: Experiment, log: Callable[[str], None] = _log, echo: Cal
 def time_packed_configs(exp: Experiment, store: Store, device: torch.device, splits_by_data: dict[str, Splits],
                         log: Callable[[str], None]) -> None:
     """Each configuration's own time per epoch, beside its packed share: where the sweep trained a configuration's
-    runs packed on this process's device, one model of it is timed alone (train.time_alone) and kept in the
+    runs packed on this process's device, one model of it is timed alone (packing.time_alone) and kept in the
     store's `timings` table, once per configuration and device. Runs that trained alone timed themselves, and
     runs trained on another device (a Ray worker's) cannot be timed from here."""
     if not (exp.pack and exp.time_alone):
@@ -170,7 +170,7 @@ def time_packed_configs(exp: Experiment, store: Store, device: torch.device, spl
             f"steps and a validation pass on {where}; its packed runs' seconds are shares of a joint time)")
 
 
-TIMING_METHOD = "train.time_alone: one model alone, train.run's step"
+TIMING_METHOD = "packing.time_alone: one model alone, as train_many trains a lone run"
 
 
 def _packed_untimed(exp: Experiment, store: Store, where: str) -> dict[str, PlannedRun]:

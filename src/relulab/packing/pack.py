@@ -48,7 +48,7 @@ from relulab.packing.units import Unit, form_units
 from relulab.training import loop, resume
 from relulab.training.loop import epoch_batches
 from relulab.training.resume import Resume
-from relulab.training.specs import EpochRecord, History, Job, RunResult, arithmetic
+from relulab.training.specs import EpochRecord, History, Job, RunResult, RunSpec, arithmetic
 from relulab.zoo.models import keras_param_count
 
 
@@ -68,6 +68,32 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     spec = jobs[0].spec.train
     setup_started = _now(device)
     bounds = epoch_batches(len(splits.x_train), spec.batch_size)
+    units, generators = ready_units(jobs, splits, device, bounds, graphs, max_stack, stack_cnns, stack_functional)
+    histories = _run_epochs(units, splits, device, bounds, setup_started, generators, saver)
+    by_job: dict[int, RunResult] = {}
+    info = provenance(device)
+    for unit in units:
+        unit.finish()
+        tests = unit.evaluate(splits.x_test, splits.y_test, spec.eval_batch_size)
+        for k, (job, model, history, test) in enumerate(zip(unit.jobs, unit.models, histories[id(unit)], tests)):
+            if history.diverged_at is None:
+                history.test_loss, history.test_acc = test
+            data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
+                    "compiled": unit.compiled, "stacked": unit.stack is not None, "relu_count": model.relu_count()}
+            last = history.epochs[-1].epoch if history.epochs else None
+            by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model,
+                                        unit.best_state(k, last))
+    if saver is not None:
+        saver.discard()
+    return [by_job[id(job)] for job in jobs]
+
+
+def ready_units(jobs: Sequence[Job], splits: Splits, device: torch.device, bounds: list[tuple[int, int]],
+                graphs: Optional[bool] = None, max_stack: Optional[int] = None, stack_cnns: Optional[bool] = None,
+                stack_functional: Optional[bool] = None) -> tuple[list[Unit], dict[int, torch.Generator]]:
+    """The units `jobs` train in (`train_together`'s options), ready for their first step of each batch size in
+    `bounds`: models built and stacked, each job's batch-order generator (by id of the job), augmentation and
+    learning-rate tables in place, the Triton kernels compiled and, on CUDA, every step captured in a graph."""
     if stack_cnns is None:
         stack_cnns = stacks_cnns(jobs, device)
     if stack_functional is None:
@@ -86,23 +112,7 @@ def train_together(jobs: Sequence[Job], splits: Splits, device: torch.device, gr
     if graphs if graphs is not None else device.type == "cuda":
         for unit in units:
             unit.capture()
-    histories = _run_epochs(units, splits, device, bounds, setup_started, generators, saver)
-    by_job: dict[int, RunResult] = {}
-    info = provenance(device)
-    for unit in units:
-        unit.finish()
-        tests = unit.evaluate(splits.x_test, splits.y_test, spec.eval_batch_size)
-        for k, (job, model, history, test) in enumerate(zip(unit.jobs, unit.models, histories[id(unit)], tests)):
-            if history.diverged_at is None:
-                history.test_loss, history.test_acc = test
-            data = {**splits.summary(), "trained_with": len(jobs), "arithmetic": arithmetic(job.spec, device),
-                    "compiled": unit.compiled, "stacked": unit.stack is not None, "relu_count": model.relu_count()}
-            last = history.epochs[-1].epoch if history.epochs else None
-            by_job[id(job)] = RunResult(job.spec, job.seed, history, keras_param_count(model), data, info, model,
-                                        unit.best_state(k, last))
-    if saver is not None:
-        saver.discard()
-    return [by_job[id(job)] for job in jobs]
+    return units, generators
 
 
 COMPILE_NOTICE_S = 2.0  # a compile shorter than this (Triton's caches were warm) goes unsaid
@@ -262,3 +272,39 @@ def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.devic
         yield from _train_together_halving(jobs[half:], splits, device, max_stack, resume)
         return
     yield from zip(jobs, results)
+
+
+def time_alone(spec: RunSpec, splits: Splits, device: torch.device, seed: int = 0,
+               steps: int = loop.TIME_ALONE_STEPS, warmup: int = loop.TIME_ALONE_WARMUP) -> loop.AloneTiming:
+    """Time one model of `spec` by itself, as `train_many` trains a lone run: on CUDA in a unit of its own (its
+    step a CUDA graph), elsewhere, and where it does not pack, through train.run's loop (`loop.time_alone`).
+    `steps` timed steps after `warmup` untimed ones (at most an epoch's each), then one validation pass."""
+    job = Job(spec, seed)
+    if device.type != "cuda" or not data_packs(splits) or pack_key(job, device) is None:
+        return loop.time_alone(spec, splits, device, seed, steps, warmup)
+    return time_unit(job, splits.to(device) if splits.device != device else splits, device, steps, warmup)
+
+
+def time_unit(job: Job, splits: Splits, device: torch.device, steps: int, warmup: int,
+              graphs: Optional[bool] = None) -> loop.AloneTiming:
+    """`time_alone` of a lone run's unit: its full-batch step, replayed over one batch order of its seed."""
+    job.spec.validate()
+    bounds = epoch_batches(len(splits.x_train), job.spec.train.batch_size)
+    (unit,), generators = ready_units([job], splits, device, bounds, graphs)
+    batch = bounds[0][1] - bounds[0][0]
+    full = [start for start, stop in bounds if stop - start == batch]
+    steps, warmup = min(steps, len(bounds)), min(warmup, len(bounds))
+    order = torch.randperm(len(splits.x_train), device=device, generator=generators[id(job)]).unsqueeze(0)
+
+    def take(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            start = full[i % len(full)]
+            unit.step(order, start, start + batch, i % len(bounds))
+
+    take(0, warmup)
+    started = _now(device)
+    take(warmup, steps)
+    step_seconds = (_now(device) - started) / steps
+    started = time.perf_counter()
+    unit.evaluate(splits.x_val, splits.y_val, job.spec.train.eval_batch_size)  # reads its numbers back: synchronised
+    return loop.AloneTiming(steps, warmup, len(bounds), step_seconds, time.perf_counter() - started)

@@ -5,8 +5,8 @@ whether it is convolutional (`conv`); an activation's entry (`relulab.zoo.activa
 the kernels have it (`kernel_code`) and whether it holds weights of its own (`learned`); the optimizers a
 stack can run are `relulab.zoo.optim.STACKED_OPTIMIZERS`. From those, here: which jobs share a stack
 (`stack_key`, `cnn_stack_key`, `functional_stack_key`, `fusable`), which share a pack (`pack_key`), which steps
-are compiled (`compiles`, `compiles_stack`), and how many models go to a stack (`default_max_stack`,
-`stack_sizes`).
+are compiled (`compiles`, `compiles_stack`), and how many models go to a stack (`most_to_a_stack`,
+`default_max_stack`, `stack_sizes`).
 """
 from __future__ import annotations
 
@@ -104,12 +104,13 @@ def functional_stack_key(job: Job) -> Optional[tuple]:
             spec.train.precision, spec.train.compile)
 
 
-# Up to how many parameters a model trains faster in a functional stack than alone (on an H200, 2 epochs of the
-# standard recipe, results/bench-h200-user-models): 32 resnet20s (270K parameters) ran 2.80 model-epochs/s
-# stacked and compiled against 1.14 alone; 4 resnet18-cifars (11.2M) ran 0.69 stacked against 0.84 alone,
-# compiled: a network that size already fills the GPU, and vmap's grouped convolutions only cost. Between the two,
-# unmeasured; a model above this trains in a unit of its own (CUDA graph, side by side with the others).
-FUNCTIONAL_STACK_MAX_PARAMS = 2_000_000
+# Up to how many parameters a model trains faster in a functional stack than as units side by side (on an H200, 2
+# epochs of the standard recipe, results/bench-h200-user-models): 16 resnet20s (270K parameters) ran 2.59
+# model-epochs/s as a compiled stack against 2.45 as 16 units on streams; resnet20s of widths 32-64-128 (1.08M) ran
+# 1.32 as a compiled stack of 8 against 1.45 as 8 units, and of widths 64-128-256 (4.3M) 0.68 against 0.79, the
+# stack no faster than one model alone (0.68). Between 270K and 1.08M unmeasured: the threshold is near the middle
+# of that range (on a log scale). A model above it trains in a unit of its own (CUDA graph, side by side).
+FUNCTIONAL_STACK_MAX_PARAMS = 500_000
 
 
 def functional_stack_pays(parameters: int) -> bool:
@@ -207,6 +208,10 @@ DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16
 DEFAULT_MAX_FUNCTIONAL_STACK = 32  # resnet20: 2.49, 2.47, 2.80 model-epochs/s at 8, 16, 32 (compiled, H200)
+# The most models a functional stack holds whatever the caller asks (more form further stacks): one stack of 64
+# resnet20s failed on an H200 in cuDNN's batch norm ("CUDNN_STATUS_NOT_SUPPORTED", results/bench-h200-user-models/
+# bench-sizes.jsonl) where 32 ran.
+MOST_FUNCTIONAL_STACK = 32
 
 
 def stack_sizes(count: int, most: int) -> list[int]:
@@ -214,6 +219,13 @@ def stack_sizes(count: int, most: int) -> list[int]:
     the stacks run side by side, so a small last one would only wait for the big ones."""
     stacks = -(-count // most)
     return [count // stacks + (1 if i < count % stacks else 0) for i in range(stacks)]
+
+
+def most_to_a_stack(job: Job, max_stack: Optional[int] = None) -> int:
+    """Models to a stack of `job`'s: `max_stack` where the caller says, else the default (the numbers above), and
+    never more than MOST_FUNCTIONAL_STACK in a functional stack."""
+    most = max_stack or default_max_stack(job)
+    return min(most, MOST_FUNCTIONAL_STACK) if functional_stack_key(job) is not None else most
 
 
 def default_max_stack(job: Job) -> int:

@@ -219,7 +219,7 @@ def _stack_pays(job: Job, splits: Splits) -> bool:
 def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes: list[int],
                max_stack: Optional[int] = None, stack_cnns: bool = False, stack_functional: bool = False
                ) -> list[Unit]:
-    """Stack MLPs that can share a stack (up to `max_stack` each, by default as `rules.default_max_stack`
+    """Stack MLPs that can share a stack (up to `max_stack` each, as `rules.most_to_a_stack`
     says), seed-cnns too with `stack_cnns`, and "vmap" models with `stack_functional`; every other job is a
     unit of its own."""
     stacks: dict[tuple, list[Job]] = {}
@@ -239,7 +239,7 @@ def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
         # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
         members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
         start = 0
-        for size in rules.stack_sizes(len(members), max_stack or rules.default_max_stack(members[0])):
+        for size in rules.stack_sizes(len(members), rules.most_to_a_stack(members[0], max_stack)):
             chunk = members[start:start + size]
             if size == 1 and rules.functional_stack_key(chunk[0]) is not None:  # vmap over one model only costs
                 units.append(model_unit(chunk[0], splits, device, sizes, rules.compiles(chunk[0], jobs, device)))

@@ -154,7 +154,7 @@ CORRELATION_COLUMNS = ("search_id", "step", "stat", "n", "spearman", "spearman_p
 #
 # `timings`: each configuration's own time per epoch on a device, where a sweep trained it packed (its runs'
 # seconds are then shares of a joint wall time): a short timed pass of one model alone
-# (relulab.training.loop.time_alone), measured once per configuration and device and kept, with its
+# (relulab.packing.time_alone), measured once per configuration and device and kept, with its
 # provenance. A configuration is its spec without the seed, as the plan stores it (`timing_key`); the device
 # is `relulab.core.env.device_name`'s, as runs record it.
 # Created on first use, like the probe and search tables; readers check that it exists first.

@@ -4,7 +4,8 @@
   store's key), `EpochRecord`, `History`, `RunResult`; `build_run_spec` makes a validated RunSpec from a spec's
   mapping, naming the field of any error.
 - `loop`: `run` (data, model, training, result) and `train_model`, Keras `fit`'s loop on device-resident tensors;
-  `evaluate`; `time_alone` (one configuration's own time per epoch).
+  `evaluate`; `time_alone` (one configuration's own time per epoch in the one-model loop; `relulab.packing.time_alone`
+  times it as a lone run trains on its device).
 - `schedules`: learning-rate schedules by name (constant, step, cosine, one-cycle), with linear warm-up.
 - `augment`: random crop and flip of image batches on the device, drawn from the run's generator.
 - `callbacks`: `Callback` and the small hooks with one job each: `BestWeights`, `ProgressBar`.

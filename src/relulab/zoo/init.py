@@ -29,6 +29,18 @@ from relulab.core.registry import canonical, lookup
 TRUNCATED_STD = 0.87962566103423978
 
 
+@torch.no_grad()
+def truncated_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill `t` with N(0, std^2) truncated at two standard deviations, by inverse transform sampling: uniforms
+    over the normal CDF's range on [-2 std, 2 std], mapped through its inverse (erfinv). Written here rather than
+    calling `nn.init.trunc_normal_`, which is not one method across torch versions (torch 2.13 samples by
+    rejection, with a host synchronisation per round, and draws other numbers): a seed gives the same weights under
+    every torch."""
+    edge = math.erf(2.0 / math.sqrt(2.0))  # 2 * CDF(2) - 1: the uniforms' range is [-edge, edge]
+    t.uniform_(-edge, edge).erfinv_()
+    return t.mul_(std * math.sqrt(2.0)).clamp_(-2 * std, 2 * std)
+
+
 def compute_fans(weight: torch.Tensor) -> tuple[int, int]:
     """(fan_in, fan_out) of a Linear or Conv weight, as Keras computes them."""
     if weight.dim() < 2:
@@ -46,7 +58,7 @@ def _variance_scaling(scale: float, mode: str, distribution: str):
             limit = math.sqrt(3.0 * variance)
             return nn.init.uniform_(t, -limit, limit)
         std = math.sqrt(variance) / TRUNCATED_STD
-        return nn.init.trunc_normal_(t, 0.0, std, -2 * std, 2 * std)
+        return truncated_normal_(t, std)
 
     return init
 
@@ -78,7 +90,7 @@ INITIALIZERS: dict[str, Initializer] = {
                     description="U(-0.05, 0.05) (Keras RandomUniform)"),
         Initializer("random_normal", lambda t, p: nn.init.normal_(t, 0.0, p), default_param=0.05,
                     description="N(0, 0.05^2) (Keras RandomNormal)"),
-        Initializer("truncated_normal", lambda t, p: nn.init.trunc_normal_(t, 0.0, p, -2 * p, 2 * p),
+        Initializer("truncated_normal", lambda t, p: truncated_normal_(t, p),
                     default_param=0.05, description="N(0, 0.05^2) truncated at 2 std (Keras TruncatedNormal)"),
         Initializer("orthogonal", lambda t, p: nn.init.orthogonal_(t, gain=p), default_param=1.0,
                     description="a random orthogonal matrix times the gain"),
@@ -111,6 +123,10 @@ def canonical_name(spec: str, field: str = "init") -> str:
 def initialize(tensor: torch.Tensor, spec: str, field: str = "init") -> torch.Tensor:
     """Fill `tensor` in place with the initializer named by `spec`."""
     init, param = parse_initializer(spec, field)
+    if tensor.is_meta:
+        # No values to draw (parameter counts build models on the meta device). On torch 2.11 the meta device's
+        # in-place ops run torch._refs, whose first call imports torch._dynamo: 5.8 s of seed 001's command.
+        return tensor
     return init.apply(tensor, param)
 
 

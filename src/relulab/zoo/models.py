@@ -488,6 +488,21 @@ def build_model(spec: ModelSpec, input_shape, num_classes: int) -> SlotNet:
     return model
 
 
+def check_model(spec: ModelSpec, input_shape, num_classes: int) -> None:
+    """Build the model `spec` names as `build_model` does, to have a bad spec refused before anything trains:
+    relulab's own models on the meta device (shapes and checks without values to draw: milliseconds, against
+    about 0.1 s on the CPU for seed 001's 50-layer MLP); a model by reference, the user's code, on the CPU. An
+    operation the meta device lacks builds the model on the CPU instead."""
+    if not MODELS[spec.name].by_reference:
+        try:
+            with torch.device("meta"):
+                build_model(spec, input_shape, num_classes)
+            return
+        except (NotImplementedError, RuntimeError):
+            pass
+    build_model(spec, input_shape, num_classes)
+
+
 # Training holds each parameter four times over: the weight, its gradient and (Adam, RMSprop) up to two moments.
 TRAINING_COPIES = 4
 
