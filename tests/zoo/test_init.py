@@ -86,14 +86,16 @@ def test_truncated_normals_are_the_inverse_cdf_of_the_same_uniforms():
 
 def test_initializing_imports_no_compiler():
     # torch._dynamo takes seconds to import, and the meta device's in-place ops (erfinv_ among them) import it on
-    # their first call: parameter counts build models there, so initializers leave meta tensors alone.
+    # their first call: parameter counts build models there, so initializers (relulab's, and the CIFAR nets' own)
+    # leave meta tensors alone.
     import subprocess
     import sys
 
     code = ("import sys, torch; from relulab.zoo import init; from relulab.zoo.models import ModelSpec, "
             "parameter_count; [init.initialize(torch.empty(30, 20), n) for n in ('he_normal', 'glorot_normal', "
             "'truncated_normal', 'orthogonal')]; print(parameter_count(ModelSpec('deep-mlp', init='he_normal'), "
-            "(784,), 10), parameter_count(ModelSpec('seed-cnn', init='lecun_normal'), (3, 32, 32), 10)); "
+            "(784,), 10), parameter_count(ModelSpec('seed-cnn', init='lecun_normal'), (3, 32, 32), 10), "
+            "parameter_count(ModelSpec('resnet20'), (3, 32, 32), 10)); "
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[1] == "False", out.stdout

@@ -219,7 +219,11 @@ SLOT_COUNTS = {"resnet20": 1 + 2 * RESNET20_BLOCKS * len(RESNET20_WIDTHS),
 def literature_init(model: nn.Module) -> None:
     """The initialization these nets are trained with: every conv He normal on fan_out (std sqrt(2 / fan_out),
     not truncated: torchvision's ResNet and VGG) with zero biases, every batch norm weight 1 and bias 0, the
-    Linear classifier PyTorch's default (kuangliu/pytorch-cifar leaves it so)."""
+    Linear classifier PyTorch's default (kuangliu/pytorch-cifar leaves it so). A model on the meta device is left
+    as it is, as `relulab.zoo.init.initialize` leaves meta tensors: no values to draw, and drawing them there
+    imports torch._dynamo (seconds)."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

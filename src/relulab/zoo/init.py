@@ -124,8 +124,9 @@ def initialize(tensor: torch.Tensor, spec: str, field: str = "init") -> torch.Te
     """Fill `tensor` in place with the initializer named by `spec`."""
     init, param = parse_initializer(spec, field)
     if tensor.is_meta:
-        # No values to draw (parameter counts build models on the meta device). On torch 2.11 the meta device's
-        # in-place ops run torch._refs, whose first call imports torch._dynamo: 5.8 s of seed 001's command.
+        # No values to draw (parameter counts build models on the meta device). There in-place ops such as erfinv_
+        # and normal_ run torch._refs, whose first call imports torch._dynamo (torch 2.11 and 2.13): 5.8 s of seed
+        # 001's command on an H200.
         return tensor
     return init.apply(tensor, param)
 
