@@ -110,12 +110,34 @@ def test_small_networks_stack_and_big_ones_train_in_units_of_their_own():
     assert [u.stack for u in big] == [None, None]
 
 
-def test_a_functional_stack_holds_at_most_32_models_whatever_the_caller_asks():
-    # One stack of 64 resnet20s failed in cuDNN's batch norm on an H200 where 32 ran: 40 asked as one stack form two.
-    jobs = [_job(seed, model="resnet20") for seed in range(40)]
-    assert rules.stack_sizes(len(jobs), rules.most_to_a_stack(jobs[0], 64)) == [20, 20]
+def test_a_functional_stack_holds_at_most_64_models_whatever_the_caller_asks():
+    jobs = [_job(seed, model="resnet20") for seed in range(80)]
+    assert rules.stack_sizes(len(jobs), rules.most_to_a_stack(jobs[0], 128)) == [40, 40]
     assert rules.most_to_a_stack(jobs[0], 8) == 8 and rules.most_to_a_stack(jobs[0]) == 32
-    assert rules.most_to_a_stack(_job(0, model="deep-mlp"), 64) == 64  # the fused MLP step: no such limit
+    assert rules.most_to_a_stack(_job(0, model="deep-mlp"), 128) == 128  # the fused MLP step: no such limit
+
+
+def test_a_stack_evaluates_in_batches_whose_activations_cudnn_can_index(monkeypatch):
+    """cuDNN indexes tensors with 32-bit integers: 64 resnet20s evaluated on 2,048 images at once put 2^31 values
+    through the stem's batch norm and failed on an H200. largest_batch bounds the evaluation's batches by the
+    model's biggest activation (resnet20's: 16 channels x 32 x 32 an image), and the split batches give the
+    numbers one batch gives."""
+    from relulab.packing import functional
+    from relulab.packing.units import evaluate_stack
+    torch.manual_seed(0)
+    stack = FunctionalStack([build_model(ModelSpec("resnet20"), (3, 32, 32), 10) for _ in range(2)])
+    assert stack.largest_batch((3, 32, 32)) == (2**31 - 1) // (2 * 16 * 32 * 32)
+    x, y = torch.randn(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    whole = evaluate_stack(stack, x, y, batch=12)
+    monkeypatch.setattr(functional, "MOST_VALUES", 5 * 2 * 16 * 32 * 32)  # room for 5 images
+    stack._values_per_image.clear()
+    batches = []
+    forward = stack.forward
+    monkeypatch.setattr(stack, "forward", lambda p, xb, training: batches.append(len(xb)) or forward(p, xb, training))
+    split = evaluate_stack(stack, x, y, batch=12)
+    assert batches == [5, 5, 2]
+    for ours, theirs in zip(split, whole):
+        assert ours == pytest.approx(theirs, abs=1e-6)
 
 
 def test_augmentation_is_set_up_before_the_steps_are_captured(user_model, monkeypatch):

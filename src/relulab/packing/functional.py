@@ -20,6 +20,7 @@ After training, `unstack_into` copies each model's share back into its ordinary 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Sequence
 
 import torch
@@ -60,6 +61,12 @@ def _normalize_in_float32(module: nn.Module) -> None:
     module.forward = in_float32
 
 
+# The most values a tensor of the stack may hold. cuDNN indexes tensors with 32-bit integers: evaluating 64 resnet20s
+# on batches of 2,048 images put 2,048 x (64 x 16 channels) x 32 x 32 = 2^31 values through one batch norm, which
+# failed on an H200 ("CUDNN_STATUS_NOT_SUPPORTED", results/bench-h200-user-models/bench-sizes.jsonl), where 32 ran.
+MOST_VALUES = 2**31 - 1
+
+
 def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).clone()
 
@@ -89,6 +96,7 @@ class FunctionalStack:
         self.buffers.update(self._choices)
         kernels = {id(w) for w in kernel_weights(models[0])}  # what the l1 and l2 penalties weigh
         self.kernels = [i for i, n in enumerate(self.names) if id(named[0][n]) in kernels]
+        self._values_per_image: dict[tuple, int] = {}
         self._shared_call = vmap(self._one, in_dims=(0, 0, None))
         self._own_call = vmap(self._one, in_dims=(0, 0, 0))
 
@@ -128,6 +136,35 @@ class FunctionalStack:
             x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last_3d).transpose(0, 1)
         call = self._own_call if own else self._shared_call
         return call(self.views(params), self.buffers, x)
+
+    def largest_batch(self, image_shape: Sequence[int]) -> int:
+        """The largest batch of `image_shape` inputs whose biggest activation, the K models side by side, stays
+        within MOST_VALUES (evaluation splits its batches to this)."""
+        key = tuple(image_shape)
+        if key not in self._values_per_image:
+            self._values_per_image[key] = self._largest_activation(key)
+        return max(1, MOST_VALUES // (self.k * self._values_per_image[key]))
+
+    @torch.no_grad()
+    def _largest_activation(self, image_shape: tuple) -> int:
+        """The most values any module of one model gives for one input: model 0 run once on a zero image. Tensors
+        made between modules (a residual sum) are as big as the module outputs they add."""
+        sizes = [math.prod(image_shape)]
+
+        def note(module, inputs, output):
+            if torch.is_tensor(output):
+                sizes.append(output.numel())
+
+        hooks = [m.register_forward_hook(note) for m in self.base.modules()]
+        try:
+            self.base.eval()
+            params = {n: v[0] for n, v in self.views(self.params.detach()).items()}
+            buffers = {n: b[0] for n, b in self.buffers.items()}
+            functional_call(self.base, (params, buffers), (torch.zeros(1, *image_shape, device=self.params.device),))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return max(sizes)
 
     def compile(self, compiler) -> "FunctionalStack":
         """Compile the training call (`compiler`: torch.compile with the caller's options); evaluation, on

@@ -207,11 +207,10 @@ def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
 DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16
-DEFAULT_MAX_FUNCTIONAL_STACK = 32  # resnet20: 2.49, 2.47, 2.80 model-epochs/s at 8, 16, 32 (compiled, H200)
-# The most models a functional stack holds whatever the caller asks (more form further stacks): one stack of 64
-# resnet20s failed on an H200 in cuDNN's batch norm ("CUDNN_STATUS_NOT_SUPPORTED", results/bench-h200-user-models/
-# bench-sizes.jsonl) where 32 ran.
-MOST_FUNCTIONAL_STACK = 32
+DEFAULT_MAX_FUNCTIONAL_STACK = 32  # resnet20: 2.49, 2.47, 2.80, 2.92 model-epochs/s at 8, 16, 32, 64 (compiled, H200)
+# The most models a functional stack holds whatever the caller asks (more form further stacks): the largest stack
+# measured. (One of 64 resnet20s once failed in cuDNN's batch norm, in evaluation: FunctionalStack.largest_batch.)
+MOST_FUNCTIONAL_STACK = 64
 
 
 def stack_sizes(count: int, most: int) -> list[int]:

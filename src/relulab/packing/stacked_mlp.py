@@ -6,6 +6,7 @@ model's channels are separate channels to it).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -51,6 +52,12 @@ class StackedMLP(StackedWeights):
             else:
                 h = self._batchnorm(h, views[op.weight], views[op.bias], op, training)
         return h
+
+    def largest_batch(self, features: Sequence[int]) -> int:
+        """The largest batch whose widest layer, the K models side by side, PyTorch's kernels index with 32-bit
+        integers (in practice any: 64 models of 1,000 units allow 33,554 images)."""
+        widest = max([math.prod(features), *(op.shape[0] for op in self.ops if op.kind == "linear")])
+        return max(1, (2**31 - 1) // (self.k * widest))
 
     def _batchnorm(self, h, weight, bias, op: Op, training: bool) -> torch.Tensor:
         # To PyTorch's batch norm, model k's channel c is channel k*C + c of a (B, K*C) batch.
