@@ -84,13 +84,13 @@ def test_warm_up_ramps_the_first_epochs_of_every_schedule(name, extra):
 
 def test_a_run_trains_at_the_scheduled_rate_of_every_batch(digits, monkeypatch):
     seen = []
-    real_step = loop.train_step
+    real_step = loop.batch_step
 
     def recording(model, optimizer, *args, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
         return real_step(model, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", recording)
+    monkeypatch.setattr(loop, "batch_step", recording)
     spec = _spec(schedule=ScheduleSpec("cosine", warmup_epochs=1), epochs=3)
     loop.run(spec, 0, "cpu", splits=digits)
     per_epoch = len(loop.epoch_batches(len(digits.x_train), 64))

@@ -92,13 +92,13 @@ def _recipe_jobs() -> list[Job]:
 
 def test_a_scheduled_run_stopped_after_an_epoch_goes_on_at_the_same_learning_rates(splits, tmp_path, monkeypatch):
     rates = []
-    real_step = loop.train_step
+    real_step = loop.batch_step
 
     def recording(model, optimizer, *args, **kwargs):
         rates.append(optimizer.param_groups[0]["lr"])
         return real_step(model, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", recording)
+    monkeypatch.setattr(loop, "batch_step", recording)
     for pack in (False, True):  # alone (training.loop) and packed (each model's row of the learning-rate table)
         rates[:] = []
         uninterrupted = {job.key: _numbers(r) for job, r in train_many(_recipe_jobs(), splits, "cpu", pack=pack)}

@@ -241,11 +241,11 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
     groups: dict = {}
     for job in jobs:
         extra = callbacks(job) if callbacks else ()
-        key = pack_key(job, device) if pack and not extra and data_packs(splits) else None
-        groups.setdefault(key if key is not None else ("alone", id(job)), []).append((job, extra))
+        key = _packs_under(job, splits, device, pack, extra)
+        groups.setdefault(("alone", id(job)) if key is None else key, []).append((job, extra))
     wanted = still_wanted or list
     for key, members in groups.items():
-        if key[0] == "alone" or (len(members) == 1 and device.type != "cuda"):
+        if _trains_in_the_loop(None if key[0] == "alone" else key, len(members), device):
             job, extra = members[0]
             if wanted([job]):
                 saver = resume.saver([job.key]) if resume else None
@@ -256,6 +256,19 @@ def train_many(jobs: Sequence[Job], splits: Splits, device: str | torch.device =
             chunk = wanted([job for job, _ in members[start:start + max_pack]])
             if chunk:
                 yield from _train_together_halving(chunk, splits, device, max_stack, resume)
+
+
+def _packs_under(job: Job, splits: Splits, device: torch.device, pack: bool = True, callbacks=()) -> Optional[tuple]:
+    """The key `job` packs under in train_many; None where it trains through one model's loop (packing off,
+    callbacks, which see one model, data that does not pack, or a model without a pack key)."""
+    return pack_key(job, device) if pack and not callbacks and data_packs(splits) else None
+
+
+def _trains_in_the_loop(key: Optional[tuple], group_size: int, device: torch.device) -> bool:
+    """Whether the jobs of one pack key (None: none) train through train.run's loop rather than train_together's
+    units: off CUDA a lone run gains nothing from a unit of one (no graphs), so it takes the loop too. The one
+    place this is decided, for training (train_many) and for timing a run alone (time_alone)."""
+    return key is None or (group_size == 1 and device.type != "cuda")
 
 
 def _train_together_halving(jobs: list[Job], splits: Splits, device: torch.device, max_stack: Optional[int] = None,
@@ -280,7 +293,7 @@ def time_alone(spec: RunSpec, splits: Splits, device: torch.device, seed: int = 
     step a CUDA graph), elsewhere, and where it does not pack, through train.run's loop (`loop.time_alone`).
     `steps` timed steps after `warmup` untimed ones (at most an epoch's each), then one validation pass."""
     job = Job(spec, seed)
-    if device.type != "cuda" or not data_packs(splits) or pack_key(job, device) is None:
+    if _trains_in_the_loop(_packs_under(job, splits, device), 1, device):
         return loop.time_alone(spec, splits, device, seed, steps, warmup)
     return time_unit(job, splits.to(device) if splits.device != device else splits, device, steps, warmup)
 

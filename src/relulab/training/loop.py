@@ -74,23 +74,6 @@ def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds[:-1] if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1 else bounds
 
 
-def train_epoch(model, optimizer, x, y, batch_size, generator, kernels, l1, l2, amp=None, scheduler=None,
-                label_smoothing: float = 0.0, augment: Optional[AugmentSpec] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over (x, y) in a fresh random order; returns device tensors (loss sum, correct count).
-    `scheduler` is stepped after every batch; `augment` transforms every batch with draws from `generator`."""
-    model.train()
-    order = torch.randperm(len(x), device=x.device, generator=generator)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for start, stop in epoch_batches(len(x), batch_size):
-        train_step(model, optimizer, x, y, order[start:stop], kernels, l1, l2, amp, (loss_sum, correct),
-                   label_smoothing, (augment, generator) if augment is not None else None)
-        if scheduler is not None:
-            scheduler.step()
-    return loss_sum, correct
-
-
 def train_step(model, optimizer, x, y, idx, kernels, l1, l2, amp, totals: tuple[torch.Tensor, torch.Tensor],
                label_smoothing: float = 0.0, augment: Optional[tuple[AugmentSpec, torch.Generator]] = None) -> None:
     """One optimizer step on the examples `idx` of (x, y); adds its loss sum and correct count to `totals`
@@ -134,10 +117,11 @@ def epoch_data(splits: Splits, batch_size: int, generator: torch.Generator) -> I
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
-def train_streamed_epoch(model, optimizer, splits: Splits, spec: TrainSpec, generator, kernels, amp=None,
-                         scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """train_epoch for a streamed training set: the same order from `generator`, cut into the same batches, each
-    fetched as epoch_data fetches it; the step after that is train_epoch's."""
+def train_epoch(model, optimizer, splits: Splits, spec: TrainSpec, generator, kernels, amp=None,
+                scheduler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the training set in a fresh order from `generator` (epoch_data: resident or streamed);
+    returns device tensors (loss sum, correct count). `scheduler` is stepped after every batch; the spec's
+    augmentation transforms every batch with draws from `generator`."""
     model.train()
     loss_sum = torch.zeros((), device=splits.device)
     correct = torch.zeros((), device=splits.device, dtype=torch.long)
@@ -176,13 +160,7 @@ def train_model(model: nn.Module, splits: Splits, spec: TrainSpec, seed: int = 0
     for epoch in range(done + 1, spec.epochs + 1):
         _sync(device)
         started = time.perf_counter()
-        if splits.streamed:
-            loss_sum, correct = train_streamed_epoch(model, optimizer, splits, spec, generator, kernels, amp,
-                                                     scheduler)
-        else:
-            loss_sum, correct = train_epoch(model, optimizer, splits.x_train, splits.y_train, spec.batch_size,
-                                            generator, kernels, spec.l1, spec.l2, amp, scheduler,
-                                            spec.label_smoothing, spec.augment)
+        loss_sum, correct = train_epoch(model, optimizer, splits, spec, generator, kernels, amp, scheduler)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
         val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, spec.eval_batch_size, amp)
         _sync(device)
