@@ -140,6 +140,22 @@ def test_a_stack_evaluates_in_batches_whose_activations_cudnn_can_index(monkeypa
         assert ours == pytest.approx(theirs, abs=1e-6)
 
 
+def test_a_stack_holds_no_more_models_than_keep_a_training_batch_within_cudnns_reach(monkeypatch):
+    """A training batch of a stack runs all its models' activations through one cuDNN call: the stack size is
+    capped so that K x batch x the model's biggest activation stays within functional.MOST_VALUES."""
+    from relulab.packing.units import form_units
+    from relulab.zoo.models import ModelSpec, largest_activation
+    assert largest_activation(ModelSpec("resnet20"), (3, 32, 32), 10) == 16 * 32 * 32  # the stem's and layer1's
+    job = _job(0, model="resnet20")  # batch 32
+    assert rules.most_to_a_stack(job, 64, (3, 32, 32), 10) == 64  # 64 x 32 x 16,384 values: far within reach
+    monkeypatch.setattr(rules, "MOST_VALUES", 3 * 32 * 16 * 32 * 32)  # room for 3 models' batches
+    assert rules.most_to_a_stack(job, 64, (3, 32, 32), 10) == 3
+    splits = load_data(DataSpec(name="digits", image_size=32, train_size=64, split="stratified:32"))
+    units = form_units([_job(seed, model="resnet20") for seed in range(7)], splits, CPU, [32], max_stack=64,
+                       stack_functional=True)
+    assert sorted(u.stack.k for u in units) == [2, 2, 3]
+
+
 def test_augmentation_is_set_up_before_the_steps_are_captured(user_model, monkeypatch):
     """A CUDA graph replays what it captured: a step captured before its augmentation is set would train on
     unaugmented batches (as it once did). Capture is recorded here (the CPU has no graphs), and every step of an

@@ -87,7 +87,8 @@ def test_truncated_normals_are_the_inverse_cdf_of_the_same_uniforms():
 def test_initializing_imports_no_compiler():
     # torch._dynamo takes seconds to import, and the meta device's in-place ops (erfinv_ among them) import it on
     # their first call: parameter counts build models there, so initializers (relulab's, and the CIFAR nets' own)
-    # leave meta tensors alone.
+    # leave meta tensors alone. A stack's activation limit (largest_activation) runs its model on the CPU: on the
+    # meta device batch norm would import it too.
     import subprocess
     import sys
 
@@ -96,6 +97,7 @@ def test_initializing_imports_no_compiler():
             "'truncated_normal', 'orthogonal')]; print(parameter_count(ModelSpec('deep-mlp', init='he_normal'), "
             "(784,), 10), parameter_count(ModelSpec('seed-cnn', init='lecun_normal'), (3, 32, 32), 10), "
             "parameter_count(ModelSpec('resnet20'), (3, 32, 32), 10)); "
+            "from relulab.zoo.models import largest_activation; largest_activation(ModelSpec('resnet20'), (3, 32, 32), 10); "
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[1] == "False", out.stdout

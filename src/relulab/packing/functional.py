@@ -20,14 +20,13 @@ After training, `unstack_into` copies each model's share back into its ordinary 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from relulab.zoo.models import Slot, SlottedModel
+from relulab.zoo.models import Slot, SlottedModel, largest_output
 from relulab.zoo.optim import kernel_weights
 
 
@@ -142,29 +141,8 @@ class FunctionalStack:
         within MOST_VALUES (evaluation splits its batches to this)."""
         key = tuple(image_shape)
         if key not in self._values_per_image:
-            self._values_per_image[key] = self._largest_activation(key)
+            self._values_per_image[key] = largest_output(self.base, key)  # the base's own weights: shapes only
         return max(1, MOST_VALUES // (self.k * self._values_per_image[key]))
-
-    @torch.no_grad()
-    def _largest_activation(self, image_shape: tuple) -> int:
-        """The most values any module of one model gives for one input: model 0 run once on a zero image. Tensors
-        made between modules (a residual sum) are as big as the module outputs they add."""
-        sizes = [math.prod(image_shape)]
-
-        def note(module, inputs, output):
-            if torch.is_tensor(output):
-                sizes.append(output.numel())
-
-        hooks = [m.register_forward_hook(note) for m in self.base.modules()]
-        try:
-            self.base.eval()
-            params = {n: v[0] for n, v in self.views(self.params.detach()).items()}
-            buffers = {n: b[0] for n, b in self.buffers.items()}
-            functional_call(self.base, (params, buffers), (torch.zeros(1, *image_shape, device=self.params.device),))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return max(sizes)
 
     def compile(self, compiler) -> "FunctionalStack":
         """Compile the training call (`compiler`: torch.compile with the caller's options); evaluation, on

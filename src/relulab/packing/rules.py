@@ -15,11 +15,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from relulab.packing.functional import MOST_VALUES
 from relulab.packing.fused import MAX_BATCH
 from relulab.training.specs import Job, autocast_dtype, float32_products
 from relulab.zoo.activations import KERNEL_CODES, canonical_name, parse_activation
 from relulab.zoo.masks import parse_mask
-from relulab.zoo.models import ModelSpec, model_entry
+from relulab.zoo.models import ModelSpec, largest_activation, model_entry
 from relulab.zoo.optim import STACKED_OPTIMIZERS
 
 
@@ -220,11 +221,20 @@ def stack_sizes(count: int, most: int) -> list[int]:
     return [count // stacks + (1 if i < count % stacks else 0) for i in range(stacks)]
 
 
-def most_to_a_stack(job: Job, max_stack: Optional[int] = None) -> int:
-    """Models to a stack of `job`'s: `max_stack` where the caller says, else the default (the numbers above), and
-    never more than MOST_FUNCTIONAL_STACK in a functional stack."""
+def most_to_a_stack(job: Job, max_stack: Optional[int] = None, input_shape: Optional[tuple] = None,
+                    num_classes: int = 10) -> int:
+    """Models to a stack of `job`'s: `max_stack` where the caller says, else the default (the numbers above). A
+    functional stack holds at most MOST_FUNCTIONAL_STACK, and, where the input's shape is given, no more than keep
+    a training batch's biggest activation, all the stack's models side by side, within what cuDNN indexes
+    (functional.MOST_VALUES; evaluation splits its batches to it instead)."""
     most = max_stack or default_max_stack(job)
-    return min(most, MOST_FUNCTIONAL_STACK) if functional_stack_key(job) is not None else most
+    if functional_stack_key(job) is None:
+        return most
+    most = min(most, MOST_FUNCTIONAL_STACK)
+    if input_shape is not None:
+        per_batch = job.spec.train.batch_size * largest_activation(job.spec.model, input_shape, num_classes)
+        most = min(most, max(1, MOST_VALUES // per_batch))
+    return most
 
 
 def default_max_stack(job: Job) -> int:

@@ -240,7 +240,8 @@ def form_units(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
         # A fused stack applies each activation to a run of neighbouring models: put equal placements together.
         members.sort(key=lambda job: (job.spec.model.activation, sorted(job.spec.model.slots.items())))
         start = 0
-        for size in rules.stack_sizes(len(members), rules.most_to_a_stack(members[0], max_stack)):
+        most = rules.most_to_a_stack(members[0], max_stack, splits.input_shape, splits.num_classes)
+        for size in rules.stack_sizes(len(members), most):
             chunk = members[start:start + size]
             if size == 1 and rules.functional_stack_key(chunk[0]) is not None:  # vmap over one model only costs
                 units.append(model_unit(chunk[0], splits, device, sizes, rules.compiles(chunk[0], jobs, device)))

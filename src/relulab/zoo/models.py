@@ -25,6 +25,7 @@ layer + cross-entropy). `keras_param_count` counts what Keras' summary counts
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -539,6 +540,45 @@ def _parameter_count(spec_json: str, input_shape: tuple, num_classes: int) -> in
     with torch.device("meta"):
         model = MODELS[spec.name].build(spec, input_shape, num_classes)
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def largest_output(model: nn.Module, input_shape: tuple) -> int:
+    """The most values any module of `model` gives for one input: the model run once, in eval mode (no batch norm
+    statistics move), on a zero input on its own device, with hooks noting each module's output. Tensors made
+    between modules (a residual sum) are as big as the module outputs they add."""
+    sizes = [math.prod(input_shape)]
+
+    def note(module, inputs, output):
+        if torch.is_tensor(output):
+            sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(note) for m in model.modules()]
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
+
+
+def largest_activation(spec: ModelSpec, input_shape: tuple, num_classes: int) -> int:
+    """largest_output of the model `spec` names, built on the CPU with the global random state put back after
+    (on the meta device batch norm runs torch's Python decompositions, whose first call imports torch._dynamo:
+    seconds). Only models small enough to stack ask (packing.rules.most_to_a_stack): milliseconds."""
+    key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(input_shape), num_classes)
+    if key not in _LARGEST_ACTIVATIONS:
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(copy.deepcopy(spec), input_shape, num_classes)
+        _LARGEST_ACTIVATIONS[key] = largest_output(model, tuple(input_shape))
+    return _LARGEST_ACTIVATIONS[key]
+
+
+_LARGEST_ACTIVATIONS: dict[tuple, int] = {}
 
 
 def keras_param_count(model: nn.Module) -> int:
