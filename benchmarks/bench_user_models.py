@@ -15,7 +15,9 @@ channels-last, GPU tensors, no DataLoader. Throughput is model-epochs per second
 median epoch after the first; relulab's epoch time is the pack's wall time per model); the first epoch also
 holds compiling and graph capture, reported as `first_epoch_s`. TFLOP/s counts the training step's FLOPs
 (torch.utils.flop_counter, forward and backward at batch 128) over the training set, against the chip's own
-bf16 matmul rate measured in the same call. Prints JSON lines, then a table; writes bench.jsonl to --out.
+bf16 matmul rate measured in the same call. The plain loop runs with `torch.backends.cudnn.benchmark` on (what a
+competent user sets), relulab as it runs for its users: off unless --relulab-cudnn-benchmark on (calls before
+2026-12-02 ran both sides with it on). Prints JSON lines, then a table; writes bench.jsonl to --out.
 """
 from __future__ import annotations
 
@@ -122,9 +124,11 @@ def main() -> None:
                         "repeatable; default 1,8,16,32 for every model. MODEL@W1-W2-W3: the model with model.widths")
     parser.add_argument("--compile", default="auto", help="auto (relulab's rule), on or off")
     parser.add_argument("--plain-seeds", default="0", help="the plain loop's seeds, e.g. 0,1")
+    parser.add_argument("--relulab-cudnn-benchmark", default="off", choices=["on", "off"],
+                        help="torch.backends.cudnn.benchmark for relulab's sides: off, as relulab runs (cuDNN's "
+                        "heuristics pick the same algorithms in every process), or on; the plain loop's is on")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
-    torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
     splits = load_data(DataSpec("cifar10", path=args.cifar, split="test")).to(torch.device("cuda"))
     chip = chip_bf16_tflops()
@@ -145,8 +149,10 @@ def main() -> None:
                    lambda k=k, most=most, c=c: relulab_pack(splits, args.cifar, name, args.epochs, k, c, most))
                   for k, most, c in packs.get(name, [])]
         for what, side in sides:
+            torch.backends.cudnn.benchmark = what["side"] == "plain-pytorch" or args.relulab_cudnn_benchmark == "on"
+            what["cudnn_benchmark"] = torch.backends.cudnn.benchmark
             try:
-                row = side()
+                row = {**side(), "cudnn_benchmark": what["cudnn_benchmark"]}
             except Exception as error:  # one failing variant must not lose the others' numbers
                 row = {"model": name, **what, "error": f"{type(error).__name__}: {str(error)[:300]}",
                        "trace": traceback.format_exc()[-1500:]}
