@@ -9,7 +9,6 @@ each epoch.
 import sys
 from pathlib import Path
 
-import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
