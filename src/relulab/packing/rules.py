@@ -208,7 +208,9 @@ def compiles_stack(jobs: Sequence[Job], device: torch.device) -> bool:
 DEFAULT_MAX_STACK = 8
 DEFAULT_MAX_FUSED_STACK = 64
 DEFAULT_MAX_CNN_STACK = 16
-DEFAULT_MAX_FUNCTIONAL_STACK = 32  # resnet20: 2.49, 2.47, 2.80, 2.92 model-epochs/s at 8, 16, 32, 64 (compiled, H200)
+# resnet20, compiled, H200: 2.49, 2.47, 2.80, 2.92 model-epochs/s in one stack of 8, 16, 32, 64; 64 as two stacks
+# of 32 side by side 2.95 against 2.85 as one (cuDNN benchmarking off, as relulab runs).
+DEFAULT_MAX_FUNCTIONAL_STACK = 32
 # The most models a functional stack holds whatever the caller asks (more form further stacks): the largest stack
 # measured. (One of 64 resnet20s once failed in cuDNN's batch norm, in evaluation: FunctionalStack.largest_batch.)
 MOST_FUNCTIONAL_STACK = 64
