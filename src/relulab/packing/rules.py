@@ -224,16 +224,16 @@ def stack_sizes(count: int, most: int) -> list[int]:
 
 
 def most_to_a_stack(job: Job, max_stack: Optional[int] = None, input_shape: Optional[tuple] = None,
-                    num_classes: int = 10) -> int:
+                    num_classes: Optional[int] = None) -> int:
     """Models to a stack of `job`'s: `max_stack` where the caller says, else the default (the numbers above). A
-    functional stack holds at most MOST_FUNCTIONAL_STACK, and, where the input's shape is given, no more than keep
-    a training batch's biggest activation, all the stack's models side by side, within what cuDNN indexes
-    (functional.MOST_VALUES; evaluation splits its batches to it instead)."""
+    functional stack holds at most MOST_FUNCTIONAL_STACK, and, where the data's input shape and classes are given,
+    no more than keep a training batch's biggest activation, all the stack's models side by side, within what cuDNN
+    indexes (functional.MOST_VALUES; evaluation splits its batches to it instead)."""
     most = max_stack or default_max_stack(job)
     if functional_stack_key(job) is None:
         return most
     most = min(most, MOST_FUNCTIONAL_STACK)
-    if input_shape is not None:
+    if input_shape is not None and num_classes is not None:
         per_batch = job.spec.train.batch_size * largest_activation(job.spec.model, input_shape, num_classes)
         most = min(most, max(1, MOST_VALUES // per_batch))
     return most

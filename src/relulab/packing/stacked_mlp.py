@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relulab.packing.functional import MOST_VALUES
 from relulab.packing.fused import FusedMLP
 from relulab.packing.stacking import Op, StackedWeights
 from relulab.zoo.models import Slot, SlotNet
@@ -55,9 +56,9 @@ class StackedMLP(StackedWeights):
 
     def largest_batch(self, features: Sequence[int]) -> int:
         """The largest batch whose widest layer, the K models side by side, PyTorch's kernels index with 32-bit
-        integers (in practice any: 64 models of 1,000 units allow 33,554 images)."""
+        integers (functional.MOST_VALUES; in practice any: 64 models of 1,000 units allow 33,554 images)."""
         widest = max([math.prod(features), *(op.shape[0] for op in self.ops if op.kind == "linear")])
-        return max(1, (2**31 - 1) // (self.k * widest))
+        return max(1, MOST_VALUES // (self.k * widest))
 
     def _batchnorm(self, h, weight, bias, op: Op, training: bool) -> torch.Tensor:
         # To PyTorch's batch norm, model k's channel c is channel k*C + c of a (B, K*C) batch.

@@ -518,10 +518,15 @@ def check_model_fits(spec: ModelSpec, input_shape: tuple, num_classes: int) -> N
                "optimizer state)")
 
 
+def _spec_key(spec: ModelSpec) -> str:
+    """The spec as canonical JSON: the key of the caches of what a model's shape alone decides."""
+    return json.dumps(spec.to_dict(), sort_keys=True, default=str)
+
+
 def parameter_count(spec: ModelSpec, input_shape: tuple, num_classes: int) -> int:
     """The model's trainable parameters: counted on the meta device for relulab's models; a model by reference
     is the user's code, which may not run on the meta device, so it is built on the CPU."""
-    spec_json = json.dumps(spec.to_dict(), sort_keys=True, default=str)
+    spec_json = _spec_key(spec)
     if MODELS[spec.name].by_reference:
         return _parameter_count_on_cpu(spec_json, tuple(input_shape), num_classes)
     return _parameter_count(spec_json, tuple(input_shape), num_classes)
@@ -570,7 +575,7 @@ def largest_activation(spec: ModelSpec, input_shape: tuple, num_classes: int) ->
     """largest_output of the model `spec` names, built on the CPU with the global random state put back after
     (on the meta device batch norm runs torch's Python decompositions, whose first call imports torch._dynamo:
     seconds). Only models small enough to stack ask (packing.rules.most_to_a_stack): milliseconds."""
-    key = (json.dumps(spec.to_dict(), sort_keys=True, default=str), tuple(input_shape), num_classes)
+    key = (_spec_key(spec), tuple(input_shape), num_classes)
     if key not in _LARGEST_ACTIVATIONS:
         with torch.random.fork_rng(devices=[]):
             model = build_model(copy.deepcopy(spec), input_shape, num_classes)
