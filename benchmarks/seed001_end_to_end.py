@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--peer-site", default="/tmp/site")
     parser.add_argument("--out", default=".")
     parser.add_argument("--warm-runs", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true", help="relulab's cases only (no ratio)")
     parser.add_argument("--root", help="folder for the caches and stores (default: a new temporary folder); "
                         "the caches stay filled for a later command, e.g. benchmarks/profile_command.py")
     args = parser.parse_args()
@@ -71,7 +72,8 @@ def main() -> None:
     with (out / "seed001_end_to_end.jsonl").open("w") as log:
         cases = [lambda: relulab_case("cold", fashion, root)]
         cases += [lambda i=i: relulab_case(f"warm{i}", fashion, root) for i in range(1, args.warm_runs + 1)]
-        cases += [lambda: peer_case(fashion, Path(args.peers).resolve(), args.peer_site, root)]
+        if not args.no_peer:
+            cases += [lambda: peer_case(fashion, Path(args.peers).resolve(), args.peer_site, root)]
         for case in cases:
             record = case()
             records.append(record)
@@ -79,6 +81,8 @@ def main() -> None:
             log.flush()
             print(f"{record['part']} {record['case']}: {record['wall_s']} s (exit {record['returncode']})",
                   file=sys.stderr)
+    if args.no_peer:
+        return
     peer = next(r for r in records if r["part"] == "peer")
     peer_table_s = PEER_SEEDS * peer["wall_s"]
     print(f"peer: {peer['wall_s']} s for one seed's 4 models, so {peer_table_s:.0f} s for the 5-seed table")

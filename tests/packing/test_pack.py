@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from relulab.packing import fused, pack, rules, units
+from relulab.zoo.activations import KERNEL_CODES
 from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
 from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_deep_mlp, build_model
@@ -221,6 +222,25 @@ def test_the_fused_gradient_equals_autograd():
     for k, model in enumerate(models):
         flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         assert torch.allclose(grad[k], flat, atol=1e-6)
+
+
+def test_the_run_kernels_take_seed001s_48_square_layers_and_nothing_else():
+    # 784 -> 300 -> 100, 48 x (100 -> 100), 100 -> 10: one run from layer 2 to 50; the Triton interpreter test
+    # (tests/kernels) checks the run kernels' numbers against this reference path.
+    models = [build_model(ModelSpec("deep-mlp", activation=a), (1, 28, 28), 10) for a in ("relu", "tanh")]
+    stack = StackedMLP(models)
+    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    step = fused.FusedMLP(models, stack.sizes, linear, CPU)
+    assert step.runs == []  # the reference path computes every layer alone
+    (run,) = fused.find_runs(step.layers)
+    assert (run.start, run.stop, run.width) == (2, 50, 100)
+    assert run.codes.shape == (2, 48) and run.codes[1].unique().tolist() == [KERNEL_CODES["tanh"]]
+    # One square layer is no run, nor are square layers of two widths side by side.
+    narrow = [build_model(ModelSpec("deep-mlp", widths=[20, 20, 12, 12]), (30,), 5)]
+    stack = StackedMLP(narrow)
+    layers = fused.FusedMLP(narrow, stack.sizes, [(op.weight, op.bias, op.shape) for op in stack.ops
+                                                  if op.kind == "linear"], CPU).layers
+    assert fused.find_runs(layers) == []
 
 
 def test_activations_with_weights_of_their_own_never_stack():

@@ -32,6 +32,15 @@ def activate(z, code):
 
 
 @triton.jit
+def activate_by_select(z, code):
+    """`activate` as selects rather than branches: every activation computed, one kept. The run kernels' forward
+    (relulab.kernels.fused_triton) carries its activations from one layer's product into the next, and Triton 3.6
+    fails to compile such a loop when the product's input comes out of a branch (in its `TritonGPUPrefetch` pass)."""
+    return tl.where(code == RELU, tl.maximum(z, 0.0), tl.where(code == SIGMOID, 1.0 / (1.0 + tl.exp(-z)),
+                                                               tl.where(code == TANH, libdevice.tanh(z), z)))
+
+
+@triton.jit
 def activation_grad(y, code):
     """act'(x) from the output y = act(x), for one model's code."""
     d = tl.full(y.shape, 1.0, tl.float32)

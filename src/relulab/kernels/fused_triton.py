@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from relulab.kernels.activation_code import activate, activation_grad
+from relulab.kernels.activation_code import activate, activate_by_select, activation_grad
 from relulab.kernels.launches import launch
 
 
@@ -105,3 +105,134 @@ def linear_backward(g, y, x, w, layer, dw, db, dx, precision: str = "ieee") -> N
     launch(_backward_kernel, (k, triton.cdiv(fan_in, config["BLOCK_IN"])),
         g, y, x, w, layer.codes, dw, db, dx if dx is not None else x, batch, fan_in, fan_out, w.stride(0),
         BLOCK_B=_block_b(batch), WRITE_DX=dx is not None, PRECISION=precision, **config)
+
+
+# Runs of square layers: seed 001's model is 784 -> 300 -> 100, then 48 layers of 100 -> 100, then 100 -> 10. Each
+# per-layer kernel above costs about 5.6 us a step for 20 models, nearly all of it latency (launch, then a load that
+# waits on the previous layer's store), so the 48 middle layers were 96 of the step's ~110 kernels. A run of
+# WIDTH -> WIDTH layers (WIDTH <= 128) is instead three kernels: a forward that takes BLOCK_B rows of one model's
+# batch through every layer with the activations in registers, a backward that takes the same rows back through
+# every layer (saving each layer's delta), and one wide kernel for all the layers' weight and bias gradients at once,
+# which need the whole batch. The layers' weights are consecutive in the flat parameters (weight, then bias, layer
+# after layer: relulab.packing.stacking), so layer l's starts LAYER_SIZE * l after the first's.
+# An earlier whole-run kernel on fp32 FMA products was 3.5x slower than the per-layer kernels (BENCHMARKS.md,
+# "Tried, did not pay: whole runs of layers in one kernel"): one program must do a 128 x 128 product per layer,
+# which only tensor cores (tf32) do fast enough.
+
+
+@triton.jit
+def _run_forward_kernel(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_stride,
+                        BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr):
+    """acts[l + 1] = act_{k,l}(acts[l] @ W_l.T + b_l) for l < LAYERS, one model k and BLOCK_B rows of its batch;
+    acts is (LAYERS + 1, K, B, WIDTH), acts[0] the run's input."""
+    k = tl.program_id(0)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rw = tl.arange(0, BLOCK_W)
+    tile = (rb[:, None] < B) & (rw[None, :] < WIDTH)
+    square = (rw[:, None] < WIDTH) & (rw[None, :] < WIDTH)
+    offsets = rb[:, None] * WIDTH + rw[None, :]
+    layer_size = WIDTH * WIDTH + WIDTH
+    slab = K * B * WIDTH  # one layer's activations
+    p_ptr += k * row_stride
+    # Columns past WIDTH hold act(0) (0.5 for sigmoid), but the weights' masked rows there are 0, so they add nothing.
+    h = tl.load(act_ptr + k * B * WIDTH + offsets, mask=tile, other=0.0)
+    for l in range(LAYERS):
+        w_ptr = p_ptr + l * layer_size
+        wt = tl.load(w_ptr + rw[None, :] * WIDTH + rw[:, None], mask=square, other=0.0)  # wt[i, o] = W_l[o, i]
+        bias = tl.load(w_ptr + WIDTH * WIDTH + rw, mask=rw < WIDTH, other=0.0)
+        z = tl.dot(h, wt, input_precision=PRECISION) + bias[None, :]
+        h = activate_by_select(z, tl.load(code_ptr + k * LAYERS + l))
+        tl.store(act_ptr + (l + 1) * slab + k * B * WIDTH + offsets, h, mask=tile)
+
+
+@triton.jit
+def _run_backward_kernel(g_ptr, act_ptr, p_ptr, code_ptr, delta_ptr, dx_ptr, K, B, WIDTH, LAYERS, row_stride,
+                         BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, WRITE_DX: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """From g = dL/d(acts[LAYERS]), for one model k and BLOCK_B rows, layer by layer back: delta_l = g * act'(acts[l + 1])
+    (stored, for the weight gradients), g = delta_l @ W_l; the last g is dL/d(acts[0]), written to dx."""
+    k = tl.program_id(0)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rw = tl.arange(0, BLOCK_W)
+    tile = (rb[:, None] < B) & (rw[None, :] < WIDTH)
+    square = (rw[:, None] < WIDTH) & (rw[None, :] < WIDTH)
+    offsets = k * B * WIDTH + rb[:, None] * WIDTH + rw[None, :]
+    layer_size = WIDTH * WIDTH + WIDTH
+    slab = K * B * WIDTH
+    p_ptr += k * row_stride
+    g = tl.load(g_ptr + offsets, mask=tile, other=0.0)
+    for step in range(LAYERS):
+        l = LAYERS - 1 - step
+        y = tl.load(act_ptr + (l + 1) * slab + offsets, mask=tile, other=0.0)
+        w = tl.load(p_ptr + l * layer_size + rw[:, None] * WIDTH + rw[None, :], mask=square, other=0.0)
+        delta = g * activation_grad(y, tl.load(code_ptr + k * LAYERS + l))
+        tl.store(delta_ptr + l * slab + offsets, delta, mask=tile)
+        g = tl.dot(delta, w, input_precision=PRECISION)
+    if WRITE_DX:
+        tl.store(dx_ptr + offsets, g, mask=tile)
+
+
+@triton.jit
+def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH, LAYERS, row_stride,
+                            BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_W: tl.constexpr,
+                            PRECISION: tl.constexpr):
+    """dW_l[block] = delta_l[:, block].T @ acts[l] and db_l[block] = sum(delta_l[:, block]) for one model k, one
+    layer l and one block of output rows, over the whole batch."""
+    k = tl.program_id(0)
+    l = tl.program_id(1)
+    ro = tl.program_id(2) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    rb = tl.arange(0, BLOCK_B)
+    ri = tl.arange(0, BLOCK_W)
+    slab = K * B * WIDTH
+    rows = rb[:, None] < B
+    delta = tl.load(delta_ptr + l * slab + k * B * WIDTH + rb[:, None] * WIDTH + ro[None, :],
+                    mask=rows & (ro[None, :] < WIDTH), other=0.0)
+    x = tl.load(act_ptr + l * slab + k * B * WIDTH + rb[:, None] * WIDTH + ri[None, :],
+                mask=rows & (ri[None, :] < WIDTH), other=0.0)
+    dw = tl.dot(tl.trans(delta), x, input_precision=PRECISION)
+    dp_ptr += k * row_stride + l * (WIDTH * WIDTH + WIDTH)
+    tl.store(dp_ptr + ro[:, None] * WIDTH + ri[None, :], dw, mask=(ro[:, None] < WIDTH) & (ri[None, :] < WIDTH))
+    tl.store(dp_ptr + WIDTH * WIDTH + ro, tl.sum(delta, axis=0), mask=ro < WIDTH)
+
+
+# Rows of a batch per program and warps of the run kernels, the fastest of those measured on an H200 for seed 001's 20
+# models (BENCHMARKS.md, "Runs of square layers"): 16 rows (two programs a model at batch 32) on 8 warps, no software
+# pipelining. 32 or 64 rows (64: Hopper's wgmma products), 4 or 16 warps, 2 stages, and loading the next layer's
+# weights during this layer's product (registers spill) were all slower, some of them several times.
+RUN_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=1)
+RUN_WEIGHT_GRAD_CONFIG = dict(BLOCK_OUT=64, num_warps=4, num_stages=1)
+
+
+def run_forward(acts, w, codes, precision: str = "tf32") -> None:
+    """acts (L + 1, K, B, width): from acts[0], every layer's output into acts[1:]; w: the run's first weight, a view
+    of the stack's flat (K, n) parameters; codes (K, L) int32."""
+    layers, k, batch, width = acts.shape[0] - 1, acts.shape[1], acts.shape[2], acts.shape[3]
+    config = dict(RUN_CONFIG)
+    block_b = config.pop("BLOCK_B")
+    launch(_run_forward_kernel, (k, triton.cdiv(batch, block_b)), acts, w, codes, k, batch, width, layers,
+           w.stride(0), BLOCK_B=block_b, BLOCK_W=_block_w(width), PRECISION=precision, **config)
+
+
+def run_backward(g, acts, w, codes, deltas, dx, precision: str = "tf32") -> None:
+    """From g (K, B, width), the gradient of acts[L]: every layer's delta into deltas (L, K, B, width) and, unless dx
+    is None, the gradient of acts[0] into dx."""
+    layers, k, batch, width = deltas.shape
+    config = dict(RUN_CONFIG)
+    block_b = config.pop("BLOCK_B")
+    launch(_run_backward_kernel, (k, triton.cdiv(batch, block_b)), g, acts, w, codes, deltas,
+           dx if dx is not None else g, k, batch, width, layers, w.stride(0), BLOCK_B=block_b,
+           BLOCK_W=_block_w(width), WRITE_DX=dx is not None, PRECISION=precision, **config)
+
+
+def run_weight_grad(acts, deltas, dw, precision: str = "tf32") -> None:
+    """Every layer's weight and bias gradients of a run, into the flat gradient from dw (the first layer's weight
+    gradient, a view of the flat (K, n) gradient) on."""
+    layers, k, batch, width = deltas.shape
+    config = dict(RUN_WEIGHT_GRAD_CONFIG)
+    launch(_run_weight_grad_kernel, (k, layers, triton.cdiv(width, config["BLOCK_OUT"])), acts, deltas, dw, k,
+           batch, width, layers, dw.stride(0), BLOCK_B=_block_b(batch), BLOCK_W=_block_w(width), PRECISION=precision,
+           **config)
+
+
+def _block_w(width: int) -> int:
+    return max(16, triton.next_power_of_2(width))

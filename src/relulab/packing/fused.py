@@ -5,7 +5,8 @@ the activation forward; activation backward, two bmms and a bias reduction backw
 seed 001's 51-layer model is a chain of about 300 tiny kernels, bound by their latency
 even inside a CUDA graph. Here each layer is one kernel forward (matmul + bias +
 activation) and one backward (activation derivative, input gradient, weight and bias
-gradients), about 110 a step, whatever the number of models stacked.
+gradients), about 110 a step, whatever the number of models stacked. With tf32 products, seed 001's 48 square middle
+layers are one `Run` of three kernels instead of 96 (`find_runs`; relulab.kernels.fused_triton): about 20 a step.
 
 Models in one stack may differ in activation, per model and layer: each layer carries one
 activation code per model (`relulab.zoo.activations.KERNEL_CODES`). The derivative is taken
@@ -74,12 +75,49 @@ def runs(values: list) -> list[tuple[int, int, object]]:
     return found
 
 
+@dataclass
+class Run:
+    """Consecutive layers [start, stop) of one width in and out (at most MAX_RUN_WIDTH), their weights one after
+    another in the flat parameters: on the GPU a run is three kernels instead of two per layer
+    (`relulab.kernels.fused_triton.run_forward`)."""
+
+    start: int
+    stop: int
+    width: int
+    codes: torch.Tensor  # (K, layers) int32: each model's activation code in each layer of the run
+
+
+MAX_RUN_WIDTH = 128  # a run's kernels hold a whole (batch rows x width) tile and a width x width weight per program
+MIN_RUN = 2
+
+
+def find_runs(layers: list[Layer]) -> list[Run]:
+    """The runs of at least MIN_RUN square layers of one width, each layer's weight and bias next to each other and
+    to the next layer's in the flat parameters (as relulab.packing.stacking lays them out)."""
+    def continues(start: int, index: int) -> bool:
+        layer = layers[index]
+        return (layer.fan_in == layer.fan_out == layers[start].fan_in and layer.bias == layer.weight + 1
+                and (index == start or layer.weight == layers[index - 1].bias + 1))
+
+    found, start = [], 0
+    while start < len(layers):
+        stop = start
+        while stop < len(layers) and continues(start, stop):
+            stop += 1
+        if stop - start >= MIN_RUN and layers[start].fan_in <= MAX_RUN_WIDTH:
+            codes = torch.stack([layer.codes for layer in layers[start:stop]], dim=1).contiguous()
+            found.append(Run(start, stop, layers[start].fan_in, codes))
+        start = max(stop, start + 1)
+    return found
+
+
 class FusedMLP:
     """The Linear layers of a stack of K plain MLPs, with a forward and backward written by hand.
 
     `sizes` and `linear` come from `relulab.packing.stacked_mlp.StackedMLP`: how the flat (K, n) parameters
     split, and each Linear layer's (weight index, bias index, (out, in)). `precision`: "ieee" (fp32
-    products) or "tf32"."""
+    products) or "tf32". With the Triton kernels and tf32 products, runs of square layers (`find_runs`) go through
+    the run kernels; the PyTorch reference computes every layer alone."""
 
     def __init__(self, models: Sequence[SlotNet], sizes: list[int], linear: list[tuple[int, int, tuple]],
                  device: torch.device, use_triton: Optional[bool] = None, precision: str = "ieee"):
@@ -92,9 +130,66 @@ class FusedMLP:
             self.layers.append(Layer(weight, bias, fan_in, fan_out, torch.tensor(codes, dtype=torch.int32,
                                                                                  device=device), runs(codes)))
         self._forward, self._backward = reference_forward, reference_backward
+        self.runs: list[Run] = []
+        self._kernels = None
         if use_triton if use_triton is not None else device.type == "cuda":
             from relulab.kernels import fused_triton
             self._forward, self._backward = fused_triton.linear_forward, fused_triton.linear_backward
+            self._kernels = fused_triton
+            # Only with tensor-core products: on fp32 FMA a run's 128 x 128 products per program are slower than
+            # the per-layer kernels (BENCHMARKS.md, "Tried, did not pay: whole runs of layers in one kernel").
+            if precision == "tf32":
+                self.runs = find_runs(self.layers)
+
+    def _activations(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Every layer's input and the last one's output, (K, B, width) each: outputs[i] is layer i's input. A run's
+        input and its layers' outputs are consecutive slices of one (layers + 1, K, B, width) tensor, as its kernels
+        read them: those tensors by the run's first layer."""
+        k, batch, _ = x.shape
+        outputs: list[Optional[torch.Tensor]] = [x] + [None] * len(self.layers)
+        blocks = {}
+        for run in self.runs:
+            block = blocks[run.start] = x.new_empty(run.stop - run.start + 1, k, batch, run.width)
+            if run.start == 0:
+                block[0].copy_(x)
+            outputs[run.start:run.stop + 1] = list(block)
+        for index, layer in enumerate(self.layers):
+            if outputs[index + 1] is None:
+                outputs[index + 1] = x.new_empty(k, batch, layer.fan_out)
+        return outputs, blocks
+
+    def _forward_all(self, views, outputs: list[torch.Tensor], blocks: dict[int, torch.Tensor]) -> None:
+        runs_from = {run.start: run for run in self.runs}
+        index = 0
+        while index < len(self.layers):
+            layer = self.layers[index]
+            if index in runs_from:
+                run = runs_from[index]
+                self._kernels.run_forward(blocks[index], views[layer.weight], run.codes, self.precision)
+                index = run.stop
+            else:
+                self._forward(outputs[index], views[layer.weight], views[layer.bias], layer, outputs[index + 1],
+                              self.precision)
+                index += 1
+
+    def _backward_all(self, g, views, grads, outputs: list[torch.Tensor], blocks: dict[int, torch.Tensor]) -> None:
+        """From g = dL/d(logits), back through every layer (or run), writing the gradient into `grads`."""
+        runs_to = {run.stop - 1: run for run in self.runs}
+        index = len(self.layers) - 1
+        while index >= 0:
+            run = runs_to.get(index)
+            start = run.start if run is not None else index
+            dx = torch.empty_like(outputs[start]) if start > 0 else None  # the input's gradient, but not the data's
+            first = self.layers[start]
+            if run is not None:
+                deltas = g.new_empty(run.stop - run.start, *g.shape)
+                self._kernels.run_backward(g, blocks[start], views[first.weight], run.codes, deltas, dx,
+                                           self.precision)
+                self._kernels.run_weight_grad(blocks[start], deltas, grads[first.weight], self.precision)
+            else:
+                self._backward(g, outputs[index + 1], outputs[index], views[first.weight], first,
+                               grads[first.weight], grads[first.bias], dx, self.precision)
+            g, index = dx, start - 1
 
     @torch.no_grad()
     def gradient(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -103,21 +198,14 @@ class FusedMLP:
         (K, B, classes); writes the gradient of the summed losses into `grad` (shaped like params)."""
         k, batch, _ = x.shape
         views, grads = params.split(self.sizes, dim=1), grad.split(self.sizes, dim=1)
-        outputs = [x]
-        for layer in self.layers:
-            out = x.new_empty(k, batch, layer.fan_out)
-            self._forward(outputs[-1], views[layer.weight], views[layer.bias], layer, out, self.precision)
-            outputs.append(out)
+        outputs, blocks = self._activations(x)
+        self._forward_all(views, outputs, blocks)
         logits = outputs[-1]
         losses = F.cross_entropy(logits.reshape(k * batch, -1), y.reshape(-1), reduction="none").view(k, batch)
         # d(mean loss)/d(logits) = (softmax - one-hot) / B
         g = torch.softmax(logits, dim=2)
         target = y.unsqueeze(2)
         g.scatter_(2, target, g.gather(2, target) - 1).div_(batch)
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[index]
-            dx = torch.empty_like(outputs[index]) if index > 0 else None
-            self._backward(g, outputs[index + 1], outputs[index], views[layer.weight], layer,
-                           grads[layer.weight], grads[layer.bias], dx, self.precision)
-            g = dx
+        self._backward_all(g, views, grads, outputs, blocks)
         return losses.mean(1), logits
+

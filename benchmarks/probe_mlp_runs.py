@@ -1,0 +1,125 @@
+"""The fused MLP step with and without the run kernels (relulab.kernels.fused_triton.run_forward and friends), on the
+GPU: seed 001's model (784 -> 300 -> 100, 48 x 100 -> 100, -> 10), 20 models with mixed activations.
+
+First the gradients: the run path against the per-layer path (both tf32) and both against the fp32 PyTorch reference.
+Then one step (gradient and an SGD update, in a CUDA graph) timed for the per-layer path and for each run-kernel
+configuration given. Prints one JSON line a measurement, also written to $OUT/probe_mlp_runs.jsonl.
+
+    OUT=out python benchmarks/probe_mlp_runs.py --models 20 --configs 16:8:1,32:8:1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+from relulab.kernels import fused_triton
+from relulab.packing import fused
+from relulab.packing.stacked_mlp import StackedMLP
+from relulab.zoo.models import ModelSpec, build_model
+
+ACTIVATIONS = ("relu", "relu", "sigmoid", "tanh")  # seed 001's four models: two of them ReLU
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    with (Path(os.environ.get("OUT", ".")) / "probe_mlp_runs.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def build(k: int, device):
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("deep-mlp", activation=ACTIVATIONS[i % 4], init="he_normal"), (1, 28, 28), 10)
+              .to(device) for i in range(k)]
+    stack = StackedMLP(models)
+    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    return models, stack, linear
+
+
+def check(models, stack, linear, device) -> None:
+    params = stack.params.detach()
+    for batch in (32, 24):
+        x = torch.rand(len(models), batch, 784, device=device)
+        y = torch.randint(0, 10, (len(models), batch), device=device)
+        found = {}
+        for name, precision, runs, triton in (("runs", "tf32", True, True), ("layers", "tf32", False, True),
+                                              ("reference", "ieee", False, False)):
+            step = fused.FusedMLP(models, stack.sizes, linear, device, triton, precision)
+            if not runs:
+                step.runs = []
+            grad = torch.full_like(params, float("nan"))
+            loss, logits = step.gradient(params, x, y, grad)
+            found[name] = (loss, logits, grad)
+        def diff(a, b):
+            return {part: (u - v).abs().max().item() for part, u, v in zip(("loss", "logits", "grad"), found[a], found[b])}
+        emit({"part": "check", "batch": batch, "runs_vs_layers": diff("runs", "layers"),
+              "runs_vs_fp32": diff("runs", "reference"), "layers_vs_fp32": diff("layers", "reference"),
+              "nan_in_runs_grad": bool(torch.isnan(found["runs"][2]).any()),
+              "max_abs_grad": found["reference"][2].abs().max().item()})
+
+
+def time_step(models, stack, linear, device, runs: bool, replays: int = 300) -> float:
+    """Median ms of one step (gradient + SGD update) replayed from a CUDA graph."""
+    step = fused.FusedMLP(models, stack.sizes, linear, device, True, "tf32")
+    if not runs:
+        step.runs = []
+    params = stack.params.detach().clone()
+    x = torch.rand(len(models), 32, 784, device=device)
+    y = torch.randint(0, 10, (len(models), 32), device=device)
+    grad = torch.empty_like(params)
+
+    def once():
+        step.gradient(params, x, y, grad)
+        params.add_(grad, alpha=-1e-3)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            once()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        once()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / replays)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="20", help="stack sizes, e.g. 1,20,64")
+    parser.add_argument("--configs", default="16:8:1",
+                        help="run-kernel configurations BLOCK_B:warps:stages (forward and backward alike)")
+    parser.add_argument("--weight-blocks", default="64", help="BLOCK_OUT of the weight-gradient kernel")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    models, stack, linear = build(20, device)
+    check(models, stack, linear, device)
+    for k in [int(m) for m in args.models.split(",")]:
+        models, stack, linear = build(k, device)
+        emit({"part": "step", "models": k, "path": "per-layer", "ms": round(time_step(models, stack, linear, device,
+                                                                                       False), 4)})
+        for config in args.configs.split(","):
+            block_b, warps, stages = (int(v) for v in config.split(":"))
+            for weight_block in [int(b) for b in args.weight_blocks.split(",")]:
+                fused_triton.RUN_CONFIG.update(BLOCK_B=block_b, num_warps=warps, num_stages=stages)
+                fused_triton.RUN_WEIGHT_GRAD_CONFIG.update(BLOCK_OUT=weight_block)
+                ms = time_step(models, stack, linear, device, True)
+                emit({"part": "step", "models": k, "path": "runs", "config": config, "weight_block": weight_block,
+                      "ms": round(ms, 4)})
+
+
+if __name__ == "__main__":
+    main()
