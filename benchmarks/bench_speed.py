@@ -287,7 +287,7 @@ def check_fused_kernels(out, device):
     models = [build_model(ModelSpec("deep-mlp", activation=act), (1, 28, 28), 10).to(device)
               for act in ("identity", "relu", "sigmoid", "tanh")]
     stack = StackedMLP(models)
-    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    linear = stack.linear_layers()
     params = stack.params.detach()
     for batch, precision in ((32, "ieee"), (24, "ieee"), (32, "tf32")):
         x, y = torch.rand(len(models), batch, 784, device=device), torch.randint(0, 10, (len(models), batch), device=device)

@@ -36,7 +36,7 @@ def build(k: int, device):
     models = [build_model(ModelSpec("deep-mlp", activation=ACTIVATIONS[i % 4], init="he_normal"), (1, 28, 28), 10)
               .to(device) for i in range(k)]
     stack = StackedMLP(models)
-    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    linear = stack.linear_layers()
     return models, stack, linear
 
 

@@ -27,7 +27,7 @@ def largest_difference(models, features: int, precisions=("ieee", "tf32"), runs:
     in loss, logits and gradient, over both kernel configurations and a full and a short batch."""
     cpu = torch.device("cpu")
     stack = StackedMLP(models)
-    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    linear = stack.linear_layers()
     params = stack.params.detach()
     worst = 0.0
     # Both kernel configurations (their block shapes differ); the interpreter computes either in fp32.
@@ -63,6 +63,7 @@ def main() -> int:
     worst = max(worst, largest_difference(first, 20, ("tf32",), runs=1))
     print(f"largest difference {worst:.2e}")
     return 0 if worst < 1e-5 else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from relulab.packing import fused, pack, rules, units
-from relulab.zoo.activations import KERNEL_CODES
 from relulab.training import loop as train
 from relulab.data import DataSpec, load_data
+from relulab.zoo.activations import KERNEL_CODES
 from relulab.zoo.models import MODELS, ModelEntry, ModelSpec, build_deep_mlp, build_model
 from relulab.zoo.optim import OptimizerSpec
 from relulab.packing.pack import train_many
@@ -212,7 +212,7 @@ def test_the_fused_gradient_equals_autograd():
     models = [build_model(ModelSpec("deep-mlp", activation=a, widths=[20, 12, 12]), (30,), 5)
               for a in ("relu", "relu", "tanh", "sigmoid", "identity")]
     stack = StackedMLP(models)
-    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
+    linear = stack.linear_layers()
     x, y = torch.randn(len(models), 8, 30), torch.randint(0, 5, (len(models), 8))
     grad = torch.empty_like(stack.params)
     losses, _ = fused.FusedMLP(models, stack.sizes, linear, CPU).gradient(stack.params.detach(), x, y, grad)
@@ -229,8 +229,7 @@ def test_the_run_kernels_take_seed001s_48_square_layers_and_nothing_else():
     # (tests/kernels) checks the run kernels' numbers against this reference path.
     models = [build_model(ModelSpec("deep-mlp", activation=a), (1, 28, 28), 10) for a in ("relu", "tanh")]
     stack = StackedMLP(models)
-    linear = [(op.weight, op.bias, op.shape) for op in stack.ops if op.kind == "linear"]
-    step = fused.FusedMLP(models, stack.sizes, linear, CPU)
+    step = fused.FusedMLP(models, stack.sizes, stack.linear_layers(), CPU)
     assert step.runs == []  # the reference path computes every layer alone
     (run,) = fused.find_runs(step.layers)
     assert (run.start, run.stop, run.width) == (2, 50, 100)
@@ -238,8 +237,7 @@ def test_the_run_kernels_take_seed001s_48_square_layers_and_nothing_else():
     # One square layer is no run, nor are square layers of two widths side by side.
     narrow = [build_model(ModelSpec("deep-mlp", widths=[20, 20, 12, 12]), (30,), 5)]
     stack = StackedMLP(narrow)
-    layers = fused.FusedMLP(narrow, stack.sizes, [(op.weight, op.bias, op.shape) for op in stack.ops
-                                                  if op.kind == "linear"], CPU).layers
+    layers = fused.FusedMLP(narrow, stack.sizes, stack.linear_layers(), CPU).layers
     assert fused.find_runs(layers) == []
 
 

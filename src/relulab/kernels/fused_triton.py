@@ -114,7 +114,7 @@ def linear_backward(g, y, x, w, layer, dw, db, dx, precision: str = "ieee") -> N
 # batch through every layer with the activations in registers, a backward that takes the same rows back through
 # every layer (saving each layer's delta), and one wide kernel for all the layers' weight and bias gradients at once,
 # which need the whole batch. The layers' weights are consecutive in the flat parameters (weight, then bias, layer
-# after layer: relulab.packing.stacking), so layer l's starts LAYER_SIZE * l after the first's.
+# after layer: relulab.packing.stacking), so layer l's starts l * (WIDTH * WIDTH + WIDTH) after the first's.
 # An earlier whole-run kernel on fp32 FMA products was 3.5x slower than the per-layer kernels (BENCHMARKS.md,
 # "Tried, did not pay: whole runs of layers in one kernel"): one program must do a 128 x 128 product per layer,
 # which only tensor cores (tf32) do fast enough.

@@ -208,4 +208,3 @@ class FusedMLP:
         g.scatter_(2, target, g.gather(2, target) - 1).div_(batch)
         self._backward_all(g, views, grads, outputs, blocks)
         return losses.mean(1), logits
-

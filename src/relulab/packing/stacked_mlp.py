@@ -54,6 +54,11 @@ class StackedMLP(StackedWeights):
                 h = self._batchnorm(h, views[op.weight], views[op.bias], op, training)
         return h
 
+    def linear_layers(self) -> list[tuple[int, int, tuple]]:
+        """Each Linear layer's (weight index, bias index, (out, in)) into the split of `params`: what the fused step
+        (relulab.packing.fused.FusedMLP) is built from."""
+        return [(op.weight, op.bias, op.shape) for op in self.ops if op.kind == "linear"]
+
     def largest_batch(self, features: Sequence[int]) -> int:
         """The largest batch whose widest layer, the K models side by side, PyTorch's kernels index with 32-bit
         integers (functional.MOST_VALUES; in practice any: 64 models of 1,000 units allow 33,554 images)."""

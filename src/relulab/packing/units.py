@@ -189,8 +189,8 @@ def stack_unit(jobs: Sequence[Job], splits: Splits, device: torch.device, sizes:
         unit.stack = kind(unit.models)
     step = PackStep
     if rules.fusable(jobs[0]):  # then every job of the stack is (it is part of stack_key)
-        linear = [(op.weight, op.bias, op.shape) for op in unit.stack.ops if op.kind == "linear"]
-        unit.stack.fused = FusedMLP(unit.models, unit.stack.sizes, linear, device, precision=unit.products)
+        unit.stack.fused = FusedMLP(unit.models, unit.stack.sizes, unit.stack.linear_layers(), device,
+                                    precision=unit.products)
         step = FusedPackStep
     optimizer = unit.optimizer = StackedOptimizer(unit.stack.params, [job.spec.train.optimizer for job in jobs])
     x = splits.x_train.flatten(1) if unit.stack.flat_input else splits.x_train
