@@ -48,6 +48,8 @@ def test_each_distinct_kernel_compiles_once_whatever_the_batch_size():
     assert (done.kernels, done.threads) == (4, 3) and len(kernel.compiled) == 4
     assert not kernel.launched  # compiled, never run
     assert launches.compile_all(noted, threads=0).kernels == 4 and len(kernel.compiled) == 4  # 0: none ahead
+    assert launches.compile_all(noted, threads=3).kernels == 4 and len(kernel.compiled) == 4  # compiled already
+    assert launches.compile_all(noted, threads=3, device="cuda:1").kernels == 4 and len(kernel.compiled) == 8
 
 
 def test_compile_threads_come_from_the_environment(monkeypatch):
@@ -55,3 +57,12 @@ def test_compile_threads_come_from_the_environment(monkeypatch):
     assert launches.compile_threads() == 1
     monkeypatch.setenv("RELULAB_COMPILE_THREADS", "many")  # not a number: the default
     assert 1 <= launches.compile_threads() <= 16
+
+
+def test_tritons_cache_key_is_hashed_once_on_a_thread_of_its_own():
+    launches.hash_triton_ahead()
+    first = launches._hashing
+    launches.hash_triton_ahead()
+    assert launches._hashing is first and first.daemon
+    first.join(timeout=60)
+    assert not first.is_alive()

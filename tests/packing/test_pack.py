@@ -221,7 +221,22 @@ def test_the_fused_gradient_equals_autograd():
     expected.sum().backward()
     for k, model in enumerate(models):
         flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-        assert torch.allclose(grad[k], flat, atol=1e-6)
+        assert torch.allclose(grad[k, :len(flat)], flat, atol=1e-6)
+        assert torch.equal(grad[k, len(flat):], torch.zeros(grad.shape[1] - len(flat)))  # the row's padding
+
+
+def test_a_stacks_rows_are_padded_to_64_bytes_and_unstack_to_the_same_models():
+    # 1,093 parameters a model: rows of 1,104, so that every model's row starts 64-byte aligned for the kernels.
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec("deep-mlp", activation="relu", widths=[20, 12, 12]), (30,), 5) for _ in range(3)]
+    stack = StackedMLP(models)
+    n = sum(p.numel() for p in models[0].parameters())
+    assert (n, stack.params.shape) == (1093, (3, 1104)) and stack.params.shape[1] % 16 == 0
+    assert sum(stack.sizes) == 1104 and torch.equal(stack.params.detach()[:, n:], torch.zeros(3, 11))
+    copies = [build_model(ModelSpec("deep-mlp", activation="relu", widths=[20, 12, 12]), (30,), 5) for _ in range(3)]
+    stack.unstack_into(copies)
+    for model, copy in zip(models, copies):
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
 
 
 def test_the_run_kernels_take_seed001s_48_square_layers_and_nothing_else():

@@ -42,6 +42,8 @@ class Drawn:
 
         monkeypatch.setattr(figures, "save_figure", spy)
         monkeypatch.setattr(search_figures, "save_figure", spy)
+        # Every figure drawn, none read from the figure cache, which the first report of the session fills.
+        monkeypatch.setattr(figures, "cached_figure", lambda *args: args[-1]())  # the last argument: draw
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +209,32 @@ def test_the_spec_is_dumped_as_compact_flow_style_yaml(drawn, store):
         assert all(len(line) <= SPEC_WIDTH for line in text.splitlines() if line.rstrip().endswith(("}", "]"))), name
     odd = {"a: b": {"text": "two\nlines", "list": [{"p": 1}]}, "long": list(range(60)), "empty": {}}
     assert yaml.safe_load(spec_text(odd)) == odd
+
+
+def test_a_cached_figure_is_drawn_once_and_again_when_what_it_shows_changes(tmp_path, monkeypatch):
+    from relulab.report import figures
+
+    monkeypatch.setenv("RELULAB_CACHE", str(tmp_path / "cache"))
+    drawn = []
+    real = figures._draw_activations
+    monkeypatch.setattr(figures, "_draw_activations", lambda *args: drawn.append(args[0]) or real(*args))
+    value = {"activations": ["relu", "tanh"], "range": [-3.0, 3.0]}
+    first = figures.activations_figure(value, svg=True)
+    again = figures.activations_figure(value, svg=True)
+    assert drawn == [["relu", "tanh"]] and (again.png, again.svg) == (first.png, first.svg)
+    assert again.title == first.title and again.caption == first.caption and again.about == first.about
+    assert len(list((tmp_path / "cache" / "figures").glob("*.png"))) == 1
+    wider = figures.activations_figure({**value, "range": [-4.0, 4.0]}, svg=True)
+    assert len(drawn) == 2 and wider.png != first.png
+    figures.activations_figure(value, svg=False)  # a report without SVG is its own entry: nothing wrongly missing
+    assert len(drawn) == 3
+
+
+def test_a_figure_is_still_drawn_where_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    from relulab.report import figures
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("RELULAB_CACHE", str(blocked))
+    out = figures.activations_figure({"activations": ["relu"], "range": [-2.0, 2.0]}, svg=False)
+    assert out.png.startswith(b"\x89PNG") and out.svg is None and blocked.read_text().startswith("a file")

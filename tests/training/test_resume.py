@@ -60,21 +60,47 @@ def kill_after_saving_epoch(monkeypatch, last: int):
     return real_save
 
 
-@pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
-def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_path, monkeypatch, pack):
-    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=pack)}
-    every_epoch = resume.Resume(str(tmp_path), every_s=0)
+def stopped_after_epoch_3(splits, folder, monkeypatch, pack: bool):
+    """Train `_jobs()` with progress saved every epoch in `folder`, killed just after epoch 3's save: the resume
+    options and the results of the work that finished before the kill."""
+    every_epoch = resume.Resume(str(folder), every_s=0)
     real_save = kill_after_saving_epoch(monkeypatch, 3)
     finished = {}
     with pytest.raises(Killed):
         for job, r in train_many(_jobs(), splits, "cpu", pack=pack, resume=every_epoch):
             finished[job.key] = _numbers(r)
-    assert len(list(tmp_path.glob("*.pt"))) == 1  # the state after epoch 3 of the work in progress
     monkeypatch.setattr(resume.Saver, "save", real_save)
+    return every_epoch, finished
+
+
+def go_on(splits, every_epoch, finished: dict, pack: bool) -> dict:
+    """Every job's results: those finished before the kill and those of the rest, resumed."""
     rest = [job for job in _jobs() if job.key not in finished]
-    finished |= {job.key: _numbers(r) for job, r in train_many(rest, splits, "cpu", pack=pack, resume=every_epoch)}
-    assert finished == uninterrupted  # losses, accuracies and test numbers, exactly
+    return finished | {job.key: _numbers(r) for job, r in train_many(rest, splits, "cpu", pack=pack,
+                                                                    resume=every_epoch)}
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
+def test_work_stopped_after_an_epoch_goes_on_to_the_same_results(splits, tmp_path, monkeypatch, pack):
+    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=pack)}
+    every_epoch, finished = stopped_after_epoch_3(splits, tmp_path, monkeypatch, pack)
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # the state after epoch 3 of the work in progress
+    assert go_on(splits, every_epoch, finished, pack) == uninterrupted  # losses, accuracies and test numbers, exactly
     assert list(tmp_path.iterdir()) == []  # finished work leaves no state behind
+
+
+def test_a_packs_state_laid_out_otherwise_starts_the_pack_again(splits, tmp_path, monkeypatch, capsys):
+    """A state of the same runs whose tensors have other shapes (a stack of an older relulab, whose rows were not
+    padded) is ignored as a whole: the pack trains from its beginning, to the uninterrupted results."""
+    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=True)}
+    every_epoch, finished = stopped_after_epoch_3(splits, tmp_path, monkeypatch, pack=True)
+    (path,) = tmp_path.glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    last = state["units"][-1]["tensors"]
+    last[0] = last[0][:, :-1].clone()  # one value fewer a row, in the pack's last unit only
+    torch.save(state, path)
+    assert go_on(splits, every_epoch, finished, pack=True) == uninterrupted
+    assert "does not fit these models' layout; they start from epoch 0" in capsys.readouterr().err
 
 
 def _recipe_jobs() -> list[Job]:
@@ -138,7 +164,9 @@ def test_finished_states_are_discarded(tmp_path):
 
 @pytest.mark.parametrize("pack", [True, False], ids=["pack", "one by one"])
 def test_the_best_epoch_weights_score_the_best_validation_accuracy(splits, pack):
-    jobs = [Job(_spec("relu", True, "sgd", 0.3), seed, str(seed)) for seed in range(3)]
+    # lr 0.5 over six seeds: with digits' 144 validation images, five of six peaked before their last epoch (lr 0.3
+    # and three seeds had every seed peak last after a dependency update, and the test had nothing to check)
+    jobs = [Job(_spec("relu", True, "sgd", 0.5), seed, str(seed)) for seed in range(6)]
     kept = 0
     for job, result in train_many(jobs, splits, "cpu", pack=pack):
         h = result.history
@@ -150,4 +178,4 @@ def test_the_best_epoch_weights_score_the_best_validation_accuracy(splits, pack)
         assert evaluate(model, splits.x_val, splits.y_val)[1] == h.best_val_acc
         assert all(t.device == torch.device("cpu") for t in result.best_state.values())
         kept += 1
-    assert kept  # at lr 0.3 some seeds peak before the last epoch
+    assert kept  # at lr 0.5 most seeds peak before the last epoch

@@ -20,7 +20,7 @@ from relulab.kernels.launches import launch
 
 
 @triton.jit
-def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, B, IN, OUT, row_stride,
+def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, B, IN: tl.constexpr, OUT: tl.constexpr, row_stride,
                     BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, PRECISION: tl.constexpr):
     """y[k] = act_k(x[k] @ w[k].T + b[k]) for one model k and one block of output columns."""
     k = tl.program_id(0)
@@ -41,7 +41,8 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, B, IN, OUT, row_stride
 
 
 @triton.jit
-def _backward_kernel(g_ptr, y_ptr, x_ptr, w_ptr, code_ptr, dw_ptr, db_ptr, dx_ptr, B, IN, OUT, row_stride,
+def _backward_kernel(g_ptr, y_ptr, x_ptr, w_ptr, code_ptr, dw_ptr, db_ptr, dx_ptr, B, IN: tl.constexpr,
+                     OUT: tl.constexpr, row_stride,
                      BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,
                      WRITE_DX: tl.constexpr, PRECISION: tl.constexpr):
     """For one model k and one block of input columns: delta = g * act'(y), then
@@ -121,7 +122,7 @@ def linear_backward(g, y, x, w, layer, dw, db, dx, precision: str = "ieee") -> N
 
 
 @triton.jit
-def _run_forward_kernel(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_stride,
+def _run_forward_kernel(act_ptr, p_ptr, code_ptr, K, B, WIDTH: tl.constexpr, LAYERS, row_stride,
                         BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr):
     """acts[l + 1] = act_{k,l}(acts[l] @ W_l.T + b_l) for l < LAYERS, one model k and BLOCK_B rows of its batch;
     acts is (LAYERS + 1, K, B, WIDTH), acts[0] the run's input."""
@@ -146,7 +147,8 @@ def _run_forward_kernel(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_strid
 
 
 @triton.jit
-def _run_backward_kernel(g_ptr, act_ptr, p_ptr, code_ptr, delta_ptr, dx_ptr, K, B, WIDTH, LAYERS, row_stride,
+def _run_backward_kernel(g_ptr, act_ptr, p_ptr, code_ptr, delta_ptr, dx_ptr, K, B, WIDTH: tl.constexpr, LAYERS,
+                         row_stride,
                          BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, WRITE_DX: tl.constexpr,
                          PRECISION: tl.constexpr):
     """From g = dL/d(acts[LAYERS]), for one model k and BLOCK_B rows, layer by layer back: delta_l = g * act'(acts[l + 1])
@@ -173,7 +175,7 @@ def _run_backward_kernel(g_ptr, act_ptr, p_ptr, code_ptr, delta_ptr, dx_ptr, K, 
 
 
 @triton.jit
-def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH, LAYERS, row_stride,
+def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH: tl.constexpr, LAYERS, row_stride,
                             BLOCK_B: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_W: tl.constexpr,
                             PRECISION: tl.constexpr):
     """dW_l[block] = delta_l[:, block].T @ acts[l] and db_l[block] = sum(delta_l[:, block]) for one model k, one

@@ -17,6 +17,7 @@ finds them compiled in memory.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -91,18 +92,50 @@ class Compiled:
     threads: int
 
 
+# (device, signature) of every kernel compile_all compiled, or found in Triton's caches, in this process: Triton keeps
+# those in memory, so a later unit of the same kernels (`relulab run` times each packed configuration alone after
+# the pack) starts no thread pool for them.
+_compiled: set[tuple] = set()
+
+
 def compile_all(launches: list[Launch], threads: Optional[int] = None, device=None) -> Compiled:
     """Compile the distinct kernels of `launches`, `threads` at a time (default `compile_threads()`), for `device`
-    (a CUDA torch.device: Triton compiles for each thread's current device, and a new thread's is the first GPU)."""
+    (a CUDA torch.device: Triton compiles for each thread's current device, and a new thread's is the first GPU).
+    Kernels this process compiled before for the same device are not compiled again."""
     threads = compile_threads() if threads is None else threads
-    unique = list({launch.signature(): launch for launch in launches}.values())
+    unique = {(str(device), launch.signature()): launch for launch in launches}
+    todo = [launch for key, launch in unique.items() if key not in _compiled]
     started = time.perf_counter()
-    if threads > 0 and unique:
+    if threads > 0 and todo:
         on_device = (_set_device, (device,)) if getattr(device, "type", None) == "cuda" else (None, ())
         with ThreadPoolExecutor(max_workers=threads, initializer=on_device[0], initargs=on_device[1]) as pool:
-            for _ in pool.map(Launch.compile, unique):  # map re-raises a compile's error here
+            for _ in pool.map(Launch.compile, todo):  # map re-raises a compile's error here
                 pass
+        _compiled.update(unique)
     return Compiled(len(unique), time.perf_counter() - started, threads)
+
+
+_hashing: Optional[threading.Thread] = None
+
+
+def hash_triton_ahead() -> None:
+    """Start computing Triton's own cache key on a thread of its own, once per process. Triton hashes its compiler,
+    libtriton among it (415 MB in Triton 3.6: 0.3-0.5 s), before its first compile or cache lookup in a process; file
+    reads and hashlib release the GIL, so begun while the models are built, it is done by the time `compile_all`
+    needs it. Only a head start: where Triton has no such function, nothing happens."""
+    global _hashing
+    if _hashing is None:
+        _hashing = threading.Thread(target=_triton_key, name="relulab-triton-key", daemon=True)
+        _hashing.start()
+
+
+def _triton_key() -> None:
+    try:
+        from triton.runtime.cache import triton_key  # cached by Triton for the process (functools.lru_cache)
+
+        triton_key()
+    except Exception:  # noqa: BLE001 - another Triton, or none: the first compile computes what it needs
+        pass
 
 
 def _set_device(device) -> None:

@@ -129,6 +129,8 @@ class FusedMLP:
             codes = [p[index] for p in placements]
             self.layers.append(Layer(weight, bias, fan_in, fan_out, torch.tensor(codes, dtype=torch.int32,
                                                                                  device=device), runs(codes)))
+        owned = {index for weight, bias, _ in linear for index in (weight, bias)}
+        self.unowned = [index for index in range(len(sizes)) if index not in owned]  # a row's padding (stacking)
         self._forward, self._backward = reference_forward, reference_backward
         self.runs: list[Run] = []
         self._kernels = None
@@ -207,4 +209,6 @@ class FusedMLP:
         target = y.unsqueeze(2)
         g.scatter_(2, target, g.gather(2, target) - 1).div_(batch)
         self._backward_all(g, views, grads, outputs, blocks)
+        for index in self.unowned:  # no layer's: its gradient is 0, and `grad` may come uninitialised
+            grads[index].zero_()
         return losses.mean(1), logits

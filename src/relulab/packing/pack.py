@@ -94,6 +94,8 @@ def ready_units(jobs: Sequence[Job], splits: Splits, device: torch.device, bound
     """The units `jobs` train in (`train_together`'s options), ready for their first step of each batch size in
     `bounds`: models built and stacked, each job's batch-order generator (by id of the job), augmentation and
     learning-rate tables in place, the Triton kernels compiled and, on CUDA, every step captured in a graph."""
+    if device.type == "cuda":
+        launches.hash_triton_ahead()  # while the models are built below
     if stack_cnns is None:
         stack_cnns = stacks_cnns(jobs, device)
     if stack_functional is None:
@@ -185,6 +187,12 @@ def _resume_pack(saver: Optional[resume.Saver], units: list[Unit], generators: d
     state = saver.load() if saver is not None else None
     # The same jobs may form their stacks otherwise (in another order): then the saved state fits nothing here.
     if state is None or [s["keys"] for s in state["units"]] != [[job.key for job in u.jobs] for u in units]:
+        return 0
+    # Checked for every unit before any is changed: a state of the same runs laid out otherwise (another relulab's
+    # stack) is ignored as a whole, and the pack starts from its beginning, which is always right.
+    if not all(resume.fits(u.state_tensors(), s["tensors"]) for u, s in zip(units, state["units"])):
+        print("relulab: that saved state does not fit these models' layout; they start from epoch 0",
+              file=sys.stderr, flush=True)
         return 0
     for unit, saved in zip(units, state["units"]):
         unit.restore(saved)

@@ -19,6 +19,13 @@ from relulab.packing.stacking import Op, StackedWeights
 from relulab.zoo.models import Slot, SlotNet
 
 
+# Each model's row of the flat parameters starts on a 64-byte boundary (16 float32s): the fused step's Triton kernels
+# (relulab.kernels.fused_triton) can then load and store whole 16-byte vectors of a layer's weights, as they do only
+# where Triton sees the row stride divisible by 16. With seed 001's 751,410 parameters a model, rows were 8-byte
+# aligned and the run kernels issued four times the loads, one float each (BENCHMARKS.md, "Aligned rows").
+ROW_MULTIPLE = 16
+
+
 class StackedMLP(StackedWeights):
     """K same-shape SlotNets as one set of stacked weights, with a batched forward."""
 
@@ -36,7 +43,7 @@ class StackedMLP(StackedWeights):
                 self._add_activation(layers)
             else:
                 raise TypeError(f"cannot pack layer {type(first).__name__}")
-        self._finish()
+        self._finish(ROW_MULTIPLE)
         self.fused: Optional[FusedMLP] = None  # the hand-written step, for stacks that allow it
 
     def forward(self, params: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:

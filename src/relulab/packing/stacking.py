@@ -64,7 +64,14 @@ class StackedWeights:
         groups = runs([slot.spec for slot in slots])
         self.ops.append(Op("act", acts=tuple((start, stop, slots[start].act) for start, stop, _ in groups)))
 
-    def _finish(self) -> None:
+    def _finish(self, row_multiple: int = 1) -> None:
+        """Join the stacked columns into `params`, each model's row padded to a multiple of `row_multiple` values
+        (the padding a last entry of `sizes` that no layer owns; it stays zero)."""
+        padding = -sum(self.sizes) % row_multiple
+        if padding:
+            first = self._columns[0]
+            self._columns.append(first.new_zeros(self.k, padding))
+            self.sizes.append(padding)
         self.params = torch.cat(self._columns, dim=1).detach().clone().requires_grad_(True)
         del self._columns
         self.kernels = [op.weight for op in self.ops if op.kind in ("linear", "conv")]

@@ -11,16 +11,22 @@ apart in grey too; bands over seeds are the tables' 95% interval unless the repo
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from relulab.core.errors import UserError
+from relulab.core.util import write_bytes_atomic
+from relulab.core.version import __version__
+from relulab.data.sources import cache_dir
 from relulab.zoo import activations
 from relulab.report.collect import PartData
 from relulab.report.format import PCT, slot_text
@@ -279,16 +285,56 @@ def depth_figure(part: PartData, table: dict[str, dict], band: Band, seeds: list
                        band_text(band, seeds))
 
 
+def cached_figure(parts: list[bytes], slug: str, title: str, caption: str, svg: bool, about: str,
+                  draw: Callable[[], FigureOut]) -> FigureOut:
+    """`draw()`, or the images it drew before for the same `parts` (everything the image shows: its numbers and
+    texts), kept in relulab's cache folder per relulab and matplotlib version. For figures that come out the same
+    in every report of their inputs: drawing one costs a second of a short command's time (BENCHMARKS.md)."""
+    digest = hashlib.sha256()
+    for part in [__version__.encode(), matplotlib.__version__.encode(), slug.encode(), title.encode(),
+                 caption.encode(), about.encode(), b"svg" if svg else b"png", *parts]:
+        digest.update(len(part).to_bytes(8, "little") + part)
+    stem = cache_dir() / "figures" / digest.hexdigest()[:32]
+    try:
+        png, svg_bytes = stem.with_suffix(".png").read_bytes(), stem.with_suffix(".svg").read_bytes() if svg else None
+        return FigureOut(slug, title, caption, png, svg_bytes, about)
+    except OSError:
+        pass
+    out = draw()
+    try:
+        write_bytes_atomic(stem.with_suffix(".png"), out.png)
+        if out.svg is not None:
+            write_bytes_atomic(stem.with_suffix(".svg"), out.svg)
+    except (OSError, UserError):  # a read-only or full cache (write_bytes_atomic names it): the figure still is drawn
+        pass
+    return out
+
+
+ACTIVATIONS_TITLE = "Activation functions and their derivatives"
+ACTIVATIONS_CAPTION = ("Solid: the function; dashed: its closed-form derivative (relulab.activations; 0 at x = 0 for "
+                       "ReLU by convention).")
+ACTIVATIONS_ABOUT = "closed form: no seeds, no band"
+
+
 def activations_figure(value: dict, svg: bool) -> FigureOut:
     names, (low, high) = value["activations"], value["range"]
+    x = torch.linspace(low, high, 801, dtype=torch.float64)
+    curves = [(activations.activation_fn(name)(x), activations.activation_grad(name)(x)) for name in names]
+    # Keyed by the curves' values, not the names: a user's activation keeps its name when its definition changes.
+    parts = [name.encode() for name in names] + [x.numpy().tobytes()] + \
+        [values.detach().numpy().tobytes() for pair in curves for values in pair]
+    return cached_figure(parts, "activations", ACTIVATIONS_TITLE, ACTIVATIONS_CAPTION, svg, ACTIVATIONS_ABOUT,
+                         lambda: _draw_activations(names, x, curves, svg))
+
+
+def _draw_activations(names: list[str], x: torch.Tensor, curves: list, svg: bool) -> FigureOut:
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = new_figure(3.4 * cols, 2.6 * rows)
-    x = torch.linspace(low, high, 801, dtype=torch.float64)
-    for i, name in enumerate(names):
+    for i, (name, (values, grads)) in enumerate(zip(names, curves)):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.plot(x, activations.activation_fn(name)(x), label=name)
-        ax.plot(x, activations.activation_grad(name)(x), linestyle="--", label="derivative")
+        ax.plot(x, values, label=name)
+        ax.plot(x, grads, linestyle="--", label="derivative")
         ax.axhline(0, color="grey", linewidth=0.6)
         ax.axvline(0, color="grey", linewidth=0.6)
         ax.set_title(name, fontsize=10)
@@ -296,9 +342,7 @@ def activations_figure(value: dict, svg: bool) -> FigureOut:
         ax.set_ylabel("f(x), f'(x)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return save_figure(fig, "activations", "Activation functions and their derivatives",
-                       "Solid: the function; dashed: its closed-form derivative (relulab.activations; 0 at x = 0 for "
-                       "ReLU by convention).", svg, "closed form: no seeds, no band")
+    return save_figure(fig, "activations", ACTIVATIONS_TITLE, ACTIVATIONS_CAPTION, svg, ACTIVATIONS_ABOUT)
 
 
 def cost_figure(value: dict, svg: bool) -> FigureOut:

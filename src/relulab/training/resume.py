@@ -29,7 +29,7 @@ from relulab.core.errors import UserError
 from relulab.core.util import write_bytes_atomic
 
 FORMAT = "relulab-training-state"
-VERSION = 1
+VERSION = 2  # 2: a stacked MLP's rows are padded to 64 bytes (relulab.packing.stacked_mlp.ROW_MULTIPLE)
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,17 @@ def to_cpu(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach().cpu().clone() for t in tensors]
 
 
+def fits(targets: Iterable[torch.Tensor], saved: Iterable[torch.Tensor]) -> bool:
+    """Whether saved tensors have the number and shapes of the tensors they would be copied into."""
+    targets, saved = list(targets), list(saved)
+    return len(targets) == len(saved) and all(t.shape == s.shape for t, s in zip(targets, saved))
+
+
 @torch.no_grad()
 def copy_into(targets: Iterable[torch.Tensor], saved: Iterable[torch.Tensor]) -> None:
     """Put saved values back into the tensors a step changes in place (a CUDA graph keeps their addresses)."""
     targets, saved = list(targets), list(saved)
-    if len(targets) != len(saved) or any(t.shape != s.shape for t, s in zip(targets, saved)):
+    if not fits(targets, saved):
         raise ValueError("a saved training state that does not fit the work it was found for")
     for target, value in zip(targets, saved):
         target.copy_(value)
