@@ -238,7 +238,7 @@ def triton_stack_fused(p: Problem, s: Setting):
     def forward(x, w, b):
         x16, w = _triton_operands(x, w)
         a, partial_sums = stacked_cnn._triton_conv_act(x16, w, stacked_cnn._kernel_weight(w), b.float().contiguous(),
-                                                       codes, True)
+                                                       codes, True, stacked_cnn._row_tiles(x16, w))
         return a, partial_sums.sum(1)
     return _stack_layout_path(p, s, forward, fused=True)
 

@@ -23,6 +23,7 @@ import triton
 
 sys.path.insert(0, "src")
 from relulab.kernels import conv_triton as ct  # noqa: E402
+from relulab.kernels import launches  # noqa: E402
 
 T0 = time.perf_counter()
 OUT = os.environ.get("OUT", ".")
@@ -38,6 +39,8 @@ STAGES = [3]
 GRID = "slabs"
 KERNELS = ["fwd", "dgrad", "wgrad"]
 CHOSEN_ONLY = False
+AROUND = False
+EVERY = False
 
 
 def emit(rec):
@@ -119,6 +122,9 @@ def configs(kernel, P, H, CIN, COUT, KS):
     yield chosen
     if CHOSEN_ONLY:
         return
+    if AROUND:
+        yield from around(kernel, chosen, CIN, COUT)
+        return
     columns = CIN if kernel == "dgrad" else COUT
     slab = ct.slab_width(columns)
     widths = [(bn, 1) for bn in (32, 64, 128) if bn <= 2 * columns] if GRID == "all" else []
@@ -133,11 +139,43 @@ def configs(kernel, P, H, CIN, COUT, KS):
                     yield cfg
         else:
             reduced = CIN if kernel.startswith("fwd") else COUT
-            blocks = {largest_block(reduced), 16} if reduced % 16 == 0 else {16, 32, 64}  # a narrow input: any
+            # A forward's blocks may straddle taps (its narrow-input path takes any block); a dgrad's divide COUT.
+            blocks = {largest_block(reduced), 16} if reduced % 16 == 0 else {16, 32, 64}
+            blocks |= {32, 64} if kernel.startswith("fwd") else set()
             for bk in sorted(blocks):
                 cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=stages, num_warps=warps)
                 if cfg != chosen:
                     yield cfg
+
+
+def around(kernel, chosen, CIN, COUT):
+    """The chosen tiles with one setting changed at a time (--around): pipeline stages 1-4 (at 1 the loads are
+    plain ones, which Hopper's L1 caches, where cp.async.cg of the pipelined loads reads L2 only), the reduction
+    block (a forward's may straddle taps: its narrow-input path takes any block), warps, and rows."""
+    reduced = CIN if kernel.startswith("fwd") else COUT
+    blocks = (16, 32, 64) if kernel.startswith("fwd") else [b for b in (16, 32, 64) if reduced % b == 0]
+    if kernel == "wgrad":
+        blocks = (32, 64, 128)  # positions per step
+    variants = [{"STAGES": s} for s in (1, 2, 3, 4)] + [{"BLOCK_K": b} for b in blocks]
+    variants += [{"num_warps": w} for w in (4, 8)] + [{"BLOCK_M": m} for m in (64, 128, 256)]
+    seen = [chosen]
+    for change in variants:
+        cfg = {**chosen, **change}
+        if cfg not in seen:
+            seen.append(cfg)
+            yield cfg
+
+
+def precompile(calls):
+    """Compile the kernels of all the tiles about to be timed on a thread pool (relulab.kernels.launches), rather than
+    one after another at each first launch; a tile that fails to compile is left to fail (and be skipped) when timed."""
+    with launches.recording() as noted:
+        for call in calls:
+            call()
+    try:
+        launches.compile_all(noted)
+    except Exception:  # noqa: BLE001 - one tile that does not fit; the timing loop reports it
+        pass
 
 
 def triton_call(kernel, x, w, b, dy, H, KS, cfg):
@@ -165,7 +203,9 @@ def probe_layer(name, H, CIN, COUT, KS, P, deadline):
         want = reference[kernel]()
         cudnn_s = graph_time(reference[kernel]) / P
         best, baseline = None, None
-        for cfg in configs(kernel, P, H, CIN, COUT, KS):
+        tiles = list(configs(kernel, P, H, CIN, COUT, KS))
+        precompile([triton_call(kernel, x, w, b, dy, H, KS, cfg) for cfg in tiles])
+        for cfg in tiles:
             if time.perf_counter() > deadline:
                 break
             fn = triton_call(kernel, x, w, b, dy, H, KS, cfg)
@@ -181,6 +221,8 @@ def probe_layer(name, H, CIN, COUT, KS, P, deadline):
                 emit({"layer": name, "kernel": kernel, "pack": P, "cfg": cfg, "wrong": err})
                 continue
             baseline = secs if baseline is None else baseline  # the first: the tiles relulab has now
+            if EVERY:
+                emit({"layer": name, "kernel": kernel, "pack": P, "cfg": cfg, "us": round(secs * 1e6, 2)})
             if best is None or secs < best[0]:
                 best = (secs, cfg, err)
         if best is None:
@@ -211,6 +253,9 @@ def main():
     parser.add_argument("--budget", type=float, default=500)
     parser.add_argument("--stages", default="3")
     parser.add_argument("--chosen", action="store_true", help="time only the tiles relulab uses (CONFIGS)")
+    parser.add_argument("--around", action="store_true",
+                        help="the tiles relulab uses, then each with one setting changed (stages, block, warps, rows)")
+    parser.add_argument("--every", action="store_true", help="write every tile's time, not only each kernel's best")
     parser.add_argument("--grid", default="slabs", choices=["slabs", "all"],
                         help="search three-slab tiles only, or one-slab tiles of 32-128 columns too")
     parser.add_argument("--layers", default="c2,c3,c4,c5,c6,c7,c8", help=f"of {','.join(n for n, *_ in LAYERS)}")
@@ -219,8 +264,8 @@ def main():
     args = parser.parse_args()
     deadline = T0 + args.budget
     STAGES[:] = [int(s) for s in args.stages.split(",")]
-    global CHOSEN_ONLY, GRID
-    CHOSEN_ONLY, GRID = args.chosen, args.grid
+    global CHOSEN_ONLY, GRID, AROUND, EVERY
+    CHOSEN_ONLY, GRID, AROUND, EVERY = args.chosen, args.grid, args.around, args.every
     KERNELS[:] = args.kernels.split(",")
     wanted = args.layers.split(",")
     for P in (int(p) for p in args.packs.split(",")):

@@ -83,4 +83,15 @@ for k in range(K):
     check(f"narrow CIN=3 model {k} forward", got_y[:, :, :, k].permute(0, 3, 1, 2), F.conv2d(xk, wk, b[k]))
     want_dw = torch.nn.grad.conv2d_weight(xk, wk.shape, dy[:, :, :, k].permute(0, 3, 1, 2))
     check(f"narrow CIN=3 model {k} wgrad", got_dw[k].permute(0, 3, 1, 2), want_dw)
+
+# Forward blocks wider than a tap's channels (48 channels in blocks of 32, as seed-cnn's c3 runs; 64 for c2): a
+# block straddles two taps, and the last of the 432 columns' 14 blocks ends past them.
+K, N, H, CIN, COUT = 2, 2, 6, 48, 48
+x, w, b = torch.randn(N, H, H, K, CIN), torch.randn(K, COUT, 3, 3, CIN), torch.randn(K, COUT)
+for tiles in (dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SLABS=3, STAGES=2),
+              dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, SLABS=1, STAGES=2)):
+    got_y = conv_triton.conv_forward(x, w, b, tiles)
+    for k in range(K):
+        want = F.conv2d(x[:, :, :, k].permute(0, 3, 1, 2), w[k].permute(0, 3, 1, 2), b[k])
+        check(f"straddling BLOCK_K={tiles['BLOCK_K']} model {k} forward", got_y[:, :, :, k].permute(0, 3, 1, 2), want)
 sys.exit(1 if failed else 0)

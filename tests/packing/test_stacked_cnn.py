@@ -159,3 +159,27 @@ def test_the_kernels_refuse_tensors_past_their_32_bit_offsets():
     conv_triton.check_indexable(torch.empty(2**31 - 1, device="meta"))
     with pytest.raises(ValueError, match="32-bit offsets"):
         conv_triton.check_indexable(torch.empty(2**31, device="meta"))
+
+
+def test_the_triton_operators_output_as_many_partial_sums_as_their_callers_traced():
+    """A compiled step is cached on disk by its code, where the operators' arguments appear but the shapes their fake
+    versions give do not; so how many row tiles and splits an operator returns is an argument of it. (Deriving them
+    inside made a graph compiled under other tile sizes be reused, and stop at its first step.) The fake versions,
+    which torch.compile traces with, follow the counts they are given."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from relulab.packing import stacked_cnn as sc
+
+    k, n, size, cin, cout = 2, 4, 10, 16, 32
+    with FakeTensorMode():
+        x = torch.empty(n, size, size, k, cin, dtype=torch.bfloat16)
+        weight = torch.empty(k, cout, cin, 3, 3)
+        w16 = torch.empty(k, cout, 3, 3, cin, dtype=torch.bfloat16)
+        a, sums = sc._triton_conv_act(x, weight, w16, torch.empty(k, cout), torch.empty(k, dtype=torch.int32),
+                                      True, 7)
+        dx, dw_parts, db_parts = sc._triton_conv_act_backward(a, torch.empty(2, k, cout), x, w16, a,
+                                                              torch.empty(k, dtype=torch.int32), True, 5, 3)
+        _, plain_parts = sc._triton_conv_backward(a, x, w16, False, 4)
+    assert tuple(a.shape) == (n, size - 2, size - 2, k, cout) and tuple(sums.shape) == (2, 7, k, cout)
+    assert tuple(dx.shape) == tuple(x.shape) and tuple(dw_parts.shape) == (k, 5, cout, 3, 3, cin)
+    assert tuple(db_parts.shape) == (3, k, cout) and plain_parts.shape[1] == 4

@@ -103,6 +103,24 @@ def test_a_packs_state_laid_out_otherwise_starts_the_pack_again(splits, tmp_path
     assert "does not fit these models' layout; they start from epoch 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("change", ["shape", "extra"], ids=["a weight of another shape", "a weight too many"])
+def test_a_lone_runs_state_laid_out_otherwise_starts_the_run_again(splits, tmp_path, monkeypatch, capsys, change):
+    """The same for runs trained one by one (training.loop): a saved weight of another shape, or one the model
+    does not have, restarts that run from epoch 0, to the uninterrupted results, instead of a traceback."""
+    uninterrupted = {job.key: _numbers(r) for job, r in train_many(_jobs(), splits, "cpu", pack=False)}
+    every_epoch, finished = stopped_after_epoch_3(splits, tmp_path, monkeypatch, pack=False)
+    (path,) = tmp_path.glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    name = next(iter(state["model"]))
+    if change == "shape":
+        state["model"][name] = state["model"][name][:-1].clone()
+    else:
+        state["model"]["extra.weight"] = torch.zeros(3)
+    torch.save(state, path)
+    assert go_on(splits, every_epoch, finished, pack=False) == uninterrupted
+    assert "does not fit this model's layout; it starts from epoch 0" in capsys.readouterr().err
+
+
 def _recipe_jobs() -> list[Job]:
     """Runs with the ResNet recipes: a cosine schedule with warm-up, weight decay, label
     smoothing, crops and flips; and step milestones on either side of the kill."""

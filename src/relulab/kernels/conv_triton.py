@@ -77,8 +77,9 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
                   BLOCK_K: tl.constexpr, SLABS: tl.constexpr, STAGES: tl.constexpr, ACT: tl.constexpr,
                   STATS: tl.constexpr):
     """y = act(conv(x, w) + b) for one tile of one model; with STATS, the tile's per-channel sums of y and y*y
-    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y. A narrow input (CIN
-    not a multiple of BLOCK_K: a first layer's 3 channels) is read in place, each block column its own (tap, channel).
+    go to sums (2, row tiles, K, COUT), so batch norm needs no pass of its own over y. Where BLOCK_K does not
+    divide CIN (a first layer's 3 channels, read in place; or a block wider than a tap's 48 channels) each block
+    column is its own (tap, channel), so a block may straddle taps.
     With SLABS=3 a tile's columns are three slabs of BLOCK_N that share each loaded block of x (see CONFIGS)."""
     HO: tl.constexpr = H - KS + 1
     WO: tl.constexpr = W - KS + 1
@@ -110,7 +111,7 @@ def _fprop_kernel(x_ptr, w_ptr, b_ptr, y_ptr, code_ptr, sums_ptr,
             if SLABS == 3:
                 b1 = tl.load(w_at + _wrap(rn1, COUT)[None, :] * KTOT)
                 b2 = tl.load(w_at + _wrap(rn2, COUT)[None, :] * KTOT)
-        else:  # a narrow input (the first layer's 3 channels): each column its own (tap, channel)
+        else:  # blocks that straddle taps (3 channels, or 64 of 48): each column its own (tap, channel)
             col = k0 + rk
             tap = col // CIN
             shift = ((tap // KS) * W + tap % KS) * (K * CIN) + col % CIN
@@ -255,29 +256,34 @@ def _wgrad_kernel(x_ptr, dy_ptr, part_ptr,
 
 
 # Tile sizes per layer, (input size, CIN, COUT, kernel size) -> kernel -> configuration: the fastest of a small grid
-# for a stack of 16 on an H100 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), the forward's with the
-# activation and batch-norm sums in its epilogue, as stacks run it. Three slabs (slab_width) won everywhere
-# but the 48-channel inputs' and c7's input gradients. SPLIT is for 16 models and scales with 16 / K, so the
-# weight gradient's grid stays near the same size.
-def _cfg(bm, bn, bk, warps, split=None, slabs=1):
-    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=3, num_warps=warps)
+# for a stack of 16 (benchmarks/probe_conv_kernels.py; BENCHMARKS.md), searched on an H100, then again on an H200
+# around those tiles and, for the 48-channel inputs, over a grid (2026-12-03), the forward's with the activation and
+# batch-norm sums in its epilogue, as stacks run it. Three slabs (slab_width) won nearly everywhere; the 48-channel
+# inputs' forwards are fastest with reduction blocks wider than a tap's 48 channels (32 or 64, straddling taps:
+# c2's 32.1 -> 24.1 us a model, c3's 39.0 -> 31.6). SPLIT is for 16 models and scales with 16 / K, so the weight
+# gradient's grid stays near the same size.
+def _cfg(bm, bn, bk, warps, split=None, slabs=1, stages=3):
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SLABS=slabs, STAGES=stages, num_warps=warps)
     return cfg if split is None else {**cfg, "SPLIT": split}
 
 
-_C96 = {"fwd": _cfg(128, 32, 32, 4, slabs=3), "dgrad": _cfg(128, 32, 32, 4, slabs=3),
-        "wgrad": _cfg(128, 32, 64, 4, 4, slabs=3)}
+_C96_WGRAD = _cfg(128, 32, 64, 4, 4, slabs=3)
 CONFIGS = {
     # the first layer, its 3 input channels as they are: one block of 32 columns covers its 27 (tap, channel)
-    # (tiles found for an im2col'd version of it, benchmarks/probe_conv_kernels.py; not searched again)
-    (32, 3, 48, 3): {"fwd": _cfg(256, 16, 32, 8, slabs=3), "wgrad": _cfg(32, 16, 64, 4, 16, slabs=3)},
-    (30, 48, 48, 3): {"fwd": _cfg(128, 16, 16, 4, slabs=3), "dgrad": _cfg(128, 64, 16, 8),
-                      "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3)},
-    (28, 48, 96, 3): {"fwd": _cfg(128, 32, 16, 4, slabs=3), "dgrad": _cfg(256, 64, 32, 8),
+    (32, 3, 48, 3): {"fwd": _cfg(256, 16, 32, 4, slabs=3), "wgrad": _cfg(32, 16, 128, 4, 16, slabs=3)},
+    (30, 48, 48, 3): {"fwd": _cfg(128, 64, 64, 4), "dgrad": _cfg(256, 64, 16, 8),
+                      "wgrad": _cfg(128, 16, 64, 4, 16, slabs=3, stages=4)},
+    (28, 48, 96, 3): {"fwd": _cfg(128, 32, 32, 4, slabs=3), "dgrad": _cfg(256, 64, 32, 8),
                       "wgrad": _cfg(128, 32, 64, 4, 8, slabs=3)},
-    (26, 96, 96, 3): _C96, (24, 96, 96, 3): _C96, (22, 96, 96, 3): _C96,
+    (26, 96, 96, 3): {"fwd": _cfg(256, 32, 32, 4, slabs=3), "dgrad": _cfg(256, 32, 32, 4, slabs=3),
+                      "wgrad": _C96_WGRAD},
+    (24, 96, 96, 3): {"fwd": _cfg(256, 32, 32, 4, slabs=3), "dgrad": _cfg(256, 32, 32, 4, slabs=3),
+                      "wgrad": _C96_WGRAD},
+    (22, 96, 96, 3): {"fwd": _cfg(256, 32, 32, 4, slabs=3), "dgrad": _cfg(128, 32, 32, 4, slabs=3),
+                      "wgrad": _C96_WGRAD},
     (10, 96, 192, 3): {"fwd": _cfg(128, 64, 32, 4, slabs=3), "dgrad": _cfg(128, 128, 64, 8),
-                       "wgrad": _cfg(64, 64, 64, 4, 2, slabs=3)},
-    (8, 192, 192, 3): {"fwd": _cfg(64, 64, 64, 4, slabs=3), "dgrad": _cfg(256, 64, 64, 8, slabs=3),
+                       "wgrad": _cfg(64, 64, 32, 4, 2, slabs=3)},
+    (8, 192, 192, 3): {"fwd": _cfg(64, 64, 64, 4, slabs=3, stages=2), "dgrad": _cfg(256, 64, 64, 8, slabs=3),
                        "wgrad": _cfg(64, 64, 64, 4, 1, slabs=3)},
 }
 

@@ -58,19 +58,47 @@ def _conv_output_like(x: torch.Tensor, w16: torch.Tensor) -> torch.Tensor:
     return x.new_empty(n, h - ks + 1, w - ks + 1, k, cout)
 
 
-def _conv_gradients(dy: torch.Tensor, x: torch.Tensor, w16: torch.Tensor, input_grad: bool):
+# How many partial sums an operator returns (row tiles, splits of the positions) follows from the kernels' tile
+# sizes, so the traced code passes those counts to the operators as arguments rather than each deriving them:
+# torch.compile keeps compiled graphs on disk keyed by their code, in which arguments appear but the shapes a fake
+# kernel gives do not. A graph compiled by a relulab with other tile sizes was otherwise reused, and the first step
+# stopped on an output of another size (seen on an H200, 2026-12-03, after conv_triton.CONFIGS changed).
+def _split(x: torch.Tensor, w16: torch.Tensor) -> int:
+    """Into how many parts the weight-gradient kernel splits the positions, for x and w16 of these shapes."""
+    from relulab.kernels import conv_triton
+    return conv_triton.wgrad_split(x.shape, w16.shape[1], w16.shape[2])
+
+
+def _row_tiles(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """How many row tiles' sums the forward kernel gives for x and a weight (K, COUT, CIN, KS, KS) of these shapes."""
+    from relulab.kernels import conv_triton
+    return conv_triton.forward_row_tiles(x.shape, weight.shape[1], weight.shape[3])
+
+
+def _act_tiles(a: torch.Tensor) -> int:
+    """How many row tiles' bias gradients the activation's backward kernel gives for an a of this shape."""
+    from relulab.kernels import conv_triton
+    return conv_triton.act_backward_row_tiles(a.shape)
+
+
+def _check_count(what: str, got: int, traced: int) -> None:
+    if got != traced:
+        raise RuntimeError(f"the Triton convolution made {got} {what}, the step was traced for {traced}")
+
+
+def _conv_gradients(dy: torch.Tensor, x: torch.Tensor, w16: torch.Tensor, input_grad: bool, split: int):
     """(dx, weight-gradient parts) of the convolution from dy (bf16, contiguous). Without an input gradient
     (the first layer) dx is an empty placeholder: an operator must return tensors."""
     from relulab.kernels import conv_triton
     dx = conv_triton.conv_dgrad(dy, w16, x.shape[1], x.shape[2]) if input_grad else x.new_empty(0)
-    return dx, conv_triton.conv_wgrad_partial(x, dy, w16.shape[2])
+    parts = conv_triton.conv_wgrad_partial(x, dy, w16.shape[2])
+    _check_count("splits of the positions", parts.shape[1], split)
+    return dx, parts
 
 
-def _gradients_like(x: torch.Tensor, w16: torch.Tensor, input_grad: bool):
+def _gradients_like(x: torch.Tensor, w16: torch.Tensor, input_grad: bool, split: int):
     """Empty (dx, weight-gradient parts) as the backward operators return them, for their fake versions."""
-    from relulab.kernels import conv_triton
     k, cout, ks, _, cin = w16.shape
-    split = conv_triton.wgrad_split(x.shape, cout, ks)
     dx = torch.empty_like(x) if input_grad else x.new_empty(0)
     return dx, x.new_empty(k, split, cout, ks, ks, cin, dtype=torch.float32)
 
@@ -88,13 +116,13 @@ def _(x, weight, w16, bias):
 
 @torch.library.custom_op("relulab::stacked_conv_backward", mutates_args=())
 def _triton_conv_backward(dy: torch.Tensor, x: torch.Tensor, w16: torch.Tensor,
-                          input_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _conv_gradients(dy, x, w16, input_grad)
+                          input_grad: bool, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _conv_gradients(dy, x, w16, input_grad, split)
 
 
 @_triton_conv_backward.register_fake
-def _(dy, x, w16, input_grad):
-    return _gradients_like(x, w16, input_grad)
+def _(dy, x, w16, input_grad, split):
+    return _gradients_like(x, w16, input_grad, split)
 
 
 def _setup_context(ctx, inputs, output):
@@ -105,7 +133,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, w16 = ctx.saved_tensors
-    dx, dw_parts = _triton_conv_backward(dy.to(KERNEL_DTYPE).contiguous(), x, w16, ctx.input_grad)
+    dx, dw_parts = _triton_conv_backward(dy.to(KERNEL_DTYPE).contiguous(), x, w16, ctx.input_grad, _split(x, w16))
     db = dy.sum((0, 1, 2), dtype=torch.float32)
     return (dx if ctx.input_grad else None), _weight_gradient(dw_parts), None, db
 
@@ -119,39 +147,41 @@ _triton_conv.register_autograd(_backward, setup_context=_setup_context)
 # activation and the bias's (conv_triton.activation_backward_partial), then the convolution's two gradient kernels.
 @torch.library.custom_op("relulab::stacked_conv_act", mutates_args=())
 def _triton_conv_act(x: torch.Tensor, weight: torch.Tensor, w16: torch.Tensor, bias: torch.Tensor,
-                     codes: torch.Tensor, sums: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                     codes: torch.Tensor, sums: bool, row_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     from relulab.kernels import conv_triton
-    if sums:
-        return conv_triton.conv_forward_with_partial_sums(x, w16, bias, codes)
-    return conv_triton.conv_forward(x, w16, bias, codes=codes), bias.new_empty(0)
+    if not sums:
+        return conv_triton.conv_forward(x, w16, bias, codes=codes), bias.new_empty(0)
+    a, partial_sums = conv_triton.conv_forward_with_partial_sums(x, w16, bias, codes)
+    _check_count("row tiles of sums", partial_sums.shape[1], row_tiles)
+    return a, partial_sums
 
 
 @_triton_conv_act.register_fake
-def _(x, weight, w16, bias, codes, sums):
-    from relulab.kernels import conv_triton
-    k, cout, ks = w16.shape[0], w16.shape[1], w16.shape[2]
-    sums_shape = (2, conv_triton.forward_row_tiles(x.shape, cout, ks), k, cout) if sums else (0,)
+def _(x, weight, w16, bias, codes, sums, row_tiles):
+    k, cout = w16.shape[0], w16.shape[1]
+    sums_shape = (2, row_tiles, k, cout) if sums else (0,)
     return _conv_output_like(x, w16), x.new_empty(sums_shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("relulab::stacked_conv_act_backward", mutates_args=())
 def _triton_conv_act_backward(da: torch.Tensor, dsums: torch.Tensor, x: torch.Tensor, w16: torch.Tensor,
                               a: torch.Tensor, codes: torch.Tensor,
-                              input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                              input_grad: bool, split: int,
+                              act_tiles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from relulab.kernels import conv_triton
     dpre, db_parts = conv_triton.activation_backward_partial(da, a, dsums, codes)
-    return *_conv_gradients(dpre, x, w16, input_grad), db_parts
+    _check_count("row tiles of bias gradients", db_parts.shape[0], act_tiles)
+    return *_conv_gradients(dpre, x, w16, input_grad, split), db_parts
 
 
 @_triton_conv_act_backward.register_fake
-def _(da, dsums, x, w16, a, codes, input_grad):
-    from relulab.kernels import conv_triton
-    db_parts = x.new_empty(conv_triton.act_backward_row_tiles(a.shape), *a.shape[3:], dtype=torch.float32)
-    return *_gradients_like(x, w16, input_grad), db_parts
+def _(da, dsums, x, w16, a, codes, input_grad, split, act_tiles):
+    db_parts = x.new_empty(act_tiles, *a.shape[3:], dtype=torch.float32)
+    return *_gradients_like(x, w16, input_grad, split), db_parts
 
 
 def _setup_conv_act(ctx, inputs, output):
-    x, _, w16, _, codes, _ = inputs
+    x, _, w16, _, codes, _, _ = inputs
     ctx.save_for_backward(x, w16, output[0], codes)
     ctx.input_grad = x.requires_grad
 
@@ -163,8 +193,9 @@ def _conv_act_backward(ctx, da, dsums):
         dsums = a.new_zeros(2, *a.shape[3:], dtype=torch.float32)
     else:  # each row tile's sums went into the statistics alike, so each has the statistics' gradient
         dsums = dsums[:, 0].contiguous()
-    dx, dw_parts, db_parts = _triton_conv_act_backward(da, dsums, x, w16, a, codes, ctx.input_grad)
-    return (dx if ctx.input_grad else None), _weight_gradient(dw_parts), None, db_parts.sum(0), None, None
+    dx, dw_parts, db_parts = _triton_conv_act_backward(da, dsums, x, w16, a, codes, ctx.input_grad, _split(x, w16),
+                                                       _act_tiles(a))
+    return (dx if ctx.input_grad else None), _weight_gradient(dw_parts), None, db_parts.sum(0), None, None, None
 
 
 _triton_conv_act.register_autograd(_conv_act_backward, setup_context=_setup_conv_act)
@@ -340,7 +371,7 @@ class StackedCNN(StackedWeights):
         if operands is not None:
             x, weight = operands
             a, partial_sums = _triton_conv_act(x, weight, _kernel_weight(weight), bias.float().contiguous(),
-                                               self.codes[i + 1], training)
+                                               self.codes[i + 1], training, _row_tiles(x, weight))
             sums = partial_sums.sum(1) if training else None
         else:  # the same in PyTorch operations (the CPU's reference)
             a = self._activate(_grouped_conv(h, weight, bias), self.ops[i + 1], model_dim=3)

@@ -21,6 +21,7 @@ progress bar, probes, the results store.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -35,7 +36,7 @@ from relulab.core.errors import UserError
 from relulab.data import Splits, load_data
 from relulab.training.augment import AugmentSpec, augment_batch
 from relulab.training.callbacks import BestWeights, Callback
-from relulab.training.resume import Saver
+from relulab.training.resume import Saver, fits
 from relulab.training.schedules import build_scheduler
 from relulab.training.specs import (EpochRecord, History, RunResult, RunSpec, TrainSpec, arithmetic, autocast_dtype,
                                     float32_products)
@@ -192,7 +193,13 @@ def _resume_run(saver, model, optimizer, scheduler, generator, history, callback
     state = saver.load() if saver is not None else None
     if state is None:
         return 0
-    model.load_state_dict(state["model"])
+    here, saved = model.state_dict(), state["model"]
+    if set(saved) != set(here) or not fits(here.values(), (saved[name] for name in here)):
+        # A state saved by a relulab that laid the model out otherwise: resuming from it cannot be right.
+        print("relulab: that saved state does not fit this model's layout; it starts from epoch 0",
+              file=sys.stderr, flush=True)
+        return 0
+    model.load_state_dict(saved)
     optimizer.load_state_dict(state["optimizer"])  # its learning rates too: the schedule's of the saved step
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
