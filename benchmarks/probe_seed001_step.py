@@ -169,16 +169,22 @@ def part_multi(fashion: str, sizes: list[int]) -> None:
 # ---- run-kernel variants: activations held transposed, the weight the product's left operand ----
 
 @triton.jit
-def _forward_t(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_stride,
-               BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
+def _transposed_tile(K, B, WIDTH, BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Both variants' indices for model k = program 0 and BLOCK_B rows of its batch, held transposed (width, rows):
+    (k, rw, the tile's mask and offsets, the weight's mask, a layer's parameters, a layer's activations)."""
     k = tl.program_id(0)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     rw = tl.arange(0, BLOCK_W)
     tile_t = (rw[:, None] < WIDTH) & (rb[None, :] < B)
     square = (rw[:, None] < WIDTH) & (rw[None, :] < WIDTH)
     offsets_t = k * B * WIDTH + rb[None, :] * WIDTH + rw[:, None]
-    layer_size = WIDTH * WIDTH + WIDTH
-    slab = K * B * WIDTH
+    return k, rw, tile_t, offsets_t, square, WIDTH * WIDTH + WIDTH, K * B * WIDTH
+
+
+@triton.jit
+def _forward_t(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_stride,
+               BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
+    k, rw, tile_t, offsets_t, square, layer_size, slab = _transposed_tile(K, B, WIDTH, BLOCK_B, BLOCK_W)
     p_ptr += k * row_stride
     h_t = tl.load(act_ptr + offsets_t, mask=tile_t, other=0.0)
     for l in tl.range(LAYERS, num_stages=STAGES):
@@ -194,14 +200,7 @@ def _forward_t(act_ptr, p_ptr, code_ptr, K, B, WIDTH, LAYERS, row_stride,
 def _backward_t(g_ptr, act_ptr, p_ptr, code_ptr, delta_ptr, dx_ptr, K, B, WIDTH, LAYERS, row_stride,
                 BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, WRITE_DX: tl.constexpr, PRECISION: tl.constexpr,
                 STAGES: tl.constexpr):
-    k = tl.program_id(0)
-    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rw = tl.arange(0, BLOCK_W)
-    tile_t = (rw[:, None] < WIDTH) & (rb[None, :] < B)
-    square = (rw[:, None] < WIDTH) & (rw[None, :] < WIDTH)
-    offsets_t = k * B * WIDTH + rb[None, :] * WIDTH + rw[:, None]
-    layer_size = WIDTH * WIDTH + WIDTH
-    slab = K * B * WIDTH
+    k, rw, tile_t, offsets_t, square, layer_size, slab = _transposed_tile(K, B, WIDTH, BLOCK_B, BLOCK_W)
     p_ptr += k * row_stride
     g_t = tl.load(g_ptr + offsets_t, mask=tile_t, other=0.0)
     for step in tl.range(LAYERS, num_stages=STAGES):

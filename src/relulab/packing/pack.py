@@ -191,8 +191,7 @@ def _resume_pack(saver: Optional[resume.Saver], units: list[Unit], generators: d
     # Checked for every unit before any is changed: a state of the same runs laid out otherwise (another relulab's
     # stack) is ignored as a whole, and the pack starts from its beginning, which is always right.
     if not all(resume.fits(u.state_tensors(), s["tensors"]) for u, s in zip(units, state["units"])):
-        print("relulab: that saved state does not fit these models' layout; they start from epoch 0",
-              file=sys.stderr, flush=True)
+        resume.say_it_does_not_fit(several=True)
         return 0
     for unit, saved in zip(units, state["units"]):
         unit.restore(saved)

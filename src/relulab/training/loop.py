@@ -21,7 +21,6 @@ progress bar, probes, the results store.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -36,7 +35,7 @@ from relulab.core.errors import UserError
 from relulab.data import Splits, load_data
 from relulab.training.augment import AugmentSpec, augment_batch
 from relulab.training.callbacks import BestWeights, Callback
-from relulab.training.resume import Saver, fits
+from relulab.training.resume import Saver, fits, say_it_does_not_fit
 from relulab.training.schedules import build_scheduler
 from relulab.training.specs import (EpochRecord, History, RunResult, RunSpec, TrainSpec, arithmetic, autocast_dtype,
                                     float32_products)
@@ -195,9 +194,7 @@ def _resume_run(saver, model, optimizer, scheduler, generator, history, callback
         return 0
     here, saved = model.state_dict(), state["model"]
     if set(saved) != set(here) or not fits(here.values(), (saved[name] for name in here)):
-        # A state saved by a relulab that laid the model out otherwise: resuming from it cannot be right.
-        print("relulab: that saved state does not fit this model's layout; it starts from epoch 0",
-              file=sys.stderr, flush=True)
+        say_it_does_not_fit(several=False)
         return 0
     model.load_state_dict(saved)
     optimizer.load_state_dict(state["optimizer"])  # its learning rates too: the schedule's of the saved step

@@ -104,6 +104,13 @@ def fits(targets: Iterable[torch.Tensor], saved: Iterable[torch.Tensor]) -> bool
     return len(targets) == len(saved) and all(t.shape == s.shape for t, s in zip(targets, saved))
 
 
+def say_it_does_not_fit(several: bool) -> None:
+    """The line for a loaded state that `fits` rejects (one saved by a relulab that laid the models out otherwise):
+    the work it was found for starts from its beginning, which is always right."""
+    whose = "these models' layout; they start" if several else "this model's layout; it starts"
+    print(f"relulab: that saved state does not fit {whose} from epoch 0", file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
 def copy_into(targets: Iterable[torch.Tensor], saved: Iterable[torch.Tensor]) -> None:
     """Put saved values back into the tensors a step changes in place (a CUDA graph keeps their addresses)."""
