@@ -97,11 +97,18 @@ def time_step(models, stack, linear, device, runs: bool, replays: int = 300) -> 
     return statistics.median(times)
 
 
+def run_config(text: str) -> dict:
+    """BLOCK_B:warps:stages as the run kernels' launch settings."""
+    block_b, warps, stages = (int(v) for v in text.split(":"))
+    return dict(BLOCK_B=block_b, num_warps=warps, num_stages=stages)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="20", help="stack sizes, e.g. 1,20,64")
     parser.add_argument("--configs", default="16:8:1",
-                        help="run-kernel configurations BLOCK_B:warps:stages (forward and backward alike)")
+                        help="run-kernel configurations BLOCK_B:warps:stages, the forward's and the backward's alike, "
+                             "or FORWARD/BACKWARD (16:8:3/16:8:2)")
     parser.add_argument("--weight-blocks", default="64", help="BLOCK_OUT of the weight-gradient kernel")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -112,9 +119,10 @@ def main() -> None:
         emit({"part": "step", "models": k, "path": "per-layer", "ms": round(time_step(models, stack, linear, device,
                                                                                        False), 4)})
         for config in args.configs.split(","):
-            block_b, warps, stages = (int(v) for v in config.split(":"))
+            forward, _, backward = config.partition("/")
             for weight_block in [int(b) for b in args.weight_blocks.split(",")]:
-                fused_triton.RUN_CONFIG.update(BLOCK_B=block_b, num_warps=warps, num_stages=stages)
+                fused_triton.RUN_FORWARD_CONFIG.update(run_config(forward))
+                fused_triton.RUN_BACKWARD_CONFIG.update(run_config(backward or forward))
                 fused_triton.RUN_WEIGHT_GRAD_CONFIG.update(BLOCK_OUT=weight_block)
                 ms = time_step(models, stack, linear, device, True)
                 emit({"part": "step", "models": k, "path": "runs", "config": config, "weight_block": weight_block,

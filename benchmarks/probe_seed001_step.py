@@ -7,6 +7,8 @@
   against S replays of the one-step graph.
 - `kernels`: the run kernels of `relulab.kernels.fused_triton` on rows of parameters as they were (751,410 values
   a model, 8-byte aligned) and as the stack pads them now (751,424, 64-byte aligned).
+- `stages`: the library's run kernels under other launch settings (rows, warps, Triton's pipeline stages), the
+  forward and the backward each timed alone.
 - `transposed`: variants of the run kernels that hold the activations transposed (width x rows), so that the
   product is W @ h.T with the weight as the left operand (Hopper's wgmma at M = 128), with Triton's software
   pipelining loading the next layers' weights ahead (`stages`). All were slower (BENCHMARKS.md).
@@ -294,6 +296,37 @@ def part_transposed(configs: list[tuple[int, int, int]], row_stride: int = 75141
             emit({"part": "transposed", "variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
 
+def part_stages(configs: list[tuple[int, int, int]], row_stride: int = 751424) -> None:
+    """The library's run kernels under other launch settings BLOCK_B:warps:stages, the forward and the backward each
+    alone (`fused_triton.RUN_FORWARD_CONFIG`, `RUN_BACKWARD_CONFIG`); the outputs must agree with the settings kept.
+    Stages > 1 let Triton's pipeliner copy the next layers' weights (and, backward, activations) into shared memory
+    while this layer's product runs."""
+    w, codes, acts, g = seed001_run(row_stride)
+    deltas, dx = torch.zeros(acts.shape[0] - 1, *g.shape, device=g.device), torch.zeros_like(g)
+    kept = dict(fused_triton.RUN_FORWARD_CONFIG), dict(fused_triton.RUN_BACKWARD_CONFIG)
+    fused_triton.run_forward(acts, w, codes)
+    fused_triton.run_backward(g, acts, w, codes, deltas, dx)
+    for block_b, warps, stages in configs:
+        record = {"part": "stages", "config": f"{block_b}:{warps}:{stages}"}
+        settings = dict(BLOCK_B=block_b, num_warps=warps, num_stages=stages)
+        out, out_deltas, out_dx = acts.clone(), torch.zeros_like(deltas), torch.zeros_like(dx)
+        out[1:] = 0
+        for name, config, launch in (
+                ("forward", fused_triton.RUN_FORWARD_CONFIG, lambda: fused_triton.run_forward(out, w, codes)),
+                ("backward", fused_triton.RUN_BACKWARD_CONFIG,
+                 lambda: fused_triton.run_backward(g, acts, w, codes, out_deltas, out_dx))):
+            config.update(settings)
+            try:
+                record[f"{name}_ms"] = round(graph_ms(launch), 4)
+            except Exception as e:  # noqa: BLE001 - too much shared memory, say: recorded, not fatal
+                record[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            config.clear()
+            config.update(kept[0] if name == "forward" else kept[1])
+        record.update(acts_diff=(out - acts).abs().max().item(), deltas_diff=(out_deltas - deltas).abs().max().item(),
+                      dx_diff=(out_dx - dx).abs().max().item())
+        emit(record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fashion", help="folder of Fashion-MNIST's IDX files (parts loop, multi)")
@@ -301,7 +334,7 @@ def main() -> None:
     parser.add_argument("--multi", default="8,32", help="steps a graph, part multi")
     parser.add_argument("--configs", default="8:4:1,8:4:2,8:4:3,16:4:1,16:4:2,16:4:3,16:8:1,16:8:2,16:8:3,"
                         "32:4:1,32:4:2,32:8:1,32:8:2",
-                        help="part transposed: its kernels' BLOCK_B:warps:stages")
+                        help="parts transposed and stages: the kernels' BLOCK_B:warps:stages")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
@@ -309,8 +342,11 @@ def main() -> None:
           "triton": triton.__version__})
     if "kernels" in parts:
         part_kernels()
+    configs = [tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")]
     if "transposed" in parts:
-        part_transposed([tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")])
+        part_transposed(configs)
+    if "stages" in parts:
+        part_stages(configs)
     if "loop" in parts:
         part_loop(args.fashion)
     if "multi" in parts:

@@ -119,10 +119,11 @@ _hashing: Optional[threading.Thread] = None
 
 
 def hash_triton_ahead() -> None:
-    """Start computing Triton's own cache key on a thread of its own, once per process. Triton hashes its compiler,
-    libtriton among it (415 MB in Triton 3.6: 0.3-0.5 s), before its first compile or cache lookup in a process; file
-    reads and hashlib release the GIL, so begun while the models are built, it is done by the time `compile_all`
-    needs it. Only a head start: where Triton has no such function, nothing happens."""
+    """Start computing Triton's own cache key (and importing the modules its first kernel load imports) on a thread
+    of its own, once per process. Triton hashes its compiler, libtriton among it (415 MB in Triton 3.6: 0.3-0.5 s),
+    before its first compile or cache lookup in a process; file reads and hashlib release the GIL, so begun while the
+    models are built, it is done by the time `compile_all` needs it. Only a head start: where Triton has no such
+    function, nothing happens."""
     global _hashing
     if _hashing is None:
         _hashing = threading.Thread(target=_triton_key, name="relulab-triton-key", daemon=True)
@@ -134,6 +135,9 @@ def _triton_key() -> None:
         from triton.runtime.cache import triton_key  # cached by Triton for the process (functools.lru_cache)
 
         triton_key()
+        # Triton 3.6's first kernel load in a process imports its Gluon modules (0.25-0.3 s on an H200 machine), on
+        # the compile threads, which wait on one another's import: imported here, it is done ahead with the key.
+        import triton.experimental.gluon  # noqa: F401
     except Exception:  # noqa: BLE001 - another Triton, or none: the first compile computes what it needs
         pass
 
