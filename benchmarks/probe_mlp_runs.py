@@ -97,6 +97,43 @@ def time_step(models, stack, linear, device, runs: bool, replays: int = 300) -> 
     return statistics.median(times)
 
 
+def layer_config(text: str) -> dict:
+    """BLOCK_OUT:BLOCK_IN:warps:stages as the per-layer kernels' tf32 launch settings."""
+    block_out, block_in, warps, stages = (int(v) for v in text.split(":"))
+    return dict(BLOCK_OUT=block_out, BLOCK_IN=block_in, num_warps=warps, num_stages=stages)
+
+
+def gradient(models, stack, linear, device) -> torch.Tensor:
+    """The stack's tf32 gradient on one fixed batch, through the kernels as configured now."""
+    step = fused.FusedMLP(models, stack.sizes, linear, device, True, "tf32")
+    generator = torch.Generator(device=device).manual_seed(1)
+    x = torch.rand(len(models), 32, 784, device=device, generator=generator)
+    y = torch.randint(0, 10, (len(models), 32), device=device, generator=generator)
+    grad = torch.empty_like(stack.params)
+    step.gradient(stack.params.detach(), x, y, grad)
+    return grad
+
+
+def time_layer_configs(k: int, configs: list[str], device) -> None:
+    """The step with the per-layer kernels (the first two layers and the last, around the run) under other tf32
+    settings, FORWARD/BACKWARD each BLOCK_OUT:BLOCK_IN:warps:stages; the gradient must equal the kept settings'."""
+    models, stack, linear = build(k, device)
+    kept = dict(fused_triton.FORWARD_CONFIG["tf32"]), dict(fused_triton.BACKWARD_CONFIG["tf32"])
+    reference = gradient(models, stack, linear, device)
+    for config in configs:
+        forward, _, backward = config.partition("/")
+        record = {"part": "layer-configs", "models": k, "config": config}
+        try:
+            fused_triton.FORWARD_CONFIG["tf32"] = layer_config(forward) if forward else kept[0]
+            fused_triton.BACKWARD_CONFIG["tf32"] = layer_config(backward) if backward else kept[1]
+            record["grad_diff"] = (gradient(models, stack, linear, device) - reference).abs().max().item()
+            record["ms"] = round(time_step(models, stack, linear, device, True), 4)
+        except Exception as e:  # noqa: BLE001 - too much shared memory, say: recorded, not fatal
+            record["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        emit(record)
+    fused_triton.FORWARD_CONFIG["tf32"], fused_triton.BACKWARD_CONFIG["tf32"] = kept
+
+
 def run_config(text: str) -> dict:
     """BLOCK_B:warps:stages as the run kernels' launch settings."""
     block_b, warps, stages = (int(v) for v in text.split(":"))
@@ -109,7 +146,10 @@ def main() -> None:
     parser.add_argument("--configs", default="16:8:1",
                         help="run-kernel configurations BLOCK_B:warps:stages, the forward's and the backward's alike, "
                              "or FORWARD/BACKWARD (16:8:3/16:8:2)")
-    parser.add_argument("--weight-blocks", default="64", help="BLOCK_OUT of the weight-gradient kernel")
+    parser.add_argument("--weight-blocks", default="32", help="BLOCK_OUT of the weight-gradient kernel")
+    parser.add_argument("--layer-configs", default="",
+                        help="the per-layer kernels' tf32 settings to time, FORWARD/BACKWARD each "
+                             "BLOCK_OUT:BLOCK_IN:warps:stages, either side empty for the kept one (16:128:4:3/)")
     args = parser.parse_args()
     device = torch.device("cuda")
     models, stack, linear = build(20, device)
@@ -127,6 +167,8 @@ def main() -> None:
                 ms = time_step(models, stack, linear, device, True)
                 emit({"part": "step", "models": k, "path": "runs", "config": config, "weight_block": weight_block,
                       "ms": round(ms, 4)})
+        if args.layer_configs:
+            time_layer_configs(k, args.layer_configs.split(","), device)
 
 
 if __name__ == "__main__":

@@ -83,9 +83,11 @@ def _block_b(batch: int) -> int:
 
 
 # Block sizes, warps and stages per product precision, as measured fastest on an H100 for seed 001's
-# layers (BENCHMARKS.md, Speed). Backward: software pipelining of its short loop cost 30-50% in fp32.
+# layers (BENCHMARKS.md, Speed). Backward: software pipelining of its short loop cost 30-50% in fp32. The tf32
+# forward's three stages (one before) are from an H200, in seed 001's step around the run kernels (BENCHMARKS.md,
+# "Run kernels pipelined"): its first layer's loop over 784 inputs then loads ahead, a step of 20 models 1.5% less.
 FORWARD_CONFIG = {"ieee": dict(BLOCK_OUT=32, BLOCK_IN=64, num_warps=4, num_stages=3),
-                  "tf32": dict(BLOCK_OUT=16, BLOCK_IN=128, num_warps=4, num_stages=1)}
+                  "tf32": dict(BLOCK_OUT=16, BLOCK_IN=128, num_warps=4, num_stages=3)}
 BACKWARD_CONFIG = {"ieee": dict(BLOCK_OUT=64, BLOCK_IN=32, num_warps=4, num_stages=1),
                    "tf32": dict(BLOCK_OUT=128, BLOCK_IN=32, num_warps=4, num_stages=1)}
 
@@ -208,7 +210,9 @@ def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH: tl.constexp
 # and loading the next layer's weights into registers instead were slower, some of them several times.
 RUN_FORWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 RUN_BACKWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
-RUN_WEIGHT_GRAD_CONFIG = dict(BLOCK_OUT=64, num_warps=4, num_stages=1)
+# The weight gradients: blocks of 32 output rows (3,840 programs for 20 models' 48 layers, against 1,920 of 64) fill the
+# GPU better, a step of 20 models 3% less (BENCHMARKS.md, "Run kernels pipelined"; 16 and 128 rows were slower).
+RUN_WEIGHT_GRAD_CONFIG = dict(BLOCK_OUT=32, num_warps=4, num_stages=1)
 
 
 def run_shared_bytes(block_b: int, block_w: int, stages: int, backward: bool) -> int:
