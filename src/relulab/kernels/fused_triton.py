@@ -206,8 +206,9 @@ def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH: tl.constexp
 # on an H200 for seed 001's 20 models (BENCHMARKS.md, "Runs of square layers" and "Run kernels pipelined"): 16 rows
 # (two programs a model at batch 32) on 8 warps. Three stages let Triton's pipeliner copy the next two layers' weights
 # (and, going back, their outputs) into shared memory while this layer's product runs, where one stage waited on each
-# layer's loads: a step of 20 models 0.413 -> 0.375 ms. 32 or 64 rows (64: Hopper's wgmma products), 4 or 16 warps,
-# and loading the next layer's weights into registers instead were slower, some of them several times.
+# layer's loads: a step of 20 models 0.413 -> 0.375 ms. 32 or 64 rows (64: Hopper's wgmma products), 4 warps, and
+# loading the next layer's weights into registers instead were slower, some of them several times; 16 warps forward
+# took 1.6% off a step in one call (not taken on one measurement), and 16 warps backward were slower.
 RUN_FORWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 RUN_BACKWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 # The weight gradients: blocks of 32 output rows (3,840 programs for 20 models' 48 layers, against 1,920 of 64) fill the
