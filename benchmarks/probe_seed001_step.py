@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relulab.kernels import fused_triton
+from relulab.kernels import fused_triton, launches
 from relulab.kernels.activation_code import activate_by_select, activation_grad
 
 OUT = Path(os.environ.get("OUT", "."))
@@ -316,10 +316,13 @@ def part_stages(configs: list[tuple[int, int, int]], row_stride: int = 751424) -
                 ("backward", fused_triton.RUN_BACKWARD_CONFIG,
                  lambda: fused_triton.run_backward(g, acts, w, codes, out_deltas, out_dx))):
             config.update(settings)
+            fell_back = launches.one_stage_launches()
             try:
                 record[f"{name}_ms"] = round(graph_ms(launch), 4)
-            except Exception as e:  # noqa: BLE001 - too much shared memory, say: recorded, not fatal
+            except Exception as e:  # noqa: BLE001 - recorded, not fatal
                 record[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            if launches.one_stage_launches() > fell_back:  # the GPU's shared memory did not hold the stages asked
+                record[f"{name}_ran_on_one_stage"] = True
             config.clear()
             config.update(kept[0] if name == "forward" else kept[1])
         record.update(acts_diff=(out - acts).abs().max().item(), deltas_diff=(out_deltas - deltas).abs().max().item(),

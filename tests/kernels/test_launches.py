@@ -66,3 +66,60 @@ def test_tritons_cache_key_is_hashed_once_on_a_thread_of_its_own():
     assert launches._hashing is first and first.daemon
     first.join(timeout=60)
     assert not first.is_alive()
+
+
+class StagedKernel(FakeKernel):
+    """A kernel whose buffers fit the GPU's shared memory at up to `fits` pipeline stages: more, and its launch
+    fails as Triton's does when it loads such a kernel."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        self.fits = fits
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            if kwargs.get("num_stages", 1) > self.fits:
+                from triton.runtime.errors import OutOfResources
+
+                raise OutOfResources(237580, 232448, "shared memory")
+            self.launched.append((grid, args, kwargs))
+        return run
+
+
+def test_stages_the_gpu_holds_are_launched_as_asked():
+    pytest.importorskip("triton")
+    kernel, x = StagedKernel(fits=3), torch.zeros(4)
+    launches.launch(kernel, (2,), x, 128, 16, BLOCK=32, num_stages=3)
+    assert [kwargs["num_stages"] for _, _, kwargs in kernel.launched] == [3]
+
+
+def test_stages_the_gpu_cannot_hold_run_on_one_stage_from_the_first_launch_on():
+    pytest.importorskip("triton")
+    kernel, x = StagedKernel(fits=1), torch.zeros(4)
+    launches.launch(kernel, (2,), x, 128, 16, BLOCK=64, num_stages=3)
+    assert kernel.launched == [((2,), (x, 128, 16), {"BLOCK": 64, "num_stages": 1})]
+    kernel.fits = 3  # the stand-in changes its mind; a GPU does not: one stage is remembered, not tried again
+    launches.launch(kernel, (2,), x, 128, 16, BLOCK=64, num_stages=3)
+    launches.launch(kernel, (9,), x, 2048, 16, BLOCK=64, num_stages=3)  # another batch: the same kernel
+    assert [kwargs["num_stages"] for _, _, kwargs in kernel.launched] == [1, 1, 1]
+    launches.launch(kernel, (2,), x, 128, 16, BLOCK=128, num_stages=3)  # another tile: tried as asked
+    assert [kwargs["num_stages"] for _, _, kwargs in kernel.launched] == [1, 1, 1, 3]
+
+
+def test_a_kernel_one_stage_does_not_fit_either_fails_with_tritons_error():
+    pytest.importorskip("triton")
+    with pytest.raises(Exception, match="out of resource: shared memory"):
+        launches.launch(StagedKernel(fits=0), (2,), torch.zeros(4), 128, 16, BLOCK=64, num_stages=3)
+
+
+def test_other_errors_of_a_staged_launch_are_not_taken_for_shared_memory():
+    pytest.importorskip("triton")
+
+    class Broken(FakeKernel):
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                raise ValueError("a real bug")
+            return run
+
+    with pytest.raises(ValueError, match="a real bug"):
+        launches.launch(Broken(), (2,), torch.zeros(4), 128, 16, num_stages=3)

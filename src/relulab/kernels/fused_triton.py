@@ -12,9 +12,6 @@ spec asks for "tf32" (tensor cores, inputs rounded to TensorFloat-32).
 """
 from __future__ import annotations
 
-import functools
-
-import torch
 import triton
 import triton.language as tl
 
@@ -208,7 +205,9 @@ def _run_weight_grad_kernel(act_ptr, delta_ptr, dp_ptr, K, B, WIDTH: tl.constexp
 # (and, going back, their outputs) into shared memory while this layer's product runs, where one stage waited on each
 # layer's loads: a step of 20 models 0.413 -> 0.375 ms. 32 or 64 rows (64: Hopper's wgmma products), 4 warps, and
 # loading the next layer's weights into registers instead were slower, some of them several times; 16 warps forward
-# took 1.6% off a step in one call (not taken on one measurement), and 16 warps backward were slower.
+# took 1.6% off a step in one call (not taken on one measurement), and 16 warps backward were slower. Three stages
+# take 136 KB of shared memory forward and 160 KB backward; a GPU with less a block runs them on one
+# (relulab.kernels.launches.launch).
 RUN_FORWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 RUN_BACKWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 # The weight gradients: blocks of 32 output rows (3,840 programs for 20 models' 48 layers, against 1,920 of 64) fill the
@@ -216,37 +215,11 @@ RUN_BACKWARD_CONFIG = dict(BLOCK_B=16, num_warps=8, num_stages=3)
 RUN_WEIGHT_GRAD_CONFIG = dict(BLOCK_OUT=32, num_warps=4, num_stages=1)
 
 
-def run_shared_bytes(block_b: int, block_w: int, stages: int, backward: bool) -> int:
-    """The shared memory a run kernel asks for, as Triton 3.6 lays it out for sm_90: stages - 1 buffers (at least one)
-    of each tile it pipelines (the layer's weight; going back, also the layer's output), the staging of the rows
-    between one layer's product and the next, and a few bytes of barriers. At 16 rows and 128 columns its compile
-    metadata says 73,728 bytes forward at one stage, 139,264 at three, and 163,848 backward at three. Checked against
-    that metadata for 16 and 32 rows and 1-4 stages: never under, over by 16 bytes or less at 16 rows."""
-    weight, rows = block_w * block_w * 4, block_b * block_w * 4
-    per_stage = weight + rows if backward else weight
-    return max(1, stages - 1) * per_stage + (2 if backward else 1) * rows + 16
-
-
-@functools.lru_cache(maxsize=None)
-def _max_shared_bytes(device_index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
-
-
-def fitting(config: dict, block_w: int, device, backward: bool) -> dict:
-    """`config`, on one stage where the GPU's shared memory a block cannot hold its pipeline (an RTX 4090's 99 KB,
-    say, against an H100's 227 KB): one stage is what ran everywhere before the stages were measured."""
-    if device.type != "cuda" or config["num_stages"] <= 1:
-        return config
-    need = run_shared_bytes(config["BLOCK_B"], block_w, config["num_stages"], backward)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return config if need <= _max_shared_bytes(index) else {**config, "num_stages": 1}
-
-
 def run_forward(acts, w, codes, precision: str = "tf32") -> None:
     """acts (L + 1, K, B, width): from acts[0], every layer's output into acts[1:]; w: the run's first weight, a view
     of the stack's flat (K, n) parameters; codes (K, L) int32."""
     layers, k, batch, width = acts.shape[0] - 1, acts.shape[1], acts.shape[2], acts.shape[3]
-    config = dict(fitting(RUN_FORWARD_CONFIG, _block_w(width), acts.device, backward=False))
+    config = dict(RUN_FORWARD_CONFIG)
     block_b = config.pop("BLOCK_B")
     launch(_run_forward_kernel, (k, triton.cdiv(batch, block_b)), acts, w, codes, k, batch, width, layers,
            w.stride(0), BLOCK_B=block_b, BLOCK_W=_block_w(width), PRECISION=precision, **config)
@@ -256,7 +229,7 @@ def run_backward(g, acts, w, codes, deltas, dx, precision: str = "tf32") -> None
     """From g (K, B, width), the gradient of acts[L]: every layer's delta into deltas (L, K, B, width) and, unless dx
     is None, the gradient of acts[0] into dx."""
     layers, k, batch, width = deltas.shape
-    config = dict(fitting(RUN_BACKWARD_CONFIG, _block_w(width), deltas.device, backward=True))
+    config = dict(RUN_BACKWARD_CONFIG)
     block_b = config.pop("BLOCK_B")
     launch(_run_backward_kernel, (k, triton.cdiv(batch, block_b)), g, acts, w, codes, deltas,
            dx if dx is not None else g, k, batch, width, layers, w.stride(0), BLOCK_B=block_b,

@@ -16,6 +16,7 @@ finds them compiled in memory.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -55,12 +56,45 @@ def _describe(value):
     return value
 
 
+# Launches (kernel, signature, device) whose pipeline stages asked for more shared memory than the GPU has: they run
+# on one stage. Triton says so at a kernel's first launch (OutOfResources), where the kernel is loaded onto the GPU.
+_one_stage: set[tuple] = set()
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
-    """kernel[grid](*args, **kwargs); inside `recording()`, noted instead."""
-    if _recorded is None:
-        kernel[grid](*args, **kwargs)
-    else:
+    """kernel[grid](*args, **kwargs); inside `recording()`, noted instead. Settings of several pipeline stages
+    (`num_stages`) whose buffers the GPU's shared memory cannot hold (an H100 has 227 KB a block, an RTX 4090 99 KB)
+    run on one stage, what each kernel ran on before its stages were measured, in this launch and every later one
+    of the same kernel, constants and device."""
+    if _recorded is not None:
         _recorded.append(Launch(kernel, tuple(grid), args, kwargs))
+        return
+    if kwargs.get("num_stages", 1) <= 1:
+        kernel[grid](*args, **kwargs)
+        return
+    key = (*Launch(kernel, (), args, kwargs).signature(), next((str(a.device) for a in args if hasattr(a, "device")),
+                                                               None))
+    if key not in _one_stage:
+        try:
+            kernel[grid](*args, **kwargs)
+            return
+        except Exception as error:  # noqa: BLE001 - only Triton's OutOfResources is caught; Triton is imported lazily
+            if not _out_of_resources(error):
+                raise
+            _one_stage.add(key)
+    kernel[grid](*args, **{**kwargs, "num_stages": 1})
+
+
+def one_stage_launches() -> int:
+    """How many kernels (by signature and device) run on one stage instead of the stages asked in this process: for a
+    benchmark, whose time would otherwise be labelled with settings that did not run."""
+    return len(_one_stage)
+
+
+def _out_of_resources(error: Exception) -> bool:
+    from triton.runtime.errors import OutOfResources
+
+    return isinstance(error, OutOfResources)
 
 
 @contextmanager
@@ -137,7 +171,7 @@ def _triton_key() -> None:
         triton_key()
         # Triton 3.6's first kernel load in a process imports its Gluon modules (0.25-0.3 s on an H200 machine), on
         # the compile threads, which wait on one another's import: imported here, it is done ahead with the key.
-        import triton.experimental.gluon  # noqa: F401
+        importlib.import_module("triton.experimental.gluon")
     except Exception:  # noqa: BLE001 - another Triton, or none: the first compile computes what it needs
         pass
 
