@@ -400,3 +400,11 @@ def test_kernels_compiled_ahead_are_said_once_and_a_failure_only_costs_the_head_
     assert err.count("\n") == 1 and "compiling the GPU kernels ahead of the first step failed" in err and "no ptxas" in err
     monkeypatch.setenv("RELULAB_COMPILE_THREADS", "0")
     assert pack.compile_kernels([_TritonUnit(broken)], digits) is None and not capsys.readouterr().err
+
+
+def test_a_pack_says_when_the_device_has_an_epoch_of_steps_queued(digits, monkeypatch):
+    # relulab.core.background starts its waiting work then (on CUDA); the pack says so once it has queued a step.
+    calls = []
+    monkeypatch.setattr(pack.background, "device_busy", lambda device: calls.append(device))
+    pack.train_together([_job(0), _job(1)], digits, CPU)
+    assert calls == [CPU, CPU]  # once an epoch, after its first step

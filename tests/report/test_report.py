@@ -364,3 +364,14 @@ def _report_cli(capsys, store, *argv) -> int:
     if info.value.code == 0:
         capsys.readouterr()
     return info.value.code
+
+
+def test_warming_up_the_report_loads_its_modules_and_writes_nothing(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, relulab.report as r; assert 'matplotlib' not in sys.modules; r.warm_up(); "
+            "assert {'relulab.report.build', 'matplotlib.backends.backend_agg', 'scipy.special'} <= set(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -195,5 +195,9 @@ def test_the_best_epoch_weights_score_the_best_validation_accuracy(splits, pack)
         model.load_state_dict(result.best_state)
         assert evaluate(model, splits.x_val, splits.y_val)[1] == h.best_val_acc
         assert all(t.device == torch.device("cpu") for t in result.best_state.values())
+        storages = [t.untyped_storage().data_ptr() for t in result.best_state.values()]
+        assert len(set(storages)) == len(storages)  # each tensor its own, as a state dict's are
+        # the model handed back is still the final one, whatever reading the best epoch's weights did to it
+        assert evaluate(result.model, splits.x_val, splits.y_val)[1] == h.final_val_acc
         kept += 1
     assert kept  # at lr 0.5 most seeds peak before the last epoch

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 import relulab.experiments as experiments
+import relulab.report
+from relulab.core import background
 from relulab.core.errors import UserError
 from relulab.core.util import check_output_file
 from relulab.cli.app import SeedAlias, Seeds, Sets, app, option_names, read_seeds
@@ -94,8 +96,13 @@ def run_command(
     with option_names({"--set train.epochs": "--epochs"} if epochs is not None else {}):
         exp = experiments.load_experiment(spec, overrides)
     check_outputs(exp.store, report_dir(exp.store, exp.name, out) if report else None, tensorboard)
+    if report:  # the report's modules load while the GPU trains, where it does
+        background.when_device_busy(relulab.report.warm_up)
     with open_tracking(tensorboard, mlflow) as trackers, failed_tasks_exit():
-        summary = experiments.run_experiment(exp, executor=runner, trackers=trackers)
+        try:
+            summary = experiments.run_experiment(exp, executor=runner, trackers=trackers)
+        finally:
+            background.finish()
         _print_summary(summary)
         print_tracking(tensorboard, mlflow)
         if report:

@@ -8,6 +8,8 @@
 - `util`: files written atomically, output locations checked before work starts, memory checks, reports
   staged and swapped whole.
 - `env`: devices, seeding, provenance (relulab's version and source hash, torch, device, host).
+- `background`: work a command needs later that waits for a busy GPU, then runs on a thread (the report's
+  imports, during a pack's epochs).
 - `reference`: code named in a spec (`target: "pkg.module:function"` or `"file.py:function"`): imported,
   called with its kwargs, and hashed (the SHA-256 of its source goes into the run key).
 - `stats`: summaries over seeds (Student t intervals), Welch comparisons, bootstrap, Holm.

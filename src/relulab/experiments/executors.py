@@ -54,6 +54,7 @@ from relulab.packing.pack import train_many
 from relulab.probes.callbacks import EpochProbeRequest, slot_probe
 from relulab.probes.statistics import SLOT_NAMES, slot_names
 from relulab.training.callbacks import Callback
+from relulab.training.checkpoints import state_to_cpu
 from relulab.training.specs import Job, RunResult
 
 EXECUTORS = ("in-process", "ray")
@@ -154,7 +155,7 @@ def execute_task(task: Task) -> list[Outcome]:
 
 
 def _cpu_state(model) -> Optional[dict]:
-    return None if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return None if model is None else state_to_cpu(model.state_dict())
 
 
 # ---------------------------------------------------------------- cutting work into tasks

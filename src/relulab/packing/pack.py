@@ -39,6 +39,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from relulab.core import background
 from relulab.core.env import provenance, resolve_device
 from relulab.core.errors import UserError
 from relulab.data import Splits
@@ -163,6 +164,8 @@ def _run_epochs(units: list[Unit], splits: Splits, device: torch.device, bounds,
         for i, (a, b) in enumerate(bounds):
             for unit in live:  # one step of every unit; on CUDA they run concurrently
                 unit.step(orders[id(unit)], a, b, (epoch - 1) * len(bounds) + i)
+            if i == 0:  # the GPU has the epoch's steps to work through: CPU work waiting for that may start
+                background.device_busy(device)
         for unit in live:
             if unit.stream is not None:
                 torch.cuda.current_stream(device).wait_stream(unit.stream)

@@ -6,7 +6,6 @@ keeps each one's best epoch and saves its state for resuming (`relulab.training.
 """
 from __future__ import annotations
 
-import copy
 from contextlib import nullcontext
 from typing import Optional, Sequence
 
@@ -23,6 +22,7 @@ from relulab.packing.stacked_cnn import StackedCNN
 from relulab.packing.stacked_mlp import StackedMLP
 from relulab.packing.steps import FusedPackStep, GraphedStep, ModelStep, PackStep, flatten_parameters, put_back
 from relulab.training import resume
+from relulab.training.checkpoints import state_to_cpu
 from relulab.training.loop import build_for, evaluate
 from relulab.training.schedules import learning_rates
 from relulab.training.specs import Job, autocast_dtype, float32_products
@@ -161,11 +161,18 @@ class Unit:
         if self.best[k] is None or self.best[k][0] == last_epoch:
             return None
         snapshot = self.best[k][1]
-        if self.stack is not None:
-            model = copy.deepcopy(self.models[k])
-            self.stack.write_model(model, snapshot)
-            snapshot = model.state_dict()
-        return {name: t.detach().cpu() for name, t in snapshot.items()}
+        if self.stack is None:
+            return state_to_cpu(snapshot)
+        # The best rows go into model k while its state dict is read, then its final rows back (the stack still
+        # holds them after `finish`): no copy of the model on the device (a deep copy of a 50-layer model took
+        # longer than the rest of this).
+        model = self.models[k]
+        self.stack.write_model(model, snapshot)
+        try:
+            return state_to_cpu(model.state_dict())
+        finally:
+            self.stack.write_model(model, self.stack.model_rows(k, copy=False))
+
 
 
 def _snapshot_tensors(snapshot) -> list[torch.Tensor]:

@@ -41,6 +41,7 @@ The modules, in the order a report is made:
 - `pareto`: every strategy's ReLU count against accuracy per base of a part's searches (figure, best
   accuracy within each budget, `pareto.csv`).
 - `writers`: HTML (jinja2 template), Markdown, the CSVs, TensorBoard logs, and a probe's tables and figures.
+- `folders`: the report's folder and TensorBoard's, checked before anything trains.
 - `build`: `build_report`, which puts a report together and writes its folder whole.
 - `compare`: two experiments or two configurations side by side (`relulab compare`).
 """
@@ -54,13 +55,19 @@ import importlib
 _EXPORTS = {
     "ReportFiles": "relulab.report.build",
     "build_report": "relulab.report.build",
-    "check_report_dir": "relulab.report.build",
-    "check_tensorboard_dir": "relulab.report.build",
-    "default_out_dir": "relulab.report.build",
+    "check_report_dir": "relulab.report.folders",
+    "check_tensorboard_dir": "relulab.report.folders",
+    "default_out_dir": "relulab.report.folders",
     "require_tensorboard": "relulab.report.writers",
     "write_probe_tables": "relulab.report.writers",
 }
 __all__ = sorted(_EXPORTS)
+
+
+def warm_up() -> None:
+    """Load what writing a report loads on first use (`relulab.report.build.warm_up`), and only then: a function
+    of the package itself, so that handing it to a background thread (relulab.core.background) imports nothing."""
+    importlib.import_module("relulab.report.build").warm_up()
 
 
 def __getattr__(name: str):

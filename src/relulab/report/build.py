@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from relulab.core.errors import UserError
 from relulab.core.stats import check_correction
-from relulab.core.util import check_output_dir, staged_folder, write_atomic, write_bytes_atomic
+from relulab.core.util import staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
+from relulab.report.folders import check_report_dir, check_tensorboard_dir, default_out_dir  # noqa: F401 - re-exported
 from relulab.report.measures import DEFAULT_BAND, Band, band_named
 from relulab.report.pareto import pareto_sections
 from relulab.report.search_sections import search_sections
@@ -50,35 +50,25 @@ class ReportFiles:
     epochs_csv: Optional[Path] = None  # every run's per-epoch history
 
 
-def default_out_dir(store_path: Path, experiment: str) -> Path:
-    return store_path.parent / f"{experiment}-report"
+def warm_up() -> None:
+    """Load what writing a report loads on first use, writing nothing: the modules matplotlib draws and encodes a
+    figure with (and its fonts, drawn once into memory), scipy's special functions (the intervals), the searches'
+    views and the HTML template. `relulab run` has it done on a thread while the GPU trains
+    (relulab.core.background), so that its report starts warm; nothing depends on it having run."""
+    import importlib
+    import io
 
+    from relulab.report.figures import new_figure
+    from relulab.report.writers import html_template
 
-# What a report folder holds. The folder is replaced whole on every report (util.staged_folder), so a folder that
-# holds anything else is refused rather than replaced: `--out .` must never take the user's files with it.
-REPORT_ENTRIES = re.compile(r"^(?:report\.html|report\.md|summary\.csv|runs\.csv|epochs\.csv|pareto\.csv|figures|"
-                            r"search-[0-9a-f]+(?:-correlations)?\.csv)$")
-
-
-def check_report_dir(out: str | Path, field: str = "out_dir") -> Path:
-    """`out` can take a report: a new folder, or an earlier report's (which the new one replaces)."""
-    out = check_output_dir(out, field)
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not REPORT_ENTRIES.match(p.name))
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise UserError(f"{field}: {out} holds files that are not a report's ({shown}); a report replaces its "
-                            "folder whole, so give it a folder of its own")
-    return out
-
-
-def check_tensorboard_dir(logdir: str | Path, out: Optional[Path], field: str = "tensorboard") -> Path:
-    """`logdir` can take TensorBoard's files, outside the report folder `out` (None: no report is written)."""
-    logdir = check_output_dir(logdir, field)
-    if out is not None and (logdir == out or out in logdir.parents):
-        raise UserError(f"{field}: {logdir} is inside the report folder {out}, which is replaced whole on every "
-                        "report; put the logs elsewhere")
-    return logdir
+    # scipy.special: relulab.core.stats imports it at the first interval; the searches' views: collect's searches.
+    for name in ("scipy.special", "relulab.search.judgement"):
+        importlib.import_module(name)
+    fig = new_figure(1.0, 1.0)
+    fig.add_subplot().plot([0.0, 1.0], [0.0, 1.0], label="warm-up")
+    fig.suptitle("warm-up")
+    fig.savefig(io.BytesIO(), format="png", dpi=20)
+    html_template()
 
 
 def build_report(store_path: str | Path, experiment: Optional[str] = None, out_dir: Optional[str | Path] = None,

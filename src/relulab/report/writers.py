@@ -10,6 +10,7 @@ import io
 import json
 import math
 import time
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -222,10 +223,16 @@ def provenance_rows(data: ExperimentData) -> list[list[str]]:
 PROVENANCE_HEADER = ["relulab", "torch", "python", "device", "host", "runs"]
 
 
-def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
+@lru_cache(maxsize=1)
+def html_template() -> jinja2.Template:
+    """The report page's template, compiled once a process (jinja2's autoescape on: every user string escaped)."""
     source = (resources.files("relulab") / "templates" / "report.html").read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(source).render(
+    return env.from_string(source)
+
+
+def render_html(data: ExperimentData, reports: list[PartReport]) -> str:
+    return html_template().render(
         data=data, reports=reports, warning=_warning(data), provenance=provenance_rows(data),
         provenance_header=PROVENANCE_HEADER, comparisons_method=comparisons_method(data.correction),
         spec_yaml=spec_text(data.spec),

@@ -257,8 +257,9 @@ class SlottedModel(nn.Module):
         """Each slot's ReLU count: the activation elements per example that stay nonlinear (0 where the slot is
         off; its output's elements where it has no mask; the kept ones where it has)."""
         counts = {}
+        by_index = {s.index: s for s in self.slots}  # self.slot(index) in the loop would walk the modules each time
         for index, shape in self.slot_shapes().items():
-            slot = self.slot(index)
+            slot = by_index[index]
             if slot.off:
                 counts[index] = 0
             elif slot.keep is None:
