@@ -55,9 +55,9 @@ def test_work_starts_once():
 
 def test_checking_the_report_folder_loads_none_of_the_report(tmp_path):
     # `relulab run` checks its outputs before training; matplotlib and jinja2 must be left for the background thread.
+    store, logs = str(tmp_path / "s.sqlite"), str(tmp_path / "tb")
     code = ("import sys; from pathlib import Path; from relulab.cli.run import check_outputs, report_dir; "
-            f"check_outputs(Path({str(tmp_path / 's.sqlite')!r}), report_dir(Path({str(tmp_path / 's.sqlite')!r}), 'x', None), "
-            f"Path({str(tmp_path / 'tb')!r})); "
+            f"check_outputs(Path({store!r}), report_dir(Path({store!r}), 'x', None), Path({logs!r})); "
             "loaded = [m for m in ('relulab.report.build', 'matplotlib', 'jinja2') if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

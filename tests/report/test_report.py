@@ -366,7 +366,7 @@ def _report_cli(capsys, store, *argv) -> int:
     return info.value.code
 
 
-def test_warming_up_the_report_loads_its_modules_and_writes_nothing(tmp_path, monkeypatch):
+def test_warming_up_the_report_loads_its_modules_and_writes_nothing(tmp_path):
     import subprocess
     import sys
 

@@ -174,7 +174,6 @@ class Unit:
             self.stack.write_model(model, self.stack.model_rows(k, copy=False))
 
 
-
 def _snapshot_tensors(snapshot) -> list[torch.Tensor]:
     """The tensors of a best-epoch snapshot: a stack's model rows, or a model's state dict, in a fixed order."""
     if isinstance(snapshot, dict):

@@ -11,7 +11,7 @@ from typing import Optional
 from relulab.core.stats import check_correction
 from relulab.core.util import staged_folder, write_atomic, write_bytes_atomic
 from relulab.report.collect import PartData, collect, pick_experiment
-from relulab.report.folders import check_report_dir, check_tensorboard_dir, default_out_dir  # noqa: F401 - re-exported
+from relulab.report.folders import check_report_dir, check_tensorboard_dir, default_out_dir
 from relulab.report.measures import DEFAULT_BAND, Band, band_named
 from relulab.report.pareto import pareto_sections
 from relulab.report.search_sections import search_sections

@@ -32,6 +32,7 @@ import torch
 from relulab.core.errors import UserError
 from relulab.zoo.fold import FoldReport, fold, fold_structure
 from relulab.zoo.models import SlotNet, build_model
+from relulab.training.resume import to_cpu
 from relulab.training.specs import RunResult, RunSpec, build_run_spec
 from relulab.core.util import write_bytes_atomic
 
@@ -91,20 +92,10 @@ def to_bytes(result: RunResult, state_dict: dict, class_names: list[str] | None 
 
 
 def state_to_cpu(state: dict) -> dict:
-    """A copy of a state dict on the CPU, in one device-to-host copy per dtype: a copy per tensor waits on the GPU
-    once per tensor (100 times for seed 001's model). Each tensor comes back with storage of its own; anything
-    else a state dict may hold (a module's extra state) as it is."""
-    groups: dict[tuple, list[str]] = {}
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor):
-            groups.setdefault((value.dtype, value.device), []).append(name)
-    copies = dict(state)
-    for (_, device), names in groups.items():
-        flat = torch.cat([state[name].detach().reshape(-1) for name in names])
-        flat = flat.cpu() if device.type != "cpu" else flat
-        for name, piece in zip(names, flat.split([state[name].numel() for name in names])):
-            copies[name] = piece.view_as(state[name]).clone()
-    return copies
+    """A copy of a state dict on the CPU (`resume.to_cpu`: one device-to-host copy per dtype, each tensor with storage
+    of its own); anything else a state dict may hold (a module's extra state) as it is."""
+    names = [name for name, value in state.items() if isinstance(value, torch.Tensor)]
+    return {**state, **dict(zip(names, to_cpu(state[name] for name in names)))}
 
 
 def _plain(value):
