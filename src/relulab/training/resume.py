@@ -102,9 +102,8 @@ def to_cpu(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     for i, tensor in enumerate(tensors):
         groups.setdefault((tensor.dtype, tensor.device), []).append(i)
     copies: dict[int, torch.Tensor] = {}
-    for (_, device), indices in groups.items():
-        flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
-        flat = flat.cpu() if device.type != "cpu" else flat
+    for indices in groups.values():
+        flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices]).cpu()  # on the CPU already: itself
         for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
             copies[i] = piece.view_as(tensors[i]).clone()
     return [copies[i] for i in range(len(tensors))]
